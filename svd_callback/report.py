@@ -1,0 +1,135 @@
+"""Per-layer analysis records and the report that holds them.
+
+A :class:`LayerReport` is one layer analysed in one conv mode: its spectrum (singular values,
+descending), the metrics computed from it, and how they were made (mode, normalisation, fit
+method). A layer that could not be analysed keeps a ``reason`` and no spectrum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+CONV_MODES = ("unfold", "operator", "slices")
+"""The three conv SVD conventions (RESEARCH.md section 1)."""
+
+NORMALIZATIONS = ("raw", "ww", "per_row")
+"""ESD conventions: ``raw`` lambda = sigma^2; ``ww`` WeightWatcher 0.7.7 (conv weights scaled
+by 1/sqrt(2), so lambda = sigma^2 / 2 for convs); ``per_row`` DeepDataProfiler's
+lambda = sigma^2 / N (N = number of rows of the analysed matrix)."""
+
+
+@dataclass
+class LayerReport:
+    """One layer, one conv mode.
+
+    Attributes:
+        name: qualified module name (``model.named_modules()``).
+        kind: ``linear``, ``conv1d`` ... ``conv3d``, ``conv_transpose1d`` ... ``conv_transpose3d``.
+        mode: conv mode that produced the spectrum (``linear`` layers carry the requested mode too,
+            so one chart per mode shows every layer).
+        normalization: ESD convention, one of :data:`NORMALIZATIONS`.
+        shape: weight shape.
+        matrix_shape: (N, M) of the analysed matrix (N >= M), for Marchenko-Pastur's Q = N / M;
+            for ``operator`` the per-frequency block, for ``slices`` one slice.
+        input_size: spatial input size used by ``operator`` mode (None otherwise).
+        svals: singular values, descending, float32, on the analysis device (None if skipped).
+        metrics: metric name -> float (NaN where undefined; see ``notes``).
+        quality: label from the alpha thresholds (``ok``, ``over-trained``, ``under-trained``,
+            ``suspicious-fit``, ``undetermined``) or None when no fit was made.
+        reason: why the layer was skipped (None when analysed).
+        notes: per-metric reasons for NaN values and other remarks.
+    """
+
+    name: str
+    kind: str
+    mode: str
+    normalization: str = "raw"
+    shape: tuple[int, ...] = ()
+    matrix_shape: tuple[int, int] | None = None
+    input_size: tuple[int, ...] | None = None
+    svals: torch.Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    quality: str | None = None
+    reason: str | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> bool:
+        return self.reason is not None
+
+    @property
+    def eigenvalues(self) -> torch.Tensor | None:
+        """lambda = sigma^2 under this record's normalisation (descending)."""
+        if self.svals is None:
+            return None
+        return self.svals.double() ** 2 * eig_scale(self.kind, self.normalization, self.matrix_shape)
+
+    def as_row(self) -> dict[str, Any]:
+        """Flat dict for a DataFrame / JSON row (spectrum summarised, not included)."""
+        row: dict[str, Any] = {
+            "layer": self.name,
+            "kind": self.kind,
+            "mode": self.mode,
+            "normalization": self.normalization,
+            "shape": "x".join(map(str, self.shape)),
+            "matrix_shape": "x".join(map(str, self.matrix_shape)) if self.matrix_shape else "",
+            "input_size": "x".join(map(str, self.input_size)) if self.input_size else "",
+            "n_svals": 0 if self.svals is None else int(self.svals.numel()),
+            "quality": self.quality or "",
+            "reason": self.reason or "",
+        }
+        row.update({k: _as_float(v) for k, v in self.metrics.items()})
+        return row
+
+
+def eig_scale(kind: str, normalization: str, matrix_shape: tuple[int, int] | None) -> float:
+    """Factor c in lambda = c * sigma^2 for a normalisation convention."""
+    if normalization == "raw":
+        return 1.0
+    if normalization == "ww":
+        return 0.5 if kind.startswith("conv") else 1.0
+    if normalization == "per_row":
+        if matrix_shape is None:
+            return 1.0
+        return 1.0 / matrix_shape[0]
+    raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class Report(list):
+    """A list of :class:`LayerReport` with table helpers."""
+
+    def __init__(self, records: Iterable[LayerReport] = ()) -> None:
+        super().__init__(records)
+
+    def analysed(self) -> Report:
+        return Report(r for r in self if not r.skipped)
+
+    def skipped(self) -> Report:
+        return Report(r for r in self if r.skipped)
+
+    def by_mode(self, mode: str) -> Report:
+        return Report(r for r in self if r.mode == mode)
+
+    def get(self, name: str, mode: str | None = None) -> LayerReport | None:
+        for record in self:
+            if record.name == name and (mode is None or record.mode == mode):
+                return record
+        return None
+
+    def to_dataframe(self):
+        """One row per (layer, mode); needs pandas."""
+        import pandas as pd
+
+        return pd.DataFrame([r.as_row() for r in self])

@@ -1,0 +1,390 @@
+"""``analyze``: one pass over a model, one ``LayerReport`` per layer and conv mode.
+
+Layers whose spectra are computed the same way (same kind, weight shape and geometry) are
+stacked and decomposed in one batched call on the model's device. Every failure is recorded as a
+reason on the layer it concerns; ``analyze`` itself does not raise for bad layers.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from svd_callback.layers import (
+    LayerSpec,
+    example_input_for,
+    find_layers,
+    record_input_sizes,
+)
+from svd_callback.report import CONV_MODES, NORMALIZATIONS, LayerReport, Report, eig_scale
+from svd_callback.rmt import QualityThresholds, esd_metrics, shuffle_matrix, trap_metrics
+from svd_callback.spectra import (
+    stacked_operator_svdvals,
+    stacked_slice_svdvals,
+    stacked_unfold_svdvals,
+)
+
+FITS = ("ks", "hill", None)
+
+WW_MIN_EVALS, WW_MAX_EVALS, WW_MAX_N = 8, 15000, 50000
+"""WeightWatcher 0.7.7's layer skip rules (``layer_supported``): M * kh * kw outside [8, 15000]
+or N > 50000."""
+
+SUMMARY_METRICS = (
+    "alpha",
+    "alpha_weighted",
+    "log_alpha_norm",
+    "log_norm",
+    "log_spectral_norm",
+    "stable_rank",
+    "entropy",
+    "spectral_norm",
+    "rank_loss",
+    "mp_softrank",
+    "num_spikes",
+    "num_traps",
+    "rand_distance",
+)
+
+
+def analyze(
+    model: nn.Module,
+    conv_mode: str | Sequence[str] = "unfold",
+    *,
+    input_size: int | Sequence[int] | None = None,
+    input_sizes: dict[str, tuple[int, ...]] | None = None,
+    example_input: object = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    layer_names: Collection[str] | None = None,
+    normalization: str | None = None,
+    ww_compat: bool = False,
+    fit: str | None = "ks",
+    mp_fit: bool = False,
+    traps: bool = False,
+    metrics: bool = True,
+    thresholds: QualityThresholds | None = None,
+    generator_seed: int = 0,
+    keep_svals: bool = True,
+) -> Report:
+    """Decompose every conv and linear layer of ``model`` and compute its ESD metrics.
+
+    Args:
+        model: any ``nn.Module``; read, never modified (no mode switch except the one
+            probe pass of :func:`~svd_callback.layers.record_input_sizes`, which restores it).
+        conv_mode: ``"unfold"`` (Praggastis et al. 2022), ``"operator"`` (Sedghi et al. 2019,
+            circular padding) or ``"slices"`` (WeightWatcher), or several of them.
+        input_size: spatial size of the *model's* input; a zero image of that size is passed
+            through the model once to learn each conv's real input size (``operator`` mode).
+        input_sizes: per-layer spatial input sizes, overriding the probe.
+        example_input: a batch to probe input sizes with (instead of ``input_size``).
+        include, exclude: glob patterns on qualified layer names.
+        layer_names: analyse only these layers (the distributed work split).
+        normalization: ``raw`` (lambda = sigma^2, default), ``ww`` or ``per_row``; see
+            :data:`svd_callback.report.NORMALIZATIONS`.
+        ww_compat: reproduce WeightWatcher 0.7.7 (its normalisation, skip rules and fit).
+        fit: power-law fit: ``"ks"`` (KS-optimal xmin), ``"hill"`` (TempBalance) or None.
+        mp_fit: fit the Marchenko-Pastur bulk (num_spikes, mp_softrank, lambda_plus).
+        traps: correlation traps and rand_distance from a shuffled copy of each weight (private
+            generator seeded with ``generator_seed``).
+        metrics: False returns spectra and norms only.
+        keep_svals: keep each layer's singular values in its record.
+
+    Returns:
+        A :class:`Report` with one record per (layer, mode), skipped modules included.
+    """
+    modes = _check_modes(conv_mode)
+    normalization = _check_normalization(normalization, ww_compat)
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    thresholds = thresholds or QualityThresholds()
+
+    specs, skipped_modules = find_layers(model, include=include, exclude=exclude)
+    if layer_names is not None:
+        wanted = set(layer_names)
+        specs = [s for s in specs if s.name in wanted]
+        skipped_modules = [s for s in skipped_modules if s.name in wanted]
+
+    report = Report()
+    for module in skipped_modules:
+        for mode in modes:
+            report.append(
+                LayerReport(module.name, module.kind, mode, normalization, reason=module.reason)
+            )
+    if not specs:
+        return report
+
+    probe_error = None
+    if "operator" in modes:
+        probe_error = _attach_input_sizes(model, specs, input_size, input_sizes, example_input)
+
+    bad = _nonfinite_reasons(specs)
+    context = _Context(normalization, ww_compat, fit, mp_fit, traps, metrics, thresholds,
+                       generator_seed, keep_svals)
+    linear_done: dict[str, LayerReport] = {}
+    for mode in modes:
+        records: dict[str, LayerReport] = {}
+        todo: list[LayerSpec] = []
+        for spec in specs:
+            if spec.name in bad:
+                records[spec.name] = _record(spec, mode, context, reason=bad[spec.name])
+            elif spec.kind == "linear" and spec.name in linear_done:
+                records[spec.name] = _relabel(linear_done[spec.name], mode)
+            elif reason := _skip_reason(spec, mode, ww_compat, probe_error):
+                records[spec.name] = _record(spec, mode, context, reason=reason)
+            else:
+                todo.append(spec)
+        for spec, svals, shuffled, reason in _spectra(todo, mode, context):
+            records[spec.name] = _record(spec, mode, context, svals, shuffled, reason)
+            if spec.kind == "linear":
+                linear_done[spec.name] = records[spec.name]
+        report.extend(records[spec.name] for spec in specs)
+    return report
+
+
+def summarize(report: Report) -> dict[str, dict[str, float]]:
+    """Model-level aggregates per mode: ``<metric>_mean`` and ``<metric>_median`` over the
+    analysed layers with a finite value, plus ``n_layers``, ``n_skipped`` and the fraction of
+    layers per quality label (``frac_over_trained``, ``frac_under_trained``)."""
+    out: dict[str, dict[str, float]] = {}
+    for mode in dict.fromkeys(r.mode for r in report):
+        records = report.by_mode(mode)
+        analysed = records.analysed()
+        agg: dict[str, float] = {
+            "n_layers": float(len(analysed)),
+            "n_skipped": float(len(records) - len(analysed)),
+        }
+        for metric in SUMMARY_METRICS:
+            values = [v for r in analysed if math.isfinite(v := r.metrics.get(metric, math.nan))]
+            if values:
+                agg[f"{metric}_mean"] = float(statistics.fmean(values))
+                agg[f"{metric}_median"] = float(statistics.median(values))
+        labelled = [r.quality for r in analysed if r.quality]
+        if labelled:
+            for label in ("over-trained", "under-trained"):
+                agg[f"frac_{label.replace('-', '_')}"] = labelled.count(label) / len(labelled)
+        out[mode] = agg
+    return out
+
+
+@dataclass(frozen=True)
+class _Context:
+    normalization: str
+    ww_compat: bool
+    fit: str | None
+    mp_fit: bool
+    traps: bool
+    metrics: bool
+    thresholds: QualityThresholds
+    seed: int
+    keep_svals: bool
+
+
+def _check_modes(conv_mode: str | Sequence[str]) -> tuple[str, ...]:
+    modes = (conv_mode,) if isinstance(conv_mode, str) else tuple(conv_mode)
+    if not modes:
+        raise ValueError("conv_mode must name at least one mode")
+    for mode in modes:
+        if mode not in CONV_MODES:
+            raise ValueError(f"conv_mode must be one of {CONV_MODES}, got {mode!r}")
+    return tuple(dict.fromkeys(modes))
+
+
+def _check_normalization(normalization: str | None, ww_compat: bool) -> str:
+    if normalization is None:
+        return "ww" if ww_compat else "raw"
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if ww_compat and normalization != "ww":
+        raise ValueError(f"ww_compat=True implies normalization='ww', got {normalization!r}")
+    return normalization
+
+
+def _attach_input_sizes(
+    model: nn.Module,
+    specs: list[LayerSpec],
+    input_size: int | Sequence[int] | None,
+    input_sizes: dict[str, tuple[int, ...]] | None,
+    example_input: object,
+) -> str | None:
+    """Fill ``spec.input_size`` for convs: explicit per-layer sizes, else one probe pass.
+
+    Returns the probe pass's error message when the model rejected the probe input.
+    """
+    given = dict(input_sizes or {})
+    error_message = None
+    missing = [s for s in specs if s.is_conv and s.name not in given]
+    if missing and (example_input is not None or input_size is not None):
+        try:
+            probe = (example_input if example_input is not None
+                     else example_input_for(model, input_size))
+            recorded = record_input_sizes(model, probe, specs)
+            given = {**recorded, **given}
+        except Exception as error:  # a model whose forward rejects the probe
+            error_message = f"probe forward pass failed: {type(error).__name__}: {error}"
+    for spec in specs:
+        if spec.is_conv and spec.name in given:
+            spec.input_size = tuple(given[spec.name])
+    return error_message
+
+
+def _nonfinite_reasons(specs: list[LayerSpec]) -> dict[str, str]:
+    """Layers with NaN/Inf weights, found with one host synchronisation."""
+    flags = torch.stack([torch.isfinite(s.weight.detach()).all().cpu() for s in specs]).tolist()
+    reasons = {}
+    for spec, finite in zip(specs, flags, strict=True):
+        if not finite:
+            w = spec.weight.detach()
+            n_nan, n_inf = int(torch.isnan(w).sum()), int(torch.isinf(w).sum())
+            reasons[spec.name] = f"weight has non-finite entries ({n_nan} NaN, {n_inf} Inf)"
+    return reasons
+
+
+def _skip_reason(
+    spec: LayerSpec, mode: str, ww_compat: bool, probe_error: str | None = None
+) -> str | None:
+    if spec.is_conv and mode == "operator":
+        if spec.input_size is None:
+            return probe_error or ("operator mode needs the layer's input size: pass "
+                                   "input_size=, example_input= or input_sizes=")
+        if any(n % s for n, s in zip(spec.input_size, spec.stride, strict=True)):
+            return (f"operator mode needs input size {spec.input_size} divisible by "
+                    f"stride {spec.stride}")
+    n_rows, n_cols = _matrix_shape(spec, mode)
+    if min(n_rows, n_cols) == 0:
+        return "empty weight"
+    if ww_compat:
+        n_evals = n_cols * (_kernel_volume(spec) if spec.is_conv else 1)
+        if n_evals < WW_MIN_EVALS or n_evals > WW_MAX_EVALS or n_rows > WW_MAX_N:
+            return (f"skipped as WeightWatcher 0.7.7 does: {n_evals} eigenvalues outside "
+                    f"[{WW_MIN_EVALS}, {WW_MAX_EVALS}] or N = {n_rows} > {WW_MAX_N}")
+    return None
+
+
+def _kernel_volume(spec: LayerSpec) -> int:
+    return math.prod(spec.weight_shape[2:])
+
+
+def _matrix_shape(spec: LayerSpec, mode: str) -> tuple[int, int]:
+    """(N, M), N >= M, of the matrix whose singular values the mode computes."""
+    shape = spec.weight_shape
+    if spec.kind == "linear":
+        rows, cols = shape
+    elif mode == "unfold":
+        rows, cols = shape[0] // spec.groups, shape[1] * _kernel_volume(spec)
+    elif mode == "slices":
+        rows, cols = shape[0], shape[1]
+    else:  # operator: one frequency block per group, polyphase columns
+        rows, cols = shape[0] // spec.groups, shape[1] * math.prod(spec.stride)
+    return (max(rows, cols), min(rows, cols))
+
+
+def _group_key(spec: LayerSpec, mode: str) -> tuple:
+    weight = spec.weight
+    geometry: tuple = (spec.groups,)
+    if mode == "operator" and spec.is_conv:
+        geometry = (spec.groups, spec.stride, spec.dilation, spec.input_size)
+    return (spec.kind if spec.is_conv else "linear", spec.weight_shape, geometry,
+            weight.device, weight.dtype)
+
+
+def _spectrum_fn(spec: LayerSpec, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if spec.kind == "linear" or mode == "unfold":
+        return lambda w: stacked_unfold_svdvals(w, groups=spec.groups)
+    if mode == "slices":
+        return stacked_slice_svdvals
+    return lambda w: stacked_operator_svdvals(
+        w, spec.input_size, stride=spec.stride, dilation=spec.dilation, groups=spec.groups
+    )
+
+
+def _spectra(specs: list[LayerSpec], mode: str, ctx: _Context):
+    """Yield (spec, svals, shuffled_svals, reason) with one batched call per group of layers."""
+    groups: dict[tuple, list[LayerSpec]] = {}
+    for spec in specs:
+        groups.setdefault(_group_key(spec, mode), []).append(spec)
+    for members in groups.values():
+        fn = _spectrum_fn(members[0], mode)
+        try:
+            yield from _decompose(members, fn, ctx)
+        except Exception:  # isolate the layer that fails
+            for spec in members:
+                try:
+                    yield from _decompose([spec], fn, ctx)
+                except Exception as error:
+                    yield spec, None, None, f"SVD failed: {type(error).__name__}: {error}"
+
+
+def _decompose(members: list[LayerSpec], fn, ctx: _Context):
+    with torch.no_grad():
+        weights = torch.stack([s.weight.detach() for s in members]).to(torch.float32)
+        svals = fn(weights)
+        shuffled = None
+        if ctx.traps and ctx.metrics:
+            generator = torch.Generator(device=weights.device).manual_seed(ctx.seed)
+            shuffled = fn(torch.stack([shuffle_matrix(w, generator) for w in weights]))
+    for i, spec in enumerate(members):
+        yield spec, svals[i], None if shuffled is None else shuffled[i], None
+
+
+def _record(
+    spec: LayerSpec,
+    mode: str,
+    ctx: _Context,
+    svals: torch.Tensor | None = None,
+    shuffled: torch.Tensor | None = None,
+    reason: str | None = None,
+) -> LayerReport:
+    matrix_shape = _matrix_shape(spec, mode)
+    record = LayerReport(
+        name=spec.name,
+        kind=spec.kind,
+        mode=mode,
+        normalization=ctx.normalization,
+        shape=spec.weight_shape,
+        matrix_shape=matrix_shape,
+        input_size=spec.input_size if (mode == "operator" and spec.is_conv) else None,
+        reason=reason,
+    )
+    if reason is not None or svals is None:
+        return record
+    record.svals = svals if ctx.keep_svals else None
+    scale = eig_scale(spec.kind, ctx.normalization, matrix_shape)
+    eigs = svals.double() ** 2 * scale
+    if not ctx.metrics:
+        record.metrics = _norms(eigs)
+        return record
+    n_rows, n_cols = matrix_shape
+    result = esd_metrics(
+        eigs,
+        N=n_rows,
+        M=n_cols,
+        ww_compat=ctx.ww_compat,
+        fit=ctx.fit,
+        mp_fit=ctx.mp_fit,
+        thresholds=ctx.thresholds,
+    )
+    record.metrics = dict(result.values)
+    record.quality = result.quality if ctx.fit is not None else None
+    record.notes = dict(result.notes)
+    if shuffled is not None:
+        record.metrics.update(trap_metrics(eigs, shuffled.double() ** 2 * scale, n_rows, n_cols))
+    return record
+
+
+def _norms(eigs: torch.Tensor) -> dict[str, float]:
+    """spectral_norm = sqrt(lambda_max), frobenius_norm = sqrt(sum lambda),
+    stable_rank = sum lambda / lambda_max."""
+    total, top = eigs.sum(), eigs.max() if eigs.numel() else eigs.new_tensor(math.nan)
+    values = torch.stack([top.sqrt(), total.sqrt(), total / top]).tolist()
+    return dict(zip(("spectral_norm", "frobenius_norm", "stable_rank"), values, strict=True))
+
+
+def _relabel(record: LayerReport, mode: str) -> LayerReport:
+    """A linear layer's record under another conv mode: its spectrum does not depend on it."""
+    return replace(record, mode=mode, metrics=dict(record.metrics), notes=dict(record.notes))

@@ -115,7 +115,8 @@ def find_layers(
     specs: list[LayerSpec] = []
     skipped: list[SkippedModule] = []
     for name, module in model.named_modules():
-        if not name or not matches(name, include_p, exclude_p):
+        name = name or type(module).__name__.lower()  # a bare layer passed as the model
+        if not matches(name, include_p, exclude_p):
             continue
         kind = layer_kind(module)
         if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():

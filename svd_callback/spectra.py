@@ -1,0 +1,597 @@
+"""Singular values of conv and linear weights in three conventions (RESEARCH.md section 1).
+
+A conv weight has shape ``(d, c, *k)`` = (out channels, in channels / groups, kernel), with
+``len(k)`` = 1, 2 or 3; a linear weight is the case ``k = ()``. A transposed conv weight has
+shape ``(in, out / groups, *k)``: it is passed unchanged, because a transposed conv is the
+adjoint of the conv that has the same weight tensor, and a map and its adjoint have the same
+singular values.
+
+- ``unfold`` (Praggastis et al. 2022): the im2col matrix ``W.reshape(d, c * prod(k))`` of each
+  group. :func:`unfold_svd`, :func:`unfold_svdvals`, :func:`unfold_matrix`.
+- ``operator`` (Sedghi, Gupta & Long, ICLR 2019): every singular value of the circular conv as a
+  linear map on an input of a given spatial size. :func:`operator_svdvals`.
+- ``slices`` (WeightWatcher): the ``prod(k)`` matrices ``W[:, :, i, j]`` pooled into one
+  spectrum. :func:`slice_svdvals`, :func:`slice_matrices`.
+
+Each mode has a ``stacked_*`` variant taking ``L`` weights of identical shape as one tensor
+``(L, *shape)`` and decomposing them in one batched call; the single-layer functions are its
+``L = 1`` case. Every matrix decomposition goes through :func:`batched_svdvals`.
+
+Conventions shared by every function here:
+
+- Computation happens on the weight's device, detached; float16 / bfloat16 weights are upcast to
+  float32; float32 and float64 are kept. Singular values come back real, in that dtype,
+  descending.
+- Non-finite weights raise :class:`NonFiniteWeightError` (a ``ValueError`` whose message starts
+  with ``"weight has NaN/Inf entries"``) before any decomposition; the check costs one host
+  synchronisation per call. A solver that fails to converge on finite input (after one retry in
+  float64) raises :class:`SpectralError` (a ``RuntimeError``) naming the matrix and weight shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_CHUNK_ELEMS",
+    "NonFiniteWeightError",
+    "SpectralError",
+    "batched_svdvals",
+    "operator_svdvals",
+    "slice_matrices",
+    "slice_svdvals",
+    "stacked_operator_svdvals",
+    "stacked_slice_matrices",
+    "stacked_slice_svdvals",
+    "stacked_unfold_matrices",
+    "stacked_unfold_svd",
+    "stacked_unfold_svdvals",
+    "unfold_matrix",
+    "unfold_svd",
+    "unfold_svdvals",
+]
+
+DEFAULT_CHUNK_ELEMS = 1 << 24
+"""Matrix elements handed to one solver call (and, in operator mode, assembled at once):
+16M, i.e. 64 MB of float32 or 128 MB of complex64 input per chunk."""
+
+SVD_METHODS = ("auto", "svd", "gram")
+
+
+class SpectralError(RuntimeError):
+    """A singular value / eigenvalue solver failed to converge on finite input."""
+
+
+class NonFiniteWeightError(ValueError):
+    """The weight (or one weight of a stack) has NaN or Inf entries.
+
+    Attributes:
+        layers: indices, within the stack, of the weights with non-finite entries
+            (``[0]`` for a single weight).
+    """
+
+    def __init__(self, message: str, layers: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.layers = list(layers)
+
+
+# --------------------------------------------------------------------------------------------
+# dtype / validation helpers
+
+
+def _compute(tensor: Tensor) -> Tensor:
+    """Detached copy-free view in the compute dtype (half/bf16 -> float32, chalf -> complex64)."""
+    tensor = tensor.detach()
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        return tensor.float()
+    if tensor.dtype == torch.complex32:
+        return tensor.to(torch.complex64)
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        raise TypeError(f"expected a floating-point tensor, got dtype {tensor.dtype}")
+    return tensor
+
+
+def _check_finite(tensor: Tensor, what: str = "weight", stacked: bool = False) -> None:
+    """Raise :class:`NonFiniteWeightError` if any entry is NaN/Inf (one host sync)."""
+    if tensor.numel() == 0:
+        return
+    finite = torch.isfinite(tensor)
+    if stacked:
+        bad = ~finite.reshape(finite.shape[0], -1).all(dim=1)
+        if bool(bad.any()):
+            layers = bad.nonzero().flatten().tolist()
+            raise NonFiniteWeightError(
+                f"{what} has NaN/Inf entries (stack indices {layers})", layers
+            )
+    elif not bool(finite.all()):
+        raise NonFiniteWeightError(f"{what} has NaN/Inf entries", [0])
+
+
+def _check_stack(weights: Tensor, groups: int = 1) -> Tensor:
+    """Validate a stack ``(L, d, c, *k)`` of weights; return it in the compute dtype."""
+    weights = _compute(weights)
+    if weights.is_complex():
+        raise TypeError("weights must be real")
+    if weights.dim() < 3 or weights.dim() > 6:
+        raise ValueError(
+            "expected a stack of linear or conv weights of shape (L, d, c, *kernel) with "
+            f"0 to 3 kernel dims, got shape {tuple(weights.shape)}"
+        )
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if weights.shape[1] % groups:
+        raise ValueError(
+            f"groups={groups} does not divide the first weight dim {weights.shape[1]} "
+            f"(weight shape {tuple(weights.shape[1:])})"
+        )
+    _check_finite(weights, stacked=True)
+    return weights
+
+
+def _ntuple(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        out = (value,) * dims
+    else:
+        out = tuple(int(v) for v in value)
+        if len(out) == 1 and dims > 1:
+            out = out * dims
+    if len(out) != dims:
+        raise ValueError(f"{name}={value!r} does not match a {dims}-d convolution")
+    if any(v < 1 for v in out):
+        raise ValueError(f"{name}={value!r} must be positive")
+    return out
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+# --------------------------------------------------------------------------------------------
+# the one place that calls the LAPACK / cuSOLVER routines
+
+
+def _resolve_method(method: str, mats: Tensor) -> str:
+    if method not in SVD_METHODS:
+        raise ValueError(f"method must be one of {SVD_METHODS}, got {method!r}")
+    if method != "auto":
+        return method
+    single = mats.dtype in (torch.float32, torch.complex64)
+    return "gram" if single and mats.device.type != "mps" else "svd"
+
+
+def _gram_svdvals(mats: Tensor) -> Tensor:
+    """sigma = sqrt(eigvalsh(smaller Gram matrix)) with the Gram formed in double precision."""
+    wide = torch.complex128 if mats.is_complex() else torch.float64
+    x = mats.to(wide)
+    gram = x.mH @ x if x.shape[-2] >= x.shape[-1] else x @ x.mH
+    eigs = torch.linalg.eigvalsh(gram)
+    real = torch.float32 if mats.dtype in (torch.float32, torch.complex64) else torch.float64
+    return eigs.clamp_min(0).sqrt().flip(-1).to(real)
+
+
+def _solve(mats: Tensor, method: str) -> Tensor:
+    if method == "gram":
+        return _gram_svdvals(mats)
+    return torch.linalg.svdvals(mats)
+
+
+def _svdvals(
+    mats: Tensor, method: str, chunk_elems: int, context: str = "", checked: bool = False
+) -> Tensor:
+    """:func:`batched_svdvals` on a validated (B, m, n) tensor in the compute dtype."""
+    mats = _compute(mats)
+    batch, m, n = mats.shape
+    real = torch.float32 if mats.dtype in (torch.float32, torch.complex64) else torch.float64
+    if batch == 0 or m == 0 or n == 0:
+        return mats.new_zeros((batch, min(m, n)), dtype=real)
+    if not checked:
+        _check_finite(mats, what="matrix batch")
+    method = _resolve_method(method, mats)
+    step = max(1, int(chunk_elems) // (m * n))
+    out = []
+    for start in range(0, batch, step):
+        chunk = mats[start : start + step]
+        try:
+            out.append(_solve(chunk, method))
+        except RuntimeError as err:  # torch.linalg.LinAlgError is a RuntimeError
+            wide = torch.complex128 if chunk.is_complex() else torch.float64
+            try:
+                out.append(torch.linalg.svdvals(chunk.to(wide)).to(real))
+            except RuntimeError as err64:
+                where = f" ({context})" if context else ""
+                raise SpectralError(
+                    f"singular values of a batch of {chunk.shape[0]} matrices of shape "
+                    f"{_shape_str((m, n))}{where} failed to converge, also in float64: {err}"
+                ) from err64
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def batched_svdvals(
+    mats: Tensor, method: str = "auto", chunk_elems: int = DEFAULT_CHUNK_ELEMS
+) -> Tensor:
+    """Singular values of a batch of matrices, descending, shape ``(*batch, min(m, n))``.
+
+    Args:
+        mats: ``(*batch, m, n)``, real or complex; half precision is upcast.
+        method: ``"svd"``: ``torch.linalg.svdvals``. ``"gram"``: ``sqrt(eigvalsh(G))`` of the
+            smaller Gram matrix ``G = X^H X`` or ``X X^H``, formed and solved in double
+            precision (float64 / complex128), cast back. ``"auto"``: ``"gram"`` for single
+            precision input on devices with float64 (not MPS), ``"svd"`` otherwise.
+        chunk_elems: at most this many input elements per solver call (at least one matrix).
+
+    Accuracy of ``"gram"``: the Gram of float32 entries is formed almost exactly in float64
+    (products of float32 are exact in float64), and eigvalsh's absolute error on
+    ``lambda = sigma^2`` is ~ eps64 * sigma_max^2, so sigma_i is off by about
+    ``eps64 * sigma_max^2 / sigma_i`` (at most ~ sqrt(eps64) sigma_max = 1.5e-8 sigma_max for
+    sigma_i -> 0): never worse than float32 SVD (~ eps32 * sigma_max = 6e-8 sigma_max). A float32
+    Gram would lose the small values (error ~ sqrt(eps32) sigma_max = 3.5e-4 sigma_max), which is
+    why the Gram is formed in double. For float64 input ``"auto"`` keeps ``"svd"``.
+
+    Raises:
+        NonFiniteWeightError: ``mats`` has NaN/Inf entries.
+        SpectralError: the solver failed on a chunk, also when retried with float64 SVD.
+    """
+    mats = _compute(mats)
+    if mats.dim() < 2:
+        raise ValueError(f"expected (*batch, m, n) matrices, got shape {tuple(mats.shape)}")
+    lead, (m, n) = mats.shape[:-2], mats.shape[-2:]
+    flat = mats.reshape(-1, m, n)
+    return _svdvals(flat, method, chunk_elems).reshape(*lead, min(m, n))
+
+
+def _stack_svdvals(
+    mats: Tensor, layers: int, weight_shape: Sequence[int], method: str, chunk_elems: int
+) -> Tensor:
+    """Pool the singular values of ``mats`` (L * batch, m, n) per layer: (L, batch * r)."""
+    context = f"weight shape {_shape_str(weight_shape)}"
+    svals = _svdvals(mats, method, chunk_elems, context=context, checked=True)
+    pooled = svals.reshape(layers, -1)
+    if mats.shape[0] == layers:  # one matrix per layer: already descending
+        return pooled
+    return torch.sort(pooled, dim=1, descending=True).values
+
+
+# --------------------------------------------------------------------------------------------
+# unfold mode
+
+
+def stacked_unfold_matrices(weights: Tensor, groups: int = 1) -> Tensor:
+    """im2col matrices of a stack of weights: ``(L, d, c, *k) -> (L, g, d/g, c*prod(k))``.
+
+    Row ``o`` of group ``j`` is output channel ``j * d/g + o``; the columns follow the (c, *k)
+    order of ``torch.nn.functional.unfold``. Grouped convs are block diagonal, so each group has
+    its own matrix (flattening the whole grouped weight would mix unrelated blocks).
+    """
+    weights = _check_stack(weights, groups)
+    layers, d = weights.shape[:2]
+    return weights.reshape(layers, groups, d // groups, -1)
+
+
+def unfold_matrix(weight: Tensor, groups: int = 1) -> Tensor:
+    """im2col matrix of each group: ``(d, c, *k) -> (g, d/g, c*prod(k))`` (Praggastis et al.).
+
+    ``weight`` may be a linear weight ``(d, c)``, a 1-/2-/3-d conv weight, or a transposed conv
+    weight ``(in, out/g, *k)`` (read as the weight of its adjoint conv: rows are the transposed
+    conv's input channels).
+    """
+    return stacked_unfold_matrices(weight.unsqueeze(0), groups)[0]
+
+
+def stacked_unfold_svdvals(
+    weights: Tensor,
+    groups: int = 1,
+    *,
+    method: str = "auto",
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+) -> Tensor:
+    """Pooled unfold singular values of ``L`` same-shape weights: ``(L, g * min(d/g, c*K))``."""
+    mats = stacked_unfold_matrices(weights, groups)
+    layers = mats.shape[0]
+    return _stack_svdvals(mats.flatten(0, 1), layers, weights.shape[1:], method, chunk_elems)
+
+
+def unfold_svdvals(
+    weight: Tensor, groups: int = 1, *, method: str = "auto", chunk_elems: int = DEFAULT_CHUNK_ELEMS
+) -> Tensor:
+    """Singular values of every group's im2col matrix, pooled, descending."""
+    return stacked_unfold_svdvals(
+        weight.unsqueeze(0), groups, method=method, chunk_elems=chunk_elems
+    )[0]
+
+
+def _normalise_signs(u: Tensor, s: Tensor, vh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Flip (u_i, v_i) together so that the largest-|entry| of each v_i is positive."""
+    if vh.shape[-1] == 0:
+        return u, s, vh
+    idx = vh.abs().argmax(dim=-1, keepdim=True)
+    sign = torch.sign(vh.gather(-1, idx))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return u * sign.mT, s, vh * sign
+
+
+def stacked_unfold_svd(
+    weights: Tensor, groups: int = 1, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD of each group's im2col matrix for ``L`` same-shape weights.
+
+    Returns ``U (L, g, d/g, r)``, ``S (L, g, r)``, ``Vh (L, g, r, c*K)`` with ``r = min(d/g,
+    c*K)``, ``S`` descending per group, signs normalised (see :func:`unfold_svd`).
+    """
+    mats = stacked_unfold_matrices(weights, groups)
+    layers, g, m, n = mats.shape
+    flat = mats.reshape(layers * g, m, n)
+    step = max(1, int(chunk_elems) // max(1, m * n))
+    parts = []
+    for start in range(0, flat.shape[0], step):
+        chunk = flat[start : start + step]
+        try:
+            parts.append(torch.linalg.svd(chunk, full_matrices=False))
+        except RuntimeError as err:
+            try:
+                u, s, vh = torch.linalg.svd(chunk.double(), full_matrices=False)
+                parts.append((u.to(chunk.dtype), s.to(chunk.dtype), vh.to(chunk.dtype)))
+            except RuntimeError as err64:
+                raise SpectralError(
+                    f"SVD of {chunk.shape[0]} unfold matrices of shape {_shape_str((m, n))} "
+                    f"(weight shape {_shape_str(weights.shape[1:])}) failed to converge, "
+                    f"also in float64: {err}"
+                ) from err64
+    u, s, vh = (torch.cat(p) if len(parts) > 1 else p[0] for p in zip(*parts, strict=True))
+    u, s, vh = _normalise_signs(u, s, vh)
+    r = s.shape[-1]
+    return u.reshape(layers, g, m, r), s.reshape(layers, g, r), vh.reshape(layers, g, r, n)
+
+
+def unfold_svd(
+    weight: Tensor, groups: int = 1, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS
+) -> tuple[Tensor, Tensor, Tensor]:
+    """SVD of each group's im2col matrix: ``Wbar_j = U_j diag(S_j) Vh_j`` (Praggastis et al.).
+
+    Returns ``U (g, d/g, r)``, ``S (g, r)``, ``Vh (g, r, c*prod(k))``, ``r = min(d/g, c*K)``.
+    Row ``i`` of ``Vh[j]`` reshaped to ``(c, *k)`` is the input-side filter of SVD-neuron ``i``
+    of group ``j``; column ``i`` of ``U[j]`` mixes that group's output channels. With ``x_p``
+    the im2col patch of output position ``p`` (``F.unfold`` with the layer's padding, stride
+    and dilation) the neuron's signal is ``u_i^T (y_p - b) = S_i <v_i, x_p>``.
+
+    Sign convention: the entry of largest magnitude of each ``v_i`` is positive (``u_i`` is
+    flipped with it), so vectors and signals are comparable across epochs.
+    """
+    u, s, vh = stacked_unfold_svd(weight.unsqueeze(0), groups, chunk_elems=chunk_elems)
+    return u[0], s[0], vh[0]
+
+
+# --------------------------------------------------------------------------------------------
+# slices mode (WeightWatcher)
+
+
+def stacked_slice_matrices(weights: Tensor) -> Tensor:
+    """Kernel slices of a stack: ``(L, d, c, *k) -> (L, prod(k), N, M)`` with ``N >= M``.
+
+    Slice ``q`` (row-major over the kernel positions) is ``W[:, :, i, j, ...]``, transposed
+    when ``d < c``. A linear weight gives its one matrix.
+    """
+    weights = _check_stack(weights)
+    layers, d, c = weights.shape[:3]
+    slices = weights.reshape(layers, d, c, -1).permute(0, 3, 1, 2)
+    return slices.mT if d < c else slices
+
+
+def slice_matrices(weight: Tensor) -> Tensor:
+    """WeightWatcher's conv slices ``W[:, :, i, j]`` (``N >= M``): ``(prod(k), N, M)``."""
+    return stacked_slice_matrices(weight.unsqueeze(0))[0]
+
+
+def stacked_slice_svdvals(
+    weights: Tensor, *, method: str = "auto", chunk_elems: int = DEFAULT_CHUNK_ELEMS
+) -> Tensor:
+    """Pooled slice singular values of ``L`` same-shape weights: ``(L, prod(k) * M)``."""
+    mats = stacked_slice_matrices(weights)
+    layers = mats.shape[0]
+    return _stack_svdvals(mats.flatten(0, 1), layers, weights.shape[1:], method, chunk_elems)
+
+
+def slice_svdvals(
+    weight: Tensor, *, method: str = "auto", chunk_elems: int = DEFAULT_CHUNK_ELEMS
+) -> Tensor:
+    """WeightWatcher 0.7.7's pooled ESD of a conv: the singular values of every slice.
+
+    The ``prod(k)`` matrices ``W[:, :, i, j]`` (d x c, transposed so N >= M) each give M values;
+    all ``prod(k) * M`` are pooled, descending, unscaled (WeightWatcher's 1/sqrt(2) conv
+    rescaling is the caller's normalisation). Groups are ignored, as WeightWatcher does.
+    WeightWatcher slices the other way when ``d + c < kh + kw`` and treats a conv1d weight as one
+    matrix; neither quirk is reproduced here (every kernel position is a slice).
+    """
+    return stacked_slice_svdvals(weight.unsqueeze(0), method=method, chunk_elems=chunk_elems)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# operator mode (Sedghi et al. 2019)
+
+
+def _frequency_grid(n_sub: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Half-spectrum frequencies of an ``n_sub`` grid and the indices of interior ones.
+
+    The last axis keeps ``0 .. n//2`` (as ``rfftn`` does); the others keep all frequencies.
+    Returns ``freqs (F, dims)`` (int64) and ``doubled (F2,)``: the rows whose conjugate partner
+    ``-f`` is not in the half grid, i.e. whose singular values appear twice in the full spectrum.
+    """
+    axes = [torch.arange(n, device=device) for n in n_sub[:-1]]
+    last = n_sub[-1]
+    axes.append(torch.arange(last // 2 + 1, device=device))
+    freqs = torch.cartesian_prod(*axes).reshape(-1, len(n_sub))
+    f_last = freqs[:, -1]
+    interior = (f_last > 0) & (2 * f_last != last)
+    return freqs, interior.nonzero().flatten()
+
+
+def _kernel_taps(
+    kernel: Sequence[int], n: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
+) -> tuple[list[list[int]], list[int]]:
+    """Polyphase coordinates of every kernel tap (row-major over the kernel).
+
+    Tap ``q`` sits at ``j = dilation * q`` of the dilated kernel, wrapped circularly to
+    ``j mod n``; with ``j mod n = stride * t + a`` it belongs to phase ``a`` at position ``t`` of
+    the ``n / stride`` grid. Returns ``t`` per tap (a list of per-axis ints) and the flat phase
+    index of each tap.
+    """
+    positions, phases = [], []
+    for q in torch.cartesian_prod(*[torch.arange(k) for k in kernel]).reshape(-1, len(kernel)):
+        t_axes, phase = [], 0
+        for qi, ni, si, di in zip(q.tolist(), n, stride, dilation, strict=True):
+            j = (di * qi) % ni
+            t_axes.append(j // si)
+            phase = phase * si + j % si
+        positions.append(t_axes)
+        phases.append(phase)
+    return positions, phases
+
+
+def _fourier_matrix(
+    freqs: Tensor,
+    positions: Tensor,
+    phases: Tensor,
+    n_sub: Sequence[int],
+    n_phases: int,
+    dtype: torch.dtype,
+) -> Tensor:
+    """Real view ``(K, F, S, 2)`` of ``E[q, f, a] = exp(-2 pi i f.t_q / n') [phase(q) == a]``.
+
+    The phase ``f . t / n'`` is reduced modulo 1 in exact integer arithmetic per axis before
+    the float64 cos/sin, so the matrix is accurate for any grid size.
+    """
+    n_sub_t = torch.tensor(n_sub, device=freqs.device, dtype=torch.float64)
+    # (K, F, dims): (t_q,i * f_i) mod n'_i, exact in int64
+    prod = (positions[:, None, :] * freqs[None, :, :]) % torch.tensor(n_sub, device=freqs.device)
+    turns = (prod.double() / n_sub_t).sum(-1)
+    angle = (2 * math.pi) * torch.remainder(turns, 1.0)
+    wave = torch.stack((torch.cos(angle), -torch.sin(angle)), dim=-1)  # (K, F, 2)
+    mask = torch.nn.functional.one_hot(phases, n_phases).to(torch.float64)  # (K, S)
+    return (wave[:, :, None, :] * mask[:, None, :, None]).to(dtype)
+
+
+def stacked_operator_svdvals(
+    weights: Tensor,
+    input_size: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    *,
+    method: str = "auto",
+    max_batch_elems: int = DEFAULT_CHUNK_ELEMS,
+) -> Tensor:
+    """Operator singular values of ``L`` same-shape conv weights: ``(L, g * N' * min(d/g, c*S))``.
+
+    See :func:`operator_svdvals`; ``weights`` is ``(L, d, c, *k)``.
+    """
+    weights = _check_stack(weights, groups)
+    layers, d, c, *kernel = weights.shape
+    dims = len(kernel)
+    if dims == 0:  # a linear layer is a conv with a 0-d kernel on a 0-d input
+        return stacked_unfold_svdvals(weights, groups, method=method, chunk_elems=max_batch_elems)
+    n = _ntuple(input_size, dims, "input_size")
+    s = _ntuple(stride, dims, "stride")
+    dil = _ntuple(dilation, dims, "dilation")
+    for ni, si in zip(n, s, strict=True):
+        if ni % si:
+            raise ValueError(
+                f"input_size {n} is not divisible by stride {s}: the circular strided "
+                "operator (polyphase decomposition) needs every input dim divisible by its stride"
+            )
+    n_sub = tuple(ni // si for ni, si in zip(n, s, strict=True))
+    n_phases = math.prod(s)
+    dg = d // groups
+    device = weights.device
+
+    t_list, phase_list = _kernel_taps(kernel, n, s, dil)
+    positions = torch.tensor(t_list, device=device, dtype=torch.int64)
+    phases = torch.tensor(phase_list, device=device, dtype=torch.int64)
+    freqs, doubled = _frequency_grid(n_sub, device)
+    n_freq = freqs.shape[0]
+    flat = weights.reshape(layers * d * c, -1)  # rows (l, o, ci), columns = taps
+
+    per_freq = layers * d * c * n_phases
+    step = max(1, int(max_batch_elems) // per_freq)
+    context = (
+        f"operator of weight shape {_shape_str(weights.shape[1:])} on input {_shape_str(n)}, "
+        f"stride {_shape_str(s)}, dilation {_shape_str(dil)}, groups {groups}"
+    )
+    parts = []
+    for start in range(0, n_freq, step):
+        chunk = freqs[start : start + step]
+        fc = chunk.shape[0]
+        fourier = _fourier_matrix(chunk, positions, phases, n_sub, n_phases, weights.dtype)
+        # P[l, g, f][o, (ci, a)] = sum_q W[l, g*dg + o, ci, q] E[q, f, a]
+        blocks = (flat @ fourier.reshape(fourier.shape[0], -1)).reshape(
+            layers, groups, dg, c, fc, n_phases, 2
+        )
+        blocks = torch.view_as_complex(blocks.permute(0, 1, 4, 2, 3, 5, 6).contiguous())
+        mats = blocks.reshape(layers * groups * fc, dg, c * n_phases)
+        svals = _svdvals(mats, method, max_batch_elems, context=context, checked=True)
+        parts.append(svals.reshape(layers, groups, fc, -1))
+    svals = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+    # conjugate symmetry: P(-f) = conj(P(f)) has the same singular values
+    full = torch.cat((svals, svals.index_select(2, doubled)), dim=2)
+    return torch.sort(full.reshape(layers, -1), dim=1, descending=True).values
+
+
+def operator_svdvals(
+    weight: Tensor,
+    input_size: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    *,
+    method: str = "auto",
+    max_batch_elems: int = DEFAULT_CHUNK_ELEMS,
+) -> Tensor:
+    """Every singular value of the circular conv operator on an input of size ``input_size``.
+
+    For a conv with circular padding, the map ``R^{c g x n} -> R^{d x n/s}`` (``n`` the spatial
+    grid, 1-, 2- or 3-d) is block-diagonalised by the DFT (Sedghi, Gupta & Long 2019): its
+    singular values are the union over the frequencies ``f`` of the ``n/s`` grid of those of
+
+        P(f) = [ sum_q W[:, :, q] exp(-2 pi i f . t_q / (n/s)) [phase(q) == a] ]_a ,
+
+    a ``d x (c * S)`` matrix, ``S = prod(stride)``: tap ``q`` of the dilated kernel sits at
+    ``j = dilation * q mod n = stride * t_q + phase(q)`` (the polyphase split of a strided conv;
+    a dilated kernel longer than ``n`` wraps around). Only the half spectrum is decomposed (last
+    frequency axis ``0 .. n'/2``, as ``rfftn``): for a real kernel ``P(-f) = conj(P(f))``, so the
+    interior frequencies are counted twice. The result is the exact multiset of
+    ``g * prod(n/s) * min(d/g, c*S)`` values, descending; the largest is the circular map's
+    Lipschitz constant. The DFT is evaluated only on the kernel's ``prod(k)`` taps, as one GEMM
+    per chunk of frequencies, so the memory is bounded by ``max_batch_elems`` (an FFT of the
+    padded kernel would materialise every frequency at once).
+
+    Args:
+        weight: ``(d, c, *k)`` conv weight; a linear weight ``(d, c)`` gives its own spectrum.
+            For a transposed conv pass its weight ``(in, out/g, *k)`` unchanged: the transposed
+            conv is the adjoint of the conv with this weight, with the same singular values.
+        input_size: spatial size of the conv's input (from a forward hook: the real size, not
+            a constant). For a transposed conv pass the adjoint conv's input size, i.e. the
+            transposed conv's *output* size.
+        stride, dilation: int or per-axis tuple; every input dim must be divisible by its
+            stride.
+        groups: the operator is block diagonal over groups; the result is the union.
+        method: passed to :func:`batched_svdvals`.
+        max_batch_elems: bound on complex matrix elements assembled and decomposed at once.
+
+    The spectrum is that of the circular map; with zero padding (the usual layer) it is an
+    approximation that improves with the input size.
+
+    Raises:
+        ValueError: an input dim not divisible by its stride, or bad shapes.
+        NonFiniteWeightError, SpectralError: see the module docstring.
+    """
+    return stacked_operator_svdvals(
+        weight.unsqueeze(0),
+        input_size,
+        stride,
+        dilation,
+        groups,
+        method=method,
+        max_batch_elems=max_batch_elems,
+    )[0]

@@ -1,0 +1,66 @@
+"""Class-level analysis: probe sets, SVD-neuron signals, class-overlap hypergraphs,
+class-specific features and activation factorization rank (RESEARCH.md sections 1a and 3)."""
+
+from __future__ import annotations
+
+from svd_callback.classes.factorization import (
+    FactorizationResult,
+    bound_tensor,
+    corcondia,
+    factorization_rank,
+)
+from svd_callback.classes.features import (
+    ClassFeatures,
+    class_specific_features,
+    find_penultimate_layer,
+    mass_counts,
+    pool_features,
+)
+from svd_callback.classes.hypergraph import (
+    HypergraphStats,
+    class_hyperedges,
+    hypergraph_stats,
+    incidence_matrix,
+    jaccard,
+    to_hypernetx,
+)
+from svd_callback.classes.probe import (
+    ProbeSet,
+    capture_activations,
+    dataset_labels,
+    select_probe,
+)
+from svd_callback.classes.signals import (
+    ClassMeans,
+    ConvParams,
+    NeuronSignals,
+    class_mean_signals,
+    neuron_signals,
+)
+
+__all__ = [
+    "ClassFeatures",
+    "ClassMeans",
+    "ConvParams",
+    "FactorizationResult",
+    "HypergraphStats",
+    "NeuronSignals",
+    "ProbeSet",
+    "bound_tensor",
+    "capture_activations",
+    "class_hyperedges",
+    "class_mean_signals",
+    "class_specific_features",
+    "corcondia",
+    "dataset_labels",
+    "factorization_rank",
+    "find_penultimate_layer",
+    "hypergraph_stats",
+    "incidence_matrix",
+    "jaccard",
+    "mass_counts",
+    "neuron_signals",
+    "pool_features",
+    "select_probe",
+    "to_hypernetx",
+]

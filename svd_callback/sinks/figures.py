@@ -1,0 +1,148 @@
+"""Matplotlib figures of layer spectra (no pyplot: figures are plain ``Figure`` objects).
+
+- :func:`esd_figure`: the empirical spectral density of lambda on log-log axes, with the fitted
+  power-law tail rho(lambda) ~ lambda^-alpha (lambda >= xmin) and the Marchenko-Pastur bulk
+  rho(x) = Q / (2 pi s^2 x) sqrt((lambda_+ - x)(x - lambda_-)), lambda_+- = s^2 (1 +- 1/sqrt Q)^2
+  (Martin & Mahoney 2021).
+- :func:`spectrum_heatmap`: one layer's spectrum across analyses: column = one analysis,
+  row = rank fraction i / n, colour = log10(sigma_i / max sigma over the whole figure).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from svd_callback.report import LayerReport
+
+
+def spectrum_quantiles(svals: np.ndarray, n_points: int = 128) -> np.ndarray:
+    """Descending singular values resampled to ``n_points`` rank fractions (linear in rank)."""
+    svals = np.sort(np.asarray(svals, dtype=np.float64).ravel())[::-1]
+    if svals.size == 0:
+        return np.full(n_points, np.nan)
+    if svals.size <= n_points:
+        grid = np.linspace(0.0, 1.0, n_points)
+        return np.interp(grid, np.linspace(0.0, 1.0, svals.size), svals) if svals.size > 1 else (
+            np.full(n_points, svals[0])
+        )
+    positions = np.linspace(0.0, svals.size - 1, n_points)
+    return np.interp(positions, np.arange(svals.size), svals)
+
+
+def mp_density(x: np.ndarray, s2: float, q: float) -> np.ndarray:
+    """Marchenko-Pastur density for aspect ratio Q = N / M >= 1 and scale s^2 (zero outside)."""
+    lam_minus = s2 * (1.0 - 1.0 / math.sqrt(q)) ** 2
+    lam_plus = s2 * (1.0 + 1.0 / math.sqrt(q)) ** 2
+    inside = (x > lam_minus) & (x < lam_plus)
+    out = np.zeros_like(x, dtype=np.float64)
+    xi = x[inside]
+    out[inside] = q / (2.0 * math.pi * s2 * xi) * np.sqrt((lam_plus - xi) * (xi - lam_minus))
+    return out
+
+
+def esd_figure(
+    eigenvalues: np.ndarray,
+    *,
+    alpha: float | None = None,
+    xmin: float | None = None,
+    mp_s2: float | None = None,
+    q: float | None = None,
+    title: str = "",
+    subtitle: str = "",
+) -> Figure:
+    """ESD histogram (density, log-spaced bins) on log-log axes with the power-law and MP fits."""
+    eigs = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    eigs = eigs[np.isfinite(eigs) & (eigs > 0)]
+    figure = Figure(figsize=(6.4, 4.4), dpi=80, layout="constrained")
+    axes = figure.add_subplot()
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("eigenvalue lambda")
+    axes.set_ylabel("density")
+    axes.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=9)
+    if eigs.size == 0:
+        axes.text(0.5, 0.5, "no positive eigenvalues", transform=axes.transAxes, ha="center")
+        return figure
+    lo, hi = eigs.min(), eigs.max()
+    if hi <= lo:
+        hi = lo * 1.01
+    bins = np.geomspace(lo, hi, max(10, min(80, int(2 * math.sqrt(eigs.size)))))
+    density, edges = np.histogram(eigs, bins=bins, density=True)
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    shown = density > 0
+    axes.step(centres[shown], density[shown], where="mid", color="tab:blue", label="ESD")
+    grid = np.geomspace(lo, hi, 400)
+    if _finite(alpha) and _finite(xmin) and xmin > 0 and alpha > 1:
+        tail = grid[grid >= xmin]
+        frac = float(np.mean(eigs >= xmin))
+        pdf = frac * (alpha - 1.0) / xmin * (tail / xmin) ** (-alpha)
+        axes.plot(tail, pdf, color="tab:red", label=f"power law alpha={alpha:.2f}")
+        axes.axvline(xmin, color="tab:red", linestyle=":", linewidth=1, label=f"xmin={xmin:.3g}")
+    if _finite(mp_s2) and _finite(q) and mp_s2 > 0 and q >= 1:
+        mp = mp_density(grid, mp_s2, q)
+        axes.plot(grid[mp > 0], mp[mp > 0], color="tab:green", label=f"MP bulk Q={q:.2f}")
+    axes.legend(fontsize=8, loc="lower left")
+    return figure
+
+
+def esd_figure_for(
+    record: LayerReport, conventions: str = "", epoch: float | None = None
+) -> Figure:
+    """:func:`esd_figure` of an analysed :class:`LayerReport` (its metrics give the fits)."""
+    eigs = record.eigenvalues
+    metrics = record.metrics
+    q = None
+    if record.matrix_shape and record.matrix_shape[1] > 0:
+        q = record.matrix_shape[0] / record.matrix_shape[1]
+    when = "" if epoch is None else f" (epoch {epoch:g})"
+    return esd_figure(
+        np.zeros(0) if eigs is None else eigs.detach().cpu().numpy(),
+        alpha=metrics.get("alpha"),
+        xmin=metrics.get("xmin"),
+        mp_s2=metrics.get("mp_s2"),
+        q=q,
+        title=f"ESD {record.name} [{record.mode}]{when}",
+        subtitle=conventions,
+    )
+
+
+def spectrum_heatmap(
+    epochs: Sequence[float],
+    spectra: Sequence[np.ndarray],
+    *,
+    title: str = "",
+    xlabel: str = "epochs trained",
+) -> Figure:
+    """Heat map of resampled spectra (:func:`spectrum_quantiles`) across analyses."""
+    figure = Figure(figsize=(6.4, 4.4), dpi=80, layout="constrained")
+    axes = figure.add_subplot()
+    axes.set_title(title, fontsize=9)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("rank fraction i / n")
+    if not spectra:
+        return figure
+    matrix = np.stack([np.asarray(s, dtype=np.float64) for s in spectra], axis=1)
+    top = np.nanmax(matrix) if np.isfinite(matrix).any() else math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(matrix / top)
+    logs[~np.isfinite(logs)] = np.nan
+    x = np.asarray(epochs, dtype=np.float64)
+    if x.size > 1:
+        mids = (x[1:] + x[:-1]) / 2
+        x_edges = np.concatenate([[x[0] - (mids[0] - x[0])], mids, [x[-1] + (x[-1] - mids[-1])]])
+    else:
+        x_edges = np.array([x[0] - 0.5, x[0] + 0.5])
+    y_edges = np.linspace(0.0, 1.0, matrix.shape[0] + 1)
+    mesh = axes.pcolormesh(x_edges, y_edges, logs, cmap="viridis", shading="flat")
+    axes.invert_yaxis()
+    colorbar = figure.colorbar(mesh, ax=axes)
+    colorbar.set_label("log10(sigma / max sigma)")
+    return figure
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,38 @@
+"""TensorBoard custom-scalar layout: one chart per metric holding every layer.
+
+One category per conv mode (``spectral (unfold)``, ``spectral (operator)``, ...) with one
+multiline chart per metric whose regex ``^spectral/<metric>/.*`` (``^spectral/<metric>\\.<mode>/``
+for a secondary mode) collects all layers, and a ``spectral summary`` category with one chart per
+aggregate overlaying the modes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from svd_callback.sinks.tags import custom_scalar_regex
+
+
+def custom_scalar_layout(
+    metrics: Iterable[str],
+    modes: Sequence[str],
+    summary_keys: Iterable[str] = (),
+) -> dict[str, dict[str, list]]:
+    """The ``layout`` dict for ``SummaryWriter.add_custom_scalars``; ``modes[0]`` is primary."""
+    metrics = list(metrics)
+    primary = modes[0]
+    layout: dict[str, dict[str, list]] = {}
+    for mode in modes:
+        layout[f"spectral ({mode})"] = {
+            metric: ["Multiline", [custom_scalar_regex(metric, mode, primary)]]
+            for metric in metrics
+        }
+    summary = {
+        key: ["Multiline", [rf"^spectral_summary/{re.escape(key)}(\.[a-z_]+)?$"]]
+        for key in summary_keys
+    }
+    if summary:
+        layout["spectral summary"] = summary
+    layout["alerts"] = {"alerts/count": ["Multiline", [r"^alerts/count$"]]}
+    return layout

@@ -1,0 +1,188 @@
+"""Tag names and human descriptions of everything the monitor logs.
+
+The tag patterns are fixed (DESIGN.md): per-layer scalars ``spectral/<metric>/<layer>`` for the
+primary conv mode and ``spectral/<metric>.<mode>/<layer>`` for the others; model-level aggregates
+``spectral_summary/<key>`` (``spectral_summary/<key>.<mode>``); singular-value histograms
+``spectra/<mode>/<layer>``; ``alerts/count`` and the text tag ``alerts``. Every description says
+which conv mode, normalisation and fit produced the number.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+ALERT_COUNT_TAG = "alerts/count"
+ALERT_TEXT_TAG = "alerts"
+CONVENTIONS_TAG = "spectral/conventions"
+EPOCH_TAG = "epoch"
+
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "norms": (
+        "log_norm",
+        "log_spectral_norm",
+        "spectral_norm",
+        "frobenius_norm",
+        "stable_rank",
+        "entropy",
+        "matrix_rank",
+        "rank_loss",
+    ),
+    "powerlaw": (
+        "alpha",
+        "xmin",
+        "D",
+        "alpha_sigma",
+        "n_tail",
+        "alpha_hill",
+        "alpha_weighted",
+        "log_alpha_norm",
+    ),
+    "mp": ("mp_softrank", "num_spikes", "lambda_plus", "mp_s2"),
+    "traps": ("num_traps", "trap_max", "rand_distance"),
+}
+"""Metric groups a user selects with ``SpectralMonitor(metrics=...)``."""
+
+METRIC_DESCRIPTIONS: dict[str, str] = {
+    "alpha": "power-law exponent alpha of the ESD tail, rho(lambda) ~ lambda^-alpha "
+    "(Martin & Mahoney 2021; 2-6 well trained, <2 over-trained, >6 under-trained)",
+    "xmin": "lower end xmin of the power-law tail of the ESD",
+    "D": "Kolmogorov-Smirnov distance between the ESD tail and the fitted power law",
+    "alpha_sigma": "standard error of alpha, (alpha - 1) / sqrt(n_tail)",
+    "n_tail": "number of eigenvalues in the fitted power-law tail",
+    "alpha_hill": "Hill estimate of alpha with xmin = median eigenvalue (TempBalance)",
+    "log_norm": "log10 of the squared Frobenius norm, log10(sum lambda)",
+    "log_spectral_norm": "log10 of the largest eigenvalue, log10(lambda_max)",
+    "alpha_weighted": "alpha-hat = alpha * log10(lambda_max)",
+    "log_alpha_norm": "log10(sum lambda^alpha), the alpha-norm",
+    "stable_rank": "stable rank sum lambda / lambda_max",
+    "entropy": "spectral entropy -sum p ln p / ln(rank), p = lambda / sum lambda",
+    "matrix_rank": "numerical rank: number of sigma > sigma_max * N * eps",
+    "rank_loss": "M minus the numerical rank (rank collapse)",
+    "mp_softrank": "MP soft rank lambda_plus / lambda_max",
+    "num_spikes": "eigenvalues above the Marchenko-Pastur edge plus the Tracy-Widom margin",
+    "lambda_plus": "Marchenko-Pastur bulk edge lambda_plus = s^2 (1 + 1/sqrt(Q))^2",
+    "mp_s2": "Marchenko-Pastur scale s^2 fitted to the bulk",
+    "spectral_norm": "largest singular value sqrt(lambda_max)",
+    "frobenius_norm": "Frobenius norm sqrt(sum lambda)",
+    "num_traps": "correlation traps: eigenvalues of the entry-shuffled weight above its MP edge",
+    "trap_max": "largest eigenvalue of the entry-shuffled weight relative to its MP edge",
+    "rand_distance": "distance between the ESD and the ESD of the entry-shuffled weight",
+}
+
+_MODE_TEXT = {
+    "unfold": "conv mode unfold (W reshaped to d x c*kh*kw, Praggastis et al. 2022)",
+    "operator": "conv mode operator (exact spectrum of the circular conv operator on the "
+    "layer's real input size, Sedghi et al. 2019)",
+    "slices": "conv mode slices (WeightWatcher's pooled kh*kw slices W[:, :, i, j])",
+}
+
+_NORMALIZATION_TEXT = {
+    "raw": "normalization raw (lambda = sigma^2)",
+    "ww": "normalization ww (WeightWatcher 0.7.7: lambda = sigma^2 / 2 for convs)",
+    "per_row": "normalization per_row (lambda = sigma^2 / N, DeepDataProfiler)",
+}
+
+_FIT_TEXT = {
+    "ks": "fit KS-optimal xmin (Clauset et al.)",
+    "hill": "fit Hill estimator with xmin = median eigenvalue",
+    None: "no power-law fit",
+}
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+def metric_name(metric: str, mode: str, primary_mode: str) -> str:
+    """``alpha`` for the primary mode, ``alpha.operator`` for another one."""
+    return metric if mode == primary_mode else f"{metric}.{mode}"
+
+
+def layer_tag(metric: str, layer: str, mode: str, primary_mode: str) -> str:
+    """``spectral/<metric>/<layer>`` (primary mode) or ``spectral/<metric>.<mode>/<layer>``."""
+    return f"spectral/{metric_name(metric, mode, primary_mode)}/{clean_layer_name(layer)}"
+
+
+def summary_tag(key: str, mode: str, primary_mode: str) -> str:
+    """``spectral_summary/<key>`` (primary mode) or ``spectral_summary/<key>.<mode>``."""
+    return f"spectral_summary/{metric_name(key, mode, primary_mode)}"
+
+
+def spectrum_tag(mode: str, layer: str) -> str:
+    """``spectra/<mode>/<layer>``: histogram of the layer's singular values."""
+    return f"spectra/{mode}/{clean_layer_name(layer)}"
+
+
+def figure_tag(figure: str, mode: str, layer: str) -> str:
+    """``spectral_figures/<figure>/<mode>/<layer>`` (``esd`` or ``heatmap``)."""
+    return f"spectral_figures/{figure}/{mode}/{clean_layer_name(layer)}"
+
+
+def clean_layer_name(layer: str) -> str:
+    """A qualified module name made safe for a tag (characters outside ``[A-Za-z0-9_.-/]`` become
+    ``_``); ordinary ``named_modules`` names pass unchanged."""
+    return _SAFE.sub("_", layer)
+
+
+def conventions(mode: str, normalization: str, fit: str | None, ww_compat: bool = False) -> str:
+    """``conv mode ...; normalization ...; fit ...`` for one mode."""
+    fit_text = _FIT_TEXT.get(fit, f"fit {fit}")
+    if ww_compat and fit is not None:
+        fit_text += " (WeightWatcher 0.7.7 compatible)"
+    return "; ".join(
+        (
+            _MODE_TEXT.get(mode, f"conv mode {mode}"),
+            _NORMALIZATION_TEXT.get(normalization, f"normalization {normalization}"),
+            fit_text,
+        )
+    )
+
+
+def metric_description(
+    metric: str, mode: str, normalization: str, fit: str | None, ww_compat: bool = False
+) -> str:
+    """What a per-layer scalar is and how it was made (shown in TensorBoard's chart tooltip)."""
+    what = METRIC_DESCRIPTIONS.get(metric, metric)
+    how = conventions(mode, normalization, fit, ww_compat)
+    return f"{what}; ESD of lambda = c * sigma^2; {how}"
+
+
+def summary_description(
+    key: str, mode: str, normalization: str, fit: str | None, ww_compat: bool = False
+) -> str:
+    """Description of a model-level aggregate such as ``alpha_mean`` or ``n_skipped``."""
+    how = conventions(mode, normalization, fit, ww_compat)
+    for suffix, word in (("_mean", "mean"), ("_median", "median")):
+        if key.endswith(suffix):
+            metric = key[: -len(suffix)]
+            what = METRIC_DESCRIPTIONS.get(metric, metric)
+            return f"{word} over analysed layers (finite values) of: {what}; {how}"
+    if key == "n_layers":
+        return f"number of layers analysed; {how}"
+    if key == "n_skipped":
+        return f"number of layers skipped (reasons in the history file); {how}"
+    if key.startswith("frac_"):
+        label = key[len("frac_") :].replace("_", "-")
+        return f"fraction of fitted layers labelled {label} by the alpha thresholds; {how}"
+    return f"{key}; {how}"
+
+
+def spectrum_description(mode: str, normalization: str) -> str:
+    return (
+        f"singular values sigma of the layer (before normalisation); "
+        f"{_MODE_TEXT.get(mode, mode)}; the ESD metrics use {_NORMALIZATION_TEXT[normalization]}"
+        if normalization in _NORMALIZATION_TEXT
+        else f"singular values sigma of the layer; {_MODE_TEXT.get(mode, mode)}"
+    )
+
+
+def metrics_for_groups(groups: Iterable[str]) -> tuple[str, ...]:
+    """All metric names of the selected groups, in group order."""
+    names: list[str] = []
+    for group in groups:
+        names.extend(METRIC_GROUPS[group])
+    return tuple(dict.fromkeys(names))
+
+
+def custom_scalar_regex(metric: str, mode: str, primary_mode: str) -> str:
+    """Regex matching ``metric`` for every layer in ``mode`` (TensorBoard custom scalars)."""
+    return "^" + re.escape(f"spectral/{metric_name(metric, mode, primary_mode)}/") + ".*"

@@ -1,0 +1,241 @@
+"""Sinks: tag names, the history file, TensorBoard writing (read back with TensorBoard's own
+reader), figures and the custom-scalar layout."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.util import tensor_util
+from torch.utils.tensorboard import SummaryWriter
+
+from svd_callback.report import LayerReport
+from svd_callback.sinks import tags
+from svd_callback.sinks.figures import (
+    esd_figure,
+    esd_figure_for,
+    mp_density,
+    spectrum_heatmap,
+    spectrum_quantiles,
+)
+from svd_callback.sinks.history import HistoryFile, read_history, to_json
+from svd_callback.sinks.layout import custom_scalar_layout
+from svd_callback.sinks.tensorboard import TensorBoardSink
+
+
+# ---------------------------------------------------------------------------- tags
+def test_tags_follow_the_fixed_patterns():
+    assert tags.layer_tag("alpha", "features.0", "unfold", "unfold") == "spectral/alpha/features.0"
+    assert (
+        tags.layer_tag("alpha", "features.0", "operator", "unfold")
+        == "spectral/alpha.operator/features.0"
+    )
+    assert tags.summary_tag("alpha_mean", "unfold", "unfold") == "spectral_summary/alpha_mean"
+    secondary = tags.summary_tag("alpha_mean", "slices", "unfold")
+    assert secondary == "spectral_summary/alpha_mean.slices"
+    assert tags.spectrum_tag("operator", "fc") == "spectra/operator/fc"
+    assert tags.clean_layer_name("a b/c:1") == "a_b/c_1"
+
+
+def test_custom_scalar_regex_selects_one_metric_and_mode():
+    all_tags = [
+        "spectral/alpha/features.0",
+        "spectral/alpha/fc",
+        "spectral/alpha_hill/fc",
+        "spectral/alpha.operator/fc",
+        "spectral_summary/alpha_mean",
+    ]
+    primary = re.compile(tags.custom_scalar_regex("alpha", "unfold", "unfold"))
+    operator = re.compile(tags.custom_scalar_regex("alpha", "operator", "unfold"))
+    assert [t for t in all_tags if primary.search(t)] == all_tags[:2]
+    assert [t for t in all_tags if operator.search(t)] == ["spectral/alpha.operator/fc"]
+
+
+def test_descriptions_name_mode_normalization_and_fit():
+    text = tags.metric_description("alpha", "operator", "raw", "ks")
+    assert "operator" in text and "normalization raw" in text and "KS" in text
+    text = tags.summary_description("alpha_mean", "slices", "ww", "hill", ww_compat=True)
+    assert "mean" in text and "slices" in text and "ww" in text and "Hill" in text
+    assert "no power-law fit" in tags.conventions("unfold", "per_row", None)
+
+
+def test_metric_groups_cover_the_documented_names():
+    assert tags.metrics_for_groups(["powerlaw"])[0] == "alpha"
+    assert set(tags.metrics_for_groups(tags.METRIC_GROUPS)) <= set(tags.METRIC_DESCRIPTIONS)
+
+
+# ---------------------------------------------------------------------------- history
+def test_history_appends_json_lines_with_null_for_non_finite(tmp_path):
+    path = tmp_path / "sub" / "h.jsonl"
+    history = HistoryFile(path)
+    size = history.append([{"a": 1.5, "b": math.nan, "c": (1, 2), "t": torch.tensor([1.0, 2.0])}])
+    assert size == path.stat().st_size == history.size()
+    history.append([{"a": math.inf, "np": np.float32(2.5), "flag": np.bool_(True)}])
+    lines = path.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"a": 1.5, "b": None, "c": [1, 2], "t": [1.0, 2.0]},
+        {"a": None, "np": 2.5, "flag": True},
+    ]
+
+
+def test_read_history_drops_a_partial_last_line_and_truncate_cuts_back(tmp_path):
+    history = HistoryFile(tmp_path / "h.jsonl")
+    first = history.append([{"step": 0}])
+    history.append([{"step": 1}, {"step": 2}])
+    with open(history.path, "a") as handle:
+        handle.write('{"step": 3, "trunc')
+    assert [r["step"] for r in read_history(history.path)] == [0, 1, 2]
+    assert history.truncate(first)
+    assert [r["step"] for r in read_history(history.path)] == [0]
+    assert not history.truncate(first)
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=10,
+))
+@settings(max_examples=60, deadline=None)
+def test_to_json_is_always_strict_json(value):
+    json.dumps(to_json(value), allow_nan=False)
+
+
+# ---------------------------------------------------------------------------- tensorboard
+def _accumulator(logdir) -> EventAccumulator:
+    accumulator = EventAccumulator(str(logdir), size_guidance={"tensors": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_tensorboard_sink_writes_scalars_with_descriptions_once(tmp_path):
+    writer = SummaryWriter(str(tmp_path))
+    sink = TensorBoardSink(writer)
+    sink.scalars({"spectral/alpha/fc": 3.25, "spectral/alpha/conv": 4.0}, 0,
+                 {"spectral/alpha/fc": "alpha; conv mode unfold"})
+    sink.scalars({"spectral/alpha/fc": 2.5}, 7, {"spectral/alpha/fc": "alpha; conv mode unfold"})
+    writer.close()
+    acc = _accumulator(tmp_path)
+    events = acc.Tensors("spectral/alpha/fc")
+    assert [e.step for e in events] == [0, 7]
+    assert [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events] == [3.25, 2.5]
+    metadata = acc.SummaryMetadata("spectral/alpha/fc")
+    assert metadata.plugin_data.plugin_name == "scalars"
+    assert metadata.summary_description == "alpha; conv mode unfold"
+    assert acc.SummaryMetadata("spectral/alpha/conv").summary_description == ""
+
+
+def test_tensorboard_sink_histogram_text_figure_and_layout(tmp_path):
+    writer = SummaryWriter(str(tmp_path))
+    sink = TensorBoardSink(writer, histogram_buckets=16)
+    values = np.array([0.5, 1.0, 1.5, 2.0, 8.0, np.nan])
+    sink.histogram("spectra/unfold/fc", values, 3, description="singular values")
+    sink.histogram("spectra/unfold/empty", np.array([np.nan]), 3)
+    sink.text("alerts", "| a | b |\n|---|---|\n| 1 | 2 |", 3, description="alerts")
+    sink.figure("spectral_figures/esd/unfold/fc", esd_figure(np.arange(1.0, 50.0)), 3)
+    layout = custom_scalar_layout(["alpha"], ["unfold", "operator"], ["alpha_mean"])
+    sink.layout(layout)
+    writer.close()
+    acc = _accumulator(tmp_path)
+    (hist,) = acc.Tensors("spectra/unfold/fc")
+    buckets = tensor_util.make_ndarray(hist.tensor_proto)
+    assert buckets.shape == (16, 3)
+    assert buckets[:, 2].sum() == 5  # the NaN is dropped
+    assert buckets[0, 0] == 0.5 and buckets[-1, 1] == 8.0
+    assert acc.SummaryMetadata("spectra/unfold/fc").plugin_data.plugin_name == "histograms"
+    assert "spectra/unfold/empty" not in acc.Tags()["tensors"]
+    (text,) = acc.Tensors("alerts")
+    assert tensor_util.make_ndarray(text.tensor_proto).item().decode().startswith("| a | b |")
+    (image,) = acc.Images("spectral_figures/esd/unfold/fc")
+    assert image.width > 100 and image.height > 100
+    (config,) = acc.Tensors("custom_scalars__config__")
+    parsed = layout_pb2.Layout()
+    parsed.ParseFromString(tensor_util.make_ndarray(config.tensor_proto).item())
+    titles = [c.title for c in parsed.category]
+    assert titles == ["spectral (unfold)", "spectral (operator)", "spectral summary", "alerts"]
+    chart = parsed.category[1].chart[0]
+    assert chart.title == "alpha"
+    assert list(chart.multiline.tag) == [r"^spectral/alpha\.operator/.*"]
+
+
+def test_layout_summary_regex_overlays_modes():
+    layout = custom_scalar_layout(["alpha"], ["unfold", "slices"], ["alpha_mean"])
+    (pattern,) = layout["spectral summary"]["alpha_mean"][1]
+    regex = re.compile(pattern)
+    assert regex.search("spectral_summary/alpha_mean")
+    assert regex.search("spectral_summary/alpha_mean.slices")
+    assert not regex.search("spectral_summary/alpha_median")
+
+
+# ---------------------------------------------------------------------------- figures
+@pytest.mark.parametrize("q", [1.0, 2.0, 4.0])
+def test_mp_density_integrates_to_one(q):
+    s2 = 0.7
+    lo, hi = s2 * (1 - 1 / math.sqrt(q)) ** 2, s2 * (1 + 1 / math.sqrt(q)) ** 2
+    total, _ = integrate.quad(lambda x: mp_density(np.array([x]), s2, q)[0], lo, hi, limit=200)
+    assert total == pytest.approx(1.0, abs=2e-3)
+
+
+def test_mp_density_matches_gaussian_matrix_spectrum():
+    """Eigenvalues of X^T X / N, X an N x M standard Gaussian matrix, follow MP(s^2 = 1, Q)."""
+    generator = torch.Generator().manual_seed(0)
+    n, m = 2000, 500
+    x = torch.randn(n, m, generator=generator, dtype=torch.float64)
+    eigs = np.sort(torch.linalg.eigvalsh(x.T @ x / n).numpy())
+    grid = np.linspace(eigs[0] * 0.9, eigs[-1] * 1.1, 4000)
+    cdf = integrate.cumulative_trapezoid(mp_density(grid, 1.0, n / m), grid, initial=0.0)
+    empirical = np.searchsorted(eigs, grid, side="right") / m
+    assert np.max(np.abs(cdf - empirical)) < 0.02
+
+
+def test_esd_figure_draws_the_fits_it_is_given():
+    eigs = np.random.default_rng(0).pareto(2.5, 400) + 1.0
+    figure = esd_figure(eigs, alpha=3.5, xmin=1.5, mp_s2=1.0, q=2.0, title="t")
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert any(label.startswith("power law alpha=3.50") for label in labels)
+    assert any(label.startswith("MP bulk") for label in labels)
+    assert figure.axes[0].get_xscale() == "log" and figure.axes[0].get_yscale() == "log"
+    bare = esd_figure(eigs, alpha=math.nan, xmin=None)
+    assert [line.get_label() for line in bare.axes[0].get_lines()] == ["ESD"]
+    empty = esd_figure(np.array([0.0, -1.0, np.nan]))
+    assert "no positive eigenvalues" in empty.axes[0].texts[0].get_text()
+
+
+def test_esd_figure_for_reads_a_layer_report():
+    record = LayerReport(
+        "fc", "linear", "unfold", svals=torch.linspace(3.0, 0.1, 40), matrix_shape=(80, 40),
+        metrics={"alpha": 2.5, "xmin": 0.5, "mp_s2": 0.3},
+    )
+    figure = esd_figure_for(record, "conv mode unfold", epoch=3)
+    axes = figure.axes[0]
+    assert "fc" in axes.get_title() and "epoch 3" in axes.get_title()
+    assert len(axes.get_lines()) == 4  # ESD, power law, xmin marker, MP bulk
+
+
+@given(st.lists(st.floats(0.0, 1e6, allow_nan=False), min_size=1, max_size=300),
+       st.integers(2, 64))
+@settings(max_examples=60, deadline=None)
+def test_spectrum_quantiles_keep_the_ends_and_order(values, n_points):
+    svals = np.array(values)
+    out = spectrum_quantiles(svals, n_points)
+    assert out.shape == (n_points,)
+    assert out[0] == pytest.approx(svals.max()) and out[-1] == pytest.approx(svals.min())
+    assert np.all(np.diff(out) <= 1e-9 * max(1.0, svals.max()))
+
+
+def test_spectrum_heatmap_is_log_sigma_over_the_global_max():
+    spectra = [np.array([4.0, 2.0, 1.0]), np.array([8.0, 2.0, 0.5])]
+    figure = spectrum_heatmap([0.0, 1.0], spectra, title="fc")
+    mesh = figure.axes[0].collections[0]
+    data = np.asarray(mesh.get_array()).reshape(3, 2)
+    expected = np.log10(np.stack(spectra, axis=1) / 8.0)
+    np.testing.assert_allclose(data, expected)

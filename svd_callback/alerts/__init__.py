@@ -1,0 +1,66 @@
+"""Alerts: rules that read the history of per-layer spectral metrics and raise alerts.
+
+Pure Python, no Lightning and no logging: :class:`AlertEngine` keeps a bounded
+:class:`MetricHistory` of the analyses, runs the rules after each one and returns
+:class:`Alert` records whose ``severity`` (``"warning"`` or ``"stop"``) tells the caller (the
+:class:`~svd_callback.SpectralMonitor` callback) what to do. Every rule has hysteresis: it fires
+once when its condition starts holding (after ``patience`` analyses) and re-arms when the
+condition clears. NaN/Inf metric values are no evidence either way.
+
+Built-in rules (:func:`default_rules`; only :class:`NonFiniteWeights` stops by default):
+
+- :class:`AlphaBelow` — alpha < 2: over-trained layer.
+- :class:`AlphaAbove` — alpha > 6 from epoch 1 on: under-trained layer.
+- :class:`SpectralNormGrowth` — spectral norm grew > 3x in one analysis.
+- :class:`RankCollapse` — a rank measure fell > 50% below its maximum.
+- :class:`TrapsAppeared` — correlation traps appeared in a layer that had none.
+- :class:`NonFiniteWeights` — a layer's weights hold NaN/Inf.
+- :class:`MeanAlphaTrend` — model mean alpha < 2 (and optionally falling fast).
+
+Custom rules subclass :class:`Rule` or wrap a function in :class:`CallableRule`.
+"""
+
+from __future__ import annotations
+
+from svd_callback.alerts.base import (
+    ACTIONS,
+    SEVERITIES,
+    Alert,
+    CallableRule,
+    Hysteresis,
+    Rule,
+)
+from svd_callback.alerts.engine import AlertEngine, default_rules
+from svd_callback.alerts.history import LayerSnapshot, MetricHistory, Snapshot
+from svd_callback.alerts.layer_rules import (
+    AlphaAbove,
+    AlphaBelow,
+    LayerMetricRule,
+    NonFiniteWeights,
+    RankCollapse,
+    SpectralNormGrowth,
+    TrapsAppeared,
+)
+from svd_callback.alerts.model_rules import MeanAlphaTrend
+
+__all__ = [
+    "ACTIONS",
+    "SEVERITIES",
+    "Alert",
+    "AlertEngine",
+    "AlphaAbove",
+    "AlphaBelow",
+    "CallableRule",
+    "Hysteresis",
+    "LayerMetricRule",
+    "LayerSnapshot",
+    "MeanAlphaTrend",
+    "MetricHistory",
+    "NonFiniteWeights",
+    "RankCollapse",
+    "Rule",
+    "Snapshot",
+    "SpectralNormGrowth",
+    "TrapsAppeared",
+    "default_rules",
+]

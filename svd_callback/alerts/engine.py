@@ -1,0 +1,222 @@
+"""The alert engine: history + rules + actions, with checkpointable state."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from svd_callback.alerts.base import Alert, CallableRule, Rule, check_action, rule_name, when
+from svd_callback.alerts.history import MetricHistory
+from svd_callback.alerts.layer_rules import (
+    AlphaAbove,
+    AlphaBelow,
+    NonFiniteWeights,
+    RankCollapse,
+    SpectralNormGrowth,
+    TrapsAppeared,
+)
+from svd_callback.alerts.model_rules import MeanAlphaTrend
+
+ENGINE_STATE_VERSION = 1
+
+
+def default_rules() -> list[Rule]:
+    """The built-in rules with their default thresholds.
+
+    Only :class:`NonFiniteWeights` stops training (NaN/Inf weights: the run is lost); all the
+    others log, since the RMT thresholds are heuristics. Rank collapse is watched on
+    ``matrix_rank`` (numerical rank), not ``stable_rank``, which falls by more than half in
+    healthy training.
+    """
+    return [
+        NonFiniteWeights(),
+        AlphaBelow(),
+        AlphaAbove(),
+        SpectralNormGrowth(),
+        RankCollapse(metric="matrix_rank"),
+        TrapsAppeared(),
+        MeanAlphaTrend(),
+    ]
+
+
+class AlertEngine:
+    """Runs rules on a bounded metric history after each analysis.
+
+    ``update`` appends the analysis to the history (an analysis whose (epoch, step) is not
+    later than the last one is ignored and yields no alerts, so a resumed run does not repeat
+    itself), then runs every rule. A rule or a callable action that raises becomes a warning
+    alert naming the rule and the exception (once per distinct error until the rule runs
+    cleanly again): rules never crash training.
+
+    Args:
+        rules: :class:`Rule` objects or plain functions ``fn(history, epoch, step)`` (wrapped in
+            :class:`CallableRule`); None for :func:`default_rules`.
+        max_len: analyses kept in the history.
+        max_alerts: alerts kept in :attr:`alerts_so_far` (oldest dropped first).
+
+    Raises:
+        ValueError: two rules share a name, a rule has an invalid action, or a bad size.
+
+    Example:
+        >>> from svd_callback.report import LayerReport, Report
+        >>> engine = AlertEngine()
+        >>> for epoch, alpha in enumerate([3.0, 1.8, 1.7, 1.6]):
+        ...     report = Report([LayerReport("fc", "linear", "unfold", metrics={"alpha": alpha})])
+        ...     alerts = engine.update(epoch, 100 * epoch, report, {"alpha_mean": alpha})
+        ...     print(epoch, [a.rule for a in alerts], engine.should_stop(alerts))
+        0 [] False
+        1 [] False
+        2 ['AlphaBelow', 'MeanAlphaTrend'] False
+        3 [] False
+    """
+
+    def __init__(
+        self,
+        rules: Iterable[Rule | Callable[..., Any]] | None = None,
+        *,
+        max_len: int = 1000,
+        max_alerts: int = 10_000,
+    ) -> None:
+        if isinstance(max_alerts, bool) or not isinstance(max_alerts, int) or max_alerts < 1:
+            raise ValueError(f"max_alerts must be a positive integer, got {max_alerts!r}")
+        rules = default_rules() if rules is None else list(rules)
+        self.rules: list[Rule] = [
+            r if isinstance(r, Rule) or not callable(r) else CallableRule(r) for r in rules
+        ]
+        names = [rule_name(r) for r in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique; repeated: {duplicates} (pass name=...)")
+        for rule in self.rules:
+            if not callable(getattr(rule, "check", None)):
+                raise ValueError(f"rule {rule!r} has no check(history, epoch, step) method")
+            check_action(getattr(rule, "action", "log"))
+        self.history = MetricHistory(max_len)
+        self._alerts: deque[Alert] = deque(maxlen=max_alerts)
+        self._errors: dict[str, str] = {}  # rule name -> last reported error
+        self.last_alerts: list[Alert] = []
+
+    @property
+    def alerts_so_far(self) -> list[Alert]:
+        return list(self._alerts)
+
+    def update(
+        self,
+        epoch: int,
+        step: int,
+        report: Iterable[Any],
+        summary: Mapping[str, Any] | None = None,
+    ) -> list[Alert]:
+        """Record one analysis and return the alerts it raised (severity set by each rule's
+        action). Returns [] for an analysis already recorded."""
+        if not self.history.append(epoch, step, report, summary):
+            self.last_alerts = []
+            return []
+        epoch, step = int(epoch), int(step)
+        alerts: list[Alert] = []
+        for rule in self.rules:
+            name = rule_name(rule)
+            try:
+                produced = _as_alerts(rule.check(self.history, epoch, step), name, epoch, step)
+            except Exception as exc:  # noqa: BLE001 - a rule must never crash training
+                alerts.extend(self._error(name, "raised", exc, epoch, step))
+                continue
+            self._errors.pop(name, None)
+            for alert in produced:
+                alerts.extend(self._act(rule, name, alert, epoch, step))
+        self._alerts.extend(alerts)
+        self.last_alerts = alerts
+        return alerts
+
+    def should_stop(self, alerts: Iterable[Alert] | None = None) -> bool:
+        """Whether any alert (default: those of the last update) has severity ``"stop"``."""
+        alerts = self.last_alerts if alerts is None else alerts
+        return any(a.severity == "stop" for a in alerts)
+
+    def _act(self, rule: Rule, name: str, alert: Alert, epoch: int, step: int) -> list[Alert]:
+        action = getattr(rule, "action", "log")
+        if not callable(action):
+            return [replace(alert, severity="stop" if action == "stop" else "warning")]
+        try:
+            verdict = action(alert)
+        except Exception as exc:  # noqa: BLE001 - a user action must never crash training
+            errors = self._error(name, "action raised", exc, epoch, step)
+            return [replace(alert, severity="warning"), *errors]
+        stop = verdict is True or verdict == "stop"
+        return [replace(alert, severity="stop" if stop else "warning")]
+
+    def _error(self, name: str, what: str, exc: Exception, epoch: int, step: int) -> list[Alert]:
+        text = f"{type(exc).__name__}: {exc}"
+        if self._errors.get(name) == text:
+            return []
+        self._errors[name] = text
+        return [
+            Alert(
+                rule=name,
+                epoch=epoch,
+                step=step,
+                severity="warning",
+                message=(
+                    f"rule {name!r} {what} {text}{when(epoch, step)} (the rule is skipped for "
+                    f"this analysis; the same error is not reported again)"
+                ),
+            )
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        """History, every rule's state (by rule name), the alerts so far; plain types only."""
+        return {
+            "version": ENGINE_STATE_VERSION,
+            "history": self.history.state_dict(),
+            "rules": {rule_name(r): r.state_dict() for r in self.rules if hasattr(r, "state_dict")},
+            "alerts": [a.to_dict() for a in self._alerts],
+            "errors": dict(self._errors),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output. Rules absent from ``state`` start fresh; state of
+        rules no longer configured is ignored.
+
+        Raises:
+            ValueError: ``state`` is not an engine state of a known version.
+        """
+        version = state.get("version") if isinstance(state, Mapping) else None
+        if version != ENGINE_STATE_VERSION:
+            raise ValueError(
+                f"not an AlertEngine state of version {ENGINE_STATE_VERSION} (got version "
+                f"{version!r})"
+            )
+        self.history.load_state_dict(state["history"])
+        rule_states = state.get("rules", {})
+        for rule in self.rules:
+            name = rule_name(rule)
+            if name in rule_states and hasattr(rule, "load_state_dict"):
+                rule.load_state_dict(rule_states[name])
+        self._alerts.clear()
+        self._alerts.extend(Alert.from_dict(a) for a in state.get("alerts", []))
+        self._errors = dict(state.get("errors", {}))
+        self.last_alerts = []
+
+
+def _as_alerts(result: Any, name: str, epoch: int, step: int) -> list[Alert]:
+    """Normalise a rule's return value (iterable of Alert/str, a single one, or None).
+
+    Raises:
+        TypeError: on items that are neither Alert nor str.
+    """
+    if result is None:
+        return []
+    if isinstance(result, (Alert, str)):
+        result = [result]
+    out = []
+    for item in result:
+        if isinstance(item, str):
+            item = Alert(rule=name, epoch=epoch, step=step, message=item)
+        elif not isinstance(item, Alert):
+            raise TypeError(f"rule returned {type(item).__name__} {item!r}; expected Alert or str")
+        if item.epoch is None:
+            item = replace(item, epoch=epoch, step=step if item.step is None else item.step)
+        out.append(item)
+    return out

@@ -1,0 +1,378 @@
+"""Built-in per-layer rules: each (layer, mode) is watched on its own, with hysteresis.
+
+Thresholds follow Martin & Mahoney's heavy-tailed self-regularisation guidance (RESEARCH.md
+section 2): alpha in [2, 6] well trained, alpha < 2 over-trained, alpha > 6 under-trained;
+correlation traps and rank collapse as signs of over-fitting or a bad learning rate. All of
+them are heuristics, hence the ``patience`` and the default ``"log"`` action.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
+from svd_callback.alerts.history import MetricHistory, Snapshot
+
+
+class LayerMetricRule(Rule):
+    """A condition on one metric of every selected (layer, mode), with hysteresis.
+
+    Each analysis, for every (layer, mode) whose ``metric`` is finite, :meth:`condition` says
+    whether the condition holds (True), clears (False) or cannot be told (None). The rule
+    fires once when the condition has held for ``patience`` consecutive analyses and re-arms
+    when it clears. NaN/Inf values, absent metrics and skipped layers are no evidence: they
+    neither extend nor break a streak.
+    """
+
+    def __init__(
+        self, metric: str, *, patience: int = 1, start_armed: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.metric = metric
+        self.patience = patience
+        self._hysteresis = Hysteresis(patience, start_armed)
+
+    def condition(self, history: MetricHistory, layer: str, mode: str, value: float) -> bool | None:
+        raise NotImplementedError
+
+    def describe(
+        self, history: MetricHistory, layer: str, mode: str, value: float
+    ) -> tuple[str, float | None]:
+        """Text after ``<metric> = <value>`` in the message, and the alert's threshold."""
+        raise NotImplementedError
+
+    def observe(self, layer: str, mode: str, value: float) -> None:
+        """Hook run after each finite value has been checked (reference tracking)."""
+
+    def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
+        snap = history.latest
+        if snap is None or snap.epoch < self.min_epoch:
+            return []
+        alerts = []
+        for (layer, mode), record in snap.layers.items():
+            if not self.selects(layer, mode):
+                continue
+            value = record.get(self.metric)
+            if value is None or not math.isfinite(value):
+                continue
+            if self._hysteresis.update((layer, mode), self.condition(history, layer, mode, value)):
+                alerts.append(self._alert(history, snap, layer, mode, value))
+            self.observe(layer, mode, value)
+        return alerts
+
+    def _alert(
+        self, history: MetricHistory, snap: Snapshot, layer: str, mode: str, value: float
+    ) -> Alert:
+        values = history.last_values(
+            layer, self.metric, mode, self.patience, min_epoch=self.min_epoch
+        )
+        detail, threshold = self.describe(history, layer, mode, value)
+        streak = ""
+        if self.patience > 1:
+            listed = ", ".join(map(fmt, values))
+            streak = f" for {self.patience} consecutive analyses ({listed})"
+        message = (
+            f"{self.name}: layer {layer!r} [{mode}] {self.metric} = {fmt(value)} {detail}{streak}"
+            f"{when(snap.epoch, snap.step)}"
+        )
+        return self.make_alert(
+            layer=layer,
+            mode=mode,
+            metric=self.metric,
+            value=value,
+            values=tuple(values),
+            threshold=threshold,
+            epoch=snap.epoch,
+            step=snap.step,
+            message=message,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"hysteresis": self._hysteresis.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._hysteresis.load_state_dict(state.get("hysteresis", []))
+
+
+def _valid_alpha(value: float) -> bool:
+    """A power-law fit gives alpha = 1 + n / sum ln(x / xmin) > 1; values <= 1 are failed-fit
+    sentinels (WeightWatcher 0.7.7 reports -1)."""
+    return value > 1.0
+
+
+class AlphaBelow(LayerMetricRule):
+    """Over-trained layer: ``alpha < threshold`` for ``patience`` consecutive analyses.
+
+    Args:
+        threshold: alpha limit (Martin & Mahoney: alpha < 2 is over-trained).
+        patience: consecutive analyses the condition must hold before the alert.
+        metric: ``alpha`` (KS power-law fit) or ``alpha_hill``.
+        **kwargs: ``name``, ``action``, ``modes``, ``layers``, ``min_epoch`` (see :class:`Rule`).
+    """
+
+    def __init__(
+        self, threshold: float = 2.0, patience: int = 2, *, metric: str = "alpha", **kwargs: Any
+    ) -> None:
+        super().__init__(metric, patience=patience, **kwargs)
+        self.threshold = float(threshold)
+
+    def condition(self, history, layer, mode, value):
+        return value < self.threshold if _valid_alpha(value) else None
+
+    def describe(self, history, layer, mode, value):
+        return f"< {fmt(self.threshold)} (over-trained)", self.threshold
+
+
+class AlphaAbove(LayerMetricRule):
+    """Under-trained layer: ``alpha > threshold`` for ``patience`` consecutive analyses, from
+    epoch ``min_epoch`` on (random weights have large alpha, so epoch 0 and the random-init
+    baseline are ignored by default).
+
+    Args:
+        threshold: alpha limit (Martin & Mahoney: alpha > 6 is under-trained).
+        patience: consecutive analyses the condition must hold before the alert.
+        min_epoch: first epoch considered (default 1).
+        metric: ``alpha`` or ``alpha_hill``.
+        **kwargs: ``name``, ``action``, ``modes``, ``layers`` (see :class:`Rule`).
+    """
+
+    def __init__(
+        self,
+        threshold: float = 6.0,
+        patience: int = 3,
+        *,
+        min_epoch: int = 1,
+        metric: str = "alpha",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(metric, patience=patience, min_epoch=min_epoch, **kwargs)
+        self.threshold = float(threshold)
+
+    def condition(self, history, layer, mode, value):
+        return value > self.threshold if _valid_alpha(value) else None
+
+    def describe(self, history, layer, mode, value):
+        return f"> {fmt(self.threshold)} (under-trained)", self.threshold
+
+
+class SpectralNormGrowth(LayerMetricRule):
+    """The spectral norm grew by more than ``factor`` relative to ``window`` analyses earlier
+    (counting analyses with a finite value at epoch >= ``min_epoch``).
+
+    ``min_epoch`` defaults to 1 because the first epoch legitimately moves far from the random
+    init (a small MLP trained with SGD grew its last layer's lambda_max 7.5x in epoch 1, then
+    less than 1.3x per epoch). ``metric`` must be a positive scale (``spectral_norm``,
+    ``frobenius_norm``), not a logarithm.
+
+    Args:
+        factor: ratio value_now / value_then above which the condition holds.
+        window: how many analyses back the reference value is.
+        patience: consecutive analyses the condition must hold before the alert (default 1).
+        **kwargs: ``name``, ``action``, ``modes``, ``layers``, ``min_epoch`` (see :class:`Rule`).
+
+    Raises:
+        ValueError: ``factor <= 0`` or ``window < 1``.
+    """
+
+    def __init__(
+        self,
+        factor: float = 3.0,
+        window: int = 1,
+        *,
+        metric: str = "spectral_norm",
+        patience: int = 1,
+        min_epoch: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        if not factor > 0:
+            raise ValueError(f"factor must be > 0, got {factor!r}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        super().__init__(metric, patience=patience, min_epoch=min_epoch, **kwargs)
+        self.factor = float(factor)
+        self.window = window
+
+    def _reference(self, history: MetricHistory, layer: str, mode: str) -> float | None:
+        values = history.last_values(
+            layer, self.metric, mode, self.window + 1, min_epoch=self.min_epoch
+        )
+        return values[0] if len(values) == self.window + 1 and values[0] > 0 else None
+
+    def condition(self, history, layer, mode, value):
+        reference = self._reference(history, layer, mode)
+        return None if reference is None else value / reference > self.factor
+
+    def describe(self, history, layer, mode, value):
+        reference = self._reference(history, layer, mode) or math.nan
+        return (
+            f"grew {fmt(value / reference)}x in {self.window} analyses (from {fmt(reference)}; "
+            f"limit {fmt(self.factor)}x)",
+            self.factor,
+        )
+
+
+class RankCollapse(LayerMetricRule):
+    """A rank measure fell by more than ``drop_fraction`` below its reference: the maximum
+    seen so far (``reference="max"``) or the first value seen (``"first"``).
+
+    The references are rule state (kept in :meth:`state_dict`), so they outlive the bounded
+    history. Note that ``stable_rank`` falls a lot in healthy training as spikes leave the MP
+    bulk (a small MLP: 39 -> 15 and 64 -> 23 within 5 epochs of SGD), while the numerical
+    ``matrix_rank`` stays put unless the layer really collapses (the same MLP at a diverging
+    learning rate: 256 -> 2); :func:`~svd_callback.alerts.default_rules` uses ``matrix_rank``.
+
+    Args:
+        metric: ``stable_rank``, ``matrix_rank`` or ``mp_softrank``-like positive rank measure.
+        drop_fraction: the condition holds when value < (1 - drop_fraction) * reference.
+        reference: ``"max"`` or ``"first"``.
+        patience: consecutive analyses the condition must hold before the alert (default 1).
+        **kwargs: ``name``, ``action``, ``modes``, ``layers``, ``min_epoch`` (see :class:`Rule`).
+
+    Raises:
+        ValueError: ``drop_fraction`` outside (0, 1) or an unknown ``reference``.
+    """
+
+    def __init__(
+        self,
+        metric: str = "stable_rank",
+        drop_fraction: float = 0.5,
+        reference: str = "max",
+        *,
+        patience: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        if not 0 < drop_fraction < 1:
+            raise ValueError(f"drop_fraction must be in (0, 1), got {drop_fraction!r}")
+        if reference not in ("max", "first"):
+            raise ValueError(f"reference must be 'max' or 'first', got {reference!r}")
+        super().__init__(metric, patience=patience, **kwargs)
+        self.drop_fraction = float(drop_fraction)
+        self.reference = reference
+        self._references: dict[tuple[str, str], float] = {}
+
+    def condition(self, history, layer, mode, value):
+        reference = self._references.get((layer, mode))
+        if reference is None or not reference > 0:
+            return None
+        return value < (1 - self.drop_fraction) * reference
+
+    def describe(self, history, layer, mode, value):
+        reference = self._references[(layer, mode)]
+        level = (1 - self.drop_fraction) * reference
+        drop = 100 * (1 - value / reference)
+        return (
+            f"< {fmt(level)}: fell {drop:.0f}% below its {self.reference} {fmt(reference)} "
+            f"(rank collapse)",
+            level,
+        )
+
+    def observe(self, layer, mode, value):
+        key = (layer, mode)
+        if self.reference == "first":
+            self._references.setdefault(key, value)
+        else:
+            self._references[key] = max(self._references.get(key, value), value)
+
+    def state_dict(self) -> dict[str, Any]:
+        refs = [[layer, mode, v] for (layer, mode), v in self._references.items()]
+        return {**super().state_dict(), "references": refs}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._references = {(l, m): float(v) for l, m, v in state.get("references", [])}
+
+
+class TrapsAppeared(LayerMetricRule):
+    """Correlation traps appeared: ``num_traps >= min_traps`` in a layer previously seen with
+    fewer (a layer that has traps from its first analysis on does not fire until it has been
+    seen clean once).
+
+    Args:
+        min_traps: number of traps that counts as present.
+        patience: consecutive analyses the condition must hold before the alert (default 1).
+        **kwargs: ``name``, ``action``, ``modes``, ``layers``, ``min_epoch`` (see :class:`Rule`).
+    """
+
+    def __init__(
+        self,
+        min_traps: int = 1,
+        *,
+        metric: str = "num_traps",
+        patience: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(metric, patience=patience, start_armed=False, **kwargs)
+        self.min_traps = min_traps
+
+    def condition(self, history, layer, mode, value):
+        return value >= self.min_traps
+
+    def describe(self, history, layer, mode, value):
+        before = history.last_values(
+            layer, self.metric, mode, self.patience + 1, min_epoch=self.min_epoch
+        )
+        was = f" (was {fmt(before[0])})" if len(before) == self.patience + 1 else ""
+        return f">= {fmt(self.min_traps)}: correlation traps appeared{was}", float(self.min_traps)
+
+
+class NonFiniteWeights(Rule):
+    """A layer was skipped because its weights hold NaN/Inf: the run has diverged.
+
+    Matches the layer's skip ``reason`` (from :func:`svd_callback.analyze`, e.g. ``"weight has
+    non-finite entries (3 NaN, 0 Inf)"``) against ``pattern``. One alert per layer (all its
+    modes together), immediately, once per onset. The default action is ``"stop"``: an optimiser
+    step that produced a NaN weight spreads it to every later step, so the remaining epochs
+    cannot recover and only waste compute; pass ``action="log"`` to keep training.
+
+    Args:
+        pattern: regular expression searched (case-insensitive) in the skip reason.
+        **kwargs: ``name``, ``action``, ``modes``, ``layers``, ``min_epoch`` (see :class:`Rule`).
+    """
+
+    action = "stop"
+
+    def __init__(self, pattern: str = r"non-?finite", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pattern = pattern
+        self._pattern = re.compile(pattern, re.IGNORECASE)
+        self._hysteresis = Hysteresis(1)
+
+    def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
+        snap = history.latest
+        if snap is None or snap.epoch < self.min_epoch:
+            return []
+        found: dict[str, tuple[list[str], str | None]] = {}
+        for (layer, mode), record in snap.layers.items():
+            if not self.selects(layer, mode):
+                continue
+            modes, reason = found.setdefault(layer, ([], None))
+            if record.reason is not None and self._pattern.search(record.reason):
+                modes.append(mode)
+                found[layer] = (modes, record.reason)
+        alerts = []
+        for layer, (modes, reason) in found.items():
+            if self._hysteresis.update((layer,), bool(modes)):
+                joined = ",".join(modes)
+                alerts.append(
+                    self.make_alert(
+                        layer=layer,
+                        mode=joined,
+                        epoch=snap.epoch,
+                        step=snap.step,
+                        message=(
+                            f"{self.name}: layer {layer!r} [{joined}] skipped: {reason}"
+                            f"{when(snap.epoch, snap.step)}; the weights are not finite, the "
+                            f"run has diverged"
+                        ),
+                    )
+                )
+        return alerts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"hysteresis": self._hysteresis.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._hysteresis.load_state_dict(state.get("hysteresis", []))

@@ -1,0 +1,144 @@
+"""Built-in model-level rule: the mean alpha over layers as an early-stopping signal."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
+from svd_callback.alerts.history import MetricHistory
+
+
+class MeanAlphaTrend(Rule):
+    """Model-level aggregate (default ``alpha_mean``) below ``threshold`` for ``patience``
+    consecutive analyses, and optionally falling faster than ``slope_below`` per epoch.
+
+    Mean alpha falling below 2 has been proposed as an early-stopping signal (Martin & Mahoney;
+    experimental, RESEARCH.md section 2). Alpha is not monotone in quality (one run went 28.9 ->
+    4.2, then rose to 5.2 while benchmarks still improved), hence the patience and the default
+    ``"log"`` action. Each mode's aggregate is watched on its own.
+
+    The trend is the least-squares slope of the aggregate against the epoch over the last
+    ``slope_window`` finite values; it fires once when the slope drops below ``slope_below``
+    (e.g. ``-0.5``: alpha losing more than half a unit per epoch) and re-arms when it recovers.
+
+    Args:
+        summary: aggregate name (``alpha_mean``, ``alpha_weighted_mean``, ...).
+        threshold: level below which the condition holds.
+        patience: consecutive analyses the level condition must hold before the alert.
+        slope_below: slope limit per epoch (None: no trend alert).
+        slope_window: number of analyses in the slope fit (>= 2).
+        min_epoch: first epoch considered (default 1: the fall from the random-init alpha,
+            e.g. 16 -> 4 within the first epoch, is expected and would trip the trend).
+        **kwargs: ``name``, ``action``, ``modes`` (see :class:`Rule`).
+
+    Raises:
+        ValueError: ``slope_window < 2``.
+    """
+
+    def __init__(
+        self,
+        summary: str = "alpha_mean",
+        threshold: float = 2.0,
+        patience: int = 2,
+        *,
+        slope_below: float | None = None,
+        slope_window: int = 5,
+        min_epoch: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(slope_window, bool) or not isinstance(slope_window, int) or slope_window < 2:
+            raise ValueError(f"slope_window must be an integer >= 2, got {slope_window!r}")
+        super().__init__(min_epoch=min_epoch, **kwargs)
+        self.summary = summary
+        self.threshold = float(threshold)
+        self.patience = patience
+        self.slope_below = None if slope_below is None else float(slope_below)
+        self.slope_window = slope_window
+        self._level = Hysteresis(patience)
+        self._trend = Hysteresis(1)
+
+    def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
+        snap = history.latest
+        if snap is None or snap.epoch < self.min_epoch:
+            return []
+        alerts = []
+        for (name, mode), value in snap.summary.items():
+            if name != self.summary or not self.selects(None, mode) or not math.isfinite(value):
+                continue
+            where = "model" + (f" [{mode}]" if mode else "")
+            if self._level.update((mode,), value < self.threshold):
+                values = self._recent(history, mode, self.patience)
+                streak = ""
+                if self.patience > 1:
+                    listed = ", ".join(fmt(v) for _, v in values)
+                    streak = f" for {self.patience} consecutive analyses ({listed})"
+                alerts.append(
+                    self.make_alert(
+                        mode=mode,
+                        metric=name,
+                        value=value,
+                        values=tuple(v for _, v in values),
+                        threshold=self.threshold,
+                        epoch=snap.epoch,
+                        step=snap.step,
+                        message=(
+                            f"{self.name}: {where} {name} = {fmt(value)} < {fmt(self.threshold)}"
+                            f"{streak}{when(snap.epoch, snap.step)} (proposed early-stopping "
+                            f"signal: over-training)"
+                        ),
+                    )
+                )
+            if self.slope_below is None:
+                continue
+            points = self._recent(history, mode, self.slope_window)
+            slope = _slope(points) if len(points) == self.slope_window else None
+            if self._trend.update((mode,), None if slope is None else slope < self.slope_below):
+                alerts.append(
+                    self.make_alert(
+                        mode=mode,
+                        metric=f"{name}_slope",
+                        value=slope,
+                        values=tuple(v for _, v in points),
+                        threshold=self.slope_below,
+                        epoch=snap.epoch,
+                        step=snap.step,
+                        message=(
+                            f"{self.name}: {where} {name} falling {fmt(slope)} per epoch over "
+                            f"the last {self.slope_window} analyses (limit "
+                            f"{fmt(self.slope_below)}){when(snap.epoch, snap.step)}"
+                        ),
+                    )
+                )
+        return alerts
+
+    def _recent(self, history: MetricHistory, mode: str | None, n: int) -> list[tuple[int, float]]:
+        """The last ``n`` finite (epoch, value) points of the aggregate, oldest first."""
+        out: list[tuple[int, float]] = []
+        for e in reversed(history):
+            if len(out) >= n or e.epoch < self.min_epoch:
+                break
+            value = e.summary.get((self.summary, mode))
+            if value is not None and math.isfinite(value):
+                out.append((e.epoch, value))
+        return out[::-1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"level": self._level.state_dict(), "trend": self._trend.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._level.load_state_dict(state.get("level", []))
+        self._trend.load_state_dict(state.get("trend", []))
+
+
+def _slope(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares slope dy/dx; None when all x are equal."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return slope if math.isfinite(slope) else None

@@ -71,6 +71,7 @@ def analyze(
     thresholds: QualityThresholds | None = None,
     generator_seed: int = 0,
     keep_svals: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Decompose every conv and linear layer of ``model`` and compute its ESD metrics.
 
@@ -94,6 +95,7 @@ def analyze(
             generator seeded with ``generator_seed``).
         metrics: False returns spectra and norms only.
         keep_svals: keep each layer's singular values in its record.
+        progress: called as ``progress(done, total)`` as (layer, mode) pairs complete.
 
     Returns:
         A :class:`Report` with one record per (layer, mode), skipped modules included.
@@ -127,6 +129,7 @@ def analyze(
     context = _Context(normalization, ww_compat, fit, mp_fit, traps, metrics, thresholds,
                        generator_seed, keep_svals)
     linear_done: dict[str, LayerReport] = {}
+    total, done = len(specs) * len(modes), 0
     for mode in modes:
         records: dict[str, LayerReport] = {}
         todo: list[LayerSpec] = []
@@ -139,10 +142,14 @@ def analyze(
                 records[spec.name] = _record(spec, mode, context, reason=reason)
             else:
                 todo.append(spec)
+        done += len(specs) - len(todo)
         for spec, svals, shuffled, reason in _spectra(todo, mode, context):
             records[spec.name] = _record(spec, mode, context, svals, shuffled, reason)
             if spec.kind == "linear":
                 linear_done[spec.name] = records[spec.name]
+            done += 1
+            if progress is not None:
+                progress(done, total)
         report.extend(records[spec.name] for spec in specs)
     return report
 

@@ -1,0 +1,139 @@
+"""The svd-callback command line: analyze and compare, including bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from svd_callback.cli import main
+from svd_callback.examples import SmallCNN
+from svd_callback.loading import weights_only_model
+from svd_callback.runs import parse_tag, read_run
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture()
+def saved_module(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 10))
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    return path
+
+
+def test_analyze_saved_module_writes_csv_and_json(capsys, saved_module, tmp_path):
+    csv, js = tmp_path / "t.csv", tmp_path / "t.json"
+    code, out, err = run_cli(capsys, "analyze", str(saved_module), "--mode", "unfold", "slices",
+                             "--csv", str(csv), "--json", str(js), "--no-progress")
+    assert code == 0, err
+    assert "alpha" in out and "stable_rank" in out
+    rows = json.loads(js.read_text())
+    assert {(r["layer"], r["mode"]) for r in rows} == {
+        ("0", "unfold"), ("3", "unfold"), ("0", "slices"), ("3", "slices")}
+    assert csv.read_text().startswith("layer,")
+
+
+def test_analyze_operator_mode_needs_an_input_size(capsys, saved_module):
+    code, out, err = run_cli(capsys, "analyze", str(saved_module), "--mode", "operator")
+    assert code == 2 and err.count("\n") == 1 and "--input-size" in err
+    code, out, err = run_cli(capsys, "analyze", str(saved_module), "--mode", "operator",
+                             "--input-size", "6", "--no-progress")
+    assert code == 0, err
+
+
+def test_analyze_lightning_checkpoint_with_and_without_class(capsys, tmp_path):
+    import lightning.pytorch as pl
+
+    model = SmallCNN()
+    trainer = pl.Trainer(max_epochs=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    code, out, err = run_cli(capsys, "analyze", str(ckpt), "--no-progress")
+    assert code == 0, err
+    assert "weights only" in out and "classifier" in out
+    code, out, err = run_cli(capsys, "analyze", str(ckpt), "--model-class",
+                             "svd_callback.examples:SmallCNN", "--mode", "operator",
+                             "--no-progress")
+    assert code == 0, err
+    assert "weights only" not in out and "features.0" in out
+
+
+def test_weights_only_model_matches_the_original_spectra():
+    from svd_callback import analyze
+
+    model = SmallCNN()
+    rebuilt = weights_only_model(model.state_dict())
+    a = analyze(model, "slices")
+    b = analyze(rebuilt, "slices")
+    assert [r.name for r in a] == [r.name for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        torch.testing.assert_close(ra.svals, rb.svals)
+
+
+@pytest.mark.parametrize("make_bad, message", [
+    (lambda p: p / "missing.ckpt", "no such file"),
+    (lambda p: (p / "corrupt.ckpt").write_bytes(b"not a checkpoint") and p / "corrupt.ckpt",
+     "cannot read"),
+    (lambda p: p, "is a directory"),
+    (lambda p: "no_such_torchvision_model", "neither a file nor a torchvision model"),
+])
+def test_analyze_bad_input_is_one_line_and_nonzero(capsys, tmp_path, make_bad, message):
+    code, out, err = run_cli(capsys, "analyze", str(make_bad(tmp_path)))
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def write_tb_run(path, alphas):
+    writer = SummaryWriter(str(path))
+    for epoch, alpha in enumerate(alphas):
+        writer.add_scalar("epoch", epoch, global_step=10 * epoch)
+        writer.add_scalar("spectral_summary/alpha_mean", alpha, global_step=10 * epoch)
+        writer.add_scalar("spectral/alpha/conv1", alpha + 1, global_step=10 * epoch)
+        writer.add_scalar("spectral/alpha.operator/conv1", alpha + 2, global_step=10 * epoch)
+    writer.close()
+
+
+def test_parse_tag():
+    assert parse_tag("spectral/alpha/features.0") == ("features.0", "alpha", None)
+    assert parse_tag("spectral/alpha.slices/fc") == ("fc", "alpha", "slices")
+    assert parse_tag("spectral_summary/alpha_mean") == ("<model>", "alpha_mean", None)
+    assert parse_tag("train_loss") is None
+
+
+def test_compare_two_runs_prints_table_and_plot(capsys, tmp_path):
+    write_tb_run(tmp_path / "good", [9.0, 5.0, 4.0])
+    write_tb_run(tmp_path / "bad", [9.0, 3.0, 1.5])
+    run = read_run(tmp_path / "good")
+    assert run.series("alpha", layer="conv1", mode="operator").tolist() == [11.0, 7.0, 6.0]
+    code, out, err = run_cli(capsys, "compare", str(tmp_path / "good"), str(tmp_path / "bad"),
+                             "--metric", "alpha_mean", "--out", str(tmp_path / "cmp"))
+    assert code == 0, err
+    lines = [line.split() for line in out.splitlines()]
+    assert ["epoch"] in lines or any(line[:1] == ["epoch"] for line in lines)
+    assert ["2", "4", "1.5"] in lines
+    assert (tmp_path / "cmp" / "alpha_mean.png").stat().st_size > 1000
+
+
+def test_compare_bad_input(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "compare", str(tmp_path / "nope"))
+    assert code == 2 and "no such directory" in err and err.count("\n") == 1
+    writer = SummaryWriter(str(tmp_path / "plain"))
+    writer.add_scalar("train_loss", 1.0, 0)
+    writer.close()
+    code, _, err = run_cli(capsys, "compare", str(tmp_path / "plain"))
+    assert code == 2 and "no spectral/ tags" in err and err.count("\n") == 1
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "compare", str(tmp_path / "empty"))
+    assert code == 2 and "neither" in err

@@ -142,9 +142,7 @@ def test_statistics_agree_with_hypernetx(edges):
     for a_pos, a in enumerate(stats.classes):
         for b_pos, b in enumerate(stats.classes):
             ea, eb = set(hg.edges[a]), set(hg.edges[b])
-            assert stats.jaccard_matrix[a_pos, b_pos] == pytest.approx(
-                len(ea & eb) / len(ea | eb)
-            )
+            assert stats.jaccard_matrix[a_pos, b_pos] == pytest.approx(len(ea & eb) / len(ea | eb))
     for s in (1, 2, 3):
         edge_components = list(hg.s_components(s=s, edges=True, return_singletons=True))
         node_components = list(hg.s_components(s=s, edges=False, return_singletons=True))

@@ -55,9 +55,10 @@ __all__ = [
     "unfold_svdvals",
 ]
 
-DEFAULT_CHUNK_ELEMS = 1 << 24
+DEFAULT_CHUNK_ELEMS = 1 << 22
 """Matrix elements handed to one solver call (and, in operator mode, assembled at once):
-16M, i.e. 64 MB of float32 or 128 MB of complex64 input per chunk."""
+4M, i.e. 16 MB of float32 or 32 MB of complex64 input per chunk (the double-precision Gram
+path holds about four times that at its peak)."""
 
 SVD_METHODS = ("auto", "svd", "gram")
 
@@ -266,7 +267,10 @@ def stacked_unfold_matrices(weights: Tensor, groups: int = 1) -> Tensor:
     order of ``torch.nn.functional.unfold``. Grouped convs are block diagonal, so each group has
     its own matrix (flattening the whole grouped weight would mix unrelated blocks).
     """
-    weights = _check_stack(weights, groups)
+    return _group_rows(_check_stack(weights, groups), groups)
+
+
+def _group_rows(weights: Tensor, groups: int) -> Tensor:
     layers, d = weights.shape[:2]
     return weights.reshape(layers, groups, d // groups, -1)
 
@@ -289,9 +293,12 @@ def stacked_unfold_svdvals(
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
 ) -> Tensor:
     """Pooled unfold singular values of ``L`` same-shape weights: ``(L, g * min(d/g, c*K))``."""
-    mats = stacked_unfold_matrices(weights, groups)
-    layers = mats.shape[0]
-    return _stack_svdvals(mats.flatten(0, 1), layers, weights.shape[1:], method, chunk_elems)
+    return _unfold_svdvals(_check_stack(weights, groups), groups, method, chunk_elems)
+
+
+def _unfold_svdvals(weights: Tensor, groups: int, method: str, chunk_elems: int) -> Tensor:
+    mats = _group_rows(weights, groups)
+    return _stack_svdvals(mats.flatten(0, 1), mats.shape[0], weights.shape[1:], method, chunk_elems)
 
 
 def unfold_svdvals(
@@ -412,42 +419,37 @@ def slice_svdvals(
 # operator mode (Sedghi et al. 2019)
 
 
-def _frequency_grid(n_sub: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Half-spectrum frequencies of an ``n_sub`` grid and the indices of interior ones.
+def _frequency_grid(n_sub: Sequence[int], device: torch.device) -> Tensor:
+    """Half-spectrum frequencies ``(F, dims)`` of an ``n_sub`` grid, row-major.
 
     The last axis keeps ``0 .. n//2`` (as ``rfftn`` does); the others keep all frequencies.
-    Returns ``freqs (F, dims)`` (int64) and ``doubled (F2,)``: the rows whose conjugate partner
-    ``-f`` is not in the half grid, i.e. whose singular values appear twice in the full spectrum.
     """
     axes = [torch.arange(n, device=device) for n in n_sub[:-1]]
-    last = n_sub[-1]
-    axes.append(torch.arange(last // 2 + 1, device=device))
-    freqs = torch.cartesian_prod(*axes).reshape(-1, len(n_sub))
-    f_last = freqs[:, -1]
-    interior = (f_last > 0) & (2 * f_last != last)
-    return freqs, interior.nonzero().flatten()
+    axes.append(torch.arange(n_sub[-1] // 2 + 1, device=device))
+    return torch.cartesian_prod(*axes).reshape(-1, len(n_sub))
 
 
 def _kernel_taps(
-    kernel: Sequence[int], n: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
-) -> tuple[list[list[int]], list[int]]:
+    kernel: Sequence[int],
+    n: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
     """Polyphase coordinates of every kernel tap (row-major over the kernel).
 
     Tap ``q`` sits at ``j = dilation * q`` of the dilated kernel, wrapped circularly to
     ``j mod n``; with ``j mod n = stride * t + a`` it belongs to phase ``a`` at position ``t`` of
-    the ``n / stride`` grid. Returns ``t`` per tap (a list of per-axis ints) and the flat phase
-    index of each tap.
+    the ``n / stride`` grid. Returns ``t (K, dims)`` and the flat phase index ``(K,)``.
     """
-    positions, phases = [], []
-    for q in torch.cartesian_prod(*[torch.arange(k) for k in kernel]).reshape(-1, len(kernel)):
-        t_axes, phase = [], 0
-        for qi, ni, si, di in zip(q.tolist(), n, stride, dilation, strict=True):
-            j = (di * qi) % ni
-            t_axes.append(j // si)
-            phase = phase * si + j % si
-        positions.append(t_axes)
-        phases.append(phase)
-    return positions, phases
+    taps = torch.cartesian_prod(*[torch.arange(k, device=device) for k in kernel])
+    taps = taps.reshape(-1, len(kernel))
+    positions, phase = [], torch.zeros_like(taps[:, 0])
+    for axis, (ni, si, di) in enumerate(zip(n, stride, dilation, strict=True)):
+        j = (di * taps[:, axis]) % ni
+        positions.append(j // si)
+        phase = phase * si + j % si
+    return torch.stack(positions, dim=1), phase
 
 
 def _fourier_matrix(
@@ -460,16 +462,17 @@ def _fourier_matrix(
 ) -> Tensor:
     """Real view ``(K, F, S, 2)`` of ``E[q, f, a] = exp(-2 pi i f.t_q / n') [phase(q) == a]``.
 
-    The phase ``f . t / n'`` is reduced modulo 1 in exact integer arithmetic per axis before
-    the float64 cos/sin, so the matrix is accurate for any grid size.
+    ``f_i t_i`` is reduced modulo ``n'_i`` in exact integer arithmetic before the float64
+    cos/sin, so the matrix is accurate for any grid size.
     """
-    n_sub_t = torch.tensor(n_sub, device=freqs.device, dtype=torch.float64)
-    # (K, F, dims): (t_q,i * f_i) mod n'_i, exact in int64
-    prod = (positions[:, None, :] * freqs[None, :, :]) % torch.tensor(n_sub, device=freqs.device)
-    turns = (prod.double() / n_sub_t).sum(-1)
+    turns = torch.zeros(
+        positions.shape[0], freqs.shape[0], device=freqs.device, dtype=torch.float64
+    )
+    for axis, ni in enumerate(n_sub):
+        turns += ((positions[:, None, axis] * freqs[None, :, axis]) % ni).double() / ni
     angle = (2 * math.pi) * torch.remainder(turns, 1.0)
     wave = torch.stack((torch.cos(angle), -torch.sin(angle)), dim=-1)  # (K, F, 2)
-    mask = torch.nn.functional.one_hot(phases, n_phases).to(torch.float64)  # (K, S)
+    mask = phases[:, None] == torch.arange(n_phases, device=phases.device)  # (K, S)
     return (wave[:, :, None, :] * mask[:, None, :, None]).to(dtype)
 
 
@@ -491,7 +494,7 @@ def stacked_operator_svdvals(
     layers, d, c, *kernel = weights.shape
     dims = len(kernel)
     if dims == 0:  # a linear layer is a conv with a 0-d kernel on a 0-d input
-        return stacked_unfold_svdvals(weights, groups, method=method, chunk_elems=max_batch_elems)
+        return _unfold_svdvals(weights, groups, method, max_batch_elems)
     n = _ntuple(input_size, dims, "input_size")
     s = _ntuple(stride, dims, "stride")
     dil = _ntuple(dilation, dims, "dilation")
@@ -506,10 +509,8 @@ def stacked_operator_svdvals(
     dg = d // groups
     device = weights.device
 
-    t_list, phase_list = _kernel_taps(kernel, n, s, dil)
-    positions = torch.tensor(t_list, device=device, dtype=torch.int64)
-    phases = torch.tensor(phase_list, device=device, dtype=torch.int64)
-    freqs, doubled = _frequency_grid(n_sub, device)
+    positions, phases = _kernel_taps(kernel, n, s, dil, device)
+    freqs = _frequency_grid(n_sub, device)
     n_freq = freqs.shape[0]
     flat = weights.reshape(layers * d * c, -1)  # rows (l, o, ci), columns = taps
 
@@ -533,8 +534,11 @@ def stacked_operator_svdvals(
         svals = _svdvals(mats, method, max_batch_elems, context=context, checked=True)
         parts.append(svals.reshape(layers, groups, fc, -1))
     svals = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
-    # conjugate symmetry: P(-f) = conj(P(f)) has the same singular values
-    full = torch.cat((svals, svals.index_select(2, doubled)), dim=2)
+    # conjugate symmetry: P(-f) = conj(P(f)) has the same singular values, so the interior
+    # frequencies of the last axis (1 .. ceil(n'/2) - 1) stand for two each
+    last = n_sub[-1]
+    svals = svals.reshape(layers, groups, n_freq // (last // 2 + 1), last // 2 + 1, -1)
+    full = torch.cat((svals.flatten(2, 3), svals[:, :, :, 1 : (last + 1) // 2].flatten(2, 3)), 2)
     return torch.sort(full.reshape(layers, -1), dim=1, descending=True).values
 
 

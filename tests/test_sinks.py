@@ -125,9 +125,9 @@ def test_tensorboard_sink_writes_scalars_with_descriptions_once(tmp_path):
     sink.scalars({"spectral/alpha/fc": 2.5}, 7, {"spectral/alpha/fc": "alpha; conv mode unfold"})
     writer.close()
     acc = _accumulator(tmp_path)
-    events = acc.Tensors("spectral/alpha/fc")
-    assert [e.step for e in events] == [0, 7]
-    assert [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events] == [3.25, 2.5]
+    events = acc.Scalars("spectral/alpha/fc")
+    assert [(e.step, e.value) for e in events] == [(0, 3.25), (7, 2.5)]
+    assert [(e.step, e.value) for e in acc.Scalars("spectral/alpha/conv")] == [(0, 4.0)]
     metadata = acc.SummaryMetadata("spectral/alpha/fc")
     assert metadata.plugin_data.plugin_name == "scalars"
     assert metadata.summary_description == "alpha; conv mode unfold"
@@ -205,7 +205,7 @@ def test_esd_figure_draws_the_fits_it_is_given():
     assert any(label.startswith("MP bulk") for label in labels)
     assert figure.axes[0].get_xscale() == "log" and figure.axes[0].get_yscale() == "log"
     bare = esd_figure(eigs, alpha=math.nan, xmin=None)
-    assert [line.get_label() for line in bare.axes[0].get_lines()] == ["ESD"]
+    assert [line.get_label() for line in bare.axes[0].get_lines()] == ["ESD (400 eigenvalues)"]
     empty = esd_figure(np.array([0.0, -1.0, np.nan]))
     assert "no positive eigenvalues" in empty.axes[0].texts[0].get_text()
 
@@ -239,3 +239,23 @@ def test_spectrum_heatmap_is_log_sigma_over_the_global_max():
     data = np.asarray(mesh.get_array()).reshape(3, 2)
     expected = np.log10(np.stack(spectra, axis=1) / 8.0)
     np.testing.assert_allclose(data, expected)
+
+
+def test_scalar_descriptions_survive_tensorboards_migration(tmp_path):
+    """TensorBoard converts simple_value summaries to tensors on load; the description and the
+    scalar plugin must come through (python loader; the Rust loader keeps metadata that sets a
+    data class)."""
+    from tensorboard import data_compat
+    from tensorboard.compat.proto import summary_pb2
+
+    writer = SummaryWriter(str(tmp_path))
+    TensorBoardSink(writer).scalars({"spectral/alpha/fc": 3.0}, 0, {"spectral/alpha/fc": "how"})
+    writer.close()
+    acc = _accumulator(tmp_path)
+    value = summary_pb2.Summary.Value(tag="spectral/alpha/fc", simple_value=3.0)
+    value.metadata.CopyFrom(acc.SummaryMetadata("spectral/alpha/fc"))
+    assert value.metadata.data_class == summary_pb2.DATA_CLASS_SCALAR
+    migrated = data_compat.migrate_value(value)
+    assert migrated.metadata.summary_description == "how"
+    assert migrated.metadata.plugin_data.plugin_name == "scalars"
+    assert float(tensor_util.make_ndarray(migrated.tensor)) == 3.0

@@ -5,7 +5,8 @@
   rho(x) = Q / (2 pi s^2 x) sqrt((lambda_+ - x)(x - lambda_-)), lambda_+- = s^2 (1 +- 1/sqrt Q)^2
   (Martin & Mahoney 2021).
 - :func:`spectrum_heatmap`: one layer's spectrum across analyses: column = one analysis,
-  row = rank fraction i / n, colour = log10(sigma_i / max sigma over the whole figure).
+  row = rank fraction i / n, colour = log10(sigma_i / the layer's max sigma over all analyses);
+  :func:`spectrum_heatmap_grid` draws every layer so, one small panel each.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter, LogLocator, NullFormatter
 
 from svd_callback.report import LayerReport
 
@@ -57,10 +59,14 @@ def esd_figure(
     """ESD histogram (density, log-spaced bins) on log-log axes with the power-law and MP fits."""
     eigs = np.asarray(eigenvalues, dtype=np.float64).ravel()
     eigs = eigs[np.isfinite(eigs) & (eigs > 0)]
-    figure = Figure(figsize=(6.4, 4.4), dpi=80, layout="constrained")
+    figure = Figure(figsize=(6.4, 4.4), dpi=80)
     axes = figure.add_subplot()
     axes.set_xscale("log")
     axes.set_yscale("log")
+    for axis in (axes.xaxis, axes.yaxis):  # plain decade labels, no minor ticks: 2x faster
+        axis.set_major_formatter(LogFormatter())
+        axis.set_minor_locator(LogLocator(subs=()))
+        axis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("eigenvalue lambda")
     axes.set_ylabel("density")
     axes.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=9)
@@ -74,7 +80,8 @@ def esd_figure(
     density, edges = np.histogram(eigs, bins=bins, density=True)
     centres = np.sqrt(edges[:-1] * edges[1:])
     shown = density > 0
-    axes.step(centres[shown], density[shown], where="mid", color="tab:blue", label="ESD")
+    axes.plot(centres[shown], density[shown], "o", markersize=3.5, color="tab:blue",
+              label=f"ESD ({eigs.size} eigenvalues)")
     grid = np.geomspace(lo, hi, 400)
     if _finite(alpha) and _finite(xmin) and xmin > 0 and alpha > 1:
         tail = grid[grid >= xmin]
@@ -117,19 +124,59 @@ def spectrum_heatmap(
     title: str = "",
     xlabel: str = "epochs trained",
 ) -> Figure:
-    """Heat map of resampled spectra (:func:`spectrum_quantiles`) across analyses."""
-    figure = Figure(figsize=(6.4, 4.4), dpi=80, layout="constrained")
+    """Heat map of one layer's resampled spectra (:func:`spectrum_quantiles`) across analyses."""
+    figure = Figure(figsize=(6.4, 4.4), dpi=80)
     axes = figure.add_subplot()
     axes.set_title(title, fontsize=9)
     axes.set_xlabel(xlabel)
     axes.set_ylabel("rank fraction i / n")
-    if not spectra:
-        return figure
+    if spectra:
+        mesh = _heatmap_panel(axes, epochs, spectra)
+        figure.colorbar(mesh, ax=axes).set_label("log10(sigma / max sigma)")
+    return figure
+
+
+def spectrum_heatmap_grid(
+    layers: Sequence[str],
+    epochs: Sequence[Sequence[float]],
+    spectra: Sequence[Sequence[np.ndarray]],
+    *,
+    title: str = "",
+    floor: float = -3.0,
+) -> Figure:
+    """Every layer's spectrum across analyses, one small panel per layer (:func:`spectrum_heatmap`
+    layout), on a shared colour scale log10(sigma / layer's max sigma) clipped at ``floor``."""
+    n = max(1, len(layers))
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    figure = Figure(figsize=(2.6 * cols + 0.8, 1.9 * rows + 0.7), dpi=80)
+    figure.subplots_adjust(left=0.06, right=0.88, bottom=0.08, top=0.9, wspace=0.25, hspace=0.55)
+    figure.suptitle(title, fontsize=9)
+    mesh = None
+    for i, name in enumerate(layers):
+        axes = figure.add_subplot(rows, cols, i + 1)
+        axes.set_title(name, fontsize=7)
+        axes.tick_params(labelsize=6)
+        if i % cols:
+            axes.set_yticklabels([])
+        if spectra[i]:
+            mesh = _heatmap_panel(axes, epochs[i], spectra[i], vmin=floor)
+    if mesh is not None:
+        cax = figure.add_axes((0.91, 0.15, 0.015, 0.7))
+        colorbar = figure.colorbar(mesh, cax=cax)
+        colorbar.set_label("log10(sigma / max sigma)", fontsize=7)
+        colorbar.ax.tick_params(labelsize=6)
+    return figure
+
+
+def _heatmap_panel(axes, epochs: Sequence[float], spectra: Sequence[np.ndarray], vmin=None):
     matrix = np.stack([np.asarray(s, dtype=np.float64) for s in spectra], axis=1)
     top = np.nanmax(matrix) if np.isfinite(matrix).any() else math.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(matrix / top)
     logs[~np.isfinite(logs)] = np.nan
+    if vmin is not None:
+        logs = np.maximum(logs, vmin)
     x = np.asarray(epochs, dtype=np.float64)
     if x.size > 1:
         mids = (x[1:] + x[:-1]) / 2
@@ -137,11 +184,10 @@ def spectrum_heatmap(
     else:
         x_edges = np.array([x[0] - 0.5, x[0] + 0.5])
     y_edges = np.linspace(0.0, 1.0, matrix.shape[0] + 1)
-    mesh = axes.pcolormesh(x_edges, y_edges, logs, cmap="viridis", shading="flat")
-    axes.invert_yaxis()
-    colorbar = figure.colorbar(mesh, ax=axes)
-    colorbar.set_label("log10(sigma / max sigma)")
-    return figure
+    mesh = axes.pcolormesh(x_edges, y_edges, logs, cmap="viridis", shading="flat", vmin=vmin,
+                           vmax=0.0 if vmin is not None else None)
+    axes.set_ylim(1.0, 0.0)
+    return mesh
 
 
 def _finite(value: float | None) -> bool:

@@ -112,9 +112,10 @@ def spectrum_tag(mode: str, layer: str) -> str:
     return f"spectra/{mode}/{clean_layer_name(layer)}"
 
 
-def figure_tag(figure: str, mode: str, layer: str) -> str:
-    """``spectral_figures/<figure>/<mode>/<layer>`` (``esd`` or ``heatmap``)."""
-    return f"spectral_figures/{figure}/{mode}/{clean_layer_name(layer)}"
+def figure_tag(figure: str, mode: str, layer: str | None = None) -> str:
+    """``spectral_figures/<figure>/<mode>[/<layer>]`` (``esd`` per layer, ``heatmap`` per mode)."""
+    tag = f"spectral_figures/{figure}/{mode}"
+    return tag if layer is None else f"{tag}/{clean_layer_name(layer)}"
 
 
 def clean_layer_name(layer: str) -> str:
@@ -135,6 +136,11 @@ def conventions(mode: str, normalization: str, fit: str | None, ww_compat: bool 
             fit_text,
         )
     )
+
+
+def short_conventions(mode: str, normalization: str, fit: str | None) -> str:
+    """``mode unfold, normalization raw, fit ks`` (figure subtitles)."""
+    return f"mode {mode}, normalization {normalization}, fit {fit or 'none'}"
 
 
 def metric_description(

@@ -1,11 +1,13 @@
 """Write scalars, histograms, text, figures and a custom-scalar layout to a TensorBoard writer.
 
-Scalars, histograms and text are written as TensorBoard's modern tensor summaries with a
-``summary_description`` (shown in the chart's tooltip), built with TensorBoard's own
-``scalar_pb`` / ``histogram_pb`` / ``text_pb`` and passed to the writer's event file. As
-TensorFlow's summary ops do, a tag's description is written with its first value in each event
-file only. Writers other than ``torch.utils.tensorboard.SummaryWriter`` (tensorboardX) get the
-plain ``add_*`` calls, without descriptions.
+Every scalar, histogram and text value carries a ``SummaryMetadata.summary_description`` (shown
+in TensorBoard's chart tooltip) saying how the number was made. Scalars are ``simple_value``
+summaries, as ``SummaryWriter.add_scalar`` writes them, plus metadata naming the scalars plugin
+and data class, so that both TensorBoard's loaders and ``EventAccumulator.Scalars`` read them with
+their description; histograms and text use TensorBoard's own ``histogram_pb`` / ``text_pb``. As
+TensorFlow's summary ops do, a tag's metadata is written with its first value in each event file
+only. Writers other than ``torch.utils.tensorboard.SummaryWriter`` (tensorboardX) get the plain
+``add_*`` calls, without descriptions.
 """
 
 from __future__ import annotations
@@ -42,11 +44,16 @@ class TensorBoardSink:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, float(value), step)
             return
-        from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+        from tensorboard.compat.proto.summary_pb2 import DATA_CLASS_SCALAR, Summary
 
+        summary = Summary()
         for tag, value in values.items():
-            summary = scalar_pb(tag, float(value), description=self._describe(tag, descriptions))
-            self._add(summary, step)
+            entry = summary.value.add(tag=tag, simple_value=float(value))
+            if tag not in self._described:
+                entry.metadata.plugin_data.plugin_name = "scalars"
+                entry.metadata.data_class = DATA_CLASS_SCALAR
+                entry.metadata.summary_description = self._describe(tag, descriptions) or ""
+        self._add(summary, step)
 
     def histogram(
         self, tag: str, values: np.ndarray, step: int, description: str | None = None

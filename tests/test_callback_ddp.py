@@ -1,0 +1,132 @@
+"""SpectralMonitor under DDP (2 CPU processes, gloo): each rank analyses its share of the layers,
+rank 0 logs, the values equal a single-process ``analyze`` of the same weights, every rank gets
+the aggregates in ``callback_metrics``, and a stop wanted by one rank stops both.
+
+The test runs this file as a script (``strategy="ddp"`` relaunches the script for rank 1), as a
+user's training script would run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BATCHES = 3
+MODES = ("unfold", "operator")
+
+
+def main(out: Path) -> None:
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    import svd_callback.callback as callback_module
+    from svd_callback.alerts import CallableRule, default_rules
+    from svd_callback.callback import SpectralMonitor
+    from svd_callback.examples import DigitsDataModule, SmallCNN
+
+    shares: list[list[str] | None] = []
+    real_analyze = callback_module.analyze
+
+    def recording_analyze(*args, **kwargs):
+        shares.append(kwargs.get("layer_names"))
+        return real_analyze(*args, **kwargs)
+
+    callback_module.analyze = recording_analyze
+
+    def rank_one_wants_to_stop(history, epoch, step):
+        """Fires on rank 1 only, after the second epoch: the stop must still be agreed."""
+        if torch.distributed.get_rank() == 1 and epoch == 2:
+            return "rank 1 asks to stop"
+        return None
+
+    rules = [*default_rules(), CallableRule(rank_one_wants_to_stop, action="stop")]
+    pl.seed_everything(0, verbose=False)
+    model = SmallCNN()
+    monitor = SpectralMonitor(conv_modes=MODES, alert_rules=rules, figures_every_n=0)
+    trainer = pl.Trainer(
+        strategy="ddp", accelerator="cpu", devices=2, max_epochs=4,
+        limit_train_batches=BATCHES, limit_val_batches=1, num_sanity_val_steps=0,
+        callbacks=[monitor], logger=TensorBoardLogger(out, name="tb", version=0),
+        enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    trainer.save_checkpoint(out / "final.ckpt")
+    rank = trainer.global_rank
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+               if k.startswith(("spectral", "alerts"))}
+    (out / f"rank{rank}.json").write_text(json.dumps({
+        "shares": shares, "callback_metrics": metrics, "epoch": trainer.current_epoch,
+        "history": monitor.history,
+    }))
+
+
+def test_ddp_split_gather_and_agreed_stop(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True,
+        timeout=150, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    # the agreed stop: both ranks ended after the 2nd epoch (max_epochs=4)
+    assert [r["epoch"] for r in ranks] == [2, 2]
+    # both ranks hold the same aggregates for EarlyStopping / ModelCheckpoint (alerts/count
+    # differs: rank 1 raised one more alert)
+    assert ranks[0]["callback_metrics"].pop("alerts/count") == 0
+    assert ranks[1]["callback_metrics"].pop("alerts/count") == 1
+    assert ranks[0]["callback_metrics"] == ranks[1]["callback_metrics"]
+    assert "spectral_summary/alpha_mean" in ranks[0]["callback_metrics"]
+    assert [e["step"] for e in ranks[0]["history"]] == [0, BATCHES, 2 * BATCHES]
+    for first, second in zip(ranks[0]["history"], ranks[1]["history"], strict=True):
+        assert first["summary"] == second["summary"]
+
+    # each rank analysed its own, disjoint share, every time
+    names = {"features.0", "features.2", "features.5", "hidden", "classifier"}
+    for first, second in zip(ranks[0]["shares"], ranks[1]["shares"], strict=True):
+        assert first and second and not set(first) & set(second)
+        assert set(first) | set(second) == names
+
+    import torch
+
+    from svd_callback.analysis import analyze
+    from svd_callback.examples import SmallCNN
+    from svd_callback.sinks.history import read_history
+
+    history = read_history(tmp_path / "tb" / "version_0" / "spectral_history.jsonl")
+    layers = [r for r in history if r["type"] == "layer"]
+    assert {r["rank"] for r in layers} == {0, 1}
+
+    import lightning.pytorch as pl
+
+    pl.seed_everything(0, verbose=False)
+    initial = SmallCNN()
+    final = SmallCNN.load_from_checkpoint(tmp_path / "final.ckpt")
+    for step, model in ((0, initial), (2 * BATCHES, final)):
+        expected = analyze(model, conv_mode=MODES, example_input=model.example_input_array)
+        logged = {(r["layer"], r["mode"]): r for r in layers if r["step"] == step}
+        assert len(logged) == len(expected) == len(names) * len(MODES)
+        for record in expected:
+            row = logged[(record.name, record.mode)]
+            assert row["n_svals"] == record.svals.numel()
+            for metric, value in record.metrics.items():
+                got = row["metrics"][metric]
+                if not math.isfinite(value):
+                    assert got is None, (record.name, metric)
+                else:
+                    assert got == pytest.approx(value, rel=1e-5, abs=1e-7), (record.name, metric)
+    assert torch.isfinite(final.hidden.weight).all()
+    # rank 0 alone wrote the TensorBoard files
+    assert len(list((tmp_path / "tb" / "version_0").glob("events.out.tfevents.*"))) == 1
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

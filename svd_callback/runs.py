@@ -32,13 +32,18 @@ class Run:
     source: str
     records: pd.DataFrame
     alerts: list[dict] = field(default_factory=list)
+    primary_mode: str | None = None
+    """The first conv mode of the run (TensorBoard tags leave it unnamed: None there)."""
 
     def series(self, metric: str, layer: str = SUMMARY_LAYER, mode: str | None = None) -> pd.Series:
-        """Values of ``metric`` for ``layer`` indexed by epoch (last value per epoch)."""
+        """Values of ``metric`` for ``layer`` and ``mode`` (default: the primary mode) indexed by
+        epoch (the last value per epoch)."""
         frame = self.records
-        mask = (frame["metric"] == metric) & (frame["layer"] == layer)
-        if mode is not None:
-            mask &= frame["mode"] == mode
+        base = (frame["metric"] == metric) & (frame["layer"] == layer)
+        wanted = mode if mode is not None else self.primary_mode
+        mask = base & (frame["mode"] == wanted if wanted is not None else frame["mode"].isna())
+        if mode is not None and not mask.any() and self.primary_mode is None:
+            mask = base & frame["mode"].isna()  # TensorBoard: the primary mode's tags are unnamed
         picked = frame[mask].sort_values(["epoch", "step"])
         return picked.groupby("epoch")["value"].last()
 
@@ -81,7 +86,9 @@ def _from_history(root: Path, history: Path) -> Run:
     records = pd.DataFrame(rows, columns=COLUMNS)
     if records.empty:
         raise RunReadError(f"{history} holds no spectral records")
-    return Run(root.name or str(root), root, str(history), records, alerts)
+    primary = records["mode"].dropna()
+    return Run(root.name or str(root), root, str(history), records, alerts,
+               primary_mode=str(primary.iloc[0]) if len(primary) else None)
 
 
 def _from_events(root: Path, events: list[Path]) -> Run:

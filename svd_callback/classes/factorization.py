@@ -125,8 +125,8 @@ def factorization_rank(
     threshold: float = 80.0,
     n_starts: int = 3,
     seed: int = 0,
-    n_iter_max: int = 200,
-    tol: float = 1e-7,
+    n_iter_max: int = 100,
+    tol: float = 1e-6,
     fit_tolerance: float = 0.01,
     max_images: int = 64,
     max_positions: int = 16,
@@ -140,7 +140,8 @@ def factorization_rank(
             with a note).
         max_rank: Fmax (capped at the smallest tensor dimension).
         threshold: CORCONDIA threshold in percent.
-        n_starts: random starts per F; the start of lowest reconstruction error is kept.
+        n_starts: random starts per F; the start of lowest reconstruction error is kept (the
+            torch engine fits all starts at once, batched).
         seed: seed of the private generator for the starts (the global RNG is not used).
         n_iter_max, tol: HALS iteration cap and convergence tolerance on the relative error.
         fit_tolerance: how far below the best smaller-F fit a fit may fall and stay acceptable.
@@ -189,8 +190,7 @@ def factorization_rank(
     generator = torch.Generator(device=x.device).manual_seed(int(seed))
     for rank in range(1, cap + 1):
         best: tuple[float, list[torch.Tensor]] | None = None
-        for _ in range(max(1, n_starts)):
-            factors = _fit_nonnegative_cp(x, rank, generator, n_iter_max, tol, engine)
+        for factors in _fit_nonnegative_cp(x, rank, generator, n_iter_max, tol, n_starts, engine):
             fit = _fit(x, factors)
             if math.isfinite(fit) and (best is None or fit > best[0]):
                 best = (fit, factors)
@@ -218,17 +218,18 @@ def factorization_rank(
     return FactorizationResult(chosen, fits, curve, shape, None, notes)
 
 
-_MTTKRP = ("ijk,jr,kr->ir", "ijk,ir,kr->jr", "ijk,ir,jr->kr")
-
-
-def _random_start(x: torch.Tensor, rank: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Uniform [0, 1) factors from the private generator, scaled so the model has norm ||x||."""
+def _random_starts(
+    x: torch.Tensor, rank: int, n_starts: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """(S, n, F) uniform [0, 1) factors per mode from the private generator, each start scaled
+    so that its model has the norm of ``x``."""
     init = [
-        torch.rand(size, rank, generator=generator, device=x.device, dtype=x.dtype)
+        torch.rand(n_starts, size, rank, generator=generator, device=x.device, dtype=x.dtype)
         for size in x.shape
     ]
-    start_norm = torch.linalg.vector_norm(torch.einsum("ir,jr,kr->ijk", *init))
-    init[-1] = init[-1] * (torch.linalg.vector_norm(x) / start_norm.clamp_min(1e-300))
+    start_norm = torch.linalg.vector_norm(torch.einsum("sir,sjr,skr->sijk", *init), dim=(1, 2, 3))
+    scale = torch.linalg.vector_norm(x) / start_norm.clamp_min(1e-300)
+    init[-1] = init[-1] * scale.reshape(-1, 1, 1)
     return init
 
 
@@ -238,43 +239,57 @@ def _fit_nonnegative_cp(
     generator: torch.Generator,
     n_iter_max: int,
     tol: float,
+    n_starts: int,
     engine: str,
-) -> list[torch.Tensor]:
-    """Non-negative CP of a 3-way tensor from a random start; weights absorbed in the factors."""
-    factors = _random_start(x, rank, generator)
+) -> list[list[torch.Tensor]]:
+    """Non-negative CP of a 3-way tensor from ``n_starts`` random starts: one list of factors
+    (weights absorbed) per start."""
+    starts = _random_starts(x, rank, max(1, n_starts), generator)
     if engine == "tensorly":
-        return _tensorly_hals(x, factors, n_iter_max, tol)
-    return _torch_hals(x, factors, n_iter_max, tol)
+        return [
+            _tensorly_hals(x, [f[s] for f in starts], n_iter_max, tol)
+            for s in range(starts[0].shape[0])
+        ]
+    fitted = _torch_hals(x, starts, n_iter_max, tol)
+    return [[f[s] for f in fitted] for s in range(fitted[0].shape[0])]
+
+
+_MTTKRP_BATCHED = ("ijk,sjr,skr->sir", "ijk,sir,skr->sjr", "ijk,sir,sjr->skr")
 
 
 def _torch_hals(
     x: torch.Tensor, factors: list[torch.Tensor], n_iter_max: int, tol: float
 ) -> list[torch.Tensor]:
-    """HALS (Cichocki & Phan 2009; Gillis & Glineur 2012), one column sweep per mode and iteration.
+    """HALS (Cichocki & Phan 2009; Gillis & Glineur 2012) for a batch of S starts at once.
 
-    For mode n with M = X_(n) (Khatri-Rao of the other factors) and V = Hadamard product of their
-    Gram matrices, column f becomes max(eps, a_f + (M_f - A V_f) / V_ff). The relative error is
-    checked every 10 iterations; the loop stops when it changes by less than ``tol``.
+    ``factors`` are (S, n, F) per mode. For mode n with M = X_(n) (Khatri-Rao of the other
+    factors) and V = Hadamard product of their Gram matrices, column f becomes
+    max(eps, a_f + (M_f - A V_f) / V_ff), one column sweep per mode and iteration. The relative
+    error ||X - Xhat|| / ||X|| comes cheaply from the last mode's M, as in TensorLy
+    (||Xhat||^2 = sum of the Hadamard product of all Grams, <X, Xhat> = sum(M * A)); the loop
+    stops once every start's error changes by less than ``tol`` between iterations (TensorLy's
+    criterion).
     """
     eps = torch.finfo(x.dtype).eps
-    x_norm = torch.linalg.vector_norm(x)
-    previous_error = math.inf
-    for iteration in range(n_iter_max):
+    x_norm_sq = torch.linalg.vector_norm(x) ** 2
+    previous_error = torch.full((factors[0].shape[0],), math.inf, dtype=x.dtype, device=x.device)
+    for _ in range(n_iter_max):
         for mode in range(3):
             others = [factors[m] for m in range(3) if m != mode]
-            mttkrp = torch.einsum(_MTTKRP[mode], x, *others)
-            gram = (others[0].T @ others[0]) * (others[1].T @ others[1])
-            diagonal = torch.diagonal(gram).clamp_min(eps)
+            mttkrp = torch.einsum(_MTTKRP_BATCHED[mode], x, *others)
+            gram = (others[0].mT @ others[0]) * (others[1].mT @ others[1])  # (S, F, F)
+            diagonal = torch.diagonal(gram, dim1=1, dim2=2).clamp_min(eps)  # (S, F)
             factor = factors[mode]
-            for f in range(factor.shape[1]):
-                step = (mttkrp[:, f] - factor @ gram[:, f]) / diagonal[f]
-                factor[:, f] = (factor[:, f] + step).clamp_min(eps)
-        if iteration % 10 == 9 or iteration == n_iter_max - 1:
-            model = torch.einsum("ir,jr,kr->ijk", *factors)
-            error = float(torch.linalg.vector_norm(x - model) / x_norm)
-            if abs(previous_error - error) < tol:
-                break
-            previous_error = error
+            for f in range(factor.shape[2]):
+                product = (factor @ gram[:, :, f : f + 1]).squeeze(2)  # (S, n)
+                step = (mttkrp[:, :, f] - product) / diagonal[:, f : f + 1]
+                factor[:, :, f] = (factor[:, :, f] + step).clamp_min(eps)
+        model_norm_sq = (gram * (factor.mT @ factor)).sum(dim=(1, 2))
+        inner = (mttkrp * factor).sum(dim=(1, 2))
+        error = torch.sqrt((x_norm_sq + model_norm_sq - 2 * inner).abs() / x_norm_sq)
+        if bool(((previous_error - error).abs() < tol).all()):
+            break
+        previous_error = error
     return factors
 
 

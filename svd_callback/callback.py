@@ -207,6 +207,7 @@ class SpectralMonitor(Callback):
     def _reset_fit_state(self) -> None:
         """State of one ``trainer.fit`` call (writers, one-time messages)."""
         self._sinks: dict[int, TensorBoardSink] = {}
+        self._layouts: dict[int, tuple[set[str], set[str]]] = {}
         self._fit_started_logging = False
         self._warned: set[str] = set()
         self._last_report: Report | None = None
@@ -627,11 +628,7 @@ class SpectralMonitor(Callback):
                 tags.CONVENTIONS_TAG, self._conventions_markdown(), step,
                 description="how the spectral metrics of this run were computed",
             )
-            summary_keys = sorted(
-                {t.split("/", 1)[1].split(".", 1)[0] for t in scalars
-                 if t.startswith("spectral_summary/")}
-            )
-            sink.layout(custom_scalar_layout(self.logged_metrics, self.conv_modes, summary_keys))
+        self._update_layout(sink, scalars)
         sink.scalars(scalars, step, descriptions)
         logger.log_metrics({tags.EPOCH_TAG: float(trainer.current_epoch)}, step)
         if self.histograms:
@@ -646,6 +643,20 @@ class SpectralMonitor(Callback):
         if alerts:
             sink.text(tags.ALERT_TEXT_TAG, _alerts_markdown(alerts), step,
                       description="spectral alerts raised by the analysis at this step")
+
+    def _update_layout(self, sink: TensorBoardSink, scalars: Mapping[str, float]) -> None:
+        """(Re)write the custom-scalar layout when metrics appear that it does not chart yet:
+        one chart per metric present, never an empty one."""
+        metrics = {t.split("/")[1].split(".")[0] for t in scalars if t.startswith("spectral/")}
+        summary = {t.split("/", 1)[1].split(".")[0] for t in scalars
+                   if t.startswith("spectral_summary/")}
+        known = self._layouts.setdefault(id(sink), (set(), set()))
+        if metrics <= known[0] and summary <= known[1]:
+            return
+        known[0].update(metrics)
+        known[1].update(summary)
+        charted = [m for m in self.logged_metrics if m in known[0]]
+        sink.layout(custom_scalar_layout(charted, self.conv_modes, sorted(known[1])))
 
     def _write_figures(
         self, trainer: pl.Trainer, report: Report, step: int, epochs_trained: float

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.util import tensor_util
 
 from svd_callback.alerts import RankCollapse
@@ -146,6 +148,14 @@ def test_end_to_end_tensorboard_matches_analyze_on_the_saved_weights(tmp_path):
     assert "KS" in description
     tensors = set(acc.Tags()["tensors"])
     assert {"spectral/conventions", "custom_scalars__config__"} <= tensors
+    layout = layout_pb2.Layout()
+    config = acc.Tensors("custom_scalars__config__")[-1].tensor_proto
+    layout.ParseFromString(tensor_util.make_ndarray(config).item())
+    assert [c.title for c in layout.category][:2] == ["spectral (unfold)", "spectral (operator)"]
+    for category in layout.category:  # every chart shows something
+        for chart in category.chart:
+            (pattern,) = chart.multiline.tag
+            assert any(re.search(pattern, tag) for tag in scalars), chart.title
     images = set(acc.Tags()["images"])
     assert "spectral_figures/esd/unfold/features.0" in images
     assert "spectral_figures/heatmap/operator" in images

@@ -298,6 +298,24 @@ def test_history_state_is_plain_and_round_trips():
         h2.load_state_dict({"version": 99})
 
 
+@pytest.mark.parametrize(
+    ("summary", "mode"),
+    [
+        ({"alpha_mean": 2.5}, None),
+        ({"alpha_mean/unfold": 2.5}, "unfold"),
+        ({"operator/alpha_mean": 2.5}, "operator"),
+        ({"alpha_mean.slices": 2.5}, "slices"),
+        ({"unfold": {"alpha_mean": 2.5}}, "unfold"),
+    ],
+)
+def test_summary_key_forms(summary, mode):
+    h = MetricHistory()
+    h.append(0, 0, Report(), summary)
+    assert h.summary_series("alpha_mean") == [(0, 0, 2.5)]
+    assert h.summary_series("alpha_mean", mode) == [(0, 0, 2.5)]
+    assert list(h.latest.summary) == [("alpha_mean", mode)]
+
+
 def test_duplicate_update_is_ignored_by_the_engine():
     engine = AlertEngine([AlphaBelow(patience=2)])
     rep = Report([record("conv1", alpha=1.5)])
@@ -515,3 +533,12 @@ def test_engine_never_raises_on_random_sequences(sequence):
     restored = AlertEngine(all_builtin_rules(), max_len=6)
     restored.load_state_dict(json.loads(json.dumps(engine.state_dict())))
     assert as_json(restored.alerts_so_far) == as_json(engine.alerts_so_far)
+
+
+@pytest.mark.parametrize("module", ["base", "history", "engine"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"svd_callback.alerts.{module}"))
+    assert result.attempted > 0 and result.failed == 0

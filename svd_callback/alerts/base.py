@@ -32,15 +32,16 @@ class Alert:
     """One alert: which rule, where (layer and mode; layer None for model-level), which metric,
     the value(s) that triggered it, the threshold, when, and how severe.
 
-    ``values`` holds the values behind the decision (for example the ``patience`` consecutive
-    values), oldest first. An empty ``message`` is filled with a generic one-line description.
+    ``value`` None is stored as NaN. ``values`` holds the values behind the decision (for
+    example the ``patience`` consecutive values), oldest first. An empty ``message`` is filled
+    with a generic one-line description.
     """
 
     rule: str
     layer: str | None = None
     mode: str | None = None
     metric: str | None = None
-    value: float = math.nan
+    value: float | None = math.nan
     values: tuple[float, ...] = ()
     threshold: float | None = None
     epoch: int | None = None
@@ -52,7 +53,7 @@ class Alert:
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
-        object.__setattr__(self, "value", float(self.value))
+        object.__setattr__(self, "value", math.nan if self.value is None else float(self.value))
         if self.threshold is not None:
             object.__setattr__(self, "threshold", float(self.threshold))
         if not self.message:

@@ -159,8 +159,9 @@ class AlertEngine:
                 step=step,
                 severity="warning",
                 message=(
-                    f"rule {name!r} {what} {text}{when(epoch, step)} (the rule is skipped for "
-                    f"this analysis; the same error is not reported again)"
+                    f"rule {name!r} {what} {text}{when(epoch, step)} (skipped for this "
+                    f"analysis; repeats of this error are not reported until the rule runs "
+                    f"cleanly)"
                 ),
             )
         ]

@@ -179,13 +179,17 @@ class MetricHistory:
         reason: str | None,
         quality: str | None,
     ) -> LayerSnapshot:
-        keys = tuple(metrics)
+        index = self._key_table(tuple(metrics))
+        return LayerSnapshot(name, mode, index, array("d", metrics.values()), reason, quality)
+
+    def _key_table(self, keys: tuple[str, ...]) -> dict[str, int]:
+        """The shared metric -> position table of one key set."""
         index = self._key_tables.get(keys)
         if index is None:
             if len(self._key_tables) >= _MAX_KEY_TABLES:
                 self._key_tables.clear()  # kept snapshots hold their own references
             index = self._key_tables[keys] = {key: i for i, key in enumerate(keys)}
-        return LayerSnapshot(name, mode, index, array("d", metrics.values()), reason, quality)
+        return index
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -287,25 +291,28 @@ class MetricHistory:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """Plain Python types only (lists, dicts, str, int, float, None)."""
+        """Plain Python types only (lists, dicts, str, int, float, None).
+
+        Per analysis: ``layers`` = [name, mode, reason, quality, key-set index] rows and one flat
+        ``values`` list holding every row's metric values in key-set order."""
         key_sets: dict[tuple[str, ...], int] = {}
         entries = []
         for e in self._entries:
-            layers = []
+            rows, values = [], array("d")
             for rec in e.layers.values():
                 keys = tuple(rec._index)
-                layers.append(
-                    {
-                        "layer": rec.name,
-                        "mode": rec.mode,
-                        "reason": rec.reason,
-                        "quality": rec.quality,
-                        "keys": key_sets.setdefault(keys, len(key_sets)),
-                        "values": rec._values.tolist(),
-                    }
-                )
-            summary = [[n, m, v] for (n, m), v in e.summary.items()]
-            entries.append({"epoch": e.epoch, "step": e.step, "layers": layers, "summary": summary})
+                index = key_sets.setdefault(keys, len(key_sets))
+                rows.append([rec.name, rec.mode, rec.reason, rec.quality, index])
+                values.extend(rec._values)
+            entries.append(
+                {
+                    "epoch": e.epoch,
+                    "step": e.step,
+                    "layers": rows,
+                    "values": values.tolist(),
+                    "summary": [[n, m, v] for (n, m), v in e.summary.items()],
+                }
+            )
         return {
             "version": HISTORY_STATE_VERSION,
             "max_len": self.max_len,
@@ -327,14 +334,19 @@ class MetricHistory:
                 f"{version!r})"
             )
         self.clear()
-        key_sets = [tuple(k) for k in state["key_sets"]]
+        tables = [self._key_table(tuple(k)) for k in state["key_sets"]]
         for item in state["entries"]:
-            layers = {}
-            for rec in item["layers"]:
-                keys, values = key_sets[rec["keys"]], rec["values"]
-                metrics = dict(zip(keys, map(float, values), strict=True))
-                layers[(rec["layer"], rec["mode"])] = self._layer(
-                    rec["layer"], rec["mode"], metrics, rec["reason"], rec["quality"]
+            values = array("d", item["values"])
+            layers, offset = {}, 0
+            for name, mode, reason, quality, k in item["layers"]:
+                n = len(tables[k])
+                chunk = values[offset : offset + n]
+                layers[(name, mode)] = LayerSnapshot(name, mode, tables[k], chunk, reason, quality)
+                offset += n
+            if offset != len(values):
+                raise ValueError(
+                    f"corrupt MetricHistory state: {len(values)} values for {offset} metrics "
+                    f"at epoch {item['epoch']}"
                 )
             summary = {(n, m): float(v) for n, m, v in item["summary"]}
             self._entries.append(Snapshot(int(item["epoch"]), int(item["step"]), layers, summary))

@@ -77,7 +77,7 @@ def reference_fires(holds: list[bool | None], patience: int, start_armed: bool =
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     holds=st.lists(st.sampled_from([True, False, None]), max_size=40),
     patience=st.integers(1, 4),
@@ -520,7 +520,7 @@ analysis = st.tuples(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.lists(analysis, max_size=25))
 def test_engine_never_raises_on_random_sequences(sequence):
     engine = AlertEngine(all_builtin_rules(), max_len=6)

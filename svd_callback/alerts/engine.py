@@ -177,8 +177,9 @@ class AlertEngine:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output. Rules absent from ``state`` start fresh; state of
-        rules no longer configured is ignored.
+        """Restore :meth:`state_dict` output. Rules absent from ``state`` keep their current
+        state; state of rules no longer configured is ignored. Loading the state of a fresh
+        engine resets this one.
 
         Raises:
             ValueError: ``state`` is not an engine state of a known version.

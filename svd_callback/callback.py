@@ -291,7 +291,8 @@ class SpectralMonitor(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
             self._analyse(trainer, pl_module, "train_step")
 
     @override
@@ -365,6 +366,33 @@ class SpectralMonitor(Callback):
         local, order = self._local_report(pl_module, world, int(trainer.global_rank))
         report = gather_reports(local, world, order, self.conv_modes)  # collective on all ranks
 
+        alerts: list[Alert] = []
+        try:
+            alerts = self._record(trainer, report, step, epoch, epochs_trained, trigger, started)
+        except Exception as error:  # noqa: BLE001 - never crash training
+            self._warn(f"recording the analysis failed: {type(error).__name__}: {error}")
+        for alert in alerts:
+            if self.on_alert is not None:
+                self._guarded("calling on_alert", self.on_alert, alert, trainer, pl_module)
+        stop = self.stop_on_alert and self.alert_engine.should_stop(alerts)
+        stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            trainer.should_stop = True
+            reasons = "; ".join(a.message for a in alerts if a.severity == "stop")
+            rank_zero_info(f"SpectralMonitor: stopping the training: {reasons or 'stop alert'}")
+
+    def _record(
+        self,
+        trainer: pl.Trainer,
+        report: Report,
+        step: int,
+        epoch: int,
+        epochs_trained: float,
+        trigger: str,
+        started: float,
+    ) -> list[Alert]:
+        """Aggregates, alerts, ``callback_metrics`` and the state (every rank); logging (rank 0).
+        Returns the alerts raised."""
         summary: dict[str, dict[str, float]] = {}
         alerts: list[Alert] = []
         try:
@@ -376,13 +404,12 @@ class SpectralMonitor(Callback):
         trainer.callback_metrics.update(
             {tag: torch.tensor(value, dtype=torch.float32) for tag, value in scalars.items()}
         )
-        seconds = time.perf_counter() - started
         entry = {
             "epoch": epoch,
             "epochs_trained": epochs_trained,
             "step": step,
             "trigger": trigger,
-            "seconds": seconds,
+            "seconds": time.perf_counter() - started,
             "summary": {m: dict(v) for m, v in summary.items()},
             "alerts": len(alerts),
         }
@@ -391,22 +418,14 @@ class SpectralMonitor(Callback):
         self._analyses += 1
         self._last_step = step
         self._last_report = report
-        self._store_spectra(report, epochs_trained)
-
+        self._guarded("storing spectra for the heat maps", self._store_spectra, report,
+                      epochs_trained)
         if trainer.is_global_zero:
             self._guarded(
                 "logging the analysis", self._log, trainer, report, summary, scalars,
                 descriptions, alerts, entry, index,
             )
-        for alert in alerts:
-            if self.on_alert is not None:
-                self._guarded("calling on_alert", self.on_alert, alert, trainer, pl_module)
-        stop = self.stop_on_alert and self.alert_engine.should_stop(alerts)
-        stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop:
-            trainer.should_stop = True
-            reasons = "; ".join(a.message for a in alerts if a.severity == "stop")
-            rank_zero_info(f"SpectralMonitor: stopping the training: {reasons or 'stop alert'}")
+        return alerts
 
     def _local_report(
         self, pl_module: pl.LightningModule, world: int, rank: int

@@ -14,7 +14,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
+def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """Parse ``args`` (default: the command line) and, with ``run``, execute the subcommand."""
     return LightningCLI(
         pl.LightningModule,
         pl.LightningDataModule,
@@ -22,6 +23,7 @@ def main(args: list[str] | None = None) -> LightningCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 

@@ -23,14 +23,19 @@ def load_train_script():
 
 
 def run_config(config: str, tmp_path: Path, *extra: str):
+    """Parse the config as the command line would, then fit without figures (drawing them is
+    tested elsewhere and costs seconds)."""
     args = [
-        "fit", "--config", str(ROOT / "configs" / config),
+        "--config", str(ROOT / "configs" / config),
         "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}", *extra,
     ]
-    return load_train_script().main(args)
+    cli = load_train_script().main(args, run=False)
+    monitor_of(cli).figures_every_n = 0
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return cli
 
 
 def monitor_of(cli) -> SpectralMonitor:

@@ -51,6 +51,9 @@ from svd_callback.sinks.tensorboard import TensorBoardSink
 TRIGGERS = ("train_epoch_end", "validation_epoch_end")
 _STATE_VERSION = 1
 _HEATMAP_POINTS = 64
+_HEATMAP_COLUMNS = 256
+"""Analyses kept per layer for the heat maps: beyond it every other older column is dropped, so
+the figure spans the whole run and the checkpointed state stays bounded."""
 
 
 class SpectralMonitor(Callback):
@@ -215,6 +218,7 @@ class SpectralMonitor(Callback):
         self._owners: dict[str, int] = {}
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(
             conv_modes=self.conv_modes, on=self.on, every_n_epochs=self.every_n_epochs,
@@ -521,6 +525,10 @@ class SpectralMonitor(Callback):
             else:
                 store["epochs"].append(float(epochs_trained))
                 store["quantiles"] = torch.cat([store["quantiles"], row])
+                if len(store["epochs"]) > _HEATMAP_COLUMNS:
+                    keep = [*range(0, len(store["epochs"]) - 1, 2), len(store["epochs"]) - 1]
+                    store["epochs"] = [store["epochs"][i] for i in keep]
+                    store["quantiles"] = store["quantiles"][keep]
 
     def _choose_figure_layers(self, report: Report) -> list[str]:
         names = [r.name for r in report.by_mode(self.conv_modes[0]).analysed()]

@@ -435,3 +435,19 @@ def test_resume_continues_curves_history_and_alerts_without_gap_or_duplicate(tmp
     assert len(files) == 2
     steps = [[e.step for e in accumulator(f).Scalars("spectral/log_norm/hidden")] for f in files]
     assert steps == [[0, 6, 12, 18], [18, 24]]
+
+
+def test_heatmap_history_stays_bounded_and_spans_the_whole_run():
+    from svd_callback.callback import _HEATMAP_COLUMNS
+    from svd_callback.report import LayerReport, Report
+
+    monitor = SpectralMonitor()
+    for i in range(3 * _HEATMAP_COLUMNS):
+        svals = torch.linspace(float(i + 1), 1.0, 10)
+        monitor._store_spectra(Report([LayerReport("fc", "linear", "unfold", svals=svals)]), i)
+    store = monitor._spectra["unfold/fc"]
+    epochs = store["epochs"]
+    assert len(epochs) <= _HEATMAP_COLUMNS and store["quantiles"].shape == (len(epochs), 64)
+    assert epochs[0] == 0 and epochs[-1] == 3 * _HEATMAP_COLUMNS - 1
+    assert epochs == sorted(epochs)
+    assert store["quantiles"][-1, 0] == 3 * _HEATMAP_COLUMNS  # the newest spectrum, top value

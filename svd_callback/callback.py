@@ -72,10 +72,18 @@ class SpectralMonitor(Callback):
     exception inside the analysis or the logging becomes a warning and training goes on; layers
     that cannot be analysed keep a reason (in the history file, and a one-time warning).
 
+    The per-layer scalars, the aggregates and ``alerts/count`` also go into
+    ``trainer.callback_metrics``, so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them.
+    Both run after this callback at the end of a training epoch with Lightning's defaults; when
+    they check at validation end instead (``val_check_interval < 1``, ``check_val_every_n_epoch
+    > 1``), use ``on="validation_epoch_end"`` so that they see the current analysis.
+
     Args:
         every_n_epochs: analyse every n epochs (None or 0: no epoch schedule).
         every_n_steps: also analyse every n optimizer steps (None: never).
-        on: ``"train_epoch_end"`` (default) or ``"validation_epoch_end"`` for the epoch schedule.
+        on: ``"train_epoch_end"`` (default) or ``"validation_epoch_end"`` for the epoch schedule
+            (in a YAML config write the key quoted, ``"on":``, since YAML 1.1 reads ``on`` as
+            true).
         log_init: analyse the initial weights at the start of training.
         conv_modes: conv SVD convention(s): ``"unfold"``, ``"operator"``, ``"slices"``, or several;
             the first is the primary mode (tags ``spectral/<metric>/<layer>``), the others log as

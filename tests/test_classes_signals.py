@@ -141,6 +141,15 @@ def test_mismatched_input_gives_nan_and_reason():
     assert "smaller than the kernel" in tiny.reason
 
 
+def test_unsupported_layers_give_nan_and_reason():
+    transposed = nn.ConvTranspose2d(3, 4, 3)
+    result = neuron_signals(transposed.weight, torch.randn(2, 3, 5, 5), transposed, top_k=2)
+    assert torch.isnan(result.values).all() and "ConvTranspose2d" in result.reason
+    conv = nn.Conv2d(3, 4, 3)
+    missing = neuron_signals(conv.weight, torch.randn(2, 3, 5, 5), None)
+    assert torch.isnan(missing.values).all() and "conv_params" in missing.reason
+
+
 def test_class_means_are_mean_absolute_signals():
     signals = torch.tensor([[1.0, -1.0], [-3.0, 2.0], [0.5, 0.5], [5.0, 5.0]])
     labels = torch.tensor([1, 1, 0, 7])

@@ -109,8 +109,17 @@ def neuron_signals(
     device = layer_input.device
     x = layer_input.detach().to(torch.float32)
     w = weight.detach().to(device=device, dtype=torch.float32)
+    unsupported = None
     if isinstance(conv_params, nn.Module):
-        conv_params = ConvParams.from_module(conv_params)
+        if isinstance(conv_params, _CONV_TYPES):
+            conv_params = ConvParams.from_module(conv_params)
+        else:
+            unsupported = (
+                f"{type(conv_params).__name__} is not an nn.Conv1d/2d/3d: no im2col signals"
+            )
+            conv_params = ConvParams((1,), 0, (1,), int(getattr(conv_params, "groups", 1)))
+    elif conv_params is None and w.dim() != 2:
+        unsupported = f"weight of shape {tuple(w.shape)} is not a linear weight: give conv_params"
     groups = 1 if conv_params is None else int(conv_params.groups)
     n_images = x.shape[0] if x.dim() > 0 else 0
     rank_per_group = min(w.shape[0] // max(groups, 1), math.prod(w.shape[1:]))
@@ -126,6 +135,8 @@ def neuron_signals(
             reason,
         )
 
+    if unsupported is not None:
+        return failed(unsupported)
     if not torch.isfinite(w).all():
         return failed("weight has non-finite entries")
     try:

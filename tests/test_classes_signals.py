@@ -49,8 +49,10 @@ def _sorted_by_sigma(layer: nn.Module, values: torch.Tensor) -> torch.Tensor:
         dict(in_channels=4, out_channels=8, kernel_size=3, padding=2, dilation=2, groups=2),
         dict(in_channels=3, out_channels=5, kernel_size=3, padding="same", padding_mode="reflect"),
         dict(in_channels=2, out_channels=4, kernel_size=2, padding="valid", bias=False),
+        dict(in_channels=3, out_channels=5, kernel_size=(2, 4), padding="same", dilation=(1, 2)),
     ],
 )
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 def test_conv2d_signals_equal_output_projection(kwargs):
     torch.manual_seed(0)
     layer = nn.Conv2d(**kwargs)

@@ -1,0 +1,213 @@
+"""Per-layer ESD metrics (WeightWatcher names; Martin & Mahoney, JMLR 2021 and Nature Comm.
+2021; RESEARCH.md section 2), from eigenvalues lambda = sigma^2 already normalised by the caller.
+
+| metric | formula (log = log10) |
+|---|---|
+| spectral_norm, frobenius_norm | sqrt(lambda_max), sqrt(sum lambda) |
+| log_norm | log(sum lambda) |
+| log_spectral_norm | log(lambda_max) |
+| alpha, xmin, D, alpha_sigma, n_tail | power-law tail fit (:func:`fit_power_law`) |
+| alpha_weighted | alpha * log(lambda_max) |
+| log_alpha_norm | log(sum lambda^alpha), over all lambda |
+| stable_rank | sum lambda / lambda_max |
+| entropy | -sum p ln p / ln(matrix_rank), p = lambda / sum lambda |
+| matrix_rank, rank_loss | #sigma > sigma_max * N * eps(float32), n_values - matrix_rank |
+| mp_softrank, num_spikes, lambda_plus, mp_s2 | Marchenko-Pastur bulk (:func:`fit_mp_bulk`) |
+
+With ``ww_compat=True`` the norm metrics are WeightWatcher 0.7.7's own arithmetic
+(:func:`svd_callback.rmt.ww_compat.norm_metrics`: float64 eps in the rank, its 1e-10 entropy
+offset) and the fit is its ``WWFit``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from svd_callback.rmt import ww_compat as ww_ref
+from svd_callback.rmt.mp import fit_mp_bulk
+from svd_callback.rmt.powerlaw import PowerLawFit, fit_power_law, hill_alpha
+
+FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+ZERO_SPECTRUM_NAN = ("log_norm", "log_spectral_norm", "stable_rank", "entropy", "alpha", "xmin",
+                     "D", "alpha_sigma", "n_tail", "alpha_weighted", "log_alpha_norm")
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Published alpha heuristics (WeightWatcher labels; RESEARCH.md section 2).
+
+    alpha < over_trained: over-trained; alpha > under_trained: under-trained; alpha >
+    suspicious_alpha or D > suspicious_D: the fit itself is suspect.
+    """
+
+    over_trained: float = 2.0
+    under_trained: float = 6.0
+    suspicious_alpha: float = 8.0
+    suspicious_D: float = 0.3
+
+
+QUALITY_LABELS = ("ok", "over-trained", "under-trained", "suspicious-fit", "undetermined")
+
+
+def quality_label(fit: PowerLawFit, thresholds: QualityThresholds = QualityThresholds()) -> str:
+    """One of :data:`QUALITY_LABELS` from a fit's alpha and D."""
+    alpha, D = fit.alpha, fit.D
+    if fit.reason is not None or not math.isfinite(alpha) or alpha <= 1:
+        return "undetermined"
+    if alpha > thresholds.suspicious_alpha or (math.isfinite(D) and thresholds.suspicious_D < D):
+        return "suspicious-fit"
+    if alpha < thresholds.over_trained:
+        return "over-trained"
+    if alpha > thresholds.under_trained:
+        return "under-trained"
+    return "ok"
+
+
+@dataclass
+class ESDMetrics:
+    """Metrics of one ESD: ``values`` (NaN where undefined), a quality label, per-metric
+    ``notes`` giving the reason for NaN values, and the power-law ``fit`` (None if not fitted)."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    quality: str = "undetermined"
+    notes: dict[str, str] = field(default_factory=dict)
+    fit: PowerLawFit | None = None
+
+
+def esd_metrics(
+    eigs: torch.Tensor,
+    *,
+    N: int,
+    M: int,
+    ww_compat: bool = False,
+    fit: str | None = "ks",
+    mp_fit: bool = False,
+    thresholds: QualityThresholds | None = None,
+) -> ESDMetrics:
+    """Every metric of the module table for one layer's eigenvalues.
+
+    Args:
+        eigs: lambda = sigma^2 (any order, any device), normalised by the caller.
+        N, M: shape of the analysed matrix (N >= M); Q = N / M for the MP bulk and N for the
+            rank tolerance.
+        ww_compat: WeightWatcher 0.7.7's fit and norm arithmetic.
+        fit: ``"ks"``, ``"hill"`` or None (no power-law metrics).
+        mp_fit: also fit the Marchenko-Pastur bulk.
+        thresholds: for the quality label.
+
+    Never raises on bad data: NaN values and a reason in ``notes``.
+    """
+    thresholds = thresholds or QualityThresholds()
+    out = ESDMetrics()
+    x = torch.as_tensor(eigs).detach().reshape(-1).to(torch.float64)
+    if x.numel() == 0:
+        out.notes["all"] = "empty spectrum"
+        return out
+    if not bool(torch.isfinite(x).all()):
+        out.notes["all"] = "non-finite eigenvalues"
+        return out
+    x = x.clamp_min(0).sort(descending=True).values
+    if float(x[0]) == 0.0:
+        out.notes["all"] = "zero spectrum (every singular value is 0)"
+        out.values.update(dict.fromkeys(ZERO_SPECTRUM_NAN, math.nan), matrix_rank=0.0,
+                          rank_loss=float(x.numel()), spectral_norm=0.0, frobenius_norm=0.0)
+        return out
+
+    power = None
+    if fit is not None:
+        power = fit_power_law(x, ww_compat=ww_compat, method=fit)
+        out.fit = power
+        out.quality = quality_label(power, thresholds)
+    if ww_compat:
+        out.values.update(_ww_norms(x, power, N))
+    else:
+        out.values.update(_norms(x, N))
+    if power is not None:
+        _add_fit(out, x, power, ww_compat)
+    if mp_fit:
+        _add_mp(out, x, N, M)
+    _note_nans(out)
+    return out
+
+
+def _norms(x: torch.Tensor, N: int) -> dict[str, float]:
+    total, top = x.sum(), x[0]
+    svals = x.sqrt()
+    rank = (svals > svals[0] * N * FLOAT32_EPS).sum()
+    p = x / total
+    plogp = torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum()
+    entropy = -plogp / rank.double().log()
+    values = torch.stack([top.sqrt(), total.sqrt(), total.log10(), top.log10(), total / top,
+                          rank.double(), x.new_tensor(x.numel()) - rank, entropy]).tolist()
+    names = ("spectral_norm", "frobenius_norm", "log_norm", "log_spectral_norm", "stable_rank",
+             "matrix_rank", "rank_loss", "entropy")
+    result = dict(zip(names, values, strict=True))
+    if result["matrix_rank"] <= 1:
+        result["entropy"] = math.nan
+    return result
+
+
+def _ww_norms(x: torch.Tensor, power: PowerLawFit | None, N: int) -> dict[str, float]:
+    evals = x.cpu().numpy()
+    alpha = power.alpha if power is not None else math.nan
+    values = ww_ref.norm_metrics(evals, alpha, N)
+    values["spectral_norm"] = math.sqrt(float(evals.max()))
+    values["frobenius_norm"] = math.sqrt(float(evals.sum()))
+    values["rank_loss"] = float(evals.size - values["matrix_rank"])
+    if power is None:
+        values.pop("alpha_weighted", None)
+        values.pop("log_alpha_norm", None)
+    return values
+
+
+def _add_fit(out: ESDMetrics, x: torch.Tensor, power: PowerLawFit, ww_compat: bool) -> None:
+    values = out.values
+    values.update(alpha=power.alpha, xmin=power.xmin, D=power.D, alpha_sigma=power.sigma,
+                  n_tail=float(power.n_tail))
+    if power.method == "hill":
+        values["alpha_hill"] = power.alpha
+    if power.reason is not None:
+        out.notes["alpha"] = power.reason
+    if ww_compat:
+        return  # WeightWatcher's own alpha_weighted / log_alpha_norm are already in values
+    alpha = power.alpha
+    if power.reason is None and math.isfinite(alpha):
+        positive = x[x > 0]
+        values["alpha_weighted"] = alpha * values["log_spectral_norm"]
+        log_sum = torch.logsumexp(alpha * positive.log(), dim=0) / math.log(10)
+        values["log_alpha_norm"] = float(log_sum)
+    else:
+        values["alpha_weighted"] = math.nan
+        values["log_alpha_norm"] = math.nan
+
+
+def _add_mp(out: ESDMetrics, x: torch.Tensor, N: int, M: int) -> None:
+    Q = N / M if M > 0 else math.nan
+    mp = fit_mp_bulk(x[x > 0], Q, M)
+    values = out.values
+    values["mp_s2"] = mp.s2
+    values["lambda_plus"] = mp.lambda_plus
+    values["num_spikes"] = float(mp.num_spikes) if mp.reason is None else math.nan
+    values["mp_softrank"] = mp.lambda_plus / float(x[0]) if mp.reason is None else math.nan
+    if mp.reason is not None:
+        for key in ("mp_s2", "lambda_plus", "num_spikes", "mp_softrank"):
+            out.notes[key] = mp.reason
+
+
+def _note_nans(out: ESDMetrics) -> None:
+    """Give every NaN value a reason."""
+    for key, value in out.values.items():
+        if isinstance(value, float) and math.isnan(value) and key not in out.notes:
+            if key == "entropy":
+                out.notes[key] = "matrix rank <= 1: entropy undefined"
+            elif key in ("log_norm", "log_spectral_norm", "stable_rank"):
+                out.notes[key] = "zero spectrum"
+            else:
+                out.notes[key] = out.notes.get("alpha", "undefined for this spectrum")
+
+
+__all__ = ["ESDMetrics", "QUALITY_LABELS", "QualityThresholds", "esd_metrics", "quality_label",
+           "hill_alpha"]

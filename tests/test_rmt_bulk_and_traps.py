@@ -1,0 +1,142 @@
+"""Marchenko-Pastur bulk, spikes, correlation traps and ESD metrics on closed-form spectra."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from svd_callback.rmt import (
+    esd_metrics,
+    fit_mp_bulk,
+    js_distance,
+    mp_edges,
+    quality_label,
+    shuffle_matrix,
+    trap_metrics,
+)
+from svd_callback.rmt.mp import mp_median
+
+
+def gram_eigs(w: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.svdvals(w.double()) ** 2
+
+
+@pytest.mark.parametrize("N, M, scale", [(1000, 250, 1.0), (800, 400, 0.01), (500, 500, 3.0)])
+def test_mp_edge_of_a_gaussian_matrix(N, M, scale):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(N, M, generator=g, dtype=torch.float64) * scale
+    eigs = gram_eigs(w)
+    fit = fit_mp_bulk(eigs, N / M, M)
+    # entries of variance scale^2: s2 = N scale^2, lambda_+ = N scale^2 (1 + 1/sqrt(Q))^2
+    expected_minus, expected_plus = mp_edges(N * scale**2, N / M)
+    assert fit.reason is None
+    assert math.isclose(fit.lambda_plus, expected_plus, rel_tol=0.03)
+    assert math.isclose(fit.s2, N * scale**2, rel_tol=0.03)
+    assert math.isclose(float(eigs.max()), expected_plus, rel_tol=0.05)
+    assert fit.num_spikes == 0
+
+
+def test_mp_median_matches_sampling():
+    g = torch.Generator().manual_seed(1)
+    for Q in (1.0, 2.0, 8.0):
+        M = 600
+        N = int(Q * M)
+        eigs = gram_eigs(torch.randn(N, M, generator=g, dtype=torch.float64) / math.sqrt(N))
+        assert math.isclose(float(eigs.median()), mp_median(Q), rel_tol=0.03)
+
+
+def test_planted_spikes_are_counted():
+    g = torch.Generator().manual_seed(2)
+    N, M = 1000, 300
+    w = torch.randn(N, M, generator=g, dtype=torch.float64) / math.sqrt(N)
+    u = torch.linalg.qr(torch.randn(N, 3, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(M, 3, generator=g, dtype=torch.float64))[0]
+    w = w + u @ torch.diag(torch.tensor([6.0, 5.0, 4.0], dtype=torch.float64)) @ v.T
+    metrics = esd_metrics(gram_eigs(w), N=N, M=M, mp_fit=True)
+    assert metrics.values["num_spikes"] == 3
+    assert metrics.values["mp_softrank"] < 0.2
+
+
+def test_traps_absent_in_gaussian_present_with_planted_entries():
+    g = torch.Generator().manual_seed(3)
+    N, M = 600, 200
+    w = torch.randn(N, M, generator=g, dtype=torch.float64) / math.sqrt(N)
+    shuffled = shuffle_matrix(w, torch.Generator().manual_seed(0))
+    clean = trap_metrics(gram_eigs(w), gram_eigs(shuffled), N, M)
+    assert clean["num_traps"] == 0 and clean["trap_max"] < 1.1
+    trapped = w.clone()
+    trapped[0, 0] = trapped[5, 7] = 40.0 / math.sqrt(N) * 10
+    shuffled = shuffle_matrix(trapped, torch.Generator().manual_seed(0))
+    bad = trap_metrics(gram_eigs(trapped), gram_eigs(shuffled), N, M)
+    assert bad["num_traps"] >= 2 and bad["trap_max"] > 5
+    assert 0 <= clean["rand_distance"] <= 1 and bad["rand_distance_ww"] >= 0
+
+
+def test_shuffle_is_a_permutation_and_leaves_the_global_rng_alone():
+    w = torch.arange(12.0).reshape(3, 4)
+    state = torch.get_rng_state()
+    s = shuffle_matrix(w, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(s.flatten().sort().values, w.flatten())
+    assert torch.equal(s, shuffle_matrix(w, torch.Generator().manual_seed(5)))
+
+
+def test_js_distance_bounds():
+    a = torch.rand(500, generator=torch.Generator().manual_seed(0)) + 0.1
+    assert js_distance(a, a) == 0.0
+    assert math.isclose(js_distance(a, a * 1e6), 1.0, rel_tol=1e-9)
+
+
+def test_metric_formulas_on_a_diagonal_spectrum():
+    sv = torch.arange(1, 41, dtype=torch.float64)
+    eigs = sv**2
+    m = esd_metrics(eigs, N=40, M=40).values
+    assert math.isclose(m["log_norm"], math.log10(float(eigs.sum())))
+    assert math.isclose(m["log_spectral_norm"], math.log10(1600.0))
+    assert math.isclose(m["stable_rank"], float(eigs.sum()) / 1600.0)
+    assert m["matrix_rank"] == 40 and m["rank_loss"] == 0
+    p = eigs / eigs.sum()
+    assert math.isclose(m["entropy"], float(-(p * p.log()).sum() / math.log(40)), rel_tol=1e-12)
+    assert math.isclose(m["alpha_weighted"], m["alpha"] * m["log_spectral_norm"])
+    assert math.isclose(m["log_alpha_norm"],
+                        math.log10(float((eigs ** m["alpha"]).sum())), rel_tol=1e-10)
+
+
+@pytest.mark.parametrize("eigs, why", [
+    (torch.zeros(0), "empty"),
+    (torch.ones(50), "equal"),
+    (torch.tensor([5.0] + [0.0] * 30), "rank"),
+    (torch.tensor([3.0, 2.0, 1.0]), "fewer"),
+    (torch.tensor([1.0, float("nan"), 2.0] * 5), "non-finite"),
+    (torch.zeros(20), "zero"),
+])
+def test_degenerate_spectra_give_nan_and_a_reason(eigs, why):
+    result = esd_metrics(eigs, N=64, M=max(1, eigs.numel()), mp_fit=True)
+    assert math.isnan(result.values.get("alpha", math.nan))
+    assert result.notes, why
+    if result.fit is not None:
+        assert quality_label(result.fit) == "undetermined"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.floats(0, 1e6), st.just(float("nan")), st.just(float("inf"))),
+                max_size=120),
+       st.booleans(), st.booleans())
+def test_never_raises(values, ww, mp):
+    eigs = torch.tensor(values, dtype=torch.float64)
+    n = max(1, eigs.numel())
+    result = esd_metrics(eigs, N=2 * n, M=n, ww_compat=ww, mp_fit=mp)
+    for key, value in result.values.items():
+        assert isinstance(value, float), key
+        if math.isnan(value):
+            assert key in result.notes or "all" in result.notes or "alpha" in result.notes
+
+
+def test_metrics_run_on_numpy_input_too():
+    eigs = np.sort(np.random.default_rng(0).pareto(2.5, 300) + 1)
+    assert math.isfinite(esd_metrics(torch.from_numpy(eigs), N=600, M=300).values["alpha"])

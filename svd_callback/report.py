@@ -67,7 +67,8 @@ class LayerReport:
         """lambda = sigma^2 under this record's normalisation (descending)."""
         if self.svals is None:
             return None
-        return self.svals.double() ** 2 * eig_scale(self.kind, self.normalization, self.matrix_shape)
+        scale = eig_scale(self.kind, self.normalization, self.matrix_shape)
+        return self.svals.double() ** 2 * scale
 
     def as_row(self) -> dict[str, Any]:
         """Flat dict for a DataFrame / JSON row (spectrum summarised, not included)."""

@@ -80,7 +80,9 @@ class PowerLawFit:
         return PowerLawFit(bad, bad, math.nan, bad, bad, bad, n_eigs, method, reason)
 
 
-def _prepare_eigs(eigs: torch.Tensor | np.ndarray | Sequence[float]) -> tuple[torch.Tensor, str | None]:
+def _prepare_eigs(
+    eigs: torch.Tensor | np.ndarray | Sequence[float],
+) -> tuple[torch.Tensor, str | None]:
     """1-D float64 ascending tensor, or a reason it cannot be fitted."""
     x = torch.as_tensor(eigs)
     if not torch.is_floating_point(x):
@@ -140,10 +142,7 @@ def fit_power_law(
     all_eigs = x
     x = x[x > floor]
     if xmax is not None and x.numel():
-        if ww_compat:
-            x = x[: int(torch.argmin((x - xmax).abs())) + 1]
-        else:
-            x = x[x <= xmax]
+        x = x[: int(torch.argmin((x - xmax).abs())) + 1] if ww_compat else x[x <= xmax]
     N = int(x.numel())
     if N < 2:
         return PowerLawFit.failed(name, f"fewer than 2 eigenvalues above the floor {floor:g}",

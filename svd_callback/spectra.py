@@ -97,8 +97,12 @@ def _compute(tensor: Tensor) -> Tensor:
 
 
 def _check_finite(tensor: Tensor, what: str = "weight", stacked: bool = False) -> None:
-    """Raise :class:`NonFiniteWeightError` if any entry is NaN/Inf (one host sync)."""
-    if tensor.numel() == 0:
+    """Raise :class:`NonFiniteWeightError` if any entry is NaN/Inf (one host sync).
+
+    Fast path: NaN and Inf propagate through a sum, so a finite sum proves every entry finite.
+    Only a non-finite sum (bad entries, or a finite sum overflowing) pays the exact check.
+    """
+    if tensor.numel() == 0 or bool(torch.isfinite(tensor.sum())):
         return
     finite = torch.isfinite(tensor)
     if stacked:
@@ -466,20 +470,21 @@ def _fourier_matrix(
     n_phases: int,
     dtype: torch.dtype,
 ) -> Tensor:
-    """Real view ``(K, F, S, 2)`` of ``E[q, f, a] = exp(-2 pi i f.t_q / n') [phase(q) == a]``.
+    """Real view ``(F, K, S * 2)`` of ``E[f, q, a] = exp(-2 pi i f.t_q / n') [phase(q) == a]``.
 
     ``f_i t_i`` is reduced modulo ``n'_i`` in exact integer arithmetic before the float64
     cos/sin, so the matrix is accurate for any grid size.
     """
     turns = torch.zeros(
-        positions.shape[0], freqs.shape[0], device=freqs.device, dtype=torch.float64
+        freqs.shape[0], positions.shape[0], device=freqs.device, dtype=torch.float64
     )
     for axis, ni in enumerate(n_sub):
-        turns += ((positions[:, None, axis] * freqs[None, :, axis]) % ni).double() / ni
+        turns += ((freqs[:, None, axis] * positions[None, :, axis]) % ni).double() / ni
     angle = (2 * math.pi) * torch.remainder(turns, 1.0)
-    wave = torch.stack((torch.cos(angle), -torch.sin(angle)), dim=-1)  # (K, F, 2)
+    wave = torch.stack((torch.cos(angle), -torch.sin(angle)), dim=-1)  # (F, K, 2)
     mask = phases[:, None] == torch.arange(n_phases, device=phases.device)  # (K, S)
-    return (wave[:, :, None, :] * mask[:, None, :, None]).to(dtype)
+    fourier = wave[:, :, None, :] * mask[None, :, :, None]
+    return fourier.reshape(freqs.shape[0], positions.shape[0], 2 * n_phases).to(dtype)
 
 
 def stacked_operator_svdvals(
@@ -531,20 +536,19 @@ def stacked_operator_svdvals(
         chunk = freqs[start : start + step]
         fc = chunk.shape[0]
         fourier = _fourier_matrix(chunk, positions, phases, n_sub, n_phases, weights.dtype)
-        # P[l, g, f][o, (ci, a)] = sum_q W[l, g*dg + o, ci, q] E[q, f, a]
-        blocks = (flat @ fourier.reshape(fourier.shape[0], -1)).reshape(
-            layers, groups, dg, c, fc, n_phases, 2
-        )
-        blocks = torch.view_as_complex(blocks.permute(0, 1, 4, 2, 3, 5, 6).contiguous())
-        mats = blocks.reshape(layers * groups * fc, dg, c * n_phases)
+        # P[f, l, g][o, (ci, a)] = sum_q W[l, g*dg + o, ci, q] E[f, q, a]: one small matmul per
+        # frequency whose output is already laid out as the (dg, c*S) complex blocks
+        blocks = torch.matmul(flat, fourier).reshape(fc, layers, groups, dg, c, n_phases, 2)
+        mats = torch.view_as_complex(blocks).reshape(fc * layers * groups, dg, c * n_phases)
         svals = _svdvals(mats, method, max_batch_elems, context=context, checked=True)
-        parts.append(svals.reshape(layers, groups, fc, -1))
-    svals = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+        parts.append(svals.reshape(fc, layers, groups, -1))
+    svals = torch.cat(parts) if len(parts) > 1 else parts[0]  # (F, L, g, r)
     # conjugate symmetry: P(-f) = conj(P(f)) has the same singular values, so the interior
     # frequencies of the last axis (1 .. ceil(n'/2) - 1) stand for two each
     last = n_sub[-1]
-    svals = svals.reshape(layers, groups, n_freq // (last // 2 + 1), last // 2 + 1, -1)
-    full = torch.cat((svals.flatten(2, 3), svals[:, :, :, 1 : (last + 1) // 2].flatten(2, 3)), 2)
+    rows = svals.reshape(n_freq // (last // 2 + 1), last // 2 + 1, layers, groups, -1)
+    full = torch.cat((svals, rows[:, 1 : (last + 1) // 2].flatten(0, 1)))
+    full = full.permute(1, 0, 2, 3)
     return torch.sort(full.reshape(layers, -1), dim=1, descending=True).values
 
 
@@ -572,9 +576,9 @@ def operator_svdvals(
     frequency axis ``0 .. n'/2``, as ``rfftn``): for a real kernel ``P(-f) = conj(P(f))``, so the
     interior frequencies are counted twice. The result is the exact multiset of
     ``g * prod(n/s) * min(d/g, c*S)`` values, descending; the largest is the circular map's
-    Lipschitz constant. The DFT is evaluated only on the kernel's ``prod(k)`` taps, as one GEMM
-    per chunk of frequencies, so the memory is bounded by ``max_batch_elems`` (an FFT of the
-    padded kernel would materialise every frequency at once).
+    Lipschitz constant. The DFT is evaluated only on the kernel's ``prod(k)`` taps, as a batch
+    of small matmuls per chunk of frequencies, so the memory is bounded by ``max_batch_elems``
+    (an FFT of the padded kernel would materialise every frequency at once).
 
     Args:
         weight: ``(d, c, *k)`` conv weight; a linear weight ``(d, c)`` gives its own spectrum.

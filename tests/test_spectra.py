@@ -493,6 +493,14 @@ def test_non_finite_weights_raise_a_clear_error():
     assert info.value.layers == [2]
 
 
+def test_huge_finite_weights_are_not_mistaken_for_non_finite():
+    weight = torch.full((4, 3, 3, 3), 1e37)  # finite entries whose sum overflows float32
+    weight[0] *= -1
+    out = unfold_svdvals(weight)
+    assert torch.isfinite(weight.sum()).logical_not()
+    assert torch.isfinite(out).all() and out[0] > 1e37
+
+
 def test_bad_shapes_raise_value_error():
     with pytest.raises(ValueError, match="groups"):
         unfold_svdvals(torch.randn(6, 2, 3, 3), groups=4)

@@ -39,7 +39,7 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
         "log_alpha_norm",
     ),
     "mp": ("mp_softrank", "num_spikes", "lambda_plus", "mp_s2"),
-    "traps": ("num_traps", "trap_max", "rand_distance"),
+    "traps": ("num_traps", "trap_max", "rand_distance", "rand_distance_ww"),
 }
 """Metric groups a user selects with ``SpectralMonitor(metrics=...)``."""
 
@@ -67,7 +67,10 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "frobenius_norm": "Frobenius norm sqrt(sum lambda)",
     "num_traps": "correlation traps: eigenvalues of the entry-shuffled weight above its MP edge",
     "trap_max": "largest eigenvalue of the entry-shuffled weight relative to its MP edge",
-    "rand_distance": "distance between the ESD and the ESD of the entry-shuffled weight",
+    "rand_distance": "Jensen-Shannon distance between the log-ESD histograms of the weight and "
+    "of its entry-shuffled copy",
+    "rand_distance_ww": "WeightWatcher's rand_distance: sorted eigenvalue vectors of the weight "
+    "and of its entry-shuffled copy compared as probability vectors",
 }
 
 _MODE_TEXT = {

@@ -140,3 +140,13 @@ def test_never_raises(values, ww, mp):
 def test_metrics_run_on_numpy_input_too():
     eigs = np.sort(np.random.default_rng(0).pareto(2.5, 300) + 1)
     assert math.isfinite(esd_metrics(torch.from_numpy(eigs), N=600, M=300).values["alpha"])
+
+
+def test_too_few_eigenvalues_get_no_fit_outside_compat_mode():
+    eigs = torch.tensor([9.0, 5, 4, 3, 2.5, 2, 1.5, 1.2, 1.0], dtype=torch.float64)
+    ours = esd_metrics(eigs, N=16, M=9)
+    assert math.isnan(ours.values["alpha"]) and "too few eigenvalues" in ours.notes["alpha"]
+    assert ours.quality == "undetermined"
+    assert math.isfinite(ours.values["stable_rank"])
+    compat = esd_metrics(eigs, N=16, M=9, ww_compat=True)
+    assert compat.values["alpha"] > 1  # WeightWatcher fits from 8 eigenvalues on

@@ -31,6 +31,10 @@ from svd_callback.rmt.mp import fit_mp_bulk
 from svd_callback.rmt.powerlaw import PowerLawFit, fit_power_law, hill_alpha
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+MIN_FIT_EIGS = 20
+"""Fewest positive eigenvalues the default fit accepts: below WeightWatcher's own small-sample
+cutoff (20) a tail of a handful of points gives alpha with a standard error of 30% or more, and
+alerts on it would be noise (e.g. a first conv with 1 input channel and a 3x3 kernel has 9)."""
 ZERO_SPECTRUM_NAN = ("log_norm", "log_spectral_norm", "stable_rank", "entropy", "alpha", "xmin",
                      "D", "alpha_sigma", "n_tail", "alpha_weighted", "log_alpha_norm")
 
@@ -86,6 +90,7 @@ def esd_metrics(
     fit: str | None = "ks",
     mp_fit: bool = False,
     thresholds: QualityThresholds | None = None,
+    min_fit_eigs: int | None = None,
 ) -> ESDMetrics:
     """Every metric of the module table for one layer's eigenvalues.
 
@@ -97,6 +102,9 @@ def esd_metrics(
         fit: ``"ks"``, ``"hill"`` or None (no power-law metrics).
         mp_fit: also fit the Marchenko-Pastur bulk.
         thresholds: for the quality label.
+        min_fit_eigs: fewer positive eigenvalues than this get no power-law fit (NaN alpha and a
+            reason); default :data:`MIN_FIT_EIGS`, or WeightWatcher's own rules with
+            ``ww_compat``.
 
     Never raises on bad data: NaN values and a reason in ``notes``.
     """
@@ -117,7 +125,13 @@ def esd_metrics(
         return out
 
     power = None
-    if fit is not None:
+    min_eigs = (0 if ww_compat else MIN_FIT_EIGS) if min_fit_eigs is None else min_fit_eigs
+    n_positive = int((x > 0).sum())
+    if fit is not None and n_positive < min_eigs:
+        power = PowerLawFit.failed(fit, f"too few eigenvalues for a tail fit ({n_positive} < "
+                                        f"{min_eigs})", n_positive)
+        out.fit = power
+    elif fit is not None:
         power = fit_power_law(x, ww_compat=ww_compat, method=fit)
         out.fit = power
         out.quality = quality_label(power, thresholds)

@@ -1,0 +1,293 @@
+"""Class structure through training: class-specific features and class overlap vs accuracy.
+
+A SmallCNN is trained on a Fashion-MNIST subset. At the initial weights and after every epoch, on
+a fixed 256-image class-stratified probe drawn from the validation set, with the functions of
+``svd_callback.classes``:
+
+- class-specific features (Badola et al.; RESEARCH.md 3b) of the penultimate representation,
+  the post-ReLU input of the classifier (D = ``hidden``), and of the global-average-pooled conv
+  features (the input of the hidden linear layer, D = 2 * ``width``): mean |S_c| / D, the
+  selectivity and the epoch-to-epoch Jaccard of S_c;
+- the class-overlap hypergraph (RESEARCH.md 3a) of the last hidden layers (the last conv and the
+  hidden linear layer; the 10-neuron classifier for reference): nodes = all SVD-neurons of the
+  layer, hyperedge of class c = the neurons carrying the share ``tau`` of the class's mean
+  |signal|; mean pairwise Jaccard of the hyperedges (class overlap), class-specific fraction and
+  edge stability.
+
+The questions: is mean |S_c| / D well below 0.5 (0.5 is what features of equal weight give), and
+does class overlap fall as accuracy rises?
+
+    flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python \
+        experiments/class_structure/run.py --config configs/experiments/class_structure.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from scipy import stats
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from common import (  # noqa: E402
+    EpochRecorder,
+    command_line,
+    fmt,
+    image_size_of,
+    load_config,
+    machine_line,
+    make_datamodule,
+    markdown_table,
+    stratified_probe,
+    trainer_for,
+    write_results,
+)
+
+from svd_callback.classes import (  # noqa: E402
+    capture_activations,
+    class_hyperedges,
+    class_mean_signals,
+    class_specific_features,
+    find_penultimate_layer,
+    hypergraph_stats,
+    neuron_signals,
+)
+from svd_callback.examples import SmallCNN  # noqa: E402
+from svd_callback.examples.data import FASHION_MNIST_ROOT  # noqa: E402
+
+NUM_CLASSES = 10
+FEATURE_LAYERS = {"penultimate": "classifier", "gap": "hidden"}
+"""Name in the tables -> the layer whose *input* holds the features."""
+HYPERGRAPH_LAYERS = ("features.5", "hidden", "classifier")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="YAML file of defaults for these flags")
+    parser.add_argument("--root", "--data.root", dest="root", default=FASHION_MNIST_ROOT)
+    parser.add_argument("--dataset", choices=["fashion", "digits"], default="fashion")
+    parser.add_argument("--train-size", type=int, default=5000)
+    parser.add_argument("--val-size", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--probe-size", type=int, default=256)
+    parser.add_argument("--mass", type=float, default=0.5, help="mass k of S_c")
+    parser.add_argument("--tau", type=float, default=0.5, help="signal share of a hyperedge")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", default=str(HERE / "runs"))
+    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    defaults = load_config(args.config)
+    if defaults:
+        parser.set_defaults(**{k.replace("-", "_"): v for k, v in defaults.items()})
+        args = parser.parse_args(argv)
+    return args
+
+
+class ClassStructureProbe(Callback):
+    """Class-specific features and hypergraph statistics on a fixed probe, at the initial weights
+    (``on_train_start``) and after every training epoch. The model is put in eval mode for the
+    probe pass and its mode restored; nothing draws from the global RNG."""
+
+    def __init__(self, probe, mass: float, tau: float) -> None:
+        super().__init__()
+        self.probe, self.mass, self.tau = probe, mass, tau
+        self.rows: list[dict[str, Any]] = []
+        self._previous_sets: dict[str, Any] = {}
+        self._previous_edges: dict[str, Any] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.rows = []
+        self._measure(pl_module, 0)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._measure(pl_module, trainer.current_epoch + 1)
+
+    @torch.no_grad()
+    def _measure(self, model: torch.nn.Module, epoch: int) -> None:
+        started = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        try:
+            modules = dict(model.named_modules())
+            names = sorted(set(FEATURE_LAYERS.values()) | set(HYPERGRAPH_LAYERS))
+            captured = capture_activations(model, self.probe.inputs, names, keep="input")
+            logits = model(self.probe.inputs.to(next(model.parameters()).device))
+        finally:
+            model.train(was_training)
+        labels = self.probe.labels
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "probe_acc": float((logits.argmax(1).cpu() == labels).float().mean()),
+        }
+        for key, layer in FEATURE_LAYERS.items():
+            result = class_specific_features(
+                captured[layer][0], labels, NUM_CLASSES, mass=self.mass,
+                previous=self._previous_sets.get(key),
+            )
+            self._previous_sets[key] = result
+            scalars = result.scalars()
+            row[f"{key}_D"] = result.n_features
+            row[f"{key}_fraction_mean"] = scalars["feature_fraction_mean"]
+            row[f"{key}_fraction_max"] = float(torch.nan_to_num(result.size_fraction,
+                                                                nan=-1.0).max())
+            row[f"{key}_selectivity"] = scalars["selectivity"]
+            row[f"{key}_set_jaccard_previous"] = scalars["feature_jaccard_previous_mean"]
+            row[f"{key}_notes"] = "; ".join(result.notes)
+        for layer in HYPERGRAPH_LAYERS:
+            module = modules[layer]
+            conv = module if isinstance(module, torch.nn.Conv2d) else None
+            signals = neuron_signals(module.weight, captured[layer][0], conv)
+            means = class_mean_signals(signals, labels, NUM_CLASSES)
+            edges = class_hyperedges(means, tau=self.tau)
+            graph = hypergraph_stats(edges, signals.values.shape[1],
+                                     self._previous_edges.get(layer))
+            self._previous_edges[layer] = edges
+            row[f"{layer}_neurons"] = int(signals.values.shape[1])
+            for stat in ("jaccard_mean", "jaccard_max", "class_specific_fraction",
+                         "edge_stability_mean"):
+                row[f"{layer}_{stat}"] = graph.scalars[stat]
+            row[f"{layer}_edge_size_mean"] = (
+                sum(len(e) for e in edges.values()) / len(edges) if edges else math.nan)
+            if signals.reason:
+                row[f"{layer}_reason"] = signals.reason
+        row["seconds"] = time.perf_counter() - started
+        self.rows.append(row)
+
+
+def train_seed(args: argparse.Namespace, seed: int) -> tuple[list[dict], float, float]:
+    pl.seed_everything(seed, workers=True, verbose=False)
+    datamodule = make_datamodule(args.dataset, args.root, args.batch_size, args.train_size,
+                                 args.val_size, seed)
+    probe = stratified_probe(datamodule, args.probe_size, seed=0)
+    model = SmallCNN(width=args.width, hidden=args.hidden, image_size=image_size_of(args.dataset),
+                     lr=args.lr)
+    penultimate, reason = find_penultimate_layer(model)
+    assert penultimate == FEATURE_LAYERS["penultimate"], (penultimate, reason)
+    monitor = ClassStructureProbe(probe, args.mass, args.tau)
+    recorder = EpochRecorder()
+    trainer = trainer_for(args.epochs, [recorder, monitor])
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    elapsed = time.perf_counter() - started
+    probe_seconds = sum(row["seconds"] for row in monitor.rows)
+    for row, epoch_row in zip(monitor.rows, recorder.rows, strict=True):
+        row["val_acc"], row["val_loss"] = epoch_row["val_acc"], epoch_row["val_loss"]
+    return monitor.rows, elapsed, probe_seconds
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    pairs = [(a, b) for a, b in zip(x, y, strict=True) if math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 3:
+        return math.nan
+    return float(stats.spearmanr(*zip(*pairs, strict=True)).statistic)
+
+
+def verdict_lines(rows: list[dict], seed: int) -> list[str]:
+    trained = [r for r in rows if r["epoch"] > 0]
+    acc = [r["val_acc"] for r in rows]
+    lines = []
+    for key in FEATURE_LAYERS:
+        values = [r[f"{key}_fraction_mean"] for r in trained]
+        below = all(v < 0.25 for v in values)
+        init = rows[0][f"{key}_fraction_mean"]
+        lines.append(
+            f"- seed {seed}, {key} features (D = {rows[0][f'{key}_D']}): mean |S_c|/D after "
+            f"training {fmt(min(values))}-{fmt(max(values))} (init {fmt(init)}); "
+            f"well below 0.5 (< 0.25 at every trained epoch): **{'yes' if below else 'no'}**"
+        )
+    for layer in HYPERGRAPH_LAYERS:
+        overlap = [r[f"{layer}_jaccard_mean"] for r in rows]
+        rho = spearman(overlap, acc)
+        rho_trained = spearman(overlap[1:], acc[1:])
+        falls = rho < 0 and overlap[-1] < overlap[0]
+        lines.append(
+            f"- seed {seed}, {layer} ({rows[0][f'{layer}_neurons']} SVD-neurons): class overlap "
+            f"(mean Jaccard) {fmt(overlap[0])} at init -> {fmt(overlap[-1])} at the end; "
+            f"Spearman(overlap, val acc) over epochs 0-{rows[-1]['epoch']} = {fmt(rho, 2)}, over "
+            f"the trained epochs 1-{rows[-1]['epoch']} = {fmt(rho_trained, 2)}; overlap falls as "
+            f"accuracy rises: **{'yes' if falls else 'no'}**"
+        )
+    return lines
+
+
+def epoch_table(rows: list[dict]) -> str:
+    header = ["epoch", "val acc", "probe acc", "penult. mean abs(S_c)/D", "penult. max",
+              "penult. selectivity", "penult. S_c stability", "GAP mean abs(S_c)/D",
+              "GAP selectivity"]
+    header += [f"{layer} overlap" for layer in HYPERGRAPH_LAYERS]
+    header += [f"{layer} edge size" for layer in HYPERGRAPH_LAYERS[:2]]
+    header += [f"{layer} class-specific" for layer in HYPERGRAPH_LAYERS[:2]]
+    out = []
+    for r in rows:
+        out.append([r["epoch"], r["val_acc"], r["probe_acc"], r["penultimate_fraction_mean"],
+                    r["penultimate_fraction_max"], r["penultimate_selectivity"],
+                    r["penultimate_set_jaccard_previous"], r["gap_fraction_mean"],
+                    r["gap_selectivity"]]
+                   + [r[f"{layer}_jaccard_mean"] for layer in HYPERGRAPH_LAYERS]
+                   + [r[f"{layer}_edge_size_mean"] for layer in HYPERGRAPH_LAYERS[:2]]
+                   + [r[f"{layer}_class_specific_fraction"] for layer in HYPERGRAPH_LAYERS[:2]])
+    return markdown_table(header, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections: list[str] = []
+    verdicts: list[str] = []
+    timing = []
+    for seed in args.seeds:
+        rows, train_seconds, probe_seconds = train_seed(args, seed)
+        (out / f"class_structure_seed{seed}.json").write_text(json.dumps(rows, indent=1))
+        timing.append(f"seed {seed}: fit {train_seconds:.0f} s of which class analyses "
+                      f"{probe_seconds:.1f} s")
+        verdicts += verdict_lines(rows, seed)
+        notes = sorted({r[f"{k}_notes"] for r in rows for k in FEATURE_LAYERS} - {""})
+        sections += ["", f"### Seed {seed}: per epoch", "", epoch_table(rows)]
+        if notes:
+            sections += ["", "Notes from `class_specific_features`: " + " / ".join(notes)]
+    elapsed = time.perf_counter() - started
+    generated = "\n".join([
+        f"Command: `{command_line()}`",
+        "",
+        f"Machine: {machine_line()}. Wall time {elapsed:.0f} s ({'; '.join(timing)}).",
+        "",
+        f"Model: SmallCNN(width={args.width}, hidden={args.hidden}) on {args.dataset} (train "
+        f"{args.train_size}, validation {args.val_size}), Adam lr {args.lr}, {args.epochs} epochs. "
+        f"Probe: {args.probe_size} validation images, class-stratified "
+        f"(`ProbeSet.from_dataset`, seed 0), the same at every epoch. S_c with mass k = "
+        f"{args.mass}; hyperedges with tau = {args.tau} over all SVD-neurons of the layer. "
+        "`penult.` = the classifier's input (post-ReLU hidden layer, D = hidden); `GAP` = the "
+        "globally average-pooled post-ReLU conv features (the hidden layer's input, "
+        "D = 2 * width). Overlap = mean pairwise Jaccard of the 10 class hyperedges. Epoch 0 = "
+        "the initial weights; val acc on the whole validation subset.",
+        "",
+        "### Verdicts (computed)",
+        "",
+        *verdicts,
+        *sections,
+    ])
+    path = write_results(args.results, "class_structure: class-specific features and class "
+                         "overlap through training", generated)
+    print(generated)
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,322 @@
+"""Shared helpers of the experiments: data, a model variant, per-epoch validation records,
+the validation-loss turn, probes, alert replay from a history file, and Markdown tables.
+
+Only the public API of ``svd_callback`` is used. Every experiment writes its logs under
+``experiments/<name>/runs/`` (git-ignored) and its findings to ``experiments/<name>/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+from torch.nn import functional as F
+
+from svd_callback.examples import DigitsDataModule, FashionMNISTDataModule, SmallCNN
+from svd_callback.examples.data import FASHION_MNIST_ROOT
+
+EXPERIMENTS = Path(__file__).resolve().parent
+REPO = EXPERIMENTS.parent
+
+
+# ---------------------------------------------------------------------- configuration
+def load_config(path: str | os.PathLike | None) -> dict[str, Any]:
+    """The experiment's YAML defaults (an empty dict when ``path`` is None)."""
+    if path is None:
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def command_line() -> str:
+    """The command that started this process, as typed (relative to the repository root)."""
+    argv = [sys.argv[0], *sys.argv[1:]]
+    with contextlib.suppress(ValueError):
+        argv[0] = str(Path(argv[0]).resolve().relative_to(REPO))
+    return "flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python " + shlex.join(argv)
+
+
+def machine_line() -> str:
+    """One line naming the machine, torch and the thread count the numbers were made with."""
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        commit = "?"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, lightning "
+            f"{pl.__version__}, Python {platform.python_version()}, repository at {commit}")
+
+
+# ---------------------------------------------------------------------- data and models
+def make_datamodule(
+    dataset: str = "fashion",
+    root: str = FASHION_MNIST_ROOT,
+    batch_size: int = 128,
+    train_size: int | None = 4000,
+    val_size: int | None = 2000,
+    seed: int = 0,
+    limit: int | None = None,
+    label_noise: float = 0.0,
+) -> pl.LightningDataModule:
+    """Fashion-MNIST read from local IDX files (never downloaded) or scikit-learn's digits."""
+    if dataset == "fashion":
+        return FashionMNISTDataModule(root=root, batch_size=batch_size, train_size=train_size,
+                                      val_size=val_size, seed=seed, limit=limit,
+                                      label_noise=label_noise)
+    if dataset == "digits":
+        return DigitsDataModule(batch_size=batch_size, seed=seed, limit=limit,
+                                label_noise=label_noise)
+    raise ValueError(f"dataset must be 'fashion' or 'digits', got {dataset!r}")
+
+
+def image_size_of(dataset: str) -> int:
+    return 28 if dataset == "fashion" else 8
+
+
+class PartlyFrozenCNN(SmallCNN):
+    """:class:`~svd_callback.examples.SmallCNN` with the parameters of the named layers frozen
+    (``requires_grad=False``; they keep their initial values).
+
+    Args:
+        frozen: qualified module names to freeze (e.g. ``["features.2"]``).
+        **kwargs: as for ``SmallCNN``.
+
+    Raises:
+        ValueError: a name that is not a module of the network.
+    """
+
+    def __init__(self, frozen: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        modules = dict(self.named_modules())
+        for name in frozen:
+            if name not in modules:
+                raise ValueError(f"no module named {name!r}; have {sorted(modules)}")
+            for parameter in modules[name].parameters():
+                parameter.requires_grad_(False)
+        self.frozen = tuple(frozen)
+
+    def configure_optimizers(self):  # noqa: D102
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(trainable, lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+
+
+def trainer_for(max_epochs: int, callbacks: Sequence[Callback] = (), logger: Any = False,
+                **kwargs: Any) -> pl.Trainer:
+    """A quiet, deterministic CPU trainer (no checkpoints, no progress bar)."""
+    options: dict[str, Any] = dict(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=list(callbacks),
+        deterministic=True,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+# ---------------------------------------------------------------------- validation records
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Iterable) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` over ``loader``, in eval mode (restored)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, correct, count = 0.0, 0, 0
+    try:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            count += int(y.numel())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        return math.nan, math.nan
+    return total_loss / count, correct / count
+
+
+class EpochRecorder(Callback):
+    """Validation loss/accuracy after k epochs of training, k = 0 (initial weights, measured at
+    ``on_train_start`` on the validation loader) .. max_epochs, and the training loss per epoch.
+
+    ``rows[k]`` = ``{"epoch": k, "val_loss", "val_acc", "train_loss", "seconds"}``; the epoch
+    numbering is the one of :class:`~svd_callback.SpectralMonitor`'s analyses at
+    ``train_epoch_end`` (epoch k = after k epochs of training).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, float]] = []
+        self._started = time.perf_counter()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+        loader = trainer.datamodule.val_dataloader()
+        loss, acc = evaluate(pl_module, loader)
+        self.rows = [{"epoch": 0, "val_loss": loss, "val_acc": acc, "train_loss": math.nan,
+                      "seconds": 0.0}]
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        self.rows.append({
+            "epoch": trainer.current_epoch + 1,
+            "val_loss": _metric(metrics, "val_loss"),
+            "val_acc": _metric(metrics, "val_acc"),
+            "train_loss": math.nan,
+            "seconds": time.perf_counter() - self._started,
+        })
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.rows and self.rows[-1]["epoch"] == trainer.current_epoch + 1:
+            self.rows[-1]["train_loss"] = _metric(trainer.callback_metrics, "train_loss")
+
+    def series(self, key: str) -> list[float]:
+        return [row[key] for row in self.rows]
+
+
+def _metric(metrics: Mapping[str, Any], key: str) -> float:
+    value = metrics.get(key)
+    return math.nan if value is None else float(value)
+
+
+def val_loss_turn(losses: Sequence[float]) -> tuple[int | None, str]:
+    """The validation-loss turn: the first epoch after which the validation loss rises.
+
+    ``losses[k]`` is the validation loss after k epochs (k = 0: initial weights). A non-finite
+    loss counts as +inf (a diverged run's loss has risen). The turn is the first k with
+    ``losses[k + 1] > losses[k]``: k = 0 when training never lowered the loss below its initial
+    value, and None when the loss never rose within the run (a censored observation: the turn,
+    if any, lies after the last epoch). Returns (turn, one-line explanation).
+    """
+    values = [v if math.isfinite(v) else math.inf for v in losses]
+    for k in range(len(values) - 1):
+        if values[k + 1] > values[k]:
+            how = "the first epoch's loss is not below the initial one" if k == 0 else (
+                f"val loss {_short(values[k])} after epoch {k} rose to {_short(values[k + 1])}")
+            return k, how
+    return None, f"val loss fell at every one of the {len(values) - 1} epochs (no turn observed)"
+
+
+def _short(value: float) -> str:
+    return "inf/NaN" if not math.isfinite(value) else f"{value:.4f}"
+
+
+# ---------------------------------------------------------------------- probes
+def stratified_probe(datamodule: pl.LightningDataModule, size: int = 256, seed: int = 0):
+    """A fixed class-stratified probe of the validation set (``svd_callback.classes``)."""
+    from svd_callback.classes import ProbeSet
+
+    datamodule.setup("fit")
+    return ProbeSet.from_dataset(datamodule.val_set, size=size, seed=seed)
+
+
+# ---------------------------------------------------------------------- alert replay
+def history_analyses(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Group the rows of a ``spectral_history.jsonl`` into analyses, in the order written:
+    ``{"epoch", "step", "layers": [row...], "summary": {mode: metrics}, "alerts": [row...]}``."""
+    analyses: dict[tuple[int, int], dict[str, Any]] = {}
+    for row in rows:
+        kind = row.get("type")
+        if kind not in ("layer", "summary", "alert"):
+            continue
+        key = (int(row["epoch"]), int(row["step"]))
+        entry = analyses.setdefault(key, {"epoch": key[0], "step": key[1], "layers": [],
+                                          "summary": {}, "alerts": []})
+        if kind == "layer":
+            entry["layers"].append(row)
+        elif kind == "summary":
+            entry["summary"][row["mode"]] = {
+                k: (math.nan if v is None else float(v)) for k, v in row["metrics"].items()
+            }
+        else:
+            entry["alerts"].append(row)
+    return [analyses[k] for k in sorted(analyses)]
+
+
+def replay_alerts(analyses: Sequence[Mapping[str, Any]], rules: Sequence[Any]) -> list[Any]:
+    """Run an :class:`~svd_callback.alerts.AlertEngine` with ``rules`` over recorded analyses
+    (as the callback would have, analysis by analysis) and return every alert raised."""
+    from svd_callback import LayerReport, Report
+    from svd_callback.alerts import AlertEngine
+
+    engine = AlertEngine(rules)
+    alerts = []
+    for entry in analyses:
+        report = Report(
+            LayerReport(
+                name=row["layer"], kind=row["kind"], mode=row["mode"],
+                normalization=row.get("normalization", "raw"),
+                metrics={k: (math.nan if v is None else float(v))
+                         for k, v in (row.get("metrics") or {}).items()},
+                quality=row.get("quality"), reason=row.get("reason"),
+            )
+            for row in entry["layers"]
+        )
+        alerts.extend(engine.update(entry["epoch"], entry["step"], report, entry["summary"]))
+    return alerts
+
+
+# ---------------------------------------------------------------------- tables
+def fmt(value: Any, digits: int = 3) -> str:
+    """Compact cell text: floats with ``digits`` significant digits, NaN/None as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 3) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(v, digits).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- RESULTS.md
+BEGIN_MARK = "<!-- generated by run.py: begin -->"
+END_MARK = "<!-- generated by run.py: end -->"
+
+
+def write_results(path: str | os.PathLike, title: str, generated: str) -> Path:
+    """Write ``generated`` between the markers of ``path`` (created with ``title`` when new),
+    keeping any hand-written text outside the markers."""
+    path = Path(path)
+    block = f"{BEGIN_MARK}\n{generated.strip()}\n{END_MARK}"
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+        if BEGIN_MARK in text and END_MARK in text:
+            head, rest = text.split(BEGIN_MARK, 1)
+            _, tail = rest.split(END_MARK, 1)
+            path.write_text(head + block + tail, encoding="utf-8")
+            return path
+    path.write_text(f"# {title}\n\n{block}\n", encoding="utf-8")
+    return path

@@ -48,6 +48,8 @@ from svd_callback.sinks.history import HISTORY_FILENAME, HistoryFile, read_histo
 from svd_callback.sinks.layout import custom_scalar_layout
 from svd_callback.sinks.tensorboard import TensorBoardSink
 
+__all__ = ["SpectralMonitor"]
+
 TRIGGERS = ("train_epoch_end", "validation_epoch_end")
 _STATE_VERSION = 1
 _HEATMAP_POINTS = 64

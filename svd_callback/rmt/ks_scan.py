@@ -184,11 +184,12 @@ def full_scan(data: ScanInput, budget: int = CHUNK_ELEMENTS) -> torch.Tensor:
     return max_gaps(data, rows, 1, torch.float64, budget)
 
 
-def point_schedule(N: int, first: int = 32, factor: int = 8) -> list[int]:
+def point_schedule(N: int, first: int = 32, factor: int = 8, direct: int = 1536) -> list[int]:
     """Grid sizes per tail, coarse to fine: ``first``, x ``factor`` ... while below N / 4;
-    the last level (0) evaluates every rank of the tail."""
+    the last level (0) evaluates every rank of the tail. Up to ``direct`` eigenvalues the
+    float32 full scan alone is cheaper than the calls of the coarse levels."""
     points = []
-    k = first
+    k = first if direct < N else N
     while k < N / 4:
         points.append(k)
         k *= factor

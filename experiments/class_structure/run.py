@@ -5,9 +5,9 @@ a fixed 256-image class-stratified probe drawn from the validation set, with the
 ``svd_callback.classes``:
 
 - class-specific features (Badola et al.; RESEARCH.md 3b) of the penultimate representation,
-  the post-ReLU input of the classifier (D = ``hidden``), and of the global-average-pooled conv
-  features (the input of the hidden linear layer, D = 2 * ``width``): mean |S_c| / D, the
-  selectivity and the epoch-to-epoch Jaccard of S_c;
+  the post-ReLU input of the classifier (D = ``hidden``), and of the globally average-pooled
+  post-ReLU maps of the last conv (Badola et al.'s own choice of features, D = 2 * ``width``):
+  mean |S_c| / D, the selectivity and the epoch-to-epoch Jaccard of S_c;
 - the class-overlap hypergraph (RESEARCH.md 3a) of the last hidden layers (the last conv and the
   hidden linear layer; the 10-neuron classifier for reference): nodes = all SVD-neurons of the
   layer, hyperedge of class c = the neurons carrying the share ``tau`` of the class's mean
@@ -66,8 +66,10 @@ from svd_callback.examples import SmallCNN  # noqa: E402
 from svd_callback.examples.data import FASHION_MNIST_ROOT  # noqa: E402
 
 NUM_CLASSES = 10
-FEATURE_LAYERS = {"penultimate": "classifier", "gap": "hidden"}
-"""Name in the tables -> the layer whose *input* holds the features."""
+FEATURE_LAYERS = {"penultimate": ("classifier", 0), "gap": ("features", 1)}
+"""Name in the tables -> (module, 0 = its input / 1 = its output) holding the features: the
+classifier's input, and the post-ReLU conv maps (pooled over space by
+``class_specific_features``)."""
 HYPERGRAPH_LAYERS = ("features.5", "hidden", "classifier")
 
 
@@ -123,8 +125,8 @@ class ClassStructureProbe(Callback):
         model.eval()
         try:
             modules = dict(model.named_modules())
-            names = sorted(set(FEATURE_LAYERS.values()) | set(HYPERGRAPH_LAYERS))
-            captured = capture_activations(model, self.probe.inputs, names, keep="input")
+            names = sorted({m for m, _ in FEATURE_LAYERS.values()} | set(HYPERGRAPH_LAYERS))
+            captured = capture_activations(model, self.probe.inputs, names, keep="both")
             logits = model(self.probe.inputs.to(next(model.parameters()).device))
         finally:
             model.train(was_training)
@@ -133,9 +135,9 @@ class ClassStructureProbe(Callback):
             "epoch": epoch,
             "probe_acc": float((logits.argmax(1).cpu() == labels).float().mean()),
         }
-        for key, layer in FEATURE_LAYERS.items():
+        for key, (layer, which) in FEATURE_LAYERS.items():
             result = class_specific_features(
-                captured[layer][0], labels, NUM_CLASSES, mass=self.mass,
+                captured[layer][which], labels, NUM_CLASSES, mass=self.mass,
                 previous=self._previous_sets.get(key),
             )
             self._previous_sets[key] = result
@@ -176,7 +178,7 @@ def train_seed(args: argparse.Namespace, seed: int) -> tuple[list[dict], float, 
     model = SmallCNN(width=args.width, hidden=args.hidden, image_size=image_size_of(args.dataset),
                      lr=args.lr)
     penultimate, reason = find_penultimate_layer(model)
-    assert penultimate == FEATURE_LAYERS["penultimate"], (penultimate, reason)
+    assert penultimate == FEATURE_LAYERS["penultimate"][0], (penultimate, reason)
     monitor = ClassStructureProbe(probe, args.mass, args.tau)
     recorder = EpochRecorder()
     trainer = trainer_for(args.epochs, [recorder, monitor])
@@ -273,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(`ProbeSet.from_dataset`, seed 0), the same at every epoch. S_c with mass k = "
         f"{args.mass}; hyperedges with tau = {args.tau} over all SVD-neurons of the layer. "
         "`penult.` = the classifier's input (post-ReLU hidden layer, D = hidden); `GAP` = the "
-        "globally average-pooled post-ReLU conv features (the hidden layer's input, "
-        "D = 2 * width). Overlap = mean pairwise Jaccard of the 10 class hyperedges. Epoch 0 = "
+        "post-ReLU maps of the last conv averaged over space (D = 2 * width). Overlap = mean "
+        "pairwise Jaccard of the 10 class hyperedges. Epoch 0 = "
         "the initial weights; val acc on the whole validation subset.",
         "",
         "### Verdicts (computed)",

@@ -1,0 +1,284 @@
+"""CP factorization rank of hidden activations for well and poorly trained versions of one net.
+
+Saini & Papalexakis (2018; RESEARCH.md 3c) link the rank of a non-negative CP factorization of a
+hidden layer's activations on test inputs to how well the network was trained, direction
+unconfirmed. Here one SmallCNN is taken in four states, all from the same seeded init:
+
+- ``init``: the initial weights (0 epochs);
+- ``1 epoch``: after one epoch of Adam on a Fashion-MNIST subset;
+- ``N epochs``: after ``epochs`` epochs (the well-trained version);
+- ``random labels``: after ``epochs`` epochs on the same images with 100% random labels
+  (memorised, not learned).
+
+For each state and each watched layer (post-ReLU maps of the 2nd and 3rd conv), the activations
+on a class-stratified validation probe go through
+:func:`svd_callback.classes.factorization_rank` (non-negative CP by HALS for F = 1..max_rank,
+CORCONDIA, the largest F with CORCONDIA >= threshold and an acceptable fit), repeated for
+several seeds (each seed draws its own probe images and its own CP starts).
+
+    flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python \
+        experiments/factorization_rank/run.py --config configs/experiments/factorization_rank.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from common import (  # noqa: E402
+    EpochRecorder,
+    command_line,
+    fmt,
+    image_size_of,
+    load_config,
+    machine_line,
+    make_datamodule,
+    markdown_table,
+    stratified_probe,
+    trainer_for,
+    write_results,
+)
+
+from svd_callback.classes import capture_activations, factorization_rank  # noqa: E402
+from svd_callback.examples import SmallCNN  # noqa: E402
+from svd_callback.examples.data import FASHION_MNIST_ROOT  # noqa: E402
+
+LAYERS = {"conv2 (features.3)": "features.3", "conv3 (features.6)": "features.6"}
+"""Table name -> ReLU module whose output is the post-ReLU map of a hidden conv."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="YAML file of defaults for these flags")
+    parser.add_argument("--root", "--data.root", dest="root", default=FASHION_MNIST_ROOT)
+    parser.add_argument("--dataset", choices=["fashion", "digits"], default="fashion")
+    parser.add_argument("--train-size", type=int, default=4000)
+    parser.add_argument("--val-size", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--probe-size", type=int, default=256)
+    parser.add_argument("--rank-seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="one probe draw and one set of CP starts per seed")
+    parser.add_argument("--max-rank", type=int, default=6)
+    parser.add_argument("--threshold", type=float, default=80.0, help="CORCONDIA threshold")
+    parser.add_argument("--other-thresholds", type=float, nargs="*", default=[50.0],
+                        help="also report the rank these thresholds choose on the same curves")
+    parser.add_argument("--n-starts", type=int, default=3)
+    parser.add_argument("--max-images", type=int, default=64)
+    parser.add_argument("--out", default=str(HERE / "runs"))
+    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    defaults = load_config(args.config)
+    if defaults:
+        parser.set_defaults(**{k.replace("-", "_"): v for k, v in defaults.items()})
+        args = parser.parse_args(argv)
+    return args
+
+
+class Snapshots(Callback):
+    """Copies of the model's state dict after the listed numbers of training epochs."""
+
+    def __init__(self, epochs: set[int]) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if 0 in self.epochs:
+            self.states[0] = copy.deepcopy(pl_module.state_dict())
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        done = trainer.current_epoch + 1
+        if done in self.epochs:
+            self.states[done] = copy.deepcopy(pl_module.state_dict())
+
+
+def train(args: argparse.Namespace, label_noise: float, keep: set[int]):
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    datamodule = make_datamodule(args.dataset, args.root, args.batch_size, args.train_size,
+                                 args.val_size, args.seed, label_noise=label_noise)
+    model = SmallCNN(width=args.width, hidden=args.hidden, image_size=image_size_of(args.dataset),
+                     lr=args.lr)
+    snapshots, recorder = Snapshots(keep), EpochRecorder()
+    trainer_for(args.epochs, [snapshots, recorder]).fit(model, datamodule=datamodule)
+    return model, datamodule, snapshots.states, recorder.rows
+
+
+@torch.no_grad()
+def ranks_for(model: torch.nn.Module, datamodule, args: argparse.Namespace) -> dict:
+    """layer -> list over rank seeds of (rank, fits, corcondia, reason, seconds)."""
+    out: dict[str, list[dict]] = {name: [] for name in LAYERS}
+    model.eval()
+    for seed in args.rank_seeds:
+        probe = stratified_probe(datamodule, args.probe_size, seed=seed)
+        captured = capture_activations(model, probe.inputs, list(LAYERS.values()), keep="output")
+        for name, layer in LAYERS.items():
+            started = time.perf_counter()
+            result = factorization_rank(
+                captured[layer][1], max_rank=args.max_rank, threshold=args.threshold,
+                n_starts=args.n_starts, seed=seed, max_images=args.max_images,
+            )
+            out[name].append({
+                "seed": seed,
+                "rank": result.rank,
+                "fits": [float(v) for v in result.fits],
+                "corcondia": [float(v) for v in result.corcondia],
+                "shape": list(result.shape),
+                "reason": result.reason,
+                "notes": list(result.notes),
+                "seconds": time.perf_counter() - started,
+            })
+            entry = out[name][-1]
+            again = chosen_rank(entry["fits"], entry["corcondia"], args.threshold)
+            if again != result.rank:
+                raise RuntimeError(f"choice rule mismatch: {again} vs {result.rank}")
+            for other in args.other_thresholds:
+                entry[f"rank@{other:g}"] = chosen_rank(entry["fits"], entry["corcondia"], other)
+    return out
+
+
+def chosen_rank(fits: list[float], curve: list[float], threshold: float,
+                fit_tolerance: float = 0.01) -> int | None:
+    """The choice rule of ``factorization_rank`` applied to its curves at another threshold:
+    the largest F with CORCONDIA(F) >= threshold whose fit is not more than ``fit_tolerance``
+    below the best fit of a smaller F."""
+    chosen, best_smaller = None, -math.inf
+    for rank, (fit, cc) in enumerate(zip(fits, curve, strict=True), start=1):
+        acceptable = math.isfinite(fit) and fit >= best_smaller - fit_tolerance
+        if acceptable and math.isfinite(cc) and cc >= threshold:
+            chosen = rank
+        if math.isfinite(fit):
+            best_smaller = max(best_smaller, fit)
+    return chosen
+
+
+def rank_text(entries: list[dict], max_rank: int, key: str = "rank") -> str:
+    ranks = [e[key] for e in entries]
+    shown = ", ".join("none" if r is None else (f"{r}" + ("*" if r == max_rank else ""))
+                      for r in ranks)
+    finite = [r for r in ranks if r is not None]
+    median = statistics.median(finite) if finite else math.nan
+    return f"{shown} (median {fmt(float(median))})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    model, datamodule, states, rows = train(args, 0.0, {0, 1, args.epochs})
+    noisy_model, _, noisy_states, noisy_rows = train(args, 1.0, {args.epochs})
+    train_seconds = time.perf_counter() - started
+    variants = {
+        "init": (states[0], rows[0]),
+        "1 epoch": (states[1], rows[1]),
+        f"{args.epochs} epochs": (states[args.epochs], rows[args.epochs]),
+        "random labels": (noisy_states[args.epochs], noisy_rows[args.epochs]),
+    }
+    results = {}
+    t0 = time.perf_counter()
+    for variant, (state, _) in variants.items():
+        model.load_state_dict(state)
+        results[variant] = ranks_for(model, datamodule, args)
+        print(variant, {k: [e["rank"] for e in v] for k, v in results[variant].items()},
+              flush=True)
+    rank_seconds = time.perf_counter() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "factorization_rank.json").write_text(json.dumps(results, indent=1))
+
+    keys = ["rank", *(f"rank@{t:g}" for t in args.other_thresholds)]
+    summary = [[variant, f"{row['val_acc']:.3f}", f"{row['val_loss']:.3f}",
+                *[rank_text(results[variant][name], args.max_rank, key)
+                  for key in keys for name in LAYERS]]
+               for variant, (_, row) in variants.items()]
+    summary_header = ["state", "val acc", "val loss"] + [
+        f"{name}, CORCONDIA >= {t:g}" for t in [args.threshold, *args.other_thresholds]
+        for name in LAYERS]
+    curves = []
+    for variant in variants:
+        for name in LAYERS:
+            for entry in results[variant][name]:
+                curves.append([variant, name, entry["seed"], entry["rank"],
+                               " ".join(f"{v:.0f}" for v in entry["corcondia"]),
+                               " ".join(f"{v:.3f}" for v in entry["fits"]),
+                               "x".join(map(str, entry["shape"])), entry["reason"] or ""])
+    well = f"{args.epochs} epochs"
+    direction = []
+    for key, threshold in zip(keys, [args.threshold, *args.other_thresholds], strict=True):
+        for name in LAYERS:
+            medians = {v: _median_rank(results[v][name], key) for v in variants}
+            direction.append(
+                f"- {name}, CORCONDIA >= {threshold:g}: median chosen rank "
+                + ", ".join(f"{v} {fmt(float(medians[v]))}" for v in variants)
+                + f". Well trained ({well}) vs 1 epoch: "
+                f"{_compare(medians[well], medians['1 epoch'])}; vs init: "
+                f"{_compare(medians[well], medians['init'])}; vs random labels: "
+                f"{_compare(medians[well], medians['random labels'])}."
+            )
+    notes = sorted({n for v in results.values() for es in v.values() for e in es
+                    for n in e["notes"]})
+    generated = "\n".join([
+        f"Command: `{command_line()}`",
+        "",
+        f"Machine: {machine_line()}. Wall time {time.perf_counter() - started:.0f} s (training "
+        f"{train_seconds:.0f} s, factorization ranks {rank_seconds:.0f} s).",
+        "",
+        f"Model: SmallCNN(width={args.width}, hidden={args.hidden}) on {args.dataset} (train "
+        f"{args.train_size}, validation {args.val_size}), Adam lr {args.lr}, seed {args.seed}. "
+        f"`factorization_rank(max_rank={args.max_rank}, threshold={args.threshold}, "
+        f"n_starts={args.n_starts}, max_images={args.max_images})` on a {args.probe_size}-image "
+        f"stratified validation probe per rank seed ({', '.join(map(str, args.rank_seeds))}). "
+        "A rank marked * sits at max_rank (censored: the true choice may be higher).",
+        "",
+        "### Direction observed (computed)",
+        "",
+        *direction,
+        "",
+        "### Chosen rank per state (one value per rank seed)",
+        "",
+        markdown_table(summary_header, summary),
+        "",
+        "### CORCONDIA and fit curves (F = 1..max_rank)",
+        "",
+        markdown_table(["state", "layer", "seed", "rank", "CORCONDIA", "fit", "tensor",
+                        "reason"], curves),
+        "",
+        "Notes from `factorization_rank`: " + ("; ".join(notes) if notes else "none"),
+    ])
+    path = write_results(args.results, "factorization_rank: CP rank of hidden activations, well "
+                         "vs poorly trained", generated)
+    print(generated)
+    print(f"\nwrote {path}")
+    del noisy_model
+    return 0
+
+
+def _median_rank(entries: list[dict], key: str) -> float:
+    ranks = [e[key] for e in entries if e[key] is not None]
+    return float(statistics.median(ranks)) if ranks else math.nan
+
+
+def _compare(a: float, b: float) -> str:
+    if math.isnan(a) or math.isnan(b):
+        return "undetermined"
+    return "higher" if a > b else "lower" if a < b else "equal"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

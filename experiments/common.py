@@ -257,6 +257,13 @@ def history_analyses(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [analyses[k] for k in sorted(analyses)]
 
 
+def read_history_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a callback's ``spectral_history.jsonl``."""
+    from svd_callback.sinks.history import read_history
+
+    return read_history(path)
+
+
 def replay_alerts(analyses: Sequence[Mapping[str, Any]], rules: Sequence[Any]) -> list[Any]:
     """Run an :class:`~svd_callback.alerts.AlertEngine` with ``rules`` over recorded analyses
     (as the callback would have, analysis by analysis) and return every alert raised."""

@@ -17,6 +17,10 @@ Built-in rules (:func:`default_rules`; only :class:`NonFiniteWeights` stops by d
 - :class:`NonFiniteWeights` — a layer's weights hold NaN/Inf.
 - :class:`MeanAlphaTrend` — model mean alpha < 2 (and optionally falling fast).
 
+Class rules (:func:`default_class_rules`, on the ``"classes"`` records of the class analysis):
+:class:`ClassOverlapRising`, :class:`ClassLostSpecificNeurons`, :class:`ClassFeaturesEmpty`,
+:class:`FactorizationRankCollapse`.
+
 Custom rules subclass :class:`Rule` or wrap a function in :class:`CallableRule`.
 """
 
@@ -29,6 +33,13 @@ from svd_callback.alerts.base import (
     CallableRule,
     Hysteresis,
     Rule,
+)
+from svd_callback.alerts.class_rules import (
+    ClassFeaturesEmpty,
+    ClassLostSpecificNeurons,
+    ClassOverlapRising,
+    FactorizationRankCollapse,
+    default_class_rules,
 )
 from svd_callback.alerts.engine import AlertEngine, default_rules
 from svd_callback.alerts.history import LayerSnapshot, MetricHistory, Snapshot
@@ -51,6 +62,10 @@ __all__ = [
     "AlphaAbove",
     "AlphaBelow",
     "CallableRule",
+    "ClassFeaturesEmpty",
+    "ClassLostSpecificNeurons",
+    "ClassOverlapRising",
+    "FactorizationRankCollapse",
     "Hysteresis",
     "LayerMetricRule",
     "LayerSnapshot",
@@ -62,5 +77,6 @@ __all__ = [
     "Snapshot",
     "SpectralNormGrowth",
     "TrapsAppeared",
+    "default_class_rules",
     "default_rules",
 ]

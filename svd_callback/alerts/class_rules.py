@@ -1,0 +1,184 @@
+"""Built-in rules on the class-level statistics (RESEARCH.md section 3).
+
+They read the records of mode ``"classes"`` (:data:`~svd_callback.classes.analysis.CLASS_MODE`)
+that :class:`~svd_callback.SpectralMonitor` adds to each analysis when its class analysis is on
+(one record per analysed layer, from :meth:`ClassReport.record_metrics`), with the same
+hysteresis as the per-layer spectral rules: each fires once when its condition starts holding
+and re-arms when it clears; NaN values (a class absent from the probe, a statistic that could not
+be computed) are no evidence either way.
+
+- :class:`ClassOverlapRising` — the mean class-overlap Jaccard of a layer rose in ``patience``
+  consecutive analyses: classes share more and more neurons.
+- :class:`ClassLostSpecificNeurons` — a class that had class-specific neurons in a layer (neurons
+  of its hyperedge in no other class's edge) has none left.
+- :class:`ClassFeaturesEmpty` — a class's set S_c of class-specific penultimate features became
+  empty (its images no longer activate any feature).
+- :class:`FactorizationRankCollapse` — the activation factorization rank of a layer fell by more
+  than half below its maximum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
+from svd_callback.alerts.history import MetricHistory
+from svd_callback.alerts.layer_rules import LayerMetricRule, RankCollapse
+from svd_callback.classes.analysis import CLASS_MODE
+
+
+class ClassOverlapRising(LayerMetricRule):
+    """Class overlap rising: a layer's ``jaccard_mean`` exceeded its previous finite value by
+    more than ``min_rise`` in ``patience`` consecutive analyses.
+
+    Falling overlap is what training should do (classes get their own neurons); a sustained rise
+    means the classes merge in that layer (over-regularisation, collapse of the representation,
+    or label noise being fitted). The first epoch is ignored by default: the overlap of random
+    weights is close to 1 and moves erratically.
+
+    Args:
+        patience: consecutive rises needed.
+        min_rise: smallest increase that counts as a rise.
+        metric: the class statistic watched (``jaccard_mean`` or ``jaccard_max``).
+        min_epoch: first epoch considered (default 1).
+        **kwargs: ``name``, ``action``, ``layers`` (see :class:`Rule`).
+    """
+
+    def __init__(
+        self,
+        patience: int = 3,
+        min_rise: float = 0.0,
+        *,
+        metric: str = "jaccard_mean",
+        min_epoch: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("modes", (CLASS_MODE,))
+        super().__init__(metric, patience=patience, min_epoch=min_epoch, **kwargs)
+        if not min_rise >= 0:
+            raise ValueError(f"min_rise must be >= 0, got {min_rise!r}")
+        self.min_rise = float(min_rise)
+
+    def _previous(self, history: MetricHistory, layer: str, mode: str) -> float | None:
+        values = history.last_values(layer, self.metric, mode, 2, min_epoch=self.min_epoch)
+        return values[0] if len(values) == 2 else None
+
+    def condition(self, history, layer, mode, value):
+        previous = self._previous(history, layer, mode)
+        return None if previous is None else value > previous + self.min_rise
+
+    def describe(self, history, layer, mode, value):
+        previous = self._previous(history, layer, mode)
+        return (f"rose from {fmt(previous)} (class overlap rising; the classes share more "
+                f"neurons)", self.min_rise)
+
+    def _alert(self, history, snap, layer, mode, value):
+        """The alert with the ``patience + 1`` values behind the rises (baseline first)."""
+        values = history.last_values(
+            layer, self.metric, mode, self.patience + 1, min_epoch=self.min_epoch
+        )
+        return replace(super()._alert(history, snap, layer, mode, value), values=tuple(values))
+
+
+class _PerClassCountRule(Rule):
+    """A per-class count ``<prefix><c>`` of a class record fell to 0 after having been
+    positive (one hysteresis key per (layer, class)); ``patience`` analyses at 0 are needed."""
+
+    prefix = ""
+    what = ""
+
+    def __init__(self, patience: int = 1, *, min_epoch: int = 1, **kwargs: Any) -> None:
+        kwargs.setdefault("modes", (CLASS_MODE,))
+        super().__init__(min_epoch=min_epoch, **kwargs)
+        self.patience = patience
+        self._hysteresis = Hysteresis(patience, start_armed=False)
+
+    def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
+        snap = history.latest
+        if snap is None or snap.epoch < self.min_epoch:
+            return []
+        alerts = []
+        for (layer, mode), record in snap.layers.items():
+            if mode != CLASS_MODE or not self.selects(layer, mode):
+                continue
+            for key, value in record.metrics.items():
+                if not key.startswith(self.prefix) or not math.isfinite(value):
+                    continue
+                label = key[len(self.prefix):]
+                if self._hysteresis.update((layer, label), value <= 0):
+                    alerts.append(self.make_alert(
+                        layer=layer, mode=mode, metric=key, value=value, threshold=0.0,
+                        epoch=snap.epoch, step=snap.step,
+                        message=(f"{self.name}: layer {layer!r} class {label} {self.what}"
+                                 f"{when(snap.epoch, snap.step)}"),
+                    ))
+        return alerts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"hysteresis": self._hysteresis.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._hysteresis.load_state_dict(state.get("hysteresis", []))
+
+
+class ClassLostSpecificNeurons(_PerClassCountRule):
+    """A class lost all its class-specific neurons in a layer: its hyperedge now shares every
+    neuron with other classes (or the class has no edge left), after having owned at least one.
+
+    Args:
+        patience: consecutive analyses at 0 needed.
+        min_epoch: first epoch considered (default 1).
+        **kwargs: ``name``, ``action``, ``layers`` (see :class:`Rule`).
+    """
+
+    prefix = "specific_neurons/"
+    what = "lost all its class-specific neurons (every neuron of its hyperedge is shared)"
+
+
+class ClassFeaturesEmpty(_PerClassCountRule):
+    """A class's set S_c of class-specific penultimate features became empty: its probe images
+    no longer activate any penultimate feature (dead units for that class), after having had
+    some.
+
+    Args:
+        patience: consecutive analyses with an empty S_c needed.
+        min_epoch: first epoch considered (default 1).
+        **kwargs: ``name``, ``action``, ``layers`` (see :class:`Rule`).
+    """
+
+    prefix = "feature_count/"
+    what = "has no class-specific feature left (S_c is empty)"
+
+
+class FactorizationRankCollapse(RankCollapse):
+    """The factorization rank of a layer's activations fell by more than ``drop_fraction``
+    below its maximum (Saini & Papalexakis, RESEARCH.md section 3c: the activations of the probe
+    have lost components).
+
+    Args:
+        drop_fraction: the condition holds when rank < (1 - drop_fraction) * reference.
+        reference: ``"max"`` (default) or ``"first"``.
+        patience: consecutive analyses the condition must hold (default 1).
+        **kwargs: ``name``, ``action``, ``layers``, ``min_epoch`` (see :class:`Rule`).
+    """
+
+    def __init__(
+        self, drop_fraction: float = 0.5, reference: str = "max", *, patience: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("modes", (CLASS_MODE,))
+        super().__init__("factorization_rank", drop_fraction, reference, patience=patience,
+                         **kwargs)
+
+
+def default_class_rules() -> list[Rule]:
+    """The class rules with their default thresholds, all with the ``"log"`` action."""
+    return [
+        ClassOverlapRising(),
+        ClassLostSpecificNeurons(),
+        ClassFeaturesEmpty(),
+        FactorizationRankCollapse(),
+    ]

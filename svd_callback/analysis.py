@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from svd_callback.classes.analysis import ClassAnalysisConfig, analyze_classes
+from svd_callback.classes.probe import ProbeSet
 from svd_callback.layers import (
     LayerSpec,
     example_input_for,
@@ -72,6 +74,8 @@ def analyze(
     generator_seed: int = 0,
     keep_svals: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    probe: ProbeSet | None = None,
+    class_options: ClassAnalysisConfig | None = None,
 ) -> Report:
     """Decompose every conv and linear layer of ``model`` and compute its ESD metrics.
 
@@ -96,9 +100,17 @@ def analyze(
         metrics: False returns spectra and norms only.
         keep_svals: keep each layer's singular values in its record.
         progress: called as ``progress(done, total)`` as (layer, mode) pairs complete.
+        probe: a fixed, labelled probe set: also run the class-level analysis
+            (:func:`~svd_callback.classes.analysis.analyze_classes`: class-overlap hypergraphs
+            of the top-k SVD-neurons of every selected layer, class-specific penultimate
+            features; one forward pass in eval mode, each module's mode restored).
+        class_options: options of that analysis (None: its defaults; factorization rank only
+            with ``factorization_every_n > 0``).
 
     Returns:
-        A :class:`Report` with one record per (layer, mode), skipped modules included.
+        A :class:`Report` with one record per (layer, mode), skipped modules included. Its
+        attribute ``classes`` holds the :class:`~svd_callback.classes.analysis.ClassReport`
+        when ``probe`` is given (None otherwise).
     """
     modes = _check_modes(conv_mode)
     normalization = _check_normalization(normalization, ww_compat)
@@ -113,6 +125,10 @@ def analyze(
         skipped_modules = [s for s in skipped_modules if s.name in wanted]
 
     report = Report()
+    report.classes = None
+    if probe is not None:  # the class statistics of the same selection of layers
+        report.classes = analyze_classes(model, probe, class_options,
+                                         layers=[s.name for s in specs])
     for module in skipped_modules:
         for mode in modes:
             report.append(

@@ -2,8 +2,9 @@
 
 One category per conv mode (``spectral (unfold)``, ``spectral (operator)``, ...) with one
 multiline chart per metric whose regex ``^spectral/<metric>/.*`` (``^spectral/<metric>\\.<mode>/``
-for a secondary mode) collects all layers, and a ``spectral summary`` category with one chart per
-aggregate overlaying the modes.
+for a secondary mode) collects all layers, a ``spectral summary`` category with one chart per
+aggregate overlaying the modes, and (when class statistics are logged) a ``classes`` category
+with one chart per statistic ``^classes/<stat>/`` holding every layer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ def custom_scalar_layout(
     metrics: Iterable[str],
     modes: Sequence[str],
     summary_keys: Iterable[str] = (),
+    class_stats: Iterable[str] = (),
 ) -> dict[str, dict[str, list]]:
     """The ``layout`` dict for ``SummaryWriter.add_custom_scalars``; ``modes[0]`` is primary."""
     metrics = list(metrics)
@@ -34,5 +36,8 @@ def custom_scalar_layout(
     }
     if summary:
         layout["spectral summary"] = summary
+    classes = {stat: ["Multiline", [rf"^classes/{re.escape(stat)}/.*"]] for stat in class_stats}
+    if classes:
+        layout["classes"] = classes
     layout["alerts"] = {"alerts/count": ["Multiline", [r"^alerts/count$"]]}
     return layout

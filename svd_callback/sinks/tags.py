@@ -3,8 +3,9 @@
 The tag patterns are fixed (DESIGN.md): per-layer scalars ``spectral/<metric>/<layer>`` for the
 primary conv mode and ``spectral/<metric>.<mode>/<layer>`` for the others; model-level aggregates
 ``spectral_summary/<key>`` (``spectral_summary/<key>.<mode>``); singular-value histograms
-``spectra/<mode>/<layer>``; ``alerts/count`` and the text tag ``alerts``. Every description says
-which conv mode, normalisation and fit produced the number.
+``spectra/<mode>/<layer>``; ``alerts/count`` and the text tag ``alerts``; class-level statistics
+``classes/<stat>/<layer>`` and their figures ``class_figures/<figure>/<layer>``. Every description
+says which conv mode, normalisation and fit (or which probe and hyperedge rule) produced the number.
 """
 
 from __future__ import annotations
@@ -92,6 +93,35 @@ _FIT_TEXT = {
     None: "no power-law fit",
 }
 
+CLASS_STAT_DESCRIPTIONS: dict[str, str] = {
+    "n_edges": "number of class hyperedges (classes of the probe with a non-zero signal)",
+    "jaccard_mean": "class overlap: mean pairwise Jaccard |e_a & e_b| / |e_a | e_b| of the class "
+    "hyperedges",
+    "jaccard_max": "largest pairwise Jaccard of two class hyperedges",
+    "class_specific_fraction": "fraction of the neurons in some hyperedge that lie in exactly one "
+    "(class-specific neurons)",
+    "class_specific_fraction_all": "class-specific neurons / all top-k neurons",
+    "degree_mean": "mean number of class hyperedges holding a covered neuron",
+    "degree_mean_all": "mean number of class hyperedges holding a neuron, over all top-k neurons",
+    "s_components_1": "classes' 1-connected components (edges sharing >= 1 neuron joined)",
+    "s_components_2": "classes' 2-connected components (edges sharing >= 2 neurons joined)",
+    "s_components_3": "classes' 3-connected components (edges sharing >= 3 neurons joined)",
+    "dual_s_components_1": "neurons' 1-connected components in the dual hypergraph",
+    "dual_s_components_2": "neurons' 2-connected components in the dual hypergraph",
+    "dual_s_components_3": "neurons' 3-connected components in the dual hypergraph",
+    "edge_stability_mean": "mean Jaccard of each class hyperedge with its previous analysis's",
+    "feature_fraction_mean": "mean over classes of |S_c| / D, Badola et al.'s class-specific "
+    "penultimate features",
+    "feature_count_mean": "mean over classes of |S_c|, the class-specific penultimate features",
+    "selectivity": "selectivity (D - median m(x)) / D of the penultimate features",
+    "feature_jaccard_previous_mean": "mean Jaccard of each S_c with its previous analysis's",
+    "factorization_rank": "non-negative CP rank of the layer's rectified outputs chosen by "
+    "CORCONDIA (Saini & Papalexakis)",
+    "factorization_fit": "fit 1 - ||X - Xhat|| / ||X|| of the chosen CP rank",
+    "factorization_corcondia": "core consistency (CORCONDIA) of the chosen CP rank",
+}
+"""What each ``classes/<stat>/<layer>`` scalar is (RESEARCH.md section 3)."""
+
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-/]")
 
 
@@ -119,6 +149,21 @@ def figure_tag(figure: str, mode: str, layer: str | None = None) -> str:
     """``spectral_figures/<figure>/<mode>[/<layer>]`` (``esd`` per layer, ``heatmap`` per mode)."""
     tag = f"spectral_figures/{figure}/{mode}"
     return tag if layer is None else f"{tag}/{clean_layer_name(layer)}"
+
+
+def class_tag(stat: str, layer: str) -> str:
+    """``classes/<stat>/<layer>``: a class-level statistic of one layer."""
+    return f"classes/{stat}/{clean_layer_name(layer)}"
+
+
+def class_figure_tag(figure: str, layer: str) -> str:
+    """``class_figures/<figure>/<layer>`` (``hypergraph``, ``overlap``)."""
+    return f"class_figures/{figure}/{clean_layer_name(layer)}"
+
+
+def class_description(stat: str, how: str) -> str:
+    """What a class statistic is, and ``how`` it was made (probe, top-k, hyperedge rule)."""
+    return f"{CLASS_STAT_DESCRIPTIONS.get(stat, stat)}; {how}"
 
 
 def clean_layer_name(layer: str) -> str:

@@ -37,6 +37,9 @@ MIN_EIGS = 8
 """Fewer eigenvalues than this cannot be fitted (WeightWatcher skips layers with M*rf < 8)."""
 HILL_MIN_EIGS = 50
 """TempBalance skips layers with fewer eigenvalues than this."""
+HILL_FLOOR = 0.0
+"""TempBalance keeps every eigenvalue by default (``filter_zeros=False``); only values <= 0,
+whose logarithm is undefined, are dropped."""
 SELECTION_MARGIN = 1e-9
 """Candidates whose scanned D is within this of the smallest are re-evaluated by the canonical
 per-candidate evaluation (float64 torch, or WeightWatcher's own numpy arithmetic in compat
@@ -105,7 +108,7 @@ def fit_power_law(
     xmax: float | None = None,
     top_k_clip: int | None = None,
     min_tail: int = 8,
-    floor: float = ww_ref.EVALS_THRESH,
+    floor: float | None = None,
     method: str = "ks",
     prune: bool = True,
 ) -> PowerLawFit:
@@ -118,7 +121,8 @@ def fit_power_law(
             ``WWFit``'s ``find_limit``).
         top_k_clip: drop the k largest eigenvalues first (WeightWatcher's ``xmax=-k``).
         min_tail: smallest admissible tail (default convention only).
-        floor: eigenvalues <= floor are dropped (1e-5, WeightWatcher's ``EVALS_THRESH``).
+        floor: eigenvalues <= floor are dropped (default 1e-5, WeightWatcher's
+            ``EVALS_THRESH``; for ``hill`` 0, TempBalance's default).
         method: ``ks`` (the xmin scan) or ``hill`` (:func:`hill_alpha`).
         prune: use the exact branch-and-bound scan (False: the full O(N^2) scan; same result).
 
@@ -126,10 +130,11 @@ def fit_power_law(
         A :class:`PowerLawFit`; never raises on bad data (NaN or -1 plus a reason instead).
     """
     if method == "hill":
-        return hill_alpha(eigs, floor=floor)
+        return hill_alpha(eigs, floor=HILL_FLOOR if floor is None else floor)
     if method != "ks":
         raise ValueError(f"unknown method {method!r}; expected 'ks' or 'hill'")
     name = "ks-ww" if ww_compat else "ks"
+    floor = ww_ref.EVALS_THRESH if floor is None else floor
     x, reason = _prepare_eigs(eigs)
     if reason:
         return PowerLawFit.failed(name, reason, int(x.numel()), ww_compat)
@@ -239,7 +244,7 @@ def _canonical_D(scan: ks_scan.ScanInput, pos: int) -> float:
 def hill_alpha(
     eigs: torch.Tensor | np.ndarray | Sequence[float],
     *,
-    floor: float = ww_ref.EVALS_THRESH,
+    floor: float = HILL_FLOOR,
     min_eigs: int = HILL_MIN_EIGS,
 ) -> PowerLawFit:
     """Hill estimator with xmin = the median eigenvalue (TempBalance, Zhou et al. 2023,

@@ -259,3 +259,15 @@ def test_scalar_descriptions_survive_tensorboards_migration(tmp_path):
     assert migrated.metadata.summary_description == "how"
     assert migrated.metadata.plugin_data.plugin_name == "scalars"
     assert float(tensor_util.make_ndarray(migrated.tensor)) == 3.0
+
+
+def test_spectrum_heatmap_grid_shares_one_colour_scale_from_the_data():
+    from svd_callback.sinks.figures import spectrum_heatmap_grid
+
+    spectra = [[np.array([4.0, 2.0]), np.array([8.0, 1.0])], [np.array([1.0, 0.5])]]
+    figure = spectrum_heatmap_grid(["a", "b"], [[0.0, 1.0], [0.0]], spectra, floor=-3.0)
+    meshes = [axes.collections[0] for axes in figure.axes[:2]]
+    assert [m.get_clim() for m in meshes] == [(math.log10(1 / 8), 0.0)] * 2
+    np.testing.assert_allclose(np.asarray(meshes[1].get_array()).ravel(), [0.0, math.log10(0.5)])
+    deep = spectrum_heatmap_grid(["a"], [[0.0]], [[np.array([1.0, 1e-6])]], floor=-3.0)
+    assert deep.axes[0].collections[0].get_clim() == (-3.0, 0.0)

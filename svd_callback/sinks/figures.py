@@ -131,7 +131,7 @@ def spectrum_heatmap(
     axes.set_xlabel(xlabel)
     axes.set_ylabel("rank fraction i / n")
     if spectra:
-        mesh = _heatmap_panel(axes, epochs, spectra)
+        mesh = _heatmap_panel(axes, epochs, _log_ratios(spectra))
         figure.colorbar(mesh, ax=axes).set_label("log10(sigma / max sigma)")
     return figure
 
@@ -145,13 +145,18 @@ def spectrum_heatmap_grid(
     floor: float = -3.0,
 ) -> Figure:
     """Every layer's spectrum across analyses, one small panel per layer (:func:`spectrum_heatmap`
-    layout), on a shared colour scale log10(sigma / layer's max sigma) clipped at ``floor``."""
+    layout), on one colour scale log10(sigma / layer's max sigma) from the smallest value shown
+    (but not below ``floor``) to 0."""
     n = max(1, len(layers))
     cols = min(n, 4)
     rows = math.ceil(n / cols)
     figure = Figure(figsize=(2.6 * cols + 0.8, 1.9 * rows + 0.7), dpi=80)
     figure.subplots_adjust(left=0.06, right=0.88, bottom=0.08, top=0.9, wspace=0.25, hspace=0.55)
     figure.suptitle(title, fontsize=9)
+    panels = [_log_ratios(s) if len(s) else None for s in spectra]
+    lows = [np.nanmin(p) for p in panels if p is not None and np.isfinite(p).any()]
+    vmin = max(floor, min(lows)) if lows else floor
+    vmin = min(vmin, -1e-3)
     mesh = None
     for i, name in enumerate(layers):
         axes = figure.add_subplot(rows, cols, i + 1)
@@ -159,8 +164,8 @@ def spectrum_heatmap_grid(
         axes.tick_params(labelsize=6)
         if i % cols:
             axes.set_yticklabels([])
-        if spectra[i]:
-            mesh = _heatmap_panel(axes, epochs[i], spectra[i], vmin=floor)
+        if panels[i] is not None:
+            mesh = _heatmap_panel(axes, epochs[i], panels[i], vmin=vmin)
     if mesh is not None:
         cax = figure.add_axes((0.91, 0.15, 0.015, 0.7))
         colorbar = figure.colorbar(mesh, cax=cax)
@@ -169,12 +174,18 @@ def spectrum_heatmap_grid(
     return figure
 
 
-def _heatmap_panel(axes, epochs: Sequence[float], spectra: Sequence[np.ndarray], vmin=None):
+def _log_ratios(spectra: Sequence[np.ndarray]) -> np.ndarray:
+    """(points, analyses) matrix of log10(sigma / max sigma over all analyses); NaN where
+    undefined."""
     matrix = np.stack([np.asarray(s, dtype=np.float64) for s in spectra], axis=1)
     top = np.nanmax(matrix) if np.isfinite(matrix).any() else math.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(matrix / top)
     logs[~np.isfinite(logs)] = np.nan
+    return logs
+
+
+def _heatmap_panel(axes, epochs: Sequence[float], logs: np.ndarray, vmin=None):
     if vmin is not None:
         logs = np.maximum(logs, vmin)
     x = np.asarray(epochs, dtype=np.float64)
@@ -183,7 +194,7 @@ def _heatmap_panel(axes, epochs: Sequence[float], spectra: Sequence[np.ndarray],
         x_edges = np.concatenate([[x[0] - (mids[0] - x[0])], mids, [x[-1] + (x[-1] - mids[-1])]])
     else:
         x_edges = np.array([x[0] - 0.5, x[0] + 0.5])
-    y_edges = np.linspace(0.0, 1.0, matrix.shape[0] + 1)
+    y_edges = np.linspace(0.0, 1.0, logs.shape[0] + 1)
     mesh = axes.pcolormesh(x_edges, y_edges, logs, cmap="viridis", shading="flat", vmin=vmin,
                            vmax=0.0 if vmin is not None else None)
     axes.set_ylim(1.0, 0.0)

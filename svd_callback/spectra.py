@@ -15,7 +15,8 @@ singular values.
 
 Each mode has a ``stacked_*`` variant taking ``L`` weights of identical shape as one tensor
 ``(L, *shape)`` and decomposing them in one batched call; the single-layer functions are its
-``L = 1`` case. Every matrix decomposition goes through :func:`batched_svdvals`.
+``L = 1`` case. Every singular-value computation goes through :func:`batched_svdvals`
+(:func:`unfold_svd`, which also needs the vectors, calls ``torch.linalg.svd``).
 
 Conventions shared by every function here:
 
@@ -376,6 +377,10 @@ def unfold_svd(
 
     Sign convention: the entry of largest magnitude of each ``v_i`` is positive (``u_i`` is
     flipped with it), so vectors and signals are comparable across epochs.
+
+    Raises:
+        NonFiniteWeightError: NaN/Inf entries. SpectralError: the SVD did not converge, also
+        when retried in float64.
     """
     u, s, vh = stacked_unfold_svd(weight.unsqueeze(0), groups, chunk_elems=chunk_elems)
     return u[0], s[0], vh[0]

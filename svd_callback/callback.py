@@ -1039,11 +1039,12 @@ class SpectralMonitor(Callback):
             where = ("`spectral/<metric>/<layer>`" if mode == primary
                      else f"`spectral/<metric>.{mode}/<layer>`")
             how = tags.conventions(mode, self.normalization, self._fit_used(), self.ww_compat)
-            lines.append(f"- **{mode}**{' (primary)' if mode == primary else ''}: {where}; {how}")
+            primary_note = " (primary)" if mode == primary else ""
+            lines.append(f"- **{mode}**{primary_note}: {where}; {_md(how)}")
         lines += [
             "",
             f"- metric groups: {', '.join(self.metric_groups)} "
-            f"({', '.join(self.logged_metrics)})",
+            f"({_md(', '.join(self.logged_metrics))})",
             "- aggregates: `spectral_summary/<metric>_mean|_median[.<mode>]` over analysed "
             "layers; histograms `spectra/<mode>/<layer>` hold raw singular values",
             f"- schedule: {self._schedule_text()}; step = trainer.global_step",
@@ -1051,7 +1052,7 @@ class SpectralMonitor(Callback):
         ]
         if self.class_config is not None:
             lines.append(f"- class statistics `classes/<stat>/<layer>`: "
-                         f"{self._class_conventions()}")
+                         f"{_md(self._class_conventions())}")
         return "\n".join(lines)
 
     def _schedule_text(self) -> str:
@@ -1095,14 +1096,15 @@ def _log_to_logger(logger: Any, metrics: dict[str, float], step: int) -> None:
 
 
 def _alerts_markdown(alerts: Sequence[Alert]) -> str:
-    lines = ["| severity | rule | layer | mode | message |", "|---|---|---|---|---|"]
-    for alert in alerts:
-        message = alert.message.replace("|", "\\|")
-        lines.append(
-            f"| {alert.severity} | {alert.rule} | {alert.layer or 'model'} | "
-            f"{alert.mode or ''} | {message} |"
-        )
-    return "\n".join(lines)
+    """One bullet per alert: severity, then the alert's message (it names rule, layer, mode)."""
+    return "\n".join(f"- **{alert.severity}** {_md(alert.message)}" for alert in alerts)
+
+
+def _md(text: str) -> str:
+    """``text`` with markdown's emphasis and table characters escaped."""
+    for char in ("\\", "*", "_", "|", "`"):
+        text = text.replace(char, "\\" + char)
+    return text
 
 
 def _rows_up_to(path: str, step: int) -> list[dict[str, Any]] | None:

@@ -110,7 +110,8 @@ def train(args: argparse.Namespace, seed: int, name: str, overrides: dict[str, A
     shutil.rmtree(directory, ignore_errors=True)  # the history file appends
     pl.seed_everything(seed, workers=True, verbose=False)
     datamodule = make_datamodule(
-        args.dataset, args.root, args.batch_size, args.train_size, args.val_size, seed,
+        args.dataset, args.root, overrides.get("batch_size", args.batch_size), args.train_size,
+        args.val_size, seed,
         limit=overrides.get("limit"), label_noise=overrides.get("label_noise", 0.0),
     )
     model = PartlyFrozenCNN(

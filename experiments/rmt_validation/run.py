@@ -93,6 +93,19 @@ def shuffled_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return clone
 
 
+def entry_stats(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
+    """layer -> (mean / std, excess kurtosis) of its weight entries: what shuffling keeps (a
+    non-zero mean puts a rank-one spike in any spectrum, heavy-tailed entries a heavy tail)."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            w = module.weight.detach().double().reshape(-1)
+            centred = w - w.mean()
+            std = float(centred.pow(2).mean().sqrt())
+            out[name] = (float(w.mean()) / std, float(centred.pow(4).mean()) / std**4 - 3.0)
+    return out
+
+
 def analyse(model: torch.nn.Module, state: str, input_size: int) -> pd.DataFrame:
     report = analyze(model, MODES, input_size=input_size, mp_fit=True, fit="ks")
     frame = report.to_dataframe()
@@ -161,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     datamodule = make_datamodule(args.dataset, args.root, args.batch_size, args.train_size,
                                  args.val_size, args.seed)
 
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     frames = [analyse(model, "init", size)]
+    entries = {"init": entry_stats(model)}
     t_analysis = time.perf_counter() - started
     recorder = EpochRecorder()
     trainer = trainer_for(args.epochs, [recorder])
@@ -170,11 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     frames.append(analyse(model, "trained", size))
+    entries["trained"] = entry_stats(model)
+    torch.save(model.state_dict(), Path(args.out) / "trained_state_dict.pt")
     frames.append(analyse(shuffled_copy(model, args.seed + 1), "shuffled", size))
     t_analysis += time.perf_counter() - t0
     table = pd.concat(frames, ignore_index=True)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "rmt_validation.csv", index=False)
 
     lines, summary = verdicts(table)
@@ -206,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         "### Conv layers: init vs trained vs shuffled",
         "",
         markdown_table(list(summary.columns), summary.itertuples(index=False)),
+        "",
+        "### Weight entries (kept by the shuffle)",
+        "",
+        markdown_table(["layer", "mean/std init", "mean/std trained", "excess kurtosis init",
+                        "excess kurtosis trained"],
+                       [[name, entries["init"][name][0], entries["trained"][name][0],
+                         entries["init"][name][1], entries["trained"][name][1]]
+                        for name in entries["init"]]),
         "",
         "### Every layer, mode and state",
         "",

@@ -203,22 +203,35 @@ def _metric(metrics: Mapping[str, Any], key: str) -> float:
     return math.nan if value is None else float(value)
 
 
-def val_loss_turn(losses: Sequence[float]) -> tuple[int | None, str]:
-    """The validation-loss turn: the first epoch after which the validation loss rises.
+def val_loss_turn(losses: Sequence[float], patience: int = 3) -> tuple[int | None, str]:
+    """The validation-loss turn: the first epoch after which the validation loss rises and does
+    not come back below its value within ``patience`` epochs.
 
-    ``losses[k]`` is the validation loss after k epochs (k = 0: initial weights). A non-finite
-    loss counts as +inf (a diverged run's loss has risen). The turn is the first k with
-    ``losses[k + 1] > losses[k]``: k = 0 when training never lowered the loss below its initial
-    value, and None when the loss never rose within the run (a censored observation: the turn,
-    if any, lies after the last epoch). Returns (turn, one-line explanation).
+    ``losses[k]`` is the validation loss after k epochs (k = 0: the initial weights). The turn is
+    the first k with ``min(losses[k+1 : k+1+patience]) >= losses[k]``: the epoch that
+    Lightning's ``EarlyStopping(patience=3)`` (its default) would keep, so that a one-epoch bump
+    in a noisy curve is not a turn. k = 0 when training never lowered the loss below its initial
+    value during the first ``patience`` epochs; None when no such k exists with a full window of
+    ``patience`` later epochs (censored: the turn, if any, lies at the end of the run or after
+    it). A non-finite loss counts as +inf (a diverged run's loss has risen). Returns (turn,
+    one-line explanation).
     """
     values = [v if math.isfinite(v) else math.inf for v in losses]
-    for k in range(len(values) - 1):
-        if values[k + 1] > values[k]:
-            how = "the first epoch's loss is not below the initial one" if k == 0 else (
-                f"val loss {_short(values[k])} after epoch {k} rose to {_short(values[k + 1])}")
+    for k in range(len(values) - patience):
+        window = values[k + 1 : k + 1 + patience]
+        if min(window) >= values[k]:
+            how = (f"val loss {_short(values[k])} after epoch {k} not improved on in epochs "
+                   f"{k + 1}-{k + patience} (best of them {_short(min(window))})")
             return k, how
-    return None, f"val loss fell at every one of the {len(values) - 1} epochs (no turn observed)"
+    return None, (f"every epoch up to {len(values) - 1 - patience} was improved on within "
+                  f"{patience} epochs (no turn observed)")
+
+
+def first_rise(losses: Sequence[float]) -> int | None:
+    """The first k with ``losses[k + 1] > losses[k]`` (non-finite = +inf), or None: the naive,
+    noise-sensitive reading of "the epoch after which the validation loss rises"."""
+    values = [v if math.isfinite(v) else math.inf for v in losses]
+    return next((k for k in range(len(values) - 1) if values[k + 1] > values[k]), None)
 
 
 def _short(value: float) -> str:

@@ -35,18 +35,20 @@ fr = _load("factorization_rank/run.py", "fr_run")
 
 
 @pytest.mark.parametrize(
-    ("losses", "turn"),
+    ("losses", "turn", "rise"),
     [
-        ([2.3, 1.0, 0.5, 0.4], None),  # falls throughout: censored
-        ([2.3, 1.0, 0.8, 0.9, 0.7], 2),  # first rise after epoch 2, later recovery ignored
-        ([2.3, 2.4, 2.0], 0),  # the first epoch did not help
-        ([2.3, 1.0, math.nan], 1),  # NaN counts as a rise
-        ([2.3, 2.3, 2.2], None),  # equal is not a rise
-        ([2.3], None),
+        ([2.3, 1.0, 0.5, 0.4, 0.3, 0.2], None, None),  # falls throughout: censored
+        ([2.3, 1.0, 0.8, 0.9, 0.7, 0.6, 0.5], None, 2),  # a one-epoch bump is not a turn
+        ([2.3, 1.0, 0.8, 0.9, 0.85, 0.8, 0.7], 2, 2),  # equal to the best is not an improvement
+        ([2.3, 2.4, 2.3, 2.35, 1.0], 0, 0),  # the first 3 epochs did not help
+        ([2.3, 1.0, math.nan, math.nan, math.nan], 1, 1),  # NaN counts as a rise
+        ([2.3, 1.0, 0.9, 1.1, 1.2], None, 2),  # rise too close to the end: censored
+        ([2.3], None, None),
     ],
 )
-def test_val_loss_turn(losses, turn):
+def test_val_loss_turn(losses, turn, rise):
     assert common.val_loss_turn(losses)[0] == turn
+    assert common.first_rise(losses) == rise
 
 
 def test_in_time_window():
@@ -105,9 +107,9 @@ def test_evaluate_precision_recall_and_criteria():
                 "epochs": [{"epoch": k, "val_loss": v} for k, v in enumerate(losses)]}
 
     runs = {
-        "good": run([3, 3, 3, 3], [2.0, 1.0, 0.8, 0.7]),
-        "early": run([3, 1.5, 1.5, 1.5], [2.0, 1.0, 1.1, 1.2]),  # AlphaBelow at 2, turn 1
-        "late": run([3, 3, 3, 1.5], [2.0, 2.1, 2.2, 2.3]),  # turn 0, no alert by epoch 1
+        "good": run([3, 3, 3, 3, 3], [2.0, 1.0, 0.8, 0.7, 0.6]),
+        "early": run([3, 1.5, 1.5, 1.5, 1.5], [2.0, 1.0, 1.1, 1.2, 1.3]),  # AlphaBelow at 2, turn 1
+        "late": run([3, 3, 3, 3, 1.5], [2.0, 2.1, 2.2, 2.3, 2.4]),  # turn 0, no alert by 1
     }
     result = hvb.evaluate(runs, ["good"], "default")
     assert result["per_run"]["early"]["turn"] == 1

@@ -10,8 +10,10 @@ under two rule sets: the library's ``default_rules()`` (the replay is checked to
 alerts the callback raised online) and this experiment's rule set (``rules.py``).
 
 The validation-loss turn T of a run is the first epoch k after which the validation loss rises
-(loss after k+1 epochs > loss after k epochs; k = 0 is the initial weights, so T = 0 when the
-first epoch did not lower the loss; NaN counts as +inf; no rise in the run: censored, "none").
+and is not brought back below its value within 3 epochs (Lightning's ``EarlyStopping`` default
+patience; see ``common.val_loss_turn``): k = 0 is the initial weights, so T = 0 when the first
+three epochs did not lower the loss; NaN counts as +inf; no such epoch: censored, "none". The
+naive first rise (first k with loss[k+1] > loss[k]) and the best epoch are reported beside it.
 An alert at epoch a (the analysis after a epochs) is *in time* when a <= T + 1: before the turn
 or within one epoch of it (a = T + 1 is the analysis made when the rise first shows).
 
@@ -43,6 +45,7 @@ from common import (  # noqa: E402
     EpochRecorder,
     PartlyFrozenCNN,
     command_line,
+    first_rise,
     history_analyses,
     image_size_of,
     load_config,
@@ -261,8 +264,8 @@ def _alert_cell(alerts: Sequence[Any]) -> str:
 
 
 def summary_table(runs: dict[str, dict], result: dict[str, Any]) -> str:
-    header = ["run", "healthy", "val-loss turn T", "best epoch", "earliest alert", "in time",
-              "first stop alert", "rules fired (first epoch)"]
+    header = ["run", "healthy", "val-loss turn T", "first rise", "best epoch", "earliest alert",
+              "in time", "first stop alert", "rules fired (first epoch)"]
     rows = []
     for name, run in runs.items():
         r = result["per_run"][name]
@@ -272,8 +275,8 @@ def summary_table(runs: dict[str, dict], result: dict[str, Any]) -> str:
         fired = ", ".join(f"{rule} ({f['epoch']})" for rule, f in
                           sorted(r["firsts"].items(), key=lambda item: item[1]["epoch"]))
         rows.append([name, r["healthy"], "none (censored)" if r["turn"] is None else r["turn"],
-                     best, r["earliest"], "-" if r["healthy"] else in_time(r["earliest"],
-                                                                            r["turn"]),
+                     first_rise(losses), best, r["earliest"],
+                     "-" if r["healthy"] else in_time(r["earliest"], r["turn"]),
                      r["first_stop"], fired or "-"])
     return markdown_table(header, rows)
 

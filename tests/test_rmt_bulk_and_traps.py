@@ -150,3 +150,19 @@ def test_too_few_eigenvalues_get_no_fit_outside_compat_mode():
     assert math.isfinite(ours.values["stable_rank"])
     compat = esd_metrics(eigs, N=16, M=9, ww_compat=True)
     assert compat.values["alpha"] > 1  # WeightWatcher fits from 8 eigenvalues on
+
+
+@pytest.mark.parametrize("fit", ["ks", "hill", None])
+@pytest.mark.parametrize("mp", [False, True])
+def test_every_spectrum_reports_the_same_metric_keys(fit, mp):
+    good = torch.from_numpy(np.random.default_rng(1).pareto(2.0, 200) + 1)
+    expected = set(esd_metrics(good, N=400, M=200, fit=fit, mp_fit=mp).values)
+    base = {"spectral_norm", "frobenius_norm", "log_norm", "log_spectral_norm", "stable_rank",
+            "matrix_rank", "rank_loss", "entropy"}
+    assert base <= expected
+    assert ("alpha" in expected) == (fit is not None)
+    assert ("alpha_hill" in expected) == (fit == "hill")
+    assert ("num_spikes" in expected) == mp
+    for bad in (torch.zeros(0), torch.zeros(30), torch.tensor([1.0, float("inf")] * 10)):
+        result = esd_metrics(bad, N=60, M=30, fit=fit, mp_fit=mp)
+        assert set(result.values) == expected and "all" in result.notes

@@ -35,8 +35,6 @@ MIN_FIT_EIGS = 20
 """Fewest positive eigenvalues the default fit accepts: below WeightWatcher's own small-sample
 cutoff (20) a tail of a handful of points gives alpha with a standard error of 30% or more, and
 alerts on it would be noise (e.g. a first conv with 1 input channel and a 3x3 kernel has 9)."""
-ZERO_SPECTRUM_NAN = ("log_norm", "log_spectral_norm", "stable_rank", "entropy", "alpha", "xmin",
-                     "D", "alpha_sigma", "n_tail", "alpha_weighted", "log_alpha_norm")
 
 
 @dataclass(frozen=True)
@@ -111,16 +109,14 @@ def esd_metrics(
     thresholds = thresholds or QualityThresholds()
     out = ESDMetrics()
     x = torch.as_tensor(eigs).detach().reshape(-1).to(torch.float64)
-    if x.numel() == 0:
-        out.notes["all"] = "empty spectrum"
-        return out
-    if not bool(torch.isfinite(x).all()):
-        out.notes["all"] = "non-finite eigenvalues"
+    if x.numel() == 0 or not bool(torch.isfinite(x).all()):
+        out.notes["all"] = "empty spectrum" if x.numel() == 0 else "non-finite eigenvalues"
+        out.values.update(dict.fromkeys(_metric_keys(fit, mp_fit), math.nan))
         return out
     x = x.clamp_min(0).sort(descending=True).values
     if float(x[0]) == 0.0:
         out.notes["all"] = "zero spectrum (every singular value is 0)"
-        out.values.update(dict.fromkeys(ZERO_SPECTRUM_NAN, math.nan), matrix_rank=0.0,
+        out.values.update(dict.fromkeys(_metric_keys(fit, mp_fit), math.nan), matrix_rank=0.0,
                           rank_loss=float(x.numel()), spectral_norm=0.0, frobenius_norm=0.0)
         return out
 
@@ -145,6 +141,18 @@ def esd_metrics(
         _add_mp(out, x, N, M)
     _note_nans(out)
     return out
+
+
+def _metric_keys(fit: str | None, mp_fit: bool) -> tuple[str, ...]:
+    """Every key :func:`esd_metrics` reports for these options."""
+    keys = ("spectral_norm", "frobenius_norm", "log_norm", "log_spectral_norm", "stable_rank",
+            "matrix_rank", "rank_loss", "entropy")
+    if fit is not None:
+        keys += ("alpha", "xmin", "D", "alpha_sigma", "n_tail", "alpha_weighted",
+                 "log_alpha_norm") + (("alpha_hill",) if fit == "hill" else ())
+    if mp_fit:
+        keys += ("mp_s2", "lambda_plus", "num_spikes", "mp_softrank")
+    return keys
 
 
 def _norms(x: torch.Tensor, N: int) -> dict[str, float]:

@@ -11,7 +11,13 @@ keeping the xmin = x_i of smallest D. Two conventions:
 * ``ww_compat=True`` reproduces ``weightwatcher==0.7.7`` (``WeightWatcher.fit_powerlaw`` ->
   ``WW_powerlaw.WWFit``) bit for bit: floor 1e-5, every sorted value but the last is a
   candidate, e = arange(n)/n even on ties, the small-sample branch below 20 values, and its
-  failure convention (alpha = D = sigma = xmin = n_tail = -1).
+  failure convention (alpha = D = sigma = xmin = n_tail = -1). The scan finds the candidates
+  within 1e-9 of the best D in torch; WeightWatcher's own numpy arithmetic
+  (:mod:`svd_callback.rmt.ww_compat`, on the host: O(tail) per candidate) settles among them.
+  Deliberate departures, where WeightWatcher returns meaningless numbers rather than an error:
+  spectra with fewer than 8 values (WeightWatcher skips such layers), with all values above the
+  floor equal (it reports alpha = inf, or 0 below 20 values) and ``top_k_clip`` > N / 2 (it
+  then clips at the eigenvalue nearest the number k) fail with -1 and a reason.
 * the default follows the ``powerlaw`` package (``powerlaw.Fit``, continuous, KS xmin scan):
   candidates are the distinct values (not the two largest), e(x) is the fraction of the tail
   strictly below x, plus a minimum tail size; failures give NaN and a reason.

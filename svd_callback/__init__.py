@@ -3,8 +3,24 @@
 ``SpectralMonitor`` is the Lightning callback; ``analyze`` runs the same analysis offline.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from svd_callback.analysis import analyze, summarize
 from svd_callback.report import LayerReport, Report
 
-__all__ = ["LayerReport", "Report", "analyze", "summarize"]
+if TYPE_CHECKING:
+    from svd_callback.callback import SpectralMonitor
+
+__all__ = ["LayerReport", "Report", "SpectralMonitor", "analyze", "summarize"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import the callback (and Lightning) only when it is asked for: ``analyze`` needs neither."""
+    if name == "SpectralMonitor":
+        from svd_callback.callback import SpectralMonitor
+
+        return SpectralMonitor
+    raise AttributeError(f"module 'svd_callback' has no attribute {name!r}")

@@ -30,8 +30,8 @@ def stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-class _TensorDataModule(pl.LightningDataModule):
-    """Shared loaders over in-memory train/val ``TensorDataset``s."""
+class _LoaderDataModule(pl.LightningDataModule):
+    """Shared train (shuffled) and validation loaders over ``train_set`` / ``val_set``."""
 
     def __init__(self, batch_size: int, num_workers: int) -> None:
         super().__init__()
@@ -49,7 +49,7 @@ class _TensorDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers)
 
 
-class DigitsDataModule(_TensorDataModule):
+class DigitsDataModule(_LoaderDataModule):
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), scaled to [0, 1].
 
     Args:
@@ -85,7 +85,7 @@ class DigitsDataModule(_TensorDataModule):
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
 
 
-class FashionMNISTDataModule(_TensorDataModule):
+class FashionMNISTDataModule(_LoaderDataModule):
     """Fashion-MNIST (28x28, 10 classes) read from local IDX files, never downloaded.
 
     Args:
@@ -133,7 +133,7 @@ class FashionMNISTDataModule(_TensorDataModule):
         return (x - 0.2860) / 0.3530, y
 
 
-class ImageFolderDataModule(pl.LightningDataModule):
+class ImageFolderDataModule(_LoaderDataModule):
     """A user's images on disk: ``root/train/<class>/*.png`` and ``root/val/<class>/*`` (or
     ``test``), or a CIFAR-10 python-format folder (``cifar-10-batches-py``). Never downloads.
 
@@ -145,11 +145,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def __init__(self, root: str, image_size: int = 32, batch_size: int = 128,
                  num_workers: int = 0) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         self.root = Path(root)
-        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
+        self.image_size = image_size
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -173,14 +171,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
                                     "test/<class>/) sub-folders, or a CIFAR-10 python folder")
         self.train_set = datasets.ImageFolder(str(self.root / "train"), transform=tf)
         self.val_set = datasets.ImageFolder(str(val_dir), transform=tf)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
-                          num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers)
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -1,0 +1,130 @@
+"""Full heavy-tailed analysis of ResNet-18 against WeightWatcher 0.7.7 and the eigenvalue floor.
+
+In one process, with pinned thread counts, on torchvision's ``resnet18(num_classes=10)``:
+
+* ``ours default``  = ``analyze(model, "slices", ww_compat=True)`` (spectra + WeightWatcher's
+  fit and norm metrics, layer by layer the same numbers);
+* ``ww default``    = ``WeightWatcher(model).analyze()``;
+* ``ours full``     = the same with ``mp_fit=True, traps=True`` (MP bulk, spikes, shuffled-weight
+  correlation traps, rand_distance);
+* ``ww full``       = ``WeightWatcher(model).analyze(randomize=True, mp_fit=True)``;
+* ``floor``         = the bare batched eigenvalue computation of the same matrices (the pooled
+  kh*kw slices, stacked per shape): the faster of ``torch.linalg.svdvals`` and ``eigvalsh`` of the
+  float32 Gram matrices.
+
+Prints each time, the ratios, and checks that the alphas agree (identical fits). Targets on a
+2-core CPU at equal thread counts: default analysis within 1.25x of the floor (at least 4x
+ahead of WeightWatcher), at least 50x ahead with traps and MP fit.
+
+    flock /tmp/bench.lock env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 \
+        .venv/bin/python experiments/benchmarks/bench_rmt.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torchvision
+
+from svd_callback import analyze
+from svd_callback.layers import find_layers
+from svd_callback.spectra import stacked_slice_matrices
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    best, out = math.inf, None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def slice_stacks(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The slice matrices of every layer, stacked per shape, built before timing."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for spec in find_layers(model)[0]:
+        weight = spec.weight.detach().float()
+        groups.setdefault(tuple(weight.shape), []).append(weight)
+    stacks = []
+    for weights in groups.values():
+        if weights[0].dim() == 2:
+            stacks.append(torch.stack(weights).unsqueeze(1))
+        else:
+            stacks.append(stacked_slice_matrices(torch.stack(weights)))
+    return stacks
+
+
+def floor_svdvals(stacks: list[torch.Tensor]) -> None:
+    for mats in stacks:
+        torch.linalg.svdvals(mats)
+
+
+def floor_gram(stacks: list[torch.Tensor]) -> None:
+    for mats in stacks:
+        small = mats if mats.shape[-2] <= mats.shape[-1] else mats.mT
+        torch.linalg.eigvalsh(small @ small.mT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-full", action="store_true", help="skip the randomize/mp_fit runs")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass
+    import weightwatcher as ww
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    stacks = slice_stacks(model)
+
+    rows: dict[str, float] = {}
+    rows["floor svdvals"], _ = timed(lambda: floor_svdvals(stacks), args.repeats)
+    rows["floor eigvalsh(Gram)"], _ = timed(lambda: floor_gram(stacks), args.repeats)
+    floor = min(rows["floor svdvals"], rows["floor eigvalsh(Gram)"])
+    rows["ours default"], ours = timed(
+        lambda: analyze(model, "slices", ww_compat=True, keep_svals=False), args.repeats)
+    rows["ww default"], theirs = timed(lambda: ww.WeightWatcher(model=model).analyze(), 1)
+    if not args.skip_full:
+        rows["ours + mp_fit + traps"], _ = timed(
+            lambda: analyze(model, "slices", ww_compat=True, mp_fit=True, traps=True,
+                            keep_svals=False), args.repeats)
+        rows["ww randomize + mp_fit"], _ = timed(
+            lambda: ww.WeightWatcher(model=model).analyze(randomize=True, mp_fit=True), 1)
+
+    analysed = ours.analysed()
+    ours_alpha = [r.metrics["alpha"] for r in analysed]
+    ww_alpha = [float(a) for a in theirs["alpha"]]
+    worst = max(abs(a - b) / abs(b) for a, b in zip(ours_alpha, ww_alpha, strict=True))
+
+    print(f"resnet18(num_classes=10), {len(analysed)} layers, {args.threads} threads, "
+          f"best of {args.repeats} (WeightWatcher: 1 run)")
+    for name, seconds in rows.items():
+        print(f"  {name:24s} {seconds:8.3f} s")
+    print("ratios")
+    print(f"  ours default / floor          {rows['ours default'] / floor:6.2f}   (target <= 1.25)")
+    print(f"  ww default / ours default     {rows['ww default'] / rows['ours default']:6.2f}   "
+          "(target >= 4)")
+    if not args.skip_full:
+        ratio = rows["ww randomize + mp_fit"] / rows["ours + mp_fit + traps"]
+        print(f"  ww full / ours full           {ratio:6.1f}   (target >= 50)")
+    print(f"alpha agreement: max relative difference {worst:.2e} over {len(ww_alpha)} layers")
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,9 @@ at the unit-MP quantile q((j - 1/2) / (M - k)), so s2 = median of lambda_(j) / q
 central plotting positions 0.05 .. 0.95 (robust to the spikes and to a heavy tail); k is then
 recounted above the new edge plus margin, until it stops changing. The unit-MP CDF is tabulated
 once per Q by quadrature on x = a + (b - a)(1 - cos t) / 2, which makes the integrand smooth.
+
+No WeightWatcher-compatible variant: its MP fit (``mp_fit=True``, and ``randomize=True`` for
+traps) is not part of ``analyze()``'s default outputs.
 """
 
 from __future__ import annotations
@@ -177,3 +180,16 @@ def fit_mp_bulk(eigs: torch.Tensor, Q: float, M: int | None = None,
     margin = tracy_widom_margin(plus, s2, Q, M, tw_sigmas)
     n_bulk = int((x_sorted <= plus + margin).sum())
     return MPFit(s2, float(Q), plus, minus, margin, n_bulk, total - n_bulk)
+
+
+def num_spikes(eigs: torch.Tensor, Q: float, M: int | None = None) -> int:
+    """Eigenvalues above the fitted MP edge plus the Tracy-Widom margin (0 if the fit fails)."""
+    return fit_mp_bulk(eigs, Q, M).num_spikes
+
+
+def mp_softrank(eigs: torch.Tensor, Q: float, M: int | None = None) -> float:
+    """lambda_plus / lambda_max of the fitted bulk (Martin & Mahoney; WeightWatcher's
+    ``mp_softrank``); NaN if the fit fails."""
+    fit = fit_mp_bulk(eigs, Q, M)
+    top = float(torch.as_tensor(eigs).max()) if fit.reason is None else math.nan
+    return fit.lambda_plus / top if top > 0 else math.nan

@@ -60,6 +60,7 @@ from svd_callback.classes import (  # noqa: E402
     class_specific_features,
     find_penultimate_layer,
     hypergraph_stats,
+    jaccard,
     neuron_signals,
 )
 from svd_callback.examples import SmallCNN  # noqa: E402
@@ -88,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe-size", type=int, default=256)
     parser.add_argument("--mass", type=float, default=0.5, help="mass k of S_c")
     parser.add_argument("--tau", type=float, default=0.5, help="signal share of a hyperedge")
+    parser.add_argument("--edge-m", type=int, default=8,
+                        help="size of the fixed-size hyperedges (the second overlap measure)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default=str(HERE / "runs"))
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
@@ -104,9 +107,9 @@ class ClassStructureProbe(Callback):
     (``on_train_start``) and after every training epoch. The model is put in eval mode for the
     probe pass and its mode restored; nothing draws from the global RNG."""
 
-    def __init__(self, probe, mass: float, tau: float) -> None:
+    def __init__(self, probe, mass: float, tau: float, edge_m: int) -> None:
         super().__init__()
-        self.probe, self.mass, self.tau = probe, mass, tau
+        self.probe, self.mass, self.tau, self.edge_m = probe, mass, tau, edge_m
         self.rows: list[dict[str, Any]] = []
         self._previous_sets: dict[str, Any] = {}
         self._previous_edges: dict[str, Any] = {}
@@ -148,6 +151,7 @@ class ClassStructureProbe(Callback):
                                                                 nan=-1.0).max())
             row[f"{key}_selectivity"] = scalars["selectivity"]
             row[f"{key}_set_jaccard_previous"] = scalars["feature_jaccard_previous_mean"]
+            row[f"{key}_set_jaccard_between"] = mean_pairwise_jaccard(result.sets)
             row[f"{key}_notes"] = "; ".join(result.notes)
         for layer in HYPERGRAPH_LAYERS:
             module = modules[layer]
@@ -164,10 +168,20 @@ class ClassStructureProbe(Callback):
                 row[f"{layer}_{stat}"] = graph.scalars[stat]
             row[f"{layer}_edge_size_mean"] = (
                 sum(len(e) for e in edges.values()) / len(edges) if edges else math.nan)
+            fixed = class_hyperedges(means, m=self.edge_m)
+            row[f"{layer}_jaccard_mean_m"] = mean_pairwise_jaccard(fixed)
             if signals.reason:
                 row[f"{layer}_reason"] = signals.reason
         row["seconds"] = time.perf_counter() - started
         self.rows.append(row)
+
+
+def mean_pairwise_jaccard(sets: dict[int, frozenset[int]]) -> float:
+    """Mean Jaccard over pairs of classes (how much the classes' sets overlap)."""
+    keys = sorted(sets)
+    values = [jaccard(sets[a], sets[b]) for i, a in enumerate(keys) for b in keys[i + 1:]]
+    values = [v for v in values if math.isfinite(v)]
+    return sum(values) / len(values) if values else math.nan
 
 
 def train_seed(args: argparse.Namespace, seed: int) -> tuple[list[dict], float, float]:
@@ -179,7 +193,7 @@ def train_seed(args: argparse.Namespace, seed: int) -> tuple[list[dict], float, 
                      lr=args.lr)
     penultimate, reason = find_penultimate_layer(model)
     assert penultimate == FEATURE_LAYERS["penultimate"][0], (penultimate, reason)
-    monitor = ClassStructureProbe(probe, args.mass, args.tau)
+    monitor = ClassStructureProbe(probe, args.mass, args.tau, args.edge_m)
     recorder = EpochRecorder()
     trainer = trainer_for(args.epochs, [recorder, monitor])
     started = time.perf_counter()
@@ -191,55 +205,82 @@ def train_seed(args: argparse.Namespace, seed: int) -> tuple[list[dict], float, 
     return monitor.rows, elapsed, probe_seconds
 
 
-def spearman(x: list[float], y: list[float]) -> float:
+def spearman(x: list[float], y: list[float]) -> tuple[float, float]:
+    """Spearman's rho and its two-sided p-value over the finite pairs (NaN if fewer than 3)."""
     pairs = [(a, b) for a, b in zip(x, y, strict=True) if math.isfinite(a) and math.isfinite(b)]
     if len(pairs) < 3:
-        return math.nan
-    return float(stats.spearmanr(*zip(*pairs, strict=True)).statistic)
+        return math.nan, math.nan
+    result = stats.spearmanr(*zip(*pairs, strict=True))
+    return float(result.statistic), float(result.pvalue)
 
 
-def verdict_lines(rows: list[dict], seed: int) -> list[str]:
-    trained = [r for r in rows if r["epoch"] > 0]
-    acc = [r["val_acc"] for r in rows]
+OVERLAPS = {"tau": "jaccard_mean", "m": "jaccard_mean_m"}
+"""Overlap measure -> row key suffix: hyperedges holding the share tau of the class signal, or the
+edge_m neurons of largest class signal."""
+
+
+def feature_lines(rows: list[dict], seed: int) -> list[str]:
     lines = []
     for key in FEATURE_LAYERS:
-        values = [r[f"{key}_fraction_mean"] for r in trained]
+        values = [r[f"{key}_fraction_mean"] for r in rows if r["epoch"] > 0]
         below = all(v < 0.25 for v in values)
-        init = rows[0][f"{key}_fraction_mean"]
         lines.append(
             f"- seed {seed}, {key} features (D = {rows[0][f'{key}_D']}): mean |S_c|/D after "
-            f"training {fmt(min(values))}-{fmt(max(values))} (init {fmt(init)}); "
-            f"well below 0.5 (< 0.25 at every trained epoch): **{'yes' if below else 'no'}**"
+            f"training {fmt(min(values))}-{fmt(max(values))} (init "
+            f"{fmt(rows[0][f'{key}_fraction_mean'])}); well below 0.5 (< 0.25 at every trained "
+            f"epoch): **{'yes' if below else 'no'}**; mean Jaccard of S_c between classes "
+            f"{fmt(rows[0][f'{key}_set_jaccard_between'])} at init -> "
+            f"{fmt(rows[-1][f'{key}_set_jaccard_between'])} at the end"
         )
+    return lines
+
+
+def overlap_lines(all_rows: dict[int, list[dict]], args: argparse.Namespace) -> list[str]:
+    """Per layer and overlap measure: init -> end per seed, and Spearman(overlap, val acc)
+    pooled over the seeds, with and without the initial weights."""
+    lines = []
     for layer in HYPERGRAPH_LAYERS:
-        overlap = [r[f"{layer}_jaccard_mean"] for r in rows]
-        rho = spearman(overlap, acc)
-        rho_trained = spearman(overlap[1:], acc[1:])
-        falls = rho < 0 and overlap[-1] < overlap[0]
-        lines.append(
-            f"- seed {seed}, {layer} ({rows[0][f'{layer}_neurons']} SVD-neurons): class overlap "
-            f"(mean Jaccard) {fmt(overlap[0])} at init -> {fmt(overlap[-1])} at the end; "
-            f"Spearman(overlap, val acc) over epochs 0-{rows[-1]['epoch']} = {fmt(rho, 2)}, over "
-            f"the trained epochs 1-{rows[-1]['epoch']} = {fmt(rho_trained, 2)}; overlap falls as "
-            f"accuracy rises: **{'yes' if falls else 'no'}**"
-        )
+        n_neurons = all_rows[next(iter(all_rows))][0][f"{layer}_neurons"]
+        for measure, suffix in OVERLAPS.items():
+            if measure == "m" and n_neurons <= 2 * args.edge_m:
+                continue  # edges of m neurons out of few say nothing about overlap
+            key = f"{layer}_{suffix}"
+            ends = "; ".join(f"seed {s} {fmt(rows[0][key])} -> {fmt(rows[-1][key])}"
+                             for s, rows in all_rows.items())
+            points = [(r[key], r["val_acc"], r["epoch"]) for rows in all_rows.values()
+                      for r in rows]
+            rho, p = spearman([o for o, _, _ in points], [a for _, a, _ in points])
+            rho_t, p_t = spearman([o for o, _, e in points if e > 0],
+                                  [a for _, a, e in points if e > 0])
+            falls = rho < 0 and p < 0.05
+            what = f"tau = {args.tau}" if measure == "tau" else f"m = {args.edge_m}"
+            lines.append(
+                f"- {layer} ({n_neurons} SVD-neurons), hyperedges with {what}: class overlap "
+                f"init -> end: {ends}. "
+                f"Spearman(overlap, val acc) pooled over seeds and epochs 0-{args.epochs}: "
+                f"rho = {fmt(rho, 2)} (p = {fmt(p, 2)}); trained epochs only: rho = "
+                f"{fmt(rho_t, 2)} (p = {fmt(p_t, 2)}). Overlap falls as accuracy rises "
+                f"(rho < 0, p < 0.05, epochs 0-{args.epochs}): **{'yes' if falls else 'no'}**"
+            )
     return lines
 
 
 def epoch_table(rows: list[dict]) -> str:
     header = ["epoch", "val acc", "probe acc", "penult. mean abs(S_c)/D", "penult. max",
-              "penult. selectivity", "penult. S_c stability", "GAP mean abs(S_c)/D",
-              "GAP selectivity"]
-    header += [f"{layer} overlap" for layer in HYPERGRAPH_LAYERS]
-    header += [f"{layer} edge size" for layer in HYPERGRAPH_LAYERS[:2]]
-    header += [f"{layer} class-specific" for layer in HYPERGRAPH_LAYERS[:2]]
+              "penult. selectivity", "penult. S_c stability", "penult. S_c between classes",
+              "GAP mean abs(S_c)/D", "GAP selectivity", "GAP S_c between classes"]
+    header += [f"{layer} overlap tau" for layer in HYPERGRAPH_LAYERS]
+    header += [f"{layer} overlap m" for layer in HYPERGRAPH_LAYERS[:2]]
+    header += [f"{layer} edge size tau" for layer in HYPERGRAPH_LAYERS[:2]]
+    header += [f"{layer} class-specific tau" for layer in HYPERGRAPH_LAYERS[:2]]
     out = []
     for r in rows:
         out.append([r["epoch"], r["val_acc"], r["probe_acc"], r["penultimate_fraction_mean"],
                     r["penultimate_fraction_max"], r["penultimate_selectivity"],
-                    r["penultimate_set_jaccard_previous"], r["gap_fraction_mean"],
-                    r["gap_selectivity"]]
+                    r["penultimate_set_jaccard_previous"], r["penultimate_set_jaccard_between"],
+                    r["gap_fraction_mean"], r["gap_selectivity"], r["gap_set_jaccard_between"]]
                    + [r[f"{layer}_jaccard_mean"] for layer in HYPERGRAPH_LAYERS]
+                   + [r[f"{layer}_jaccard_mean_m"] for layer in HYPERGRAPH_LAYERS[:2]]
                    + [r[f"{layer}_edge_size_mean"] for layer in HYPERGRAPH_LAYERS[:2]]
                    + [r[f"{layer}_class_specific_fraction"] for layer in HYPERGRAPH_LAYERS[:2]])
     return markdown_table(header, out)
@@ -253,12 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[str] = []
     verdicts: list[str] = []
     timing = []
+    all_rows: dict[int, list[dict]] = {}
     for seed in args.seeds:
         rows, train_seconds, probe_seconds = train_seed(args, seed)
+        all_rows[seed] = rows
         (out / f"class_structure_seed{seed}.json").write_text(json.dumps(rows, indent=1))
         timing.append(f"seed {seed}: fit {train_seconds:.0f} s of which class analyses "
                       f"{probe_seconds:.1f} s")
-        verdicts += verdict_lines(rows, seed)
+        verdicts += feature_lines(rows, seed)
         notes = sorted({r[f"{k}_notes"] for r in rows for k in FEATURE_LAYERS} - {""})
         sections += ["", f"### Seed {seed}: per epoch", "", epoch_table(rows)]
         if notes:
@@ -273,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.train_size}, validation {args.val_size}), Adam lr {args.lr}, {args.epochs} epochs. "
         f"Probe: {args.probe_size} validation images, class-stratified "
         f"(`ProbeSet.from_dataset`, seed 0), the same at every epoch. S_c with mass k = "
-        f"{args.mass}; hyperedges with tau = {args.tau} over all SVD-neurons of the layer. "
+        f"{args.mass}; hyperedges over all SVD-neurons of the layer, either the smallest set "
+        f"holding the share tau = {args.tau} of the class's mean |signal| (`tau`) or the "
+        f"{args.edge_m} neurons of largest class signal (`m`). "
         "`penult.` = the classifier's input (post-ReLU hidden layer, D = hidden); `GAP` = the "
         "post-ReLU maps of the last conv averaged over space (D = 2 * width). Overlap = mean "
         "pairwise Jaccard of the 10 class hyperedges. Epoch 0 = "
@@ -282,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "### Verdicts (computed)",
         "",
         *verdicts,
+        *overlap_lines(all_rows, args),
         *sections,
     ])
     path = write_results(args.results, "class_structure: class-specific features and class "

@@ -425,7 +425,7 @@ def _feed(engine: AlertEngine, sequence: list[dict[str, dict[str, float]]]) -> l
 
 def test_overlap_rising_fires_after_patience_rises_and_rearms():
     values = [0.9, 0.5, 0.52, 0.54, 0.56, 0.58, 0.4, math.nan, 0.45, 0.5, 0.55]
-    engine = AlertEngine([ClassOverlapRising(patience=3)])
+    engine = AlertEngine([ClassOverlapRising(patience=3, min_rise=0.0)])
     fired = _feed(engine, [{"hidden": {"jaccard_mean": v}} for v in values])
     expected = [[]] * len(values)
     expected[4] = expected[10] = ["ClassOverlapRising:hidden:jaccard_mean"]
@@ -438,31 +438,40 @@ def test_overlap_rising_fires_after_patience_rises_and_rearms():
 
 
 def test_lost_specific_neurons_and_empty_feature_sets_fire_once_per_onset():
-    sequence = [
-        {"hidden": {"specific_neurons/0": 2, "specific_neurons/1": 0, "specific_neurons/2": 1}},
-        {"hidden": {"specific_neurons/0": 1, "specific_neurons/1": 0, "specific_neurons/2": 1}},
-        {"hidden": {"specific_neurons/0": 0, "specific_neurons/1": 0, "specific_neurons/2": 1},
-         "classifier": {"feature_count/4": 5.0, "feature_count/5": math.nan}},
-        {"hidden": {"specific_neurons/0": 0, "specific_neurons/1": 0, "specific_neurons/2": 0},
-         "classifier": {"feature_count/4": 0.0, "feature_count/5": math.nan}},
-        {"hidden": {"specific_neurons/0": 0, "specific_neurons/1": 1,
-                    "specific_neurons/2": math.nan},
+    def neurons(*counts):
+        return {f"specific_neurons/{c}": v for c, v in enumerate(counts)}
+
+    nan = math.nan
+    sequence = [  # classes 0..3 of layer hidden; feature sets of classes 4, 5 at the classifier
+        {"hidden": neurons(2, 0, 1, nan)},
+        {"hidden": neurons(1, 0, 1, nan)},
+        {"hidden": neurons(0, 0, 1, nan), "classifier": {"feature_count/4": 5.0}},
+        {"hidden": neurons(0, 0, 0, 3), "classifier": {"feature_count/4": 0.0}},
+        {"hidden": neurons(2, 1, nan, 3),
          "classifier": {"feature_count/4": 0.0, "feature_count/5": 0.0}},
     ]
-    engine = AlertEngine([ClassLostSpecificNeurons(min_epoch=0), ClassFeaturesEmpty(min_epoch=0)])
-    fired = _feed(engine, sequence)
-    assert fired == [
+
+    def engine(min_count=None):
+        return AlertEngine([ClassLostSpecificNeurons(min_epoch=0, min_count=min_count),
+                            ClassFeaturesEmpty(min_epoch=0)])
+
+    default = engine()
+    assert _feed(default, sequence) == [
         [], [],
-        ["ClassLostSpecificNeurons:hidden:specific_neurons/0"],
-        ["ClassLostSpecificNeurons:hidden:specific_neurons/2",
-         "ClassFeaturesEmpty:classifier:feature_count/4"],
-        [],  # class 1 was never seen with specific neurons; class 5 never had features
+        ["ClassLostSpecificNeurons:hidden:specific_neurons/0"],  # had 2, then 1 (no evidence), 0
+        ["ClassFeaturesEmpty:classifier:feature_count/4"],  # class 2 never had 2 neurons
+        [],  # class 0 re-armed; class 1 never had any; class 5 never had features
     ]
-    restored = AlertEngine([ClassLostSpecificNeurons(min_epoch=0), ClassFeaturesEmpty(min_epoch=0)])
-    restored.load_state_dict(engine.state_dict())
-    again = {"hidden": {"specific_neurons/1": 0, "specific_neurons/0": 2}}
-    assert _feed(restored, [{}] * 5 + [again])[-1] == [
-        "ClassLostSpecificNeurons:hidden:specific_neurons/1"]
+    assert _feed(engine(min_count=1), sequence)[3] == [
+        "ClassLostSpecificNeurons:hidden:specific_neurons/2",
+        "ClassFeaturesEmpty:classifier:feature_count/4"]
+    # the armed state of class 3 survives a checkpoint
+    restored = engine()
+    restored.load_state_dict(default.state_dict())
+    assert _feed(restored, [{}] * 5 + [{"hidden": neurons(1, 1, 1, 0)}])[-1] == [
+        "ClassLostSpecificNeurons:hidden:specific_neurons/3"]
+    with pytest.raises(ValueError, match="min_count"):
+        ClassLostSpecificNeurons(min_count=0)
 
 
 def test_factorization_rank_collapse_and_the_default_set():

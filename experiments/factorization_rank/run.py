@@ -231,6 +231,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_compare(medians[well], medians['init'])}; vs random labels: "
                 f"{_compare(medians[well], medians['random labels'])}."
             )
+    fit_rows = []
+    for name in LAYERS:
+        means = {v: _mean_fits(results[v][name]) for v in variants}
+        fit_rows += [[name, v, *means[v]] for v in variants]
+        order = sorted(variants, key=lambda v: means[v][0])
+        direction.append(
+            f"- {name}, CP fit at F = 1 (mean over rank seeds; lower = the activations need more "
+            f"components): " + ", ".join(f"{v} {means[v][0]:.3f}" for v in variants)
+            + f"; order from most to least components needed: {' < '.join(order)}."
+        )
     notes = sorted({n for v in results.values() for es in v.values() for e in es
                     for n in e["notes"]})
     generated = "\n".join([
@@ -254,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         markdown_table(summary_header, summary),
         "",
+        "### Mean CP fit 1 - ||X - Xhat|| / ||X|| per number of components F",
+        "",
+        markdown_table(["layer", "state", *(f"F={f}" for f in range(1, args.max_rank + 1))],
+                       fit_rows),
+        "",
         "### CORCONDIA and fit curves (F = 1..max_rank)",
         "",
         markdown_table(["state", "layer", "seed", "rank", "CORCONDIA", "fit", "tensor",
@@ -267,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {path}")
     del noisy_model
     return 0
+
+
+def _mean_fits(entries: list[dict]) -> list[float]:
+    """Mean fit per F over the rank seeds."""
+    curves = [e["fits"] for e in entries if e["fits"]]
+    return [statistics.fmean(c[f] for c in curves) for f in range(len(curves[0]))]
 
 
 def _median_rank(entries: list[dict], key: str) -> float:

@@ -170,6 +170,11 @@ class ClassStructureProbe(Callback):
                 sum(len(e) for e in edges.values()) / len(edges) if edges else math.nan)
             fixed = class_hyperedges(means, m=self.edge_m)
             row[f"{layer}_jaccard_mean_m"] = mean_pairwise_jaccard(fixed)
+            # the same with sigma divided out: s_i / sigma_i = <v_i, mean patch>, so that the
+            # neurons of largest sigma do not dominate every class's signal
+            unit = class_mean_signals(signals.values / signals.sigma, labels, NUM_CLASSES)
+            row[f"{layer}_jaccard_mean_unit"] = mean_pairwise_jaccard(
+                class_hyperedges(unit, tau=self.tau))
             if signals.reason:
                 row[f"{layer}_reason"] = signals.reason
         row["seconds"] = time.perf_counter() - started
@@ -214,9 +219,10 @@ def spearman(x: list[float], y: list[float]) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-OVERLAPS = {"tau": "jaccard_mean", "m": "jaccard_mean_m"}
-"""Overlap measure -> row key suffix: hyperedges holding the share tau of the class signal, or the
-edge_m neurons of largest class signal."""
+OVERLAPS = {"tau": "jaccard_mean", "m": "jaccard_mean_m", "unit": "jaccard_mean_unit"}
+"""Overlap measure -> row key suffix: hyperedges holding the share tau of the class signal, the
+edge_m neurons of largest class signal, or the share tau of the class signal with each neuron's
+sigma divided out."""
 
 
 def feature_lines(rows: list[dict], seed: int) -> list[str]:
@@ -253,7 +259,8 @@ def overlap_lines(all_rows: dict[int, list[dict]], args: argparse.Namespace) -> 
             rho_t, p_t = spearman([o for o, _, e in points if e > 0],
                                   [a for _, a, e in points if e > 0])
             falls = rho < 0 and p < 0.05
-            what = f"tau = {args.tau}" if measure == "tau" else f"m = {args.edge_m}"
+            what = {"tau": f"tau = {args.tau}", "m": f"m = {args.edge_m}",
+                    "unit": f"tau = {args.tau} on signal / sigma"}[measure]
             lines.append(
                 f"- {layer} ({n_neurons} SVD-neurons), hyperedges with {what}: class overlap "
                 f"init -> end: {ends}. "
@@ -271,6 +278,7 @@ def epoch_table(rows: list[dict]) -> str:
               "GAP mean abs(S_c)/D", "GAP selectivity", "GAP S_c between classes"]
     header += [f"{layer} overlap tau" for layer in HYPERGRAPH_LAYERS]
     header += [f"{layer} overlap m" for layer in HYPERGRAPH_LAYERS[:2]]
+    header += [f"{layer} overlap signal/sigma" for layer in HYPERGRAPH_LAYERS[:2]]
     header += [f"{layer} edge size tau" for layer in HYPERGRAPH_LAYERS[:2]]
     header += [f"{layer} class-specific tau" for layer in HYPERGRAPH_LAYERS[:2]]
     out = []
@@ -281,6 +289,7 @@ def epoch_table(rows: list[dict]) -> str:
                     r["gap_fraction_mean"], r["gap_selectivity"], r["gap_set_jaccard_between"]]
                    + [r[f"{layer}_jaccard_mean"] for layer in HYPERGRAPH_LAYERS]
                    + [r[f"{layer}_jaccard_mean_m"] for layer in HYPERGRAPH_LAYERS[:2]]
+                   + [r[f"{layer}_jaccard_mean_unit"] for layer in HYPERGRAPH_LAYERS[:2]]
                    + [r[f"{layer}_edge_size_mean"] for layer in HYPERGRAPH_LAYERS[:2]]
                    + [r[f"{layer}_class_specific_fraction"] for layer in HYPERGRAPH_LAYERS[:2]])
     return markdown_table(header, out)
@@ -318,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(`ProbeSet.from_dataset`, seed 0), the same at every epoch. S_c with mass k = "
         f"{args.mass}; hyperedges over all SVD-neurons of the layer, either the smallest set "
         f"holding the share tau = {args.tau} of the class's mean |signal| (`tau`) or the "
-        f"{args.edge_m} neurons of largest class signal (`m`). "
+        f"{args.edge_m} neurons of largest class signal (`m`), or the share tau of the class's "
+        "mean |signal / sigma_i| (`signal/sigma`: sigma divided out). "
         "`penult.` = the classifier's input (post-ReLU hidden layer, D = hidden); `GAP` = the "
         "post-ReLU maps of the last conv averaged over space (D = 2 * width). Overlap = mean "
         "pairwise Jaccard of the 10 class hyperedges. Epoch 0 = "

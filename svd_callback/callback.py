@@ -147,9 +147,10 @@ class SpectralMonitor(Callback):
             same images. It runs on rank 0 only, in one forward pass of the unwrapped module in
             eval mode (each module's own mode restored, RNG forked, no gradients), and its
             values are broadcast so every rank has them in ``callback_metrics``. Cost on the
-            digits CNN: about 0.1 s per analysis for 256 images and 5 layers; the factorization
-            rank adds about 1 s per factorised layer. Without validation data, with non-integer
-            targets or unreadable batches it is switched off with one warning.
+            digits CNN (2 CPU threads, experiments/benchmarks/bench_classes.py): about 65 ms per
+            analysis for 256 images and 5 layers, 0.2 of a training epoch; the factorization
+            rank adds about 0.8 s per factorised layer. Without validation data, with
+            non-integer targets or unreadable batches it is switched off with one warning.
         class_probe: a fixed :class:`~svd_callback.classes.probe.ProbeSet` to use instead of
             the validation data (turns the class analysis on).
 

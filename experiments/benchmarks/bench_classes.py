@@ -10,7 +10,13 @@ bundled digits (80 % class-stratified training split, 1437 images; nothing is do
   hypergraph statistics against the previous epoch's edges, and class-specific features of the
   classifier's input;
 - factorization rank of the last conv block's post-ReLU activations (defaults: F <= 6, 3 starts),
-  with the torch HALS engine and with TensorLy's, timed separately.
+  with the torch HALS engine and with TensorLy's, timed separately;
+- the driver ``analyze_classes`` as ``SpectralMonitor(class_analysis=True)`` runs it (a 256-image
+  probe of the validation split, every layer, previous edges tracked), against the same epoch;
+- end to end in Lightning (the digits demo's trainer settings, no logger): ``--lightning-epochs``
+  epochs without the monitor, with ``SpectralMonitor()`` and with
+  ``SpectralMonitor(class_analysis=True)``, same seed; the extra wall time of the class analysis
+  per analysis (initial weights + one per epoch) against one plain Lightning epoch.
 
 Each timing is the median of ``--repeats`` runs in one process with pinned threads; the printed
 ratios are class analysis / epoch (target < 1) and factorization / epoch.
@@ -24,14 +30,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from svd_callback.callback import SpectralMonitor
 from svd_callback.classes import (
     ConvParams,
     ProbeSet,
@@ -44,6 +53,7 @@ from svd_callback.classes import (
     hypergraph_stats,
     neuron_signals,
 )
+from svd_callback.classes.analysis import ClassTracker, analyze_classes, probe_from_loader
 from svd_callback.examples import DigitsDataModule, SmallCNN
 
 NUM_CLASSES = 10
@@ -101,11 +111,27 @@ def class_analysis(
     return out
 
 
+def lightning_fit(epochs: int, monitor: SpectralMonitor | None) -> float:
+    """Wall time of ``epochs`` epochs of the digits demo's training (seeded, no logger)."""
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+        callbacks=[] if monitor is None else [monitor], enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
+        default_root_dir=tempfile.gettempdir(),
+    )
+    start = time.perf_counter()
+    trainer.fit(SmallCNN(), datamodule=DigitsDataModule())
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warm-epochs", type=int, default=3, help="epochs trained before timing")
+    parser.add_argument("--lightning-epochs", type=int, default=4,
+                        help="epochs of the end-to-end Lightning comparison (0: skip it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -139,6 +165,24 @@ def main() -> None:
     )
     tl_time, tl_fact = median_time(lambda: factorization_rank(activations, engine="tensorly"), 1)
 
+    val_probe = probe_from_loader(data.val_dataloader(), 256, 0)
+    tracker = ClassTracker()
+    analyze_classes(model, val_probe, tracker=tracker)  # warm-up, sets the previous edges
+    driver_time, driver_report = median_time(
+        lambda: analyze_classes(model, val_probe, tracker=tracker), args.repeats
+    )
+
+    fits = {}
+    if args.lightning_epochs:
+        lightning_fit(1, None)  # warm-up (imports, allocator)
+        for label, monitor in (
+            ("plain", None),
+            ("spectral", SpectralMonitor(figures_every_n=0, history_file=None)),
+            ("spectral+classes", SpectralMonitor(figures_every_n=0, history_file=None,
+                                                 class_analysis=True)),
+        ):
+            fits[label] = (lightning_fit(args.lightning_epochs, monitor), monitor)
+
     print(f"threads={args.threads} repeats={args.repeats} torch={torch.__version__}")
     print(f"training set {len(data.train_set)} images, probe {len(probe)} images, layers {layers}")
     print(f"probe selection (once per run):        {probe_time * 1e3:8.1f} ms")
@@ -153,6 +197,22 @@ def main() -> None:
         f"  rank torch {fact.rank} / TensorLy {tl_fact.rank}; "
         f"CORCONDIA torch {[round(v, 1) for v in fact.corcondia.tolist()]}"
     )
+    print(f"analyze_classes (driver, val probe):   {driver_time * 1e3:8.1f} ms  "
+          f"reasons {driver_report.reasons or 'none'}")
+    print(f"  ratio driver / epoch:                {driver_time / epoch_time:8.3f}  (target < 1)")
+    if fits:
+        epochs = args.lightning_epochs
+        plain = fits["plain"][0] / epochs
+        with_classes = fits["spectral+classes"][1]
+        analyses = with_classes._analyses
+        extra = (fits["spectral+classes"][0] - fits["spectral"][0]) / analyses
+        inside = [r.seconds for r in [with_classes._last_class_report] if r is not None]
+        print(f"Lightning, {epochs} epochs of 23 batches, {analyses} analyses per monitored run:")
+        for label, (seconds, _) in fits.items():
+            print(f"  {label:18s} {seconds:8.2f} s  ({seconds / epochs * 1e3:7.1f} ms per epoch)")
+        print(f"  class analysis, extra per analysis:  {extra * 1e3:8.1f} ms  "
+              f"(last one timed inside: {inside[0] * 1e3 if inside else float('nan'):.1f} ms)")
+        print(f"  ratio extra per analysis / plain epoch: {extra / plain:8.3f}  (target < 1)")
     for name, scalars in stats.items():
         shown = {
             k: round(v, 3)

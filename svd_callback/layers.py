@@ -9,9 +9,10 @@ never silently dropped.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -167,7 +168,29 @@ def _unsupported_reason(module: nn.Module) -> str | None:
     return f"{type(module).__name__} is not a conv or linear layer (parameters: {names})"
 
 
-@torch.no_grad()
+@contextlib.contextmanager
+def frozen_forward(model: nn.Module) -> Iterator[None]:
+    """Eval mode for every module, a forked RNG and ``torch.no_grad()`` for the body; each
+    module's own ``training`` flag is restored afterwards (also on error).
+
+    In train mode a forward pass would update batch-norm running statistics and draw dropout
+    masks from the global generator, so a monitored run would no longer end with the weights it
+    has without the monitor.
+    """
+    modes = {module: module.training for module in model.modules()}
+    device = next((p.device for p in model.parameters()), None)
+    cuda = []
+    if device is not None and device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    try:
+        model.eval()
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
 def record_input_sizes(
     model: nn.Module,
     example_input: object,
@@ -175,9 +198,8 @@ def record_input_sizes(
 ) -> dict[str, tuple[int, ...]]:
     """Spatial input size of every conv layer, from one forward pass of ``example_input``.
 
-    The pass runs with every module switched to eval mode (no batch-norm statistics updated, no
-    dropout drawn) inside a forked RNG, and each module's own ``training`` flag is restored
-    afterwards, so the model is left exactly as it was. Hooks are removed even on error. For a
+    The pass runs under :func:`frozen_forward`, so the model is left exactly as it was. Hooks are
+    removed even on error. For a
     transposed conv the size recorded is its *output* size (the adjoint conv's input).
     """
     specs = list(specs) if specs is not None else find_layers(model)[0]
@@ -190,18 +212,13 @@ def record_input_sizes(
         sizes[spec.name] = tuple(int(s) for s in tensor.shape[-spec.spatial_dims :])
 
     handles = [module.register_forward_hook(hook) for module in convs]
-    modes = {m: m.training for m in model.modules()}
     device = next((p.device for p in model.parameters()), None)
-    cuda = [device.index or 0] if device is not None and device.type == "cuda" else []
     try:
-        model.eval()
-        with torch.random.fork_rng(devices=cuda):
+        with frozen_forward(model):
             _forward(model, _to_device(example_input, device))
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes.items():
-            module.training = training
     return sizes
 
 

@@ -3,6 +3,12 @@ class-specific features and activation factorization rank (RESEARCH.md sections 
 
 from __future__ import annotations
 
+from svd_callback.classes.analysis import (
+    ClassAnalysisConfig,
+    ClassReport,
+    ClassTracker,
+    analyze_classes,
+)
 from svd_callback.classes.factorization import (
     FactorizationResult,
     bound_tensor,
@@ -39,6 +45,10 @@ from svd_callback.classes.signals import (
 )
 
 __all__ = [
+    "ClassAnalysisConfig",
+    "ClassReport",
+    "ClassTracker",
+    "analyze_classes",
     "ClassFeatures",
     "ClassMeans",
     "ConvParams",

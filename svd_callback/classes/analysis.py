@@ -29,7 +29,6 @@ reason in :attr:`ClassReport.reasons`, and the rest of the analysis still runs.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -48,6 +47,7 @@ from svd_callback.classes.features import (
 from svd_callback.classes.hypergraph import Edges, class_hyperedges, hypergraph_stats
 from svd_callback.classes.probe import ProbeSet
 from svd_callback.classes.signals import class_mean_signals, neuron_signals
+from svd_callback.layers import frozen_forward
 
 CLASS_MODE = "classes"
 """The ``mode`` of the class records given to the alert engine (beside ``unfold`` etc.)."""
@@ -330,30 +330,6 @@ class ClassTracker:
         sets = state.get("feature_sets")
         self.feature_sets = None if sets is None else {
             int(c): frozenset(int(i) for i in s) for c, s in sets}
-
-
-@contextlib.contextmanager
-def frozen_forward(model: nn.Module) -> Iterator[None]:
-    """Eval mode for every module, a forked RNG and ``torch.no_grad()`` for the body; each
-    module's own ``training`` flag is restored afterwards (also on error).
-
-    The same protection as :func:`svd_callback.layers.record_input_sizes`: in train mode a
-    forward pass would update batch-norm running statistics and draw dropout masks from the
-    global generator, so a monitored run would no longer end with the weights it has without
-    the monitor.
-    """
-    modes = {module: module.training for module in model.modules()}
-    device = next((p.device for p in model.parameters()), None)
-    cuda = []
-    if device is not None and device.type == "cuda":
-        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
-    try:
-        model.eval()
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
-            yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def analyze_classes(

@@ -129,8 +129,9 @@ class SpectralMonitor(Callback):
             0.3 s per ESD and 0.1 s per layer of heat map on a CPU.
         figure_layers: number of layers with an ESD figure (spread over the model) or their
             names.
-        alert_rules: rules for the alert engine (None: ``default_rules()``); ``[]`` disables
-            alerts.
+        alert_rules: rules for the alert engine (None: ``default_rules()``, without the traps
+            rule unless ``"traps"`` is computed, plus the class rules with
+            ``class_analysis``); ``[]`` disables alerts.
         stop_on_alert: honour alerts of severity ``"stop"`` by stopping the training.
         on_alert: called as ``on_alert(alert, trainer, pl_module)`` for each alert, on every rank.
         history_file: file name (relative to the log directory) or absolute path of the JSON-lines
@@ -242,8 +243,10 @@ class SpectralMonitor(Callback):
         self.class_config = ClassAnalysisConfig.coerce(class_analysis)
         if self.class_config is None and class_probe is not None:
             self.class_config = ClassAnalysisConfig()
-        if alert_rules is None and self.class_config is not None:
-            alert_rules = [*default_rules(), *default_class_rules()]
+        if alert_rules is None:
+            alert_rules = default_rules(traps="traps" in self.metric_groups)
+            if self.class_config is not None:
+                alert_rules += default_class_rules()
         self.alert_engine = AlertEngine(alert_rules)
         self._initial_engine_state = self.alert_engine.state_dict()
 

@@ -542,3 +542,23 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(f"svd_callback.alerts.{module}"))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_default_rules_blow_up_on_the_first_epoch_and_traps_only_when_computed():
+    from svd_callback.alerts import AlertEngine, TrapsAppeared, default_rules
+
+    assert not any(isinstance(r, TrapsAppeared) for r in default_rules(traps=False))
+    assert any(isinstance(r, TrapsAppeared) for r in default_rules())
+    engine = AlertEngine(default_rules(traps=False))
+
+    def one(epoch: int, norm: float) -> Report:
+        return Report([LayerReport("fc", "linear", "unfold",
+                                   metrics={"spectral_norm": norm, "matrix_rank": 8.0})])
+
+    assert engine.update(0, 0, one(0, 1.0)) == []
+    healthy = AlertEngine(default_rules(traps=False))
+    healthy.update(0, 0, one(0, 1.0))
+    assert healthy.update(1, 10, one(1, 2.6)) == []  # healthy first-epoch growth (measured)
+    fired = engine.update(1, 10, one(1, 15.0))  # a learning rate 10x too high
+    assert [a.rule for a in fired] == ["SpectralNormBlowUp"]
+    assert fired[0].severity == "warning"

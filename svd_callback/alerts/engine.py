@@ -22,23 +22,30 @@ from svd_callback.alerts.model_rules import MeanAlphaTrend
 ENGINE_STATE_VERSION = 1
 
 
-def default_rules() -> list[Rule]:
+def default_rules(traps: bool = True) -> list[Rule]:
     """The built-in rules with their default thresholds.
 
     Only :class:`NonFiniteWeights` stops training (NaN/Inf weights: the run is lost); all the
     others log, since the RMT thresholds are heuristics. Rank collapse is watched on
     ``matrix_rank`` (numerical rank), not ``stable_rank``, which falls by more than half in
-    healthy training.
+    healthy training. ``SpectralNormBlowUp`` watches the first epoch too, where the ordinary
+    growth rule does not look: a learning rate 10x / 100x too high grew sigma_max 15x / 160x in
+    epoch 1 on the digits CNN against at most 2.6x in healthy runs
+    (``experiments/healthy_vs_broken``). ``traps=False`` leaves out :class:`TrapsAppeared`
+    (for analyses that do not compute correlation traps, where it could never fire).
     """
-    return [
+    rules: list[Rule] = [
         NonFiniteWeights(),
         AlphaBelow(),
         AlphaAbove(),
         SpectralNormGrowth(),
+        SpectralNormGrowth(factor=10.0, min_epoch=0, name="SpectralNormBlowUp"),
         RankCollapse(metric="matrix_rank"),
-        TrapsAppeared(),
         MeanAlphaTrend(),
     ]
+    if traps:
+        rules.insert(-1, TrapsAppeared())
+    return rules
 
 
 class AlertEngine:

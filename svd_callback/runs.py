@@ -99,7 +99,7 @@ def _from_events(root: Path, events: list[Path]) -> Run:
         acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0, "tensors": 0})
         acc.Reload()
         tags = acc.Tags().get("scalars", [])
-        epoch_at = {e.step: int(e.value) for e in acc.Scalars("epoch")} if "epoch" in tags else {}
+        epoch_at = completed_epochs(acc.Scalars("epoch")) if "epoch" in tags else {}
         for tag in tags:
             parsed = parse_tag(tag)
             if parsed is None:
@@ -116,6 +116,22 @@ def _from_events(root: Path, events: list[Path]) -> Run:
         raise RunReadError(f"{root} has TensorBoard events but no spectral/ tags "
                            "(was the run logged with SpectralMonitor?)")
     return Run(root.name or str(root), root, "tensorboard", records, alerts)
+
+
+def completed_epochs(epoch_events) -> dict[int, int]:
+    """step -> epochs completed at that step, from the ``epoch`` tag.
+
+    The callback logs ``trainer.current_epoch`` there, and Lightning's own logging writes the
+    next epoch's number at the same step when a new epoch starts, so the smallest value per step
+    is the epoch the analysis closed. Analyses after step 0 close epoch e, i.e. e + 1 epochs are
+    completed (the history file's convention, 0 = initial weights); step 0 is the initial
+    analysis. A mid-epoch ``every_n_steps`` analysis counts as its epoch's end.
+    """
+    smallest: dict[int, int] = {}
+    for event in epoch_events:
+        value = int(event.value)
+        smallest[event.step] = min(value, smallest.get(event.step, value))
+    return {step: 0 if step == 0 else value + 1 for step, value in smallest.items()}
 
 
 def parse_tag(tag: str) -> tuple[str, str, str | None] | None:

@@ -96,9 +96,13 @@ def test_analyze_bad_input_is_one_line_and_nonzero(capsys, tmp_path, make_bad, m
 
 
 def write_tb_run(path, alphas):
+    """What the callback writes: analysis k (k epochs completed) at step 10 k with
+    epoch = trainer.current_epoch, beside Lightning's own ``epoch`` of the next epoch."""
     writer = SummaryWriter(str(path))
     for epoch, alpha in enumerate(alphas):
-        writer.add_scalar("epoch", epoch, global_step=10 * epoch)
+        writer.add_scalar("epoch", max(epoch - 1, 0), global_step=10 * epoch)
+        if epoch:
+            writer.add_scalar("epoch", epoch, global_step=10 * epoch)
         writer.add_scalar("spectral_summary/alpha_mean", alpha, global_step=10 * epoch)
         writer.add_scalar("spectral/alpha/conv1", alpha + 1, global_step=10 * epoch)
         writer.add_scalar("spectral/alpha.operator/conv1", alpha + 2, global_step=10 * epoch)
@@ -137,3 +141,29 @@ def test_compare_bad_input(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "compare", str(tmp_path / "empty"))
     assert code == 2 and "neither" in err
+
+
+def test_tensorboard_and_history_readers_agree_on_a_real_run(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from svd_callback import SpectralMonitor
+    from svd_callback.examples import DigitsDataModule
+    from svd_callback.runs import _from_events
+
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=1,
+                         logger=TensorBoardLogger(str(tmp_path), name="run"),
+                         callbacks=[SpectralMonitor(figures_every_n=0, histograms=False)],
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(SmallCNN(), datamodule=DigitsDataModule())
+    root = tmp_path / "run"
+    history = read_run(root)
+    events = _from_events(root, sorted(root.rglob("events.out.tfevents.*")))
+    assert history.source.endswith("spectral_history.jsonl")
+    expected = history.series("stable_rank", layer="hidden")
+    assert list(expected.index) == [0, 1, 2, 3]
+    got = events.series("stable_rank", layer="hidden")
+    assert list(got.index) == [0, 1, 2, 3]
+    assert got.round(4).tolist() == expected.round(4).tolist()

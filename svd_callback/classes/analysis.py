@@ -45,7 +45,7 @@ from svd_callback.classes.features import (
     pool_features,
 )
 from svd_callback.classes.hypergraph import Edges, class_hyperedges, hypergraph_stats
-from svd_callback.classes.probe import ProbeSet
+from svd_callback.classes.probe import ProbeSet, first_tensor
 from svd_callback.classes.signals import class_mean_signals, neuron_signals
 from svd_callback.layers import frozen_forward
 
@@ -526,7 +526,7 @@ def _capture(
                 return
             seen.add(("signal", name))
             try:
-                signals = neuron_signals(mod.weight, _first_tensor(args), params, config.top_k)
+                signals = neuron_signals(mod.weight, first_tensor(args), params, config.top_k)
             except Exception as error:  # noqa: BLE001
                 out.errors[f"layer {name}"] = f"{type(error).__name__}: {error}"
                 return
@@ -543,7 +543,7 @@ def _capture(
         seen.add(("feature", ""))
         try:
             channel_dim = -1 if isinstance(mod, nn.Linear) else 1
-            out.features.append(pool_features(_first_tensor(args), channel_dim))
+            out.features.append(pool_features(first_tensor(args), channel_dim))
         except Exception as error:  # noqa: BLE001
             out.errors["features"] = f"{type(error).__name__}: {error}"
 
@@ -556,7 +556,7 @@ def _capture(
             if room <= 0:
                 return
             try:
-                tensor = _first_tensor(output)[:room].detach().clone()
+                tensor = first_tensor(output)[:room].detach().clone()
             except Exception as error:  # noqa: BLE001
                 out.errors[f"factorization {name}"] = f"{type(error).__name__}: {error}"
                 return
@@ -587,16 +587,6 @@ def _capture(
         for handle in handles:
             handle.remove()
     return out
-
-
-def _first_tensor(value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            if isinstance(item, torch.Tensor):
-                return item
-    raise TypeError(f"no tensor in a hooked value of type {type(value).__name__}")
 
 
 def _hypergraph_of_layer(

@@ -232,9 +232,9 @@ def capture_activations(
             seen_this_batch.add(name)
             ins, outs = pieces[name]
             if keep != "output":
-                ins.append(_first_tensor(args).detach().clone())
+                ins.append(first_tensor(args).detach().clone())
             if keep != "input":
-                outs.append(_first_tensor(output).detach().clone())
+                outs.append(first_tensor(output).detach().clone())
 
         return hook
 
@@ -256,7 +256,8 @@ def capture_activations(
     }
 
 
-def _first_tensor(value: Any) -> torch.Tensor:
+def first_tensor(value: Any) -> torch.Tensor:
+    """The tensor itself, or the first tensor of a tuple/list (a hooked input or output)."""
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (tuple, list)):

@@ -20,8 +20,8 @@ import contextlib
 import logging
 import math
 import sys
-import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ TARGET = (15000, 10.0)
 
 SHAPES = {576: (9, 128, 64), 1800: (9, 400, 200), 4608: (9, 1024, 512), 15000: (25, 1200, 600)}
 """N -> (slices, rows, columns): N = slices * columns eigenvalues."""
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best_time  # noqa: E402
 
 
 def esd(n_eigs: int, kind: str, seed: int = 0) -> np.ndarray:
@@ -47,15 +50,6 @@ def esd(n_eigs: int, kind: str, seed: int = 0) -> np.ndarray:
             (slices, rows, cols))
     w = w / math.sqrt(rows) * math.sqrt(0.5)
     return np.sort((torch.linalg.svdvals(w) ** 2).flatten().numpy())
-
-
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    best, out = math.inf, None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import time
+import sys
 import warnings
-from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torchvision
@@ -36,14 +35,8 @@ from svd_callback import analyze
 from svd_callback.layers import find_layers
 from svd_callback.spectra import stacked_slice_matrices
 
-
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    best, out = math.inf, None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best_time  # noqa: E402
 
 
 def slice_stacks(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -94,17 +87,17 @@ def main() -> None:
     stacks = slice_stacks(model)
 
     rows: dict[str, float] = {}
-    rows["floor svdvals"], _ = timed(lambda: floor_svdvals(stacks), args.repeats)
-    rows["floor eigvalsh(Gram)"], _ = timed(lambda: floor_gram(stacks), args.repeats)
+    rows["floor svdvals"], _ = best_time(lambda: floor_svdvals(stacks), args.repeats)
+    rows["floor eigvalsh(Gram)"], _ = best_time(lambda: floor_gram(stacks), args.repeats)
     floor = min(rows["floor svdvals"], rows["floor eigvalsh(Gram)"])
-    rows["ours default"], ours = timed(
+    rows["ours default"], ours = best_time(
         lambda: analyze(model, "slices", ww_compat=True, keep_svals=False), args.repeats)
-    rows["ww default"], theirs = timed(lambda: ww.WeightWatcher(model=model).analyze(), 1)
+    rows["ww default"], theirs = best_time(lambda: ww.WeightWatcher(model=model).analyze(), 1)
     if not args.skip_full:
-        rows["ours + mp_fit + traps"], _ = timed(
+        rows["ours + mp_fit + traps"], _ = best_time(
             lambda: analyze(model, "slices", ww_compat=True, mp_fit=True, traps=True,
                             keep_svals=False), args.repeats)
-        rows["ww randomize + mp_fit"], _ = timed(
+        rows["ww randomize + mp_fit"], _ = best_time(
             lambda: ww.WeightWatcher(model=model).analyze(randomize=True, mp_fit=True), 1)
 
     analysed = ours.analysed()

@@ -32,6 +32,8 @@ from svd_callback.spectra import (
 )
 
 FITS = ("ks", "hill", None)
+NORM_METRICS = ("spectral_norm", "frobenius_norm", "stable_rank")
+"""What ``analyze(metrics=False)`` keeps: sqrt(lambda_max), sqrt(sum lambda), sum / max."""
 
 WW_MIN_EVALS, WW_MAX_EVALS, WW_MAX_N = 8, 15000, 50000
 """WeightWatcher 0.7.7's layer skip rules (``layer_supported``): M * kh * kw outside [8, 15000]
@@ -379,10 +381,11 @@ def _record(
     record.svals = svals if ctx.keep_svals else None
     scale = eig_scale(spec.kind, ctx.normalization, matrix_shape)
     eigs = svals.double() ** 2 * scale
-    if not ctx.metrics:
-        record.metrics = _norms(eigs)
-        return record
     n_rows, n_cols = matrix_shape
+    if not ctx.metrics:
+        values = esd_metrics(eigs, N=n_rows, M=n_cols, fit=None).values
+        record.metrics = {key: values.get(key, math.nan) for key in NORM_METRICS}
+        return record
     result = esd_metrics(
         eigs,
         N=n_rows,
@@ -398,14 +401,6 @@ def _record(
     if shuffled is not None:
         record.metrics.update(trap_metrics(eigs, shuffled.double() ** 2 * scale, n_rows, n_cols))
     return record
-
-
-def _norms(eigs: torch.Tensor) -> dict[str, float]:
-    """spectral_norm = sqrt(lambda_max), frobenius_norm = sqrt(sum lambda),
-    stable_rank = sum lambda / lambda_max."""
-    total, top = eigs.sum(), eigs.max() if eigs.numel() else eigs.new_tensor(math.nan)
-    values = torch.stack([top.sqrt(), total.sqrt(), total / top]).tolist()
-    return dict(zip(("spectral_norm", "frobenius_norm", "stable_rank"), values, strict=True))
 
 
 def _relabel(record: LayerReport, mode: str) -> LayerReport:

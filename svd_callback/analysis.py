@@ -26,6 +26,8 @@ from svd_callback.layers import (
 from svd_callback.report import CONV_MODES, NORMALIZATIONS, LayerReport, Report, eig_scale
 from svd_callback.rmt import QualityThresholds, esd_metrics, shuffle_matrix, trap_metrics
 from svd_callback.spectra import (
+    GRAM32_NOISE,
+    SVD_METHODS,
     stacked_operator_svdvals,
     stacked_slice_svdvals,
     stacked_unfold_svdvals,
@@ -56,6 +58,12 @@ SUMMARY_METRICS = (
 )
 
 
+GRAM32_NOTE = (f"float32 Gram eigenvalues (svd_method='gram32'): absolute error up to "
+               f"{GRAM32_NOISE} eps32 lambda_max; singular values below ~3e-3 sigma_max are not "
+               "resolved, so matrix_rank / rank_loss see only structural (all-zero row or "
+               "column) rank loss; svd_method='gram' resolves them")
+
+
 def analyze(
     model: nn.Module,
     conv_mode: str | Sequence[str] = "unfold",
@@ -68,6 +76,7 @@ def analyze(
     layer_names: Collection[str] | None = None,
     normalization: str | None = None,
     ww_compat: bool = False,
+    svd_method: str = "auto",
     fit: str | None = "ks",
     mp_fit: bool = False,
     traps: bool = False,
@@ -95,6 +104,12 @@ def analyze(
         normalization: ``raw`` (lambda = sigma^2, default), ``ww`` or ``per_row``; see
             :data:`svd_callback.report.NORMALIZATIONS`.
         ww_compat: reproduce WeightWatcher 0.7.7 (its normalisation, skip rules and fit).
+        svd_method: how singular values are computed, see
+            :func:`~svd_callback.spectra.batched_svdvals`.
+            ``"auto"``: ``"gram32"`` with ``ww_compat`` (WeightWatcher's metrics are functionals
+            of the ESD that a float32 Gram reproduces to ~1e-6 relative, at the floor's speed;
+            the spectrum's smallest values are then not resolved, which each record says in
+            ``notes["svals"]``), otherwise the accurate float64 Gram path.
         fit: power-law fit: ``"ks"`` (KS-optimal xmin), ``"hill"`` (TempBalance) or None.
         mp_fit: fit the Marchenko-Pastur bulk (num_spikes, mp_softrank, lambda_plus).
         traps: correlation traps and rand_distance from a shuffled copy of each weight (private
@@ -119,6 +134,7 @@ def analyze(
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
     thresholds = thresholds or QualityThresholds()
+    svd_method = resolve_svd_method(svd_method, ww_compat)
 
     specs, skipped_modules = find_layers(model, include=include, exclude=exclude)
     if layer_names is not None:
@@ -145,7 +161,7 @@ def analyze(
 
     bad = _nonfinite_reasons(specs)
     context = _Context(normalization, ww_compat, fit, mp_fit, traps, metrics, thresholds,
-                       generator_seed, keep_svals)
+                       generator_seed, keep_svals, svd_method)
     linear_done: dict[str, LayerReport] = {}
     total, done = len(specs) * len(modes), 0
     for mode in modes:
@@ -208,6 +224,14 @@ class _Context:
     thresholds: QualityThresholds
     seed: int
     keep_svals: bool
+    svd_method: str = "auto"
+
+
+def resolve_svd_method(svd_method: str, ww_compat: bool) -> str:
+    """``"auto"`` -> ``"gram32"`` under ``ww_compat``, else left to the spectra (float64 Gram)."""
+    if svd_method not in SVD_METHODS:
+        raise ValueError(f"svd_method must be one of {SVD_METHODS}, got {svd_method!r}")
+    return "gram32" if svd_method == "auto" and ww_compat else svd_method
 
 
 def _check_modes(conv_mode: str | Sequence[str]) -> tuple[str, ...]:
@@ -259,11 +283,15 @@ def _attach_input_sizes(
 
 
 def _nonfinite_reasons(specs: list[LayerSpec]) -> dict[str, str]:
-    """Layers with NaN/Inf weights, found with one host synchronisation."""
-    flags = torch.stack([torch.isfinite(s.weight.detach()).all().cpu() for s in specs]).tolist()
+    """Layers with NaN/Inf weights, found with one host synchronisation.
+
+    NaN and Inf propagate through a sum, so a finite sum proves a weight finite; only a layer
+    whose sum is not finite (bad entries, or a sum overflowing) pays the exact check.
+    """
+    sums = torch.stack([s.weight.detach().sum().float().cpu() for s in specs])
     reasons = {}
-    for spec, finite in zip(specs, flags, strict=True):
-        if not finite:
+    for spec, finite_sum in zip(specs, torch.isfinite(sums).tolist(), strict=True):
+        if not finite_sum and not bool(torch.isfinite(spec.weight.detach()).all()):
             w = spec.weight.detach()
             n_nan, n_inf = int(torch.isnan(w).sum()), int(torch.isinf(w).sum())
             reasons[spec.name] = f"weight has non-finite entries ({n_nan} NaN, {n_inf} Inf)"
@@ -318,13 +346,16 @@ def _group_key(spec: LayerSpec, mode: str) -> tuple:
             weight.device, weight.dtype)
 
 
-def _spectrum_fn(spec: LayerSpec, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _spectrum_fn(
+    spec: LayerSpec, mode: str, method: str = "auto"
+) -> Callable[[torch.Tensor], torch.Tensor]:
     if spec.kind == "linear" or mode == "unfold":
-        return lambda w: stacked_unfold_svdvals(w, groups=spec.groups)
+        return lambda w: stacked_unfold_svdvals(w, groups=spec.groups, method=method)
     if mode == "slices":
-        return stacked_slice_svdvals
+        return lambda w: stacked_slice_svdvals(w, method=method)
     return lambda w: stacked_operator_svdvals(
-        w, spec.input_size, stride=spec.stride, dilation=spec.dilation, groups=spec.groups
+        w, spec.input_size, stride=spec.stride, dilation=spec.dilation, groups=spec.groups,
+        method=method,
     )
 
 
@@ -334,7 +365,7 @@ def _spectra(specs: list[LayerSpec], mode: str, ctx: _Context):
     for spec in specs:
         groups.setdefault(_group_key(spec, mode), []).append(spec)
     for members in groups.values():
-        fn = _spectrum_fn(members[0], mode)
+        fn = _spectrum_fn(members[0], mode, ctx.svd_method)
         try:
             yield from _decompose(members, fn, ctx)
         except Exception:  # isolate the layer that fails
@@ -379,6 +410,8 @@ def _record(
     if reason is not None or svals is None:
         return record
     record.svals = svals if ctx.keep_svals else None
+    if ctx.svd_method == "gram32":
+        record.notes["svals"] = GRAM32_NOTE
     scale = eig_scale(spec.kind, ctx.normalization, matrix_shape)
     eigs = svals.double() ** 2 * scale
     n_rows, n_cols = matrix_shape
@@ -397,7 +430,7 @@ def _record(
     )
     record.metrics = dict(result.values)
     record.quality = result.quality if ctx.fit is not None else None
-    record.notes = dict(result.notes)
+    record.notes.update(result.notes)
     if shuffled is not None:
         record.metrics.update(trap_metrics(eigs, shuffled.double() ** 2 * scale, n_rows, n_cols))
     return record

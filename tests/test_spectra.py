@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from svd_callback.spectra import (
+    GRAM32_NOISE,
     NonFiniteWeightError,
     SpectralError,
     batched_svdvals,
@@ -460,6 +461,39 @@ def test_batched_svdvals_methods_agree_with_float64(m, n, complex_):
         assert err <= 5e-7, (method, err)  # relative to sigma_max = 1
     chunked = batched_svdvals(single, method="gram", chunk_elems=1)
     torch.testing.assert_close(chunked, batched_svdvals(single, method="gram"))
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+@pytest.mark.parametrize(("m", "n"), [(12, 40), (40, 12), (64, 64)])
+def test_gram32_error_is_bounded_in_eigenvalues_and_small_values_are_not_zero(m, n, complex_):
+    """float32 Gram: |lambda - lambda_true| <= GRAM32_NOISE eps32 lambda_max; values below the
+    noise stay positive (generic matrices are full rank)."""
+    r = min(m, n)
+    spectrum = torch.logspace(0, -5, r, dtype=torch.float64)
+    mats = _matrices_with_spectrum(3, m, n, spectrum, complex_, seed=m * n)
+    single = mats.to(torch.complex64 if complex_ else torch.float32)
+    ref = torch.linalg.svdvals(single.to(mats.dtype))
+    out = batched_svdvals(single, method="gram32")
+    assert out.shape == (3, r) and out.dtype == torch.float32
+    eig_err = float((out.double() ** 2 - ref**2).abs().max())
+    assert eig_err <= GRAM32_NOISE * torch.finfo(torch.float32).eps, eig_err
+    assert bool((out > 0).all())
+
+
+@pytest.mark.parametrize("method", ["gram", "gram32", "auto"])
+def test_gram_paths_give_exact_zeros_for_zero_rows_and_columns(method):
+    g = _gen(21)
+    mats = torch.randn(4, 30, 50, generator=g)
+    mats[1, [2, 9]] = 0  # two dead rows: rank 28
+    mats[2, :, 3] = 0  # one zero column of the long side: still rank 30
+    mats[3, :, :25] = 0  # half the columns: rank 25
+    mats[3, 7] = 0  # and a row: rank 25 still (min(29, 25))
+    out = batched_svdvals(mats, method=method)
+    ref = torch.linalg.svdvals(mats.double())
+    assert (out == 0).sum(-1).tolist() == [0, 2, 0, 5]
+    torch.testing.assert_close(out.double(), ref, atol=2e-5 * float(ref.max()), rtol=0)
+    everything_zero = batched_svdvals(torch.zeros(2, 3, 4), method=method)
+    assert everything_zero.shape == (2, 3) and not bool(everything_zero.any())
 
 
 def test_batched_svdvals_keeps_leading_dims_and_empty_input():

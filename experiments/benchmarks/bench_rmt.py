@@ -3,14 +3,17 @@
 In one process, with pinned thread counts, on torchvision's ``resnet18(num_classes=10)``:
 
 * ``ours default``  = ``analyze(model, "slices", ww_compat=True)`` (spectra + WeightWatcher's
-  fit and norm metrics, layer by layer the same numbers);
+  fit and norm metrics, layer by layer the same numbers); under ``ww_compat`` the spectra come
+  from the float32 Gram (``svd_method="gram32"``);
+* ``ours float64``  = the same with ``svd_method="gram"`` (double-precision Gram: every small
+  singular value resolved), against its own precision-matched floor;
 * ``ww default``    = ``WeightWatcher(model).analyze()``;
 * ``ours full``     = the same with ``mp_fit=True, traps=True`` (MP bulk, spikes, shuffled-weight
   correlation traps, rand_distance);
 * ``ww full``       = ``WeightWatcher(model).analyze(randomize=True, mp_fit=True)``;
 * ``floor``         = the bare batched eigenvalue computation of the same matrices (the pooled
   kh*kw slices, stacked per shape): the faster of ``torch.linalg.svdvals`` and ``eigvalsh`` of the
-  float32 Gram matrices.
+  float32 Gram matrices; and, for the float64 path, ``eigvalsh`` of the float64 Gram matrices.
 
 Prints each time, the ratios, and checks that the alphas agree (identical fits). Targets on a
 2-core CPU at equal thread counts: default analysis within 1.25x of the floor (at least 4x
@@ -59,10 +62,16 @@ def floor_svdvals(stacks: list[torch.Tensor]) -> None:
         torch.linalg.svdvals(mats)
 
 
-def floor_gram(stacks: list[torch.Tensor]) -> None:
+def floor_gram(stacks: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> None:
     for mats in stacks:
-        small = mats if mats.shape[-2] <= mats.shape[-1] else mats.mT
+        small = (mats if mats.shape[-2] <= mats.shape[-1] else mats.mT).to(dtype)
         torch.linalg.eigvalsh(small @ small.mT)
+
+
+def max_relative_difference(ours, theirs) -> float:
+    ours_alpha = [r.metrics["alpha"] for r in ours.analysed()]
+    ww_alpha = [float(a) for a in theirs["alpha"]]
+    return max(abs(a - b) / abs(b) for a, b in zip(ours_alpha, ww_alpha, strict=True))
 
 
 def main() -> None:
@@ -89,9 +98,14 @@ def main() -> None:
     rows: dict[str, float] = {}
     rows["floor svdvals"], _ = best_time(lambda: floor_svdvals(stacks), args.repeats)
     rows["floor eigvalsh(Gram)"], _ = best_time(lambda: floor_gram(stacks), args.repeats)
+    rows["floor eigvalsh(Gram64)"], _ = best_time(
+        lambda: floor_gram(stacks, torch.float64), args.repeats)
     floor = min(rows["floor svdvals"], rows["floor eigvalsh(Gram)"])
     rows["ours default"], ours = best_time(
         lambda: analyze(model, "slices", ww_compat=True, keep_svals=False), args.repeats)
+    rows["ours float64"], ours64 = best_time(
+        lambda: analyze(model, "slices", ww_compat=True, svd_method="gram", keep_svals=False),
+        args.repeats)
     rows["ww default"], theirs = best_time(lambda: ww.WeightWatcher(model=model).analyze(), 1)
     if not args.skip_full:
         rows["ours + mp_fit + traps"], _ = best_time(
@@ -100,12 +114,7 @@ def main() -> None:
         rows["ww randomize + mp_fit"], _ = best_time(
             lambda: ww.WeightWatcher(model=model).analyze(randomize=True, mp_fit=True), 1)
 
-    analysed = ours.analysed()
-    ours_alpha = [r.metrics["alpha"] for r in analysed]
-    ww_alpha = [float(a) for a in theirs["alpha"]]
-    worst = max(abs(a - b) / abs(b) for a, b in zip(ours_alpha, ww_alpha, strict=True))
-
-    print(f"resnet18(num_classes=10), {len(analysed)} layers, {args.threads} threads, "
+    print(f"resnet18(num_classes=10), {len(ours.analysed())} layers, {args.threads} threads, "
           f"best of {args.repeats} (WeightWatcher: 1 run)")
     for name, seconds in rows.items():
         print(f"  {name:24s} {seconds:8.3f} s")
@@ -113,10 +122,15 @@ def main() -> None:
     print(f"  ours default / floor          {rows['ours default'] / floor:6.2f}   (target <= 1.25)")
     print(f"  ww default / ours default     {rows['ww default'] / rows['ours default']:6.2f}   "
           "(target >= 4)")
+    print(f"  ours float64 / Gram64 floor   "
+          f"{rows['ours float64'] / rows['floor eigvalsh(Gram64)']:6.2f}")
+    print(f"  ww default / ours float64     {rows['ww default'] / rows['ours float64']:6.2f}")
     if not args.skip_full:
         ratio = rows["ww randomize + mp_fit"] / rows["ours + mp_fit + traps"]
         print(f"  ww full / ours full           {ratio:6.1f}   (target >= 50)")
-    print(f"alpha agreement: max relative difference {worst:.2e} over {len(ww_alpha)} layers")
+    print(f"alpha agreement with WeightWatcher, max relative difference over {len(theirs)} "
+          f"layers: default {max_relative_difference(ours, theirs):.2e}, "
+          f"float64 {max_relative_difference(ours64, theirs):.2e}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+SVD_METHOD_CHOICES = ("auto", "svd", "gram", "gram32")
+"""``svd_callback.spectra.SVD_METHODS``, spelled out so ``--help`` does not import torch."""
+
 TABLE_COLUMNS = ["layer", "kind", "mode", "shape", "spectral_norm", "stable_rank", "alpha", "D",
                  "alpha_weighted", "quality", "reason"]
 
@@ -53,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--model-class", default=None,
                    help="package.module:Class of the LightningModule behind a checkpoint")
     a.add_argument("--ww-compat", action="store_true", help="reproduce WeightWatcher 0.7.7")
+    a.add_argument("--svd-method", choices=SVD_METHOD_CHOICES, default="auto",
+                   help="auto: float32 Gram with --ww-compat, float64 Gram otherwise")
     a.add_argument("--mp-fit", action="store_true", help="fit the Marchenko-Pastur bulk")
     a.add_argument("--traps", action="store_true", help="correlation traps (shuffled weights)")
     a.add_argument("--device", default=None, help="analyse on this device (default: cpu)")
@@ -99,7 +104,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise UsageError("operator mode needs --input-size (the model's spatial input size)")
     progress = None if args.no_progress else _progress_bar()
     report = analyze(model, args.mode, input_size=input_size, example_input=example,
-                     ww_compat=args.ww_compat, mp_fit=args.mp_fit, traps=args.traps,
+                     ww_compat=args.ww_compat, svd_method=args.svd_method,
+                     mp_fit=args.mp_fit, traps=args.traps,
                      progress=progress)
     if progress is not None:
         progress.close()

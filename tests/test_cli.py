@@ -43,6 +43,26 @@ def test_analyze_saved_module_writes_csv_and_json(capsys, saved_module, tmp_path
     assert csv.read_text().startswith("layer,")
 
 
+def test_analyze_svd_method_option(capsys, saved_module, tmp_path):
+    from svd_callback.cli import SVD_METHOD_CHOICES
+    from svd_callback.spectra import SVD_METHODS
+
+    assert SVD_METHOD_CHOICES == SVD_METHODS
+    tables = {}
+    for method in ("gram32", "svd"):
+        js = tmp_path / f"{method}.json"
+        code, _, err = run_cli(capsys, "analyze", str(saved_module), "--mode", "slices",
+                               "--ww-compat", "--svd-method", method, "--json", str(js),
+                               "--no-progress")
+        assert code == 0, err
+        tables[method] = {r["layer"]: r for r in json.loads(js.read_text())}
+    for layer, row in tables["svd"].items():
+        assert row["log_norm"] == pytest.approx(tables["gram32"][layer]["log_norm"], rel=1e-5)
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own one-line usage error
+        main(["analyze", str(saved_module), "--svd-method", "qr"])
+    assert exit_info.value.code == 2 and "--svd-method" in capsys.readouterr().err
+
+
 def test_analyze_operator_mode_needs_an_input_size(capsys, saved_module):
     code, out, err = run_cli(capsys, "analyze", str(saved_module), "--mode", "operator")
     assert code == 2 and err.count("\n") == 1 and "--input-size" in err

@@ -250,19 +250,21 @@ def stratified_probe(datamodule: pl.LightningDataModule, size: int = 256, seed: 
 # ---------------------------------------------------------------------- alert replay
 def history_analyses(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Group the rows of a ``spectral_history.jsonl`` into analyses, in the order written:
-    ``{"epoch", "step", "layers": [row...], "summary": {mode: metrics}, "alerts": [row...]}``."""
+    ``{"epoch", "step", "layers": [row...], "summary": {mode: metrics}, "alerts": [row...]}``;
+    the trainer's scalars (``"training"`` rows) go into the summary under the mode
+    ``"training"``, where the callback's alert engine saw them."""
     analyses: dict[tuple[int, int], dict[str, Any]] = {}
     for row in rows:
         kind = row.get("type")
-        if kind not in ("layer", "summary", "alert"):
+        if kind not in ("layer", "summary", "training", "alert"):
             continue
         key = (int(row["epoch"]), int(row["step"]))
         entry = analyses.setdefault(key, {"epoch": key[0], "step": key[1], "layers": [],
                                           "summary": {}, "alerts": []})
         if kind == "layer":
             entry["layers"].append(row)
-        elif kind == "summary":
-            entry["summary"][row["mode"]] = {
+        elif kind in ("summary", "training"):
+            entry["summary"][row["mode"] if kind == "summary" else "training"] = {
                 k: (math.nan if v is None else float(v)) for k, v in row["metrics"].items()
             }
         else:

@@ -44,7 +44,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from svd_callback.alerts import Alert, AlertEngine, Rule, default_class_rules, default_rules
+from svd_callback.alerts import (
+    TRAINING,
+    Alert,
+    AlertEngine,
+    Rule,
+    default_class_rules,
+    default_rules,
+)
 from svd_callback.analysis import FITS, analyze, summarize
 from svd_callback.classes.analysis import (
     ClassAnalysisConfig,
@@ -70,6 +77,8 @@ from svd_callback.sinks.tensorboard import TensorBoardSink
 __all__ = ["SpectralMonitor"]
 
 TRIGGERS = ("train_epoch_end", "validation_epoch_end")
+OWN_TAG_PREFIXES = ("spectral/", "spectral_summary/", "spectra/", "classes/", "alerts/")
+"""Tags this callback puts in ``trainer.callback_metrics`` (left out of the training scalars)."""
 _STATE_VERSION = 1
 _HEATMAP_POINTS = 64
 _HEATMAP_COLUMNS = 256
@@ -477,10 +486,12 @@ class SpectralMonitor(Callback):
         summary: dict[str, dict[str, float]] = {}
         alerts: list[Alert] = []
         class_metrics = class_metrics or {}
+        training = self._training_scalars(trainer)
         try:
             summary = summarize(report)
             alerts = self.alert_engine.update(
-                epoch, step, [*report, *class_records(class_metrics)], summary
+                epoch, step, [*report, *class_records(class_metrics)],
+                {**summary, TRAINING: training} if training else summary,
             )
         except Exception as error:  # noqa: BLE001 - never crash training
             self._warn(f"computing aggregates and alerts failed: {type(error).__name__}: {error}")
@@ -498,6 +509,7 @@ class SpectralMonitor(Callback):
             "trigger": trigger,
             "seconds": time.perf_counter() - started,
             "summary": {m: dict(v) for m, v in summary.items()},
+            "training": training,
             "alerts": len(alerts),
         }
         index = self._analyses
@@ -513,6 +525,25 @@ class SpectralMonitor(Callback):
                 descriptions, alerts, entry, index,
             )
         return alerts
+
+    @staticmethod
+    def _training_scalars(trainer: pl.Trainer) -> dict[str, float]:
+        """The trainer's own logged scalars (``val_loss``, ``train_loss``, ...; not this
+        callback's tags), for rules such as :class:`~svd_callback.alerts.GeneralizationGap`."""
+        out: dict[str, float] = {}
+        try:
+            for key, value in dict(trainer.callback_metrics).items():
+                if str(key).startswith(OWN_TAG_PREFIXES):
+                    continue
+                if isinstance(value, torch.Tensor):
+                    if value.numel() != 1:
+                        continue
+                    value = value.item()
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    out[str(key)] = float(value)
+        except Exception:  # noqa: BLE001 - an odd metric must not cost the analysis
+            return out
+        return out
 
     def _local_report(
         self, pl_module: pl.LightningModule, world: int, rank: int
@@ -1028,6 +1059,8 @@ class SpectralMonitor(Callback):
                 "fit": fit, "ww_compat": self.ww_compat, "metrics": aggregates,
                 "seconds": entry["seconds"],
             })
+        if entry.get("training"):
+            rows.append({"type": "training", **common, "metrics": entry["training"]})
         for alert in alerts:
             rows.append({
                 **alert.to_dict(), "type": "alert", **common,

@@ -78,6 +78,8 @@ def _from_history(root: Path, history: Path) -> Run:
             if kind == "alert":
                 alerts.append(item)
                 continue
+            if kind == "training":  # the trainer's own scalars, seen by the alert rules
+                continue
             layer = item.get("layer", SUMMARY_LAYER) if kind != "summary" else SUMMARY_LAYER
             for metric, value in (item.get("metrics") or {}).items():
                 if isinstance(value, (int, float)):

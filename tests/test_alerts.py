@@ -11,11 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from svd_callback.alerts import (
+    TRAINING,
     Alert,
     AlertEngine,
     AlphaAbove,
     AlphaBelow,
     CallableRule,
+    GeneralizationGap,
     Hysteresis,
     MeanAlphaTrend,
     MetricHistory,
@@ -489,7 +491,42 @@ def test_only_non_finite_weights_stops_by_default():
         "RankCollapse": "log",
         "TrapsAppeared": "log",
         "MeanAlphaTrend": "log",
+        "GeneralizationGap": "log",
     }
+
+
+def _training(val: float | None, train: float | None) -> dict:
+    scalars = {k: v for k, v in (("val_loss", val), ("train_loss", train)) if v is not None}
+    return {"unfold": {"alpha_mean": 3.0}, TRAINING: scalars}
+
+
+def test_generalization_gap_fires_once_per_episode_and_needs_both_scalars():
+    engine = AlertEngine([GeneralizationGap(threshold=0.5, patience=2)])
+    fired = []
+    series = [(2.3, 2.3), (1.2, 0.9), (1.1, 0.5), (1.2, 0.4), (1.3, 0.3), (0.6, 0.4),
+              (None, 0.1), (1.4, 0.2), (1.5, 0.1)]
+    for epoch, (val, train) in enumerate(series):
+        for alert in engine.update(epoch, epoch * 10, [], _training(val, train)):
+            fired.append((epoch, alert))
+    # gap > 0.5 at epochs 2, 3, 4 (fires at 3: patience 2), clears at 5, missing at 6 (no
+    # evidence), holds at 7, 8 (fires again at 8)
+    assert [e for e, _ in fired] == [3, 8]
+    epoch, alert = fired[0]
+    assert alert.metric == "val_loss - train_loss" and alert.layer is None
+    assert alert.value == pytest.approx(0.8) and alert.values == pytest.approx((0.6, 0.8))
+    assert alert.severity == "warning" and "over-fitting" in alert.message
+    silent = AlertEngine([GeneralizationGap()])
+    for epoch in range(1, 4):  # no validation data: nothing to compare
+        assert silent.update(epoch, epoch, [], _training(None, 0.01)) == []
+
+
+def test_generalization_gap_state_survives_a_resume():
+    rule = GeneralizationGap(threshold=0.1)
+    engine = AlertEngine([rule])
+    assert len(engine.update(1, 1, [], _training(1.0, 0.5))) == 1
+    resumed = AlertEngine([GeneralizationGap(threshold=0.1)])
+    resumed.load_state_dict(engine.state_dict())
+    assert resumed.update(2, 2, [], _training(1.0, 0.4)) == []  # still the same episode
 
 
 # --------------------------------------------------------------------------- robustness

@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.util import tensor_util
 
-from svd_callback.alerts import RankCollapse
+from svd_callback.alerts import TRAINING, GeneralizationGap, RankCollapse
 from svd_callback.analysis import analyze
 from svd_callback.callback import SpectralMonitor
 from svd_callback.examples import DigitsDataModule, SmallCNN
@@ -281,6 +281,34 @@ def test_csv_logger_gets_the_scalars_and_the_history_goes_to_its_directory(tmp_p
     assert rows["alerts/count"].notna().all()
     assert rows["epoch"].tolist() == [0, 0, 1]
     assert len(layer_rows(Path(logger.log_dir) / "spectral_history.jsonl")) == 3 * 5
+
+
+def test_training_scalars_reach_the_rules_and_the_history(tmp_path):
+    """The trainer's epoch-mean losses (not this callback's tags) are what GeneralizationGap
+    compares, online and in the history file."""
+    seen: list[dict] = []
+
+    def spy(history, epoch, step):
+        seen.append({name: v for (name, mode), v in history.latest.summary.items()
+                     if mode == TRAINING})
+        return []
+
+    gap = GeneralizationGap(threshold=-100.0)  # any gap: fires at the first analysis with both
+    trainer, _ = fit(tmp_path, [SpectralMonitor(alert_rules=[gap, spy])], max_epochs=2)
+    rows = read_history(tmp_path / "spectral_history.jsonl")
+    training = [r for r in rows if r["type"] == "training"]
+    alerts = [r for r in rows if r["type"] == "alert" and r["rule"] == "GeneralizationGap"]
+    # the analysis of the initial weights comes before any logged scalar: no row, nothing seen
+    assert [r["epoch"] for r in training] == [1, 2] and seen[0] == {}
+    for row, online in zip(training, seen[1:], strict=True):
+        assert row["metrics"] == pytest.approx(online)
+        assert not any(k.startswith(("spectral", "classes/", "alerts/")) for k in online)
+    last = training[-1]["metrics"]
+    assert last["train_loss"] == pytest.approx(float(trainer.callback_metrics["train_loss"]))
+    assert last["val_loss"] == pytest.approx(float(trainer.callback_metrics["val_loss"]))
+    assert [a["epoch"] for a in alerts] == [1]
+    first = training[0]["metrics"]
+    assert alerts[0]["value"] == pytest.approx(first["val_loss"] - first["train_loss"])
 
 
 def test_without_a_logger_the_history_goes_to_the_root_dir_and_one_info_is_given(tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 
 from svd_callback.alerts import (
     AlphaAbove,
+    GeneralizationGap,
     LayerMetricRule,
     NonFiniteWeights,
     RankCollapse,
@@ -62,18 +63,22 @@ def experiment_rules() -> list[Any]:
         TrapsAppeared(patience=2, name="TrapsPersist"),
         SpectralNormGrowth(factor=10.0, min_epoch=0, name="SpectralNormBlowUp", action="stop"),
         StalledLayer(),
+        GeneralizationGap(),  # as in default_rules()
     ]
 
 
 RULE_SET_NOTES = """\
 Rule sets. `default` = `svd_callback.alerts.default_rules()` unchanged: NonFiniteWeights (stop);
 AlphaBelow (alpha < 2, 2 analyses), AlphaAbove (alpha > 6 from epoch 1, 3 analyses),
-SpectralNormGrowth (> 3x in one analysis from epoch 1 on), RankCollapse (matrix_rank -50%),
-TrapsAppeared (>= 1 correlation trap in a layer seen clean before) and MeanAlphaTrend (mean
-alpha < 2, 2 analyses), all logging.
+SpectralNormGrowth (> 3x in one analysis from epoch 1 on), SpectralNormBlowUp (> 10x in one
+analysis, the first epoch included), RankCollapse (matrix_rank -50%), TrapsAppeared (>= 1
+correlation trap in a layer seen clean before), MeanAlphaTrend (mean alpha < 2, 2 analyses) and
+GeneralizationGap (epoch-mean val_loss - train_loss > 0.5 nats, the trainer's own scalars; the
+one rule that reads data rather than weights), all logging.
 
 `experiment` (rules.py), decided after looking at seed 0 only and then run unchanged on seed 1:
-- kept unchanged: NonFiniteWeights (stop), SpectralNormGrowth, RankCollapse, AlphaAbove;
+- kept unchanged: NonFiniteWeights (stop), SpectralNormGrowth, RankCollapse, AlphaAbove,
+  GeneralizationGap;
 - dropped: AlphaBelow and MeanAlphaTrend. Reason, independent of this matrix: in
   experiments/rmt_validation a SmallCNN at 79% and rising Fashion-MNIST accuracy already has
   alpha 1.75-1.96 in every conv mode and 2.2 in its hidden layer (raw eigenvalues, KS fit), so
@@ -82,10 +87,10 @@ alpha < 2, 2 analyses), all logging.
 - TrapsAppeared -> `TrapsPersist`: the same rule with patience 2 (the trap must be present in
   two consecutive analyses), the persistence the library already asks of AlphaBelow and
   MeanAlphaTrend; a trap seen once is not evidence of a trained-in structure;
-- new `SpectralNormBlowUp` (stop): the largest singular value of a layer grew more than 10x in
-  one analysis, the first epoch included (`SpectralNormGrowth(factor=10, min_epoch=0)`). The
-  library's own record of healthy training is a 7.5x growth of lambda_max (2.7x of sigma) in
-  the first epoch of a small MLP; an order of magnitude in sigma is far outside that;
+- SpectralNormBlowUp stops training here (it logs by default): the largest singular value of a
+  layer grew more than 10x in one analysis. The library's own record of healthy training is a
+  7.5x growth of lambda_max (2.7x of sigma) in the first epoch of a small MLP; an order of
+  magnitude in sigma is far outside that;
 - new `StalledLayer` (log): a layer whose Frobenius norm changed by less than 1e-6 (relative)
   since the previous analysis is not being trained (frozen, zero learning rate, dead units).
 

@@ -16,6 +16,8 @@ Built-in rules (:func:`default_rules`; only :class:`NonFiniteWeights` stops by d
 - :class:`TrapsAppeared` — correlation traps appeared in a layer that had none.
 - :class:`NonFiniteWeights` — a layer's weights hold NaN/Inf.
 - :class:`MeanAlphaTrend` — model mean alpha < 2 (and optionally falling fast).
+- :class:`GeneralizationGap` — validation loss above training loss by > 0.5 (the trainer's
+  logged scalars, recorded under the mode ``"training"``; the one rule that reads data).
 
 Class rules (:func:`default_class_rules`, on the ``"classes"`` records of the class analysis):
 :class:`ClassOverlapRising`, :class:`ClassLostSpecificNeurons`, :class:`ClassFeaturesEmpty`,
@@ -52,11 +54,12 @@ from svd_callback.alerts.layer_rules import (
     SpectralNormGrowth,
     TrapsAppeared,
 )
-from svd_callback.alerts.model_rules import MeanAlphaTrend
+from svd_callback.alerts.model_rules import TRAINING, GeneralizationGap, MeanAlphaTrend
 
 __all__ = [
     "ACTIONS",
     "SEVERITIES",
+    "TRAINING",
     "Alert",
     "AlertEngine",
     "AlphaAbove",
@@ -66,6 +69,7 @@ __all__ = [
     "ClassLostSpecificNeurons",
     "ClassOverlapRising",
     "FactorizationRankCollapse",
+    "GeneralizationGap",
     "Hysteresis",
     "LayerMetricRule",
     "LayerSnapshot",

@@ -17,7 +17,7 @@ from svd_callback.alerts.layer_rules import (
     SpectralNormGrowth,
     TrapsAppeared,
 )
-from svd_callback.alerts.model_rules import MeanAlphaTrend
+from svd_callback.alerts.model_rules import GeneralizationGap, MeanAlphaTrend
 
 ENGINE_STATE_VERSION = 1
 
@@ -33,6 +33,9 @@ def default_rules(traps: bool = True) -> list[Rule]:
     epoch 1 on the digits CNN against at most 2.6x in healthy runs
     (``experiments/healthy_vs_broken``). ``traps=False`` leaves out :class:`TrapsAppeared`
     (for analyses that do not compute correlation traps, where it could never fire).
+    :class:`GeneralizationGap` reads the trainer's ``val_loss`` and ``train_loss`` (silent
+    without them): the weight spectra alone did not flag a net memorising 200 images before its
+    validation loss turned.
     """
     rules: list[Rule] = [
         NonFiniteWeights(),
@@ -42,9 +45,10 @@ def default_rules(traps: bool = True) -> list[Rule]:
         SpectralNormGrowth(factor=10.0, min_epoch=0, name="SpectralNormBlowUp"),
         RankCollapse(metric="matrix_rank"),
         MeanAlphaTrend(),
+        GeneralizationGap(),
     ]
     if traps:
-        rules.insert(-1, TrapsAppeared())
+        rules.insert(-2, TrapsAppeared())
     return rules
 
 

@@ -142,3 +142,83 @@ def _slope(points: list[tuple[int, float]]) -> float | None:
         return None
     slope = sum((x - mx) * (y - my) for x, y in points) / sxx
     return slope if math.isfinite(slope) else None
+
+
+TRAINING = "training"
+"""Pseudo-mode under which the callback records the trainer's own logged scalars
+(``trainer.callback_metrics``: ``val_loss``, ``train_loss``, ...) in the alert history."""
+
+
+class GeneralizationGap(Rule):
+    """Over-fitting: the validation loss exceeds the training loss by more than ``threshold``
+    for ``patience`` consecutive analyses.
+
+    Reads the trainer's logged scalars (``val`` and ``train``, recorded under the mode
+    :data:`TRAINING`), not the spectra: weight spectra of a net memorising a small training set
+    evolve like a healthy run's (``experiments/healthy_vs_broken``), while the gap between
+    training and validation loss opens epochs before the validation loss turns. ``train``
+    should be an epoch mean (``self.log(..., on_epoch=True)``); a last-batch value is noisy.
+    The threshold is in the loss's own units (nats for cross-entropy). Silent when either
+    scalar is missing (no validation data, other names).
+
+    Args:
+        threshold: largest tolerated ``val - train``.
+        patience: consecutive analyses the gap must exceed it.
+        val, train: names of the logged scalars.
+        **kwargs: ``name``, ``action``, ``min_epoch`` (see :class:`Rule`).
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        patience: int = 1,
+        *,
+        val: str = "val_loss",
+        train: str = "train_loss",
+        min_epoch: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(min_epoch=min_epoch, **kwargs)
+        self.threshold = float(threshold)
+        self.patience = patience
+        self.val, self.train = val, train
+        self._gap = Hysteresis(patience)
+
+    def _gap_at(self, snap) -> float | None:
+        val = snap.summary.get((self.val, TRAINING))
+        train = snap.summary.get((self.train, TRAINING))
+        if val is None or train is None or not (math.isfinite(val) and math.isfinite(train)):
+            return None
+        return val - train
+
+    def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
+        snap = history.latest
+        if snap is None or snap.epoch < self.min_epoch:
+            return []
+        gap = self._gap_at(snap)
+        if not self._gap.update((), None if gap is None else gap > self.threshold):
+            return []
+        gaps = [g for e in list(history)[-self.patience:] if (g := self._gap_at(e)) is not None]
+        return [
+            self.make_alert(
+                metric=f"{self.val} - {self.train}",
+                value=gap,
+                values=tuple(gaps),
+                threshold=self.threshold,
+                epoch=snap.epoch,
+                step=snap.step,
+                message=(
+                    f"{self.name}: model {self.val} - {self.train} = {fmt(gap)} > "
+                    f"{fmt(self.threshold)}"
+                    + (f" for {self.patience} consecutive analyses" if self.patience > 1 else "")
+                    + f"{when(snap.epoch, snap.step)} (over-fitting: the training loss falls "
+                    f"faster than the validation loss)"
+                ),
+            )
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gap": self._gap.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._gap.load_state_dict(state.get("gap", []))

@@ -211,9 +211,8 @@ def _without_structural_zeros(mats: Tensor, solve) -> Tensor:
     ``min(m, n) - min(m', n')`` exact zeros, so dead units give exact zero singular values
     instead of Gram round-off; matrices without such rows or columns are solved as one batch.
     """
-    magnitude = mats.abs()
-    zero_rows = magnitude.amax(dim=-1) == 0
-    zero_cols = magnitude.amax(dim=-2) == 0
+    zero_rows = torch.linalg.vector_norm(mats, ord=math.inf, dim=-1) == 0
+    zero_cols = torch.linalg.vector_norm(mats, ord=math.inf, dim=-2) == 0
     structural = (zero_rows.any(dim=-1) | zero_cols.any(dim=-1)).tolist()
     if not any(structural):
         return solve(mats)

@@ -113,6 +113,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if frame.empty:
         raise UsageError(f"{args.model} has no conv or linear layer")
     print(format_table(frame))
+    for line in report.nan_reasons("alpha"):
+        print(f"  {line}")
     if args.csv:
         frame.to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")

@@ -129,6 +129,16 @@ class Report(list):
                 return record
         return None
 
+    def nan_reasons(self, metric: str = "alpha") -> list[str]:
+        """One line per analysed record whose ``metric`` is NaN, with the recorded reason."""
+        lines = []
+        for record in self.analysed():
+            if metric not in record.metrics or not math.isnan(_as_float(record.metrics[metric])):
+                continue
+            reason = record.notes.get(metric, "no reason recorded")
+            lines.append(f"{record.name} [{record.mode}] {metric} = nan: {reason}")
+        return lines
+
     def to_dataframe(self):
         """One row per (layer, mode); needs pandas."""
         import pandas as pd

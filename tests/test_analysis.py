@@ -72,6 +72,17 @@ def test_summary_per_mode():
     assert math.isfinite(summary["unfold"]["stable_rank_mean"])
 
 
+def test_nan_reasons_name_each_undetermined_fit():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 128), nn.Linear(128, 10))
+    report = analyze(model)
+    assert math.isfinite(report.get("0").metrics["alpha"])
+    assert report.nan_reasons("alpha") == [
+        "1 [unfold] alpha = nan: too few eigenvalues for a tail fit (10 < 20)"]
+    assert report.nan_reasons("not_a_metric") == []
+    assert analyze(model, metrics=False).nan_reasons("alpha") == []
+
+
 def test_model_is_untouched():
     model = small_net().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

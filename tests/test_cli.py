@@ -37,6 +37,9 @@ def test_analyze_saved_module_writes_csv_and_json(capsys, saved_module, tmp_path
                              "--csv", str(csv), "--json", str(js), "--no-progress")
     assert code == 0, err
     assert "alpha" in out and "stable_rank" in out
+    # 8 and 10 eigenvalues: no tail fit, and the table says why
+    assert "0 [unfold] alpha = nan: too few eigenvalues for a tail fit (8 < 20)" in out
+    assert "3 [slices] alpha = nan: too few eigenvalues" in out
     rows = json.loads(js.read_text())
     assert {(r["layer"], r["mode"]) for r in rows} == {
         ("0", "unfold"), ("3", "unfold"), ("0", "slices"), ("3", "slices")}

@@ -15,9 +15,11 @@ In one process, with pinned thread counts, on torchvision's ``resnet18(num_class
   kh*kw slices, stacked per shape): the faster of ``torch.linalg.svdvals`` and ``eigvalsh`` of the
   float32 Gram matrices; and, for the float64 path, ``eigvalsh`` of the float64 Gram matrices.
 
-Prints each time, the ratios, and checks that the alphas agree (identical fits). Targets on a
-2-core CPU at equal thread counts: default analysis within 1.25x of the floor (at least 4x
-ahead of WeightWatcher), at least 50x ahead with traps and MP fit.
+The floors and our two default analyses run in interleaved rounds (best of each), so that a slow
+spell of a shared machine slows them alike. Prints each time, the ratios, and checks that the
+alphas agree (identical fits). Targets on a 2-core CPU at equal thread counts: default analysis
+within 1.25x of the floor (at least 4x ahead of WeightWatcher), at least 50x ahead with traps
+and MP fit.
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 \
         .venv/bin/python experiments/benchmarks/bench_rmt.py --threads 2
@@ -39,7 +41,7 @@ from svd_callback.layers import find_layers
 from svd_callback.spectra import stacked_slice_matrices
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import best_time  # noqa: E402
+from timing import best_time, interleaved_best  # noqa: E402
 
 
 def slice_stacks(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -77,7 +79,7 @@ def max_relative_difference(ours, theirs) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--skip-full", action="store_true", help="skip the randomize/mp_fit runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,17 +97,18 @@ def main() -> None:
     model = torchvision.models.resnet18(num_classes=10).eval()
     stacks = slice_stacks(model)
 
-    rows: dict[str, float] = {}
-    rows["floor svdvals"], _ = best_time(lambda: floor_svdvals(stacks), args.repeats)
-    rows["floor eigvalsh(Gram)"], _ = best_time(lambda: floor_gram(stacks), args.repeats)
-    rows["floor eigvalsh(Gram64)"], _ = best_time(
-        lambda: floor_gram(stacks, torch.float64), args.repeats)
+    # the floors and our two analyses alternate round by round: on a shared machine a slow
+    # spell then slows all of them, and the best of each round set is compared
+    rows, results = interleaved_best({
+        "floor svdvals": lambda: floor_svdvals(stacks),
+        "floor eigvalsh(Gram)": lambda: floor_gram(stacks),
+        "floor eigvalsh(Gram64)": lambda: floor_gram(stacks, torch.float64),
+        "ours default": lambda: analyze(model, "slices", ww_compat=True, keep_svals=False),
+        "ours float64": lambda: analyze(model, "slices", ww_compat=True, svd_method="gram",
+                                        keep_svals=False),
+    }, args.repeats)
+    ours, ours64 = results["ours default"], results["ours float64"]
     floor = min(rows["floor svdvals"], rows["floor eigvalsh(Gram)"])
-    rows["ours default"], ours = best_time(
-        lambda: analyze(model, "slices", ww_compat=True, keep_svals=False), args.repeats)
-    rows["ours float64"], ours64 = best_time(
-        lambda: analyze(model, "slices", ww_compat=True, svd_method="gram", keep_svals=False),
-        args.repeats)
     rows["ww default"], theirs = best_time(lambda: ww.WeightWatcher(model=model).analyze(), 2)
     if not args.skip_full:
         rows["ours + mp_fit + traps"], _ = best_time(
@@ -115,7 +118,8 @@ def main() -> None:
             lambda: ww.WeightWatcher(model=model).analyze(randomize=True, mp_fit=True), 1)
 
     print(f"resnet18(num_classes=10), {len(ours.analysed())} layers, {args.threads} threads, "
-          f"best of {args.repeats} (WeightWatcher: best of 2, full analysis 1 run)")
+          f"best of {args.repeats} interleaved rounds (WeightWatcher: best of 2, full analyses: "
+          f"best of {args.repeats} and 1 run)")
     for name, seconds in rows.items():
         print(f"  {name:24s} {seconds:8.3f} s")
     print("ratios")

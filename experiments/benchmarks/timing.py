@@ -15,3 +15,18 @@ def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
         out = fn()
         best = min(best, time.perf_counter() - start)
     return best, out
+
+
+def interleaved_best(fns: dict[str, Callable[[], object]],
+                     rounds: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Best wall time of each function over ``rounds`` rounds that call every function once,
+    in order, so that a slow spell of a shared machine hits all of them alike; also the last
+    results."""
+    best = dict.fromkeys(fns, math.inf)
+    out: dict[str, object] = {}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            out[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, out

@@ -37,6 +37,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from svd_callback.batch_parallel import map_batch
+
 __all__ = [
     "DEFAULT_CHUNK_ELEMS",
     "GRAM32_NOISE",
@@ -201,7 +203,7 @@ def _gram32_svdvals(mats: Tensor) -> Tensor:
 
 def _gram_eigs(mats: Tensor) -> Tensor:
     gram = mats.mH @ mats if mats.shape[-2] >= mats.shape[-1] else mats @ mats.mH
-    return torch.linalg.eigvalsh(gram)
+    return map_batch(torch.linalg.eigvalsh, gram)
 
 
 def _without_structural_zeros(mats: Tensor, solve) -> Tensor:
@@ -243,7 +245,7 @@ def _solve(mats: Tensor, method: str) -> Tensor:
         return _gram_svdvals(mats)
     if method == "gram32":
         return _gram32_svdvals(mats)
-    return torch.linalg.svdvals(mats)
+    return map_batch(torch.linalg.svdvals, mats)
 
 
 def _svdvals(

@@ -109,6 +109,56 @@ def test_alpha_below_fires_once_after_patience_and_rearms():
         assert text in first.message
 
 
+def test_alpha_below_needs_alpha_clear_of_the_limit_by_its_standard_error():
+    def seq(alpha, sigma, eigs=64):
+        return [[record("conv1", alpha=alpha, alpha_sigma=sigma, matrix_rank=eigs - 2.0,
+                        rank_loss=2.0)]] * 2
+
+    # 1.9 +- 0.1: within two standard errors of 2, no evidence of over-training
+    assert fired_at(run(AlertEngine([AlphaBelow()]), seq(1.9, 0.1))) == []
+    # 1.75 +- 0.1: 2.5 standard errors below 2
+    per = run(AlertEngine([AlphaBelow()]), seq(1.75, 0.1))
+    assert fired_at(per) == [1]
+    assert "by more than 2 x its standard error 0.1" in per[1][0].message
+    # the plain published rule
+    assert fired_at(run(AlertEngine([AlphaBelow(confidence=0)]), seq(1.9, 0.1))) == [1]
+    # a missing or NaN sigma counts as 0
+    assert fired_at(run(AlertEngine([AlphaBelow()]), seq(1.9, NAN))) == [1]
+
+
+def test_alpha_below_skips_small_spectra():
+    def seq(eigs):
+        return [[record("conv1", alpha=1.5, alpha_sigma=0.05, matrix_rank=float(eigs),
+                        rank_loss=0.0)]] * 3
+
+    assert fired_at(run(AlertEngine([AlphaBelow()]), seq(32))) == []  # TempBalance: < 50
+    assert fired_at(run(AlertEngine([AlphaBelow()]), seq(50))) == [1]
+    assert fired_at(run(AlertEngine([AlphaBelow(min_eigs=0)]), seq(32))) == [1]
+    # rank loss counts: 40 of rank plus 20 zero eigenvalues is a 60-eigenvalue spectrum
+    seq60 = [[record("conv1", alpha=1.5, alpha_sigma=0.05, matrix_rank=40.0,
+                     rank_loss=20.0)]] * 2
+    assert fired_at(run(AlertEngine([AlphaBelow()]), seq60)) == [1]
+
+
+def test_mean_alpha_level_uses_the_standard_error_of_the_mean():
+    def analyses(sigma):
+        layers = [record(name, alpha=1.9, alpha_sigma=sigma) for name in ("a", "b")]
+        layers.append(record("tiny", alpha=NAN, alpha_sigma=NAN))  # no fit: not counted
+        return [layers] * 3, [{"unfold": {"alpha_mean": 1.9}}] * 3
+
+    # se = sqrt(2 * 0.2^2) / 2 = 0.141: 1.9 + 2 se = 2.18, not below 2
+    reports, summaries = analyses(0.2)
+    assert fired_at(run(AlertEngine([MeanAlphaTrend(patience=1)]), reports, summaries)) == []
+    # se = 0.014: 1.9 + 2 se = 1.93 < 2
+    reports, summaries = analyses(0.02)
+    per = run(AlertEngine([MeanAlphaTrend(patience=1)]), reports, summaries)
+    assert fired_at(per) == [1]
+    assert "standard error 0.0141" in per[1][0].message
+    reports, summaries = analyses(0.2)
+    per = run(AlertEngine([MeanAlphaTrend(patience=1, confidence=0)]), reports, summaries)
+    assert fired_at(per) == [1]
+
+
 # --------------------------------------------------------------------------- healthy runs
 def healthy_sequence(n_epochs: int = 12):
     """Three layers in two modes: a random-init-like baseline at epoch 0 (large alpha, small

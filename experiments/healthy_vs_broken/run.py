@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-size", type=int, default=1000, help="fashion only")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--looked-at", type=int, nargs="+", default=None,
+                        help="seeds whose results informed rule choices (default: the first)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=64)
@@ -347,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         RULE_SET_NOTES,
     ]
     verdicts = []
+    looked_at = args.looked_at if args.looked_at is not None else args.seeds[:1]
     for seed in args.seeds:
         runs = {name: load_run(args, seed, name) for name in names}
         results = {rule_set: evaluate(runs, args.healthy, rule_set) for rule_set in RULE_SETS}
@@ -357,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = [run["seconds"] for run in runs.values()]
         sections += [
             "",
-            f"## Seed {seed}" + (" (rules looked at on this seed)" if seed == args.seeds[0]
+            f"## Seed {seed}" + (" (rules looked at on this seed)" if seed in looked_at
                                  else " (held out: rules fixed before this seed was run)"),
             "",
             f"Training time per run {min(seconds):.0f}-{max(seconds):.0f} s "

@@ -33,6 +33,9 @@ def default_rules(traps: bool = True) -> list[Rule]:
     epoch 1 on the digits CNN against at most 2.6x in healthy runs
     (``experiments/healthy_vs_broken``). ``traps=False`` leaves out :class:`TrapsAppeared`
     (for analyses that do not compute correlation traps, where it could never fire).
+    :class:`AlphaBelow` and :class:`MeanAlphaTrend` ask alpha to be below 2 by two standard
+    errors, and AlphaBelow judges layers of at least 50 eigenvalues: the plain "alpha < 2"
+    fired on healthy small nets, whose fitted alphas are uncertain and low.
     :class:`GeneralizationGap` reads the trainer's ``val_loss`` and ``train_loss`` (silent
     without them): the weight spectra alone did not flag a net memorising 200 images before its
     validation loss turned.

@@ -19,6 +19,10 @@ class MeanAlphaTrend(Rule):
     4.2, then rose to 5.2 while benchmarks still improved), hence the patience and the default
     ``"log"`` action. Each mode's aggregate is watched on its own.
 
+    The level condition is ``mean + confidence * se < threshold``, with se the standard error
+    of the mean of the layers' fitted alphas, sqrt(sum sigma_l^2) / L (sigma_l = (alpha_l - 1) /
+    sqrt(n_tail), Clauset et al. 2009); aggregates without per-layer ``<metric>_sigma`` use 0.
+
     The trend is the least-squares slope of the aggregate against the epoch over the last
     ``slope_window`` finite values; it fires once when the slope drops below ``slope_below``
     (e.g. ``-0.5``: alpha losing more than half a unit per epoch) and re-arms when it recovers.
@@ -29,6 +33,7 @@ class MeanAlphaTrend(Rule):
         patience: consecutive analyses the level condition must hold before the alert.
         slope_below: slope limit per epoch (None: no trend alert).
         slope_window: number of analyses in the slope fit (>= 2).
+        confidence: standard errors by which the mean must clear ``threshold`` (0: plain level).
         min_epoch: first epoch considered (default 1: the fall from the random-init alpha,
             e.g. 16 -> 4 within the first epoch, is expected and would trip the trend).
         **kwargs: ``name``, ``action``, ``modes`` (see :class:`Rule`).
@@ -46,6 +51,7 @@ class MeanAlphaTrend(Rule):
         slope_below: float | None = None,
         slope_window: int = 5,
         min_epoch: int = 1,
+        confidence: float = 2.0,
         **kwargs: Any,
     ) -> None:
         if isinstance(slope_window, bool) or not isinstance(slope_window, int) or slope_window < 2:
@@ -56,6 +62,7 @@ class MeanAlphaTrend(Rule):
         self.patience = patience
         self.slope_below = None if slope_below is None else float(slope_below)
         self.slope_window = slope_window
+        self.confidence = float(confidence)
         self._level = Hysteresis(patience)
         self._trend = Hysteresis(1)
 
@@ -68,7 +75,8 @@ class MeanAlphaTrend(Rule):
             if name != self.summary or not self.selects(None, mode) or not math.isfinite(value):
                 continue
             where = "model" + (f" [{mode}]" if mode else "")
-            if self._level.update((mode,), value < self.threshold):
+            error = self._standard_error(snap, mode)
+            if self._level.update((mode,), value + self.confidence * error < self.threshold):
                 values = self._recent(history, mode, self.patience)
                 streak = ""
                 if self.patience > 1:
@@ -85,8 +93,8 @@ class MeanAlphaTrend(Rule):
                         step=snap.step,
                         message=(
                             f"{self.name}: {where} {name} = {fmt(value)} < {fmt(self.threshold)}"
-                            f"{streak}{when(snap.epoch, snap.step)} (proposed early-stopping "
-                            f"signal: over-training)"
+                            f"{self._margin(error)}{streak}{when(snap.epoch, snap.step)} "
+                            f"(proposed early-stopping signal: over-training)"
                         ),
                     )
                 )
@@ -112,6 +120,28 @@ class MeanAlphaTrend(Rule):
                     )
                 )
         return alerts
+
+    def _standard_error(self, snap: Any, mode: str | None) -> float:
+        """sqrt(sum sigma_l^2) / L over the layers (of ``mode``) with a finite fitted value."""
+        if not self.summary.endswith("_mean"):
+            return 0.0
+        metric = self.summary.removesuffix("_mean")
+        count, variance = 0, 0.0
+        for (_, layer_mode), record in snap.layers.items():
+            if mode is not None and layer_mode != mode:
+                continue
+            value, sigma = record.get(metric), record.get(f"{metric}_sigma")
+            if value is None or not math.isfinite(value):
+                continue
+            count += 1
+            if sigma is not None and math.isfinite(sigma):
+                variance += sigma * sigma
+        return math.sqrt(variance) / count if count else 0.0
+
+    def _margin(self, error: float) -> str:
+        if self.confidence <= 0 or error <= 0:
+            return ""
+        return f" by more than {fmt(self.confidence)} x its standard error {fmt(error)}"
 
     def _recent(self, history: MetricHistory, mode: str | None, n: int) -> list[tuple[int, float]]:
         """The last ``n`` finite (epoch, value) points of the aggregate, oldest first."""

@@ -70,12 +70,18 @@ def map_batch(fn: Callable[[Tensor], Tensor], mats: Tensor) -> Tensor:
     if workers == 1:
         return fn(mats)
     parts = torch.tensor_split(mats, workers)
+    grad_enabled = torch.is_grad_enabled()  # thread-local: carried into the pool's threads
+
+    def solve(part: Tensor) -> Tensor:
+        with torch.set_grad_enabled(grad_enabled):
+            return fn(part)
+
     with _lock:  # one split computation at a time: the thread setting is process-wide
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             pool = _executor(workers - 1)
-            futures = [pool.submit(fn, part) for part in parts[1:]]
+            futures = [pool.submit(solve, part) for part in parts[1:]]
             try:
                 first = fn(parts[0])
             finally:

@@ -78,3 +78,14 @@ def test_pool_is_dropped_in_a_forked_child(two_threads):
     assert batch_parallel._pool is None
     out = map_batch(torch.linalg.eigvalsh, _batch(4, 160))  # a fresh pool is made
     assert out.shape == (4, 160) and batch_parallel._pool is not None
+
+
+def test_grad_mode_is_carried_into_the_threads(two_threads):
+    mats = _batch(4, 160).requires_grad_()
+    with torch.no_grad():
+        assert not map_batch(torch.linalg.eigvalsh, mats).requires_grad
+    out = map_batch(torch.linalg.eigvalsh, mats)
+    assert out.requires_grad
+    out.sum().backward()  # d(sum of eigenvalues)/dA = I (symmetric input)
+    eye = torch.eye(160, dtype=mats.dtype).expand(4, 160, 160)
+    torch.testing.assert_close(mats.grad, eye)

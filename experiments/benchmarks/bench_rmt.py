@@ -78,6 +78,12 @@ def floor_gram(stacks: list[torch.Tensor], dtype: torch.dtype = torch.float32,
             torch.linalg.eigvalsh(gram)
 
 
+def same_tails(ours, theirs) -> int:
+    """Layers where the KS scan chose the same xmin as WeightWatcher (equal tail sizes)."""
+    return sum(int(r.metrics["n_tail"]) == int(t)
+               for r, t in zip(ours.analysed(), theirs["num_pl_spikes"], strict=True))
+
+
 def max_relative_difference(ours, theirs) -> float:
     ours_alpha = [r.metrics["alpha"] for r in ours.analysed()]
     ww_alpha = [float(a) for a in theirs["alpha"]]
@@ -146,6 +152,9 @@ def main() -> None:
     print(f"alpha agreement with WeightWatcher, max relative difference over {len(theirs)} "
           f"layers: default {max_relative_difference(ours, theirs):.2e}, "
           f"float64 {max_relative_difference(ours64, theirs):.2e}")
+    print(f"same KS choice of xmin (tail size) as WeightWatcher: default "
+          f"{same_tails(ours, theirs)}/{len(theirs)} layers, float64 "
+          f"{same_tails(ours64, theirs)}/{len(theirs)}")
 
 
 if __name__ == "__main__":

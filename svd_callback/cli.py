@@ -14,8 +14,8 @@ from pathlib import Path
 SVD_METHOD_CHOICES = ("auto", "svd", "gram", "gram32")
 """``svd_callback.spectra.SVD_METHODS``, spelled out so ``--help`` does not import torch."""
 
-TABLE_COLUMNS = ["layer", "kind", "mode", "shape", "spectral_norm", "stable_rank", "alpha", "D",
-                 "alpha_weighted", "quality", "reason"]
+TABLE_COLUMNS = ["layer", "kind", "mode", "shape", "spectral_norm", "stable_rank", "alpha",
+                 "alpha_sigma", "D", "alpha_weighted", "quality", "reason"]
 
 
 class UsageError(Exception):

@@ -13,8 +13,8 @@ from svd_callback.analysis import analyze
 from svd_callback.callback import SpectralMonitor
 from svd_callback.examples import DigitsDataModule, SmallCNN
 
-SUMMARY_COLUMNS = ["layer", "kind", "mode", "shape", "spectral_norm", "stable_rank", "alpha", "D",
-                   "alpha_weighted", "quality"]
+SUMMARY_COLUMNS = ["layer", "kind", "mode", "shape", "spectral_norm", "stable_rank", "alpha",
+                   "alpha_sigma", "D", "alpha_weighted", "quality"]
 
 
 def run_demo(epochs: int = 8, root: str | Path = "runs", seed: int = 0,

@@ -60,7 +60,7 @@ def parallel_workers(mats: Tensor) -> int:
     batch, m, n = mats.shape
     if batch < 2 or batch * min(m, n) ** 3 < MIN_PARALLEL_WORK:
         return 1
-    return max(1, min(torch.get_num_threads(), batch))
+    return min(torch.get_num_threads(), batch)
 
 
 def map_batch(fn: Callable[[Tensor], Tensor], mats: Tensor) -> Tensor:

@@ -114,12 +114,18 @@ def eigenvalue_count(history: MetricHistory, layer: str, mode: str) -> float | N
     return rank + loss
 
 
-def alpha_error(history: MetricHistory, layer: str, mode: str, metric: str = "alpha") -> float:
-    """Standard error of the latest fitted ``metric``: ``<metric>_sigma`` = (alpha - 1) /
+def alpha_error(snap: Snapshot | None, layer: str, mode: str, metric: str = "alpha") -> float:
+    """Standard error of a fitted ``metric`` in one analysis: ``<metric>_sigma`` = (alpha - 1) /
     sqrt(n_tail) (Clauset, Shalizi & Newman 2009, eq. 3.2); 0 when not reported."""
-    snap = history.latest
     sigma = None if snap is None else snap.get(layer, f"{metric}_sigma", mode)
     return sigma if sigma is not None and math.isfinite(sigma) and sigma > 0 else 0.0
+
+
+def confidence_margin(confidence: float, error: float) -> str:
+    """Message text for a level that had to clear its limit by ``confidence`` x ``error``."""
+    if confidence <= 0 or error <= 0:
+        return ""
+    return f" by more than {fmt(confidence)} x its standard error {fmt(error)}"
 
 
 class AlphaBelow(LayerMetricRule):
@@ -166,14 +172,12 @@ class AlphaBelow(LayerMetricRule):
             count = eigenvalue_count(history, layer, mode)
             if count is not None and count < self.min_eigs:
                 return None
-        return value + self.confidence * alpha_error(history, layer, mode, self.metric) \
-            < self.threshold
+        error = alpha_error(history.latest, layer, mode, self.metric)
+        return value + self.confidence * error < self.threshold
 
     def describe(self, history, layer, mode, value):
-        sigma = alpha_error(history, layer, mode, self.metric)
-        margin = ""
-        if self.confidence > 0 and sigma > 0:
-            margin = f" by more than {fmt(self.confidence)} x its standard error {fmt(sigma)}"
+        margin = confidence_margin(
+            self.confidence, alpha_error(history.latest, layer, mode, self.metric))
         return f"< {fmt(self.threshold)}{margin} (over-trained)", self.threshold
 
 

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
-from svd_callback.alerts.history import MetricHistory
+from svd_callback.alerts.history import MetricHistory, Snapshot
+from svd_callback.alerts.layer_rules import alpha_error, confidence_margin
 
 
 class MeanAlphaTrend(Rule):
@@ -93,8 +94,9 @@ class MeanAlphaTrend(Rule):
                         step=snap.step,
                         message=(
                             f"{self.name}: {where} {name} = {fmt(value)} < {fmt(self.threshold)}"
-                            f"{self._margin(error)}{streak}{when(snap.epoch, snap.step)} "
-                            f"(proposed early-stopping signal: over-training)"
+                            f"{confidence_margin(self.confidence, error)}{streak}"
+                            f"{when(snap.epoch, snap.step)} (proposed early-stopping signal: "
+                            f"over-training)"
                         ),
                     )
                 )
@@ -121,27 +123,21 @@ class MeanAlphaTrend(Rule):
                 )
         return alerts
 
-    def _standard_error(self, snap: Any, mode: str | None) -> float:
+    def _standard_error(self, snap: Snapshot, mode: str | None) -> float:
         """sqrt(sum sigma_l^2) / L over the layers (of ``mode``) with a finite fitted value."""
         if not self.summary.endswith("_mean"):
             return 0.0
         metric = self.summary.removesuffix("_mean")
         count, variance = 0, 0.0
-        for (_, layer_mode), record in snap.layers.items():
+        for (layer, layer_mode), record in snap.layers.items():
             if mode is not None and layer_mode != mode:
                 continue
-            value, sigma = record.get(metric), record.get(f"{metric}_sigma")
+            value = record.get(metric)
             if value is None or not math.isfinite(value):
                 continue
             count += 1
-            if sigma is not None and math.isfinite(sigma):
-                variance += sigma * sigma
+            variance += alpha_error(snap, layer, layer_mode, metric) ** 2
         return math.sqrt(variance) / count if count else 0.0
-
-    def _margin(self, error: float) -> str:
-        if self.confidence <= 0 or error <= 0:
-            return ""
-        return f" by more than {fmt(self.confidence)} x its standard error {fmt(error)}"
 
     def _recent(self, history: MetricHistory, mode: str | None, n: int) -> list[tuple[int, float]]:
         """The last ``n`` finite (epoch, value) points of the aggregate, oldest first."""

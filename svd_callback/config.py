@@ -164,7 +164,8 @@ class AnalysisConfig:
             "svd_method": _resolve_svd_method(self.svd_method, ww_compat),
             "input_size": check_input_size(self.input_size),
             "generator_seed": check_int("generator_seed", self.generator_seed),
-            "chunk_elems": check_count("chunk_elems", self.chunk_elems, minimum=1),
+            "chunk_elems": check_count("chunk_elems", self.chunk_elems, minimum=1,
+                                       none_ok=False),
         }
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
@@ -286,8 +287,9 @@ def rename_legacy(
     ``chunk_elems``; ``analyze``'s boolean ``metrics`` and its ``mp_fit`` / ``traps`` flags ->
     metric groups: ``metrics=True`` selects ``"norms"``, ``"powerlaw"`` unless ``fit=None``
     (default ``fit="ks"``), ``"mp"`` with ``mp_fit`` and ``"traps"`` with ``traps``;
-    ``metrics=False`` selects ``"norms"`` alone (before, it kept three of the norms:
-    spectral_norm, frobenius_norm, stable_rank; the group now adds the other five) and no fit.
+    ``metrics=False`` selects ``"norms"`` alone and no fit, whatever the flags (before, it kept
+    three of the norms, spectral_norm, frobenius_norm and stable_rank, and ignored the flags;
+    the group adds the other five norms).
     Each legacy use warns with a ``DeprecationWarning`` that names the new spelling;
     ``stacklevel`` counts as in :func:`warnings.warn` from the caller of this function (1: the
     line that calls it; 2, the default: the line that called that function, i.e. the user's call
@@ -334,10 +336,9 @@ def check_layer_names(option: str, names: Sequence[str], known: Collection[str])
 def _legacy_groups(
     metrics: Any, fit: Any, flags: Mapping[str, Any]
 ) -> tuple[tuple[str, ...], Any]:
-    if metrics is False:
-        groups: list[str] = ["norms"]
-        fit = None
-    elif metrics is True:
+    if metrics is False:  # the flags were ignored: no fit, no bulk fit, no traps
+        return ("norms",), None
+    if metrics is True:
         groups = ["norms"] + (["powerlaw"] if fit is not None else [])
     else:
         groups = list(expand_metric_groups(metrics, "metrics"))

@@ -108,7 +108,7 @@ def test_schedule_reproduces_the_callbacks_decisions(options, run, expected):
     assert replay(Schedule(**options), **run) == expected
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     every_n_epochs=st.sampled_from([None, 0, 1, 2, 3]),
     every_n_steps=st.sampled_from([None, 0, 1, 2, 3, 5, 7]),
@@ -303,3 +303,82 @@ def test_resolution_agrees_with_early_stopping_on_real_trainers(trainer_kwargs):
                             check_val_every_n_epoch=trainer.check_val_every_n_epoch,
                             validates=True)
     assert ours == lightning_hook
+
+
+# ---------------------------------------------------------------------------- the replay itself
+@pytest.mark.parametrize(
+    ("options", "trainer_kwargs", "run"),
+    [
+        ({"every_n_steps": 2}, {"accumulate_grad_batches": 2, "limit_train_batches": 5},
+         {"batches": 5, "accumulate": 2}),
+        ({"check_on": None, "every_n_steps": 3}, {"val_check_interval": 0.5},
+         {"batches": 4, "val_points": (2, 4)}),
+        ({"check_on": None}, {"check_val_every_n_epoch": 2}, {"batches": 4, "val_every": 2}),
+    ],
+)
+def test_the_replay_calls_the_schedule_as_a_real_fit_does(options, trainer_kwargs, run):
+    """A callback that asks a Schedule at Lightning's hooks, resolved in ``setup()`` from the
+    trainer, takes the decisions ``replay`` takes for the same fit (3 epochs, tiny model)."""
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 2)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            return None
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    class Asks(pl.Callback):
+        def __init__(self, schedule: Schedule) -> None:
+            self.schedule, self.done = schedule, []
+
+        def _analyse(self, trainer, trigger):
+            self.done.append((trainer.global_step, trigger))
+            self.schedule.record(trainer.global_step)
+
+        def setup(self, trainer, pl_module, stage):
+            self.schedule.resolve(
+                val_check_interval=trainer.val_check_interval,
+                check_val_every_n_epoch=trainer.check_val_every_n_epoch,
+                validates=trainer.enable_validation)
+
+        def on_train_start(self, trainer, pl_module):
+            if self.schedule.due_at_start(trainer.global_step):
+                self._analyse(trainer, FS)
+
+        def on_train_batch_end(self, trainer, *args):
+            if self.schedule.due_at_step(trainer.global_step):
+                self._analyse(trainer, TS)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if self.schedule.due_at_epoch_end(TE, trainer.current_epoch, trainer.global_step):
+                self._analyse(trainer, TE)
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            if self.schedule.due_at_epoch_end(
+                VE, trainer.current_epoch, trainer.global_step,
+                sanity_checking=trainer.sanity_checking,
+                fitting=trainer.state.fn == "fit",
+            ):
+                self._analyse(trainer, VE)
+
+    data = TensorDataset(torch.randn(run["batches"] * 2, 3))
+    spy = Asks(Schedule(**options))
+    pl.Trainer(
+        accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
+        limit_val_batches=1, callbacks=[spy], **trainer_kwargs,
+    ).fit(Tiny(), DataLoader(data, batch_size=2), DataLoader(data, batch_size=2))
+    check_on = spy.schedule.check_on
+    expected = replay(Schedule(**{**options, "check_on": check_on}), epochs=3, **run)
+    assert spy.done == expected
+    assert len(expected) >= 2

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from svd_callback.checks import listing
+from svd_callback.checks import as_tuple, listing
 
 __all__ = ["ALL_GROUPS", "METRIC_GROUPS", "expand_metric_groups"]
 
@@ -53,11 +53,12 @@ def expand_metric_groups(
     are dropped, the first occurrence keeps its place.
 
     Raises:
-        ValueError: on an empty selection, a non-string entry or an unknown name (every entry is
+        ValueError: on an empty selection, a value that is neither a string nor a sequence, a
+            non-string entry or an unknown name (every entry is
             checked, ``"all"`` included: ``("all", "typo")`` raises), naming ``option``, the bad
             value and the valid names.
     """
-    groups = (selection,) if isinstance(selection, str) else tuple(selection)
+    groups = (selection,) if isinstance(selection, str) else as_tuple(option, selection)
     valid = (*METRIC_GROUPS, ALL_GROUPS)
     if not groups:
         raise ValueError(

@@ -22,7 +22,7 @@ import math
 from typing import Any
 
 from svd_callback.checks import check_bool, check_choice, check_count
-from svd_callback.config import EPOCH_HOOKS, EpochHook
+from svd_callback.config import EPOCH_HOOKS, EpochHook, MonitorConfig
 
 __all__ = ["Schedule", "epochs_trained", "resolve_check_on"]
 
@@ -137,6 +137,11 @@ class Schedule:
         return (f"Schedule(every_n_epochs={self.every_n_epochs}, every_n_steps="
                 f"{self.every_n_steps}, check_on={self.check_on!r}, log_init={self.log_init}; "
                 f"analyses={self.analyses}, last_step={self.last_step})")
+
+    @classmethod
+    def from_config(cls, config: MonitorConfig) -> Schedule:
+        """The schedule of a callback's configuration (state: nothing analysed yet)."""
+        return cls(config.every_n_epochs, config.every_n_steps, config.check_on, config.log_init)
 
     # ------------------------------------------------------------------ settings
     def resolve(self, **trainer_settings: Any) -> EpochHook:

@@ -52,6 +52,13 @@ def test_literal_types_name_the_values_the_package_accepts_today():
     assert EPOCH_HOOKS == ("train_epoch_end", "validation_epoch_end")
 
 
+def test_the_default_history_file_is_the_sinks_file_name():
+    from svd_callback.config import DEFAULT_HISTORY_FILE
+    from svd_callback.sinks.history import HISTORY_FILENAME
+
+    assert DEFAULT_HISTORY_FILE == HISTORY_FILENAME == "spectral_history.jsonl"
+
+
 def test_metric_group_table_is_the_sinks_table_and_every_metric_is_described():
     from svd_callback.sinks.tags import METRIC_DESCRIPTIONS
     from svd_callback.sinks.tags import METRIC_GROUPS as SINK_GROUPS
@@ -238,6 +245,9 @@ def test_unknown_epoch_hook_raises_with_the_valid_list():
     ("kwargs", "message"),
     [
         ({"conv_mode": {"unfold"}}, "conv_mode must be a string or a sequence"),
+        ({"metrics": None}, "metrics must be a string or a sequence.*None"),
+        ({"metrics": 5}, "metrics must be a string or a sequence.*5"),
+        ({"conv_mode": None}, "conv_mode must be a string or a sequence.*None"),
         ({"ww_compat": "false"}, "ww_compat must be True or False, got 'false'"),
         ({"include": ["features.*", ""]}, "include.*''"),
         ({"exclude": 3}, "exclude must be a string or a sequence.*3"),

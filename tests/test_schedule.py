@@ -164,6 +164,15 @@ def test_an_unresolved_hook_is_a_programming_error_and_resolve_fixes_it():
                             validates=True) == VE  # a resolved hook stays
 
 
+def test_a_schedule_from_a_monitor_config_takes_its_four_settings():
+    from svd_callback.config import MonitorConfig
+
+    config = MonitorConfig(every_n_epochs=0, every_n_steps=4, check_on=VE, log_init=False)
+    schedule = Schedule.from_config(config)
+    assert (schedule.every_n_epochs, schedule.every_n_steps) == (None, 4)
+    assert (schedule.check_on, schedule.log_init, schedule.analyses) == (VE, False, 0)
+
+
 # ---------------------------------------------------------------------------- state and resume
 def test_resume_continues_without_a_second_initial_analysis_or_a_duplicate():
     """The resume of tests/test_callback.py: 3 epochs of 6 batches, checkpoint at the end of

@@ -13,7 +13,8 @@ One global step is never analysed twice (the step and the epoch schedules can me
 batch of an epoch), the sanity check is never analysed, and the initial analysis is not repeated
 when a run resumes from a checkpoint: :meth:`Schedule.state_dict` goes into the callback's
 checkpointed state. ``setup()`` resolves an epoch hook left as None with
-:func:`resolve_check_on`, from the trainer's validation settings.
+:func:`resolve_check_on`, from the trainer's validation settings
+(:func:`validation_settings`): ``schedule.resolve(**validation_settings(trainer))``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from svd_callback.checks import check_bool, check_choice, check_count
 from svd_callback.config import EPOCH_HOOKS, EpochHook, MonitorConfig
 
-__all__ = ["Schedule", "epochs_trained", "resolve_check_on"]
+__all__ = ["Schedule", "epochs_trained", "resolve_check_on", "validation_settings"]
 
 FIT_START = "fit_start"
 TRAIN_STEP = "train_step"
@@ -34,7 +35,7 @@ TRAIN_STEP = "train_step"
 def resolve_check_on(
     check_on: EpochHook | None,
     *,
-    val_check_interval: float | int,
+    val_check_interval: float | int | None,
     check_val_every_n_epoch: int | None,
     validates: bool,
     time_based: bool = False,
@@ -58,7 +59,7 @@ def resolve_check_on(
     Args:
         check_on: the user's choice, returned as is unless None.
         val_check_interval: ``trainer.val_check_interval`` (fraction of an epoch as a float,
-            a number of batches as an int).
+            a number of batches as an int; None where the trainer has none, on a clock).
         check_val_every_n_epoch: ``trainer.check_val_every_n_epoch``.
         validates: whether validation runs in training (``trainer.enable_validation``, which
             is known in ``setup()`` of a fit).
@@ -78,6 +79,19 @@ def resolve_check_on(
         and check_val_every_n_epoch == 1
     )
     return "train_epoch_end" if once_per_epoch else "validation_epoch_end"
+
+
+def validation_settings(trainer: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`resolve_check_on` read from a Lightning ``Trainer`` in
+    ``setup()`` of a fit (the dataloaders are attached by then, so ``enable_validation`` is
+    known); ``time_based`` is Lightning's own test, ``_val_check_time_interval`` set, as
+    ``ModelCheckpoint`` reads it."""
+    return {
+        "val_check_interval": getattr(trainer, "val_check_interval", None),  # unset on a clock
+        "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
+        "validates": bool(trainer.enable_validation),
+        "time_based": getattr(trainer, "_val_check_time_interval", None) is not None,
+    }
 
 
 def epochs_trained(trigger: str, epoch: int, batches_done: int | None, batches: float) -> float:

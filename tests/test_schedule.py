@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svd_callback.schedule import Schedule, epochs_trained, resolve_check_on
+from svd_callback.schedule import Schedule, epochs_trained, resolve_check_on, validation_settings
 
 FS, TS, TE, VE = "fit_start", "train_step", "train_epoch_end", "validation_epoch_end"
 
@@ -275,6 +275,7 @@ def test_epochs_trained(trigger, epoch, done, batches, expected):
         (None, 1.0, 2, True, False, VE),
         (None, 100, None, True, False, VE),  # by steps across epochs
         (None, 1.0, 1, True, True, VE),  # on a clock
+        (None, None, 1, True, True, VE),
         (None, 0.25, 3, False, False, TE),  # no validation: the validation hook never runs
         (VE, 1.0, 1, True, False, VE),
         (VE, 1.0, 1, False, False, VE),  # the user's choice stands
@@ -284,6 +285,23 @@ def test_epochs_trained(trigger, epoch, done, batches, expected):
 def test_resolve_check_on(check_on, interval, every, validates, time_based, expected):
     assert resolve_check_on(check_on, val_check_interval=interval, check_val_every_n_epoch=every,
                             validates=validates, time_based=time_based) == expected
+
+
+def test_validation_settings_read_from_trainers():
+    import lightning.pytorch as pl
+
+    def settings_of(**kwargs):
+        trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, accelerator="cpu", **kwargs)
+        settings = validation_settings(trainer)
+        assert settings.pop("validates") is False  # no data attached (the fits above attach)
+        return settings
+
+    assert settings_of() == {"val_check_interval": 1.0, "check_val_every_n_epoch": 1,
+                             "time_based": False}
+    clock = settings_of(val_check_interval="00:00:00:05")
+    assert clock["time_based"] and clock["val_check_interval"] is None  # Lightning sets none
+    assert resolve_check_on(None, **clock, validates=True) == VE
 
 
 def test_resolve_check_on_refuses_an_unknown_hook():
@@ -323,6 +341,7 @@ def test_resolution_agrees_with_early_stopping_on_real_trainers(trainer_kwargs):
         ({"check_on": None, "every_n_steps": 3}, {"val_check_interval": 0.5},
          {"batches": 4, "val_points": (2, 4)}),
         ({"check_on": None}, {"check_val_every_n_epoch": 2}, {"batches": 4, "val_every": 2}),
+        ({"check_on": None}, {"limit_val_batches": 0}, {"batches": 3, "val_every": None}),
     ],
 )
 def test_the_replay_calls_the_schedule_as_a_real_fit_does(options, trainer_kwargs, run):
@@ -355,10 +374,7 @@ def test_the_replay_calls_the_schedule_as_a_real_fit_does(options, trainer_kwarg
             self.schedule.record(trainer.global_step)
 
         def setup(self, trainer, pl_module, stage):
-            self.schedule.resolve(
-                val_check_interval=trainer.val_check_interval,
-                check_val_every_n_epoch=trainer.check_val_every_n_epoch,
-                validates=trainer.enable_validation)
+            self.schedule.resolve(**validation_settings(trainer))
 
         def on_train_start(self, trainer, pl_module):
             if self.schedule.due_at_start(trainer.global_step):
@@ -385,7 +401,7 @@ def test_the_replay_calls_the_schedule_as_a_real_fit_does(options, trainer_kwarg
     pl.Trainer(
         accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
-        limit_val_batches=1, callbacks=[spy], **trainer_kwargs,
+        callbacks=[spy], **{"limit_val_batches": 1, **trainer_kwargs},
     ).fit(Tiny(), DataLoader(data, batch_size=2), DataLoader(data, batch_size=2))
     check_on = spy.schedule.check_on
     expected = replay(Schedule(**{**options, "check_on": check_on}), epochs=3, **run)

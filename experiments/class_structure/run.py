@@ -4,11 +4,11 @@ A SmallCNN is trained on a Fashion-MNIST subset. At the initial weights and afte
 a fixed 256-image class-stratified probe drawn from the validation set, with the functions of
 ``svd_callback.classes``:
 
-- class-specific features (Badola et al.; RESEARCH.md 3b) of the penultimate representation,
-  the post-ReLU input of the classifier (D = ``hidden``), and of the globally average-pooled
-  post-ReLU maps of the last conv (Badola et al.'s own choice of features, D = 2 * ``width``):
-  mean |S_c| / D, the selectivity and the epoch-to-epoch Jaccard of S_c;
-- the class-overlap hypergraph (RESEARCH.md 3a) of the last hidden layers (the last conv and the
+- class-specific features (Badola et al.; docs/methods.md#class-statistics) of the penultimate
+  representation, the post-ReLU input of the classifier (D = ``hidden``), and of the globally
+  average-pooled post-ReLU maps of the last conv (Badola et al.'s own choice of features,
+  D = 2 * ``width``): mean |S_c| / D, the selectivity and the epoch-to-epoch Jaccard of S_c;
+- the class-overlap hypergraph (docs/methods.md) of the last hidden layers (the last conv and the
   hidden linear layer; the 10-neuron classifier for reference): nodes = all SVD-neurons of the
   layer, hyperedge of class c = the neurons carrying the share ``tau`` of the class's mean
   |signal|; mean pairwise Jaccard of the hyperedges (class overlap), class-specific fraction and

@@ -1,8 +1,8 @@
 """CP factorization rank of hidden activations for well and poorly trained versions of one net.
 
-Saini & Papalexakis (2018; RESEARCH.md 3c) link the rank of a non-negative CP factorization of a
-hidden layer's activations on test inputs to how well the network was trained, direction
-unconfirmed. Here one SmallCNN is taken in four states, all from the same seeded init:
+Saini & Papalexakis (2018; docs/methods.md#class-statistics) link the rank of a non-negative CP
+factorization of a hidden layer's activations on test inputs to how well the network was trained,
+direction unconfirmed. Here one SmallCNN is taken in four states, all from the same seeded init:
 
 - ``init``: the initial weights (0 epochs);
 - ``1 epoch``: after one epoch of Adam on a Fashion-MNIST subset;

@@ -1,6 +1,6 @@
 """Do trained conv layers look heavy-tailed, and random ones Marchenko-Pastur, in every conv mode?
 
-The claim under test (Praggastis et al. 2022, RESEARCH.md section 1a): the ESD of a trained
+The claim under test (Praggastis et al. 2022; docs/methods.md#spectra): the ESD of a trained
 conv layer flattened in ``unfold`` mode is heavy-tailed like that of a trained linear layer,
 while a randomly initialised one follows Marchenko-Pastur. Here the SmallCNN of
 ``svd_callback.examples`` is analysed in all three conv modes (``unfold``; ``operator`` on each

@@ -122,7 +122,7 @@ def _resolve_method(method: str, mats: Tensor) -> str:
         raise ValueError(f"method must be one of {SVD_METHODS}, got {method!r}")
     if method != "auto":
         return method
-    # measured on CPU (RESEARCH.md section 4 machine): the double Gram path beats float32 SVD by
+    # measured on a 2-core CPU: the double Gram path beats float32 SVD by
     # 1.35-1.5x on square real matrices and 4-15x on 1:9 ones, but complex128 Gram + eigvalsh is
     # 0.7-1.3x of complex64 SVD, so complex (operator) blocks keep the SVD
     real_single = mats.dtype == torch.float32

@@ -21,7 +21,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback
 from torch.nn import functional as F
 
@@ -32,20 +31,16 @@ EXPERIMENTS = Path(__file__).resolve().parent
 REPO = EXPERIMENTS.parent
 
 
-# ---------------------------------------------------------------------- configuration
-def load_config(path: str | os.PathLike | None) -> dict[str, Any]:
-    """The experiment's YAML defaults (an empty dict when ``path`` is None)."""
-    if path is None:
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
-
-
+# ---------------------------------------------------------------------- provenance
 def command_line() -> str:
-    """The command that started this process, as typed (relative to the repository root)."""
+    """The command that started this process, as typed from the repository root: a module of
+    this package (``python -m experiments.<name>.run``) is named by its module path."""
     argv = [sys.argv[0], *sys.argv[1:]]
     with contextlib.suppress(ValueError):
-        argv[0] = str(Path(argv[0]).resolve().relative_to(REPO))
+        script = Path(argv[0]).resolve().relative_to(REPO)
+        argv[0] = str(script)
+        if script.parts[0] == EXPERIMENTS.name and script.suffix == ".py":
+            argv[0:1] = ["-m", ".".join(script.with_suffix("").parts)]
     return "flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python " + shlex.join(argv)
 
 

@@ -1,7 +1,7 @@
 """Train any LightningModule / LightningDataModule pair from a LightningCLI YAML config.
 
-    .venv/bin/python experiments/train.py fit --config configs/digits_cnn.yaml
-    .venv/bin/python experiments/train.py fit --config configs/fashion_mnist_cnn.yaml \
+    .venv/bin/python -m experiments.train fit --config configs/digits_cnn.yaml
+    .venv/bin/python -m experiments.train fit --config configs/fashion_mnist_cnn.yaml \
         --data.init_args.root /path/to/fashion-mnist
 
 The configs attach ``svd_callback.SpectralMonitor`` as a trainer callback; any of its arguments

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 CONV_MODES = ("unfold", "operator", "slices")
-"""The three conv SVD conventions (RESEARCH.md section 1)."""
+"""The three conv SVD conventions (docs/conventions.md#conv-modes)."""
 
 NORMALIZATIONS = ("raw", "ww", "per_row")
 """ESD conventions: ``raw`` lambda = sigma^2; ``ww`` WeightWatcher 0.7.7 (conv weights scaled

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.util import tensor_util
 from torch import nn
@@ -58,12 +57,6 @@ def trainer_for(root: Path, callbacks=(), logger=False, max_epochs: int = 2, **k
     )
     options.update(kwargs)
     return pl.Trainer(**options)
-
-
-def accumulator(log_dir) -> EventAccumulator:
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
-    acc.Reload()
-    return acc
 
 
 @pytest.fixture(scope="module")
@@ -302,14 +295,14 @@ def test_callback_bad_inputs_one_warning_and_training_goes_on(tmp_path, digits):
 
 
 # ---------------------------------------------------------------------------- callback
-def test_callback_logs_class_statistics_figures_and_history(tmp_path, digits):
+def test_callback_logs_class_statistics_figures_and_history(tmp_path, digits, read_events):
     monitor = SpectralMonitor(class_analysis={"probe_size": 128}, figures_every_n=2)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     pl.seed_everything(0, verbose=False)
     trainer = trainer_for(tmp_path, [monitor], logger, max_epochs=2)
     trainer.fit(SmallCNN(), digits)
     steps = [0, BATCHES, 2 * BATCHES]
-    acc = accumulator(logger.log_dir)
+    acc = read_events(logger.log_dir)
     scalars = set(acc.Tags()["scalars"])
     for layer in LAYERS:
         for stat in ("jaccard_mean", "jaccard_max", "class_specific_fraction", "degree_mean",

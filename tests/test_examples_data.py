@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
-
 import numpy as np
 import pytest
 import torch
@@ -37,13 +34,7 @@ def test_digits_limit_and_label_noise():
     assert x.shape == (64, 1, 8, 8) and float(x.max()) <= 1.0
 
 
-def write_idx(path, array: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def test_fashion_mnist_reads_local_idx_files_only(tmp_path):
+def test_fashion_mnist_reads_local_idx_files_only(tmp_path, write_idx):
     rng = np.random.default_rng(0)
     for split, n in (("train", 60), ("t10k", 30)):
         write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))

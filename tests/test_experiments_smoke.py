@@ -4,34 +4,18 @@ training run on digits."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
-
-import common  # noqa: E402
-
-from svd_callback import LayerReport, Report  # noqa: E402
-from svd_callback.alerts import AlertEngine, default_rules  # noqa: E402
-
-
-def _load(relative: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-hvb = _load("healthy_vs_broken/run.py", "hvb_run")
-rules = _load("healthy_vs_broken/rules.py", "hvb_rules")
-fr = _load("factorization_rank/run.py", "fr_run")
+from experiments import common
+from experiments.factorization_rank import run as fr
+from experiments.healthy_vs_broken import rules
+from experiments.healthy_vs_broken import run as hvb
+from svd_callback import LayerReport, Report
+from svd_callback.alerts import AlertEngine, default_rules
 
 
 @pytest.mark.parametrize(
@@ -178,3 +162,23 @@ def test_tiny_run_history_replays_to_the_online_alerts(tmp_path):
     assert hvb.same_alerts(online, replayed)
     stalled = [a for a in replayed if a.rule == "StalledLayer"]
     assert {a.layer for a in stalled} == {"features.2"} and stalled[0].epoch == 1
+
+
+def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
+    from experiments.arguments import experiment_parser, parse_with_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 9\ntrain-size: 17\nruns: {good: {}}\n")
+    parser = experiment_parser("d", tmp_path, train_size=1, val_size=2, epochs=3)
+    args, extra = parse_with_config(parser, ["--config", str(config), "--epochs", "4"],
+                                    extra=("runs",))
+    assert (args.epochs, args.train_size, args.val_size) == (4, 17, 2)
+    assert extra == {"runs": {"good": {}}}
+    assert args.out == str(tmp_path / "runs") and args.results == str(tmp_path / "RESULTS.md")
+
+
+def test_command_line_names_an_experiment_by_its_module(monkeypatch):
+    script = common.EXPERIMENTS / "rmt_validation" / "run.py"
+    monkeypatch.setattr("sys.argv", [str(script), "--config", "a b.yaml"])
+    assert common.command_line().endswith(
+        ".venv/bin/python -m experiments.rmt_validation.run --config 'a b.yaml'")

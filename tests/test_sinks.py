@@ -13,7 +13,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard import SummaryWriter
@@ -111,20 +110,14 @@ def test_to_json_is_always_strict_json(value):
 
 
 # ---------------------------------------------------------------------------- tensorboard
-def _accumulator(logdir) -> EventAccumulator:
-    accumulator = EventAccumulator(str(logdir), size_guidance={"tensors": 0, "images": 0})
-    accumulator.Reload()
-    return accumulator
-
-
-def test_tensorboard_sink_writes_scalars_with_descriptions_once(tmp_path):
+def test_tensorboard_sink_writes_scalars_with_descriptions_once(tmp_path, read_events):
     writer = SummaryWriter(str(tmp_path))
     sink = TensorBoardSink(writer)
     sink.scalars({"spectral/alpha/fc": 3.25, "spectral/alpha/conv": 4.0}, 0,
                  {"spectral/alpha/fc": "alpha; conv mode unfold"})
     sink.scalars({"spectral/alpha/fc": 2.5}, 7, {"spectral/alpha/fc": "alpha; conv mode unfold"})
     writer.close()
-    acc = _accumulator(tmp_path)
+    acc = read_events(tmp_path)
     events = acc.Scalars("spectral/alpha/fc")
     assert [(e.step, e.value) for e in events] == [(0, 3.25), (7, 2.5)]
     assert [(e.step, e.value) for e in acc.Scalars("spectral/alpha/conv")] == [(0, 4.0)]
@@ -134,7 +127,7 @@ def test_tensorboard_sink_writes_scalars_with_descriptions_once(tmp_path):
     assert acc.SummaryMetadata("spectral/alpha/conv").summary_description == ""
 
 
-def test_tensorboard_sink_histogram_text_figure_and_layout(tmp_path):
+def test_tensorboard_sink_histogram_text_figure_and_layout(tmp_path, read_events):
     writer = SummaryWriter(str(tmp_path))
     sink = TensorBoardSink(writer, histogram_buckets=16)
     values = np.array([0.5, 1.0, 1.5, 2.0, 8.0, np.nan])
@@ -145,7 +138,7 @@ def test_tensorboard_sink_histogram_text_figure_and_layout(tmp_path):
     layout = custom_scalar_layout(["alpha"], ["unfold", "operator"], ["alpha_mean"])
     sink.layout(layout)
     writer.close()
-    acc = _accumulator(tmp_path)
+    acc = read_events(tmp_path)
     (hist,) = acc.Tensors("spectra/unfold/fc")
     buckets = tensor_util.make_ndarray(hist.tensor_proto)
     assert buckets.shape == (16, 3)
@@ -241,7 +234,7 @@ def test_spectrum_heatmap_is_log_sigma_over_the_global_max():
     np.testing.assert_allclose(data, expected)
 
 
-def test_scalar_descriptions_survive_tensorboards_migration(tmp_path):
+def test_scalar_descriptions_survive_tensorboards_migration(tmp_path, read_events):
     """TensorBoard converts simple_value summaries to tensors on load; the description and the
     scalar plugin must come through (python loader; the Rust loader keeps metadata that sets a
     data class)."""
@@ -251,7 +244,7 @@ def test_scalar_descriptions_survive_tensorboards_migration(tmp_path):
     writer = SummaryWriter(str(tmp_path))
     TensorBoardSink(writer).scalars({"spectral/alpha/fc": 3.0}, 0, {"spectral/alpha/fc": "how"})
     writer.close()
-    acc = _accumulator(tmp_path)
+    acc = read_events(tmp_path)
     value = summary_pb2.Summary.Value(tag="spectral/alpha/fc", simple_value=3.0)
     value.metadata.CopyFrom(acc.SummaryMetadata("spectral/alpha/fc"))
     assert value.metadata.data_class == summary_pb2.DATA_CLASS_SCALAR

@@ -274,7 +274,7 @@ def test_identity_kernel_has_unit_spectrum(dims):
 
 
 def test_research_example_mode_ordering():
-    """A random 4x3x3x3 kernel: the three modes differ (RESEARCH.md section 1c).
+    """A random 4x3x3x3 kernel: the three modes differ (docs/methods.md#spectra).
 
     Theorems (no tap collides with another modulo n):
     slices <= unfold (each slice is a column block of the im2col matrix), and

@@ -13,7 +13,7 @@ run with a TensorBoardLogger; ``analyze()`` alone is timed beside it. Reported a
 Target: one unfold analysis of ResNet-18 < 10 training steps at batch 128.
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 \
-        .venv/bin/python experiments/benchmarks/bench_callback.py
+        .venv/bin/python -m experiments.benchmarks.bench_callback
 """
 
 from __future__ import annotations

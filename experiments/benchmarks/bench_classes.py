@@ -23,7 +23,7 @@ ratios are class analysis / epoch (target < 1) and factorization / epoch.
 
 Run (one heavy job at a time on a shared machine):
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 \
-        .venv/bin/python experiments/benchmarks/bench_classes.py --threads 2
+        .venv/bin/python -m experiments.benchmarks.bench_classes --threads 2
 """
 
 from __future__ import annotations

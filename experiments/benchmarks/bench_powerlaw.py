@@ -10,7 +10,7 @@ measured in one process. Also shown: our default-convention fit and our own full
 Run under the shared lock::
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \\
-        .venv/bin/python experiments/benchmarks/bench_powerlaw.py
+        .venv/bin/python -m experiments.benchmarks.bench_powerlaw
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import logging
 import math
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from experiments.benchmarks.timing import best_time
 from svd_callback.rmt import fit_power_law
 
 TARGET = (15000, 10.0)
@@ -33,9 +33,6 @@ TARGET = (15000, 10.0)
 
 SHAPES = {576: (9, 128, 64), 1800: (9, 400, 200), 4608: (9, 1024, 512), 15000: (25, 1200, 600)}
 """N -> (slices, rows, columns): N = slices * columns eigenvalues."""
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import best_time  # noqa: E402
 
 
 def esd(n_eigs: int, kind: str, seed: int = 0) -> np.ndarray:

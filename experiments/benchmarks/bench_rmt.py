@@ -24,27 +24,23 @@ within 1.25x of the floor (at least 4x ahead of WeightWatcher), at least 50x ahe
 and MP fit.
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 \
-        .venv/bin/python experiments/benchmarks/bench_rmt.py --threads 2
+        .venv/bin/python -m experiments.benchmarks.bench_rmt --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import warnings
-from pathlib import Path
 
 import torch
 import torchvision
 
+from experiments.benchmarks.timing import best_time, interleaved_best
 from svd_callback import analyze
 from svd_callback.batch_parallel import map_batch
 from svd_callback.layers import find_layers
 from svd_callback.spectra import stacked_slice_matrices
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import best_time, interleaved_best  # noqa: E402
 
 
 def slice_stacks(model: torch.nn.Module) -> list[torch.Tensor]:

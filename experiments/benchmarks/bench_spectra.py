@@ -12,7 +12,7 @@ Targets: unfold and slices within 1.5x of the floor, operator within 2x.
 
 Run (one heavy job at a time on a shared machine):
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 \
-        .venv/bin/python experiments/benchmarks/bench_spectra.py --threads 2
+        .venv/bin/python -m experiments.benchmarks.bench_spectra --threads 2
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ A SmallCNN is trained on a Fashion-MNIST subset. At the initial weights and afte
 a fixed 256-image class-stratified probe drawn from the validation set, with the functions of
 ``svd_callback.classes``:
 
-- class-specific features (Badola et al.; RESEARCH.md 3b) of the penultimate representation,
-  the post-ReLU input of the classifier (D = ``hidden``), and of the globally average-pooled
-  post-ReLU maps of the last conv (Badola et al.'s own choice of features, D = 2 * ``width``):
-  mean |S_c| / D, the selectivity and the epoch-to-epoch Jaccard of S_c;
-- the class-overlap hypergraph (RESEARCH.md 3a) of the last hidden layers (the last conv and the
+- class-specific features (Badola et al.; docs/methods.md#class-statistics) of the penultimate
+  representation, the post-ReLU input of the classifier (D = ``hidden``), and of the globally
+  average-pooled post-ReLU maps of the last conv (Badola et al.'s own choice of features,
+  D = 2 * ``width``): mean |S_c| / D, the selectivity and the epoch-to-epoch Jaccard of S_c;
+- the class-overlap hypergraph (docs/methods.md) of the last hidden layers (the last conv and the
   hidden linear layer; the 10-neuron classifier for reference): nodes = all SVD-neurons of the
   layer, hyperedge of class c = the neurons carrying the share ``tau`` of the class's mean
   |signal|; mean pairwise Jaccard of the hyperedges (class overlap), class-specific fraction and
@@ -18,7 +18,7 @@ The questions: is mean |S_c| / D well below 0.5 (0.5 is what features of equal w
 does class overlap fall as accuracy rises?
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python \
-        experiments/class_structure/run.py --config configs/experiments/class_structure.yaml
+        -m experiments.class_structure.run --config configs/experiments/class_structure.yaml
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,15 +35,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from scipy import stats
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from common import (  # noqa: E402
+from experiments.arguments import experiment_parser, parse_with_config
+from experiments.common import (
     EpochRecorder,
     command_line,
     fmt,
     image_size_of,
-    load_config,
     machine_line,
     make_datamodule,
     markdown_table,
@@ -52,8 +48,7 @@ from common import (  # noqa: E402
     trainer_for,
     write_results,
 )
-
-from svd_callback.classes import (  # noqa: E402
+from svd_callback.classes import (
     capture_activations,
     class_hyperedges,
     class_mean_signals,
@@ -63,8 +58,9 @@ from svd_callback.classes import (  # noqa: E402
     jaccard,
     neuron_signals,
 )
-from svd_callback.examples import SmallCNN  # noqa: E402
-from svd_callback.examples.data import FASHION_MNIST_ROOT  # noqa: E402
+from svd_callback.examples import SmallCNN
+
+HERE = Path(__file__).resolve().parent
 
 NUM_CLASSES = 10
 FEATURE_LAYERS = {"penultimate": ("classifier", 0), "gap": ("features", 1)}
@@ -75,31 +71,15 @@ HYPERGRAPH_LAYERS = ("features.5", "hidden", "classifier")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML file of defaults for these flags")
-    parser.add_argument("--root", "--data.root", dest="root", default=FASHION_MNIST_ROOT)
-    parser.add_argument("--dataset", choices=["fashion", "digits"], default="fashion")
-    parser.add_argument("--train-size", type=int, default=5000)
-    parser.add_argument("--val-size", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser = experiment_parser(__doc__.splitlines()[0], HERE, train_size=5000, val_size=2000,
+                               epochs=8)
     parser.add_argument("--probe-size", type=int, default=256)
     parser.add_argument("--mass", type=float, default=0.5, help="mass k of S_c")
     parser.add_argument("--tau", type=float, default=0.5, help="signal share of a hyperedge")
     parser.add_argument("--edge-m", type=int, default=8,
                         help="size of the fixed-size hyperedges (the second overlap measure)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--out", default=str(HERE / "runs"))
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    args = parser.parse_args(argv)
-    defaults = load_config(args.config)
-    if defaults:
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in defaults.items()})
-        args = parser.parse_args(argv)
-    return args
+    return parse_with_config(parser, argv)[0]
 
 
 class ClassStructureProbe(Callback):

@@ -1,8 +1,8 @@
 """CP factorization rank of hidden activations for well and poorly trained versions of one net.
 
-Saini & Papalexakis (2018; RESEARCH.md 3c) link the rank of a non-negative CP factorization of a
-hidden layer's activations on test inputs to how well the network was trained, direction
-unconfirmed. Here one SmallCNN is taken in four states, all from the same seeded init:
+Saini & Papalexakis (2018; docs/methods.md#class-statistics) link the rank of a non-negative CP
+factorization of a hidden layer's activations on test inputs to how well the network was trained,
+direction unconfirmed. Here one SmallCNN is taken in four states, all from the same seeded init:
 
 - ``init``: the initial weights (0 epochs);
 - ``1 epoch``: after one epoch of Adam on a Fashion-MNIST subset;
@@ -17,7 +17,7 @@ CORCONDIA, the largest F with CORCONDIA >= threshold and an acceptable fit), rep
 several seeds (each seed draws its own probe images and its own CP starts).
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python \
-        experiments/factorization_rank/run.py --config configs/experiments/factorization_rank.yaml
+        -m experiments.factorization_rank.run --config configs/experiments/factorization_rank.yaml
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import copy
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -35,15 +34,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from common import (  # noqa: E402
+from experiments.arguments import experiment_parser, parse_with_config
+from experiments.common import (
     EpochRecorder,
     command_line,
     fmt,
     image_size_of,
-    load_config,
     machine_line,
     make_datamodule,
     markdown_table,
@@ -51,27 +47,18 @@ from common import (  # noqa: E402
     trainer_for,
     write_results,
 )
+from svd_callback.classes import capture_activations, factorization_rank
+from svd_callback.examples import SmallCNN
 
-from svd_callback.classes import capture_activations, factorization_rank  # noqa: E402
-from svd_callback.examples import SmallCNN  # noqa: E402
-from svd_callback.examples.data import FASHION_MNIST_ROOT  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 LAYERS = {"conv2 (features.3)": "features.3", "conv3 (features.6)": "features.6"}
 """Table name -> ReLU module whose output is the post-ReLU map of a hidden conv."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML file of defaults for these flags")
-    parser.add_argument("--root", "--data.root", dest="root", default=FASHION_MNIST_ROOT)
-    parser.add_argument("--dataset", choices=["fashion", "digits"], default="fashion")
-    parser.add_argument("--train-size", type=int, default=4000)
-    parser.add_argument("--val-size", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser = experiment_parser(__doc__.splitlines()[0], HERE, train_size=4000, val_size=2000,
+                               epochs=6)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--probe-size", type=int, default=256)
     parser.add_argument("--rank-seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -82,14 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also report the rank these thresholds choose on the same curves")
     parser.add_argument("--n-starts", type=int, default=3)
     parser.add_argument("--max-images", type=int, default=64)
-    parser.add_argument("--out", default=str(HERE / "runs"))
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    args = parser.parse_args(argv)
-    defaults = load_config(args.config)
-    if defaults:
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in defaults.items()})
-        args = parser.parse_args(argv)
-    return args
+    return parse_with_config(parser, argv)[0]
 
 
 class Snapshots(Callback):

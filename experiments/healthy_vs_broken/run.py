@@ -18,7 +18,7 @@ An alert at epoch a (the analysis after a epochs) is *in time* when a <= T + 1: 
 or within one epoch of it (a = T + 1 is the analysis made when the rise first shows).
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python \
-        experiments/healthy_vs_broken/run.py --config configs/experiments/healthy_vs_broken.yaml
+        -m experiments.healthy_vs_broken.run --config configs/experiments/healthy_vs_broken.yaml
 """
 
 from __future__ import annotations
@@ -37,18 +37,14 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-from common import (  # noqa: E402
+from experiments.arguments import experiment_parser, parse_with_config
+from experiments.common import (
     EpochRecorder,
     PartlyFrozenCNN,
     command_line,
     first_rise,
     history_analyses,
     image_size_of,
-    load_config,
     machine_line,
     make_datamodule,
     markdown_table,
@@ -57,12 +53,12 @@ from common import (  # noqa: E402
     val_loss_turn,
     write_results,
 )
-from rules import RULE_SET_NOTES, experiment_rules  # noqa: E402
+from experiments.healthy_vs_broken.rules import RULE_SET_NOTES, experiment_rules
+from svd_callback.alerts import default_rules
+from svd_callback.callback import SpectralMonitor
+from svd_callback.sinks.history import HISTORY_FILENAME, read_history
 
-from svd_callback.alerts import default_rules  # noqa: E402
-from svd_callback.callback import SpectralMonitor  # noqa: E402
-from svd_callback.examples.data import FASHION_MNIST_ROOT  # noqa: E402
-from svd_callback.sinks.history import HISTORY_FILENAME, read_history  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 RULE_SETS: dict[str, Callable[[], list[Any]]] = {
     "default": default_rules,
@@ -71,36 +67,19 @@ RULE_SETS: dict[str, Callable[[], list[Any]]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML file of defaults for these flags")
-    parser.add_argument("--root", "--data.root", dest="root", default=FASHION_MNIST_ROOT)
-    parser.add_argument("--dataset", choices=["fashion", "digits"], default="digits")
-    parser.add_argument("--train-size", type=int, default=4000, help="fashion only")
-    parser.add_argument("--val-size", type=int, default=1000, help="fashion only")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser = experiment_parser(__doc__.splitlines()[0], HERE, dataset="digits", train_size=4000,
+                               val_size=1000, epochs=15, width=16, hidden=64, batch_size=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--looked-at", type=int, nargs="+", default=None,
                         help="seeds whose results informed rule choices (default: the first)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--only", nargs="+", default=None, help="train only these runs")
     parser.add_argument("--skip-training", action="store_true",
                         help="re-evaluate the histories already in --out")
-    parser.add_argument("--out", default=str(HERE / "runs"))
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--compare-out", default=str(HERE / "compare"))
-    args = parser.parse_args(argv)
-    config = load_config(args.config)
-    args.runs = config.pop("runs", {"good": {}})
-    args.healthy = config.pop("healthy", ["good"])
-    args.compare = config.pop("compare", [])
-    if config:
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in config.items()})
-        runs, healthy, compare = args.runs, args.healthy, args.compare
-        args = parser.parse_args(argv)
-        args.runs, args.healthy, args.compare = runs, healthy, compare
+    args, config = parse_with_config(parser, argv, extra=("runs", "healthy", "compare"))
+    args.runs = config.get("runs", {"good": {}})
+    args.healthy = config.get("healthy", ["good"])
+    args.compare = config.get("compare", [])
     return args
 
 

@@ -1,6 +1,6 @@
 """Do trained conv layers look heavy-tailed, and random ones Marchenko-Pastur, in every conv mode?
 
-The claim under test (Praggastis et al. 2022, RESEARCH.md section 1a): the ESD of a trained
+The claim under test (Praggastis et al. 2022; docs/methods.md#spectra): the ESD of a trained
 conv layer flattened in ``unfold`` mode is heavy-tailed like that of a trained linear layer,
 while a randomly initialised one follows Marchenko-Pastur. Here the SmallCNN of
 ``svd_callback.examples`` is analysed in all three conv modes (``unfold``; ``operator`` on each
@@ -13,14 +13,13 @@ layer's real input size; ``slices``) with the power-law fit and the MP bulk fit,
   its shape to learned correlations.
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python \
-        experiments/rmt_validation/run.py --config configs/experiments/rmt_validation.yaml
+        -m experiments.rmt_validation.run --config configs/experiments/rmt_validation.yaml
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
@@ -28,24 +27,20 @@ import lightning.pytorch as pl
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import (  # noqa: E402
+from experiments.arguments import experiment_parser, parse_with_config
+from experiments.common import (
     EpochRecorder,
     command_line,
     fmt,
     image_size_of,
-    load_config,
     machine_line,
     make_datamodule,
     markdown_table,
     trainer_for,
     write_results,
 )
-
-from svd_callback import analyze  # noqa: E402
-from svd_callback.examples import SmallCNN  # noqa: E402
-from svd_callback.examples.data import FASHION_MNIST_ROOT  # noqa: E402
+from svd_callback import analyze
+from svd_callback.examples import SmallCNN
 
 HERE = Path(__file__).resolve().parent
 MODES = ("unfold", "operator", "slices")
@@ -57,27 +52,10 @@ fitted on a handful of points says nothing (random 128x10 layers already get alp
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML file of defaults for these flags")
-    parser.add_argument("--root", "--data.root", dest="root", default=FASHION_MNIST_ROOT,
-                        help="folder of the Fashion-MNIST IDX files")
-    parser.add_argument("--dataset", choices=["fashion", "digits"], default="fashion")
-    parser.add_argument("--train-size", type=int, default=6000)
-    parser.add_argument("--val-size", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser = experiment_parser(__doc__.splitlines()[0], HERE, train_size=6000, val_size=2000,
+                               epochs=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(HERE / "runs"), help="folder for the CSV tables")
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    args = parser.parse_args(argv)
-    defaults = load_config(args.config)
-    if defaults:
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in defaults.items()})
-        args = parser.parse_args(argv)
-    return args
+    return parse_with_config(parser, argv)[0]
 
 
 def shuffled_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:

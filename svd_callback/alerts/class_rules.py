@@ -1,4 +1,4 @@
-"""Built-in rules on the class-level statistics (RESEARCH.md section 3).
+"""Built-in rules on the class-level statistics (docs/methods.md#alert-rules).
 
 They read the records of mode ``"classes"`` (:data:`~svd_callback.classes.analysis.CLASS_MODE`)
 that :class:`~svd_callback.SpectralMonitor` adds to each analysis when its class analysis is on
@@ -176,7 +176,7 @@ class ClassFeaturesEmpty(_PerClassCountRule):
 
 class FactorizationRankCollapse(RankCollapse):
     """The factorization rank of a layer's activations fell by more than ``drop_fraction``
-    below its maximum (Saini & Papalexakis, RESEARCH.md section 3c: the activations of the probe
+    below its maximum (Saini & Papalexakis, docs/methods.md: the activations of the probe
     have lost components).
 
     Args:

@@ -1,9 +1,9 @@
 """Built-in per-layer rules: each (layer, mode) is watched on its own, with hysteresis.
 
-Thresholds follow Martin & Mahoney's heavy-tailed self-regularisation guidance (RESEARCH.md
-section 2): alpha in [2, 6] well trained, alpha < 2 over-trained, alpha > 6 under-trained;
-correlation traps and rank collapse as signs of over-fitting or a bad learning rate. All of
-them are heuristics, hence the ``patience`` and the default ``"log"`` action.
+Thresholds follow Martin & Mahoney's heavy-tailed self-regularisation guidance
+(docs/methods.md#alert-rules): alpha in [2, 6] well trained, alpha < 2 over-trained, alpha > 6
+under-trained; correlation traps and rank collapse as signs of over-fitting or a bad learning rate.
+All of them are heuristics, hence the ``patience`` and the default ``"log"`` action.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ class MeanAlphaTrend(Rule):
     consecutive analyses, and optionally falling faster than ``slope_below`` per epoch.
 
     Mean alpha falling below 2 has been proposed as an early-stopping signal (Martin & Mahoney;
-    experimental, RESEARCH.md section 2). Alpha is not monotone in quality (one run went 28.9 ->
-    4.2, then rose to 5.2 while benchmarks still improved), hence the patience and the default
-    ``"log"`` action. Each mode's aggregate is watched on its own.
+    experimental; docs/methods.md#alert-rules). Alpha is not monotone in quality (one run went
+    28.9 -> 4.2, then rose to 5.2 while benchmarks still improved), hence the patience and the
+    default ``"log"`` action. Each mode's aggregate is watched on its own.
 
     The level condition is ``mean + confidence * se < threshold``, with se the standard error
     of the mean of the layers' fitted alphas, sqrt(sum sigma_l^2) / L (sigma_l = (alpha_l - 1) /

@@ -1,5 +1,5 @@
 """Class-level analysis: probe sets, SVD-neuron signals, class-overlap hypergraphs,
-class-specific features and activation factorization rank (RESEARCH.md sections 1a and 3)."""
+class-specific features and activation factorization rank (docs/methods.md#class-statistics)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The class-level analysis of one model on one probe set (RESEARCH.md sections 1a and 3).
+"""The class-level analysis of one model on one probe set (docs/methods.md#class-statistics).
 
 :func:`analyze_classes` makes one forward pass over a fixed :class:`ProbeSet` and, per analysed
 layer, reduces what the layer receives on the fly (nothing bigger than an (I, k) matrix is kept

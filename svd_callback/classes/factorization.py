@@ -1,4 +1,4 @@
-"""Factorization rank of a layer's activations (Saini & Papalexakis, 2018; RESEARCH.md section 3c).
+"""Factorization rank of a layer's activations (Saini & Papalexakis, 2018; docs/methods.md).
 
 The post-ReLU activations of I probe images form a non-negative 3-way tensor X (I x C x HW). For
 F = 1..Fmax a non-negative CP model [[A, B, C]] is fitted by HALS (batched torch ops by default,

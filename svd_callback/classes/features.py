@@ -1,6 +1,7 @@
 """Class-specific features of the penultimate layer (Badola et al., "Decomposing the Deep").
 
-Recipe (RESEARCH.md section 3b), with h(x) >= 0 the D global-average-pooled post-ReLU features:
+Recipe (docs/methods.md#class-statistics), with h(x) >= 0 the D global-average-pooled post-ReLU
+features:
 
 1. per image, p = h / ||h||_1 sorted descending; m(x) = the smallest number of features whose
    share reaches the mass k (cumsum(p)[m-1] >= k);

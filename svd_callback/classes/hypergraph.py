@@ -1,4 +1,4 @@
-"""Class-overlap hypergraph of SVD-neurons (RESEARCH.md section 3a).
+"""Class-overlap hypergraph of SVD-neurons (docs/methods.md#class-statistics).
 
 Nodes are the top-k SVD-neurons of a layer (0..k-1, by decreasing sigma); the hyperedge e_c of
 class c holds the neurons that carry most of class c's signal a_{c,i}. Overlapping hyperedges

@@ -1,8 +1,8 @@
 """A fixed, class-stratified probe set and one-pass activation capture.
 
-The class analyses (RESEARCH.md section 3) compare statistics across epochs, so they must see the
-*same* images every time: :func:`select_probe` picks them once, deterministically, from the labels
-alone, with a private ``torch.Generator`` (the global RNG is never drawn from).
+The class analyses (docs/methods.md#class-statistics) compare statistics across epochs, so they must
+see the *same* images every time: :func:`select_probe` picks them once, deterministically, from the
+labels alone, with a private ``torch.Generator`` (the global RNG is never drawn from).
 :func:`capture_activations` then records what chosen layers see and produce on those images, in a
 single forward pass.
 """

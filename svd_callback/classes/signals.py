@@ -1,9 +1,9 @@
 """Signals of SVD-neurons on a probe set ("The SVD of Convolutional Weights", Praggastis et al.).
 
 A conv weight W of shape (d, c, k...) flattens to Wbar = W.reshape(d, c*prod(k)) = U S V^T
-(RESEARCH.md section 1a). With x_p the input patch under output position p (the im2col column
-of ``torch.nn.functional.unfold``, same (c, k...) order), the layer computes y_p = Wbar x_p + b, and
-SVD-neuron i carries the signal
+(docs/methods.md#class-statistics). With x_p the input patch under output position p (the im2col
+column of ``torch.nn.functional.unfold``, same (c, k...) order), the layer computes
+y_p = Wbar x_p + b, and SVD-neuron i carries the signal
 
     s_i(p) = u_i^T (y_p - b) = sigma_i <v_i, x_p>.
 
@@ -71,7 +71,7 @@ class NeuronSignals:
 
 @dataclass
 class ClassMeans:
-    """Per-class mean |signal| a_{c,i} (RESEARCH.md section 3a).
+    """Per-class mean |signal| a_{c,i} (docs/methods.md#class-statistics).
 
     Attributes:
         values: (C, k); a row is NaN for a class without probe images (see ``reasons``).
@@ -226,7 +226,7 @@ def _padding_amounts(
 def class_mean_signals(
     signals: NeuronSignals | torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> ClassMeans:
-    """a_{c,i} = mean over the probe images of class c of |s_i| (RESEARCH.md section 3a).
+    """a_{c,i} = mean over the probe images of class c of |s_i| (docs/methods.md).
 
     A class with no probe image gets a NaN row and a reason; labels outside [0, num_classes)
     are ignored with a note. Never raises on bad values.

@@ -1,5 +1,6 @@
-"""Per-layer ESD metrics (WeightWatcher names; Martin & Mahoney, JMLR 2021 and Nature Comm.
-2021; RESEARCH.md section 2), from eigenvalues lambda = sigma^2 already normalised by the caller.
+"""Per-layer ESD metrics (WeightWatcher names; Martin & Mahoney, JMLR 2021 and Nature Comm. 2021;
+docs/methods.md#per-layer-metrics), from eigenvalues lambda = sigma^2 already normalised by the
+caller.
 
 | metric | formula (log = log10) |
 |---|---|
@@ -39,7 +40,7 @@ alerts on it would be noise (e.g. a first conv with 1 input channel and a 3x3 ke
 
 @dataclass(frozen=True)
 class QualityThresholds:
-    """Published alpha heuristics (WeightWatcher labels; RESEARCH.md section 2).
+    """Published alpha heuristics (WeightWatcher labels; docs/methods.md#power-law-fit).
 
     alpha < over_trained: over-trained; alpha > under_trained: under-trained; alpha >
     suspicious_alpha or D > suspicious_D: the fit itself is suspect.

@@ -1,5 +1,5 @@
 """Marchenko-Pastur bulk of an ESD: a robust scale fit, the bulk edges, Tracy-Widom margin,
-spikes and MP soft rank (Martin & Mahoney, JMLR 2021; RESEARCH.md section 2).
+spikes and MP soft rank (Martin & Mahoney, JMLR 2021; docs/methods.md#marchenko-pastur-bulk).
 
 For an N x M matrix (N >= M, Q = N / M) with i.i.d. entries, the M eigenvalues of W^T W follow
 Marchenko-Pastur with scale s2 (the bulk mean; s2 = N var(W_ij)):
@@ -12,7 +12,7 @@ scale (Johnstone 2001, rescaled to these units)
 
     sigma_TW = s2 Q^(-1/2) (lambda_plus / s2)^(2/3) M^(-2/3)
 
-(RESEARCH.md's margin; at s2 = 1 it is WeightWatcher's ``TW`` term, of which WeightWatcher
+(the margin of docs/methods.md; at s2 = 1 it is WeightWatcher's ``TW`` term, of which WeightWatcher
 then uses ``sqrt(TW)``). Spikes are the eigenvalues above lambda_plus + t sigma_TW with
 t = :data:`TW_SIGMAS` = 4: the Tracy-Widom law puts ~1e-4 of its mass beyond 4 of its units
 (its mean is -1.2, its sd 1.3), and the fitted s2 is itself uncertain by about one unit at
@@ -85,7 +85,7 @@ def mp_edges(s2: float, Q: float) -> tuple[float, float]:
 def tracy_widom_margin(lambda_plus: float, s2: float, Q: float, M: int,
                        tw_sigmas: float = 1.0) -> float:
     """``tw_sigmas`` times the Tracy-Widom scale of the largest bulk eigenvalue,
-    s2 Q^(-1/2) (lambda_plus / s2)^(2/3) M^(-2/3) (Johnstone 2001; RESEARCH.md section 2)."""
+    s2 Q^(-1/2) (lambda_plus / s2)^(2/3) M^(-2/3) (Johnstone 2001)."""
     if s2 <= 0 or M <= 0:
         return math.nan
     return tw_sigmas * s2 * Q**-0.5 * (lambda_plus / s2) ** (2.0 / 3.0) * M ** (-2.0 / 3.0)

@@ -1,5 +1,5 @@
 """Correlation traps and the distance of an ESD from its randomised twin (Martin & Mahoney;
-RESEARCH.md section 2).
+docs/methods.md#correlation-traps).
 
 Shuffling the entries of W destroys every correlation, so the shuffled matrix's ESD should be a
 pure Marchenko-Pastur bulk. Eigenvalues of the shuffled matrix above its MP edge (plus the

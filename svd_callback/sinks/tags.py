@@ -1,8 +1,8 @@
 """Tag names and human descriptions of everything the monitor logs.
 
-The tag patterns are fixed (DESIGN.md): per-layer scalars ``spectral/<metric>/<layer>`` for the
-primary conv mode and ``spectral/<metric>.<mode>/<layer>`` for the others; model-level aggregates
-``spectral_summary/<key>`` (``spectral_summary/<key>.<mode>``); singular-value histograms
+The tag patterns are fixed (docs/conventions.md): per-layer scalars ``spectral/<metric>/<layer>``
+for the primary conv mode and ``spectral/<metric>.<mode>/<layer>`` for the others; model-level
+aggregates ``spectral_summary/<key>`` (``spectral_summary/<key>.<mode>``); singular-value histograms
 ``spectra/<mode>/<layer>``; ``alerts/count`` and the text tag ``alerts``; class-level statistics
 ``classes/<stat>/<layer>`` and their figures ``class_figures/<figure>/<layer>``. Every description
 says which conv mode, normalisation and fit (or which probe and hyperedge rule) produced the number.
@@ -120,7 +120,7 @@ CLASS_STAT_DESCRIPTIONS: dict[str, str] = {
     "factorization_fit": "fit 1 - ||X - Xhat|| / ||X|| of the chosen CP rank",
     "factorization_corcondia": "core consistency (CORCONDIA) of the chosen CP rank",
 }
-"""What each ``classes/<stat>/<layer>`` scalar is (RESEARCH.md section 3)."""
+"""What each ``classes/<stat>/<layer>`` scalar is (docs/methods.md#class-statistics)."""
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-/]")
 

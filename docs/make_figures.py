@@ -1,0 +1,94 @@
+"""Draw docs/architecture.png: the layers of the package and the path of one analysis.
+
+    .venv/bin/python docs/make_figures.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+HERE = Path(__file__).resolve().parent
+
+LAYERS = [  # (title, modules), top = faces, bottom = functional core; imports point down only
+    ("faces", "callback.SpectralMonitor  ·  cli (analyze, compare, demo)  ·  runs  ·  loading"),
+    ("alerts  |  sinks", "alerts: rules, AlertEngine, MetricHistory   |   sinks: tags, "
+     "tensorboard, layout, figures, history"),
+    ("analysis", "analysis.analyze / summarize  ·  report.LayerReport / Report  ·  distributed"),
+    ("functional core", "layers  ·  spectra (solver, unfold, slices, operator)  ·  rmt  ·  "
+     "classes  ·  batch_parallel"),
+]
+
+PATH = [  # one analysis, in order
+    ("hook", "on_train_start (epoch 0) / on_train_epoch_end /\non_validation_epoch_end / "
+     "on_train_batch_end: schedule due?"),
+    ("select", "layers.find_layers -> LayerSpec list;\nunder DDP distributed.split_work "
+     "(LPT by estimated cost)"),
+    ("decompose", "analysis.analyze: same-shape layers stacked ->\nspectra.stacked_*_svdvals "
+     "(one batched solver call)"),
+    ("measure", "rmt.esd_metrics per layer and mode: norms, power-law fit,\nMP bulk, traps "
+     "-> LayerReport (mode, normalisation, fit)"),
+    ("gather", "distributed.gather_reports (all ranks) -> Report;\nclasses.analyze_classes "
+     "on rank 0 (probe), broadcast"),
+    ("judge", "analysis.summarize -> spectral_summary aggregates;\nalerts.AlertEngine.update "
+     "-> Alert list; stop vote on all ranks"),
+    ("publish", "rank 0: trainer.callback_metrics, every logger,\nTensorBoard extras "
+     "(descriptions, histograms, figures, layout),\nspectral_history.jsonl"),
+]
+
+
+def _box(axes, x, y, w, h, title, body, colour):
+    axes.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.01,rounding_size=0.015",
+                                  facecolor=colour, edgecolor="#333333", linewidth=1.0))
+    axes.text(x + 0.012, y + h - 0.012, title, ha="left", va="top", fontsize=10,
+              fontweight="bold")
+    axes.text(x + 0.012, y + h - 0.045, body, ha="left", va="top", fontsize=7.6,
+              linespacing=1.3)
+
+
+def _arrow(axes, start, end):
+    axes.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=11,
+                                   color="#333333", linewidth=1.0))
+
+
+def architecture_figure() -> Figure:
+    """Left: the four layers (imports only point down). Right: the path of one analysis."""
+    figure = Figure(figsize=(13, 7.2), dpi=110)
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.axis("off")
+    axes.text(0.02, 0.975, "Layers of svd_callback (imports point down only)", fontsize=12,
+              fontweight="bold", va="top")
+    axes.text(0.50, 0.975, "The path of one analysis (SpectralMonitor)", fontsize=12,
+              fontweight="bold", va="top")
+
+    colours = ["#f6d5c9", "#f9ecc0", "#d6e8d0", "#cfe0f3"]
+    height, gap, top = 0.15, 0.07, 0.93
+    for i, ((title, body), colour) in enumerate(zip(LAYERS, colours, strict=True)):
+        y = top - (i + 1) * height - i * gap
+        wrapped = body.replace("   |   ", "\n").replace("  ·  ", "\n", 2) if i != 2 else body
+        _box(axes, 0.02, y, 0.44, height, title, wrapped, colour)
+        if i:
+            _arrow(axes, (0.24, y + height + gap - 0.003), (0.24, y + height + 0.003))
+    axes.text(0.02, 0.03, "experiments/ and configs/ sit outside the package and use its "
+              "public API only.", fontsize=8, style="italic")
+
+    step_h, step_gap, y = 0.094, 0.034, 0.93
+    for i, (title, body) in enumerate(PATH):
+        y -= step_h
+        _box(axes, 0.50, y, 0.48, step_h, f"{i + 1}. {title}", body, "#eeeeee")
+        if i:
+            _arrow(axes, (0.74, y + step_h + step_gap - 0.002), (0.74, y + step_h + 0.002))
+        y -= step_gap
+    return figure
+
+
+def main() -> None:
+    architecture_figure().savefig(HERE / "architecture.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Timing benchmarks: ``python -m experiments.benchmarks.<name>``."""

@@ -1,0 +1,1 @@
+"""The class_structure experiment: ``python -m experiments.class_structure.run``."""

@@ -1,0 +1,1 @@
+"""The factorization_rank experiment: ``python -m experiments.factorization_rank.run``."""

@@ -1,0 +1,1 @@
+"""The rmt_validation experiment: ``python -m experiments.rmt_validation.run``."""

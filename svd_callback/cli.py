@@ -68,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                                  "state dict")
     a.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODE_CHOICES,
                    help="conv mode(s)")
-    a.add_argument("--input-size", type=cli_args.positive_int, nargs="+", default=None,
-                   help="spatial input size of the model (operator mode): 1 to 3 numbers")
+    a.add_argument("--input-size", type=cli_args.input_side, nargs="+", default=None,
+                   help="spatial input size of the model (operator mode): 1 to 3 numbers, "
+                        f"each 1 to {cli_args.MAX_INPUT_SIDE}")
     a.add_argument("--num-classes", type=cli_args.positive_int, default=None,
                    help="for torchvision models")
     a.add_argument("--model-class", default=None,

@@ -12,6 +12,10 @@ from typing import NoReturn
 SEED_MAX = 2**32 - 1
 """Largest seed ``lightning.seed_everything`` accepts (numpy's uint32 range)."""
 
+MAX_INPUT_SIDE = 4096
+"""Largest ``--input-size`` side: operator mode decomposes one matrix per frequency (n^2 of
+them for a 2-D conv, 16.8 million at this size), and the probe batch is C x n x n floats."""
+
 
 class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line on stderr, exit status 2."""
@@ -29,6 +33,14 @@ def positive_int(text: str) -> int:
 def nonnegative_int(text: str) -> int:
     """An integer >= 0."""
     return _int_at_least(text, 0)
+
+
+def input_side(text: str) -> int:
+    """A spatial input side in [1, MAX_INPUT_SIDE]."""
+    value = _int_at_least(text, 1)
+    if value > MAX_INPUT_SIDE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_INPUT_SIDE}, got {value}")
+    return value
 
 
 def seed(text: str) -> int:

@@ -146,7 +146,11 @@ def _torchvision(name: str, num_classes: int | None) -> nn.Module:
     kwargs = {"weights": None}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    return builder(**kwargs)
+    try:
+        return builder(**kwargs)
+    except Exception as error:  # e.g. a head too large to allocate, an argument it refuses
+        raise ModelLoadError(f"cannot build torchvision model {name!r} with {kwargs}: "
+                             f"{type(error).__name__}: {_one_line(error)}") from None
 
 
 def _import_class(path: str) -> type:

@@ -76,6 +76,8 @@ BAD_ARGUMENTS = [
      "--input-size: must be a positive integer, got -3"),
     (["analyze", "{model}", "--mode", "operator", "--input-size", "0"],
      "--input-size: must be a positive integer, got 0"),
+    (["analyze", "{model}", "--mode", "operator", "--input-size", "4097"],
+     "--input-size: must be at most 4096, got 4097"),
     (["analyze", "{model}", "--mode", "operator", "--input-size", "6", "6", "6", "6"],
      "--input-size takes 1 to 3 numbers"),
     (["analyze", "{model}", "--device", "bogus"], "'bogus' is not a torch device"),
@@ -116,6 +118,19 @@ def test_real_entry_point_demo_with_negative_epochs():
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "--epochs: must be a positive integer, got -1" in result.stderr
     assert result.stdout == ""
+
+
+def test_torchvision_model_that_refuses_its_arguments_is_one_line(capsys, monkeypatch):
+    from torchvision import models
+
+    def refuse(**kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117]\ndata. DefaultCPUAllocator: "
+                           "not enough memory")
+
+    monkeypatch.setattr(models, "get_model_builder", lambda name: refuse)
+    code, out, err = run_cli(capsys, "analyze", "resnet18", "--num-classes", "1000000000")
+    assert_one_line_error(code, err, "cannot build torchvision model 'resnet18'",
+                          "'num_classes': 1000000000", "not enough memory")
 
 
 def test_help_returns_zero(capsys):

@@ -174,11 +174,12 @@ def _operator_input_sizes(model, args: argparse.Namespace,
     ``example_input_array``); a model that rejects the probe is a usage error."""
     from svd_callback.layers import example_input_for, record_input_sizes
 
+    if note is not None:  # weights only: no forward pass to learn the convs' input sizes from
+        raise UsageError(f"operator mode needs the model's forward pass and {args.model} holds "
+                         "weights only: pass --model-class, or leave operator out of --mode")
     example = None if args.input_size else getattr(model, "example_input_array", None)
     if not args.input_size and example is None:
-        if note is None:
-            raise UsageError("operator mode needs --input-size (the model's spatial input size)")
-        return None  # weights only: every conv says why operator mode is unavailable
+        raise UsageError("operator mode needs --input-size (the model's spatial input size)")
     what = ("--input-size " + " ".join(map(str, args.input_size)) if args.input_size
             else "the model's example_input_array")
     try:

@@ -162,6 +162,15 @@ def test_operator_input_size_no_conv_can_use_is_an_error(capsys, tmp_path):
     assert "input size (3, 3) divisible by stride (2, 2)" in out
 
 
+def test_operator_mode_on_weights_only_checkpoint_is_an_error(capsys, tmp_path):
+    torch.save(small_cnn_state_dict(), tmp_path / "weights.pt")
+    for extra in ([], ["--input-size", "8"]):
+        code, out, err = run_cli(capsys, "analyze", tmp_path / "weights.pt", "--mode", "unfold",
+                                 "operator", "--no-progress", *extra)
+        assert_one_line_error(code, err, "holds weights only: pass --model-class")
+        assert out.startswith("note: weights only")
+
+
 def test_meta_device_model_is_skipped_with_reasons_then_an_error(capsys, tmp_path):
     with torch.device("meta"):
         model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4, 3))
@@ -170,6 +179,13 @@ def test_meta_device_model_is_skipped_with_reasons_then_an_error(capsys, tmp_pat
     assert_one_line_error(code, err, "no layer of", "could be analysed")
     for layer in ("0", "2"):
         assert f"{layer} [unfold] skipped: weight is on the meta device" in out
+
+
+def small_cnn_state_dict() -> dict[str, torch.Tensor]:
+    from svd_callback.examples import SmallCNN
+
+    torch.manual_seed(0)
+    return SmallCNN().state_dict()
 
 
 def checkpoint(model, path: Path, drop_hparams: tuple[str, ...] = ()) -> Path:

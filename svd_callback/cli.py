@@ -235,12 +235,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     metrics = args.metric or DEFAULT_COMPARE
     logged = {name: set(run.summary_metrics(args.mode)) for name, run in by_name.items()}
     if not any(all(metric in have for have in logged.values()) for metric in metrics):
-        raise UsageError(f"no run{'s' if len(runs) > 1 else ''} logged "
-                         + (" or ".join(metrics) if len(runs) == 1 else
-                            "any of " + ", ".join(metrics) + " in common")
-                         + f"{_mode_text(args.mode)}; "
-                         + "; ".join(_what_run_has(name, by_name[name], args.mode)
-                                     for name in names))
+        which = "the run" if len(runs) == 1 else "every run"
+        raise UsageError(f"none of {', '.join(metrics)} is logged{_mode_text(args.mode)} by "
+                         f"{which}; " + "; ".join(_what_run_has(name, by_name[name], args.mode)
+                                                  for name in names))
     warnings = [problem for run in runs for problem in run.problems]
     for metric in metrics:
         columns = {name: run.series(metric, mode=args.mode) for name, run in by_name.items()}

@@ -81,19 +81,38 @@ class Run:
 
 
 def read_run(path: str | Path) -> Run:
-    """Read a run from its log directory (or any parent of it)."""
+    """Read a run from its log directory (or any parent of it).
+
+    A folder holding several runs is read as one (the newest history file, or every event file)
+    and ``problems`` says so.
+    """
     root = Path(path)
     if not root.exists():
         raise RunReadError(f"no such directory: {root}")
     if not root.is_dir():
         raise RunReadError(f"{root} is not a directory")
-    histories = sorted(root.rglob(HISTORY_FILE))
+    histories = sorted(root.rglob(HISTORY_FILE), key=lambda p: p.stat().st_mtime)
     if histories:
-        return _from_history(root, histories[-1])
+        run = _from_history(root, histories[-1])
+        if len(histories) > 1:
+            run.problems.append(_several(root, "history files", histories, f"read {histories[-1]}"))
+        return run
     events = sorted(root.rglob("events.out.tfevents.*"))
     if events:
-        return _from_events(root, events)
+        run = _from_events(root, events)
+        folders = sorted({event.parent for event in events})
+        if len(folders) > 1:
+            run.problems.append(_several(root, "folders of event files", folders,
+                                         "merged them as one run"))
+        return run
     raise RunReadError(f"{root} holds neither {HISTORY_FILE} nor TensorBoard event files")
+
+
+def _several(root: Path, what: str, paths: list[Path], action: str) -> str:
+    listed = ", ".join(str(p.relative_to(root)) for p in paths[:3])
+    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    return (f"{root} holds {len(paths)} {what} ({listed}{more}); {action}; pass one run's own "
+            "folder to choose")
 
 
 def _from_history(root: Path, history: Path) -> Run:

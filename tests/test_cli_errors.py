@@ -285,6 +285,24 @@ def test_event_file_problem_walks_the_record_framing(tmp_path):
         assert f"(byte 37 of {cut})" in problem and "first 2 records" in problem
 
 
+def test_compare_a_folder_of_several_runs_warns(capsys, tmp_path):
+    rows = [{"type": "summary", "epoch": 0, "step": 0, "mode": "unfold",
+             "metrics": {"alpha_mean": 3.0}}]
+    write_history(tmp_path / "runs" / "version_0", rows)
+    write_history(tmp_path / "runs" / "version_1", [{**rows[0], "metrics": {"alpha_mean": 7.0}}])
+    newest = tmp_path / "runs" / "version_1" / "spectral_history.jsonl"
+    os.utime(newest, (2e9, 2e9))
+    code, out, err = run_cli(capsys, "compare", tmp_path / "runs", "--no-plots",
+                             "--metric", "alpha_mean")
+    assert code == 1 and "holds 2 history files" in err and f"read {newest}" in err
+    assert ["0", "7"] in [line.split() for line in out.splitlines()]
+    write_tb_run(tmp_path / "tb" / "version_0", [3.0])
+    write_tb_run(tmp_path / "tb" / "version_1", [4.0])
+    code, out, err = run_cli(capsys, "compare", tmp_path / "tb", "--no-plots",
+                             "--metric", "alpha_mean")
+    assert code == 1 and "holds 2 folders of event files" in err
+
+
 def test_compare_a_partial_last_history_line_warns(capsys, tmp_path):
     rows = [{"type": "summary", "epoch": e, "step": 10 * e, "mode": "unfold",
              "metrics": {"alpha_mean": 3.0 - e}} for e in range(3)]

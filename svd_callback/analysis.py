@@ -19,6 +19,7 @@ from svd_callback.classes.analysis import ClassAnalysisConfig, analyze_classes
 from svd_callback.classes.probe import ProbeSet
 from svd_callback.layers import (
     LayerSpec,
+    SkippedModule,
     example_input_for,
     find_layers,
     record_input_sizes,
@@ -57,6 +58,9 @@ SUMMARY_METRICS = (
     "rand_distance",
 )
 
+
+META_REASON = ("weight is on the meta device (shapes only, no values): materialise it first, "
+               "e.g. model.to_empty(device='cpu') then load_state_dict")
 
 GRAM32_NOTE = (f"float32 Gram eigenvalues (svd_method='gram32'): absolute error up to "
                f"{GRAM32_NOISE} eps32 lambda_max; singular values below ~3e-3 sigma_max are not "
@@ -141,6 +145,10 @@ def analyze(
         wanted = set(layer_names)
         specs = [s for s in specs if s.name in wanted]
         skipped_modules = [s for s in skipped_modules if s.name in wanted]
+    if any(s.weight.is_meta for s in specs):  # no data to decompose
+        skipped_modules = [*skipped_modules, *(SkippedModule(s.name, s.kind, META_REASON)
+                                               for s in specs if s.weight.is_meta)]
+        specs = [s for s in specs if not s.weight.is_meta]
 
     report = Report()
     report.classes = None

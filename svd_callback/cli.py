@@ -1,7 +1,10 @@
 """The ``svd-callback`` command line: ``analyze``, ``compare`` and ``demo``.
 
-Errors the user can fix (a missing file, a corrupt checkpoint, a run without spectral tags) print
-one line on stderr and exit with status 2; no traceback.
+Exit status: 0 success; 1 the output was printed but a warning on stderr says what is missing or
+suspect in it (``compare`` with runs of different lengths, a truncated event file, a metric some
+run lacks); 2 an error the user can fix (bad argument, missing file, corrupt or mismatched
+checkpoint, nothing to analyse or compare), reported as one line on stderr without traceback;
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -11,11 +14,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from svd_callback import cli_args
+from svd_callback.cli_args import OneLineParser, warn
+
 SVD_METHOD_CHOICES = ("auto", "svd", "gram", "gram32")
 """``svd_callback.spectra.SVD_METHODS``, spelled out so ``--help`` does not import torch."""
 
-TABLE_COLUMNS = ["layer", "kind", "mode", "shape", "spectral_norm", "stable_rank", "alpha",
-                 "alpha_sigma", "D", "alpha_weighted", "quality", "reason"]
+CONV_MODE_CHOICES = ("unfold", "operator", "slices")
+"""``svd_callback.report.CONV_MODES``, spelled out for the same reason."""
+
+MAX_SPATIAL_DIMS = 3
+"""Conv1d to Conv3d: ``--input-size`` takes one to three numbers."""
 
 
 class UsageError(Exception):
@@ -23,8 +32,12 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a one-line usage error already printed
+        return exit_.code if isinstance(exit_.code, int) else 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -33,26 +46,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ModelLoadError, RunReadError, FileNotFoundError) as error:
-        print(f"svd-callback {args.command}: error: {error}", file=sys.stderr)
+    except (UsageError, ModelLoadError, RunReadError, OSError) as error:
+        print(f"svd-callback {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"svd-callback {args.command}: interrupted", file=sys.stderr)
         return 130
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message with its line breaks and indentation folded into single spaces."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="svd-callback", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command")
+    parser = OneLineParser(prog="svd-callback", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
 
     a = sub.add_parser("analyze", help="analyse a model or checkpoint and print a per-layer table")
     a.add_argument("model", help="torchvision model name, Lightning .ckpt, saved nn.Module or "
                                  "state dict")
-    a.add_argument("--mode", nargs="+", default=["unfold"],
-                   choices=["unfold", "operator", "slices"], help="conv mode(s)")
-    a.add_argument("--input-size", type=int, nargs="+", default=None,
-                   help="spatial input size of the model (operator mode)")
-    a.add_argument("--num-classes", type=int, default=None, help="for torchvision models")
+    a.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODE_CHOICES,
+                   help="conv mode(s)")
+    a.add_argument("--input-size", type=cli_args.input_side, nargs="+", default=None,
+                   help="spatial input size of the model (operator mode): 1 to 3 numbers, "
+                        f"each 1 to {cli_args.MAX_INPUT_SIDE}")
+    a.add_argument("--num-classes", type=cli_args.positive_int, default=None,
+                   help="for torchvision models")
     a.add_argument("--model-class", default=None,
                    help="package.module:Class of the LightningModule behind a checkpoint")
     a.add_argument("--ww-compat", action="store_true", help="reproduce WeightWatcher 0.7.7")
@@ -60,10 +80,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: float32 Gram with --ww-compat, float64 Gram otherwise")
     a.add_argument("--mp-fit", action="store_true", help="fit the Marchenko-Pastur bulk")
     a.add_argument("--traps", action="store_true", help="correlation traps (shuffled weights)")
-    a.add_argument("--device", default=None, help="analyse on this device (default: cpu)")
-    a.add_argument("--csv", type=Path, default=None, help="write the table as CSV")
-    a.add_argument("--json", type=Path, default=None, help="write the table as JSON records")
-    a.add_argument("--figures", type=Path, default=None, help="write ESD figures to this folder")
+    a.add_argument("--device", type=cli_args.device, default=None,
+                   help="analyse on this device (default: cpu)")
+    a.add_argument("--csv", type=cli_args.output_file, default=None,
+                   help="write the table as CSV")
+    a.add_argument("--json", type=cli_args.output_file, default=None,
+                   help="write the table as JSON records")
+    a.add_argument("--figures", type=cli_args.output_dir, default=None,
+                   help="write ESD figures to this folder")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
     a.set_defaults(func=_cmd_analyze)
 
@@ -72,18 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--metric", nargs="+", default=None,
                    help="summary metrics to compare (default: alpha_mean, alpha_weighted_mean, "
                         "stable_rank_mean, log_spectral_norm_mean)")
-    c.add_argument("--mode", default=None, help="conv mode (default: the runs' primary mode)")
-    c.add_argument("--out", type=Path, default=Path("comparison"),
+    c.add_argument("--mode", default=None, choices=CONV_MODE_CHOICES,
+                   help="conv mode (default: each run's primary mode)")
+    c.add_argument("--out", type=cli_args.output_dir, default=Path("comparison"),
                    help="folder for comparison plots")
     c.add_argument("--no-plots", action="store_true")
     c.set_defaults(func=_cmd_compare)
 
     d = sub.add_parser("demo", help="train a small CNN on digits with the callback")
-    d.add_argument("--epochs", type=int, default=8)
-    d.add_argument("--out", type=Path, default=Path("runs"), help="TensorBoard log root")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--mode", nargs="+", default=["unfold"],
-                   choices=["unfold", "operator", "slices"])
+    d.add_argument("--epochs", type=cli_args.positive_int, default=8)
+    d.add_argument("--out", type=cli_args.output_dir, default=Path("runs"),
+                   help="TensorBoard log root")
+    d.add_argument("--seed", type=cli_args.seed, default=0)
+    d.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODE_CHOICES)
     d.set_defaults(func=_cmd_demo)
     return parser
 
@@ -91,19 +116,20 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from svd_callback.analysis import analyze
     from svd_callback.loading import load_model
+    from svd_callback.table import format_table
 
+    if args.input_size and len(args.input_size) > MAX_SPATIAL_DIMS:
+        raise UsageError(f"--input-size takes 1 to {MAX_SPATIAL_DIMS} numbers (the spatial size), "
+                         f"got {len(args.input_size)}")
     model, note = load_model(args.model, model_class=args.model_class,
                              num_classes=args.num_classes)
     if note:
         print(f"note: {note}")
     if args.device:
         model = model.to(args.device)
-    input_size = tuple(args.input_size) if args.input_size else None
-    example = getattr(model, "example_input_array", None) if input_size is None else None
-    if "operator" in args.mode and input_size is None and example is None and note is None:
-        raise UsageError("operator mode needs --input-size (the model's spatial input size)")
+    input_sizes = _operator_input_sizes(model, args, note) if "operator" in args.mode else None
     progress = None if args.no_progress else _progress_bar()
-    report = analyze(model, args.mode, input_size=input_size, example_input=example,
+    report = analyze(model, args.mode, input_sizes=input_sizes,
                      ww_compat=args.ww_compat, svd_method=args.svd_method,
                      mp_fit=args.mp_fit, traps=args.traps,
                      progress=progress)
@@ -112,9 +138,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     frame = report.to_dataframe()
     if frame.empty:
         raise UsageError(f"{args.model} has no conv or linear layer")
+    if args.input_size and "operator" in args.mode:
+        _check_operator_convs(report.by_mode("operator"), args.input_size)
     print(format_table(frame))
     for line in report.nan_reasons("alpha"):
         print(f"  {line}")
+    for record in report:  # the table cuts long reasons short
+        if record.reason:
+            print(f"  {record.name} [{record.mode}] skipped: {record.reason}")
+    if not report.analysed():
+        raise UsageError(f"no layer of {args.model} could be analysed (reasons above)")
     if args.csv:
         frame.to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
@@ -133,6 +166,38 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             plt.close(fig)
         print(f"wrote figures to {args.figures}")
     return 0
+
+
+def _operator_input_sizes(model, args: argparse.Namespace,
+                          note: str | None) -> dict[str, tuple[int, ...]] | None:
+    """Each conv's spatial input size from one probe pass (``--input-size`` or the model's
+    ``example_input_array``); a model that rejects the probe is a usage error."""
+    from svd_callback.layers import example_input_for, record_input_sizes
+
+    if note is not None:  # weights only: no forward pass to learn the convs' input sizes from
+        raise UsageError(f"operator mode needs the model's forward pass and {args.model} holds "
+                         "weights only: pass --model-class, or leave operator out of --mode")
+    example = None if args.input_size else getattr(model, "example_input_array", None)
+    if not args.input_size and example is None:
+        raise UsageError("operator mode needs --input-size (the model's spatial input size)")
+    what = ("--input-size " + " ".join(map(str, args.input_size)) if args.input_size
+            else "the model's example_input_array")
+    try:
+        probe = example if example is not None else example_input_for(model, args.input_size)
+        return record_input_sizes(model, probe)
+    except Exception as error:  # the model's own forward rejects the probe input
+        raise UsageError(f"operator mode: the model rejects a probe input of {what}: "
+                         f"{type(error).__name__}: {one_line(error)}") from None
+
+
+def _check_operator_convs(records, input_size: Sequence[int]) -> None:
+    """No conv analysed in operator mode because of the input size: a usage error."""
+    convs = [r for r in records if r.kind != "linear"]
+    if convs and all(r.reason for r in convs) and any("input size" in r.reason for r in convs):
+        first = next(r for r in convs if "input size" in r.reason)
+        raise UsageError(f"--input-size {' '.join(map(str, input_size))}: none of the "
+                         f"{len(convs)} conv layers can be analysed in operator mode "
+                         f"({first.name}: {first.reason})")
 
 
 def _progress_bar():
@@ -155,13 +220,6 @@ def _progress_bar():
     return _Bar()
 
 
-def format_table(frame, columns: Sequence[str] = TABLE_COLUMNS) -> str:
-    """A compact fixed-width table of the report's most useful columns."""
-    shown = [c for c in columns if c in frame.columns]
-    return frame[shown].to_string(index=False, float_format=lambda v: f"{v:.3g}",
-                                  na_rep="nan", max_colwidth=60)
-
-
 DEFAULT_COMPARE = ["alpha_mean", "alpha_weighted_mean", "stable_rank_mean",
                    "log_spectral_norm_mean"]
 
@@ -173,16 +231,27 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     runs = [read_run(path) for path in args.runs]
     names = _unique_names([run.name for run in runs])
+    by_name = dict(zip(names, runs, strict=True))
     metrics = args.metric or DEFAULT_COMPARE
-    found_any = False
+    logged = {name: set(run.summary_metrics(args.mode)) for name, run in by_name.items()}
+    if not any(all(metric in have for have in logged.values()) for metric in metrics):
+        which = "the run" if len(runs) == 1 else "every run"
+        raise UsageError(f"none of {', '.join(metrics)} is logged{_mode_text(args.mode)} by "
+                         f"{which}; " + "; ".join(_what_run_has(name, by_name[name], args.mode)
+                                                  for name in names))
+    warnings = [problem for run in runs for problem in run.problems]
     for metric in metrics:
-        columns = {name: run.series(metric, mode=args.mode) for name, run in zip(names, runs,
-                                                                                 strict=True)}
+        columns = {name: run.series(metric, mode=args.mode) for name, run in by_name.items()}
+        lacking = [name for name, column in columns.items() if column.empty]
         columns = {k: v for k, v in columns.items() if not v.empty}
         if not columns:
             print(f"{metric}: not logged by any run")
+            if args.metric:
+                warnings.append(f"{metric} is not logged by any run{_mode_text(args.mode)}")
             continue
-        found_any = True
+        if lacking:
+            warnings.append(f"{metric} is not logged{_mode_text(args.mode)} by "
+                            + ", ".join(lacking))
         table = pd.DataFrame(columns)
         table.index.name = "epoch"
         print(f"\n{metric}")
@@ -190,15 +259,43 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if not args.no_plots:
             path = _plot(table, metric, args.out)
             print(f"plot: {path}")
-    if not found_any:
-        raise UsageError("none of the metrics " + ", ".join(metrics) + " was found in the runs")
+    warnings.extend(_short_runs(by_name, args.mode))
     print("\nalerts")
-    for name, run in zip(names, runs, strict=True):
+    for name, run in by_name.items():
         if not run.alerts:
             print(f"  {name}: none")
         for alert in run.alerts:
             print(f"  {name}: {alert.get('message') or alert}")
-    return 0
+    for text in warnings:
+        warn(args.command, text)
+    return 1 if warnings else 0
+
+
+def _mode_text(mode: str | None) -> str:
+    return f" in mode {mode}" if mode else ""
+
+
+def _what_run_has(name: str, run, mode: str | None) -> str:
+    have = run.summary_metrics(mode)
+    modes = ", ".join(run.modes())
+    if not have:
+        return f"{name} has no summary metric{_mode_text(mode)} (its modes: {modes})"
+    return f"{name} has {', '.join(have)} (modes: {modes})"
+
+
+def _short_runs(runs: dict, mode: str | None) -> list[str]:
+    """One warning naming the runs whose last analysed epoch comes before the longest run's."""
+    last = {name: run.last_epoch(mode) for name, run in runs.items()}
+    known = [epoch for epoch in last.values() if epoch is not None]
+    if len(runs) < 2 or not known:
+        return []
+    longest = max(known)
+    short = {name: epoch for name, epoch in last.items() if epoch is None or epoch < longest}
+    if not short:
+        return []
+    listed = ", ".join(f"{name} (last epoch {'?' if epoch is None else epoch})"
+                       for name, epoch in short.items())
+    return [f"runs of different length: {listed}; the longest reaches epoch {longest}"]
 
 
 def _unique_names(names: list[str]) -> list[str]:

@@ -12,16 +12,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from svd_callback.analysis import analyze
 from svd_callback.callback import SpectralMonitor
 from svd_callback.examples import DigitsDataModule, SmallCNN
-
-SUMMARY_COLUMNS = ["layer", "kind", "mode", "shape", "spectral_norm", "stable_rank", "alpha",
-                   "alpha_sigma", "D", "alpha_weighted", "quality"]
+from svd_callback.table import SUMMARY_COLUMNS, format_table
 
 
 def run_demo(epochs: int = 8, root: str | Path = "runs", seed: int = 0,
              conv_modes: tuple[str, ...] = ("unfold",)) -> SpectralMonitor:
     """Train, monitor, summarise; returns the callback (its history holds every record)."""
-    from svd_callback.cli import format_table
-
     pl.seed_everything(seed, workers=True, verbose=False)
     logger = TensorBoardLogger(str(root), name="demo")
     monitor = SpectralMonitor(conv_modes=conv_modes)

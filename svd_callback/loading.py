@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -37,19 +38,13 @@ def load_model(source: str, model_class: str | None = None, num_classes: int | N
     try:
         obj = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:
-        raise ModelLoadError(f"cannot read {source}: {type(error).__name__}: "
-                             f"{str(error).splitlines()[0] if str(error) else ''}") from None
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ModelLoadError(f"cannot read {source}: {type(error).__name__}: {first}") from None
     if isinstance(obj, nn.Module):
         return obj, None
     if isinstance(obj, dict) and "state_dict" in obj:
         if model_class is not None:
-            cls = _import_class(model_class)
-            try:
-                module = cls(**obj.get("hyper_parameters", {}))
-                module.load_state_dict(obj["state_dict"])
-            except Exception as error:
-                raise ModelLoadError(f"cannot build {model_class} from {source}: {error}") from None
-            return module, None
+            return _rebuild(source, obj, model_class), None
         return weights_only_model(obj["state_dict"]), _WEIGHTS_ONLY_NOTE
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return weights_only_model(obj), _WEIGHTS_ONLY_NOTE
@@ -91,6 +86,56 @@ def weights_only_model(state_dict: dict[str, torch.Tensor]) -> nn.Module:
     return root
 
 
+def _rebuild(source: str, checkpoint: dict, model_class: str) -> nn.Module:
+    """``model_class(**hyper_parameters)`` with the checkpoint's weights loaded."""
+    cls = _import_class(model_class)
+    try:
+        module = cls(**checkpoint.get("hyper_parameters", {}))
+    except Exception as error:
+        raise ModelLoadError(f"cannot build {model_class} from the hyper-parameters in {source}: "
+                             f"{type(error).__name__}: {_one_line(error)}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(f"{model_class} builds a {type(module).__name__}, not an nn.Module")
+    mismatch = state_dict_mismatch(module.state_dict(), checkpoint["state_dict"])
+    if mismatch:
+        raise ModelLoadError(f"{source} does not fit {model_class}: {mismatch}")
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except Exception as error:
+        raise ModelLoadError(f"cannot load {source} into {model_class}: "
+                             f"{_one_line(error)}") from None
+    return module
+
+
+def state_dict_mismatch(expected: Mapping[str, object], found: Mapping[str, object],
+                        shown: int = 2) -> str | None:
+    """One line naming how ``found`` (a checkpoint) differs from ``expected`` (the model's own
+    state dict): shapes that differ, keys the model lacks, keys the checkpoint lacks. None when
+    they match."""
+    shapes = [f"{key} {_shape(value)} in the checkpoint, {_shape(expected[key])} in the model"
+              for key, value in found.items()
+              if key in expected and _shape(value) != _shape(expected[key])]
+    unexpected = [key for key in found if key not in expected]
+    missing = [key for key in expected if key not in found]
+    parts = []
+    for items, what in ((shapes, "tensor(s) of another shape"),
+                        (unexpected, "key(s) the model lacks"),
+                        (missing, "key(s) the checkpoint lacks")):
+        if items:
+            more = f" and {len(items) - shown} more" if len(items) > shown else ""
+            parts.append(f"{len(items)} {what}: {', '.join(items[:shown])}{more}")
+    return "; ".join(parts) or None
+
+
+def _shape(value: object) -> list[int] | None:
+    shape = getattr(value, "shape", None)
+    return list(shape) if shape is not None else None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def _torchvision(name: str, num_classes: int | None) -> nn.Module:
     from torchvision import models
 
@@ -101,7 +146,11 @@ def _torchvision(name: str, num_classes: int | None) -> nn.Module:
     kwargs = {"weights": None}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    return builder(**kwargs)
+    try:
+        return builder(**kwargs)
+    except Exception as error:  # e.g. a head too large to allocate, an argument it refuses
+        raise ModelLoadError(f"cannot build torchvision model {name!r} with {kwargs}: "
+                             f"{type(error).__name__}: {_one_line(error)}") from None
 
 
 def _import_class(path: str) -> type:
@@ -111,4 +160,4 @@ def _import_class(path: str) -> type:
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as error:
-        raise ModelLoadError(f"cannot import model class {path!r}: {error}") from None
+        raise ModelLoadError(f"cannot import model class {path!r}: {_one_line(error)}") from None

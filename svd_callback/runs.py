@@ -8,6 +8,8 @@ failing that, for TensorBoard event files whose tags follow the fixed patterns
 from __future__ import annotations
 
 import json
+import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,10 @@ HISTORY_FILE = "spectral_history.jsonl"
 COLUMNS = ["epoch", "step", "layer", "mode", "metric", "value"]
 SUMMARY_LAYER = "<model>"
 """The ``layer`` of model-level aggregates (``spectral_summary/*``)."""
+CONVENTIONS_TAG = "spectral/conventions"
+"""The callback's text describing its conv modes (``SummaryWriter.add_text`` appends
+``/text_summary`` to the tag)."""
+_PRIMARY_IN_TEXT = re.compile(r"\*\*(\w+)\*\* \(primary\)")
 
 
 class RunReadError(ValueError):
@@ -33,73 +39,128 @@ class Run:
     records: pd.DataFrame
     alerts: list[dict] = field(default_factory=list)
     primary_mode: str | None = None
-    """The first conv mode of the run (TensorBoard tags leave it unnamed: None there)."""
+    """The first conv mode of the run (None: a TensorBoard run that does not say; its primary
+    mode's tags carry no mode suffix)."""
+    problems: list[str] = field(default_factory=list)
+    """What could not be read (a truncated event file, a partial last history line)."""
+
+    def _mode_mask(self, mode: str | None) -> pd.Series:
+        frame = self.records
+        wanted = mode if mode is not None else self.primary_mode
+        mask = frame["mode"] == wanted if wanted is not None else frame["mode"].isna()
+        if mode is not None and not mask.any() and self.primary_mode is None:
+            mask = frame["mode"].isna()  # TensorBoard: the primary mode's tags are unnamed
+        return mask
 
     def series(self, metric: str, layer: str = SUMMARY_LAYER, mode: str | None = None) -> pd.Series:
         """Values of ``metric`` for ``layer`` and ``mode`` (default: the primary mode) indexed by
         epoch (the last value per epoch)."""
         frame = self.records
-        base = (frame["metric"] == metric) & (frame["layer"] == layer)
-        wanted = mode if mode is not None else self.primary_mode
-        mask = base & (frame["mode"] == wanted if wanted is not None else frame["mode"].isna())
-        if mode is not None and not mask.any() and self.primary_mode is None:
-            mask = base & frame["mode"].isna()  # TensorBoard: the primary mode's tags are unnamed
+        mask = (frame["metric"] == metric) & (frame["layer"] == layer) & self._mode_mask(mode)
         picked = frame[mask].sort_values(["epoch", "step"])
         return picked.groupby("epoch")["value"].last()
 
+    def summary_metrics(self, mode: str | None = None) -> list[str]:
+        """The model-level metrics logged in ``mode`` (default: the primary mode), sorted."""
+        frame = self.records
+        mask = (frame["layer"] == SUMMARY_LAYER) & self._mode_mask(mode)
+        return sorted(frame.loc[mask, "metric"].unique())
+
+    def modes(self) -> list[str]:
+        """The conv modes with records; ``primary`` for a TensorBoard run's unnamed one."""
+        named = [str(m) for m in self.records["mode"].dropna().unique()]
+        unnamed = ["primary"] if self.records["mode"].isna().any() else []
+        return unnamed + named
+
+    def last_epoch(self, mode: str | None = None) -> int | None:
+        """The last epoch with a model-level record in ``mode`` (None: none)."""
+        frame = self.records
+        epochs = frame.loc[(frame["layer"] == SUMMARY_LAYER) & self._mode_mask(mode), "epoch"]
+        epochs = epochs.dropna()
+        return int(epochs.max()) if len(epochs) else None
+
 
 def read_run(path: str | Path) -> Run:
-    """Read a run from its log directory (or any parent of it)."""
+    """Read a run from its log directory (or any parent of it).
+
+    A folder holding several runs is read as one (the newest history file, or every event file)
+    and ``problems`` says so.
+    """
     root = Path(path)
     if not root.exists():
         raise RunReadError(f"no such directory: {root}")
     if not root.is_dir():
         raise RunReadError(f"{root} is not a directory")
-    histories = sorted(root.rglob(HISTORY_FILE))
+    histories = sorted(root.rglob(HISTORY_FILE), key=lambda p: p.stat().st_mtime)
     if histories:
-        return _from_history(root, histories[-1])
+        run = _from_history(root, histories[-1])
+        if len(histories) > 1:
+            run.problems.append(_several(root, "history files", histories, f"read {histories[-1]}"))
+        return run
     events = sorted(root.rglob("events.out.tfevents.*"))
     if events:
-        return _from_events(root, events)
+        run = _from_events(root, events)
+        folders = sorted({event.parent for event in events})
+        if len(folders) > 1:
+            run.problems.append(_several(root, "folders of event files", folders,
+                                         "merged them as one run"))
+        return run
     raise RunReadError(f"{root} holds neither {HISTORY_FILE} nor TensorBoard event files")
 
 
+def _several(root: Path, what: str, paths: list[Path], action: str) -> str:
+    listed = ", ".join(str(p.relative_to(root)) for p in paths[:3])
+    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    return (f"{root} holds {len(paths)} {what} ({listed}{more}); {action}; pass one run's own "
+            "folder to choose")
+
+
 def _from_history(root: Path, history: Path) -> Run:
-    rows, alerts = [], []
+    rows, alerts, problems = [], [], []
     with history.open() as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+        lines = f.readlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) and not line.endswith("\n"):
+                problems.append(f"{history} ends in a partial line ({number}), skipped "
+                                "(the run stopped while writing it)")
                 continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
-                raise RunReadError(f"{history}:{number} is not valid JSON") from None
-            kind = item.get("type", "layer")
-            if kind == "alert":
-                alerts.append(item)
-                continue
-            if kind == "training":  # the trainer's own scalars, seen by the alert rules
-                continue
-            layer = item.get("layer", SUMMARY_LAYER) if kind != "summary" else SUMMARY_LAYER
-            for metric, value in (item.get("metrics") or {}).items():
-                if isinstance(value, (int, float)):
-                    rows.append((item.get("epoch"), item.get("step"), layer, item.get("mode"),
-                                 metric, float(value)))
+            raise RunReadError(f"{history}:{number} is not valid JSON") from None
+        kind = item.get("type", "layer")
+        if kind == "alert":
+            alerts.append(item)
+            continue
+        if kind == "training":  # the trainer's own scalars, seen by the alert rules
+            continue
+        layer = item.get("layer", SUMMARY_LAYER) if kind != "summary" else SUMMARY_LAYER
+        for metric, value in (item.get("metrics") or {}).items():
+            if isinstance(value, (int, float)):
+                rows.append((item.get("epoch"), item.get("step"), layer, item.get("mode"),
+                             metric, float(value)))
     records = pd.DataFrame(rows, columns=COLUMNS)
     if records.empty:
         raise RunReadError(f"{history} holds no spectral records")
     primary = records["mode"].dropna()
     return Run(root.name or str(root), root, str(history), records, alerts,
-               primary_mode=str(primary.iloc[0]) if len(primary) else None)
+               primary_mode=str(primary.iloc[0]) if len(primary) else None, problems=problems)
 
 
 def _from_events(root: Path, events: list[Path]) -> Run:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    rows, alerts = [], []
+    rows, alerts, problems, primary = [], [], [], None
     for event_file in events:
+        if (problem := event_file_problem(event_file)) is not None:
+            problems.append(problem)
         acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0, "tensors": 0})
         acc.Reload()
+        for text_tag in acc.Tags().get("tensors", []):
+            if text_tag in (CONVENTIONS_TAG, f"{CONVENTIONS_TAG}/text_summary"):
+                primary = primary or _primary_mode(acc.Tensors(text_tag))
         tags = acc.Tags().get("scalars", [])
         epoch_at = completed_epochs(acc.Scalars("epoch")) if "epoch" in tags else {}
         for tag in tags:
@@ -117,7 +178,46 @@ def _from_events(root: Path, events: list[Path]) -> Run:
     if records.empty:
         raise RunReadError(f"{root} has TensorBoard events but no spectral/ tags "
                            "(was the run logged with SpectralMonitor?)")
-    return Run(root.name or str(root), root, "tensorboard", records, alerts)
+    if primary is not None:  # name the primary mode's unnamed tags
+        records["mode"] = records["mode"].fillna(primary)
+    return Run(root.name or str(root), root, "tensorboard", records, alerts,
+               primary_mode=primary, problems=problems)
+
+
+def _primary_mode(text_events) -> str | None:
+    """The mode marked ``(primary)`` in the callback's conventions text (None: not found)."""
+    for event in text_events:
+        for value in event.tensor_proto.string_val:
+            found = _PRIMARY_IN_TEXT.search(value.decode("utf-8", "replace"))
+            if found:
+                return found.group(1)
+    return None
+
+
+def event_file_problem(path: Path) -> str | None:
+    """Why TensorBoard would stop reading ``path`` early, or None for a whole file.
+
+    An event file is a sequence of TFRecords: ``uint64 length``, ``uint32 crc(length)``,
+    ``length`` bytes of data, ``uint32 crc(data)`` (little endian). TensorBoard's reader stops
+    silently at a record the file ends inside of; this walk finds that record.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        offset, count = 0, 0
+        while offset < size:
+            header = f.read(12)
+            if len(header) < 12:
+                break
+            (length,) = struct.unpack("<Q", header[:8])
+            end = offset + 12 + length + 4
+            if end > size:
+                break
+            f.seek(end)
+            offset, count = end, count + 1
+        else:
+            return None
+    return (f"{path} is truncated: it ends inside record {count + 1} (byte {offset} of {size}); "
+            f"only the first {count} records are readable")
 
 
 def completed_epochs(epoch_events) -> dict[int, int]:

@@ -61,9 +61,8 @@ def test_analyze_svd_method_option(capsys, saved_module, tmp_path):
         tables[method] = {r["layer"]: r for r in json.loads(js.read_text())}
     for layer, row in tables["svd"].items():
         assert row["log_norm"] == pytest.approx(tables["gram32"][layer]["log_norm"], rel=1e-5)
-    with pytest.raises(SystemExit) as exit_info:  # argparse's own one-line usage error
-        main(["analyze", str(saved_module), "--svd-method", "qr"])
-    assert exit_info.value.code == 2 and "--svd-method" in capsys.readouterr().err
+    code, _, err = run_cli(capsys, "analyze", str(saved_module), "--svd-method", "qr")
+    assert code == 2 and "--svd-method" in err and err.count("\n") == 1
 
 
 def test_analyze_operator_mode_needs_an_input_size(capsys, saved_module):
@@ -185,6 +184,10 @@ def test_tensorboard_and_history_readers_agree_on_a_real_run(tmp_path):
     history = read_run(root)
     events = _from_events(root, sorted(root.rglob("events.out.tfevents.*")))
     assert history.source.endswith("spectral_history.jsonl")
+    # the conventions text names the primary mode, whose tags carry no mode suffix
+    assert events.primary_mode == history.primary_mode == "unfold"
+    assert events.summary_metrics() == history.summary_metrics()
+    assert events.problems == [] and history.problems == []
     expected = history.series("stable_rank", layer="hidden")
     assert list(expected.index) == [0, 1, 2, 3]
     got = events.series("stable_rank", layer="hidden")

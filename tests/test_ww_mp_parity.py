@@ -177,3 +177,18 @@ def test_logged_mp_descriptions_name_the_fit():
     own = tags.metric_description("num_spikes", "slices", "ww", "ks", ww_compat=False)
     assert "WeightWatcher 0.7.7 mp_fit" in compat and "quantile fit" in own
     assert "MP bulk" not in tags.metric_description("alpha", "slices", "ww", "ks", True)
+
+
+def test_a_spectrum_weightwatcher_cannot_fit_gives_nan_and_its_reason():
+    """sum(lambda) overflows: W_scale = 0, WeightWatcher's sigma grid is empty and its mp_fit
+    raises (it reports -1); here NaN with the error, the other metrics still computed."""
+    evals = np.full(20, 1e307)
+    evals[0] = 1.5e308
+    watcher = ww.WeightWatcher()
+    with pytest.raises(ValueError):
+        watcher.mp_fit(evals, 40, 20, 1, "layer", 0, 0, False, False, ".", "b", 0.5, True, evals)
+    result = esd_metrics(torch.from_numpy(evals), N=40, M=20, ww_compat=True, mp_fit=True)
+    for key in ("num_spikes", "mp_softrank", "sigma_mp", "lambda_plus", "mp_s2"):
+        assert math.isnan(result.values[key])
+        assert "WeightWatcher's mp_fit fails here (ValueError" in result.notes[key]
+    assert result.values["log_spectral_norm"] == pytest.approx(math.log10(1.5e308))

@@ -165,6 +165,8 @@ def test_compat_mp_keys_are_the_same_for_every_spectrum():
     good = torch.from_numpy(np.random.default_rng(1).pareto(2.0, 200) + 1)
     expected = set(esd_metrics(good, N=400, M=200, ww_compat=True, mp_fit=True).values)
     assert {"sigma_mp", "num_pl_spikes", "num_spikes", "mp_softrank", "mp_s2"} <= expected
+    plain = set(esd_metrics(good, N=400, M=200, ww_compat=True).values)
+    assert "num_pl_spikes" in plain and "sigma_mp" not in plain
     for bad in (torch.zeros(0), torch.zeros(30), torch.tensor([1.0, float("inf")] * 10)):
         result = esd_metrics(bad, N=60, M=30, ww_compat=True, mp_fit=True)
         assert set(result.values) == expected and "all" in result.notes

@@ -16,9 +16,9 @@
 
 With ``ww_compat=True`` the norm metrics are WeightWatcher 0.7.7's own arithmetic
 (:func:`svd_callback.rmt.ww_compat.norm_metrics`: float64 eps in the rank, its 1e-10 entropy
-offset), the fit is its ``WWFit`` and the MP bulk is its ``mp_fit``
-(:func:`svd_callback.rmt.ww_compat.mp_fit`), which adds WeightWatcher's ``sigma_mp`` (and
-``num_pl_spikes``, the tail count ``n_tail`` under WeightWatcher's name).
+offset), the fit is its ``WWFit`` (``num_pl_spikes``: ``n_tail`` under WeightWatcher's name)
+and the MP bulk is its ``mp_fit`` (:func:`svd_callback.rmt.ww_compat.mp_fit`), which adds
+WeightWatcher's ``sigma_mp``.
 """
 
 from __future__ import annotations
@@ -157,8 +157,10 @@ def _metric_keys(fit: str | None, mp_fit: bool, ww_compat: bool = False) -> tupl
                  "log_alpha_norm") + (("alpha_hill",) if fit == "hill" else ())
     if mp_fit:
         keys += ("mp_s2", "lambda_plus", "num_spikes", "mp_softrank")
+    if fit is not None and ww_compat:
+        keys += ("num_pl_spikes",)
     if mp_fit and ww_compat:
-        keys += ("sigma_mp",) + (("num_pl_spikes",) if fit is not None else ())
+        keys += ("sigma_mp",)
     return keys
 
 
@@ -200,8 +202,9 @@ def _add_fit(out: ESDMetrics, x: torch.Tensor, power: PowerLawFit, ww_compat: bo
         values["alpha_hill"] = power.alpha
     if power.reason is not None:
         out.notes["alpha"] = power.reason
-    if ww_compat:
-        return  # WeightWatcher's own alpha_weighted / log_alpha_norm are already in values
+    if ww_compat:  # WeightWatcher's own alpha_weighted / log_alpha_norm are already in values
+        values["num_pl_spikes"] = float(power.n_tail)  # its name for the tail count
+        return
     alpha = power.alpha
     if power.reason is None and math.isfinite(alpha):
         positive = x[x > 0]
@@ -236,8 +239,6 @@ def _add_ww_mp(out: ESDMetrics, x: torch.Tensor, N: int, M: int) -> None:
     """WeightWatcher's ``mp_fit`` on every eigenvalue (zeros included, as WeightWatcher)."""
     values = out.values
     keys = ("mp_s2", "lambda_plus", "num_spikes", "mp_softrank", "sigma_mp")
-    if "n_tail" in values:
-        values["num_pl_spikes"] = values["n_tail"]
     try:
         mp = ww_ref.mp_fit(x.flip(0).cpu().numpy(), N, M)  # ascending, as WeightWatcher
     except Exception as error:  # WeightWatcher catches every error of its fit, reports -1

@@ -115,7 +115,9 @@ def analyze(
             the spectrum's smallest values are then not resolved, which each record says in
             ``notes["svals"]``), otherwise the accurate float64 Gram path.
         fit: power-law fit: ``"ks"`` (KS-optimal xmin), ``"hill"`` (TempBalance) or None.
-        mp_fit: fit the Marchenko-Pastur bulk (num_spikes, mp_softrank, lambda_plus).
+        mp_fit: fit the Marchenko-Pastur bulk (num_spikes, mp_softrank, lambda_plus, mp_s2):
+            the project's quantile fit, or with ``ww_compat`` WeightWatcher's ``mp_fit``
+            (adds sigma_mp; docs/mp_metrics.md).
         traps: correlation traps and rand_distance from a shuffled copy of each weight (private
             generator seeded with ``generator_seed``).
         metrics: False returns spectra and norms only.

@@ -17,7 +17,9 @@ caller.
 
 With ``ww_compat=True`` the norm metrics are WeightWatcher 0.7.7's own arithmetic
 (:func:`svd_callback.rmt.ww_compat.norm_metrics`: float64 eps in the rank, its 1e-10 entropy
-offset) and the fit is its ``WWFit``.
+offset), the fit is its ``WWFit`` (``num_pl_spikes``: ``n_tail`` under WeightWatcher's name)
+and the MP bulk is its ``mp_fit`` (:func:`svd_callback.rmt.ww_compat.mp_fit`), which adds
+WeightWatcher's ``sigma_mp``.
 """
 
 from __future__ import annotations
@@ -112,12 +114,13 @@ def esd_metrics(
     x = torch.as_tensor(eigs).detach().reshape(-1).to(torch.float64)
     if x.numel() == 0 or not bool(torch.isfinite(x).all()):
         out.notes["all"] = "empty spectrum" if x.numel() == 0 else "non-finite eigenvalues"
-        out.values.update(dict.fromkeys(_metric_keys(fit, mp_fit), math.nan))
+        out.values.update(dict.fromkeys(_metric_keys(fit, mp_fit, ww_compat), math.nan))
         return out
     x = x.clamp_min(0).sort(descending=True).values
     if float(x[0]) == 0.0:
         out.notes["all"] = "zero spectrum (every singular value is 0)"
-        out.values.update(dict.fromkeys(_metric_keys(fit, mp_fit), math.nan), matrix_rank=0.0,
+        out.values.update(dict.fromkeys(_metric_keys(fit, mp_fit, ww_compat), math.nan),
+                          matrix_rank=0.0,
                           rank_loss=float(x.numel()), spectral_norm=0.0, frobenius_norm=0.0)
         return out
 
@@ -138,13 +141,15 @@ def esd_metrics(
         out.values.update(_norms(x, N))
     if power is not None:
         _add_fit(out, x, power, ww_compat)
-    if mp_fit:
+    if mp_fit and ww_compat:
+        _add_ww_mp(out, x, N, M)
+    elif mp_fit:
         _add_mp(out, x, N, M)
     _note_nans(out)
     return out
 
 
-def _metric_keys(fit: str | None, mp_fit: bool) -> tuple[str, ...]:
+def _metric_keys(fit: str | None, mp_fit: bool, ww_compat: bool = False) -> tuple[str, ...]:
     """Every key :func:`esd_metrics` reports for these options."""
     keys = ("spectral_norm", "frobenius_norm", "log_norm", "log_spectral_norm", "stable_rank",
             "matrix_rank", "rank_loss", "entropy")
@@ -153,6 +158,10 @@ def _metric_keys(fit: str | None, mp_fit: bool) -> tuple[str, ...]:
                  "log_alpha_norm") + (("alpha_hill",) if fit == "hill" else ())
     if mp_fit:
         keys += ("mp_s2", "lambda_plus", "num_spikes", "mp_softrank")
+    if fit is not None and ww_compat:
+        keys += ("num_pl_spikes",)
+    if mp_fit and ww_compat:
+        keys += ("sigma_mp",)
     return keys
 
 
@@ -194,8 +203,9 @@ def _add_fit(out: ESDMetrics, x: torch.Tensor, power: PowerLawFit, ww_compat: bo
         values["alpha_hill"] = power.alpha
     if power.reason is not None:
         out.notes["alpha"] = power.reason
-    if ww_compat:
-        return  # WeightWatcher's own alpha_weighted / log_alpha_norm are already in values
+    if ww_compat:  # WeightWatcher's own alpha_weighted / log_alpha_norm are already in values
+        values["num_pl_spikes"] = float(power.n_tail)  # its name for the tail count
+        return
     alpha = power.alpha
     if power.reason is None and math.isfinite(alpha):
         positive = x[x > 0]
@@ -218,6 +228,31 @@ def _add_mp(out: ESDMetrics, x: torch.Tensor, N: int, M: int) -> None:
     if mp.reason is not None:
         for key in ("mp_s2", "lambda_plus", "num_spikes", "mp_softrank"):
             out.notes[key] = mp.reason
+
+
+WW_MP_NOTE = ("WeightWatcher 0.7.7 mp_fit: ESD rescaled to mean 1, sigma_mp by brute-force + "
+              "Nelder-Mead fit to a linear KDE (bw 0.1; quarter circle of sqrt(lambda) when "
+              "Q = 1), spikes above bulk_max + sqrt(TW); lambda_plus and mp_s2 = "
+              "sigma_mp^2 / W_scale^2 in the layer's eigenvalue units")
+
+
+def _add_ww_mp(out: ESDMetrics, x: torch.Tensor, N: int, M: int) -> None:
+    """WeightWatcher's ``mp_fit`` on every eigenvalue (zeros included, as WeightWatcher)."""
+    values = out.values
+    keys = ("mp_s2", "lambda_plus", "num_spikes", "mp_softrank", "sigma_mp")
+    try:
+        mp = ww_ref.mp_fit(x.flip(0).cpu().numpy(), N, M)  # ascending, as WeightWatcher
+    except Exception as error:  # WeightWatcher catches every error of its fit, reports -1
+        reason = (f"WeightWatcher's mp_fit fails here ({type(error).__name__}: {error}); "
+                  "it reports -1")
+        values.update(dict.fromkeys(keys, math.nan))
+        out.notes.update(dict.fromkeys(keys, reason))
+        return
+    scale2 = mp.W_scale * mp.W_scale
+    values.update(mp_s2=mp.sigma_mp**2 / scale2, lambda_plus=mp.bulk_max,
+                  num_spikes=float(mp.num_spikes), mp_softrank=mp.mp_softrank,
+                  sigma_mp=mp.sigma_mp)
+    out.notes["mp_fit"] = WW_MP_NOTE
 
 
 def _note_nans(out: ESDMetrics) -> None:

@@ -39,7 +39,7 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
         "alpha_weighted",
         "log_alpha_norm",
     ),
-    "mp": ("mp_softrank", "num_spikes", "lambda_plus", "mp_s2"),
+    "mp": ("mp_softrank", "num_spikes", "lambda_plus", "mp_s2", "sigma_mp"),
     "traps": ("num_traps", "trap_max", "rand_distance", "rand_distance_ww"),
 }
 """Metric groups a user selects with ``SpectralMonitor(metrics=...)``."""
@@ -64,6 +64,7 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "num_spikes": "eigenvalues above the Marchenko-Pastur edge plus the Tracy-Widom margin",
     "lambda_plus": "Marchenko-Pastur bulk edge lambda_plus = s^2 (1 + 1/sqrt(Q))^2",
     "mp_s2": "Marchenko-Pastur scale s^2 fitted to the bulk",
+    "sigma_mp": "WeightWatcher's MP sigma, fitted to the ESD rescaled to mean 1 (ww_compat only)",
     "spectral_norm": "largest singular value sqrt(lambda_max)",
     "frobenius_norm": "Frobenius norm sqrt(sum lambda)",
     "num_traps": "correlation traps: eigenvalues of the entry-shuffled weight above its MP edge",
@@ -191,12 +192,22 @@ def short_conventions(mode: str, normalization: str, fit: str | None) -> str:
     return f"mode {mode}, normalization {normalization}, fit {fit or 'none'}"
 
 
+MP_FIT_TEXT = {
+    False: "MP bulk: quantile fit with spike trimming, margin 4 Tracy-Widom units",
+    True: "MP bulk: WeightWatcher 0.7.7 mp_fit (KDE fit of the ESD rescaled to mean 1, "
+    "margin sqrt(TW))",
+}
+"""Which Marchenko-Pastur fit produced the ``mp`` group's values (keyed by ww_compat)."""
+
+
 def metric_description(
     metric: str, mode: str, normalization: str, fit: str | None, ww_compat: bool = False
 ) -> str:
     """What a per-layer scalar is and how it was made (shown in TensorBoard's chart tooltip)."""
     what = METRIC_DESCRIPTIONS.get(metric, metric)
     how = conventions(mode, normalization, fit, ww_compat)
+    if metric in METRIC_GROUPS["mp"]:
+        how += "; " + MP_FIT_TEXT[bool(ww_compat)]
     return f"{what}; ESD of lambda = c * sigma^2; {how}"
 
 

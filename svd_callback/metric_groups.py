@@ -40,7 +40,7 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
         "alpha_weighted",
         "log_alpha_norm",
     ),
-    "mp": ("mp_softrank", "num_spikes", "lambda_plus", "mp_s2"),
+    "mp": ("mp_softrank", "num_spikes", "lambda_plus", "mp_s2", "sigma_mp"),
     "traps": ("num_traps", "trap_max", "rand_distance", "rand_distance_ww"),
 }
 """Group name -> the per-layer metrics it computes and logs, in logging order."""

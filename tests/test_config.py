@@ -77,7 +77,11 @@ def test_each_group_names_metrics_the_rmt_code_computes_with_that_group_on():
     eigs = torch.linalg.svdvals(w) ** 2
     plain = set(esd_metrics(eigs, N=200, M=100, fit=None).values)
     fitted = {key for fit in FITS for key in esd_metrics(eigs, N=200, M=100, fit=fit).values}
-    bulk = set(esd_metrics(eigs, N=200, M=100, fit=None, mp_fit=True).values)
+    bulk = {  # the project's MP fit, and WeightWatcher's (which adds sigma_mp)
+        key
+        for compat in (False, True)
+        for key in esd_metrics(eigs, N=200, M=100, fit=None, mp_fit=True, ww_compat=compat).values
+    }
     shuffled = torch.linalg.svdvals(w.flatten()[torch.randperm(w.numel(), generator=gen)]
                                     .reshape(200, 100)) ** 2
     traps = set(trap_metrics(eigs, shuffled, 200, 100))

@@ -13,36 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from svd_callback.metric_groups import METRIC_GROUPS
+
 ALERT_COUNT_TAG = "alerts/count"
 ALERT_TEXT_TAG = "alerts"
 CONVENTIONS_TAG = "spectral/conventions"
 EPOCH_TAG = "epoch"
 
-METRIC_GROUPS: dict[str, tuple[str, ...]] = {
-    "norms": (
-        "log_norm",
-        "log_spectral_norm",
-        "spectral_norm",
-        "frobenius_norm",
-        "stable_rank",
-        "entropy",
-        "matrix_rank",
-        "rank_loss",
-    ),
-    "powerlaw": (
-        "alpha",
-        "xmin",
-        "D",
-        "alpha_sigma",
-        "n_tail",
-        "alpha_hill",
-        "alpha_weighted",
-        "log_alpha_norm",
-    ),
-    "mp": ("mp_softrank", "num_spikes", "lambda_plus", "mp_s2", "sigma_mp"),
-    "traps": ("num_traps", "trap_max", "rand_distance", "rand_distance_ww"),
-}
-"""Metric groups a user selects with ``SpectralMonitor(metrics=...)``."""
+
 
 METRIC_DESCRIPTIONS: dict[str, str] = {
     "alpha": "power-law exponent alpha of the ESD tail, rho(lambda) ~ lambda^-alpha "

@@ -6,8 +6,9 @@ device under ``torch.no_grad()``, and sends the results to
 
 - every logger in ``trainer.loggers`` (per-layer scalars ``spectral/<metric>/<layer>``,
   aggregates ``spectral_summary/<key>``, ``alerts/count`` and ``epoch`` through ``log_metrics``);
-- ``trainer.callback_metrics``, so that ``EarlyStopping`` and ``ModelCheckpoint`` can monitor
-  the aggregates (e.g. ``spectral_summary/alpha_mean``);
+- ``trainer.callback_metrics``: the model-level values only (aggregates such as
+  ``spectral_summary/alpha_mean`` and ``alerts/count``), for ``EarlyStopping`` and
+  ``ModelCheckpoint``;
 - a ``TensorBoardLogger`` additionally: scalars with descriptions of how they were made,
   singular-value histograms ``spectra/<mode>/<layer>``, ESD and spectrum heat-map figures, the
   ``alerts`` text panel, the ``spectral/conventions`` text and a custom-scalar layout;
@@ -78,7 +79,9 @@ __all__ = ["SpectralMonitor"]
 
 TRIGGERS = ("train_epoch_end", "validation_epoch_end")
 OWN_TAG_PREFIXES = ("spectral/", "spectral_summary/", "spectra/", "classes/", "alerts/")
-"""Tags this callback puts in ``trainer.callback_metrics`` (left out of the training scalars)."""
+"""Tags this callback logs (left out of the training scalars read from ``callback_metrics``)."""
+MODEL_LEVEL_PREFIXES = ("spectral_summary/",)
+"""Tags that always go into ``trainer.callback_metrics`` (with ``alerts/count``)."""
 _STATE_VERSION = 1
 _HEATMAP_POINTS = 64
 _HEATMAP_COLUMNS = 256
@@ -102,11 +105,15 @@ class SpectralMonitor(Callback):
     exception inside the analysis or the logging becomes a warning and training goes on; layers
     that cannot be analysed keep a reason (in the history file, and a one-time warning).
 
-    The per-layer scalars, the aggregates and ``alerts/count`` also go into
-    ``trainer.callback_metrics``, so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them.
-    Both run after this callback at the end of a training epoch with Lightning's defaults; when
-    they check at validation end instead (``val_check_interval < 1``, ``check_val_every_n_epoch
-    > 1``), use ``on="validation_epoch_end"`` so that they see the current analysis.
+    The model-level values, the aggregates ``spectral_summary/*`` and ``alerts/count``, also go
+    into ``trainer.callback_metrics``, so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor
+    them; the per-layer values ``spectral/*`` and ``classes/*`` go to the loggers and the history
+    file only (``per_layer_callback_metrics=True`` adds them: hundreds of entries on a large
+    model, which Lightning copies at every logging step and, under ``ddp_spawn``, pickles back
+    to the launching process). EarlyStopping and ModelCheckpoint run after this callback at
+    the end of a training epoch with Lightning's defaults; when they check at validation end
+    instead (``val_check_interval < 1``, ``check_val_every_n_epoch > 1``), use
+    ``on="validation_epoch_end"`` so that they see the current analysis.
 
     Args:
         every_n_epochs: analyse every n epochs (None or 0: no epoch schedule).
@@ -156,13 +163,16 @@ class SpectralMonitor(Callback):
             checkpointed state (positions and labels), so every epoch and a resumed run see the
             same images. It runs on rank 0 only, in one forward pass of the unwrapped module in
             eval mode (each module's own mode restored, RNG forked, no gradients), and its
-            values are broadcast so every rank has them in ``callback_metrics``. Cost on the
+            values are broadcast so every rank's alert rules see them. Cost on the
             digits CNN (2 CPU threads, experiments/benchmarks/bench_classes.py): about 65 ms per
             analysis for 256 images and 5 layers, 0.2 of a training epoch; the factorization
             rank adds about 0.8 s per factorised layer. Without validation data, with
             non-integer targets or unreadable batches it is switched off with one warning.
         class_probe: a fixed :class:`~svd_callback.classes.probe.ProbeSet` to use instead of
             the validation data (turns the class analysis on).
+        per_layer_callback_metrics: also put the per-layer values (``spectral/<metric>/<layer>``,
+            ``classes/<stat>/<layer>``) into ``trainer.callback_metrics`` (default: only the
+            model-level ``spectral_summary/*`` and ``alerts/count``).
 
     Raises:
         ValueError: on any invalid argument, naming it and the value given.
@@ -203,6 +213,7 @@ class SpectralMonitor(Callback):
         generator_seed: int = 0,
         class_analysis: bool | ClassAnalysisConfig | Mapping[str, Any] = False,
         class_probe: ProbeSet | None = None,
+        per_layer_callback_metrics: bool = False,
     ) -> None:
         super().__init__()
         self.every_n_epochs = _check_count("every_n_epochs", every_n_epochs)
@@ -250,6 +261,7 @@ class SpectralMonitor(Callback):
             raise ValueError(f"class_probe must be a ProbeSet or None, got {class_probe!r}")
         self.class_probe = class_probe
         self.class_config = ClassAnalysisConfig.coerce(class_analysis)
+        self.per_layer_callback_metrics = bool(per_layer_callback_metrics)
         if self.class_config is None and class_probe is not None:
             self.class_config = ClassAnalysisConfig()
         if alert_rules is None:
@@ -499,9 +511,10 @@ class SpectralMonitor(Callback):
         class_scalars, class_descriptions = self._class_scalars(class_metrics)
         scalars.update(class_scalars)
         descriptions.update(class_descriptions)
-        trainer.callback_metrics.update(
-            {tag: torch.tensor(value, dtype=torch.float32) for tag, value in scalars.items()}
-        )
+        trainer.callback_metrics.update({
+            tag: torch.tensor(value, dtype=torch.float32) for tag, value in scalars.items()
+            if self.per_layer_callback_metrics or _is_model_level(tag)
+        })
         entry = {
             "epoch": epoch,
             "epochs_trained": epochs_trained,
@@ -1127,6 +1140,11 @@ class SpectralMonitor(Callback):
 
 
 # ---------------------------------------------------------------------- helpers
+def _is_model_level(tag: str) -> bool:
+    """A model-level value (an aggregate or the alert count), as opposed to a per-layer one."""
+    return tag.startswith(MODEL_LEVEL_PREFIXES) or tag == tags.ALERT_COUNT_TAG
+
+
 def _log_to_logger(logger: Any, metrics: dict[str, float], step: int) -> None:
     logger.log_metrics(metrics, step)
     logger.save()

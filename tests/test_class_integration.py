@@ -278,7 +278,8 @@ def test_callback_bad_inputs_one_warning_and_training_goes_on(tmp_path, digits):
     train = DataLoader(digits.train_set, batch_size=64)
 
     def run(name, val):
-        monitor = SpectralMonitor(class_analysis=True, figures_every_n=0)
+        monitor = SpectralMonitor(class_analysis=True, figures_every_n=0,
+                                  per_layer_callback_metrics=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             trainer = trainer_for(tmp_path / name, [monitor], max_epochs=1, limit_val_batches=0)
@@ -303,7 +304,8 @@ def test_callback_bad_inputs_one_warning_and_training_goes_on(tmp_path, digits):
 
 # ---------------------------------------------------------------------------- callback
 def test_callback_logs_class_statistics_figures_and_history(tmp_path, digits):
-    monitor = SpectralMonitor(class_analysis={"probe_size": 128}, figures_every_n=2)
+    monitor = SpectralMonitor(class_analysis={"probe_size": 128}, figures_every_n=2,
+                              per_layer_callback_metrics=True)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     pl.seed_everything(0, verbose=False)
     trainer = trainer_for(tmp_path, [monitor], logger, max_epochs=2)

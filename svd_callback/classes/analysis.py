@@ -47,7 +47,7 @@ from svd_callback.classes.features import (
 from svd_callback.classes.hypergraph import Edges, class_hyperedges, hypergraph_stats
 from svd_callback.classes.probe import ProbeSet, first_tensor
 from svd_callback.classes.signals import class_mean_signals, neuron_signals
-from svd_callback.layers import frozen_forward
+from svd_callback.layers import frozen_forward, has_weight, read_weight
 
 CLASS_MODE = "classes"
 """The ``mode`` of the class records given to the alert engine (beside ``unfold`` etc.)."""
@@ -448,7 +448,7 @@ def _signal_layers(
         if module is None:
             report.reasons[f"layer {name}"] = "no module of this name in the model"
             report.layers[name] = {}
-        elif not isinstance(getattr(module, "weight", None), torch.Tensor):
+        elif not has_weight(module):
             report.reasons[f"layer {name}"] = f"{type(module).__name__} has no weight tensor"
             report.layers[name] = {}
         else:
@@ -526,7 +526,8 @@ def _capture(
                 return
             seen.add(("signal", name))
             try:
-                signals = neuron_signals(mod.weight, first_tensor(args), params, config.top_k)
+                signals = neuron_signals(read_weight(mod), first_tensor(args), params,
+                                         config.top_k)
             except Exception as error:  # noqa: BLE001
                 out.errors[f"layer {name}"] = f"{type(error).__name__}: {error}"
                 return

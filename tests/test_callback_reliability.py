@@ -1,0 +1,93 @@
+"""SpectralMonitor on awkward models and runs: parametrized and lazy weights, dict batches,
+resumes (TensorBoard purge, training rows, a lost history file), two monitors in one Trainer.
+
+Each case is a seeded digits run on the CPU, compared with the same run without the monitor, or
+read back from the TensorBoard event files and the history file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.nn.utils import parametrizations
+
+from svd_callback.callback import SpectralMonitor
+from svd_callback.examples import DigitsDataModule, SmallCNN
+from svd_callback.layers import find_layers
+
+BATCHES = 4
+LAYERS = ["features.0", "features.2", "features.5", "hidden", "classifier"]
+
+
+def fit(root: Path, callbacks=(), model=None, max_epochs: int = 2, seed: int = 0, logger=False,
+        ckpt_path=None, datamodule=None, **options):
+    """A seeded digits run; returns (trainer, model). ``model``: a factory called after seeding."""
+    pl.seed_everything(seed, verbose=False)
+    module = model() if model is not None else SmallCNN()
+    settings = dict(
+        accelerator="cpu", devices=1, max_epochs=max_epochs, logger=logger,
+        callbacks=list(callbacks), enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=root, limit_train_batches=BATCHES,
+        limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=1,
+    )
+    settings.update(options)
+    trainer = pl.Trainer(**settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, datamodule or DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
+    return trainer, module
+
+
+def assert_same_weights(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+
+
+def full_monitor(**kwargs) -> SpectralMonitor:
+    """Every forward the callback may run: operator probe, class probe, every step."""
+    options = dict(conv_modes=("unfold", "operator"), every_n_steps=2, figures_every_n=0,
+                   class_analysis={"probe_size": 64})
+    options.update(kwargs)
+    return SpectralMonitor(**options)
+
+
+# ---------------------------------------------------------------------------- parametrizations
+class _ParametrizedCNN(SmallCNN):
+    """SmallCNN with spectral_norm and weight_norm, each in the parametrization and the hook API."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        parametrizations.spectral_norm(self.features[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the hook APIs are deprecated
+            torch.nn.utils.spectral_norm(self.features[2])
+            torch.nn.utils.weight_norm(self.classifier)
+        parametrizations.weight_norm(self.hidden)
+
+
+def test_parametrized_weights_are_read_without_changing_the_training(tmp_path):
+    model = _ParametrizedCNN()
+    specs, skipped = find_layers(model)
+    assert [s.name for s in specs] == LAYERS and skipped == []  # no parametrization "layer"
+    u = model.features[0].parametrizations.weight[0]._u.clone()
+    model.train()
+    weight = specs[0].weight  # read in train mode: no power iteration
+    assert torch.equal(model.features[0].parametrizations.weight[0]._u, u)
+    model.eval()
+    assert torch.equal(weight, model.features[0].weight)  # the eval-mode (next forward) weight
+    with torch.no_grad():  # the hook API: recomputed from the parameters, no power iteration
+        hook_u = model.features[2].weight_u.clone()
+        expected = model.features[2].weight_orig / torch.dot(
+            hook_u, model.features[2].weight_orig.flatten(1) @ model.features[2].weight_v)
+        assert torch.allclose(specs[1].weight, expected)
+        assert torch.equal(model.features[2].weight_u, hook_u)
+
+    _, plain = fit(tmp_path / "plain", [], model=_ParametrizedCNN)
+    monitor = full_monitor()
+    _, watched = fit(tmp_path / "watched", [monitor], model=_ParametrizedCNN)
+    assert monitor._analyses >= 4 and len(monitor._input_sizes) == 3
+    assert_same_weights(plain.state_dict(), watched.state_dict())

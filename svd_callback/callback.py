@@ -43,6 +43,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
+from torch.nn.modules.lazy import LazyModuleMixin
 from typing_extensions import override
 
 from svd_callback.alerts import (
@@ -300,6 +301,7 @@ class SpectralMonitor(Callback):
         self._last_figure_analysis = -1
         self._owners: dict[str, int] = {}
         self._last_class_report: ClassReport | None = None
+        self._sizes_tried = False
 
     @property
     @override
@@ -374,8 +376,7 @@ class SpectralMonitor(Callback):
         self._loaded = False
         if trainer.is_global_zero:
             self._guarded("preparing the history file", self._start_history, trainer, resumed)
-        if "operator" in self.conv_modes and not self._input_sizes:
-            self._record_input_sizes(trainer, pl_module)
+        self._maybe_record_input_sizes(trainer, pl_module)
         if self.class_config is not None and trainer.is_global_zero:
             self._guarded("choosing the class probe", self._prepare_class_probe, trainer)
         if self.log_init and self._analyses == 0 and trainer.global_step == 0:
@@ -462,6 +463,7 @@ class SpectralMonitor(Callback):
         epoch = int(math.floor(epochs_trained))
         world = int(trainer.world_size)
 
+        self._maybe_record_input_sizes(trainer, pl_module)
         local, order = self._local_report(pl_module, world, int(trainer.global_rank))
         report = gather_reports(local, world, order, self.conv_modes)  # collective on all ranks
         class_metrics = self._class_analysis(trainer, pl_module)  # computed on rank 0, broadcast
@@ -604,6 +606,27 @@ class SpectralMonitor(Callback):
             )
             return report, names
 
+    def _maybe_record_input_sizes(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
+        """Record the conv input sizes once (``operator`` mode), never before the model's own
+        first forward has materialised its lazy modules: a probe pass would initialise them
+        from a different random state than the training would."""
+        if "operator" not in self.conv_modes or self._input_sizes or self._sizes_tried:
+            return
+        if _has_uninitialised_lazy(pl_module):
+            self._note_once("lazy-sizes", "the model has lazy modules not materialised yet; the "
+                            "conv input sizes (operator mode) are recorded after its first "
+                            "forward")
+            return
+        self._sizes_tried = True
+        self._record_input_sizes(trainer, pl_module)
+
+    def _note_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_info(f"SpectralMonitor: {message}.")
+
     def _record_input_sizes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Spatial input size of every conv, from one probe pass (``operator`` mode)."""
         try:
@@ -691,7 +714,12 @@ class SpectralMonitor(Callback):
             return {}
         report = None
         if trainer.is_global_zero and self._class_probe is not None:
-            report = self._guarded("the class analysis", self._run_class_analysis, pl_module)
+            if _has_uninitialised_lazy(pl_module):
+                self._note_once("lazy-classes", "the model has lazy modules not materialised "
+                                "yet; the class analysis starts after its first forward")
+            else:
+                report = self._guarded("the class analysis", self._run_class_analysis,
+                                       pl_module)
         self._last_class_report = report
         metrics = {} if report is None else report.record_metrics()
         if is_distributed(int(trainer.world_size)):
@@ -1140,6 +1168,13 @@ class SpectralMonitor(Callback):
 
 
 # ---------------------------------------------------------------------- helpers
+def _has_uninitialised_lazy(model: torch.nn.Module) -> bool:
+    """Whether a lazy module (``LazyLinear``, ``LazyConv2d``...) still waits for its first
+    forward to create its parameters."""
+    return any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()
+               for m in model.modules())
+
+
 def _is_model_level(tag: str) -> bool:
     """A model-level value (an aggregate or the alert count), as opposed to a per-layer one."""
     return tag.startswith(MODEL_LEVEL_PREFIXES) or tag == tags.ALERT_COUNT_TAG

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 from torch.nn.utils import parametrizations
 
 from svd_callback.callback import SpectralMonitor
 from svd_callback.examples import DigitsDataModule, SmallCNN
 from svd_callback.layers import find_layers
+from svd_callback.sinks.history import read_history
 
 BATCHES = 4
 LAYERS = ["features.0", "features.2", "features.5", "hidden", "classifier"]
@@ -91,3 +93,30 @@ def test_parametrized_weights_are_read_without_changing_the_training(tmp_path):
     _, watched = fit(tmp_path / "watched", [monitor], model=_ParametrizedCNN)
     assert monitor._analyses >= 4 and len(monitor._input_sizes) == 3
     assert_same_weights(plain.state_dict(), watched.state_dict())
+
+
+# ---------------------------------------------------------------------------- lazy modules
+class _LazyCNN(SmallCNN):
+    """SmallCNN whose first conv and hidden layer are lazy (materialised by the first forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features[0] = nn.LazyConv2d(16, 3, padding=1)
+        self.hidden = nn.LazyLinear(64)
+
+
+def test_lazy_modules_are_skipped_until_the_models_own_first_forward(tmp_path):
+    _, plain = fit(tmp_path / "plain", [], model=_LazyCNN)
+    monitor = full_monitor()
+    _, watched = fit(tmp_path / "watched", [monitor], model=_LazyCNN)
+    assert_same_weights(plain.state_dict(), watched.state_dict())
+    # sizes recorded at the first analysis after the first training step; classes from then on
+    assert monitor._input_sizes == {"features.0": (8, 8), "features.2": (8, 8),
+                                    "features.5": (4, 4)}
+    rows = read_history(tmp_path / "watched" / "spectral_history.jsonl")
+    first = {r["layer"]: r for r in rows if r["type"] == "layer" and r["step"] == 0}
+    assert "lazy module not materialised" in first["hidden"]["reason"]
+    assert "lazy module not materialised" in first["features.0"]["reason"]
+    later = [r for r in rows if r["type"] == "layer" and r["step"] == 2 and r["mode"] == "operator"]
+    assert {r["layer"] for r in later if r["reason"] is None} >= {"features.0", "hidden"}
+    assert sorted({r["step"] for r in rows if r["type"] == "class"}) == [2, 4, 6, 8]

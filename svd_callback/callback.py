@@ -290,6 +290,7 @@ class SpectralMonitor(Callback):
         self._class_probe: ProbeSet | None = None
         self._class_probe_state: dict[str, Any] | None = None
         self._class_tracker = ClassTracker()
+        self._training: dict[str, float] = {}
 
     def _reset_fit_state(self) -> None:
         """State of one ``trainer.fit`` call (writers, one-time messages)."""
@@ -330,6 +331,7 @@ class SpectralMonitor(Callback):
             "figure_names": None if self._figure_names is None else list(self._figure_names),
             "history_path": self._history_path,
             "alert_engine": self.alert_engine.state_dict(),
+            "training": dict(self._training),
             "classes": {
                 "probe": None if self._class_probe_state is None else dict(self._class_probe_state),
                 "tracker": self._class_tracker.state_dict(),
@@ -355,6 +357,7 @@ class SpectralMonitor(Callback):
         self._figure_names = state_dict["figure_names"]
         self._history_path = state_dict["history_path"]
         self.alert_engine.load_state_dict(state_dict["alert_engine"])
+        self._training = {str(k): float(v) for k, v in state_dict.get("training", {}).items()}
         classes = state_dict.get("classes")
         if classes is not None:
             self._class_probe_state = classes["probe"]
@@ -376,6 +379,9 @@ class SpectralMonitor(Callback):
         self._loaded = False
         if trainer.is_global_zero:
             self._guarded("preparing the history file", self._start_history, trainer, resumed)
+            if resumed:
+                self._guarded("purging TensorBoard events after the checkpoint",
+                              self._purge_tensorboard, trainer)
         self._maybe_record_input_sizes(trainer, pl_module)
         if self.class_config is not None and trainer.is_global_zero:
             self._guarded("choosing the class probe", self._prepare_class_probe, trainer)
@@ -500,7 +506,10 @@ class SpectralMonitor(Callback):
         summary: dict[str, dict[str, float]] = {}
         alerts: list[Alert] = []
         class_metrics = class_metrics or {}
-        training = self._training_scalars(trainer)
+        # the losses logged before a checkpoint are gone from a resumed trainer's
+        # callback_metrics until it logs them again: the state keeps them
+        training = {**self._training, **self._training_scalars(trainer)}
+        self._training = dict(training)
         try:
             summary = summarize(report)
             alerts = self.alert_engine.update(
@@ -1050,6 +1059,14 @@ class SpectralMonitor(Callback):
                                                 self.ww_compat) for m in self.conv_modes},
             "world_size": int(trainer.world_size),
         }])
+
+    def _purge_tensorboard(self, trainer: pl.Trainer) -> None:
+        """Hide the events the interrupted run wrote after the checkpoint's step (TensorBoard's
+        ``purge_step``): the resumed run writes those steps again."""
+        for sink in self._tensorboard_sinks(trainer).values():
+            if not sink.purge_from(int(trainer.global_step) + 1):
+                self._warn(f"{type(sink.writer).__name__} cannot hide the events written after "
+                           f"the checkpoint; TensorBoard may show two values at those steps")
 
     def _resolve_history_path(self, trainer: pl.Trainer) -> Path | None:
         if self.history_file is None:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 from torch import nn
 from torch.nn.utils import parametrizations
 
@@ -120,3 +123,44 @@ def test_lazy_modules_are_skipped_until_the_models_own_first_forward(tmp_path):
     later = [r for r in rows if r["type"] == "layer" and r["step"] == 2 and r["mode"] == "operator"]
     assert {r["layer"] for r in later if r["reason"] is None} >= {"features.0", "hidden"}
     assert sorted({r["step"] for r in rows if r["type"] == "class"}) == [2, 4, 6, 8]
+
+
+# ---------------------------------------------------------------------------- resume
+def accumulator(log_dir) -> EventAccumulator:
+    """The whole run directory as TensorBoard's server reads it (every event file, orphans
+    purged; scalars, histograms and text as tensors)."""
+    acc = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_resume_in_the_same_log_dir_purges_orphans_and_keeps_training_rows(tmp_path):
+    """Resuming from an older checkpoint in the same log directory: TensorBoard shows one value
+    per step (the resumed run's), and the history keeps the 'training' rows an uninterrupted
+    run writes (the losses logged before the checkpoint are in the monitor's state)."""
+    def monitor():
+        return SpectralMonitor(every_n_steps=3, figures_every_n=0)
+
+    def logger():
+        return TensorBoardLogger(tmp_path, name="tb", version=0)
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}",
+                                  save_on_train_epoch_end=True)
+    fit(tmp_path, [monitor(), checkpoints], max_epochs=3, logger=logger(),
+        enable_checkpointing=True)
+    log_dir = tmp_path / "tb" / "version_0"
+    history = log_dir / "spectral_history.jsonl"
+    uninterrupted = [(r["step"], sorted(r["metrics"])) for r in read_history(history)
+                     if r["type"] == "training"]
+    steps = [0, 3, 4, 6, 8, 9, 12]
+    assert [e.step for e in accumulator(log_dir).Tensors("spectral/alpha/hidden")] == steps
+
+    fit(tmp_path, [monitor()], max_epochs=3, logger=logger(),
+        ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
+    acc = accumulator(log_dir)
+    for tag in ("spectral/alpha/hidden", "spectral_summary/alpha_mean", "alerts/count"):
+        assert [e.step for e in acc.Tensors(tag)] == steps, tag
+    assert [e.step for e in acc.Tensors("spectra/unfold/hidden")] == steps
+    resumed = [(r["step"], sorted(r["metrics"])) for r in read_history(history)
+               if r["type"] == "training"]
+    assert resumed == uninterrupted and [s for s, _ in resumed] == [4, 6, 8, 9, 12]

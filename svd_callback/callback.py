@@ -66,7 +66,7 @@ from svd_callback.classes.analysis import (
     probe_from_loader,
 )
 from svd_callback.classes.probe import ProbeSet
-from svd_callback.distributed import gather_reports, is_distributed, split_work
+from svd_callback.distributed import gather_alerts, gather_reports, is_distributed, split_work
 from svd_callback.layers import estimate_cost, example_input_for, find_layers, record_input_sizes
 from svd_callback.report import CONV_MODES, NORMALIZATIONS, LayerReport, Report
 from svd_callback.sinks import tags
@@ -150,7 +150,8 @@ class SpectralMonitor(Callback):
             rule unless ``"traps"`` is computed, plus the class rules with
             ``class_analysis``); ``[]`` disables alerts.
         stop_on_alert: honour alerts of severity ``"stop"`` by stopping the training.
-        on_alert: called as ``on_alert(alert, trainer, pl_module)`` for each alert, on every rank.
+        on_alert: called as ``on_alert(alert, trainer, pl_module)`` on every rank for each alert
+            raised on any rank (alerts are gathered across ranks).
         history_file: file name (relative to the log directory) or absolute path of the JSON-lines
             history; None disables it.
         generator_seed: seed of the private generator used by ``"traps"``.
@@ -303,6 +304,8 @@ class SpectralMonitor(Callback):
         self._owners: dict[str, int] = {}
         self._last_class_report: ClassReport | None = None
         self._sizes_tried = False
+        self._alert_ranks: dict[int, tuple[int, ...]] = {}
+        self._world = 1
 
     @property
     @override
@@ -487,7 +490,8 @@ class SpectralMonitor(Callback):
         stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
             trainer.should_stop = True
-            reasons = "; ".join(a.message for a in alerts if a.severity == "stop")
+            reasons = "; ".join(a.message + self._raised_on(a) for a in alerts
+                                if a.severity == "stop")
             rank_zero_info(f"SpectralMonitor: stopping the training: {reasons or 'stop alert'}")
 
     def _record(
@@ -518,6 +522,8 @@ class SpectralMonitor(Callback):
             )
         except Exception as error:  # noqa: BLE001 - never crash training
             self._warn(f"computing aggregates and alerts failed: {type(error).__name__}: {error}")
+        # collective on every rank: a rule may fire on one rank only; rank 0 records them all
+        alerts = self._gather_alerts(trainer, alerts)
         scalars, descriptions = self._scalars(report, summary, len(alerts))
         class_scalars, class_descriptions = self._class_scalars(class_metrics)
         scalars.update(class_scalars)
@@ -549,6 +555,26 @@ class SpectralMonitor(Callback):
                 descriptions, alerts, entry, index,
             )
         return alerts
+
+    def _gather_alerts(self, trainer: pl.Trainer, alerts: list[Alert]) -> list[Alert]:
+        """The alerts of every rank (merged), remembering which ranks raised each one."""
+        world, rank = int(trainer.world_size), int(trainer.global_rank)
+        try:
+            merged = gather_alerts(alerts, world, rank)
+        except Exception as error:  # noqa: BLE001 - never crash training
+            self._warn(f"gathering the alerts of every rank failed: {type(error).__name__}: "
+                       f"{error}; rank {rank} records its own")
+            merged = [(alert, (rank,)) for alert in alerts]
+        self._alert_ranks = {id(alert): ranks for alert, ranks in merged}
+        self._world = world
+        return [alert for alert, _ in merged]
+
+    def _raised_on(self, alert: Alert) -> str:
+        """`` (rank r)`` for an alert raised on some ranks only of a multi-process run."""
+        ranks = self._alert_ranks.get(id(alert))
+        if not ranks or self._world <= 1 or len(ranks) == self._world:
+            return ""
+        return f" (rank {', '.join(map(str, ranks))})"
 
     @staticmethod
     def _training_scalars(trainer: pl.Trainer) -> dict[str, float]:
@@ -899,7 +925,8 @@ class SpectralMonitor(Callback):
         step = entry["step"]
         self._warn_skipped(report)
         for alert in alerts:
-            rank_zero_warn(f"SpectralMonitor alert [{alert.severity}] {alert.message}")
+            rank_zero_warn(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
+                           f"{self._raised_on(alert)}")
         self._guarded("writing the history file", self._write_history, report, alerts, entry)
         if self._last_class_report is not None:
             self._guarded("writing the class history", self._write_class_history,
@@ -973,7 +1000,7 @@ class SpectralMonitor(Callback):
                     description=tags.spectrum_description(record.mode, record.normalization),
                 )
         if alerts:
-            sink.text(tags.ALERT_TEXT_TAG, _alerts_markdown(alerts), step,
+            sink.text(tags.ALERT_TEXT_TAG, _alerts_markdown(alerts, self._raised_on), step,
                       description="spectral alerts raised by the analysis at this step")
 
     def _update_layout(self, sink: TensorBoardSink, scalars: Mapping[str, float]) -> None:
@@ -1124,6 +1151,7 @@ class SpectralMonitor(Callback):
                 **alert.to_dict(), "type": "alert", **common,
                 "mode": alert.mode, "normalization": self.normalization, "fit": fit,
                 "ww_compat": self.ww_compat,
+                "ranks": list(self._alert_ranks.get(id(alert), (0,))),
             })
         HistoryFile(self._history_path).append(rows)
 
@@ -1202,9 +1230,11 @@ def _log_to_logger(logger: Any, metrics: dict[str, float], step: int) -> None:
     logger.save()
 
 
-def _alerts_markdown(alerts: Sequence[Alert]) -> str:
-    """One bullet per alert: severity, then the alert's message (it names rule, layer, mode)."""
-    return "\n".join(f"- **{alert.severity}** {_md(alert.message)}" for alert in alerts)
+def _alerts_markdown(alerts: Sequence[Alert], where: Callable[[Alert], str]) -> str:
+    """One bullet per alert: severity, then the alert's message (it names rule, layer, mode)
+    and ``where(alert)`` (the ranks that raised it, when not all did)."""
+    return "\n".join(f"- **{alert.severity}** {_md(alert.message + where(alert))}"
+                     for alert in alerts)
 
 
 def _md(text: str) -> str:

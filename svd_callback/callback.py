@@ -1062,6 +1062,9 @@ class SpectralMonitor(Callback):
             # rows written after the checkpoint would be written again: keep those up to its
             # step; a new log directory starts with a copy of the checkpoint's history
             kept = _rows_up_to(previous, trainer.global_step)
+            if kept is None:
+                self._warn(f"the checkpoint's spectral history {previous} is gone; {path} holds "
+                           f"the rows from step {trainer.global_step} on only")
             same_file = Path(previous).resolve() == path.resolve()
             if kept is not None and (same_file or history.size() == 0):
                 _rewrite(history, kept)
@@ -1096,6 +1099,26 @@ class SpectralMonitor(Callback):
                            f"the checkpoint; TensorBoard may show two values at those steps")
 
     def _resolve_history_path(self, trainer: pl.Trainer) -> Path | None:
+        """This monitor's history file; with several monitors in one Trainer, each one after the
+        first whose file would coincide with an earlier one's gets ``<stem>-<k>.jsonl`` (k: its
+        1-based position among the monitors), so no two monitors write one file."""
+        path = self._configured_history_path(trainer)
+        if path is None:
+            return None
+        monitors = [cb for cb in trainer.callbacks if isinstance(cb, SpectralMonitor)]
+        position = next((i for i, m in enumerate(monitors) if m is self), 0)
+        earlier = {m._configured_history_path(trainer) for m in monitors[:position]}
+        if path in earlier:
+            path = path.with_name(f"{path.stem}-{position + 1}{path.suffix}")
+            self._warn(f"another SpectralMonitor of this Trainer writes the same history file; "
+                       f"this one (conv_modes={self.conv_modes}) writes {path}")
+        if position == 1 and trainer.loggers:
+            self._warn("several SpectralMonitors log to the same loggers: their tags coincide "
+                       "for the layers and modes they both analyse (give them disjoint include/"
+                       "exclude patterns)")
+        return path
+
+    def _configured_history_path(self, trainer: pl.Trainer) -> Path | None:
         if self.history_file is None:
             return None
         path = Path(self.history_file)

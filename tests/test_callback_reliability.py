@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -28,8 +29,9 @@ LAYERS = ["features.0", "features.2", "features.5", "hidden", "classifier"]
 
 
 def fit(root: Path, callbacks=(), model=None, max_epochs: int = 2, seed: int = 0, logger=False,
-        ckpt_path=None, datamodule=None, **options):
-    """A seeded digits run; returns (trainer, model). ``model``: a factory called after seeding."""
+        ckpt_path=None, datamodule=None, quiet=True, **options):
+    """A seeded digits run; returns (trainer, model). ``model``: a factory called after seeding;
+    ``quiet``: hide the warnings."""
     pl.seed_everything(seed, verbose=False)
     module = model() if model is not None else SmallCNN()
     settings = dict(
@@ -41,7 +43,8 @@ def fit(root: Path, callbacks=(), model=None, max_epochs: int = 2, seed: int = 0
     settings.update(options)
     trainer = pl.Trainer(**settings)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        if quiet:
+            warnings.simplefilter("ignore")
         trainer.fit(module, datamodule or DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
     return trainer, module
 
@@ -164,3 +167,32 @@ def test_resume_in_the_same_log_dir_purges_orphans_and_keeps_training_rows(tmp_p
     resumed = [(r["step"], sorted(r["metrics"])) for r in read_history(history)
                if r["type"] == "training"]
     assert resumed == uninterrupted and [s for s, _ in resumed] == [4, 6, 8, 9, 12]
+
+
+def test_a_resume_whose_history_file_is_gone_warns(tmp_path):
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}",
+                                  save_on_train_epoch_end=True)
+    fit(tmp_path, [SpectralMonitor(figures_every_n=0), checkpoints], max_epochs=2,
+        enable_checkpointing=True)
+    history = tmp_path / "spectral_history.jsonl"
+    history.unlink()
+    with pytest.warns(UserWarning, match="spectral history .* is gone.*from step 4 on"):
+        fit(tmp_path, [SpectralMonitor(figures_every_n=0)], max_epochs=2, quiet=False,
+            ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
+    rows = read_history(history)
+    assert [r["event"] for r in rows if r["type"] == "run"] == ["resume"]
+    assert sorted({r["step"] for r in rows if r["type"] == "layer"}) == [8]
+
+
+# ---------------------------------------------------------------------------- two monitors
+def test_two_monitors_in_one_trainer_write_their_own_history_files(tmp_path):
+    first = SpectralMonitor(conv_modes="unfold", figures_every_n=0)
+    second = SpectralMonitor(conv_modes="slices", figures_every_n=0)
+    with pytest.warns(UserWarning, match="same history file.*spectral_history-2.jsonl"):
+        fit(tmp_path, [first, second], max_epochs=1, quiet=False)
+    for name, mode in (("spectral_history.jsonl", "unfold"), ("spectral_history-2.jsonl",
+                                                             "slices")):
+        rows = read_history(tmp_path / name)
+        assert [r["event"] for r in rows if r["type"] == "run"] == ["start"], name
+        assert {r["mode"] for r in rows if r["type"] == "layer"} == {mode}, name
+        assert len([r for r in rows if r["type"] == "layer"]) == 2 * len(LAYERS), name

@@ -28,6 +28,7 @@ figures.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -175,6 +176,12 @@ class SpectralMonitor(Callback):
         per_layer_callback_metrics: also put the per-layer values (``spectral/<metric>/<layer>``,
             ``classes/<stat>/<layer>``) into ``trainer.callback_metrics`` (default: only the
             model-level ``spectral_summary/*`` and ``alerts/count``).
+        forward_fn: how the callback's own forward passes (the operator input-size probe, the
+            class probe) run the model: ``forward_fn(model, inputs)``, where ``inputs`` are the
+            batch's inputs (the first item of a tuple batch, the ``x``/``input``/``image``...
+            entry of a dict batch, or ``example_input_array``). None: ``model(inputs)``; for
+            dict batches, a model that rejects the tensor gets ``{key: inputs}``, the dict
+            with the input key alone (a forward that needs more keys needs ``forward_fn``).
 
     Raises:
         ValueError: on any invalid argument, naming it and the value given.
@@ -216,6 +223,7 @@ class SpectralMonitor(Callback):
         class_analysis: bool | ClassAnalysisConfig | Mapping[str, Any] = False,
         class_probe: ProbeSet | None = None,
         per_layer_callback_metrics: bool = False,
+        forward_fn: Callable[[torch.nn.Module, Any], Any] | None = None,
     ) -> None:
         super().__init__()
         self.every_n_epochs = _check_count("every_n_epochs", every_n_epochs)
@@ -264,6 +272,9 @@ class SpectralMonitor(Callback):
         self.class_probe = class_probe
         self.class_config = ClassAnalysisConfig.coerce(class_analysis)
         self.per_layer_callback_metrics = bool(per_layer_callback_metrics)
+        if forward_fn is not None and not callable(forward_fn):
+            raise ValueError(f"forward_fn must be callable or None, got {forward_fn!r}")
+        self.forward_fn = forward_fn
         if self.class_config is None and class_probe is not None:
             self.class_config = ClassAnalysisConfig()
         if alert_rules is None:
@@ -290,6 +301,7 @@ class SpectralMonitor(Callback):
         self._loaded = False
         self._class_probe: ProbeSet | None = None
         self._class_probe_state: dict[str, Any] | None = None
+        self._class_probe_key: str | None = None
         self._class_tracker = ClassTracker()
         self._training: dict[str, float] = {}
 
@@ -657,6 +669,13 @@ class SpectralMonitor(Callback):
         self._sizes_tried = True
         self._record_input_sizes(trainer, pl_module)
 
+    def _runner(self, key: str | None) -> Callable[[torch.nn.Module, Any], Any] | None:
+        """How to run the model on inputs taken from a batch (``key``: their key in a dict
+        batch): the user's ``forward_fn``, else the default (None when there is no key)."""
+        if self.forward_fn is not None:
+            return self.forward_fn
+        return None if key is None else functools.partial(_tensor_or_dict_forward, key=key)
+
     def _note_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -664,6 +683,7 @@ class SpectralMonitor(Callback):
 
     def _record_input_sizes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Spatial input size of every conv, from one probe pass (``operator`` mode)."""
+        key = None
         try:
             if self.input_size is not None:
                 example = example_input_for(pl_module, self.input_size)
@@ -672,7 +692,7 @@ class SpectralMonitor(Callback):
                 example = pl_module.example_input_array
                 source = "example_input_array"
             else:
-                example = _first_training_input(trainer)
+                example, key = _first_training_input(trainer)
                 source = "the first training sample"
             if example is None:
                 raise ValueError(
@@ -681,7 +701,8 @@ class SpectralMonitor(Callback):
                 )
             specs, _ = find_layers(pl_module, include=self.include, exclude=self.exclude)
             with torch.no_grad():
-                self._input_sizes = record_input_sizes(pl_module, example, specs)
+                self._input_sizes = record_input_sizes(pl_module, example, specs,
+                                                       self._runner(key))
             rank_zero_info(
                 f"SpectralMonitor: recorded the input sizes of {len(self._input_sizes)} conv "
                 f"layers from {source}."
@@ -712,6 +733,7 @@ class SpectralMonitor(Callback):
             return
         recorded = self._class_probe_state
         probe = None
+        loader = _KeyRecorder(loader)
         with isolate_rng():  # iterating a loader draws its base seed from the global RNG
             if recorded is not None and recorded.get("source") == "val_dataloader":
                 try:
@@ -728,6 +750,7 @@ class SpectralMonitor(Callback):
                     self._class_off(f"no class probe from the validation data: {error}")
                     return
         self._class_probe = probe
+        self._class_probe_key = loader.key
         self._class_probe_state = _probe_state(probe, "val_dataloader")
         classes = int(torch.unique(probe.labels).numel())
         rank_zero_info(f"SpectralMonitor: class analysis on a fixed probe of {len(probe)} "
@@ -764,7 +787,8 @@ class SpectralMonitor(Callback):
     def _run_class_analysis(self, pl_module: pl.LightningModule) -> ClassReport:
         specs, _ = find_layers(pl_module, include=self.include, exclude=self.exclude)
         report = analyze_classes(pl_module, self._class_probe, self.class_config,
-                                 layers=[s.name for s in specs], tracker=self._class_tracker)
+                                 layers=[s.name for s in specs], tracker=self._class_tracker,
+                                 forward=self._runner(self._class_probe_key))
         for key, reason in report.reasons.items():
             if f"classes:{key}:{reason}" not in self._warned:
                 self._warned.add(f"classes:{key}:{reason}")
@@ -1307,8 +1331,32 @@ def _probe_state(probe: ProbeSet, source: str) -> dict[str, Any]:
     return {"source": source, "indices": probe.indices.tolist(), "labels": probe.labels.tolist()}
 
 
-def _first_training_input(trainer: pl.Trainer) -> Any:
-    """The first element (inputs) of a one-sample batch from the training data.
+def _tensor_or_dict_forward(model: torch.nn.Module, inputs: Any, key: str) -> Any:
+    """``model(inputs)``; a model that rejects them (its forward reads a dict batch) gets
+    ``model({key: inputs})``."""
+    try:
+        return model(inputs)
+    except Exception:  # noqa: BLE001 - the dict form is tried next; its error is the one raised
+        return model({key: inputs})
+
+
+class _KeyRecorder:
+    """Iterates ``loader`` and remembers the input key of its dict batches (None otherwise)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.key: str | None = None
+
+    def __iter__(self) -> Any:
+        for batch in self.loader:
+            if isinstance(batch, Mapping):
+                self.key = _input_key(batch)
+            yield batch
+
+
+def _first_training_input(trainer: pl.Trainer) -> tuple[Any, str | None]:
+    """The first element (inputs) of a one-sample batch from the training data, and its key
+    when the batch is a dict.
 
     Read through the dataset (``dataset[0]`` and the loader's ``collate_fn``) inside
     ``isolate_rng`` so that random augmentations or samplers leave the global generators as
@@ -1320,7 +1368,7 @@ def _first_training_input(trainer: pl.Trainer) -> Any:
     elif isinstance(loader, (list, tuple)):
         loader = loader[0] if loader else None
     if loader is None:
-        return None
+        return None, None
     with isolate_rng():
         dataset = getattr(loader, "dataset", None)
         if dataset is not None and hasattr(dataset, "__getitem__"):
@@ -1329,18 +1377,20 @@ def _first_training_input(trainer: pl.Trainer) -> Any:
             batch = collate([sample]) if collate is not None else sample
         else:
             batch = next(iter(loader))
-    return _inputs_of(batch)
-
-
-def _inputs_of(batch: Any) -> Any:
-    if isinstance(batch, (list, tuple)):
-        return batch[0] if batch else None
     if isinstance(batch, Mapping):
-        for key in ("x", "input", "inputs", "image", "images", "pixel_values"):
-            if key in batch:
-                return batch[key]
-        return next(iter(batch.values()), None)
-    return batch
+        key = _input_key(batch)
+        return (batch[key] if key is not None else None), key
+    if isinstance(batch, (list, tuple)):
+        return (batch[0] if batch else None), None
+    return batch, None
+
+
+def _input_key(batch: Mapping[str, Any]) -> str | None:
+    """The key of the inputs in a dict batch: the first of the usual names, else the first."""
+    for key in ("x", "input", "inputs", "image", "images", "pixel_values"):
+        if key in batch:
+            return key
+    return next(iter(batch), None)
 
 
 def _check_count(name: str, value: int | None) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -243,12 +243,15 @@ def record_input_sizes(
     model: nn.Module,
     example_input: object,
     specs: Iterable[LayerSpec] | None = None,
+    forward: Callable[[nn.Module, object], object] | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """Spatial input size of every conv layer, from one forward pass of ``example_input``.
 
     The pass runs under :func:`frozen_forward`, so the model is left exactly as it was. Hooks are
     removed even on error. For a
     transposed conv the size recorded is its *output* size (the adjoint conv's input).
+    ``forward(model, example_input)`` runs the model (None: ``model(example_input)``, a dict
+    as keyword arguments, a tuple or list as positional ones).
     """
     specs = list(specs) if specs is not None else find_layers(model)[0]
     convs = {spec.module: spec for spec in specs if spec.is_conv}
@@ -263,7 +266,7 @@ def record_input_sizes(
     device = next((p.device for p in model.parameters()), None)
     try:
         with frozen_forward(model):
-            _forward(model, _to_device(example_input, device))
+            (forward or _forward)(model, _to_device(example_input, device))
     finally:
         for handle in handles:
             handle.remove()

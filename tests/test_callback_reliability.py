@@ -17,7 +17,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils import parametrizations
+from torch.utils.data import DataLoader, Dataset
 
 from svd_callback.callback import SpectralMonitor
 from svd_callback.examples import DigitsDataModule, SmallCNN
@@ -196,3 +198,67 @@ def test_two_monitors_in_one_trainer_write_their_own_history_files(tmp_path):
         assert [r["event"] for r in rows if r["type"] == "run"] == ["start"], name
         assert {r["mode"] for r in rows if r["type"] == "layer"} == {mode}, name
         assert len([r for r in rows if r["type"] == "layer"]) == 2 * len(LAYERS), name
+
+
+# ---------------------------------------------------------------------------- dict batches
+class _DictDigits(DigitsDataModule):
+    """The digits data as dict batches ``{"x": images, "y": labels}``."""
+
+    def train_dataloader(self):
+        return DataLoader(_AsDicts(self.train_set), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(_AsDicts(self.val_set), batch_size=self.batch_size)
+
+
+class _AsDicts(Dataset):
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return {"x": x, "y": y}
+
+
+class _DictCNN(SmallCNN):
+    """A model whose forward reads the dict batch (``needs``: the keys it reads)."""
+
+    def __init__(self, needs=("x",)) -> None:
+        super().__init__()
+        self.example_input_array = None
+        self.needs = needs
+
+    def forward(self, batch):
+        scale = batch["scale"] if "scale" in self.needs else 1.0
+        return super().forward(batch["x"] * scale)
+
+    def _step(self, batch, stage):
+        loss = F.cross_entropy(self({**batch, "scale": 1.0}), batch["y"])
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+
+def test_dict_batches_reach_the_operator_and_class_probes(tmp_path):
+    """Default: the model gets {"x": inputs}; a forward needing more keys takes forward_fn."""
+    monitor = full_monitor()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path / "default", [monitor], model=_DictCNN,
+            datamodule=_DictDigits(batch_size=32), max_epochs=1, quiet=False)
+    rows = read_history(tmp_path / "default" / "spectral_history.jsonl")
+    assert not [str(w.message) for w in caught if "SpectralMonitor" in str(w.message)]
+    assert set(monitor._input_sizes) == {"features.0", "features.2", "features.5"}
+    assert sorted({r["step"] for r in rows if r["type"] == "class"}) == [0, 2, 4]
+
+    def forward_fn(model, inputs):
+        return model({"x": inputs, "scale": 1.0})
+
+    monitor = full_monitor(forward_fn=forward_fn)
+    fit(tmp_path / "forward_fn", [monitor], model=lambda: _DictCNN(("x", "scale")),
+        datamodule=_DictDigits(batch_size=32), max_epochs=1)
+    rows = read_history(tmp_path / "forward_fn" / "spectral_history.jsonl")
+    assert set(monitor._input_sizes) == {"features.0", "features.2", "features.5"}
+    assert sorted({r["step"] for r in rows if r["type"] == "class"}) == [0, 2, 4]

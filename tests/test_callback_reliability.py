@@ -7,6 +7,7 @@ read back from the TensorBoard event files and the history file.
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -160,6 +161,9 @@ def test_resume_in_the_same_log_dir_purges_orphans_and_keeps_training_rows(tmp_p
     steps = [0, 3, 4, 6, 8, 9, 12]
     assert [e.step for e in accumulator(log_dir).Tensors("spectral/alpha/hidden")] == steps
 
+    # TensorBoard reads event files in name order, <seconds>.<host>.<pid>.<counter>: in one
+    # process within one second the counter (".9" after ".10") could put the resumed file first
+    time.sleep(1.1)
     fit(tmp_path, [monitor()], max_epochs=3, logger=logger(),
         ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
     acc = accumulator(log_dir)

@@ -7,6 +7,10 @@ read back from the TensorBoard event files and the history file.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -266,3 +270,50 @@ def test_dict_batches_reach_the_operator_and_class_probes(tmp_path):
     rows = read_history(tmp_path / "forward_fn" / "spectral_history.jsonl")
     assert set(monitor._input_sizes) == {"features.0", "features.2", "features.5"}
     assert sorted({r["step"] for r in rows if r["type"] == "class"}) == [0, 2, 4]
+
+
+_KILLED_RUN = """
+import os, signal, sys
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from svd_callback.callback import SpectralMonitor
+from svd_callback.examples import DigitsDataModule, SmallCNN
+
+class Kill(Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 7:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+root = sys.argv[1]
+pl.seed_everything(0, verbose=False)
+checkpoints = ModelCheckpoint(dirpath=root + "/ckpt", save_top_k=-1, filename="{epoch}",
+                              save_on_train_epoch_end=True)
+pl.Trainer(
+    accelerator="cpu", devices=1, max_epochs=3, limit_train_batches=4, limit_val_batches=1,
+    num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+    logger=TensorBoardLogger(root, name="tb", version=0), log_every_n_steps=1,
+    callbacks=[SpectralMonitor(every_n_steps=3, figures_every_n=0), Kill(), checkpoints],
+).fit(SmallCNN(), DigitsDataModule(batch_size=32))
+"""
+
+
+def test_resume_after_a_sigkill_shows_one_value_per_step(tmp_path):
+    """Killed at step 7 (an analysis at step 6 on disk), resumed from the step-4 checkpoint."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    log_dir = tmp_path / "tb" / "version_0"
+    assert [e.step for e in accumulator(log_dir).Tensors("spectral/alpha/hidden")] == [0, 3, 4, 6]
+    time.sleep(1.1)  # the resumed event file sorts after the killed one
+    fit(tmp_path, [SpectralMonitor(every_n_steps=3, figures_every_n=0)], max_epochs=3,
+        logger=TensorBoardLogger(tmp_path, name="tb", version=0),
+        ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
+    acc = accumulator(log_dir)
+    steps = [0, 3, 4, 6, 8, 9, 12]
+    for tag in ("spectral/alpha/hidden", "alerts/count", "spectra/unfold/hidden"):
+        assert [e.step for e in acc.Tensors(tag)] == steps, tag
+    rows = read_history(log_dir / "spectral_history.jsonl")
+    keys = [(r["step"], r["layer"]) for r in rows if r["type"] == "layer"]
+    assert len(keys) == len(set(keys)) == len(steps) * len(LAYERS)

@@ -154,7 +154,10 @@ class SpectralMonitor(Callback):
         on_alert: called as ``on_alert(alert, trainer, pl_module)`` on every rank for each alert
             raised on any rank (alerts are gathered across ranks).
         history_file: file name (relative to the log directory) or absolute path of the JSON-lines
-            history; None disables it.
+            history; None disables it. With several monitors in one Trainer, the k-th one whose
+            file coincides with an earlier monitor's writes ``<stem>-<k>.jsonl`` (a warning
+            names it). A resumed run keeps the rows up to the checkpoint's step (and warns when
+            the file is gone).
         generator_seed: seed of the private generator used by ``"traps"``.
         class_analysis: run the class-level analysis at every analysis: ``True`` (defaults), a
             :class:`~svd_callback.classes.analysis.ClassAnalysisConfig` or a mapping of its

@@ -96,8 +96,10 @@ class SpectralMonitor(Callback):
 
     The first analysis runs at the start of training on the initial weights (logged at step 0,
     epoch 0), so that every curve starts from initialisation; it is not repeated when a run
-    resumes from a checkpoint. Then the model is analysed every ``every_n_epochs`` epochs (at the
-    end of the training epoch or of the validation epoch, see ``on``) and/or every
+    resumes from a checkpoint. On resume, the TensorBoard events the interrupted run wrote after
+    the checkpoint's step are purged (TensorBoard's ``purge_step`` semantics) and the history
+    file is cut back to that step. Then the model is analysed every ``every_n_epochs`` epochs
+    (at the end of the training epoch or of the validation epoch, see ``on``) and/or every
     ``every_n_steps`` optimizer steps; the sanity check is never analysed, and one global step is
     never analysed twice. The global step of every record is ``trainer.global_step``.
 

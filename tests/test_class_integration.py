@@ -304,8 +304,7 @@ def test_callback_bad_inputs_one_warning_and_training_goes_on(tmp_path, digits):
 
 # ---------------------------------------------------------------------------- callback
 def test_callback_logs_class_statistics_figures_and_history(tmp_path, digits):
-    monitor = SpectralMonitor(class_analysis={"probe_size": 128}, figures_every_n=2,
-                              per_layer_callback_metrics=True)
+    monitor = SpectralMonitor(class_analysis={"probe_size": 128}, figures_every_n=2)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     pl.seed_everything(0, verbose=False)
     trainer = trainer_for(tmp_path, [monitor], logger, max_epochs=2)
@@ -346,7 +345,7 @@ def test_callback_logs_class_statistics_figures_and_history(tmp_path, digits):
         (s, name) for s in steps for name in LAYERS)
     last = [r for r in class_rows if r["step"] == 12 and r["layer"] == "hidden"][0]
     assert last["metrics"]["jaccard_mean"] == pytest.approx(
-        float(trainer.callback_metrics["classes/jaccard_mean/hidden"]))
+        acc.Scalars("classes/jaccard_mean/hidden")[-1].value)
     assert len(last["jaccard_matrix"]) == 10 and last["probe_size"] == 128
     summaries = [r for r in rows if r["type"] == "class_summary"]
     assert len(summaries) == 3 and summaries[0]["class_counts"] == [13] * 8 + [12] * 2

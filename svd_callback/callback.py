@@ -6,8 +6,9 @@ device under ``torch.no_grad()``, and sends the results to
 
 - every logger in ``trainer.loggers`` (per-layer scalars ``spectral/<metric>/<layer>``,
   aggregates ``spectral_summary/<key>``, ``alerts/count`` and ``epoch`` through ``log_metrics``);
-- ``trainer.callback_metrics``, so that ``EarlyStopping`` and ``ModelCheckpoint`` can monitor
-  the aggregates (e.g. ``spectral_summary/alpha_mean``);
+- ``trainer.callback_metrics``: the model-level values only (aggregates such as
+  ``spectral_summary/alpha_mean`` and ``alerts/count``), for ``EarlyStopping`` and
+  ``ModelCheckpoint``;
 - a ``TensorBoardLogger`` additionally: scalars with descriptions of how they were made,
   singular-value histograms ``spectra/<mode>/<layer>``, ESD and spectrum heat-map figures, the
   ``alerts`` text panel, the ``spectral/conventions`` text and a custom-scalar layout;
@@ -27,6 +28,7 @@ figures.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -42,6 +44,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
+from torch.nn.modules.lazy import LazyModuleMixin
 from typing_extensions import override
 
 from svd_callback.alerts import (
@@ -64,7 +67,7 @@ from svd_callback.classes.analysis import (
     probe_from_loader,
 )
 from svd_callback.classes.probe import ProbeSet
-from svd_callback.distributed import gather_reports, is_distributed, split_work
+from svd_callback.distributed import gather_alerts, gather_reports, is_distributed, split_work
 from svd_callback.layers import estimate_cost, example_input_for, find_layers, record_input_sizes
 from svd_callback.report import CONV_MODES, NORMALIZATIONS, LayerReport, Report
 from svd_callback.sinks import tags
@@ -78,7 +81,9 @@ __all__ = ["SpectralMonitor"]
 
 TRIGGERS = ("train_epoch_end", "validation_epoch_end")
 OWN_TAG_PREFIXES = ("spectral/", "spectral_summary/", "spectra/", "classes/", "alerts/")
-"""Tags this callback puts in ``trainer.callback_metrics`` (left out of the training scalars)."""
+"""Tags this callback logs (left out of the training scalars read from ``callback_metrics``)."""
+MODEL_LEVEL_PREFIXES = ("spectral_summary/",)
+"""Tags that always go into ``trainer.callback_metrics`` (with ``alerts/count``)."""
 _STATE_VERSION = 1
 _HEATMAP_POINTS = 64
 _HEATMAP_COLUMNS = 256
@@ -91,8 +96,10 @@ class SpectralMonitor(Callback):
 
     The first analysis runs at the start of training on the initial weights (logged at step 0,
     epoch 0), so that every curve starts from initialisation; it is not repeated when a run
-    resumes from a checkpoint. Then the model is analysed every ``every_n_epochs`` epochs (at the
-    end of the training epoch or of the validation epoch, see ``on``) and/or every
+    resumes from a checkpoint. On resume, the TensorBoard events the interrupted run wrote after
+    the checkpoint's step are purged (TensorBoard's ``purge_step`` semantics) and the history
+    file is cut back to that step. Then the model is analysed every ``every_n_epochs`` epochs
+    (at the end of the training epoch or of the validation epoch, see ``on``) and/or every
     ``every_n_steps`` optimizer steps; the sanity check is never analysed, and one global step is
     never analysed twice. The global step of every record is ``trainer.global_step``.
 
@@ -102,11 +109,15 @@ class SpectralMonitor(Callback):
     exception inside the analysis or the logging becomes a warning and training goes on; layers
     that cannot be analysed keep a reason (in the history file, and a one-time warning).
 
-    The per-layer scalars, the aggregates and ``alerts/count`` also go into
-    ``trainer.callback_metrics``, so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them.
-    Both run after this callback at the end of a training epoch with Lightning's defaults; when
-    they check at validation end instead (``val_check_interval < 1``, ``check_val_every_n_epoch
-    > 1``), use ``on="validation_epoch_end"`` so that they see the current analysis.
+    The model-level values, the aggregates ``spectral_summary/*`` and ``alerts/count``, also go
+    into ``trainer.callback_metrics``, so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor
+    them; the per-layer values ``spectral/*`` and ``classes/*`` go to the loggers and the history
+    file only (``per_layer_callback_metrics=True`` adds them: hundreds of entries on a large
+    model, which Lightning copies at every logging step and, under ``ddp_spawn``, pickles back
+    to the launching process). EarlyStopping and ModelCheckpoint run after this callback at
+    the end of a training epoch with Lightning's defaults; when they check at validation end
+    instead (``val_check_interval < 1``, ``check_val_every_n_epoch > 1``), use
+    ``on="validation_epoch_end"`` so that they see the current analysis.
 
     Args:
         every_n_epochs: analyse every n epochs (None or 0: no epoch schedule).
@@ -142,9 +153,13 @@ class SpectralMonitor(Callback):
             rule unless ``"traps"`` is computed, plus the class rules with
             ``class_analysis``); ``[]`` disables alerts.
         stop_on_alert: honour alerts of severity ``"stop"`` by stopping the training.
-        on_alert: called as ``on_alert(alert, trainer, pl_module)`` for each alert, on every rank.
+        on_alert: called as ``on_alert(alert, trainer, pl_module)`` on every rank for each alert
+            raised on any rank (alerts are gathered across ranks).
         history_file: file name (relative to the log directory) or absolute path of the JSON-lines
-            history; None disables it.
+            history; None disables it. With several monitors in one Trainer, the k-th one whose
+            file coincides with an earlier monitor's writes ``<stem>-<k>.jsonl`` (a warning
+            names it). A resumed run keeps the rows up to the checkpoint's step (and warns when
+            the file is gone).
         generator_seed: seed of the private generator used by ``"traps"``.
         class_analysis: run the class-level analysis at every analysis: ``True`` (defaults), a
             :class:`~svd_callback.classes.analysis.ClassAnalysisConfig` or a mapping of its
@@ -156,13 +171,22 @@ class SpectralMonitor(Callback):
             checkpointed state (positions and labels), so every epoch and a resumed run see the
             same images. It runs on rank 0 only, in one forward pass of the unwrapped module in
             eval mode (each module's own mode restored, RNG forked, no gradients), and its
-            values are broadcast so every rank has them in ``callback_metrics``. Cost on the
+            values are broadcast so every rank's alert rules see them. Cost on the
             digits CNN (2 CPU threads, experiments/benchmarks/bench_classes.py): about 65 ms per
             analysis for 256 images and 5 layers, 0.2 of a training epoch; the factorization
             rank adds about 0.8 s per factorised layer. Without validation data, with
             non-integer targets or unreadable batches it is switched off with one warning.
         class_probe: a fixed :class:`~svd_callback.classes.probe.ProbeSet` to use instead of
             the validation data (turns the class analysis on).
+        per_layer_callback_metrics: also put the per-layer values (``spectral/<metric>/<layer>``,
+            ``classes/<stat>/<layer>``) into ``trainer.callback_metrics`` (default: only the
+            model-level ``spectral_summary/*`` and ``alerts/count``).
+        forward_fn: how the callback's own forward passes (the operator input-size probe, the
+            class probe) run the model: ``forward_fn(model, inputs)``, where ``inputs`` are the
+            batch's inputs (the first item of a tuple batch, the ``x``/``input``/``image``...
+            entry of a dict batch, or ``example_input_array``). None: ``model(inputs)``; for
+            dict batches, a model that rejects the tensor gets ``{key: inputs}``, the dict
+            with the input key alone (a forward that needs more keys needs ``forward_fn``).
 
     Raises:
         ValueError: on any invalid argument, naming it and the value given.
@@ -203,6 +227,8 @@ class SpectralMonitor(Callback):
         generator_seed: int = 0,
         class_analysis: bool | ClassAnalysisConfig | Mapping[str, Any] = False,
         class_probe: ProbeSet | None = None,
+        per_layer_callback_metrics: bool = False,
+        forward_fn: Callable[[torch.nn.Module, Any], Any] | None = None,
     ) -> None:
         super().__init__()
         self.every_n_epochs = _check_count("every_n_epochs", every_n_epochs)
@@ -250,6 +276,10 @@ class SpectralMonitor(Callback):
             raise ValueError(f"class_probe must be a ProbeSet or None, got {class_probe!r}")
         self.class_probe = class_probe
         self.class_config = ClassAnalysisConfig.coerce(class_analysis)
+        self.per_layer_callback_metrics = bool(per_layer_callback_metrics)
+        if forward_fn is not None and not callable(forward_fn):
+            raise ValueError(f"forward_fn must be callable or None, got {forward_fn!r}")
+        self.forward_fn = forward_fn
         if self.class_config is None and class_probe is not None:
             self.class_config = ClassAnalysisConfig()
         if alert_rules is None:
@@ -276,7 +306,9 @@ class SpectralMonitor(Callback):
         self._loaded = False
         self._class_probe: ProbeSet | None = None
         self._class_probe_state: dict[str, Any] | None = None
+        self._class_probe_key: str | None = None
         self._class_tracker = ClassTracker()
+        self._training: dict[str, float] = {}
 
     def _reset_fit_state(self) -> None:
         """State of one ``trainer.fit`` call (writers, one-time messages)."""
@@ -288,6 +320,9 @@ class SpectralMonitor(Callback):
         self._last_figure_analysis = -1
         self._owners: dict[str, int] = {}
         self._last_class_report: ClassReport | None = None
+        self._sizes_tried = False
+        self._alert_ranks: dict[int, tuple[int, ...]] = {}
+        self._world = 1
 
     @property
     @override
@@ -316,6 +351,7 @@ class SpectralMonitor(Callback):
             "figure_names": None if self._figure_names is None else list(self._figure_names),
             "history_path": self._history_path,
             "alert_engine": self.alert_engine.state_dict(),
+            "training": dict(self._training),
             "classes": {
                 "probe": None if self._class_probe_state is None else dict(self._class_probe_state),
                 "tracker": self._class_tracker.state_dict(),
@@ -341,6 +377,7 @@ class SpectralMonitor(Callback):
         self._figure_names = state_dict["figure_names"]
         self._history_path = state_dict["history_path"]
         self.alert_engine.load_state_dict(state_dict["alert_engine"])
+        self._training = {str(k): float(v) for k, v in state_dict.get("training", {}).items()}
         classes = state_dict.get("classes")
         if classes is not None:
             self._class_probe_state = classes["probe"]
@@ -362,8 +399,10 @@ class SpectralMonitor(Callback):
         self._loaded = False
         if trainer.is_global_zero:
             self._guarded("preparing the history file", self._start_history, trainer, resumed)
-        if "operator" in self.conv_modes and not self._input_sizes:
-            self._record_input_sizes(trainer, pl_module)
+            if resumed:
+                self._guarded("purging TensorBoard events after the checkpoint",
+                              self._purge_tensorboard, trainer)
+        self._maybe_record_input_sizes(trainer, pl_module)
         if self.class_config is not None and trainer.is_global_zero:
             self._guarded("choosing the class probe", self._prepare_class_probe, trainer)
         if self.log_init and self._analyses == 0 and trainer.global_step == 0:
@@ -450,6 +489,7 @@ class SpectralMonitor(Callback):
         epoch = int(math.floor(epochs_trained))
         world = int(trainer.world_size)
 
+        self._maybe_record_input_sizes(trainer, pl_module)
         local, order = self._local_report(pl_module, world, int(trainer.global_rank))
         report = gather_reports(local, world, order, self.conv_modes)  # collective on all ranks
         class_metrics = self._class_analysis(trainer, pl_module)  # computed on rank 0, broadcast
@@ -467,7 +507,8 @@ class SpectralMonitor(Callback):
         stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
             trainer.should_stop = True
-            reasons = "; ".join(a.message for a in alerts if a.severity == "stop")
+            reasons = "; ".join(a.message + self._raised_on(a) for a in alerts
+                                if a.severity == "stop")
             rank_zero_info(f"SpectralMonitor: stopping the training: {reasons or 'stop alert'}")
 
     def _record(
@@ -486,7 +527,10 @@ class SpectralMonitor(Callback):
         summary: dict[str, dict[str, float]] = {}
         alerts: list[Alert] = []
         class_metrics = class_metrics or {}
-        training = self._training_scalars(trainer)
+        # the losses logged before a checkpoint are gone from a resumed trainer's
+        # callback_metrics until it logs them again: the state keeps them
+        training = {**self._training, **self._training_scalars(trainer)}
+        self._training = dict(training)
         try:
             summary = summarize(report)
             alerts = self.alert_engine.update(
@@ -495,13 +539,16 @@ class SpectralMonitor(Callback):
             )
         except Exception as error:  # noqa: BLE001 - never crash training
             self._warn(f"computing aggregates and alerts failed: {type(error).__name__}: {error}")
+        # collective on every rank: a rule may fire on one rank only; rank 0 records them all
+        alerts = self._gather_alerts(trainer, alerts)
         scalars, descriptions = self._scalars(report, summary, len(alerts))
         class_scalars, class_descriptions = self._class_scalars(class_metrics)
         scalars.update(class_scalars)
         descriptions.update(class_descriptions)
-        trainer.callback_metrics.update(
-            {tag: torch.tensor(value, dtype=torch.float32) for tag, value in scalars.items()}
-        )
+        trainer.callback_metrics.update({
+            tag: torch.tensor(value, dtype=torch.float32) for tag, value in scalars.items()
+            if self.per_layer_callback_metrics or _is_model_level(tag)
+        })
         entry = {
             "epoch": epoch,
             "epochs_trained": epochs_trained,
@@ -525,6 +572,26 @@ class SpectralMonitor(Callback):
                 descriptions, alerts, entry, index,
             )
         return alerts
+
+    def _gather_alerts(self, trainer: pl.Trainer, alerts: list[Alert]) -> list[Alert]:
+        """The alerts of every rank (merged), remembering which ranks raised each one."""
+        world, rank = int(trainer.world_size), int(trainer.global_rank)
+        try:
+            merged = gather_alerts(alerts, world, rank)
+        except Exception as error:  # noqa: BLE001 - never crash training
+            self._warn(f"gathering the alerts of every rank failed: {type(error).__name__}: "
+                       f"{error}; rank {rank} records its own")
+            merged = [(alert, (rank,)) for alert in alerts]
+        self._alert_ranks = {id(alert): ranks for alert, ranks in merged}
+        self._world = world
+        return [alert for alert, _ in merged]
+
+    def _raised_on(self, alert: Alert) -> str:
+        """`` (rank r)`` for an alert raised on some ranks only of a multi-process run."""
+        ranks = self._alert_ranks.get(id(alert))
+        if not ranks or self._world <= 1 or len(ranks) == self._world:
+            return ""
+        return f" (rank {', '.join(map(str, ranks))})"
 
     @staticmethod
     def _training_scalars(trainer: pl.Trainer) -> dict[str, float]:
@@ -591,8 +658,37 @@ class SpectralMonitor(Callback):
             )
             return report, names
 
+    def _maybe_record_input_sizes(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
+        """Record the conv input sizes once (``operator`` mode), never before the model's own
+        first forward has materialised its lazy modules: a probe pass would initialise them
+        from a different random state than the training would."""
+        if "operator" not in self.conv_modes or self._input_sizes or self._sizes_tried:
+            return
+        if _has_uninitialised_lazy(pl_module):
+            self._note_once("lazy-sizes", "the model has lazy modules not materialised yet; the "
+                            "conv input sizes (operator mode) are recorded after its first "
+                            "forward")
+            return
+        self._sizes_tried = True
+        self._record_input_sizes(trainer, pl_module)
+
+    def _runner(self, key: str | None) -> Callable[[torch.nn.Module, Any], Any] | None:
+        """How to run the model on inputs taken from a batch (``key``: their key in a dict
+        batch): the user's ``forward_fn``, else the default (None when there is no key)."""
+        if self.forward_fn is not None:
+            return self.forward_fn
+        return None if key is None else functools.partial(_tensor_or_dict_forward, key=key)
+
+    def _note_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_info(f"SpectralMonitor: {message}.")
+
     def _record_input_sizes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Spatial input size of every conv, from one probe pass (``operator`` mode)."""
+        key = None
         try:
             if self.input_size is not None:
                 example = example_input_for(pl_module, self.input_size)
@@ -601,7 +697,7 @@ class SpectralMonitor(Callback):
                 example = pl_module.example_input_array
                 source = "example_input_array"
             else:
-                example = _first_training_input(trainer)
+                example, key = _first_training_input(trainer)
                 source = "the first training sample"
             if example is None:
                 raise ValueError(
@@ -610,7 +706,8 @@ class SpectralMonitor(Callback):
                 )
             specs, _ = find_layers(pl_module, include=self.include, exclude=self.exclude)
             with torch.no_grad():
-                self._input_sizes = record_input_sizes(pl_module, example, specs)
+                self._input_sizes = record_input_sizes(pl_module, example, specs,
+                                                       self._runner(key))
             rank_zero_info(
                 f"SpectralMonitor: recorded the input sizes of {len(self._input_sizes)} conv "
                 f"layers from {source}."
@@ -641,6 +738,7 @@ class SpectralMonitor(Callback):
             return
         recorded = self._class_probe_state
         probe = None
+        loader = _KeyRecorder(loader)
         with isolate_rng():  # iterating a loader draws its base seed from the global RNG
             if recorded is not None and recorded.get("source") == "val_dataloader":
                 try:
@@ -657,6 +755,7 @@ class SpectralMonitor(Callback):
                     self._class_off(f"no class probe from the validation data: {error}")
                     return
         self._class_probe = probe
+        self._class_probe_key = loader.key
         self._class_probe_state = _probe_state(probe, "val_dataloader")
         classes = int(torch.unique(probe.labels).numel())
         rank_zero_info(f"SpectralMonitor: class analysis on a fixed probe of {len(probe)} "
@@ -678,7 +777,12 @@ class SpectralMonitor(Callback):
             return {}
         report = None
         if trainer.is_global_zero and self._class_probe is not None:
-            report = self._guarded("the class analysis", self._run_class_analysis, pl_module)
+            if _has_uninitialised_lazy(pl_module):
+                self._note_once("lazy-classes", "the model has lazy modules not materialised "
+                                "yet; the class analysis starts after its first forward")
+            else:
+                report = self._guarded("the class analysis", self._run_class_analysis,
+                                       pl_module)
         self._last_class_report = report
         metrics = {} if report is None else report.record_metrics()
         if is_distributed(int(trainer.world_size)):
@@ -688,7 +792,8 @@ class SpectralMonitor(Callback):
     def _run_class_analysis(self, pl_module: pl.LightningModule) -> ClassReport:
         specs, _ = find_layers(pl_module, include=self.include, exclude=self.exclude)
         report = analyze_classes(pl_module, self._class_probe, self.class_config,
-                                 layers=[s.name for s in specs], tracker=self._class_tracker)
+                                 layers=[s.name for s in specs], tracker=self._class_tracker,
+                                 forward=self._runner(self._class_probe_key))
         for key, reason in report.reasons.items():
             if f"classes:{key}:{reason}" not in self._warned:
                 self._warned.add(f"classes:{key}:{reason}")
@@ -849,7 +954,8 @@ class SpectralMonitor(Callback):
         step = entry["step"]
         self._warn_skipped(report)
         for alert in alerts:
-            rank_zero_warn(f"SpectralMonitor alert [{alert.severity}] {alert.message}")
+            rank_zero_warn(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
+                           f"{self._raised_on(alert)}")
         self._guarded("writing the history file", self._write_history, report, alerts, entry)
         if self._last_class_report is not None:
             self._guarded("writing the class history", self._write_class_history,
@@ -923,7 +1029,7 @@ class SpectralMonitor(Callback):
                     description=tags.spectrum_description(record.mode, record.normalization),
                 )
         if alerts:
-            sink.text(tags.ALERT_TEXT_TAG, _alerts_markdown(alerts), step,
+            sink.text(tags.ALERT_TEXT_TAG, _alerts_markdown(alerts, self._raised_on), step,
                       description="spectral alerts raised by the analysis at this step")
 
     def _update_layout(self, sink: TensorBoardSink, scalars: Mapping[str, float]) -> None:
@@ -985,6 +1091,9 @@ class SpectralMonitor(Callback):
             # rows written after the checkpoint would be written again: keep those up to its
             # step; a new log directory starts with a copy of the checkpoint's history
             kept = _rows_up_to(previous, trainer.global_step)
+            if kept is None:
+                self._warn(f"the checkpoint's spectral history {previous} is gone; {path} holds "
+                           f"the rows from step {trainer.global_step} on only")
             same_file = Path(previous).resolve() == path.resolve()
             if kept is not None and (same_file or history.size() == 0):
                 _rewrite(history, kept)
@@ -1010,7 +1119,35 @@ class SpectralMonitor(Callback):
             "world_size": int(trainer.world_size),
         }])
 
+    def _purge_tensorboard(self, trainer: pl.Trainer) -> None:
+        """Hide the events the interrupted run wrote after the checkpoint's step (TensorBoard's
+        ``purge_step``): the resumed run writes those steps again."""
+        for sink in self._tensorboard_sinks(trainer).values():
+            if not sink.purge_from(int(trainer.global_step) + 1):
+                self._warn(f"{type(sink.writer).__name__} cannot hide the events written after "
+                           f"the checkpoint; TensorBoard may show two values at those steps")
+
     def _resolve_history_path(self, trainer: pl.Trainer) -> Path | None:
+        """This monitor's history file; with several monitors in one Trainer, each one after the
+        first whose file would coincide with an earlier one's gets ``<stem>-<k>.jsonl`` (k: its
+        1-based position among the monitors), so no two monitors write one file."""
+        path = self._configured_history_path(trainer)
+        if path is None:
+            return None
+        monitors = [cb for cb in trainer.callbacks if isinstance(cb, SpectralMonitor)]
+        position = next((i for i, m in enumerate(monitors) if m is self), 0)
+        earlier = {m._configured_history_path(trainer) for m in monitors[:position]}
+        if path in earlier:
+            path = path.with_name(f"{path.stem}-{position + 1}{path.suffix}")
+            self._warn(f"another SpectralMonitor of this Trainer writes the same history file; "
+                       f"this one (conv_modes={self.conv_modes}) writes {path}")
+        if position == 1 and trainer.loggers:
+            self._warn("several SpectralMonitors log to the same loggers: their tags coincide "
+                       "for the layers and modes they both analyse (give them disjoint include/"
+                       "exclude patterns)")
+        return path
+
+    def _configured_history_path(self, trainer: pl.Trainer) -> Path | None:
         if self.history_file is None:
             return None
         path = Path(self.history_file)
@@ -1066,6 +1203,7 @@ class SpectralMonitor(Callback):
                 **alert.to_dict(), "type": "alert", **common,
                 "mode": alert.mode, "normalization": self.normalization, "fit": fit,
                 "ww_compat": self.ww_compat,
+                "ranks": list(self._alert_ranks.get(id(alert), (0,))),
             })
         HistoryFile(self._history_path).append(rows)
 
@@ -1127,14 +1265,28 @@ class SpectralMonitor(Callback):
 
 
 # ---------------------------------------------------------------------- helpers
+def _has_uninitialised_lazy(model: torch.nn.Module) -> bool:
+    """Whether a lazy module (``LazyLinear``, ``LazyConv2d``...) still waits for its first
+    forward to create its parameters."""
+    return any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()
+               for m in model.modules())
+
+
+def _is_model_level(tag: str) -> bool:
+    """A model-level value (an aggregate or the alert count), as opposed to a per-layer one."""
+    return tag.startswith(MODEL_LEVEL_PREFIXES) or tag == tags.ALERT_COUNT_TAG
+
+
 def _log_to_logger(logger: Any, metrics: dict[str, float], step: int) -> None:
     logger.log_metrics(metrics, step)
     logger.save()
 
 
-def _alerts_markdown(alerts: Sequence[Alert]) -> str:
-    """One bullet per alert: severity, then the alert's message (it names rule, layer, mode)."""
-    return "\n".join(f"- **{alert.severity}** {_md(alert.message)}" for alert in alerts)
+def _alerts_markdown(alerts: Sequence[Alert], where: Callable[[Alert], str]) -> str:
+    """One bullet per alert: severity, then the alert's message (it names rule, layer, mode)
+    and ``where(alert)`` (the ranks that raised it, when not all did)."""
+    return "\n".join(f"- **{alert.severity}** {_md(alert.message + where(alert))}"
+                     for alert in alerts)
 
 
 def _md(text: str) -> str:
@@ -1184,8 +1336,32 @@ def _probe_state(probe: ProbeSet, source: str) -> dict[str, Any]:
     return {"source": source, "indices": probe.indices.tolist(), "labels": probe.labels.tolist()}
 
 
-def _first_training_input(trainer: pl.Trainer) -> Any:
-    """The first element (inputs) of a one-sample batch from the training data.
+def _tensor_or_dict_forward(model: torch.nn.Module, inputs: Any, key: str) -> Any:
+    """``model(inputs)``; a model that rejects them (its forward reads a dict batch) gets
+    ``model({key: inputs})``."""
+    try:
+        return model(inputs)
+    except Exception:  # noqa: BLE001 - the dict form is tried next; its error is the one raised
+        return model({key: inputs})
+
+
+class _KeyRecorder:
+    """Iterates ``loader`` and remembers the input key of its dict batches (None otherwise)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.key: str | None = None
+
+    def __iter__(self) -> Any:
+        for batch in self.loader:
+            if isinstance(batch, Mapping):
+                self.key = _input_key(batch)
+            yield batch
+
+
+def _first_training_input(trainer: pl.Trainer) -> tuple[Any, str | None]:
+    """The first element (inputs) of a one-sample batch from the training data, and its key
+    when the batch is a dict.
 
     Read through the dataset (``dataset[0]`` and the loader's ``collate_fn``) inside
     ``isolate_rng`` so that random augmentations or samplers leave the global generators as
@@ -1197,7 +1373,7 @@ def _first_training_input(trainer: pl.Trainer) -> Any:
     elif isinstance(loader, (list, tuple)):
         loader = loader[0] if loader else None
     if loader is None:
-        return None
+        return None, None
     with isolate_rng():
         dataset = getattr(loader, "dataset", None)
         if dataset is not None and hasattr(dataset, "__getitem__"):
@@ -1206,18 +1382,20 @@ def _first_training_input(trainer: pl.Trainer) -> Any:
             batch = collate([sample]) if collate is not None else sample
         else:
             batch = next(iter(loader))
-    return _inputs_of(batch)
-
-
-def _inputs_of(batch: Any) -> Any:
-    if isinstance(batch, (list, tuple)):
-        return batch[0] if batch else None
     if isinstance(batch, Mapping):
-        for key in ("x", "input", "inputs", "image", "images", "pixel_values"):
-            if key in batch:
-                return batch[key]
-        return next(iter(batch.values()), None)
-    return batch
+        key = _input_key(batch)
+        return (batch[key] if key is not None else None), key
+    if isinstance(batch, (list, tuple)):
+        return (batch[0] if batch else None), None
+    return batch, None
+
+
+def _input_key(batch: Mapping[str, Any]) -> str | None:
+    """The key of the inputs in a dict batch: the first of the usual names, else the first."""
+    for key in ("x", "input", "inputs", "image", "images", "pixel_values"):
+        if key in batch:
+            return key
+    return next(iter(batch), None)
 
 
 def _check_count(name: str, value: int | None) -> int | None:

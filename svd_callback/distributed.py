@@ -5,10 +5,11 @@ decreasing estimated cost (:func:`svd_callback.layers.estimate_cost`) each go to
 smallest load so far; its makespan is at most 4/3 of the optimum. Ties break on rank then name,
 so every rank computes the same split without communicating.
 
-Gathering uses ``torch.distributed.all_gather_object`` on the default (``WORLD``) process group
-that the Lightning strategy initialised, the group its own ``broadcast`` uses; no group is
-created here. Every rank receives the full report, so every rank can put the same aggregates into
-``trainer.callback_metrics`` and reach the same alert decisions.
+Gathering (layer reports, then alerts) uses ``torch.distributed.all_gather_object`` on the
+default (``WORLD``) process group that the Lightning strategy initialised, the group its own
+``broadcast`` uses; no group is created here. Every rank receives the full report, so every rank
+can put the same aggregates into ``trainer.callback_metrics`` and reach the same alert decisions;
+every rank receives every rank's alerts, so rank 0 records a rule that fired on another rank.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import replace
 
 import torch
 
+from svd_callback.alerts import Alert
 from svd_callback.report import LayerReport, Report
 
 
@@ -75,3 +77,26 @@ def _to_cpu(record: LayerReport) -> LayerReport:
     if record.svals is None or record.svals.device.type == "cpu":
         return record
     return replace(record, svals=record.svals.detach().cpu())
+
+
+def gather_alerts(
+    alerts: Sequence[Alert], world_size: int, rank: int = 0
+) -> list[tuple[Alert, tuple[int, ...]]]:
+    """Every rank's alerts, on every rank, each with the ranks that raised it.
+
+    Every rank runs the rules on the same gathered report, so most alerts come from all ranks;
+    a rule that reads rank-local state (a user's callable, a rank's own losses) may fire on one
+    rank only. Alerts are merged by (rule, layer, mode, metric, message), in rank order. Without
+    a process group, ``alerts`` with ``(rank,)``.
+    """
+    if not is_distributed(world_size):
+        return [(alert, (rank,)) for alert in alerts]
+    gathered: list[list[Alert] | None] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, list(alerts),
+                                        group=torch.distributed.group.WORLD)
+    merged: dict[tuple, tuple[Alert, list[int]]] = {}
+    for source, part in enumerate(gathered):
+        for alert in part or []:
+            key = (alert.rule, alert.layer, alert.mode, alert.metric, alert.message)
+            merged.setdefault(key, (alert, []))[1].append(source)
+    return [(alert, tuple(ranks)) for alert, ranks in merged.values()]

@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm as _HookWeightNorm
 
 _CONV_KINDS: dict[type, str] = {
     nn.Conv1d: "conv1d",
@@ -67,7 +70,50 @@ class LayerSpec:
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.module.weight
+        return read_weight(self.module)
+
+
+def read_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight`` as the module's next forward would use it, read without side effects.
+
+    A parametrized weight (``torch.nn.utils.parametrizations.spectral_norm``, ``weight_norm``,
+    ``orthogonal``...) is computed with its parametrizations in eval mode: in train mode
+    ``spectral_norm`` runs a power iteration that updates its ``_u``/``_v`` buffers, so reading
+    ``.weight`` would change the training. A weight kept by the old forward pre-hooks
+    (``torch.nn.utils.spectral_norm`` / ``weight_norm``) is recomputed from its parameters
+    without a power iteration, since ``module.weight`` holds the value of the last forward.
+    """
+    if parametrize.is_parametrized(module, "weight"):
+        chain = module.parametrizations["weight"]
+        modes = {sub: sub.training for sub in chain.modules()}
+        try:
+            chain.eval()
+            return module.weight
+        finally:
+            for sub, training in modes.items():
+                sub.training = training
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, _HookSpectralNorm) and hook.name == "weight":
+            return hook.compute_weight(module, do_power_iteration=False)
+        if isinstance(hook, _HookWeightNorm) and hook.name == "weight":
+            return hook.compute_weight(module)
+    return module.weight
+
+
+def has_weight(module: nn.Module) -> bool:
+    """Whether ``module`` has a ``weight`` tensor, without computing a parametrized one."""
+    return parametrize.is_parametrized(module, "weight") or isinstance(
+        getattr(module, "weight", None), torch.Tensor)
+
+
+def _parametrization_modules(model: nn.Module) -> set[nn.Module]:
+    """The modules inside parametrization chains (``ParametrizationList`` and what it holds):
+    part of their layer, not layers of their own."""
+    inner: set[nn.Module] = set()
+    for module in model.modules():
+        if isinstance(module, parametrize.ParametrizationList):
+            inner.update(module.modules())
+    return inner
 
 
 @dataclass(frozen=True)
@@ -115,8 +161,11 @@ def find_layers(
     include_p, exclude_p = _as_patterns(include), _as_patterns(exclude)
     specs: list[LayerSpec] = []
     skipped: list[SkippedModule] = []
+    inner = _parametrization_modules(model)
     for name, module in model.named_modules():
         name = name or type(module).__name__.lower()  # a bare layer passed as the model
+        if module in inner:
+            continue
         if not matches(name, include_p, exclude_p):
             continue
         kind = layer_kind(module)
@@ -134,8 +183,7 @@ def find_layers(
             if reason is not None:
                 skipped.append(SkippedModule(name, type(module).__name__, reason))
             continue
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor):
+        if not has_weight(module):
             skipped.append(SkippedModule(name, kind, "module has no weight tensor"))
             continue
         specs.append(_spec(name, module, kind))
@@ -143,7 +191,7 @@ def find_layers(
 
 
 def _spec(name: str, module: nn.Module, kind: str) -> LayerSpec:
-    shape = tuple(module.weight.shape)
+    shape = tuple(read_weight(module).shape)
     if kind == "linear":
         return LayerSpec(name, module, kind, shape)
     return LayerSpec(
@@ -195,12 +243,15 @@ def record_input_sizes(
     model: nn.Module,
     example_input: object,
     specs: Iterable[LayerSpec] | None = None,
+    forward: Callable[[nn.Module, object], object] | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """Spatial input size of every conv layer, from one forward pass of ``example_input``.
 
     The pass runs under :func:`frozen_forward`, so the model is left exactly as it was. Hooks are
     removed even on error. For a
     transposed conv the size recorded is its *output* size (the adjoint conv's input).
+    ``forward(model, example_input)`` runs the model (None: ``model(example_input)``, a dict
+    as keyword arguments, a tuple or list as positional ones).
     """
     specs = list(specs) if specs is not None else find_layers(model)[0]
     convs = {spec.module: spec for spec in specs if spec.is_conv}
@@ -215,7 +266,7 @@ def record_input_sizes(
     device = next((p.device for p in model.parameters()), None)
     try:
         with frozen_forward(model):
-            _forward(model, _to_device(example_input, device))
+            (forward or _forward)(model, _to_device(example_input, device))
     finally:
         for handle in handles:
             handle.remove()

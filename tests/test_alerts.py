@@ -226,6 +226,19 @@ def test_spectral_norm_growth():
     assert fired_at(per) == [5]
 
 
+
+def test_spectral_norm_growth_below_the_floor_is_ignored():
+    """A zero-initialised layer: 6.6e-8 -> 2.1e-7 is 3.2x but negligible; measured from 1e-3 on."""
+    norms = [0.0, 6.6e-8, 2.1e-7, 5e-4, 2e-3, 7e-3]
+    per = run(AlertEngine([SpectralNormGrowth(factor=3.0)]), one_metric("spectral_norm", norms))
+    assert fired_at(per) == [5]  # 5e-4 -> 2e-3 (4x) is from below the floor; 2e-3 -> 7e-3 is not
+    per = run(AlertEngine([SpectralNormGrowth(factor=3.0, floor=0.0)]),
+              one_metric("spectral_norm", norms))
+    assert fired_at(per) == [2]  # the old behaviour: fires on 6.6e-8 -> 2.1e-7, then stays high
+    with pytest.raises(ValueError, match="floor.*-1"):
+        SpectralNormGrowth(floor=-1)
+
+
 @pytest.mark.parametrize(
     ("reference", "values", "expected"),
     [

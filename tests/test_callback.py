@@ -324,6 +324,11 @@ def test_without_a_logger_the_history_goes_to_the_root_dir_and_one_info_is_given
     assert sum("has no logger" in m for m in messages) == 1
     assert len(layer_rows(tmp_path / "spectral_history.jsonl")) == 3 * 5
     assert "spectral_summary/alpha_mean" in trainer.callback_metrics
+    assert "alerts/count" in trainer.callback_metrics
+    # per-layer values go to the loggers and the history file only, unless asked for
+    assert not [k for k in trainer.callback_metrics if k.startswith("spectral/")]
+    trainer, _ = fit(tmp_path / "opt_in", [SpectralMonitor(per_layer_callback_metrics=True)],
+                     logger=False, max_epochs=1)
     assert "spectral/alpha/hidden" in trainer.callback_metrics
 
 

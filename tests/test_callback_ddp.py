@@ -79,10 +79,9 @@ def test_ddp_split_gather_and_agreed_stop(tmp_path):
 
     # the agreed stop: both ranks ended after the 2nd epoch (max_epochs=4)
     assert [r["epoch"] for r in ranks] == [2, 2]
-    # both ranks hold the same aggregates for EarlyStopping / ModelCheckpoint (alerts/count
-    # differs: rank 1 raised one more alert)
-    assert ranks[0]["callback_metrics"].pop("alerts/count") == 0
-    assert ranks[1]["callback_metrics"].pop("alerts/count") == 1
+    # both ranks hold the same aggregates for EarlyStopping / ModelCheckpoint, and the same
+    # alert count: the alerts are gathered, rank 1's stop counts on rank 0 too
+    assert ranks[0]["callback_metrics"]["alerts/count"] == 1
     assert ranks[0]["callback_metrics"] == ranks[1]["callback_metrics"]
     assert "spectral_summary/alpha_mean" in ranks[0]["callback_metrics"]
     assert [e["step"] for e in ranks[0]["history"]] == [0, BATCHES, 2 * BATCHES]
@@ -96,6 +95,8 @@ def test_ddp_split_gather_and_agreed_stop(tmp_path):
         assert set(first) | set(second) == names
 
     import torch
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
 
     from svd_callback.analysis import analyze
     from svd_callback.examples import SmallCNN
@@ -104,6 +105,14 @@ def test_ddp_split_gather_and_agreed_stop(tmp_path):
     history = read_history(tmp_path / "tb" / "version_0" / "spectral_history.jsonl")
     layers = [r for r in history if r["type"] == "layer"]
     assert {r["rank"] for r in layers} == {0, 1}
+    # the stop raised on rank 1 alone is recorded by rank 0, naming the rule and the rank
+    stops = [r for r in history if r["type"] == "alert" and r["severity"] == "stop"]
+    assert [(r["rule"], r["ranks"], r["step"]) for r in stops] == [
+        ("rank_one_wants_to_stop", [1], 2 * BATCHES)]
+    acc = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"tensors": 0})
+    acc.Reload()
+    text = [tensor_util.make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors("alerts")]
+    assert len(text) == 1 and "rank 1 asks to stop" in text[0] and "(rank 1)" in text[0]
 
     import lightning.pytorch as pl
 

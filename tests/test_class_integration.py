@@ -271,7 +271,8 @@ def test_callback_bad_inputs_one_warning_and_training_goes_on(tmp_path, digits):
     train = DataLoader(digits.train_set, batch_size=64)
 
     def run(name, val):
-        monitor = SpectralMonitor(class_analysis=True, figures_every_n=0)
+        monitor = SpectralMonitor(class_analysis=True, figures_every_n=0,
+                                  per_layer_callback_metrics=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             trainer = trainer_for(tmp_path / name, [monitor], max_epochs=1, limit_val_batches=0)
@@ -337,7 +338,7 @@ def test_callback_logs_class_statistics_figures_and_history(tmp_path, digits, re
         (s, name) for s in steps for name in LAYERS)
     last = [r for r in class_rows if r["step"] == 12 and r["layer"] == "hidden"][0]
     assert last["metrics"]["jaccard_mean"] == pytest.approx(
-        float(trainer.callback_metrics["classes/jaccard_mean/hidden"]))
+        acc.Scalars("classes/jaccard_mean/hidden")[-1].value)
     assert len(last["jaccard_matrix"]) == 10 and last["probe_size"] == 128
     summaries = [r for r in rows if r["type"] == "class_summary"]
     assert len(summaries) == 3 and summaries[0]["class_counts"] == [13] * 8 + [12] * 2

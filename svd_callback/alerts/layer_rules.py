@@ -220,11 +220,14 @@ class SpectralNormGrowth(LayerMetricRule):
     ``min_epoch`` defaults to 1 because the first epoch legitimately moves far from the random
     init (a small MLP trained with SGD grew its last layer's lambda_max 7.5x in epoch 1, then
     less than 1.3x per epoch). ``metric`` must be a positive scale (``spectral_norm``,
-    ``frobenius_norm``), not a logarithm.
+    ``frobenius_norm``), not a logarithm. Growth from a reference below ``floor`` is not
+    measured: a zero-initialised layer leaving 1e-7 grows by large factors while still
+    negligible.
 
     Args:
         factor: ratio value_now / value_then above which the condition holds.
         window: how many analyses back the reference value is.
+        floor: smallest reference value (in the metric's units) growth is measured from.
         patience: consecutive analyses the condition must hold before the alert (default 1).
         **kwargs: ``name``, ``action``, ``modes``, ``layers``, ``min_epoch`` (see :class:`Rule`).
 
@@ -240,15 +243,19 @@ class SpectralNormGrowth(LayerMetricRule):
         metric: str = "spectral_norm",
         patience: int = 1,
         min_epoch: int = 1,
+        floor: float = 1e-3,
         **kwargs: Any,
     ) -> None:
         if not factor > 0:
             raise ValueError(f"factor must be > 0, got {factor!r}")
+        if not (isinstance(floor, int | float) and math.isfinite(floor) and floor >= 0):
+            raise ValueError(f"floor must be a finite number >= 0, got {floor!r}")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
         super().__init__(metric, patience=patience, min_epoch=min_epoch, **kwargs)
         self.factor = float(factor)
         self.window = window
+        self.floor = float(floor)
 
     def _reference(self, history: MetricHistory, layer: str, mode: str) -> float | None:
         values = history.last_values(
@@ -258,7 +265,9 @@ class SpectralNormGrowth(LayerMetricRule):
 
     def condition(self, history, layer, mode, value):
         reference = self._reference(history, layer, mode)
-        return None if reference is None else value / reference > self.factor
+        if reference is None:
+            return None
+        return reference >= self.floor and value / reference > self.factor
 
     def describe(self, history, layer, mode, value):
         reference = self._reference(history, layer, mode) or math.nan

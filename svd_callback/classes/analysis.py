@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -47,7 +47,7 @@ from svd_callback.classes.features import (
 from svd_callback.classes.hypergraph import Edges, class_hyperedges, hypergraph_stats
 from svd_callback.classes.probe import ProbeSet, first_tensor
 from svd_callback.classes.signals import class_mean_signals, neuron_signals
-from svd_callback.layers import frozen_forward
+from svd_callback.layers import frozen_forward, has_weight, read_weight
 
 CLASS_MODE = "classes"
 """The ``mode`` of the class records given to the alert engine (beside ``unfold`` etc.)."""
@@ -340,6 +340,7 @@ def analyze_classes(
     layers: Sequence[str] | None = None,
     tracker: ClassTracker | None = None,
     factorize: bool | None = None,
+    forward: Callable[[nn.Module, torch.Tensor], Any] | None = None,
 ) -> ClassReport:
     """Class-overlap hypergraphs, class-specific features and (optionally) factorization rank.
 
@@ -353,6 +354,8 @@ def analyze_classes(
             Jaccards; updated in place), or None.
         factorize: run the factorization rank now; None decides from
             ``config.factorization_every_n`` and the tracker's analysis count.
+        forward: runs the model on a chunk of probe inputs, ``forward(model, inputs)``
+            (None: ``model(inputs)``), for models whose forward takes another structure.
 
     Returns:
         A :class:`ClassReport`; never raises for bad input (see its ``reasons``).
@@ -361,7 +364,7 @@ def analyze_classes(
     config = config or ClassAnalysisConfig()
     report = ClassReport()
     try:
-        _analyze(model, probe, config, layers, tracker, factorize, report)
+        _analyze(model, probe, config, layers, tracker, factorize, report, forward)
     except Exception as error:  # noqa: BLE001 - bad input becomes a reason, never an exception
         report.reasons["analysis"] = f"class analysis failed: {type(error).__name__}: {error}"
     report.seconds = time.perf_counter() - started
@@ -378,6 +381,7 @@ def _analyze(
     tracker: ClassTracker | None,
     factorize: bool | None,
     report: ClassReport,
+    forward: Callable[[nn.Module, torch.Tensor], Any] | None = None,
 ) -> None:
     labels, reason = _probe_labels(probe)
     if reason is not None:
@@ -401,7 +405,7 @@ def _analyze(
         report.reasons[f"class {c}"] = "class absent from the probe set"
 
     captured = _capture(model, probe.inputs, modules, signal_layers, feature_layer,
-                        factor_layers, config)
+                        factor_layers, config, forward)
     if "forward" in captured.errors:
         report.reasons["probe"] = captured.errors["forward"]
         for name in signal_layers:
@@ -448,7 +452,7 @@ def _signal_layers(
         if module is None:
             report.reasons[f"layer {name}"] = "no module of this name in the model"
             report.layers[name] = {}
-        elif not isinstance(getattr(module, "weight", None), torch.Tensor):
+        elif not has_weight(module):
             report.reasons[f"layer {name}"] = f"{type(module).__name__} has no weight tensor"
             report.layers[name] = {}
         else:
@@ -510,6 +514,7 @@ def _capture(
     feature_layer: str | None,
     factor_layers: list[str],
     config: ClassAnalysisConfig,
+    forward: Callable[[nn.Module, torch.Tensor], Any] | None = None,
 ) -> _Captured:
     """One forward pass; hooks reduce each batch to neuron signals, pooled features and (for
     factorization) the first outputs. A hook that fails records an error for its layer only."""
@@ -526,7 +531,8 @@ def _capture(
                 return
             seen.add(("signal", name))
             try:
-                signals = neuron_signals(mod.weight, first_tensor(args), params, config.top_k)
+                signals = neuron_signals(read_weight(mod), first_tensor(args), params,
+                                         config.top_k)
             except Exception as error:  # noqa: BLE001
                 out.errors[f"layer {name}"] = f"{type(error).__name__}: {error}"
                 return
@@ -580,7 +586,10 @@ def _capture(
                         batch.is_floating_point() and parameter.is_floating_point()
                     ) else batch.dtype
                     batch = batch.to(device=parameter.device, dtype=dtype)
-                model(batch)
+                if forward is None:
+                    model(batch)
+                else:
+                    forward(model, batch)
     except Exception as error:  # noqa: BLE001 - a model that rejects the probe
         out.errors["forward"] = f"probe forward pass failed: {type(error).__name__}: {error}"
     finally:

@@ -95,6 +95,28 @@ class TensorBoardSink:
         """A custom-scalar layout (``SummaryWriter.add_custom_scalars`` format)."""
         self.writer.add_custom_scalars(dict(layout))
 
+    def purge_from(self, step: int) -> bool:
+        """Hide every event at ``step`` or later written before this call (a resumed run).
+
+        Writes ``SessionLog.START`` events at ``step``, as ``SummaryWriter(purge_step=step)``
+        does: TensorBoard's loaders then drop the earlier events whose step is >= ``step``, in
+        every event file of the directory read before this one, so that the values written after
+        the checkpoint by the interrupted run do not show beside the resumed run's. The event is
+        written twice: the server's loader (``plugin_event_accumulator``) takes the first START
+        of a run for the session's start and only a later one for a restart, and the interrupted
+        run wrote none. Returns False for a writer other than
+        ``torch.utils.tensorboard.SummaryWriter`` (nothing written).
+        """
+        if not self._native:
+            return False
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        writer = self.writer._get_file_writer()
+        for _ in range(2):
+            writer.add_event(Event(step=int(step),
+                                   session_log=SessionLog(status=SessionLog.START)))
+        return True
+
     def flush(self) -> None:
         self.writer.flush()
 

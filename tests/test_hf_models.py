@@ -168,3 +168,24 @@ def test_lightning_finetuning_with_the_monitor(tmp_path):
     plain = finetune(tmp_path / "without", None)
     for (name, p), q in zip(module.named_parameters(), plain.parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_gpt2_conv1d_and_embeddings_match_weightwatcher():
+    """WeightWatcher 0.7.7 reads a Conv1D or an Embedding as one dense matrix; it keeps the
+    packed ``c_attn`` whole, so the q/k/v blocks have no counterpart there."""
+    ww = pytest.importorskip("weightwatcher")
+    model = gpt2(n_layer=1, tie=False, vocab=40)
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = ww.WeightWatcher(model=model).analyze()
+    rows = {str(row["longname"]): row for _, row in theirs.iterrows()}
+    ours = {r.name: r for r in analyze(model, ww_compat=True, embeddings=True).analysed()}
+    compared = [n for n in ours if n in rows]
+    assert set(compared) == {"transformer.wte", "transformer.wpe", "transformer.h.0.attn.c_proj",
+                             "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj", "lm_head"}
+    for name in compared:
+        for metric in ("alpha", "D", "xmin", "log_norm", "log_spectral_norm", "stable_rank",
+                       "entropy"):
+            a, b = ours[name].metrics[metric], float(rows[name][metric])
+            assert a == pytest.approx(b, rel=1e-4, abs=1e-6), (name, metric, a, b)

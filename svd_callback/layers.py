@@ -230,8 +230,12 @@ def find_layers(
                 f"analyses them)")))
             continue
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or (kind in MATRIX_KINDS and weight.dim() != 2):
+        if not isinstance(weight, torch.Tensor):
             skipped.append(SkippedModule(name, kind, "module has no weight tensor"))
+            continue
+        if kind in MATRIX_KINDS and weight.dim() != 2:
+            skipped.append(SkippedModule(name, kind, f"weight of shape {tuple(weight.shape)} is "
+                                                     "not a matrix"))
             continue
         _add(_spec(name, module, kind), specs, skipped, owners)
     return specs, skipped

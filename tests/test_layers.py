@@ -164,3 +164,15 @@ def test_embeddings_are_opt_in_and_a_tied_weight_is_analysed_once():
     # excluded, the embedding no longer claims the weight: the head is analysed
     specs, skipped = find_layers(Tied(), exclude="emb", embeddings=True)
     assert [s.name for s in specs] == ["pos", "head"] and skipped == []
+
+
+def test_a_linear_whose_weight_is_not_a_matrix_is_skipped_with_its_shape():
+    from svd_callback.analysis import analyze
+
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 2))
+    model[1].weight = nn.Parameter(torch.zeros(2, 3, 1))
+    specs, skipped = find_layers(model)
+    assert [s.name for s in specs] == ["0"]
+    assert [(s.name, s.reason) for s in skipped] == [("1", "weight of shape (2, 3, 1) is not a "
+                                                           "matrix")]
+    assert [r.reason is None for r in analyze(model, fit=None)] == [False, True]

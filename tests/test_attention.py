@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from svd_callback.analysis import analyze
+from svd_callback.callback import SpectralMonitor
+from svd_callback.examples import DigitsDataModule
+from svd_callback.sinks.history import read_history
 
 
 def oracle(matrix: torch.Tensor) -> torch.Tensor:
@@ -61,3 +68,53 @@ def test_torchvision_vision_transformer_end_to_end():
     assert set(skipped) == {"encoder", "visiontransformer"}
     assert "pos_embedding" in skipped["encoder"]
     assert "class_token" in skipped["visiontransformer"]
+
+
+class DigitsTransformer(pl.LightningModule):
+    """A digit image read as 8 tokens of 8 pixels: one encoder layer, mean-pooled, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.encoder = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x.reshape(-1, 8, 8))).mean(1))
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+def test_a_transformer_trains_with_the_monitor_and_the_class_analysis(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    monitor = SpectralMonitor(figures_every_n=0, histograms=False,
+                              class_analysis={"probe_size": 60, "top_k": 4})
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False,
+                         callbacks=[monitor], enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False,
+                         default_root_dir=tmp_path, limit_train_batches=3, limit_val_batches=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(DigitsTransformer(), DigitsDataModule(batch_size=64))
+    rows = [r for r in read_history(tmp_path / "spectral_history.jsonl") if r["type"] == "layer"]
+    last = {r["layer"]: r for r in rows if r["epochs_trained"] == 2.0}
+    attn = "encoder.self_attn"
+    assert set(last) == {"embed", f"{attn}.q", f"{attn}.k", f"{attn}.v", f"{attn}.out_proj",
+                         "encoder.linear1", "encoder.linear2", "head"}
+    assert all(r["reason"] is None for r in last.values())
+    assert "in_proj_weight[16:32]" in last[f"{attn}.k"]["notes"]["matrix"]
+    # the class analysis hooks whole modules only: the q/k/v records are not offered to it
+    # (their names are no modules); out_proj is, though the attention's fused path reads its
+    # weight without calling it, which the class analysis reports
+    classes = monitor._last_class_report
+    assert classes is not None and "n_edges" in classes.layers["head"]
+    assert not any(f"{attn}.{p}" in classes.layers for p in "qkv")
+    assert not [r for r in classes.reasons.values() if "no module of this name" in r]
+    assert not [w for w in caught if "no module of this name" in str(w.message)]

@@ -91,6 +91,7 @@ def analyze(
     progress: Callable[[int, int], None] | None = None,
     probe: ProbeSet | None = None,
     class_options: ClassAnalysisConfig | None = None,
+    embeddings: bool = False,
 ) -> Report:
     """Decompose every conv and linear layer of ``model`` and compute its ESD metrics.
 
@@ -129,6 +130,8 @@ def analyze(
             features; one forward pass in eval mode, each module's mode restored).
         class_options: options of that analysis (None: its defaults; factorization rank only
             with ``factorization_every_n > 0``).
+        embeddings: also analyse ``nn.Embedding`` tables (kind ``embedding``); a table tied to
+            an output layer is analysed once, under the first name.
 
     Returns:
         A :class:`Report` with one record per (layer, mode), skipped modules included. Its
@@ -142,7 +145,8 @@ def analyze(
     thresholds = thresholds or QualityThresholds()
     svd_method = resolve_svd_method(svd_method, ww_compat)
 
-    specs, skipped_modules = find_layers(model, include=include, exclude=exclude)
+    specs, skipped_modules = find_layers(model, include=include, exclude=exclude,
+                                         embeddings=embeddings)
     if layer_names is not None:
         wanted = set(layer_names)
         specs = [s for s in specs if s.name in wanted]
@@ -156,7 +160,7 @@ def analyze(
     report.classes = None
     if probe is not None:  # the class statistics of the same selection of layers
         report.classes = analyze_classes(model, probe, class_options,
-                                         layers=[s.name for s in specs])
+                                         layers=[s.name for s in specs if s.is_module_weight])
     for module in skipped_modules:
         for mode in modes:
             report.append(
@@ -180,7 +184,7 @@ def analyze(
         for spec in specs:
             if spec.name in bad:
                 records[spec.name] = _record(spec, mode, context, reason=bad[spec.name])
-            elif spec.kind == "linear" and spec.name in linear_done:
+            elif not spec.is_conv and spec.name in linear_done:
                 records[spec.name] = _relabel(linear_done[spec.name], mode)
             elif reason := _skip_reason(spec, mode, ww_compat, probe_error):
                 records[spec.name] = _record(spec, mode, context, reason=reason)
@@ -189,7 +193,7 @@ def analyze(
         done += len(specs) - len(todo)
         for spec, svals, shuffled, reason in _spectra(todo, mode, context):
             records[spec.name] = _record(spec, mode, context, svals, shuffled, reason)
-            if spec.kind == "linear":
+            if not spec.is_conv:
                 linear_done[spec.name] = records[spec.name]
             done += 1
             if progress is not None:
@@ -336,7 +340,7 @@ def _kernel_volume(spec: LayerSpec) -> int:
 def _matrix_shape(spec: LayerSpec, mode: str) -> tuple[int, int]:
     """(N, M), N >= M, of the matrix whose singular values the mode computes."""
     shape = spec.weight_shape
-    if spec.kind == "linear":
+    if not spec.is_conv:
         rows, cols = shape
     elif mode == "unfold":
         rows, cols = shape[0] // spec.groups, shape[1] * _kernel_volume(spec)
@@ -359,7 +363,7 @@ def _group_key(spec: LayerSpec, mode: str) -> tuple:
 def _spectrum_fn(
     spec: LayerSpec, mode: str, method: str = "auto"
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    if spec.kind == "linear" or mode == "unfold":
+    if not spec.is_conv or mode == "unfold":
         return lambda w: stacked_unfold_svdvals(w, groups=spec.groups, method=method)
     if mode == "slices":
         return lambda w: stacked_slice_svdvals(w, method=method)
@@ -417,6 +421,9 @@ def _record(
         input_size=spec.input_size if (mode == "operator" and spec.is_conv) else None,
         reason=reason,
     )
+    if not spec.is_module_weight and spec.kind != "embedding":
+        record.notes["matrix"] = (f"{type(spec.module).__name__} {spec.module_name}."
+                                  f"{spec.matrix.describe()} as an (out, in) matrix")
     if reason is not None or svals is None:
         return record
     record.svals = svals if ctx.keep_svals else None

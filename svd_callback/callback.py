@@ -133,6 +133,8 @@ class SpectralMonitor(Callback):
         include: glob patterns (``fnmatch``, e.g. ``"features.*"``, ``"*.conv2"``) a layer's
             qualified name must match to be analysed (None: every layer).
         exclude: glob patterns of layer names to leave out.
+        embeddings: also analyse ``nn.Embedding`` tables (kind ``embedding``; a table tied to
+            the output layer is analysed once).
         metrics: metric groups to compute and log: ``"norms"``, ``"powerlaw"``, ``"mp"``
             (Marchenko-Pastur bulk fit), ``"traps"`` (correlation traps), or ``"all"``. The history
             file keeps every metric computed.
@@ -212,6 +214,7 @@ class SpectralMonitor(Callback):
         conv_modes: str | Sequence[str] = ("unfold",),
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
+        embeddings: bool = False,
         metrics: str | Sequence[str] = ("norms", "powerlaw"),
         normalization: str | None = None,
         fit: str = "ks",
@@ -240,6 +243,7 @@ class SpectralMonitor(Callback):
         self.conv_modes = _check_modes(conv_modes)
         self.include = _check_patterns("include", include)
         self.exclude = _check_patterns("exclude", exclude)
+        self.embeddings = bool(embeddings)
         self.metric_groups = _check_groups(metrics)
         if normalization is not None and normalization not in NORMALIZATIONS:
             raise ValueError(
@@ -619,7 +623,7 @@ class SpectralMonitor(Callback):
         names: list[str] = []
         share: list[str] | None = None
         try:
-            specs, skipped = find_layers(pl_module, include=self.include, exclude=self.exclude)
+            specs, skipped = find_layers(pl_module, self.include, self.exclude, self.embeddings)
             names = [s.name for s in specs] + [s.name for s in skipped]
             if is_distributed(world):
                 for spec in specs:
@@ -644,6 +648,7 @@ class SpectralMonitor(Callback):
                     mp_fit="mp" in self.metric_groups,
                     traps="traps" in self.metric_groups,
                     generator_seed=self.generator_seed,
+                    embeddings=self.embeddings,
                     keep_svals=self.histograms or bool(self.figures_every_n),
                 )
             return report, names
@@ -704,7 +709,7 @@ class SpectralMonitor(Callback):
                     "no input to probe with: set example_input_array on the LightningModule or "
                     "pass input_size= to SpectralMonitor"
                 )
-            specs, _ = find_layers(pl_module, include=self.include, exclude=self.exclude)
+            specs, _ = find_layers(pl_module, self.include, self.exclude, self.embeddings)
             with torch.no_grad():
                 self._input_sizes = record_input_sizes(pl_module, example, specs,
                                                        self._runner(key))
@@ -790,9 +795,10 @@ class SpectralMonitor(Callback):
         return metrics
 
     def _run_class_analysis(self, pl_module: pl.LightningModule) -> ClassReport:
-        specs, _ = find_layers(pl_module, include=self.include, exclude=self.exclude)
+        specs, _ = find_layers(pl_module, self.include, self.exclude, self.embeddings)
         report = analyze_classes(pl_module, self._class_probe, self.class_config,
-                                 layers=[s.name for s in specs], tracker=self._class_tracker,
+                                 layers=[s.name for s in specs if s.is_module_weight],
+                                 tracker=self._class_tracker,
                                  forward=self._runner(self._class_probe_key))
         for key, reason in report.reasons.items():
             if f"classes:{key}:{reason}" not in self._warned:

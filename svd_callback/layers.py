@@ -1,10 +1,25 @@
 """Find the analysable layers of a model, their geometry and their real input sizes.
 
-Analysable: ``nn.Linear`` and ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d`` (grouped,
-depthwise, dilated and strided included), and their lazy variants once materialised. Every other
-module that owns a weight matrix (``nn.Embedding``, ``nn.Bilinear``, attention projections held as
-raw parameters, ...) and every unmaterialised lazy module is reported as skipped with its reason,
-never silently dropped.
+Analysable:
+
+- ``nn.Linear`` and ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d`` (grouped, depthwise,
+  dilated and strided included), and their lazy variants once materialised;
+- ``nn.MultiheadAttention``: its query, key and value maps, records ``<module>.q``, ``.k``, ``.v``
+  (the three row blocks of ``in_proj_weight``, or ``q_proj_weight`` / ``k_proj_weight`` /
+  ``v_proj_weight`` when the key and value dimensions differ); its ``out_proj`` is an
+  ``nn.Linear`` and found as ``<module>.out_proj``;
+- Hugging Face ``transformers``' ``Conv1D`` (GPT-2 and relatives) as the linear map it is: its
+  weight is stored transposed, ``(in, out)``, and is read as ``weight.T``. A packed ``c_attn``
+  (``out = 3 * in``, ``query, key, value = c_attn(x).split(in, dim=-1)``) gives the records
+  ``<module>.q``, ``.k``, ``.v``. Detected by type when ``transformers`` is loaded (a model built
+  with it has loaded it), so there is no dependency on the package;
+- ``nn.Embedding`` / ``nn.EmbeddingBag`` (kind ``embedding``, the ``(num_embeddings, dim)``
+  table as a matrix) only with ``embeddings=True``.
+
+A weight shared by several modules (tied input and output embeddings) is analysed once, under
+the first name in ``named_modules`` order; the others are reported as skipped, naming it. Every
+other module that owns a weight matrix and every unmaterialised lazy module is reported as
+skipped with its reason, never silently dropped.
 """
 
 from __future__ import annotations
@@ -12,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import math
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,21 +48,58 @@ _CONV_KINDS: dict[type, str] = {
 }
 
 
+EMBEDDING_TYPES: tuple[type, ...] = (nn.Embedding, nn.EmbeddingBag)
+MATRIX_KINDS = ("linear", "embedding")
+QKV = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class MatrixView:
+    """Where a layer's ``(out, in)`` matrix lives among its module's parameters.
+
+    Attributes:
+        param: the parameter's attribute name on the module.
+        transpose: the parameter is stored ``(in, out)`` (``transformers``' ``Conv1D``).
+        rows: ``(start, stop)``: the block of output rows of a packed projection, or None.
+    """
+
+    param: str = "weight"
+    transpose: bool = False
+    rows: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        """``in_proj_weight[0:64]``, ``weight.T[128:192]``, ``weight.T`` (the record's note)."""
+        text = self.param + (".T" if self.transpose else "")
+        return text + (f"[{self.rows[0]}:{self.rows[1]}]" if self.rows is not None else "")
+
+    def __call__(self, module: nn.Module) -> torch.Tensor:
+        weight = read_weight(module) if self.param == "weight" else getattr(module, self.param)
+        if self.transpose:
+            weight = weight.t()
+        if self.rows is not None:
+            weight = weight[self.rows[0] : self.rows[1]]
+        return weight
+
+
 @dataclass
 class LayerSpec:
     """An analysable layer.
 
     Attributes:
-        name: qualified name from ``model.named_modules()``.
+        name: the record's name: the qualified name from ``model.named_modules()``, plus
+            ``.q`` / ``.k`` / ``.v`` for a block of a packed attention projection.
         module: the module itself (its weight is read, never written).
-        kind: ``linear``, ``conv1d`` ... ``conv_transpose3d``.
-        weight_shape: ``tuple(module.weight.shape)``.
+        kind: ``linear``, ``embedding``, ``conv1d`` ... ``conv_transpose3d``.
+        weight_shape: shape of the analysed weight, ``tuple(spec.weight.shape)``; ``(out, in)``
+            for every matrix (a ``Conv1D``'s transposed, a packed projection's block).
         groups, stride, dilation, padding: conv geometry (1 / () for linear layers).
         transposed: True for ``ConvTranspose*``; the operator is then the adjoint of the conv with
             the same weight tensor, whose input is this layer's *output*.
         input_size: spatial size of the input seen by the layer (from a probe forward pass or the
             user), None until known. For transposed convs, the adjoint's input size (this layer's
             output size), which is what ``operator_svdvals`` needs.
+        matrix: where the weight is read from (``module.weight`` itself by default).
+        module_name: the module's qualified name (``name`` without a ``.q``/``.k``/``.v``).
     """
 
     name: str
@@ -59,10 +112,21 @@ class LayerSpec:
     padding: tuple[int, ...] | str = ()
     transposed: bool = False
     input_size: tuple[int, ...] | None = None
+    matrix: MatrixView = MatrixView()
+    module_name: str = ""
+
+    def __post_init__(self) -> None:
+        self.module_name = self.module_name or self.name
 
     @property
     def is_conv(self) -> bool:
-        return self.kind != "linear"
+        return self.kind.startswith("conv")
+
+    @property
+    def is_module_weight(self) -> bool:
+        """The record is a whole ``nn.Linear`` / conv module with its ``weight`` as is (what the
+        class analysis hooks and reads)."""
+        return self.matrix == MatrixView() and self.kind != "embedding"
 
     @property
     def spatial_dims(self) -> int:
@@ -70,7 +134,9 @@ class LayerSpec:
 
     @property
     def weight(self) -> torch.Tensor:
-        return read_weight(self.module)
+        """The analysed weight: a view of the module's parameter (computed without side effects
+        when the weight is parametrized, see :func:`read_weight`)."""
+        return self.matrix(self.module)
 
 
 def read_weight(module: nn.Module) -> torch.Tensor:
@@ -139,36 +205,61 @@ def _as_patterns(patterns: str | Sequence[str] | None) -> list[str] | None:
 
 
 def layer_kind(module: nn.Module) -> str | None:
-    """``linear`` / ``conv2d`` / ... for analysable module types, None otherwise."""
-    if isinstance(module, nn.Linear):
+    """``linear`` / ``conv2d`` / ... for analysable module types, None otherwise.
+
+    ``transformers``' ``Conv1D`` and ``nn.MultiheadAttention`` are ``linear``; embeddings
+    (analysed on request only) are ``embedding``.
+    """
+    if isinstance(module, (nn.Linear, nn.MultiheadAttention)) or is_hf_conv1d(module):
         return "linear"
+    if isinstance(module, EMBEDDING_TYPES):
+        return "embedding"
     for cls, kind in _CONV_KINDS.items():
         if isinstance(module, cls):
             return kind
     return None
 
 
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """``module`` is a ``transformers.pytorch_utils.Conv1D`` (a linear map with its weight stored
+    ``(in, out)``). ``transformers`` is not imported here: a model holding one has loaded it."""
+    utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(utils, "Conv1D", None)
+    return isinstance(conv1d, type) and isinstance(module, conv1d)
+
+
 def find_layers(
     model: nn.Module,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
+    embeddings: bool = False,
 ) -> tuple[list[LayerSpec], list[SkippedModule]]:
     """Every analysable layer of ``model`` (in ``named_modules`` order) and the skipped ones.
 
-    ``include`` / ``exclude`` are glob patterns on qualified names; a module filtered out by them is
-    neither analysed nor reported.
+    ``include`` / ``exclude`` are glob patterns on record names (a packed attention projection's
+    blocks are ``<module>.q`` ...; its module's own name matches them too); a layer filtered out
+    by them is neither analysed nor reported. ``embeddings``: analyse ``nn.Embedding`` tables
+    (otherwise they are reported as skipped).
     """
     include_p, exclude_p = _as_patterns(include), _as_patterns(exclude)
     specs: list[LayerSpec] = []
     skipped: list[SkippedModule] = []
     inner = _parametrization_modules(model)
-    for name, module in model.named_modules():
-        name = name or type(module).__name__.lower()  # a bare layer passed as the model
+    owners: dict[tuple, str] = {}  # (parameter, view) -> the record that analyses it
+    for qualified, module in model.named_modules():
+        name = qualified or type(module).__name__.lower()  # a bare layer passed as the model
         if module in inner:
             continue
+        kind = layer_kind(module)
+        if kind is not None and not isinstance(module, LazyModuleMixin):
+            parts = _split(qualified, name, module, kind)
+            if parts:  # a packed projection: filtered block by block
+                for spec in parts:
+                    if _block_selected(spec.name, name, include_p, exclude_p):
+                        _add(spec, specs, skipped, owners)
+                continue
         if not matches(name, include_p, exclude_p):
             continue
-        kind = layer_kind(module)
         if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
             skipped.append(
                 SkippedModule(
@@ -183,17 +274,90 @@ def find_layers(
             if reason is not None:
                 skipped.append(SkippedModule(name, type(module).__name__, reason))
             continue
+        if kind == "embedding" and not embeddings:
+            skipped.append(SkippedModule(name, type(module).__name__, (
+                f"{type(module).__name__} not analysed: embeddings are off (embeddings=True "
+                f"analyses them)")))
+            continue
         if not has_weight(module):
             skipped.append(SkippedModule(name, kind, "module has no weight tensor"))
             continue
-        specs.append(_spec(name, module, kind))
+        weight = read_weight(module)
+        if kind in MATRIX_KINDS and weight.dim() != 2:
+            skipped.append(SkippedModule(name, kind, f"weight of shape {tuple(weight.shape)} is "
+                                                     "not a matrix"))
+            continue
+        _add(_spec(name, module, kind), specs, skipped, owners)
     return specs, skipped
 
 
+def _block_selected(
+    name: str, module_name: str, include: list[str] | None, exclude: list[str] | None
+) -> bool:
+    """A block of a packed projection is kept when its own name or its module's name is
+    included and neither is excluded."""
+    included = not include or matches(name, include, None) or matches(module_name, include, None)
+    return included and matches(name, None, exclude) and matches(module_name, None, exclude)
+
+
+def _add(
+    spec: LayerSpec, specs: list[LayerSpec], skipped: list[SkippedModule], owners: dict[tuple, str]
+) -> None:
+    """Append ``spec``, or report it as skipped when an earlier record reads the same weight."""
+    name = spec.matrix.param
+    # a parametrized weight is identified by its parametrization chain: reading it would compute
+    # it (in train mode a spectral_norm power iteration)
+    param = (spec.module.parametrizations[name] if parametrize.is_parametrized(spec.module, name)
+             else getattr(spec.module, name))
+    key = (id(param), spec.matrix.transpose, spec.matrix.rows)
+    owner = owners.setdefault(key, spec.name)
+    if owner == spec.name:
+        specs.append(spec)
+    else:
+        skipped.append(SkippedModule(spec.name, spec.kind, (
+            f"weight shared with {owner} (tied), analysed there")))
+
+
+def _split(qualified: str, name: str, module: nn.Module, kind: str) -> list[LayerSpec]:
+    """The query, key and value records of a packed attention projection ([] for other layers).
+
+    ``nn.MultiheadAttention``: rows ``[0, E)``, ``[E, 2E)``, ``[2E, 3E)`` of ``in_proj_weight``
+    (``F.multi_head_attention_forward`` / ``_in_projection_packed``), or the separate
+    ``q/k/v_proj_weight``. A ``Conv1D`` named ``c_attn`` with ``nf = 3 * nx``: the three column
+    blocks of its ``(nx, 3 nx)`` weight, GPT-2's ``c_attn(x).split(nx, dim=2)``; with
+    ``nf = 2 * nx`` (GPT-2's cross-attention, whose query is ``q_attn``) the key and value.
+    Records are named ``<qualified>.q`` ..., or ``q`` ... for the model itself, like its
+    children (``out_proj``).
+    """
+    if isinstance(module, nn.MultiheadAttention):
+        if getattr(module, "_qkv_same_embed_dim", True):
+            weight = module.in_proj_weight
+            if weight is None or weight.dim() != 2 or weight.shape[0] % 3:
+                return []
+            e = weight.shape[0] // 3
+            views = [MatrixView("in_proj_weight", rows=(i * e, (i + 1) * e)) for i in range(3)]
+        else:
+            views = [MatrixView(f"{p}_proj_weight") for p in QKV]
+    elif is_hf_conv1d(module) and name.rsplit(".", 1)[-1] == "c_attn":
+        nx, nf = tuple(module.weight.shape)
+        if nf not in (2 * nx, 3 * nx):
+            return []
+        views = [MatrixView(transpose=True, rows=(i * nx, (i + 1) * nx)) for i in range(nf // nx)]
+    else:
+        return []
+    out = []
+    for part, view in zip(QKV[-len(views) :], views, strict=True):
+        weight = view(module)
+        out.append(LayerSpec(f"{qualified}.{part}" if qualified else part, module, kind,
+                             tuple(weight.shape), matrix=view, module_name=name))
+    return out
+
+
 def _spec(name: str, module: nn.Module, kind: str) -> LayerSpec:
+    if kind in MATRIX_KINDS:
+        view = MatrixView(transpose=is_hf_conv1d(module))
+        return LayerSpec(name, module, kind, tuple(view(module).shape), matrix=view)
     shape = tuple(read_weight(module).shape)
-    if kind == "linear":
-        return LayerSpec(name, module, kind, shape)
     return LayerSpec(
         name,
         module,
@@ -299,7 +463,7 @@ def estimate_cost(spec: LayerSpec, mode: str) -> float:
     d, c, *kernel = spec.weight_shape  # a transposed conv's weight is its adjoint's weight
     k = math.prod(kernel) if kernel else 1
     g = spec.groups
-    if spec.kind == "linear" or mode == "unfold":
+    if not spec.is_conv or mode == "unfold":
         m, n = d // g if spec.is_conv else d, (c * k) if spec.is_conv else c
         return float(g * m * n * min(m, n))
     if mode == "slices":

@@ -139,7 +139,7 @@ def test_bad_input_gives_reasons_not_exceptions():
     assert zero.reason is None and math.isnan(zero.metrics["alpha"]) and zero.notes
     single = report.get("4", "unfold")
     assert single.svals.numel() == 1 and math.isnan(single.metrics["alpha"])
-    assert "not a conv or linear layer" in report.get("5", "unfold").reason
+    assert "embeddings are off" in report.get("5", "unfold").reason  # opt-in: embeddings=True
 
 
 def test_operator_mode_reports_a_failed_probe():

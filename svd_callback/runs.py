@@ -150,13 +150,17 @@ def _from_history(root: Path, history: Path) -> Run:
 
 
 def _from_events(root: Path, events: list[Path]) -> Run:
+    """Read every folder of event files as TensorBoard does: the files of one folder in order,
+    with the values an interrupted run wrote after its checkpoint purged at the resumed run's
+    restart marker (``SessionLog.START``, TensorBoard's ``purge_step``), so that every step has
+    one value."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     rows, alerts, problems, primary = [], [], [], None
-    for event_file in events:
-        if (problem := event_file_problem(event_file)) is not None:
-            problems.append(problem)
-        acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0, "tensors": 0})
+    problems.extend(p for p in map(event_file_problem, events) if p is not None)
+    for folder in sorted({event.parent for event in events}):
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0},
+                               purge_orphaned_data=True)
         acc.Reload()
         for text_tag in acc.Tags().get("tensors", []):
             if text_tag in (CONVENTIONS_TAG, f"{CONVENTIONS_TAG}/text_summary"):

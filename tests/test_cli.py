@@ -193,3 +193,22 @@ def test_tensorboard_and_history_readers_agree_on_a_real_run(tmp_path):
     got = events.series("stable_rank", layer="hidden")
     assert list(got.index) == [0, 1, 2, 3]
     assert got.round(4).tolist() == expected.round(4).tolist()
+
+
+def test_event_reader_purges_what_an_interrupted_run_wrote_after_its_checkpoint(tmp_path):
+    """A run killed at step 7 and resumed from its step-4 checkpoint (TensorBoard's purge_step
+    marker at 5): every step has one value, the resumed run's."""
+    run = tmp_path / "run"
+    first = SummaryWriter(str(run))
+    for step in range(8):
+        first.add_scalar("spectral_summary/alpha_mean", 1.0, step)
+    first.close()
+    resumed = SummaryWriter(str(run), purge_step=5)
+    for step in range(5, 10):
+        resumed.add_scalar("spectral_summary/alpha_mean", 2.0, step)
+    resumed.close()
+    records = read_run(run).records
+    steps = records["step"].tolist()
+    assert sorted(steps) == list(range(10))  # one value per step, no duplicates
+    values = dict(zip(records["step"], records["value"], strict=True))
+    assert [values[s] for s in range(10)] == [1.0] * 5 + [2.0] * 5

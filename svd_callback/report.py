@@ -17,14 +17,14 @@ from typing import Any
 import torch
 
 from svd_callback.classes.report import ClassReport
+from svd_callback.config import CONV_MODES, NORMALIZATIONS
 
-CONV_MODES = ("unfold", "operator", "slices")
-"""The three conv SVD conventions (docs/conventions.md#conv-modes)."""
+# CONV_MODES: the three conv SVD conventions (docs/conventions.md#conv-modes); NORMALIZATIONS:
+# ``raw`` lambda = sigma^2, ``ww`` WeightWatcher 0.7.7 (conv weights scaled by 1/sqrt(2), so
+# lambda = sigma^2 / 2 for convs), ``per_row`` DeepDataProfiler's lambda = sigma^2 / N (N = rows
+# of the analysed matrix). Both are defined once, by the Literal types of svd_callback.config.
 
-NORMALIZATIONS = ("raw", "ww", "per_row")
-"""ESD conventions: ``raw`` lambda = sigma^2; ``ww`` WeightWatcher 0.7.7 (conv weights scaled
-by 1/sqrt(2), so lambda = sigma^2 / 2 for convs); ``per_row`` DeepDataProfiler's
-lambda = sigma^2 / N (N = number of rows of the analysed matrix)."""
+__all__ = ["CONV_MODES", "NORMALIZATIONS", "LayerReport", "Report", "eig_scale"]
 
 
 @dataclass

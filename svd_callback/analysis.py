@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Unpack
@@ -136,7 +137,10 @@ def analyze(
         if conv_mode is not None:
             options["conv_mode"] = conv_mode  # type: ignore[typeddict-unknown-key]
         if "fit" in options and options["fit"] is None and "metrics" not in options:
-            options["metrics"] = True  # type: ignore[typeddict-item] # the legacy "no fit"
+            warnings.warn("analyze(fit=None) without metrics= is deprecated; pass "
+                          "metrics=('norms',) for no power-law fit", DeprecationWarning,
+                          stacklevel=2)
+            options["metrics"] = ("norms",)  # the legacy "no fit"
         config = AnalysisConfig.from_arguments(options, also_valid=CALL_ARGUMENTS)
     elif conv_mode is not None or options:
         given = ["conv_mode"] * (conv_mode is not None) + sorted(options)

@@ -58,9 +58,14 @@ def test_legacy_flags_warn_at_the_callers_line_and_give_the_same_records():
     assert (record[0].filename, record[0].lineno) == (__file__, line)
     current = analyze(net(), metrics="all", generator_seed=1)
     assert rows(legacy) == rows(current)
-    with pytest.warns(DeprecationWarning):  # fit=None alone was "no power-law fit"
-        no_fit = analyze(net(), fit=None)
+    with pytest.warns(DeprecationWarning, match=r"fit=None\) without metrics") as record:
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        no_fit = analyze(net(), fit=None)  # was "no power-law fit"
+    assert (record[0].filename, record[0].lineno) == (__file__, line)
     assert rows(no_fit) == rows(analyze(net(), metrics="norms"))
+    with pytest.warns(DeprecationWarning):
+        bulk = analyze(net(), fit=None, mp_fit=True)
+    assert rows(bulk) == rows(analyze(net(), metrics=("norms", "mp")))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         analyze(net(), "slices", metrics=("norms",), fit=None, chunk_elems=1 << 20)

@@ -71,3 +71,29 @@ def test_a_label_beyond_the_declared_count_is_a_reason_not_an_exception():
 def test_num_classes_must_be_a_positive_integer(bad):
     with pytest.raises(ValueError, match="num_classes"):
         ClassAnalysisConfig(num_classes=bad)
+
+
+def test_the_split_modules_keep_every_public_name_where_callers_import_it():
+    import svd_callback.classes as classes
+    from svd_callback.classes import analysis, config, probe, records, report
+
+    before_split = {
+        "ClassAnalysisConfig", "ClassReport", "ClassTracker", "analyze_classes", "ClassFeatures",
+        "ClassMeans", "ConvParams", "FactorizationResult", "HypergraphStats", "NeuronSignals",
+        "ProbeSet", "bound_tensor", "capture_activations", "class_hyperedges",
+        "class_mean_signals", "class_specific_features", "corcondia", "dataset_labels",
+        "factorization_rank", "find_penultimate_layer", "hypergraph_stats", "incidence_matrix",
+        "jaccard", "mass_counts", "neuron_signals", "pool_features", "select_probe",
+        "to_hypernetx",
+    }
+    assert before_split <= set(classes.__all__)
+    assert all(hasattr(classes, name) for name in classes.__all__)
+    homes = {
+        "ClassAnalysisConfig": config, "ClassReport": report, "ClassTracker": report,
+        "CLASS_MODE": records, "ClassRecord": records, "class_records": records,
+        "ProbeError": probe, "split_batch": probe, "probe_from_loader": probe,
+        "probe_at_positions": probe,
+    }
+    for name, home in homes.items():  # the old import path gives the same object
+        assert getattr(analysis, name) is getattr(home, name), name
+    assert records.CLASS_MODE == "classes"

@@ -193,3 +193,24 @@ def test_tensorboard_and_history_readers_agree_on_a_real_run(tmp_path):
     got = events.series("stable_rank", layer="hidden")
     assert list(got.index) == [0, 1, 2, 3]
     assert got.round(4).tolist() == expected.round(4).tolist()
+
+
+def test_analyze_metric_flags_select_the_groups_without_a_deprecation(capsys, saved_module,
+                                                                       tmp_path):
+    import warnings
+
+    from svd_callback.metric_groups import METRIC_GROUPS
+
+    columns = {}
+    for flags in ((), ("--mp-fit",), ("--mp-fit", "--traps")):
+        js = tmp_path / f"{len(flags)}.json"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            code, _, err = run_cli(capsys, "analyze", str(saved_module), *flags, "--json",
+                                   str(js), "--no-progress")
+        assert code == 0, err
+        columns[flags] = set(json.loads(js.read_text())[0])
+    mp, traps = set(METRIC_GROUPS["mp"]) - {"sigma_mp"}, {"num_traps", "rand_distance"}
+    assert not (mp | traps) & columns[()]
+    assert mp <= columns[("--mp-fit",)] and not traps & columns[("--mp-fit",)]
+    assert mp | traps <= columns[("--mp-fit", "--traps")]

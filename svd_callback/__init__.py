@@ -1,6 +1,7 @@
 """svd-callback: follow the SVD of every conv and linear layer through training.
 
-``SpectralMonitor`` is the Lightning callback; ``analyze`` runs the same analysis offline.
+``SpectralMonitor`` is the Lightning callback; ``analyze`` runs the same analysis offline, with
+the options of an ``AnalysisConfig`` (docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -8,12 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from svd_callback.analysis import analyze, summarize
+from svd_callback.config import AnalysisConfig
 from svd_callback.report import LayerReport, Report
 
 if TYPE_CHECKING:
     from svd_callback.callback import SpectralMonitor
 
-__all__ = ["LayerReport", "Report", "SpectralMonitor", "analyze", "summarize"]
+__all__ = ["AnalysisConfig", "LayerReport", "Report", "SpectralMonitor", "analyze", "summarize"]
 __version__ = "0.1.0"
 
 

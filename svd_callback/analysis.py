@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
+from typing import Unpack
 
 import torch
 from torch import nn
 
-from svd_callback.classes.analysis import ClassAnalysisConfig, analyze_classes
+from svd_callback import config as config_types
+from svd_callback.classes.analysis import analyze_classes
+from svd_callback.classes.config import ClassAnalysisConfig
 from svd_callback.classes.probe import ProbeSet
+from svd_callback.config import AnalysisConfig, AnalysisOptions, ConvMode
 from svd_callback.layers import (
     LayerSpec,
     SkippedModule,
@@ -24,19 +29,21 @@ from svd_callback.layers import (
     find_layers,
     record_input_sizes,
 )
-from svd_callback.report import CONV_MODES, NORMALIZATIONS, LayerReport, Report, eig_scale
+from svd_callback.report import LayerReport, Report, eig_scale
 from svd_callback.rmt import QualityThresholds, esd_metrics, shuffle_matrix, trap_metrics
 from svd_callback.spectra import (
     GRAM32_NOISE,
-    SVD_METHODS,
     stacked_operator_svdvals,
     stacked_slice_svdvals,
     stacked_unfold_svdvals,
 )
 
-FITS = ("ks", "hill", None)
-NORM_METRICS = ("spectral_norm", "frobenius_norm", "stable_rank")
-"""What ``analyze(metrics=False)`` keeps: sqrt(lambda_max), sqrt(sum lambda), sum / max."""
+FITS = (*config_types.FITS, None)
+"""The values of ``fit``: :data:`svd_callback.config.FITS` and None (no power-law fit)."""
+
+CALL_ARGUMENTS = ("config", "input_sizes", "example_input", "layer_names", "thresholds",
+                  "keep_svals", "progress", "probe", "class_options")
+"""``analyze``'s per-call arguments, which are not :class:`AnalysisConfig` options."""
 
 WW_MIN_EVALS, WW_MAX_EVALS, WW_MAX_N = 8, 15000, 50000
 """WeightWatcher 0.7.7's layer skip rules (``layer_supported``): M * kh * kw outside [8, 15000]
@@ -70,58 +77,41 @@ GRAM32_NOTE = (f"float32 Gram eigenvalues (svd_method='gram32'): absolute error 
 
 def analyze(
     model: nn.Module,
-    conv_mode: str | Sequence[str] = "unfold",
+    conv_mode: ConvMode | Sequence[ConvMode] | None = None,
     *,
-    input_size: int | Sequence[int] | None = None,
+    config: AnalysisConfig | None = None,
     input_sizes: dict[str, tuple[int, ...]] | None = None,
     example_input: object = None,
-    include: str | Sequence[str] | None = None,
-    exclude: str | Sequence[str] | None = None,
     layer_names: Collection[str] | None = None,
-    normalization: str | None = None,
-    ww_compat: bool = False,
-    svd_method: str = "auto",
-    fit: str | None = "ks",
-    mp_fit: bool = False,
-    traps: bool = False,
-    metrics: bool = True,
     thresholds: QualityThresholds | None = None,
-    generator_seed: int = 0,
     keep_svals: bool = True,
     progress: Callable[[int, int], None] | None = None,
     probe: ProbeSet | None = None,
     class_options: ClassAnalysisConfig | None = None,
-    embeddings: bool = False,
+    **options: Unpack[AnalysisOptions],
 ) -> Report:
     """Decompose every conv and linear layer of ``model`` and compute its ESD metrics.
+
+    What is computed is an :class:`~svd_callback.config.AnalysisConfig`: pass one as
+    ``config=``, or its options as keyword arguments (``conv_mode``, ``include``, ``exclude``,
+    ``metrics``, ``normalization``, ``fit``, ``ww_compat``, ``svd_method``, ``input_size``,
+    ``generator_seed``, ``chunk_elems``, ``embeddings``; docs/configuration.md), not both. The
+    callback ``SpectralMonitor`` takes the same options under the same names. The names used
+    before (``metrics=True/False``, ``mp_fit=``, ``traps=``, and ``fit=None`` without
+    ``metrics=`` for "no power-law fit", now ``metrics=("norms",)``) still work with a
+    ``DeprecationWarning`` (:func:`svd_callback.config.rename_legacy`).
 
     Args:
         model: any ``nn.Module``; read, never modified (no mode switch except the one
             probe pass of :func:`~svd_callback.layers.record_input_sizes`, which restores it).
         conv_mode: ``"unfold"`` (Praggastis et al. 2022), ``"operator"`` (Sedghi et al. 2019,
-            circular padding) or ``"slices"`` (WeightWatcher), or several of them.
-        input_size: spatial size of the *model's* input; a zero image of that size is passed
-            through the model once to learn each conv's real input size (``operator`` mode).
-        input_sizes: per-layer spatial input sizes, overriding the probe.
+            circular padding) or ``"slices"`` (WeightWatcher), or several of them (None:
+            ``"unfold"``, or the mode(s) of ``config``).
+        config: the options, validated and resolved (instead of keyword options).
+        input_sizes: per-layer spatial input sizes, overriding the probe of ``input_size``.
         example_input: a batch to probe input sizes with (instead of ``input_size``).
-        include, exclude: glob patterns on qualified layer names.
         layer_names: analyse only these layers (the distributed work split).
-        normalization: ``raw`` (lambda = sigma^2, default), ``ww`` or ``per_row``; see
-            :data:`svd_callback.report.NORMALIZATIONS`.
-        ww_compat: reproduce WeightWatcher 0.7.7 (its normalisation, skip rules and fit).
-        svd_method: how singular values are computed, see
-            :func:`~svd_callback.spectra.batched_svdvals`.
-            ``"auto"``: ``"gram32"`` with ``ww_compat`` (WeightWatcher's metrics are functionals
-            of the ESD that a float32 Gram reproduces to ~1e-6 relative, at the floor's speed;
-            the spectrum's smallest values are then not resolved, which each record says in
-            ``notes["svals"]``), otherwise the accurate float64 Gram path.
-        fit: power-law fit: ``"ks"`` (KS-optimal xmin), ``"hill"`` (TempBalance) or None.
-        mp_fit: fit the Marchenko-Pastur bulk (num_spikes, mp_softrank, lambda_plus, mp_s2):
-            the project's quantile fit, or with ``ww_compat`` WeightWatcher's ``mp_fit``
-            (adds sigma_mp; docs/mp_metrics.md).
-        traps: correlation traps and rand_distance from a shuffled copy of each weight (private
-            generator seeded with ``generator_seed``).
-        metrics: False returns spectra and norms only.
+        thresholds: alpha thresholds of the quality label.
         keep_svals: keep each layer's singular values in its record.
         progress: called as ``progress(done, total)`` as (layer, mode) pairs complete.
         probe: a fixed, labelled probe set: also run the class-level analysis
@@ -130,23 +120,54 @@ def analyze(
             features; one forward pass in eval mode, each module's mode restored).
         class_options: options of that analysis (None: its defaults; factorization rank only
             with ``factorization_every_n > 0``).
-        embeddings: also analyse ``nn.Embedding`` tables (kind ``embedding``); a table tied to
-            an output layer is analysed once, under the first name.
+        **options: the :class:`~svd_callback.config.AnalysisConfig` options.
 
     Returns:
-        A :class:`Report` with one record per (layer, mode), skipped modules included. Its
-        attribute ``classes`` holds the :class:`~svd_callback.classes.analysis.ClassReport`
-        when ``probe`` is given (None otherwise).
-    """
-    modes = _check_modes(conv_mode)
-    normalization = _check_normalization(normalization, ww_compat)
-    if fit not in FITS:
-        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
-    thresholds = thresholds or QualityThresholds()
-    svd_method = resolve_svd_method(svd_method, ww_compat)
+        A :class:`~svd_callback.report.Report`: one record per (layer, mode), skipped modules
+        included, and in its field ``classes`` the
+        :class:`~svd_callback.classes.report.ClassReport` when ``probe`` is given (None
+        otherwise).
 
-    specs, skipped_modules = find_layers(model, include=include, exclude=exclude,
-                                         embeddings=embeddings)
+    Raises:
+        TypeError: an argument that is no option (the message lists the valid ones), a legacy
+            name beside its new name, or ``config=`` beside options.
+        ValueError: an invalid option value (the message lists the valid values).
+    """
+    if config is None:
+        if conv_mode is not None:
+            options["conv_mode"] = conv_mode  # type: ignore[typeddict-unknown-key]
+        if "fit" in options and options["fit"] is None and "metrics" not in options:
+            warnings.warn("analyze(fit=None) without metrics= is deprecated; pass "
+                          "metrics=('norms',) for no power-law fit", DeprecationWarning,
+                          stacklevel=2)
+            options["metrics"] = ("norms",)  # the legacy "no fit"
+        config = AnalysisConfig.from_arguments(options, also_valid=CALL_ARGUMENTS)
+    elif conv_mode is not None or options:
+        given = ["conv_mode"] * (conv_mode is not None) + sorted(options)
+        raise TypeError(f"analyze got config= and the option(s) {', '.join(given)}: pass the "
+                        f"options in the config only")
+    elif not isinstance(config, AnalysisConfig):
+        raise TypeError(f"config must be an AnalysisConfig, got {type(config).__name__}")
+    return _analyze(model, config, input_sizes, example_input, layer_names,
+                    thresholds or QualityThresholds(), keep_svals, progress, probe, class_options)
+
+
+def _analyze(
+    model: nn.Module,
+    config: AnalysisConfig,
+    input_sizes: dict[str, tuple[int, ...]] | None,
+    example_input: object,
+    layer_names: Collection[str] | None,
+    thresholds: QualityThresholds,
+    keep_svals: bool,
+    progress: Callable[[int, int], None] | None,
+    probe: ProbeSet | None,
+    class_options: ClassAnalysisConfig | None,
+) -> Report:
+    modes = config.conv_mode
+    normalization = config.normalization
+    specs, skipped_modules = find_layers(model, include=config.include, exclude=config.exclude,
+                                         embeddings=config.embeddings)
     if layer_names is not None:
         wanted = set(layer_names)
         specs = [s for s in specs if s.name in wanted]
@@ -156,11 +177,11 @@ def analyze(
                                                for s in specs if s.weight.is_meta)]
         specs = [s for s in specs if not s.weight.is_meta]
 
-    report = Report()
-    report.classes = None
+    classes = None
     if probe is not None:  # the class statistics of the same selection of layers
-        report.classes = analyze_classes(model, probe, class_options,
-                                         layers=[s.name for s in specs if s.is_module_weight])
+        classes = analyze_classes(model, probe, class_options,
+                                  layers=[s.name for s in specs if s.is_module_weight])
+    report = Report(classes=classes)
     for module in skipped_modules:
         for mode in modes:
             report.append(
@@ -171,11 +192,11 @@ def analyze(
 
     probe_error = None
     if "operator" in modes:
-        probe_error = _attach_input_sizes(model, specs, input_size, input_sizes, example_input)
+        probe_error = _attach_input_sizes(model, specs, config.input_size, input_sizes,
+                                          example_input)
 
     bad = _nonfinite_reasons(specs)
-    context = _Context(normalization, ww_compat, fit, mp_fit, traps, metrics, thresholds,
-                       generator_seed, keep_svals, svd_method)
+    context = _Context(config, thresholds, keep_svals)
     linear_done: dict[str, LayerReport] = {}
     total, done = len(specs) * len(modes), 0
     for mode in modes:
@@ -186,7 +207,7 @@ def analyze(
                 records[spec.name] = _record(spec, mode, context, reason=bad[spec.name])
             elif not spec.is_conv and spec.name in linear_done:
                 records[spec.name] = _relabel(linear_done[spec.name], mode)
-            elif reason := _skip_reason(spec, mode, ww_compat, probe_error):
+            elif reason := _skip_reason(spec, mode, config.ww_compat, probe_error):
                 records[spec.name] = _record(spec, mode, context, reason=reason)
             else:
                 todo.append(spec)
@@ -229,43 +250,17 @@ def summarize(report: Report) -> dict[str, dict[str, float]]:
 
 @dataclass(frozen=True)
 class _Context:
-    normalization: str
-    ww_compat: bool
-    fit: str | None
-    mp_fit: bool
-    traps: bool
-    metrics: bool
+    """The resolved options of one call."""
+
+    config: AnalysisConfig
     thresholds: QualityThresholds
-    seed: int
     keep_svals: bool
-    svd_method: str = "auto"
 
 
 def resolve_svd_method(svd_method: str, ww_compat: bool) -> str:
-    """``"auto"`` -> ``"gram32"`` under ``ww_compat``, else left to the spectra (float64 Gram)."""
-    if svd_method not in SVD_METHODS:
-        raise ValueError(f"svd_method must be one of {SVD_METHODS}, got {svd_method!r}")
-    return "gram32" if svd_method == "auto" and ww_compat else svd_method
-
-
-def _check_modes(conv_mode: str | Sequence[str]) -> tuple[str, ...]:
-    modes = (conv_mode,) if isinstance(conv_mode, str) else tuple(conv_mode)
-    if not modes:
-        raise ValueError("conv_mode must name at least one mode")
-    for mode in modes:
-        if mode not in CONV_MODES:
-            raise ValueError(f"conv_mode must be one of {CONV_MODES}, got {mode!r}")
-    return tuple(dict.fromkeys(modes))
-
-
-def _check_normalization(normalization: str | None, ww_compat: bool) -> str:
-    if normalization is None:
-        return "ww" if ww_compat else "raw"
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if ww_compat and normalization != "ww":
-        raise ValueError(f"ww_compat=True implies normalization='ww', got {normalization!r}")
-    return normalization
+    """``"auto"`` -> ``"gram32"`` under ``ww_compat``, else as given (the spectra's float64 Gram
+    for ``"auto"``): the resolution of :class:`~svd_callback.config.AnalysisConfig`."""
+    return AnalysisConfig(svd_method=svd_method, ww_compat=ww_compat).svd_method  # type: ignore[arg-type]
 
 
 def _attach_input_sizes(
@@ -361,15 +356,16 @@ def _group_key(spec: LayerSpec, mode: str) -> tuple:
 
 
 def _spectrum_fn(
-    spec: LayerSpec, mode: str, method: str = "auto"
+    spec: LayerSpec, mode: str, method: str, chunk_elems: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     if not spec.is_conv or mode == "unfold":
-        return lambda w: stacked_unfold_svdvals(w, groups=spec.groups, method=method)
+        return lambda w: stacked_unfold_svdvals(w, groups=spec.groups, method=method,
+                                                chunk_elems=chunk_elems)
     if mode == "slices":
-        return lambda w: stacked_slice_svdvals(w, method=method)
+        return lambda w: stacked_slice_svdvals(w, method=method, chunk_elems=chunk_elems)
     return lambda w: stacked_operator_svdvals(
         w, spec.input_size, stride=spec.stride, dilation=spec.dilation, groups=spec.groups,
-        method=method,
+        method=method, chunk_elems=chunk_elems,
     )
 
 
@@ -379,7 +375,7 @@ def _spectra(specs: list[LayerSpec], mode: str, ctx: _Context):
     for spec in specs:
         groups.setdefault(_group_key(spec, mode), []).append(spec)
     for members in groups.values():
-        fn = _spectrum_fn(members[0], mode, ctx.svd_method)
+        fn = _spectrum_fn(members[0], mode, ctx.config.svd_method, ctx.config.chunk_elems)
         try:
             yield from _decompose(members, fn, ctx)
         except Exception:  # isolate the layer that fails
@@ -395,8 +391,9 @@ def _decompose(members: list[LayerSpec], fn, ctx: _Context):
         weights = torch.stack([s.weight.detach() for s in members]).to(torch.float32)
         svals = fn(weights)
         shuffled = None
-        if ctx.traps and ctx.metrics:
-            generator = torch.Generator(device=weights.device).manual_seed(ctx.seed)
+        if ctx.config.traps:
+            generator = torch.Generator(device=weights.device).manual_seed(
+                ctx.config.generator_seed)
             shuffled = fn(torch.stack([shuffle_matrix(w, generator) for w in weights]))
     for i, spec in enumerate(members):
         yield spec, svals[i], None if shuffled is None else shuffled[i], None
@@ -415,7 +412,7 @@ def _record(
         name=spec.name,
         kind=spec.kind,
         mode=mode,
-        normalization=ctx.normalization,
+        normalization=ctx.config.normalization,
         shape=spec.weight_shape,
         matrix_shape=matrix_shape,
         input_size=spec.input_size if (mode == "operator" and spec.is_conv) else None,
@@ -427,26 +424,23 @@ def _record(
     if reason is not None or svals is None:
         return record
     record.svals = svals if ctx.keep_svals else None
-    if ctx.svd_method == "gram32":
+    config = ctx.config
+    if config.svd_method == "gram32":
         record.notes["svals"] = GRAM32_NOTE
-    scale = eig_scale(spec.kind, ctx.normalization, matrix_shape)
+    scale = eig_scale(spec.kind, config.normalization, matrix_shape)
     eigs = svals.double() ** 2 * scale
     n_rows, n_cols = matrix_shape
-    if not ctx.metrics:
-        values = esd_metrics(eigs, N=n_rows, M=n_cols, fit=None).values
-        record.metrics = {key: values.get(key, math.nan) for key in NORM_METRICS}
-        return record
     result = esd_metrics(
         eigs,
         N=n_rows,
         M=n_cols,
-        ww_compat=ctx.ww_compat,
-        fit=ctx.fit,
-        mp_fit=ctx.mp_fit,
+        ww_compat=config.ww_compat,
+        fit=config.fit,
+        mp_fit=config.mp_fit,
         thresholds=ctx.thresholds,
     )
     record.metrics = dict(result.values)
-    record.quality = result.quality if ctx.fit is not None else None
+    record.quality = result.quality if config.fit is not None else None
     record.notes.update(result.notes)
     if shuffled is not None:
         record.metrics.update(trap_metrics(eigs, shuffled.double() ** 2 * scale, n_rows, n_cols))

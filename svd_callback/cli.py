@@ -115,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from svd_callback.analysis import analyze
+    from svd_callback.config import AnalysisConfig
     from svd_callback.loading import load_model
     from svd_callback.table import format_table
 
@@ -129,10 +130,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         model = model.to(args.device)
     input_sizes = _operator_input_sizes(model, args, note) if "operator" in args.mode else None
     progress = None if args.no_progress else _progress_bar()
-    report = analyze(model, args.mode, input_sizes=input_sizes,
-                     ww_compat=args.ww_compat, svd_method=args.svd_method,
-                     mp_fit=args.mp_fit, traps=args.traps,
-                     progress=progress)
+    groups = ("norms", "powerlaw") + ("mp",) * args.mp_fit + ("traps",) * args.traps
+    config = AnalysisConfig(conv_mode=tuple(args.mode), metrics=groups,
+                            ww_compat=args.ww_compat, svd_method=args.svd_method)
+    report = analyze(model, config=config, input_sizes=input_sizes, progress=progress)
     if progress is not None:
         progress.close()
     frame = report.to_dataframe()

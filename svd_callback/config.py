@@ -31,7 +31,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypedDict, get_args
 
 from svd_callback.checks import (
     as_tuple,
@@ -56,6 +56,7 @@ __all__ = [
     "NORMALIZATIONS",
     "SVD_METHODS",
     "AnalysisConfig",
+    "AnalysisOptions",
     "ConvMode",
     "EpochHook",
     "Fit",
@@ -108,6 +109,24 @@ quoted in YAML (YAML 1.1 reads a bare ``on`` as true); ``check_on`` does not."""
 _LEGACY_ANALYZE_FLAGS = ("mp_fit", "traps")
 
 
+class AnalysisOptions(TypedDict, total=False):
+    """The keyword arguments of ``analyze()`` that build its :class:`AnalysisConfig`, typed for
+    type checkers and IDEs (``**options: Unpack[AnalysisOptions]``); the fields' meaning is that
+    of :class:`AnalysisConfig`."""
+
+    include: str | Sequence[str] | None
+    exclude: str | Sequence[str] | None
+    metrics: MetricSelection | Sequence[MetricSelection]
+    normalization: Normalization | None
+    fit: Fit | None
+    ww_compat: bool
+    svd_method: SvdMethod
+    input_size: int | Sequence[int] | None
+    generator_seed: int
+    chunk_elems: int
+    embeddings: bool
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     r"""What ``analyze()`` and the callback compute, validated and resolved.
@@ -130,6 +149,8 @@ class AnalysisConfig:
             once for each conv's input size in ``operator`` mode.
         generator_seed: seed of the private generator that shuffles weights for ``"traps"``.
         chunk_elems: at most this many matrix elements per solver call (memory bound).
+        embeddings: also analyse ``nn.Embedding`` tables (kind ``embedding``); a table tied to
+            an output layer is analysed once, under the first name.
 
     Raises:
         ValueError: on any invalid value, naming the option, the value and the valid values.
@@ -150,6 +171,7 @@ class AnalysisConfig:
     input_size: int | tuple[int, ...] | None = None
     generator_seed: int = 0
     chunk_elems: int = DEFAULT_CHUNK_ELEMS
+    embeddings: bool = False
 
     def __post_init__(self) -> None:
         ww_compat = check_bool("ww_compat", self.ww_compat)
@@ -166,15 +188,36 @@ class AnalysisConfig:
             "generator_seed": check_int("generator_seed", self.generator_seed),
             "chunk_elems": check_count("chunk_elems", self.chunk_elems, minimum=1,
                                        none_ok=False),
+            "embeddings": check_bool("embeddings", self.embeddings),
         }
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
 
     @classmethod
-    def from_arguments(cls, options: Mapping[str, Any], *, stacklevel: int = 2) -> AnalysisConfig:
+    def from_arguments(
+        cls,
+        options: Mapping[str, Any],
+        *,
+        stacklevel: int = 2,
+        owner: str = "analyze",
+        also_valid: Collection[str] = (),
+    ) -> AnalysisConfig:
         """Build from ``analyze``'s keyword arguments, legacy names mapped by
-        :func:`rename_legacy` (``stacklevel`` as there, counted from this call's caller)."""
-        return cls(**rename_legacy(options, owner="analyze", stacklevel=stacklevel + 1))
+        :func:`rename_legacy` (``stacklevel`` as there, counted from this call's caller).
+
+        Raises:
+            TypeError: on an argument that is neither an option nor a legacy name; the message
+                lists the valid options and ``also_valid`` (the caller's other arguments).
+        """
+        options = rename_legacy(options, owner=owner, stacklevel=stacklevel + 1)
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(
+                f"{owner} got unexpected argument(s) {', '.join(unknown)}; valid: "
+                f"{', '.join(sorted(names | set(also_valid)))}"
+            )
+        return cls(**options)
 
     @property
     def primary_mode(self) -> ConvMode:

@@ -2,7 +2,9 @@
 
 A :class:`LayerReport` is one layer analysed in one conv mode: its spectrum (singular values,
 descending), the metrics computed from it, and how they were made (mode, normalisation, fit
-method). A layer that could not be analysed keeps a ``reason`` and no spectrum.
+method). A layer that could not be analysed keeps a ``reason`` and no spectrum. A
+:class:`Report` is the list of them from one ``analyze()`` call, with the class statistics of
+the same call in its field ``classes``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from typing import Any
 
 import torch
 
-CONV_MODES = ("unfold", "operator", "slices")
-"""The three conv SVD conventions (docs/conventions.md#conv-modes)."""
+from svd_callback.classes.report import ClassReport
+from svd_callback.config import CONV_MODES, NORMALIZATIONS
 
-NORMALIZATIONS = ("raw", "ww", "per_row")
-"""ESD conventions: ``raw`` lambda = sigma^2; ``ww`` WeightWatcher 0.7.7 (conv weights scaled
-by 1/sqrt(2), so lambda = sigma^2 / 2 for convs); ``per_row`` DeepDataProfiler's
-lambda = sigma^2 / N (N = number of rows of the analysed matrix)."""
+# CONV_MODES: the three conv SVD conventions (docs/conventions.md#conv-modes); NORMALIZATIONS:
+# ``raw`` lambda = sigma^2, ``ww`` WeightWatcher 0.7.7 (conv weights scaled by 1/sqrt(2), so
+# lambda = sigma^2 / 2 for convs), ``per_row`` DeepDataProfiler's lambda = sigma^2 / N (N = rows
+# of the analysed matrix). Both are defined once, by the Literal types of svd_callback.config.
+
+__all__ = ["CONV_MODES", "NORMALIZATIONS", "LayerReport", "Report", "eig_scale"]
 
 
 @dataclass
@@ -108,20 +112,33 @@ def _as_float(value: Any) -> float:
         return math.nan
 
 
-class Report(list):
-    """A list of :class:`LayerReport` with table helpers."""
+class Report(list[LayerReport]):
+    """The records of one analysis: a list of :class:`LayerReport` (one per layer and conv mode),
+    with table helpers, and the class statistics of the same analysis.
 
-    def __init__(self, records: Iterable[LayerReport] = ()) -> None:
+    Attributes:
+        classes: the :class:`~svd_callback.classes.report.ClassReport` of ``analyze(...,
+            probe=...)``, None when no class analysis ran. The filtered views (:meth:`analysed`,
+            :meth:`skipped`, :meth:`by_mode`) keep it: it describes the model, not a layer.
+            List operations that build a plain list (``+``, slicing) drop it.
+    """
+
+    classes: ClassReport | None
+
+    def __init__(
+        self, records: Iterable[LayerReport] = (), classes: ClassReport | None = None
+    ) -> None:
         super().__init__(records)
+        self.classes = classes
 
     def analysed(self) -> Report:
-        return Report(r for r in self if not r.skipped)
+        return Report((r for r in self if not r.skipped), self.classes)
 
     def skipped(self) -> Report:
-        return Report(r for r in self if r.skipped)
+        return Report((r for r in self if r.skipped), self.classes)
 
     def by_mode(self, mode: str) -> Report:
-        return Report(r for r in self if r.mode == mode)
+        return Report((r for r in self if r.mode == mode), self.classes)
 
     def get(self, name: str, mode: str | None = None) -> LayerReport | None:
         for record in self:

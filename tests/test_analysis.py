@@ -80,14 +80,14 @@ def test_nan_reasons_name_each_undetermined_fit():
     assert report.nan_reasons("alpha") == [
         "1 [unfold] alpha = nan: too few eigenvalues for a tail fit (10 < 20)"]
     assert report.nan_reasons("not_a_metric") == []
-    assert analyze(model, metrics=False).nan_reasons("alpha") == []
+    assert analyze(model, metrics="norms").nan_reasons("alpha") == []
 
 
 def test_model_is_untouched():
     model = small_net().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    analyze(model, ["unfold", "operator", "slices"], input_size=8, traps=True, mp_fit=True)
+    analyze(model, ["unfold", "operator", "slices"], input_size=8, metrics="all")
     assert model.training and all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), rng)
     for key, value in model.state_dict().items():
@@ -95,8 +95,8 @@ def test_model_is_untouched():
 
 
 def test_traps_use_a_private_generator_and_are_reproducible():
-    a = analyze(small_net(), traps=True, generator_seed=3)
-    b = analyze(small_net(), traps=True, generator_seed=3)
+    a = analyze(small_net(), metrics=("norms", "powerlaw", "traps"), generator_seed=3)
+    b = analyze(small_net(), metrics=("norms", "powerlaw", "traps"), generator_seed=3)
     for ra, rb in zip(a, b, strict=True):
         assert ra.metrics.keys() >= {"num_traps", "rand_distance"}
         assert ra.metrics["num_traps"] == rb.metrics["num_traps"]

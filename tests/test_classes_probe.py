@@ -162,3 +162,58 @@ def test_capture_keeps_mode_and_cleans_up_on_error():
     assert all(not m._forward_hooks for m in model.modules())
     with pytest.raises(ValueError, match="unknown layer"):
         capture_activations(model, torch.randn(4, 1, 8, 8), ["nope"])
+
+
+# ------------------------------------------------------------------ reading batches
+def test_read_batch_finds_inputs_targets_and_the_dict_key():
+    from svd_callback.classes import read_batch
+
+    x, y = torch.randn(4, 2), torch.tensor([0, 1, 2, 1])
+    assert read_batch((x, y)) == (x, y, None)
+    assert read_batch([x, y, torch.ones(4)]) == (x, y, None)  # extra items ignored
+    assert read_batch((x,)) == (x, None, None)
+    assert read_batch([]) == (None, None, None)
+    assert read_batch(x) == (x, None, None)  # a bare input
+    assert read_batch({"id": y, "pixel_values": x, "labels": y}) == (x, y, "pixel_values")
+    assert read_batch({"tokens": x, "mask": y}) == (x, None, "tokens")  # else the first key
+    assert read_batch({}) == (None, None, None)
+    parts = read_batch({"image": x, "target": y})
+    assert parts.inputs is x and parts.targets is y and parts.key == "image"
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        ({"tokens": torch.zeros(2, 1), "label": torch.zeros(2)}, "input key"),
+        ({"x": torch.zeros(2, 1)}, "target key"),
+        ((torch.zeros(2, 1),), "cannot read"),
+        (torch.zeros(2, 1), "cannot read"),
+    ],
+)
+def test_strict_reading_needs_inputs_and_targets(batch, message):
+    from svd_callback.classes import ProbeError, read_batch
+
+    with pytest.raises(ProbeError, match=message):
+        read_batch(batch, strict=True)
+
+
+class _DictBatches(Dataset):
+    def __init__(self, n: int, float_targets: bool = False) -> None:
+        self.n, self.float_targets = n, float_targets
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        label = float(i % 3) if self.float_targets else i % 3
+        return {"image": torch.full((2,), float(i)), "label": torch.tensor(label)}
+
+
+def test_from_dataloader_reads_dict_batches_and_refuses_non_class_targets():
+    from svd_callback.classes import ProbeError
+
+    probe = ProbeSet.from_dataloader(DataLoader(_DictBatches(30), batch_size=8), size=9)
+    assert Counter(probe.labels.tolist()) == {0: 3, 1: 3, 2: 3}
+    assert torch.equal(probe.inputs[:, 0].long(), probe.indices)  # input i holds i
+    with pytest.raises(ProbeError, match="not integer class labels"):
+        ProbeSet.from_dataloader(DataLoader(_DictBatches(30, float_targets=True), batch_size=8))

@@ -212,3 +212,24 @@ def test_event_reader_purges_what_an_interrupted_run_wrote_after_its_checkpoint(
     assert sorted(steps) == list(range(10))  # one value per step, no duplicates
     values = dict(zip(records["step"], records["value"], strict=True))
     assert [values[s] for s in range(10)] == [1.0] * 5 + [2.0] * 5
+
+
+def test_analyze_metric_flags_select_the_groups_without_a_deprecation(capsys, saved_module,
+                                                                       tmp_path):
+    import warnings
+
+    from svd_callback.metric_groups import METRIC_GROUPS
+
+    columns = {}
+    for flags in ((), ("--mp-fit",), ("--mp-fit", "--traps")):
+        js = tmp_path / f"{len(flags)}.json"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            code, _, err = run_cli(capsys, "analyze", str(saved_module), *flags, "--json",
+                                   str(js), "--no-progress")
+        assert code == 0, err
+        columns[flags] = set(json.loads(js.read_text())[0])
+    mp, traps = set(METRIC_GROUPS["mp"]) - {"sigma_mp"}, {"num_traps", "rand_distance"}
+    assert not (mp | traps) & columns[()]
+    assert mp <= columns[("--mp-fit",)] and not traps & columns[("--mp-fit",)]
+    assert mp | traps <= columns[("--mp-fit", "--traps")]

@@ -1,5 +1,5 @@
-"""WeightWatcher 0.7.7's Marchenko-Pastur fit (``analyze(mp_fit=True)``) under ww_compat=True,
-layer by layer against WeightWatcher itself, and against the closed-form MP edge."""
+"""WeightWatcher 0.7.7's Marchenko-Pastur fit (the ``"mp"`` metric group of ``analyze``) under
+ww_compat=True, layer by layer against WeightWatcher itself, and against the closed-form MP edge."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ RMT_Util = pytest.importorskip("weightwatcher.RMT_Util")
 
 MP_METRICS = ("num_spikes", "mp_softrank", "sigma_mp", "num_pl_spikes")
 REL = 1e-3
+MP = ("norms", "powerlaw", "mp")
+"""The metric groups of WeightWatcher's analyze(mp_fit=True): norms, the fit, the MP bulk."""
 
 
 def ww_frame(model: nn.Module):
@@ -35,7 +37,7 @@ def assert_mp_parity(model: nn.Module, theirs=None, **options) -> dict[str, floa
     """Every analysed layer equals WeightWatcher's row (``theirs``: its frame, computed if not
     given) to REL; returns each metric's largest relative gap."""
     theirs = ww_frame(model) if theirs is None else theirs
-    ours = analyze(model, "slices", ww_compat=True, mp_fit=True, **options).analysed()
+    ours = analyze(model, "slices", ww_compat=True, metrics=MP, **options).analysed()
     assert [r.name for r in ours] == list(theirs["name"].astype(str))
     gaps: dict[str, float] = {}
     for record, (_, row) in zip(ours, theirs.iterrows(), strict=True):
@@ -85,7 +87,7 @@ def test_trained_cnn_matches_weightwatcher(trained_and_frame, svd_method):
     """Spikes on the trained convs (20 and 55 measured), Q = 1 (quarter-circle branch)."""
     model, theirs = trained_and_frame
     assert max(assert_mp_parity(model, theirs, svd_method=svd_method).values()) < REL
-    compat = analyze(model, "slices", ww_compat=True, mp_fit=True).analysed()
+    compat = analyze(model, "slices", ww_compat=True, metrics=MP).analysed()
     assert sum(r.metrics["num_spikes"] for r in compat) >= 20
 
 
@@ -124,7 +126,7 @@ def test_random_matrices_match_weightwatcher_and_the_closed_form_edge():
     threshold (N M)^(1/4)) gives exactly 3 spikes over the noise's edge."""
     model, noise_var = gaussian_layers()
     assert max(assert_mp_parity(model, svd_method="gram").values()) < REL
-    records = analyze(model, "slices", ww_compat=True, mp_fit=True).analysed()
+    records = analyze(model, "slices", ww_compat=True, metrics=MP).analysed()
     for record, var in zip(records[:-1], noise_var, strict=True):
         n, m = record.matrix_shape
         edge = n * var * (1 + (n / m) ** -0.5) ** 2
@@ -159,10 +161,10 @@ def test_bulk_fit_equals_fit_density_with_range(case):
 def test_own_fit_stays_the_default_and_reports_no_weightwatcher_keys():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(60, 200), nn.ReLU(), nn.Linear(200, 10))
-    for record in analyze(model, mp_fit=True).analysed():
+    for record in analyze(model, metrics=MP).analysed():
         assert "sigma_mp" not in record.metrics and "mp_fit" not in record.notes
         assert record.metrics["num_spikes"] == 0 and record.metrics["mp_s2"] > 0
-    compat = analyze(model, "slices", ww_compat=True, mp_fit=True).analysed()
+    compat = analyze(model, "slices", ww_compat=True, metrics=MP).analysed()
     assert all(r.metrics["sigma_mp"] > 0 for r in compat)
 
 

@@ -8,7 +8,7 @@ In one process, with pinned thread counts, on torchvision's ``resnet18(num_class
 * ``ours float64``  = the same with ``svd_method="gram"`` (double-precision Gram: every small
   singular value resolved), against its own precision-matched floor;
 * ``ww default``    = ``WeightWatcher(model).analyze()``;
-* ``ours full``     = the same with ``mp_fit=True, traps=True`` (MP bulk, spikes, shuffled-weight
+* ``ours full``     = the same with ``metrics="all"`` (MP bulk, spikes, shuffled-weight
   correlation traps, rand_distance);
 * ``ww full``       = ``WeightWatcher(model).analyze(randomize=True, mp_fit=True)``;
 * ``floor``         = the bare batched eigenvalue computation of the same matrices (the pooled
@@ -123,7 +123,7 @@ def main() -> None:
     rows["ww default"], theirs = best_time(lambda: ww.WeightWatcher(model=model).analyze(), 2)
     if not args.skip_full:
         rows["ours + mp_fit + traps"], _ = best_time(
-            lambda: analyze(model, "slices", ww_compat=True, mp_fit=True, traps=True,
+            lambda: analyze(model, "slices", ww_compat=True, metrics="all",
                             keep_svals=False), args.repeats)
         rows["ww randomize + mp_fit"], _ = best_time(
             lambda: ww.WeightWatcher(model=model).analyze(randomize=True, mp_fit=True), 1)

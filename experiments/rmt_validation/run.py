@@ -85,7 +85,8 @@ def entry_stats(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
 
 
 def analyse(model: torch.nn.Module, state: str, input_size: int) -> pd.DataFrame:
-    report = analyze(model, MODES, input_size=input_size, mp_fit=True, fit="ks")
+    report = analyze(model, MODES, input_size=input_size, metrics=("norms", "powerlaw", "mp"),
+                     fit="ks")
     frame = report.to_dataframe()
     frame["state"] = state
     return frame[[c for c in COLUMNS if c in frame.columns]]

@@ -1,6 +1,6 @@
 """Built-in rules on the class-level statistics (docs/methods.md#alert-rules).
 
-They read the records of mode ``"classes"`` (:data:`~svd_callback.classes.analysis.CLASS_MODE`)
+They read the records of mode ``"classes"`` (:data:`~svd_callback.classes.records.CLASS_MODE`)
 that :class:`~svd_callback.SpectralMonitor` adds to each analysis when its class analysis is on
 (one record per analysed layer, from :meth:`ClassReport.record_metrics`), with the same
 hysteresis as the per-layer spectral rules: each fires once when its condition starts holding
@@ -27,7 +27,7 @@ from typing import Any
 from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
 from svd_callback.alerts.history import MetricHistory
 from svd_callback.alerts.layer_rules import LayerMetricRule, RankCollapse
-from svd_callback.classes.analysis import CLASS_MODE
+from svd_callback.classes.records import CLASS_MODE
 
 
 class ClassOverlapRising(LayerMetricRule):

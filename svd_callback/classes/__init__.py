@@ -3,12 +3,8 @@ class-specific features and activation factorization rank (docs/methods.md#class
 
 from __future__ import annotations
 
-from svd_callback.classes.analysis import (
-    ClassAnalysisConfig,
-    ClassReport,
-    ClassTracker,
-    analyze_classes,
-)
+from svd_callback.classes.analysis import analyze_classes
+from svd_callback.classes.config import ClassAnalysisConfig
 from svd_callback.classes.factorization import (
     FactorizationResult,
     bound_tensor,
@@ -31,11 +27,16 @@ from svd_callback.classes.hypergraph import (
     to_hypernetx,
 )
 from svd_callback.classes.probe import (
+    BatchParts,
+    ProbeError,
     ProbeSet,
     capture_activations,
     dataset_labels,
+    read_batch,
     select_probe,
+    split_batch,
 )
+from svd_callback.classes.report import ClassReport, ClassTracker
 from svd_callback.classes.signals import (
     ClassMeans,
     ConvParams,
@@ -49,12 +50,14 @@ __all__ = [
     "ClassReport",
     "ClassTracker",
     "analyze_classes",
+    "BatchParts",
     "ClassFeatures",
     "ClassMeans",
     "ConvParams",
     "FactorizationResult",
     "HypergraphStats",
     "NeuronSignals",
+    "ProbeError",
     "ProbeSet",
     "bound_tensor",
     "capture_activations",
@@ -71,6 +74,8 @@ __all__ = [
     "mass_counts",
     "neuron_signals",
     "pool_features",
+    "read_batch",
     "select_probe",
+    "split_batch",
     "to_hypernetx",
 ]

@@ -1,17 +1,22 @@
-"""A fixed, class-stratified probe set and one-pass activation capture.
+"""A fixed, class-stratified probe set, the reading of batches, and one-pass activation capture.
 
 The class analyses (docs/methods.md#class-statistics) compare statistics across epochs, so they must
 see the *same* images every time: :func:`select_probe` picks them once, deterministically, from the
 labels alone, with a private ``torch.Generator`` (the global RNG is never drawn from).
 :func:`capture_activations` then records what chosen layers see and produce on those images, in a
 single forward pass.
+
+:func:`read_batch` is the one reader of a training or validation batch: it finds the inputs (and
+the targets) of a tuple, list or dict batch. The class probe reads its batches with it
+(:func:`split_batch`, which also checks that the targets are class labels), and so can any other
+reader of model inputs (the input-size probe of ``operator`` mode).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -104,12 +109,16 @@ class ProbeSet:
         seed: int = 0,
         max_batches: int | None = None,
     ) -> ProbeSet:
-        """Probe drawn from the batches of a loader yielding ``(inputs, labels, ...)``.
+        """Probe drawn from the batches of a loader yielding ``(inputs, labels, ...)`` or dicts
+        (the formats of :func:`split_batch`).
 
         At most ``max_batches`` batches are read (all when None). Only the first ``size`` examples
         of each class are kept as candidates (no class can need more), so memory stays bounded
         by ``size`` times the number of classes. Iterating a shuffling loader advances its
         sampler's random state: prefer a non-shuffled validation loader.
+
+        Raises:
+            ProbeError: a batch that :func:`split_batch` cannot read.
         """
         kept_inputs: list[torch.Tensor] = []
         kept_labels: list[torch.Tensor] = []
@@ -119,9 +128,9 @@ class ProbeSet:
         for batch_index, batch in enumerate(dataloader):
             if max_batches is not None and batch_index >= max_batches:
                 break
-            inputs, labels = _split_batch(batch)
+            inputs, labels = split_batch(batch)
             inputs = inputs.detach().to("cpu")
-            labels = torch.as_tensor(labels).detach().to("cpu").reshape(-1).to(torch.int64)
+            labels = labels.detach().to("cpu")
             keep = torch.zeros(labels.numel(), dtype=torch.bool)
             for j, label in enumerate(labels.tolist()):
                 seen = seen_per_class.get(label, 0)
@@ -173,12 +182,6 @@ def _labels_without_inputs(dataset: Any) -> torch.Tensor | None:
         if tensor.numel() == len(dataset) and not tensor.is_floating_point():
             return tensor.to(torch.int64)
     return None
-
-
-def _split_batch(batch: Any) -> tuple[torch.Tensor, Any]:
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return torch.as_tensor(batch[0]), batch[1]
-    raise ValueError(f"expected batches of (inputs, labels, ...), got {type(batch).__name__}")
 
 
 def capture_activations(
@@ -265,3 +268,140 @@ def first_tensor(value: Any) -> torch.Tensor:
             if isinstance(item, torch.Tensor):
                 return item
     raise TypeError(f"no tensor in a hooked value of type {type(value).__name__}")
+
+
+class ProbeError(ValueError):
+    """A loader whose batches cannot give a probe (the message says why)."""
+
+
+INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
+"""Keys of the inputs in a dict batch, in the order they are looked for."""
+TARGET_KEYS = ("y", "label", "labels", "target", "targets")
+"""Keys of the targets in a dict batch, in the order they are looked for."""
+
+
+class BatchParts(NamedTuple):
+    """What :func:`read_batch` found in a batch."""
+
+    inputs: Any
+    """The model's inputs (None for an empty sequence or a dict without keys)."""
+    targets: Any
+    """The targets, None when the batch holds none."""
+    key: str | None
+    """The key of the inputs in a dict batch (to rebuild ``{key: inputs}``), else None."""
+
+
+def read_batch(batch: Any, *, strict: bool = False) -> BatchParts:
+    """The inputs and targets of one batch as a loader yields it.
+
+    - a mapping: the inputs under the first of :data:`INPUT_KEYS` present (else under its first
+      key), the targets under the first of :data:`TARGET_KEYS` present (else None);
+    - a tuple or list: the first item is the input, the second the target (further items, e.g.
+      sample weights or ids, are ignored);
+    - anything else: the batch itself is the input, without targets.
+
+    Args:
+        batch: one batch.
+        strict: require inputs and targets: a mapping must hold an input key and a target key
+            of the lists above, a sequence at least two items.
+
+    Raises:
+        ProbeError: with ``strict``, a batch without both.
+    """
+    if isinstance(batch, Mapping):
+        key = next((k for k in INPUT_KEYS if k in batch), None)
+        target_key = next((k for k in TARGET_KEYS if k in batch), None)
+        if strict and (key is None or target_key is None):
+            raise ProbeError(
+                f"a dict batch needs an input key {INPUT_KEYS} and a target key {TARGET_KEYS}; "
+                f"got keys {sorted(map(str, batch))}: pass a ProbeSet instead")
+        key = key if key is not None else next(iter(batch), None)
+        return BatchParts(None if key is None else batch[key],
+                          None if target_key is None else batch[target_key], key)
+    if isinstance(batch, (tuple, list)) and (len(batch) >= 2 or not strict):
+        return BatchParts(batch[0] if batch else None, batch[1] if len(batch) >= 2 else None,
+                          None)
+    if strict:
+        raise ProbeError(f"cannot read (inputs, targets) from a batch of type "
+                         f"{type(batch).__name__}: pass a ProbeSet instead")
+    return BatchParts(batch, None, None)
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` of one batch of a classification task, read by
+    :func:`read_batch` (``strict``), the targets as int64 class labels.
+
+    Raises:
+        ProbeError: a batch without inputs and targets, a non-tensor input, or targets that are
+            not one integer class label per example (floating-point regression targets, one-hot
+            rows).
+    """
+    inputs, targets, _ = read_batch(batch, strict=True)
+    if not isinstance(inputs, torch.Tensor):
+        raise ProbeError(f"batch inputs of type {type(inputs).__name__} are not a tensor: pass "
+                         "a ProbeSet instead")
+    try:
+        targets = torch.as_tensor(targets)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ProbeError(f"batch targets are not a tensor ({error})") from error
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise ProbeError(f"targets of dtype {targets.dtype} are not integer class labels (a "
+                         "regression task?)")
+    if targets.dim() > 1 and not (targets.dim() == 2 and targets.shape[1] == 1):
+        raise ProbeError(f"targets of shape {tuple(targets.shape)} are not one class label per "
+                         "example (one-hot or multi-label targets?)")
+    targets = targets.reshape(-1)
+    if targets.numel() != inputs.shape[0]:
+        raise ProbeError(f"{targets.numel()} targets for {inputs.shape[0]} inputs")
+    return inputs, targets.to(torch.int64)
+
+
+def probe_from_loader(
+    loader: Iterable[Any], size: int = 256, seed: int = 0, max_batches: int | None = None
+) -> ProbeSet:
+    """A class-stratified probe from a loader's batches (:meth:`ProbeSet.from_dataloader`,
+    with the batch formats of :func:`split_batch`). ``indices`` are positions in the loader's
+    iteration order.
+
+    Raises:
+        ProbeError: unreadable batches, non-class targets, or no example at all.
+    """
+    probe = ProbeSet.from_dataloader(loader, size, seed, max_batches)
+    if len(probe) == 0:
+        raise ProbeError("the loader yielded no example")
+    if int(probe.labels.min()) < 0:
+        raise ProbeError("targets hold negative class labels")
+    return probe
+
+
+def probe_at_positions(
+    loader: Iterable[Any], positions: Sequence[int], labels: Sequence[int]
+) -> ProbeSet:
+    """The probe at ``positions`` of the loader's iteration order, checked against the
+    ``labels`` recorded when it was chosen (a resumed run sees the same images).
+
+    Raises:
+        ProbeError: the loader is shorter or its labels differ (the data changed).
+    """
+    wanted = {int(p): i for i, p in enumerate(positions)}
+    inputs: list[torch.Tensor | None] = [None] * len(wanted)
+    found: list[int] = [0] * len(wanted)
+    position, remaining = 0, len(wanted)
+    for batch in loader:
+        x, y = split_batch(batch)
+        for j in range(y.numel()):
+            slot = wanted.get(position + j)
+            if slot is not None:
+                inputs[slot] = x[j].detach().to("cpu")
+                found[slot] = int(y[j])
+                remaining -= 1
+        position += y.numel()
+        if remaining == 0:
+            break
+    if remaining:
+        raise ProbeError(f"the loader holds {position} examples; {remaining} probe positions "
+                         "are beyond its end")
+    if found != [int(v) for v in labels]:
+        raise ProbeError("the labels at the recorded probe positions differ from those recorded")
+    return ProbeSet(torch.stack(inputs), torch.tensor(found, dtype=torch.int64),  # type: ignore[arg-type]
+                    torch.tensor([int(p) for p in positions], dtype=torch.int64))

@@ -27,10 +27,10 @@ central plotting positions 0.05 .. 0.95 (robust to the spikes and to a heavy tai
 recounted above the new edge plus margin, until it stops changing. The unit-MP CDF is tabulated
 once per Q by quadrature on x = a + (b - a)(1 - cos t) / 2, which makes the integrand smooth.
 
-This is the project's fit. WeightWatcher 0.7.7's own (``analyze(mp_fit=True)``: a KDE fit of
-the ESD rescaled to mean 1, a sqrt(TW) margin, a quarter-circle fit at Q = 1) is reproduced in
-:func:`svd_callback.rmt.ww_compat.mp_fit` and used under ``ww_compat=True``; docs/mp_metrics.md
-compares the two.
+This is the project's fit. WeightWatcher 0.7.7's own (the ``"mp"`` group with ``ww_compat``: a
+KDE fit of the ESD rescaled to mean 1, a sqrt(TW) margin, a quarter-circle fit at Q = 1) is
+reproduced in :func:`svd_callback.rmt.ww_compat.mp_fit` and used under ``ww_compat=True``;
+docs/mp_metrics.md compares the two.
 """
 
 from __future__ import annotations

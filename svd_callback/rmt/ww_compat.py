@@ -137,7 +137,7 @@ def norm_metrics(evals: np.ndarray, alpha: float, N: int) -> dict[str, float]:
 
 
 
-# --- Marchenko-Pastur bulk fit (``analyze(mp_fit=True)``) -------------------------------------
+# --- Marchenko-Pastur bulk fit (the ``"mp"`` metric group) ----------------------------------------
 
 MP_KDE_BANDWIDTH = 0.1
 """``WeightWatcher.mp_fit``'s ``bw``: the linear-kernel KDE bandwidth, in units of the rescaled

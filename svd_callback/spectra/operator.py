@@ -4,6 +4,7 @@ conv as a linear map on an input of a given spatial size."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -98,17 +99,19 @@ def stacked_operator_svdvals(
     groups: int = 1,
     *,
     method: str = "auto",
-    max_batch_elems: int = DEFAULT_CHUNK_ELEMS,
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    max_batch_elems: int | None = None,
 ) -> Tensor:
     """Operator singular values of ``L`` same-shape conv weights: ``(L, g * N' * min(d/g, c*S))``.
 
     See :func:`operator_svdvals`; ``weights`` is ``(L, d, c, *k)``.
     """
+    chunk_elems = _chunk_elems(chunk_elems, max_batch_elems, stacklevel=3)
     weights = _check_stack(weights, groups)
     layers, d, c, *kernel = weights.shape
     dims = len(kernel)
     if dims == 0:  # a linear layer is a conv with a 0-d kernel on a 0-d input
-        return _unfold_svdvals(weights, groups, method, max_batch_elems)
+        return _unfold_svdvals(weights, groups, method, chunk_elems)
     n = _ntuple(input_size, dims, "input_size")
     s = _ntuple(stride, dims, "stride")
     dil = _ntuple(dilation, dims, "dilation")
@@ -129,7 +132,7 @@ def stacked_operator_svdvals(
     flat = weights.reshape(layers * d * c, -1)  # rows (l, o, ci), columns = taps
 
     per_freq = layers * d * c * n_phases
-    step = max(1, int(max_batch_elems) // per_freq)
+    step = max(1, int(chunk_elems) // per_freq)
     context = (
         f"operator of weight shape {_shape_str(weights.shape[1:])} on input {_shape_str(n)}, "
         f"stride {_shape_str(s)}, dilation {_shape_str(dil)}, groups {groups}"
@@ -143,7 +146,7 @@ def stacked_operator_svdvals(
         # frequency whose output is already laid out as the (dg, c*S) complex blocks
         blocks = torch.matmul(flat, fourier).reshape(fc, layers, groups, dg, c, n_phases, 2)
         mats = torch.view_as_complex(blocks).reshape(fc * layers * groups, dg, c * n_phases)
-        svals = _svdvals(mats, method, max_batch_elems, context=context, checked=True)
+        svals = _svdvals(mats, method, chunk_elems, context=context, checked=True)
         parts.append(svals.reshape(fc, layers, groups, -1))
     svals = torch.cat(parts) if len(parts) > 1 else parts[0]  # (F, L, g, r)
     # conjugate symmetry: P(-f) = conj(P(f)) has the same singular values, so the interior
@@ -163,7 +166,8 @@ def operator_svdvals(
     groups: int = 1,
     *,
     method: str = "auto",
-    max_batch_elems: int = DEFAULT_CHUNK_ELEMS,
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    max_batch_elems: int | None = None,
 ) -> Tensor:
     """Every singular value of the circular conv operator on an input of size ``input_size``.
 
@@ -180,7 +184,7 @@ def operator_svdvals(
     interior frequencies are counted twice. The result is the exact multiset of
     ``g * prod(n/s) * min(d/g, c*S)`` values, descending; the largest is the circular map's
     Lipschitz constant. The DFT is evaluated only on the kernel's ``prod(k)`` taps, as a batch
-    of small matmuls per chunk of frequencies, so the memory is bounded by ``max_batch_elems``
+    of small matmuls per chunk of frequencies, so the memory is bounded by ``chunk_elems``
     (an FFT of the padded kernel would materialise every frequency at once).
 
     Args:
@@ -194,7 +198,9 @@ def operator_svdvals(
             stride.
         groups: the operator is block diagonal over groups; the result is the union.
         method: passed to :func:`batched_svdvals`.
-        max_batch_elems: bound on complex matrix elements assembled and decomposed at once.
+        chunk_elems: bound on complex matrix elements assembled and decomposed at once (the
+            ``chunk_elems`` of the other modes and of ``AnalysisConfig``).
+        max_batch_elems: deprecated name of ``chunk_elems`` (``DeprecationWarning``).
 
     The spectrum is that of the circular map; with zero padding (the usual layer) it is an
     approximation that improves with the input size.
@@ -210,5 +216,18 @@ def operator_svdvals(
         dilation,
         groups,
         method=method,
-        max_batch_elems=max_batch_elems,
+        chunk_elems=_chunk_elems(chunk_elems, max_batch_elems, stacklevel=3),
     )[0]
+
+
+def _chunk_elems(chunk_elems: int, max_batch_elems: int | None, stacklevel: int) -> int:
+    """``chunk_elems``, or the deprecated ``max_batch_elems`` when that is given (warning at the
+    caller's line, ``stacklevel`` counted as in :func:`warnings.warn` from this function)."""
+    if max_batch_elems is None:
+        return chunk_elems
+    if chunk_elems != DEFAULT_CHUNK_ELEMS:
+        raise TypeError("got both 'chunk_elems' and its deprecated name 'max_batch_elems'; "
+                        "pass 'chunk_elems' only")
+    warnings.warn("operator_svdvals(max_batch_elems=...) is deprecated; use chunk_elems=...",
+                  DeprecationWarning, stacklevel=stacklevel)
+    return max_batch_elems

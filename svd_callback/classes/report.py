@@ -1,0 +1,171 @@
+"""What one class analysis found (:class:`ClassReport`) and what the next one needs from it
+(:class:`ClassTracker`); docs/methods.md#class-statistics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from svd_callback.classes.factorization import FactorizationResult
+from svd_callback.classes.hypergraph import Edges
+from svd_callback.classes.records import ClassRecord, class_records
+
+__all__ = ["ClassReport", "ClassTracker"]
+
+
+@dataclass
+class ClassReport:
+    """The class statistics of one analysis.
+
+    Attributes:
+        layers: layer -> stat -> value (NaN where undefined): the hypergraph statistics of
+            :class:`HypergraphStats` (``jaccard_mean`` ...), at the feature layer the
+            :meth:`ClassFeatures.scalars` (``feature_fraction_mean`` = mean |S_c| / D ...), at
+            factorised layers ``factorization_rank`` / ``_fit`` / ``_corcondia``.
+        jaccard: layer -> (C, C) float64 class x class Jaccard of the hyperedges (NaN for a
+            class without an edge).
+        specific_neurons: layer -> (C,) class-specific neurons per class (0 for a class in the
+            probe without an edge, NaN for a class absent from the probe).
+        edges: layer -> class -> hyperedge (neuron ranks).
+        n_nodes: layer -> number of neurons (nodes) analysed.
+        feature_layer: module whose input gave the penultimate features (None if none).
+        n_features: D, the number of penultimate features.
+        feature_fraction: (C,) |S_c| / D (0 for a class in the probe whose features are all
+            zero, NaN for an absent class).
+        feature_sets: class -> S_c.
+        factorization: layer -> :class:`FactorizationResult`.
+        num_classes: C.
+        class_counts: (C,) probe images per class.
+        reasons: what could not be computed and why (keys ``probe``, ``features``,
+            ``factorization``, ``layer <name>``, ``factorization <name>``, ``class <c>``).
+        notes: remarks that did not prevent a value.
+        seconds: wall time of the analysis.
+    """
+
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    jaccard: dict[str, torch.Tensor] = field(default_factory=dict)
+    specific_neurons: dict[str, torch.Tensor] = field(default_factory=dict)
+    edges: dict[str, Edges] = field(default_factory=dict)
+    n_nodes: dict[str, int] = field(default_factory=dict)
+    feature_layer: str | None = None
+    n_features: int = 0
+    feature_fraction: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    feature_sets: dict[int, frozenset[int]] = field(default_factory=dict)
+    factorization: dict[str, FactorizationResult] = field(default_factory=dict)
+    num_classes: int = 0
+    class_counts: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    reasons: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = math.nan
+
+    def scalars(self) -> dict[tuple[str, str], float]:
+        """(stat, layer) -> value for the finite statistics (for ``classes/<stat>/<layer>``)."""
+        return {
+            (stat, layer): float(value)
+            for layer, stats in self.layers.items()
+            for stat, value in stats.items()
+            if math.isfinite(value)
+        }
+
+    def record_metrics(self) -> dict[str, dict[str, float]]:
+        """layer -> every statistic plus the per-class ``specific_neurons/<c>`` (and, at the
+        feature layer, ``feature_count/<c>`` = |S_c|) values the class alert rules read."""
+        out: dict[str, dict[str, float]] = {}
+        for layer, stats in self.layers.items():
+            metrics = {k: float(v) for k, v in stats.items()}
+            specific = self.specific_neurons.get(layer)
+            if specific is not None:
+                metrics.update({f"specific_neurons/{c}": float(v)
+                                for c, v in enumerate(specific.tolist())})
+            if layer == self.feature_layer and self.feature_fraction.numel():
+                metrics.update({f"feature_count/{c}": float(v) * self.n_features
+                                for c, v in enumerate(self.feature_fraction.tolist())})
+            out[layer] = metrics
+        return out
+
+    def alert_records(self) -> list[ClassRecord]:
+        """The statistics as records for :meth:`AlertEngine.update` (mode ``"classes"``)."""
+        return class_records(self.record_metrics())
+
+    def rows(self) -> list[dict[str, Any]]:
+        """JSON-ready rows for the history file: one ``class`` row per layer (its statistics,
+        per-class values and Jaccard matrix) and one ``class_summary`` row."""
+        rows: list[dict[str, Any]] = []
+        for layer, stats in self.layers.items():
+            row: dict[str, Any] = {"type": "class", "layer": layer, "metrics": dict(stats)}
+            if layer in self.n_nodes:
+                edges = self.edges.get(layer, {})
+                row.update({
+                    "n_nodes": self.n_nodes[layer],
+                    "edge_size": [len(edges[c]) if c in edges else None
+                                  for c in range(self.num_classes)],
+                    "specific_neurons": self.specific_neurons[layer].tolist(),
+                    "jaccard_matrix": self.jaccard[layer].tolist(),
+                })
+            if layer in self.factorization:
+                result = self.factorization[layer]
+                row["factorization"] = {"fits": result.fits.tolist(),
+                                        "corcondia": result.corcondia.tolist(),
+                                        "shape": list(result.shape), "reason": result.reason,
+                                        "notes": list(result.notes)}
+            row["reason"] = self.reasons.get(f"layer {layer}")
+            rows.append(row)
+        rows.append({
+            "type": "class_summary",
+            "num_classes": self.num_classes,
+            "class_counts": self.class_counts.tolist(),
+            "feature_layer": self.feature_layer,
+            "feature_fraction": self.feature_fraction.tolist(),
+            "reasons": dict(self.reasons),
+            "notes": list(self.notes),
+            "seconds": self.seconds,
+        })
+        return rows
+
+
+class ClassTracker:
+    """What one analysis needs from the previous one: every layer's hyperedges and the
+    class-specific feature sets (for the stability Jaccards), and the analysis count (for the
+    factorization schedule). Plain-type :meth:`state_dict` for checkpoints."""
+
+    def __init__(self) -> None:
+        self.analyses = 0
+        self.edges: dict[str, Edges] = {}
+        self.feature_sets: dict[int, frozenset[int]] | None = None
+
+    def update(self, report: ClassReport) -> None:
+        """Remember ``report``'s edges and feature sets (layers it did not analyse keep
+        theirs) and count the analysis."""
+        self.analyses += 1
+        self.edges.update({layer: dict(edges) for layer, edges in report.edges.items()})
+        if report.feature_layer is not None and "features" not in report.reasons:
+            self.feature_sets = dict(report.feature_sets)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "analyses": self.analyses,
+            "edges": {layer: [[c, sorted(e)] for c, e in edges.items()]
+                      for layer, edges in self.edges.items()},
+            "feature_sets": None if self.feature_sets is None
+            else [[c, sorted(s)] for c, s in self.feature_sets.items()],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output.
+
+        Raises:
+            ValueError: not a tracker state of a known version.
+        """
+        if not isinstance(state, Mapping) or state.get("version") != 1:
+            raise ValueError(f"not a ClassTracker state of version 1: {state!r:.80}")
+        self.analyses = int(state["analyses"])
+        self.edges = {layer: {int(c): frozenset(int(i) for i in e) for c, e in edges}
+                      for layer, edges in state["edges"].items()}
+        sets = state.get("feature_sets")
+        self.feature_sets = None if sets is None else {
+            int(c): frozenset(int(i) for i in s) for c, s in sets}

@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: float32 Gram with --ww-compat, float64 Gram otherwise")
     a.add_argument("--mp-fit", action="store_true", help="fit the Marchenko-Pastur bulk")
     a.add_argument("--traps", action="store_true", help="correlation traps (shuffled weights)")
+    a.add_argument("--embeddings", action="store_true",
+                   help="also analyse nn.Embedding tables (a tied table once)")
     a.add_argument("--device", type=cli_args.device, default=None,
                    help="analyse on this device (default: cpu)")
     a.add_argument("--csv", type=cli_args.output_file, default=None,
@@ -132,7 +134,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     progress = None if args.no_progress else _progress_bar()
     groups = ("norms", "powerlaw") + ("mp",) * args.mp_fit + ("traps",) * args.traps
     config = AnalysisConfig(conv_mode=tuple(args.mode), metrics=groups,
-                            ww_compat=args.ww_compat, svd_method=args.svd_method)
+                            ww_compat=args.ww_compat, svd_method=args.svd_method,
+                            embeddings=args.embeddings)
     report = analyze(model, config=config, input_sizes=input_sizes, progress=progress)
     if progress is not None:
         progress.close()

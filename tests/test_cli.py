@@ -233,3 +233,23 @@ def test_analyze_metric_flags_select_the_groups_without_a_deprecation(capsys, sa
     assert not (mp | traps) & columns[()]
     assert mp <= columns[("--mp-fit",)] and not traps & columns[("--mp-fit",)]
     assert mp | traps <= columns[("--mp-fit", "--traps")]
+
+
+def test_analyze_embeddings_option(capsys, tmp_path):
+    """Embedding tables are analysed only with --embeddings; the spectral norm is the table's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(40, 16), nn.Linear(16, 4))
+    path = tmp_path / "emb.pt"
+    torch.save(model, path)
+    js = tmp_path / "r.json"
+    code, _, err = run_cli(capsys, "analyze", str(path), "--json", str(js), "--no-progress")
+    assert code == 0, err
+    rows = {r["layer"]: r for r in json.loads(js.read_text())}
+    assert "embeddings are off" in rows["0"]["reason"] and not rows["1"]["reason"]
+    code, _, err = run_cli(capsys, "analyze", str(path), "--embeddings", "--json", str(js),
+                           "--no-progress")
+    assert code == 0, err
+    rows = {r["layer"]: r for r in json.loads(js.read_text())}
+    assert not rows["0"]["reason"] and not rows["1"]["reason"]
+    expected = torch.linalg.matrix_norm(model[0].weight.detach().double(), 2).item()
+    assert abs(rows["0"]["spectral_norm"] - expected) <= 1e-5 * expected

@@ -410,3 +410,20 @@ def test_default_lrs_equal_the_reference_file(model_name, monkeypatch):
     model = _trained_like(MODELS[model_name](), 7)
     ref = _reference_lrs(module.Tempbalance(model), model, 0.1)
     _assert_same(tempbalance_lrs(model, 0.1), ref)
+
+
+def test_notes_name_every_option_fit_function_list_and_state_key():
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    from svd_callback.balance import ASSIGN_FUNCS, FITS, SpectralLRBalancer
+    from svd_callback.balance.groups import SCHEDULER_GROUP_LISTS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "balance.md").read_text("utf-8")
+    named = set(re.findall(r"`([^`\s(]+)", text))
+    wanted = ({f.name for f in fields(BalanceOptions)} | set(FITS) | set(ASSIGN_FUNCS)
+              | set(SCHEDULER_GROUP_LISTS) | set(SpectralLRBalancer().state_dict())
+              | {"balance/lr/<module>", "balance/factor/<module>"})
+    missing = wanted - named
+    assert not missing, f"docs/balance.md does not name {sorted(missing)}"

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from svd_callback.balance import (
     SpectralLRBalancer,
     balance_plan,
+    balanced_param_groups,
     compute_balance,
     split_optimizer_groups,
     tempbalance_lrs,
@@ -306,3 +307,38 @@ def test_no_tuned_layer_leaves_the_optimizer_alone(tmp_path, caplog):
         trainer.fit(Tiny(), digits_loader())
     assert "no layer to balance" in caplog.text
     assert len(trainer.optimizers[0].param_groups) == 1
+
+
+def test_balanced_param_groups_are_used_as_they_are(tmp_path):
+    torch.manual_seed(0)
+    model = SmallCNN(width=16, hidden=64)
+    plan = balance_plan(model)
+    groups = balanced_param_groups(model, plan, {"weight_decay": 1e-4})
+    # the reference's layout: one group per tuned module in module order, then the rest
+    assert [len(g["params"]) for g in groups] == [2, 2, 2, 4]
+    optimizer = torch.optim.SGD(groups, lr=0.1)
+    group_modules, parents = split_optimizer_groups(optimizer, model, plan)
+    assert parents == [] and len(optimizer.param_groups) == 4
+    assert group_modules == {0: "features.2", 1: "features.5", 2: "hidden"}
+
+
+def test_every_n_epochs_refits_only_on_those_epochs(tmp_path):
+    torch.manual_seed(0)
+
+    class FitCounter(SpectralLRBalancer):
+        fitted: list[int] = []
+
+        def _refit(self, trainer, pl_module, epoch):
+            FitCounter.fitted.append(epoch)
+            super()._refit(trainer, pl_module, epoch)
+
+    _trainer(tmp_path, [FitCounter(every_n_epochs=2)], max_epochs=5).fit(
+        SGDCNN("none"), digits_loader(128))
+    assert FitCounter.fitted == [0, 2, 4]
+
+
+def test_unmaterialised_lazy_layer_is_untuned_with_a_reason():
+    model = nn.Sequential(nn.Linear(64, 64), nn.LazyLinear(64), nn.Linear(64, 64),
+                          nn.Linear(64, 10))
+    plan = balance_plan(model)
+    assert plan.tuned == ("2",) and "not materialised" in plan.untuned["1"]

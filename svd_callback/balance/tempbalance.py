@@ -179,6 +179,9 @@ def balance_plan(model: nn.Module, options: BalanceOptions | None = None) -> Bal
         untuned[kept.pop()] = "last layer"
     tuned = []
     for name in kept:
+        if isinstance(modules[name].weight, nn.parameter.UninitializedParameter):
+            untuned[name] = "lazy module not materialised (run a forward pass first)"
+            continue
         count = _eigs_num(modules[name])
         if count >= options.eigs_thresh:
             tuned.append(name)

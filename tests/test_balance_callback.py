@@ -342,3 +342,28 @@ def test_unmaterialised_lazy_layer_is_untuned_with_a_reason():
                           nn.Linear(64, 10))
     plan = balance_plan(model)
     assert plan.tuned == ("2",) and "not materialised" in plan.untuned["1"]
+
+
+class DropoutCNN(SGDCNN):
+    """SGDCNN with dropout on the hidden features: any random draw or train/eval switch made by
+    a callback would change the masks and so the weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(self.features(x)).flatten(1)
+        h = nn.functional.dropout(torch.relu(self.hidden(h)), 0.3, self.training)
+        return self.classifier(h)
+
+
+def test_unit_factors_leave_training_bit_identical(tmp_path):
+    def run(callbacks):
+        torch.manual_seed(0)
+        model = DropoutCNN("cosine")
+        _trainer(tmp_path, callbacks, max_epochs=2).fit(model, digits_loader())
+        return model
+
+    baseline = run([])
+    balanced = run([SpectralLRBalancer(lr_min_ratio=1.0, lr_max_ratio=1.0)])
+    for a, b in zip(baseline.parameters(), balanced.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    moved = run([SpectralLRBalancer()])
+    assert not torch.equal(moved.hidden.weight, baseline.hidden.weight)

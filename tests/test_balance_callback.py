@@ -367,3 +367,23 @@ def test_unit_factors_leave_training_bit_identical(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     moved = run([SpectralLRBalancer()])
     assert not torch.equal(moved.hidden.weight, baseline.hidden.weight)
+
+
+def test_split_extends_chained_schedulers():
+    torch.manual_seed(0)
+    model = SmallCNN(width=16, hidden=64)
+    plan = balance_plan(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=2)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[2])
+    _, parents = split_optimizer_groups(optimizer, model, plan)
+    assert parents == [0, 0, 0]
+    assert extend_scheduler_lists(scheduler, optimizer, 1, parents) == []
+    assert scheduler._milestones == [2]  # not a per-group list
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+        rates = {g["lr"] for g in optimizer.param_groups}
+        assert len(rates) == 1  # every new group follows its parent
+    assert rates.pop() == pytest.approx(0.1 * (1 + math.cos(math.pi * 2 / 4)) / 2, rel=1e-12)

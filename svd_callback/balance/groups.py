@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # Per-group lists of torch's LR schedulers (base_lrs, _last_lr: LRScheduler; lr_lambdas:
 # LambdaLR, MultiplicativeLR; min_lrs: ReduceLROnPlateau; max_lrs: CyclicLR).
 SCHEDULER_GROUP_LISTS = ("base_lrs", "_last_lr", "lr_lambdas", "min_lrs", "max_lrs")
+# Lists of torch's schedulers that are not per group (SequentialLR, ChainedScheduler).
+_OTHER_LISTS = ("_schedulers", "_milestones")
 
 
 def param_owners(model: nn.Module, plan: BalancePlan) -> dict[int, str]:
@@ -111,6 +113,6 @@ def extend_scheduler_lists(
                 continue
             if attr in SCHEDULER_GROUP_LISTS:
                 value.extend(value[p] for p in parents)
-            elif attr != "_schedulers":
+            elif attr not in _OTHER_LISTS:
                 unknown.append(f"{type(sched).__name__}.{attr}")
     return unknown

@@ -118,13 +118,14 @@ def fit_alpha(
         alpha = _hill(log_nz_eigs, i, n)
         return alpha.item(), _ks(nz_eigs, i, n, alpha).item()
 
-    alphas = torch.zeros(N - 1)
-    Ds = torch.ones(N - 1)
+    device = nz_eigs.device  # the reference keeps these two (default dtype) on the CPU
+    alphas = torch.zeros(N - 1, device=device)
+    Ds = torch.ones(N - 1, device=device)
     if fit == "fix-finger":
         hist_nz_eigs = torch.log10(nz_eigs)
         min_e, max_e = hist_nz_eigs.min(), hist_nz_eigs.max()
         counts = torch.histc(hist_nz_eigs, bins, min=min_e, max=max_e)
-        boundaries = torch.linspace(min_e, max_e, bins + 1)
+        boundaries = torch.linspace(min_e.item(), max_e.item(), bins + 1, device=device)
         peak = 10 ** boundaries[torch.argmax(counts)]
         xmin_min = torch.log10(0.95 * peak)
         xmin_max = 1.5 * peak

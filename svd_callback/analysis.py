@@ -25,7 +25,7 @@ from svd_callback.layers import (
     record_input_sizes,
 )
 from svd_callback.report import CONV_MODES, NORMALIZATIONS, LayerReport, Report, eig_scale
-from svd_callback.rmt import QualityThresholds, esd_metrics, shuffle_matrix, trap_metrics
+from svd_callback.rmt import QualityThresholds, esd_metrics, trap_matrix, trap_metrics
 from svd_callback.spectra import (
     GRAM32_NOISE,
     SVD_METHODS,
@@ -397,7 +397,8 @@ def _decompose(members: list[LayerSpec], fn, ctx: _Context):
         shuffled = None
         if ctx.traps and ctx.metrics:
             generator = torch.Generator(device=weights.device).manual_seed(ctx.seed)
-            shuffled = fn(torch.stack([shuffle_matrix(w, generator) for w in weights]))
+            shuffled = fn(torch.stack([trap_matrix(w, generator, ww_compat=ctx.ww_compat)
+                                        for w in weights]))
     for i, spec in enumerate(members):
         yield spec, svals[i], None if shuffled is None else shuffled[i], None
 

@@ -555,6 +555,8 @@ def test_only_non_finite_weights_stops_by_default():
         "TrapsAppeared": "log",
         "MeanAlphaTrend": "log",
         "GeneralizationGap": "log",
+        "TrainingStalled": "log",
+        "LayerFrozen": "log",
     }
 
 

@@ -55,6 +55,7 @@ from svd_callback.alerts.layer_rules import (
     TrapsAppeared,
 )
 from svd_callback.alerts.model_rules import TRAINING, GeneralizationGap, MeanAlphaTrend
+from svd_callback.alerts.stall_rules import LayerFrozen, TrainingStalled
 
 __all__ = [
     "ACTIONS",
@@ -71,6 +72,7 @@ __all__ = [
     "FactorizationRankCollapse",
     "GeneralizationGap",
     "Hysteresis",
+    "LayerFrozen",
     "LayerMetricRule",
     "LayerSnapshot",
     "MeanAlphaTrend",
@@ -80,6 +82,7 @@ __all__ = [
     "Rule",
     "Snapshot",
     "SpectralNormGrowth",
+    "TrainingStalled",
     "TrapsAppeared",
     "default_class_rules",
     "default_rules",

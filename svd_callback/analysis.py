@@ -24,6 +24,7 @@ from svd_callback.layers import (
     find_layers,
     record_input_sizes,
 )
+from svd_callback.normalizers import output_normalizers
 from svd_callback.report import CONV_MODES, NORMALIZATIONS, LayerReport, Report, eig_scale
 from svd_callback.rmt import QualityThresholds, esd_metrics, trap_matrix, trap_metrics
 from svd_callback.spectra import (
@@ -177,6 +178,7 @@ def analyze(
     context = _Context(normalization, ww_compat, fit, mp_fit, traps, metrics, thresholds,
                        generator_seed, keep_svals, svd_method)
     linear_done: dict[str, LayerReport] = {}
+    normalizers = output_normalizers(model)
     total, done = len(specs) * len(modes), 0
     for mode in modes:
         records: dict[str, LayerReport] = {}
@@ -198,6 +200,8 @@ def analyze(
             done += 1
             if progress is not None:
                 progress(done, total)
+        for spec in specs:
+            records[spec.name].normalized_by = normalizers.get(spec.name)
         report.extend(records[spec.name] for spec in specs)
     return report
 

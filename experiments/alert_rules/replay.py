@@ -18,7 +18,7 @@ from svd_callback.alerts import default_rules
 HISTORIES = Path(__file__).parent / "histories"
 RUNS = {
     "healthy": "configs/digits_cnn.yaml as shipped (Adam lr 0.003, 20 epochs)",
-    "healthy_s1": "the same at seeds 1 (seed_everything and data split)",
+    "healthy_s1": "the same at seed 1 (seed_everything and data split)",
     "healthy_s2": "the same at seed 2",
     "demo": "svd-callback demo (SmallCNN on digits, 8 epochs, unfold mode)",
     "lr_10x": "the config at lr 0.03 (dead ReLUs)",

@@ -70,10 +70,22 @@ def test_too_low_a_learning_rate_is_stalled_after_patience_analyses():
     assert fired(TrainingStalled(patience=4), norms_run({n: tiny for n in LAYERS})) == [(4, None)]
 
 
-def test_dying_updates_are_stalled_once_they_fell_twice_below_slow():
+def test_dying_updates_are_stalled_after_three_falls_or_two_with_a_flat_loss():
     dying = [6.0, 0.1, 0.01, 0.001, 1e-4]  # x0.1 per epoch: momentum running out
-    assert fired(TrainingStalled(), norms_run({n: dying for n in LAYERS})) == [(3, None)]
-    # one 10x drop (the end of a cosine schedule) is not dying out
+    assert fired(TrainingStalled(), norms_run({n: dying for n in LAYERS})) == [(4, None)]
+    reports = norms_run({n: dying for n in LAYERS})
+    engine = AlertEngine([TrainingStalled()])
+    flat = [engine.update(e, e, Report(rep), {"training": {"train_loss": 2.30 - 1e-4 * e}})
+            for e, rep in enumerate(reports)]
+    assert [e for e, alerts in enumerate(flat) if alerts] == [3]
+    falling = AlertEngine([TrainingStalled()])
+    learned = [falling.update(e, e, Report(rep), {"training": {"train_loss": 2.0 / (e + 1)}})
+               for e, rep in enumerate(reports)]
+    assert [e for e, alerts in enumerate(learned) if alerts] == [4]
+    # fast settling that stops falling (healthy SGD: 1.5, 0.39, 0.061, 0.012, 0.0057) and one
+    # 10x drop at the end of a cosine schedule are not dying out
+    sgd = [1.54, 0.389, 0.0611, 0.0121, 0.0057, 0.0176]
+    assert fired(TrainingStalled(), norms_run({n: sgd for n in LAYERS})) == []
     once = [0.05, 0.03, 0.02, 0.02, 0.002]
     assert fired(TrainingStalled(), norms_run({n: once for n in LAYERS})) == []
 
@@ -85,8 +97,24 @@ def test_fraction_of_layers_and_rearming():
     two = {"a": [1e-5] * 5, "b": [1e-5] * 5, "c": HEALTHY[:5], "d": HEALTHY[:5]}
     assert fired(TrainingStalled(), norms_run(two)) == [(2, None)]
     # stalls, recovers (re-arms), stalls again: two alerts
-    seq = [1e-5, 1e-5, 0.1, 0.1, 1e-5, 1e-5]
+    seq = [1e-5, 1e-5, 0.02, 0.02, 1e-5, 1e-5]
     assert fired(TrainingStalled(), norms_run({n: seq for n in LAYERS})) == [(2, None), (6, None)]
+
+
+def test_a_layer_that_moved_and_settled_has_converged_not_stalled():
+    settled = [0.5, 0.1, 0.05, 0.02, 0.01, 5e-3, 9e-4, 8e-4, 7e-4]  # slow decay, moved > 10%
+    assert fired(TrainingStalled(), norms_run({n: settled for n in LAYERS})) == []
+    assert fired(TrainingStalled(max_moved=10.0),
+                 norms_run({n: settled for n in LAYERS})) == [(8, None)]
+
+
+def test_batchnormed_layers_are_not_judged():
+    reports = norms_run({n: [1e-5] * 4 for n in LAYERS})
+    for analysis in reports:
+        for rec in analysis:
+            rec.normalized_by = "bn"
+    assert fired(TrainingStalled(), reports) == []
+    assert fired(LayerFrozen(), norms_run({"a": [0.0] * 3})) == [(2, "a")]
 
 
 def test_stalled_is_silent_before_min_epoch_and_on_nan():
@@ -104,7 +132,8 @@ def test_stalled_action_stop_and_argument_checks():
               for a in engine.update(e, e, Report(rep))]
     assert [a.severity for a in alerts] == ["stop"]
     assert "4 of 4 layers stopped changing" in alerts[0].message
-    for bad in ({"fraction": 0}, {"patience": 0}, {"tolerance": -1}, {"slow": math.nan}):
+    for bad in ({"fraction": 0}, {"patience": 0}, {"tolerance": -1}, {"slow": math.nan},
+                {"decelerations": 1}, {"max_moved": -0.1}):
         with pytest.raises(ValueError):
             TrainingStalled(**bad)
 

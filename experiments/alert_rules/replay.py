@@ -24,13 +24,34 @@ RUNS = {
     "lr_10x": "the config at lr 0.03 (dead ReLUs)",
     "lr_tiny": "the config at lr 1e-6 (does not learn)",
     "frozen": "the config with features.2 frozen at its initial values",
+    "bn_adam": "BatchNorm after every conv (models.BatchNormCNN), the config's Adam lr 0.003",
+    "bn_sgd_wd": "the BatchNorm net, SGD lr 0.1 momentum 0.9 weight decay 5e-4",
+    "bn_adam_lr_10x": "the BatchNorm net at Adam lr 0.03",
 }
 
 
+def normalizers_of(run: str) -> dict[str, str]:
+    """Layer -> BatchNorm of the run's model (:func:`svd_callback.normalizers.output_normalizers`
+    of a fresh instance: the structure does not change in training). The saved layer rows do
+    not carry ``normalized_by``; the replay adds it, as the analysis records it online."""
+    if not run.startswith("bn_"):
+        return {}
+    from experiments.alert_rules.models import BatchNormCNN
+    from svd_callback.normalizers import output_normalizers
+
+    return output_normalizers(BatchNormCNN())
+
+
 def load(run: str) -> list[dict[str, Any]]:
-    """The analyses of one saved history (as :func:`experiments.common.history_analyses`)."""
+    """The analyses of one saved history (as :func:`experiments.common.history_analyses`),
+    layer rows completed with ``normalized_by``."""
+    normalizers = normalizers_of(run)
     with gzip.open(HISTORIES / f"{run}.jsonl.gz", "rt") as f:
-        return history_analyses(json.loads(line) for line in f if line.strip())
+        analyses = history_analyses(json.loads(line) for line in f if line.strip())
+    for analysis in analyses:
+        for row in analysis["layers"]:
+            row.setdefault("normalized_by", normalizers.get(row["layer"]))
+    return analyses
 
 
 def first_alerts(run: str, rules=None) -> dict[str, tuple[int, str]]:

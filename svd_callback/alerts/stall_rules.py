@@ -18,6 +18,7 @@ from typing import Any
 
 from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
 from svd_callback.alerts.history import MetricHistory, Snapshot
+from svd_callback.alerts.model_rules import TRAINING
 
 NORMS = ("spectral_norm", "frobenius_norm")
 
@@ -48,11 +49,27 @@ def change_series(history: MetricHistory, layer: str, n: int,
     return [relative_change(a, b, layer, metrics) for a, b in pairs]
 
 
-def _layers(snap: Snapshot, rule: Rule) -> list[str]:
+def _layers(snap: Snapshot, rule: Rule, normalized: bool = True) -> list[str]:
+    """The analysed layers of ``snap`` selected by ``rule`` (without those whose output feeds a
+    normaliser unless ``normalized``)."""
     return list(dict.fromkeys(
         name for (name, mode), record in snap.layers.items()
         if rule.selects(name, mode) and not record.skipped
+        and (normalized or record.normalized_by is None)
     ))
+
+
+def moved_since_start(history: MetricHistory, layer: str) -> float | None:
+    """The layer's relative norm change from the oldest kept analysis that has it to the
+    latest (:func:`relative_change`)."""
+    latest = history.latest
+    for snap in history:
+        if snap is latest:
+            return None
+        change = relative_change(snap, latest, layer)
+        if change is not None:
+            return change
+    return None
 
 
 class TrainingStalled(Rule):
@@ -61,34 +78,54 @@ class TrainingStalled(Rule):
     A layer is *stalled* at an analysis when either
 
     - its relative norm change (module docstring) stayed below ``tolerance`` for ``patience``
-      consecutive analyses (a learning rate far too low, a frozen network), or
-    - its change fell by more than ``1 / deceleration`` times in each of the last two analyses
-      and is now below ``slow`` (updates dying out geometrically: the gradients vanished and
-      only the optimiser's momentum still moves the weights, as in a net killed by a too-high
-      learning rate).
+      consecutive analyses while it has moved by less than ``max_moved`` since the oldest kept
+      analysis (a learning rate far too low, a frozen network; a layer that moved and then
+      settled has converged, it is not stalled), or
+    - its change fell by more than ``1 / deceleration`` times in each of the last
+      ``decelerations`` analyses and is now below ``slow`` (updates dying out geometrically:
+      the gradients vanished and only the optimiser's momentum still moves the weights, as in a
+      net killed by a too-high learning rate); one fall fewer suffices when the trainer's
+      ``train_loss`` (recorded under the mode ``"training"``) fell by less than ``flat_loss``
+      (relative) over the same analyses.
 
     The rule fires (once, re-arming when it clears) when at least ``fraction`` of the judged
-    layers are stalled, from epoch ``min_epoch`` on.
+    layers are stalled, from epoch ``min_epoch`` on. Layers whose output feeds a BatchNorm
+    (``normalized_by``) are not judged: their gradient is orthogonal to the weight (scale
+    invariance), so the weight rotates while its norms change only at second order (1e-4 per
+    epoch in a healthy BatchNorm CNN at val accuracy 0.99).
 
     Defaults (``experiments/alert_rules/RESULTS.md``, digits SmallCNN with Adam, 3 healthy
-    seeds and the demo): healthy layers changed by 3.8e-3 to 1.0 per epoch, and wherever a
-    change was below 0.02 the larger of its last two ratios change_t / change_{t-1} was >= 0.66;
-    at lr 1e-6 every layer changed by 2e-6 to 2e-5 per epoch; at lr 0.03 (dead ReLUs) the
-    changes went 6 -> 0.1 -> 0.01 -> 1e-3 (x0.1 per epoch, Adam's beta1 = 0.9 over 23 steps)
-    and reached exactly 0 by epoch 9. ``tolerance = 1e-3`` sits 3.8x below the slowest healthy
-    change; ``slow = 0.02`` with ``deceleration = 0.2`` (3.3x below the healthy 0.66) flags the
-    dead net at epoch 3. A cosine decay to zero shrinks the last epochs' changes by ~9x once
-    (over 20 epochs: lr ratios 0.36 then 0.11), not twice.
+    seeds and the demo, and a BatchNorm variant with Adam and SGD): healthy SmallCNN layers
+    changed by 3.8e-3 to 1.0 per epoch; at lr 1e-6 every layer changed by 2e-6 to 2e-5 per
+    epoch; at lr 0.03 (dead ReLUs, train loss flat at 2.30) the changes went 6 -> 0.1 -> 0.01
+    -> 1e-3 (x0.1 per epoch, Adam's beta1 = 0.9 over 23 steps) and reached exactly 0 by epoch
+    9. ``tolerance = 1e-3`` sits 3.8x below the slowest healthy change. A healthy SGD run
+    (lr 0.1, momentum 0.9, BatchNorm) settled 1.5 -> 0.39 -> 0.061 -> 0.012 -> 0.0057 (two
+    falls below 0.2, then 0.47) while its train loss fell 1.47 -> 0.03: hence three falls
+    without the loss, two with a flat loss (the dead net: flagged at epoch 3). A cosine decay to
+    zero shrinks the last epochs' changes by ~9x once (over 20 epochs: lr ratios 0.36 then
+    0.11), not three times.
 
-    Limit: a dead network trained with weight decay shrinks uniformly (no deceleration, change
-    ~ lr * wd * steps per epoch); it is flagged only once that falls below ``tolerance``.
+    A healthy BatchNorm CNN at Adam lr 0.03 converged (val accuracy 0.98) with its linear
+    layers changing < 1e-3 per epoch from epoch 15 on, after moving > 30% since init: hence
+    ``max_moved = 0.1`` (the lr 1e-6 run had moved 4e-4 by epoch 20).
+
+    Limits: a dead network trained with weight decay shrinks uniformly (no deceleration,
+    change ~ lr * wd * steps per epoch); it is flagged only once that falls below
+    ``tolerance`` and only if it had not moved before. A network of BatchNorm-followed layers
+    is judged on its other layers only (often just the classifier).
 
     Args:
         tolerance: relative norm change per analysis below which a layer is not moving.
         patience: consecutive analyses a layer's change must stay below ``tolerance``.
         fraction: share of the judged layers that must be stalled.
+        max_moved: largest change since the oldest kept analysis for which a layer below
+            ``tolerance`` is stalled rather than converged.
         slow: largest change that counts as dying out.
         deceleration: largest ratio change_t / change_{t-1} that counts as dying out.
+        decelerations: consecutive such falls that count as dying out (>= 2).
+        train_loss: name of the trainer's logged training loss (None: not read).
+        flat_loss: relative decrease of ``train_loss`` below which it counts as flat.
         min_epoch: first epoch judged (default 1: the change from the init analysis is
             judged at epoch 1).
         **kwargs: ``name``, ``action`` (``"stop"`` ends the run), ``modes``, ``layers``.
@@ -100,13 +137,20 @@ class TrainingStalled(Rule):
         patience: int = 2,
         *,
         fraction: float = 0.5,
+        max_moved: float = 0.1,
         slow: float = 0.02,
         deceleration: float = 0.2,
+        decelerations: int = 3,
+        train_loss: str | None = "train_loss",
+        flat_loss: float = 0.01,
         min_epoch: int = 1,
         **kwargs: Any,
     ) -> None:
-        for label, value in (("tolerance", tolerance), ("slow", slow),
-                             ("deceleration", deceleration)):
+        if isinstance(decelerations, bool) or not isinstance(decelerations, int) \
+                or decelerations < 2:
+            raise ValueError(f"decelerations must be an integer >= 2, got {decelerations!r}")
+        for label, value in (("tolerance", tolerance), ("slow", slow), ("flat_loss", flat_loss),
+                             ("deceleration", deceleration), ("max_moved", max_moved)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
         if not 0 < fraction <= 1:
@@ -116,20 +160,26 @@ class TrainingStalled(Rule):
         super().__init__(min_epoch=min_epoch, **kwargs)
         self.tolerance, self.patience, self.fraction = float(tolerance), patience, fraction
         self.slow, self.deceleration = float(slow), float(deceleration)
+        self.max_moved = float(max_moved)
+        self.decelerations, self.train_loss = decelerations, train_loss
+        self.flat_loss = float(flat_loss)
         self._hysteresis = Hysteresis(1)
 
-    def stalled(self, changes: list[float | None]) -> bool | None:
-        """Whether one layer's recent changes (oldest first) say it is stalled; None when
-        there are too few to tell."""
+    def stalled(self, changes: list[float | None], moved: float | None = None,
+                flat: bool = False) -> bool | None:
+        """Whether one layer's recent changes (oldest first), its change since the start
+        (``moved``; None: unknown, not checked) and a flat training loss say it is stalled;
+        None when there are too few to tell."""
         recent = changes[-self.patience:]
-        if len(recent) == self.patience and all(c is not None and c < self.tolerance
-                                                for c in recent):
+        settled = moved is not None and moved >= self.max_moved
+        if len(recent) == self.patience and not settled and all(
+                c is not None and c < self.tolerance for c in recent):
             return True
-        last3 = changes[-3:]
-        if len(last3) == 3 and all(c is not None for c in last3):
-            a, b, c = last3
-            if c < self.slow and b < self.deceleration * a and c < self.deceleration * b:
-                return True
+        falls = self.decelerations - 1 if flat else self.decelerations
+        last = changes[-(falls + 1):]
+        if len(last) == falls + 1 and all(c is not None for c in last) and last[-1] < self.slow \
+                and all(b < self.deceleration * a for a, b in zip(last, last[1:], strict=False)):
+            return True
         if not changes or changes[-1] is None:
             return None
         return False
@@ -138,11 +188,12 @@ class TrainingStalled(Rule):
         snap = history.latest
         if snap is None or snap.epoch < self.min_epoch or len(history) < 2:
             return []
-        window = max(self.patience, 3)
+        window = max(self.patience, self.decelerations + 1)
+        flat = self._flat_loss(history)
         verdicts: dict[str, tuple[bool, float | None]] = {}
-        for layer in _layers(snap, self):
+        for layer in _layers(snap, self, normalized=False):
             changes = change_series(history, layer, window)
-            verdict = self.stalled(changes)
+            verdict = self.stalled(changes, moved_since_start(history, layer), flat)
             if verdict is not None:
                 verdicts[layer] = (verdict, changes[-1])
         if not verdicts:
@@ -170,6 +221,19 @@ class TrainingStalled(Rule):
                 ),
             )
         ]
+
+    def _flat_loss(self, history: MetricHistory) -> bool:
+        """Whether ``train_loss`` fell by less than ``flat_loss`` (relative) over the last
+        ``decelerations - 1`` analyses; False when it was not recorded in each of them."""
+        if self.train_loss is None:
+            return False
+        entries = list(history)[-self.decelerations:]
+        losses = [e.summary.get((self.train_loss, TRAINING)) for e in entries]
+        if len(losses) < self.decelerations or any(
+                v is None or not math.isfinite(v) for v in losses):
+            return False
+        first, last = losses[0], losses[-1]
+        return first > 0 and (first - last) / first < self.flat_loss
 
     def state_dict(self) -> dict[str, Any]:
         return {"hysteresis": self._hysteresis.state_dict()}

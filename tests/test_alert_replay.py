@@ -7,13 +7,20 @@ import pytest
 
 from experiments.alert_rules.replay import first_alerts, load, val_accuracies
 
-HEALTHY = ("healthy", "healthy_s1", "healthy_s2", "demo")
+HEALTHY = ("healthy", "healthy_s1", "healthy_s2", "demo", "bn_adam", "bn_sgd_wd", "bn_adam_lr_10x")
 
 
 @pytest.mark.parametrize("run", HEALTHY)
 def test_healthy_runs_raise_no_alert(run):
     assert val_accuracies(run)[-1] > 0.9  # the premise: these runs learned
     assert first_alerts(run) == {}
+
+
+def test_batchnorm_runs_replay_with_their_normalizers():
+    rows = [r for a in load("bn_sgd_wd") for r in a["layers"]]
+    assert {r["layer"]: r["normalized_by"] for r in rows} == {
+        "features.0": "features.1", "features.3": "features.4", "features.7": "features.8",
+        "hidden": None, "classifier": None}
 
 
 def test_a_dead_network_is_flagged_by_epoch_3():

@@ -290,6 +290,7 @@ def replay_alerts(analyses: Sequence[Mapping[str, Any]], rules: Sequence[Any]) -
                 metrics={k: (math.nan if v is None else float(v))
                          for k, v in (row.get("metrics") or {}).items()},
                 quality=row.get("quality"), reason=row.get("reason"),
+                normalized_by=row.get("normalized_by"),
             )
             for row in entry["layers"]
         )

@@ -29,8 +29,9 @@ from svd_callback.layers import (
     find_layers,
     record_input_sizes,
 )
+from svd_callback.normalizers import output_normalizers
 from svd_callback.report import LayerReport, Report, eig_scale
-from svd_callback.rmt import QualityThresholds, esd_metrics, shuffle_matrix, trap_metrics
+from svd_callback.rmt import QualityThresholds, esd_metrics, trap_matrix, trap_metrics
 from svd_callback.spectra import (
     GRAM32_NOISE,
     stacked_operator_svdvals,
@@ -198,6 +199,7 @@ def _analyze(
     bad = _nonfinite_reasons(specs)
     context = _Context(config, thresholds, keep_svals)
     linear_done: dict[str, LayerReport] = {}
+    normalizers = output_normalizers(model)
     total, done = len(specs) * len(modes), 0
     for mode in modes:
         records: dict[str, LayerReport] = {}
@@ -219,6 +221,8 @@ def _analyze(
             done += 1
             if progress is not None:
                 progress(done, total)
+        for spec in specs:
+            records[spec.name].normalized_by = normalizers.get(spec.name)
         report.extend(records[spec.name] for spec in specs)
     return report
 
@@ -394,7 +398,8 @@ def _decompose(members: list[LayerSpec], fn, ctx: _Context):
         if ctx.config.traps:
             generator = torch.Generator(device=weights.device).manual_seed(
                 ctx.config.generator_seed)
-            shuffled = fn(torch.stack([shuffle_matrix(w, generator) for w in weights]))
+            shuffled = fn(torch.stack([trap_matrix(w, generator, ww_compat=ctx.config.ww_compat)
+                                        for w in weights]))
     for i, spec in enumerate(members):
         yield spec, svals[i], None if shuffled is None else shuffled[i], None
 

@@ -47,6 +47,9 @@ class LayerReport:
             ``suspicious-fit``, ``undetermined``) or None when no fit was made.
         reason: why the layer was skipped (None when analysed).
         notes: per-metric reasons for NaN values and other remarks.
+        normalized_by: qualified name of the BatchNorm/GroupNorm that normalises the layer's
+            output (its output is then invariant to the weight's scale; see
+            :mod:`svd_callback.normalizers`), None when none was detected.
     """
 
     name: str
@@ -61,6 +64,7 @@ class LayerReport:
     quality: str | None = None
     reason: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    normalized_by: str | None = None
 
     @property
     def skipped(self) -> bool:

@@ -191,6 +191,7 @@ def all_builtin_rules() -> list[Rule]:
         *default_rules(),
         RankCollapse(name="StableRankCollapse"),
         MeanAlphaTrend(name="MeanAlphaSlope", slope_below=-0.5, slope_window=4),
+        MeanAlphaTrend(name="MeanAlphaAggregate"),  # the logged aggregate, not the layers'
     ]
 
 
@@ -426,7 +427,7 @@ def test_resume_from_state_gives_the_same_alerts():
         "RankCollapse",
         "TrapsAppeared",
         "NonFiniteWeights",
-        "MeanAlphaTrend",
+        "MeanAlphaAggregate",
         "MeanAlphaSlope",
     }
     for cut in range(1, len(reports)):
@@ -555,6 +556,8 @@ def test_only_non_finite_weights_stops_by_default():
         "TrapsAppeared": "log",
         "MeanAlphaTrend": "log",
         "GeneralizationGap": "log",
+        "TrainingStalled": "log",
+        "LayerFrozen": "log",
     }
 
 

@@ -17,6 +17,7 @@ from svd_callback.rmt import (
     mp_edges,
     quality_label,
     shuffle_matrix,
+    trap_matrix,
     trap_metrics,
 )
 from svd_callback.rmt.mp import mp_median
@@ -75,6 +76,59 @@ def test_traps_absent_in_gaussian_present_with_planted_entries():
     bad = trap_metrics(gram_eigs(trapped), gram_eigs(shuffled), N, M)
     assert bad["num_traps"] >= 2 and bad["trap_max"] > 5
     assert 0 <= clean["rand_distance"] <= 1 and bad["rand_distance_ww"] >= 0
+
+
+def shifted_gaussian(seed: int, mean_over_std: float, N: int = 64, M: int = 288) -> torch.Tensor:
+    """An i.i.d. Gaussian N x M matrix of std 1/sqrt(M) and mean ``mean_over_std`` stds."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(N, M, generator=g, dtype=torch.float64) + mean_over_std) / math.sqrt(M)
+
+
+def traps_of(w: torch.Tensor, seed: int, ww_compat: bool = False) -> dict:
+    N, M = max(w.shape), min(w.shape)
+    shuffled = trap_matrix(w, torch.Generator().manual_seed(seed), ww_compat=ww_compat)
+    return trap_metrics(gram_eigs(w), gram_eigs(shuffled), N, M)
+
+
+@pytest.mark.parametrize("mean_over_std", [0.2, 0.5])
+def test_a_shifted_mean_is_no_trap_once_centred(mean_over_std):
+    """An i.i.d. matrix has no correlations whatever its mean: the centred shuffle finds no trap
+    in 5 of 5 draws, while the uncentred one (WeightWatcher's) sees the mean's rank-one spike,
+    eigenvalue ~ N M mu^2 / M = 64 * 288 * 0.04 / 288 = 2.56 against the edge (1 + sqrt(64/288))^2
+    = 2.16 at mean/std 0.2 (textbook spiked-Wishart arithmetic, unit variance)."""
+    for seed in range(5):
+        w = shifted_gaussian(seed, mean_over_std)
+        assert traps_of(w, seed)["num_traps"] == 0
+        uncentred = traps_of(w, seed, ww_compat=True)
+        assert uncentred["num_traps"] >= 1 and uncentred["trap_max"] > 1
+
+
+def test_centring_leaves_a_zero_mean_matrix_alone():
+    for seed in range(5):
+        w = shifted_gaussian(seed, 0.0)
+        w = w - w.mean()
+        centred, uncentred = traps_of(w, seed), traps_of(w, seed, ww_compat=True)
+        assert centred == pytest.approx(uncentred, rel=1e-9)
+        assert traps_of(w, seed)["num_traps"] == 0
+
+
+@pytest.mark.parametrize("mean_over_std", [0.0, 0.5])
+def test_a_block_of_repeated_entries_is_still_a_trap_after_centring(mean_over_std):
+    """A 3 x 3 block of one large value (30 stds) is correlation-like structure the shuffle
+    scatters into 9 isolated large entries, each adding ~ 30^2 / 288 = 3.1 to a row's squared
+    norm of ~1: eigenvalues ~4 above the MP edge 2.16, found with or without a mean around it."""
+    w = shifted_gaussian(7, mean_over_std)
+    w[:3, :3] = w.mean() + 30.0 / math.sqrt(288)
+    found = traps_of(w, 0)
+    assert found["num_traps"] >= 3 and found["trap_max"] > 1.5
+
+
+def test_trap_matrix_permutes_the_centred_entries():
+    w = torch.arange(12.0).reshape(3, 4)
+    centred = trap_matrix(w, torch.Generator().manual_seed(5))
+    assert torch.allclose(centred.flatten().sort().values, w.flatten() - 5.5)
+    assert torch.equal(trap_matrix(w, torch.Generator().manual_seed(5), ww_compat=True),
+                       shuffle_matrix(w, torch.Generator().manual_seed(5)))
 
 
 def test_shuffle_is_a_permutation_and_leaves_the_global_rng_alone():
@@ -166,3 +220,18 @@ def test_every_spectrum_reports_the_same_metric_keys(fit, mp):
     for bad in (torch.zeros(0), torch.zeros(30), torch.tensor([1.0, float("inf")] * 10)):
         result = esd_metrics(bad, N=60, M=30, fit=fit, mp_fit=mp)
         assert set(result.values) == expected and "all" in result.notes
+
+
+def test_analyze_centres_before_shuffling_unless_ww_compat():
+    """The same shifted-mean i.i.d. layer through :func:`svd_callback.analyze`: no trap by
+    default, the mean's spike with ``ww_compat=True``."""
+    from svd_callback import analyze
+
+    layer = torch.nn.Linear(288, 64, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(shifted_gaussian(0, 0.5).float())
+    model = torch.nn.Sequential(layer)
+    default = list(analyze(model, traps=True))[0].metrics
+    compat = list(analyze(model, traps=True, ww_compat=True))[0].metrics
+    assert default["num_traps"] == 0
+    assert compat["num_traps"] >= 1

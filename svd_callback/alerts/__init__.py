@@ -9,15 +9,19 @@ condition clears. NaN/Inf metric values are no evidence either way.
 
 Built-in rules (:func:`default_rules`; only :class:`NonFiniteWeights` stops by default):
 
-- :class:`AlphaBelow` — alpha < 2: over-trained layer.
-- :class:`AlphaAbove` — alpha > 6 from epoch 1 on: under-trained layer.
-- :class:`SpectralNormGrowth` — spectral norm grew > 3x in one analysis.
+- :class:`AlphaBelow` — alpha < 2: over-trained layer (weight-matrix modes).
+- :class:`AlphaAbove` — alpha > 6 from epoch 1 on: under-trained layer (weight-matrix modes).
+- :class:`SpectralNormGrowth` — spectral norm grew > 3x in one analysis (spectral / Frobenius
+  for a layer followed by BatchNorm).
 - :class:`RankCollapse` — a rank measure fell > 50% below its maximum.
 - :class:`TrapsAppeared` — correlation traps appeared in a layer that had none.
 - :class:`NonFiniteWeights` — a layer's weights hold NaN/Inf.
 - :class:`MeanAlphaTrend` — model mean alpha < 2 (and optionally falling fast).
 - :class:`GeneralizationGap` — validation loss above training loss by > 0.5 (the trainer's
   logged scalars, recorded under the mode ``"training"``; the one rule that reads data).
+- :class:`TrainingStalled` — the norms of most layers stopped changing: dead, frozen or
+  not-learning network.
+- :class:`LayerFrozen` — one layer's norms did not change at all.
 
 Class rules (:func:`default_class_rules`, on the ``"classes"`` records of the class analysis):
 :class:`ClassOverlapRising`, :class:`ClassLostSpecificNeurons`, :class:`ClassFeaturesEmpty`,
@@ -55,6 +59,7 @@ from svd_callback.alerts.layer_rules import (
     TrapsAppeared,
 )
 from svd_callback.alerts.model_rules import TRAINING, GeneralizationGap, MeanAlphaTrend
+from svd_callback.alerts.stall_rules import LayerFrozen, TrainingStalled
 
 __all__ = [
     "ACTIONS",
@@ -71,6 +76,7 @@ __all__ = [
     "FactorizationRankCollapse",
     "GeneralizationGap",
     "Hysteresis",
+    "LayerFrozen",
     "LayerMetricRule",
     "LayerSnapshot",
     "MeanAlphaTrend",
@@ -80,6 +86,7 @@ __all__ = [
     "Rule",
     "Snapshot",
     "SpectralNormGrowth",
+    "TrainingStalled",
     "TrapsAppeared",
     "default_class_rules",
     "default_rules",

@@ -18,8 +18,16 @@ from svd_callback.alerts.layer_rules import (
     TrapsAppeared,
 )
 from svd_callback.alerts.model_rules import GeneralizationGap, MeanAlphaTrend
+from svd_callback.alerts.stall_rules import LayerFrozen, TrainingStalled
 
 ENGINE_STATE_VERSION = 1
+WEIGHT_MATRIX_MODES = ("unfold", "slices")
+"""Conv modes whose ESD is that of the weight matrix itself (linear layers appear under every
+mode with the same spectrum), the matrices Martin & Mahoney's alpha scale was calibrated on."""
+ALPHA_MIN_EIGS = 100
+"""Smallest ESD judged by the default "alpha < 2" rules: layers of 64 eigenvalues fitted alpha
+1.65-1.89 (alpha_sigma 0.10-0.15, n_tail 38-48) in seven healthy digits runs at val accuracy
+0.94-0.99 (``experiments/alert_rules/RESULTS.md``); TempBalance's 50 is not enough here."""
 
 
 def default_rules(traps: bool = True) -> list[Rule]:
@@ -34,24 +42,35 @@ def default_rules(traps: bool = True) -> list[Rule]:
     (``experiments/healthy_vs_broken``). ``traps=False`` leaves out :class:`TrapsAppeared`
     (for analyses that do not compute correlation traps, where it could never fire).
     :class:`AlphaBelow` and :class:`MeanAlphaTrend` ask alpha to be below 2 by two standard
-    errors, and AlphaBelow judges layers of at least 50 eigenvalues: the plain "alpha < 2"
-    fired on healthy small nets, whose fitted alphas are uncertain and low.
+    errors and judge layers of at least :data:`ALPHA_MIN_EIGS` eigenvalues: the plain
+    "alpha < 2" fired on healthy small nets, whose fitted alphas are uncertain and low.
+    :class:`GeneralizationGap` needs two analyses: a healthy SGD run had one epoch at 0.51.
+    AlphaBelow, MeanAlphaTrend and AlphaAbove judge only :data:`WEIGHT_MATRIX_MODES`: the
+    operator spectrum of a conv (every frequency's matrix together, n^2 times the
+    eigenvalues) has no published alpha scale; on the healthy digits CNN (val accuracy
+    0.95-0.98) its alphas of 1.78-1.9 with standard errors of ~0.05 raised four AlphaBelow
+    warnings, and a 16 x 1 first conv's operator alpha jumped 5 -> 52 -> 15 (one AlphaAbove
+    warning) (``experiments/alert_rules/RESULTS.md``).
+    :class:`TrainingStalled` and :class:`LayerFrozen` watch the relative change of each
+    layer's norms between analyses: a dead, frozen or not-learning network.
     :class:`GeneralizationGap` reads the trainer's ``val_loss`` and ``train_loss`` (silent
     without them): the weight spectra alone did not flag a net memorising 200 images before its
     validation loss turned.
     """
     rules: list[Rule] = [
         NonFiniteWeights(),
-        AlphaBelow(),
-        AlphaAbove(),
+        AlphaBelow(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
+        AlphaAbove(modes=WEIGHT_MATRIX_MODES),
         SpectralNormGrowth(),
         SpectralNormGrowth(factor=10.0, min_epoch=0, name="SpectralNormBlowUp"),
         RankCollapse(metric="matrix_rank"),
-        MeanAlphaTrend(),
-        GeneralizationGap(),
+        MeanAlphaTrend(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
+        GeneralizationGap(patience=2),
+        TrainingStalled(),
+        LayerFrozen(),
     ]
     if traps:
-        rules.insert(-2, TrapsAppeared())
+        rules.insert(-4, TrapsAppeared())
     return rules
 
 

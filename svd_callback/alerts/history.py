@@ -1,8 +1,9 @@
 """Bounded, checkpointable history of per-layer metrics and model-level aggregates.
 
 One :class:`Snapshot` per analysis holds, for every (layer, mode), the metric values, the skip
-reason and the quality label of its :class:`~svd_callback.report.LayerReport` (spectra are not
-kept), plus the model-level aggregates. Only the last ``max_len`` analyses are kept, stored
+reason, the quality label and the output normaliser (``normalized_by``) of its
+:class:`~svd_callback.report.LayerReport` (spectra are not kept), plus the model-level
+aggregates. Only the last ``max_len`` analyses are kept, stored
 compactly (one shared key table per metric set and a float array per layer), and the history
 serialises to plain Python types so that a Lightning checkpoint can carry it.
 """
@@ -34,7 +35,7 @@ def to_float(value: Any) -> float:
 class LayerSnapshot:
     """Metrics of one (layer, mode) in one analysis."""
 
-    __slots__ = ("name", "mode", "reason", "quality", "_index", "_values")
+    __slots__ = ("name", "mode", "reason", "quality", "normalized_by", "_index", "_values")
 
     def __init__(
         self,
@@ -44,11 +45,13 @@ class LayerSnapshot:
         values: array,
         reason: str | None = None,
         quality: str | None = None,
+        normalized_by: str | None = None,
     ) -> None:
         self.name = name
         self.mode = mode
         self.reason = reason
         self.quality = quality
+        self.normalized_by = normalized_by
         self._index = index
         self._values = values
 
@@ -162,6 +165,7 @@ class MetricHistory:
                 {str(k): to_float(v) for k, v in metrics.items()},
                 _optional_str(getattr(record, "reason", None)),
                 _optional_str(getattr(record, "quality", None)),
+                _optional_str(getattr(record, "normalized_by", None)),
             )
         modes = {mode for _, mode in layers}
         self._entries.append(Snapshot(epoch, step, layers, _normalise_summary(summary, modes)))
@@ -178,9 +182,11 @@ class MetricHistory:
         metrics: dict[str, float],
         reason: str | None,
         quality: str | None,
+        normalized_by: str | None = None,
     ) -> LayerSnapshot:
         index = self._key_table(tuple(metrics))
-        return LayerSnapshot(name, mode, index, array("d", metrics.values()), reason, quality)
+        return LayerSnapshot(name, mode, index, array("d", metrics.values()), reason, quality,
+                             normalized_by)
 
     def _key_table(self, keys: tuple[str, ...]) -> dict[str, int]:
         """The shared metric -> position table of one key set."""
@@ -293,8 +299,9 @@ class MetricHistory:
     def state_dict(self) -> dict[str, Any]:
         """Plain Python types only (lists, dicts, str, int, float, None).
 
-        Per analysis: ``layers`` = [name, mode, reason, quality, key-set index] rows and one flat
-        ``values`` list holding every row's metric values in key-set order."""
+        Per analysis: ``layers`` = [name, mode, reason, quality, key-set index, normalized_by]
+        rows and one flat ``values`` list holding every row's metric values in key-set order
+        (rows of five, without ``normalized_by``, are read as None)."""
         key_sets: dict[tuple[str, ...], int] = {}
         entries = []
         for e in self._entries:
@@ -302,7 +309,8 @@ class MetricHistory:
             for rec in e.layers.values():
                 keys = tuple(rec._index)
                 index = key_sets.setdefault(keys, len(key_sets))
-                rows.append([rec.name, rec.mode, rec.reason, rec.quality, index])
+                rows.append([rec.name, rec.mode, rec.reason, rec.quality, index,
+                             rec.normalized_by])
                 values.extend(rec._values)
             entries.append(
                 {
@@ -338,10 +346,11 @@ class MetricHistory:
         for item in state["entries"]:
             values = array("d", item["values"])
             layers, offset = {}, 0
-            for name, mode, reason, quality, k in item["layers"]:
+            for name, mode, reason, quality, k, *rest in item["layers"]:
                 n = len(tables[k])
                 chunk = values[offset : offset + n]
-                layers[(name, mode)] = LayerSnapshot(name, mode, tables[k], chunk, reason, quality)
+                layers[(name, mode)] = LayerSnapshot(name, mode, tables[k], chunk, reason, quality,
+                                                     rest[0] if rest else None)
                 offset += n
             if offset != len(values):
                 raise ValueError(

@@ -224,11 +224,21 @@ class SpectralNormGrowth(LayerMetricRule):
     measured: a zero-initialised layer leaving 1e-7 grows by large factors while still
     negligible.
 
+    A layer whose output feeds a BatchNorm/GroupNorm (``normalized_by`` on its record,
+    :mod:`svd_callback.normalizers`) computes the same function at any weight scale, so its
+    absolute norm growth says nothing (weight decay and the normaliser trade scale freely).
+    With ``scale_free`` (default) such a layer is judged by the scale-free ratio
+    ``spectral_norm / frobenius_norm`` = 1 / sqrt(stable_rank) instead: its growth by
+    ``factor`` means the layer's energy concentrated in its top direction (the stable rank fell
+    ``factor^2``-fold). The ratio is at most 1, so a layer of rank r can grow it by at most
+    sqrt(r) (no ``factor=10`` alert below rank 100).
+
     Args:
         factor: ratio value_now / value_then above which the condition holds.
         window: how many analyses back the reference value is.
         floor: smallest reference value (in the metric's units) growth is measured from.
         patience: consecutive analyses the condition must hold before the alert (default 1).
+        scale_free: judge normalised layers by spectral/Frobenius instead of ``metric``.
         **kwargs: ``name``, ``action``, ``modes``, ``layers``, ``min_epoch`` (see :class:`Rule`).
 
     Raises:
@@ -244,6 +254,7 @@ class SpectralNormGrowth(LayerMetricRule):
         patience: int = 1,
         min_epoch: int = 1,
         floor: float = 1e-3,
+        scale_free: bool = True,
         **kwargs: Any,
     ) -> None:
         if not factor > 0:
@@ -256,26 +267,85 @@ class SpectralNormGrowth(LayerMetricRule):
         self.factor = float(factor)
         self.window = window
         self.floor = float(floor)
+        self.scale_free = bool(scale_free)
 
-    def _reference(self, history: MetricHistory, layer: str, mode: str) -> float | None:
-        values = history.last_values(
-            layer, self.metric, mode, self.window + 1, min_epoch=self.min_epoch
-        )
-        return values[0] if len(values) == self.window + 1 and values[0] > 0 else None
+    def _normalizer(self, history: MetricHistory, layer: str, mode: str) -> str | None:
+        """The layer's output normaliser when it is judged scale-free, else None."""
+        record = history.latest.layers.get((layer, mode)) if history.latest else None
+        return record.normalized_by if self.scale_free and record is not None else None
+
+    def _values(self, history: MetricHistory, layer: str, mode: str) -> list[float]:
+        """The last ``window + 1`` judged values, oldest first: ``metric``, or spectral /
+        Frobenius for a normalised layer."""
+        if self._normalizer(history, layer, mode) is None:
+            return history.last_values(
+                layer, self.metric, mode, self.window + 1, min_epoch=self.min_epoch
+            )
+        out: list[float] = []
+        for snap in reversed(history):
+            if len(out) > self.window or snap.epoch < self.min_epoch:
+                break
+            ratio = scale_free_ratio(snap, layer, mode)
+            if ratio is not None:
+                out.append(ratio)
+        return out[::-1]
+
+    def _pair(self, history, layer, mode) -> tuple[float, float] | None:
+        values = self._values(history, layer, mode)
+        if len(values) != self.window + 1 or not values[0] > 0:
+            return None
+        return values[0], values[-1]
 
     def condition(self, history, layer, mode, value):
-        reference = self._reference(history, layer, mode)
-        if reference is None:
+        pair = self._pair(history, layer, mode)
+        if pair is None:
             return None
-        return reference >= self.floor and value / reference > self.factor
+        reference, now = pair
+        floor = 0.0 if self._normalizer(history, layer, mode) else self.floor
+        return reference >= floor and now / reference > self.factor
 
     def describe(self, history, layer, mode, value):
-        reference = self._reference(history, layer, mode) or math.nan
+        reference, now = self._pair(history, layer, mode) or (math.nan, math.nan)
         return (
-            f"grew {fmt(value / reference)}x in {self.window} analyses (from {fmt(reference)}; "
+            f"grew {fmt(now / reference)}x in {self.window} analyses (from {fmt(reference)}; "
             f"limit {fmt(self.factor)}x)",
             self.factor,
         )
+
+    def _alert(self, history, snap, layer, mode, value):
+        normalizer = self._normalizer(history, layer, mode)
+        if normalizer is None:
+            return super()._alert(history, snap, layer, mode, value)
+        values = self._values(history, layer, mode)
+        detail, threshold = self.describe(history, layer, mode, value)
+        metric = f"{self.metric}/frobenius_norm"
+        return self.make_alert(
+            layer=layer,
+            mode=mode,
+            metric=metric,
+            value=values[-1],
+            values=tuple(values),
+            threshold=threshold,
+            epoch=snap.epoch,
+            step=snap.step,
+            message=(
+                f"{self.name}: layer {layer!r} [{mode}] spectral_norm / frobenius_norm = "
+                f"{fmt(values[-1])} {detail}{when(snap.epoch, snap.step)} (scale-free: the "
+                f"output is normalised by {normalizer!r}, so the absolute norm is not judged; "
+                f"the layer's energy concentrated in its top direction)"
+            ),
+        )
+
+
+def scale_free_ratio(snap: Snapshot, layer: str, mode: str) -> float | None:
+    """spectral_norm / frobenius_norm (= 1 / sqrt(stable_rank)) of one record, None when
+    either is missing, not finite or the Frobenius norm is 0."""
+    spectral = snap.get(layer, "spectral_norm", mode)
+    frobenius = snap.get(layer, "frobenius_norm", mode)
+    if spectral is None or frobenius is None or not frobenius > 0:
+        return None
+    ratio = spectral / frobenius
+    return ratio if math.isfinite(ratio) else None
 
 
 class RankCollapse(LayerMetricRule):

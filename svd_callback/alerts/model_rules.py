@@ -37,6 +37,11 @@ class MeanAlphaTrend(Rule):
         confidence: standard errors by which the mean must clear ``threshold`` (0: plain level).
         min_epoch: first epoch considered (default 1: the fall from the random-init alpha,
             e.g. 16 -> 4 within the first epoch, is expected and would trip the trend).
+        min_eigs: when > 0, the level is not the logged aggregate but the mean of the fitted
+            ``<metric>`` (finite, > 1) over the layers of at least ``min_eigs`` eigenvalues
+            (``matrix_rank + rank_loss``; a record without them is judged, as in
+            :class:`~svd_callback.alerts.AlphaBelow`), named ``<summary>[>=<min_eigs> eigs]``
+            in alerts; no evidence when no layer qualifies. Needs a ``<metric>_mean`` aggregate.
         **kwargs: ``name``, ``action``, ``modes`` (see :class:`Rule`).
 
     Raises:
@@ -53,6 +58,7 @@ class MeanAlphaTrend(Rule):
         slope_window: int = 5,
         min_epoch: int = 1,
         confidence: float = 2.0,
+        min_eigs: int = 0,
         **kwargs: Any,
     ) -> None:
         if isinstance(slope_window, bool) or not isinstance(slope_window, int) or slope_window < 2:
@@ -64,6 +70,7 @@ class MeanAlphaTrend(Rule):
         self.slope_below = None if slope_below is None else float(slope_below)
         self.slope_window = slope_window
         self.confidence = float(confidence)
+        self.min_eigs = int(min_eigs)
         self._level = Hysteresis(patience)
         self._trend = Hysteresis(1)
 
@@ -73,8 +80,12 @@ class MeanAlphaTrend(Rule):
             return []
         alerts = []
         for (name, mode), value in snap.summary.items():
-            if name != self.summary or not self.selects(None, mode) or not math.isfinite(value):
+            if name != self.summary or not self.selects(None, mode):
                 continue
+            value = self._value(snap, mode)
+            if value is None:
+                continue
+            name = self._label
             where = "model" + (f" [{mode}]" if mode else "")
             error = self._standard_error(snap, mode)
             if self._level.update((mode,), value + self.confidence * error < self.threshold):
@@ -123,21 +134,44 @@ class MeanAlphaTrend(Rule):
                 )
         return alerts
 
-    def _standard_error(self, snap: Snapshot, mode: str | None) -> float:
-        """sqrt(sum sigma_l^2) / L over the layers (of ``mode``) with a finite fitted value."""
-        if not self.summary.endswith("_mean"):
-            return 0.0
+    @property
+    def _label(self) -> str:
+        return self.summary + (f"[>={self.min_eigs} eigs]" if self.min_eigs > 0 else "")
+
+    def _judged(self, snap: Snapshot, mode: str | None) -> list[tuple[str, str, float]]:
+        """(layer, mode, value) of the layers (of ``mode``) entering the level: finite fitted
+        values, and with ``min_eigs`` only valid fits (> 1) of layers that large."""
         metric = self.summary.removesuffix("_mean")
-        count, variance = 0, 0.0
+        out = []
         for (layer, layer_mode), record in snap.layers.items():
             if mode is not None and layer_mode != mode:
                 continue
             value = record.get(metric)
             if value is None or not math.isfinite(value):
                 continue
-            count += 1
-            variance += alpha_error(snap, layer, layer_mode, metric) ** 2
-        return math.sqrt(variance) / count if count else 0.0
+            if self.min_eigs > 0:
+                count = eigenvalue_count_at(snap, layer, layer_mode)
+                if value <= 1 or (count is not None and count < self.min_eigs):
+                    continue
+            out.append((layer, layer_mode, value))
+        return out
+
+    def _value(self, snap: Snapshot, mode: str | None) -> float | None:
+        """The level: the logged aggregate, or with ``min_eigs`` the mean over large layers."""
+        if self.min_eigs <= 0 or not self.summary.endswith("_mean"):
+            value = snap.summary.get((self.summary, mode))
+            return value if value is not None and math.isfinite(value) else None
+        judged = self._judged(snap, mode)
+        return sum(v for _, _, v in judged) / len(judged) if judged else None
+
+    def _standard_error(self, snap: Snapshot, mode: str | None) -> float:
+        """sqrt(sum sigma_l^2) / L over the layers (of ``mode``) entering the level."""
+        if not self.summary.endswith("_mean"):
+            return 0.0
+        metric = self.summary.removesuffix("_mean")
+        judged = self._judged(snap, mode)
+        variance = sum(alpha_error(snap, layer, m, metric) ** 2 for layer, m, _ in judged)
+        return math.sqrt(variance) / len(judged) if judged else 0.0
 
     def _recent(self, history: MetricHistory, mode: str | None, n: int) -> list[tuple[int, float]]:
         """The last ``n`` finite (epoch, value) points of the aggregate, oldest first."""
@@ -145,8 +179,8 @@ class MeanAlphaTrend(Rule):
         for e in reversed(history):
             if len(out) >= n or e.epoch < self.min_epoch:
                 break
-            value = e.summary.get((self.summary, mode))
-            if value is not None and math.isfinite(value):
+            value = self._value(e, mode)
+            if value is not None:
                 out.append((e.epoch, value))
         return out[::-1]
 
@@ -156,6 +190,14 @@ class MeanAlphaTrend(Rule):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._level.load_state_dict(state.get("level", []))
         self._trend.load_state_dict(state.get("trend", []))
+
+
+def eigenvalue_count_at(snap: Snapshot, layer: str, mode: str) -> float | None:
+    """``matrix_rank + rank_loss`` of one record of ``snap`` (None when not reported)."""
+    rank, loss = snap.get(layer, "matrix_rank", mode), snap.get(layer, "rank_loss", mode)
+    if rank is None or loss is None or not math.isfinite(rank + loss):
+        return None
+    return rank + loss
 
 
 def _slope(points: list[tuple[int, float]]) -> float | None:

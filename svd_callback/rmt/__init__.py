@@ -9,7 +9,7 @@ from svd_callback.rmt.metrics import (
 )
 from svd_callback.rmt.mp import MPFit, fit_mp_bulk, mp_edges, tracy_widom_margin
 from svd_callback.rmt.powerlaw import PowerLawFit, fit_power_law, fit_power_law_many, hill_alpha
-from svd_callback.rmt.traps import js_distance, shuffle_matrix, trap_metrics
+from svd_callback.rmt.traps import js_distance, shuffle_matrix, trap_matrix, trap_metrics
 
 __all__ = [
     "ESDMetrics",
@@ -27,5 +27,6 @@ __all__ = [
     "quality_label",
     "shuffle_matrix",
     "tracy_widom_margin",
+    "trap_matrix",
     "trap_metrics",
 ]

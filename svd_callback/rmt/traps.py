@@ -5,6 +5,11 @@ Shuffling the entries of W destroys every correlation, so the shuffled matrix's 
 pure Marchenko-Pastur bulk. Eigenvalues of the shuffled matrix above its MP edge (plus the
 Tracy-Widom margin) are *traps*: a few large entries carrying correlation-like structure, a mark
 of over-fitting or a bad learning rate.
+
+The mean is subtracted before shuffling (:func:`trap_matrix`): a shuffled matrix of mean mu keeps
+the rank-one spike mu * 1 1^T, whose eigenvalue ~ N M mu^2 (unit-scale Gram) clears the MP edge
+for any mean/std above ~ (N M)^(-1/4) (0.2 already does on 64 x 288) and says nothing about
+correlations. ``ww_compat=True`` keeps WeightWatcher 0.7.7's uncentred shuffle.
 """
 
 from __future__ import annotations
@@ -24,6 +29,19 @@ def shuffle_matrix(weight: torch.Tensor, generator: torch.Generator) -> torch.Te
     global RNG). The generator must live on the weight's device."""
     perm = torch.randperm(weight.numel(), generator=generator, device=weight.device)
     return weight.reshape(-1)[perm].reshape(weight.shape)
+
+
+def trap_matrix(
+    weight: torch.Tensor, generator: torch.Generator, *, ww_compat: bool = False
+) -> torch.Tensor:
+    """The matrix whose ESD is searched for traps: ``shuffle_matrix(W - mean(W))``, or the
+    uncentred ``shuffle_matrix(W)`` with ``ww_compat`` (WeightWatcher 0.7.7's ``randomize``).
+
+    The mean is taken over all entries (for a conv kernel: over the whole tensor, the same as
+    over its unfolded matrix)."""
+    if not ww_compat:
+        weight = weight - weight.mean()
+    return shuffle_matrix(weight, generator)
 
 
 def js_distance(a: torch.Tensor, b: torch.Tensor, bins: int = HISTOGRAM_BINS) -> float:
@@ -64,6 +82,7 @@ def js_distance_ww(evals: np.ndarray, rand_evals: np.ndarray) -> float:
 
 def trap_metrics(eigs: torch.Tensor, shuffled_eigs: torch.Tensor, N: int, M: int) -> dict:
     """``num_traps``, ``trap_max`` (largest shuffled eigenvalue / the shuffled bulk's lambda_plus),
+    ``shuffled_eigs`` being the ESD of :func:`trap_matrix`'s output,
     ``rand_distance`` (JS distance of log-ESD histograms) and ``rand_distance_ww``
     (WeightWatcher's definition); NaN where undefined."""
     eigs = torch.as_tensor(eigs).double().reshape(-1)

@@ -1,0 +1,81 @@
+"""Replay the saved histories of ``experiments/alert_rules/histories`` through
+:func:`svd_callback.alerts.default_rules` and print the RESULTS.md table (run, val accuracy,
+rule, first alert epoch, severity).
+
+    PYTHONPATH=. .venv/bin/python -m experiments.alert_rules.replay
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+from experiments.common import history_analyses, replay_alerts
+from svd_callback.alerts import default_rules
+
+HISTORIES = Path(__file__).parent / "histories"
+RUNS = {
+    "healthy": "configs/digits_cnn.yaml as shipped (Adam lr 0.003, 20 epochs)",
+    "healthy_s1": "the same at seed 1 (seed_everything and data split)",
+    "healthy_s2": "the same at seed 2",
+    "demo": "svd-callback demo (SmallCNN on digits, 8 epochs, unfold mode)",
+    "lr_10x": "the config at lr 0.03 (dead ReLUs)",
+    "lr_tiny": "the config at lr 1e-6 (does not learn)",
+    "frozen": "the config with features.2 frozen at its initial values",
+    "bn_adam": "BatchNorm after every conv (models.BatchNormCNN), the config's Adam lr 0.003",
+    "bn_sgd_wd": "the BatchNorm net, SGD lr 0.1 momentum 0.9 weight decay 5e-4",
+    "bn_adam_lr_10x": "the BatchNorm net at Adam lr 0.03",
+}
+
+
+def normalizers_of(run: str) -> dict[str, str]:
+    """Layer -> BatchNorm of the run's model (:func:`svd_callback.normalizers.output_normalizers`
+    of a fresh instance: the structure does not change in training). The saved layer rows do
+    not carry ``normalized_by``; the replay adds it, as the analysis records it online."""
+    if not run.startswith("bn_"):
+        return {}
+    from experiments.alert_rules.models import BatchNormCNN
+    from svd_callback.normalizers import output_normalizers
+
+    return output_normalizers(BatchNormCNN())
+
+
+def load(run: str) -> list[dict[str, Any]]:
+    """The analyses of one saved history (as :func:`experiments.common.history_analyses`),
+    layer rows completed with ``normalized_by``."""
+    normalizers = normalizers_of(run)
+    with gzip.open(HISTORIES / f"{run}.jsonl.gz", "rt") as f:
+        analyses = history_analyses(json.loads(line) for line in f if line.strip())
+    for analysis in analyses:
+        for row in analysis["layers"]:
+            row.setdefault("normalized_by", normalizers.get(row["layer"]))
+    return analyses
+
+
+def first_alerts(run: str, rules=None) -> dict[str, tuple[int, str]]:
+    """rule -> (first epoch it fired, severity) on one run."""
+    out: dict[str, tuple[int, str]] = {}
+    for alert in replay_alerts(load(run), default_rules(traps=False) if rules is None else rules):
+        out.setdefault(alert.rule, (alert.epoch, alert.severity))
+    return out
+
+
+def val_accuracies(run: str) -> list[float]:
+    return [a["summary"]["training"]["val_acc"] for a in load(run)
+            if "val_acc" in a["summary"].get("training", {})]
+
+
+def main() -> None:
+    print("| run | what | final val acc | rule: first alert epoch (severity) |")
+    print("|---|---|---|---|")
+    for run, what in RUNS.items():
+        acc = val_accuracies(run)
+        fired = first_alerts(run)
+        listed = "; ".join(f"{rule}: {epoch} ({sev})" for rule, (epoch, sev) in fired.items())
+        print(f"| {run} | {what} | {acc[-1]:.3f} | {listed or 'none'} |")
+
+
+if __name__ == "__main__":
+    main()

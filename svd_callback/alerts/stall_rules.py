@@ -1,0 +1,300 @@
+"""Rules on how much the weights still move: a stalled network and a frozen layer.
+
+Both read the relative change of a layer's norms between consecutive analyses,
+
+    change_t = max over m in (spectral_norm, frobenius_norm), over the layer's modes of
+               |m_t / m_{t-1} - 1|,
+
+which is exactly 0 for a layer whose weights did not move and decays geometrically (by the
+optimiser's momentum factor per step, 0.9^23 ~ 0.1 per epoch for Adam on 23 steps) once the
+gradients vanish, as in a network whose ReLUs all died (docs/methods.md#alert-rules).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
+from svd_callback.alerts.history import MetricHistory, Snapshot
+from svd_callback.alerts.model_rules import TRAINING
+
+NORMS = ("spectral_norm", "frobenius_norm")
+
+
+def relative_change(before: Snapshot, after: Snapshot, layer: str,
+                    metrics: tuple[str, ...] = NORMS) -> float | None:
+    """max |after / before - 1| over ``metrics`` and over the modes in which ``layer`` has a
+    finite positive value in both analyses; None when there is none."""
+    changes = []
+    for (name, mode), record in after.layers.items():
+        if name != layer:
+            continue
+        for metric in metrics:
+            new, old = record.get(metric), before.get(layer, metric, mode)
+            if new is None or old is None or not (math.isfinite(new) and math.isfinite(old)):
+                continue
+            if old > 0:
+                changes.append(abs(new / old - 1.0))
+    return max(changes) if changes else None
+
+
+def change_series(history: MetricHistory, layer: str, n: int,
+                  metrics: tuple[str, ...] = NORMS) -> list[float | None]:
+    """The layer's relative changes over the last ``n`` pairs of consecutive analyses, oldest
+    first (shorter when the history is shorter)."""
+    entries = list(history)[-(n + 1):]
+    pairs = zip(entries, entries[1:], strict=False)
+    return [relative_change(a, b, layer, metrics) for a, b in pairs]
+
+
+def _layers(snap: Snapshot, rule: Rule, normalized: bool = True) -> list[str]:
+    """The analysed layers of ``snap`` selected by ``rule`` (without those whose output feeds a
+    normaliser unless ``normalized``)."""
+    return list(dict.fromkeys(
+        name for (name, mode), record in snap.layers.items()
+        if rule.selects(name, mode) and not record.skipped
+        and (normalized or record.normalized_by is None)
+    ))
+
+
+def moved_since_start(history: MetricHistory, layer: str) -> float | None:
+    """The layer's relative norm change from the oldest kept analysis that has it to the
+    latest (:func:`relative_change`)."""
+    latest = history.latest
+    for snap in history:
+        if snap is latest:
+            return None
+        change = relative_change(snap, latest, layer)
+        if change is not None:
+            return change
+    return None
+
+
+class TrainingStalled(Rule):
+    """The spectra of most layers stopped changing: a dead, frozen or not-learning network.
+
+    A layer is *stalled* at an analysis when either
+
+    - its relative norm change (module docstring) stayed below ``tolerance`` for ``patience``
+      consecutive analyses while it has moved by less than ``max_moved`` since the oldest kept
+      analysis (a learning rate far too low, a frozen network; a layer that moved and then
+      settled has converged, it is not stalled), or
+    - its change fell by more than ``1 / deceleration`` times in each of the last
+      ``decelerations`` analyses and is now below ``slow`` (updates dying out geometrically:
+      the gradients vanished and only the optimiser's momentum still moves the weights, as in a
+      net killed by a too-high learning rate); one fall fewer suffices when the trainer's
+      ``train_loss`` (recorded under the mode ``"training"``) fell by less than ``flat_loss``
+      (relative) over the same analyses.
+
+    The rule fires (once, re-arming when it clears) when at least ``fraction`` of the judged
+    layers are stalled, from epoch ``min_epoch`` on. Layers whose output feeds a BatchNorm
+    (``normalized_by``) are not judged: their gradient is orthogonal to the weight (scale
+    invariance), so the weight rotates while its norms change only at second order (1e-4 per
+    epoch in a healthy BatchNorm CNN at val accuracy 0.99).
+
+    Defaults (``experiments/alert_rules/RESULTS.md``, digits SmallCNN with Adam, 3 healthy
+    seeds and the demo, and a BatchNorm variant with Adam and SGD): healthy SmallCNN layers
+    changed by 3.8e-3 to 1.0 per epoch; at lr 1e-6 every layer changed by 2e-6 to 2e-5 per
+    epoch; at lr 0.03 (dead ReLUs, train loss flat at 2.30) the changes went 6 -> 0.1 -> 0.01
+    -> 1e-3 (x0.1 per epoch, Adam's beta1 = 0.9 over 23 steps) and reached exactly 0 by epoch
+    9. ``tolerance = 1e-3`` sits 3.8x below the slowest healthy change. A healthy SGD run
+    (lr 0.1, momentum 0.9, BatchNorm) settled 1.5 -> 0.39 -> 0.061 -> 0.012 -> 0.0057 (two
+    falls below 0.2, then 0.47) while its train loss fell 1.47 -> 0.03: hence three falls
+    without the loss, two with a flat loss (the dead net: flagged at epoch 3). A cosine decay to
+    zero shrinks the last epochs' changes by ~9x once (over 20 epochs: lr ratios 0.36 then
+    0.11), not three times.
+
+    A healthy BatchNorm CNN at Adam lr 0.03 converged (val accuracy 0.98) with its linear
+    layers changing < 1e-3 per epoch from epoch 15 on, after moving > 30% since init: hence
+    ``max_moved = 0.1`` (the lr 1e-6 run had moved 4e-4 by epoch 20).
+
+    Limits: a dead network trained with weight decay shrinks uniformly (no deceleration,
+    change ~ lr * wd * steps per epoch); it is flagged only once that falls below
+    ``tolerance`` and only if it had not moved before. A network of BatchNorm-followed layers
+    is judged on its other layers only (often just the classifier).
+
+    Args:
+        tolerance: relative norm change per analysis below which a layer is not moving.
+        patience: consecutive analyses a layer's change must stay below ``tolerance``.
+        fraction: share of the judged layers that must be stalled.
+        max_moved: largest change since the oldest kept analysis for which a layer below
+            ``tolerance`` is stalled rather than converged.
+        slow: largest change that counts as dying out.
+        deceleration: largest ratio change_t / change_{t-1} that counts as dying out.
+        decelerations: consecutive such falls that count as dying out (>= 2).
+        train_loss: name of the trainer's logged training loss (None: not read).
+        flat_loss: relative decrease of ``train_loss`` below which it counts as flat.
+        min_epoch: first epoch judged (default 1: the change from the init analysis is
+            judged at epoch 1).
+        **kwargs: ``name``, ``action`` (``"stop"`` ends the run), ``modes``, ``layers``.
+    """
+
+    def __init__(
+        self,
+        tolerance: float = 1e-3,
+        patience: int = 2,
+        *,
+        fraction: float = 0.5,
+        max_moved: float = 0.1,
+        slow: float = 0.02,
+        deceleration: float = 0.2,
+        decelerations: int = 3,
+        train_loss: str | None = "train_loss",
+        flat_loss: float = 0.01,
+        min_epoch: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(decelerations, bool) or not isinstance(decelerations, int) \
+                or decelerations < 2:
+            raise ValueError(f"decelerations must be an integer >= 2, got {decelerations!r}")
+        for label, value in (("tolerance", tolerance), ("slow", slow), ("flat_loss", flat_loss),
+                             ("deceleration", deceleration), ("max_moved", max_moved)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        super().__init__(min_epoch=min_epoch, **kwargs)
+        self.tolerance, self.patience, self.fraction = float(tolerance), patience, fraction
+        self.slow, self.deceleration = float(slow), float(deceleration)
+        self.max_moved = float(max_moved)
+        self.decelerations, self.train_loss = decelerations, train_loss
+        self.flat_loss = float(flat_loss)
+        self._hysteresis = Hysteresis(1)
+
+    def stalled(self, changes: list[float | None], moved: float | None = None,
+                flat: bool = False) -> bool | None:
+        """Whether one layer's recent changes (oldest first), its change since the start
+        (``moved``; None: unknown, not checked) and a flat training loss say it is stalled;
+        None when there are too few to tell."""
+        recent = changes[-self.patience:]
+        settled = moved is not None and moved >= self.max_moved
+        if len(recent) == self.patience and not settled and all(
+                c is not None and c < self.tolerance for c in recent):
+            return True
+        falls = self.decelerations - 1 if flat else self.decelerations
+        last = changes[-(falls + 1):]
+        if len(last) == falls + 1 and all(c is not None for c in last) and last[-1] < self.slow \
+                and all(b < self.deceleration * a for a, b in zip(last, last[1:], strict=False)):
+            return True
+        if not changes or changes[-1] is None:
+            return None
+        return False
+
+    def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
+        snap = history.latest
+        if snap is None or snap.epoch < self.min_epoch or len(history) < 2:
+            return []
+        window = max(self.patience, self.decelerations + 1)
+        flat = self._flat_loss(history)
+        verdicts: dict[str, tuple[bool, float | None]] = {}
+        for layer in _layers(snap, self, normalized=False):
+            changes = change_series(history, layer, window)
+            verdict = self.stalled(changes, moved_since_start(history, layer), flat)
+            if verdict is not None:
+                verdicts[layer] = (verdict, changes[-1])
+        if not verdicts:
+            return []
+        stalled = [layer for layer, (verdict, _) in verdicts.items() if verdict]
+        share = len(stalled) / len(verdicts)
+        if not self._hysteresis.update((), share >= self.fraction):
+            return []
+        listed = ", ".join(f"{layer} ({fmt(verdicts[layer][1])})" for layer in stalled)
+        return [
+            self.make_alert(
+                metric="stalled_fraction",
+                value=share,
+                values=tuple(c for _, c in verdicts.values() if c is not None),
+                threshold=self.fraction,
+                epoch=snap.epoch,
+                step=snap.step,
+                message=(
+                    f"{self.name}: model: {len(stalled)} of {len(verdicts)} layers stopped "
+                    f"changing (relative change of spectral/Frobenius norm < "
+                    f"{fmt(self.tolerance)} for {self.patience} analyses, or dying out "
+                    f"x{fmt(self.deceleration)} per analysis below {fmt(self.slow)}): "
+                    f"{listed}{when(snap.epoch, snap.step)}; the network is dead, frozen or "
+                    f"not learning"
+                ),
+            )
+        ]
+
+    def _flat_loss(self, history: MetricHistory) -> bool:
+        """Whether ``train_loss`` fell by less than ``flat_loss`` (relative) over the last
+        ``decelerations - 1`` analyses; False when it was not recorded in each of them."""
+        if self.train_loss is None:
+            return False
+        entries = list(history)[-self.decelerations:]
+        losses = [e.summary.get((self.train_loss, TRAINING)) for e in entries]
+        if len(losses) < self.decelerations or any(
+                v is None or not math.isfinite(v) for v in losses):
+            return False
+        first, last = losses[0], losses[-1]
+        return first > 0 and (first - last) / first < self.flat_loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"hysteresis": self._hysteresis.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._hysteresis.load_state_dict(state.get("hysteresis", []))
+
+
+class LayerFrozen(Rule):
+    """One layer's weights did not move: relative norm change below ``tolerance`` for
+    ``patience`` consecutive analyses (a layer left out of the optimiser, ``requires_grad``
+    False, or a dead layer).
+
+    ``tolerance = 1e-7`` is float32 round-off (machine epsilon 1.2e-7): a trained layer moves
+    far more (the slowest measured, at lr 1e-6: 2e-6 per epoch), a frozen one exactly 0
+    (``experiments/alert_rules/RESULTS.md``). Losses cannot show this: the digits SmallCNN with
+    one conv frozen still reached val accuracy 0.94.
+
+    Args:
+        tolerance: largest relative norm change that counts as not moving.
+        patience: consecutive analyses it must hold.
+        min_epoch: first epoch judged (default 1).
+        **kwargs: ``name``, ``action``, ``modes``, ``layers``.
+    """
+
+    def __init__(self, tolerance: float = 1e-7, patience: int = 2, *, min_epoch: int = 1,
+                 **kwargs: Any) -> None:
+        if not (isinstance(tolerance, int | float) and math.isfinite(tolerance)
+                and tolerance >= 0):
+            raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+        super().__init__(min_epoch=min_epoch, **kwargs)
+        self.tolerance, self.patience = float(tolerance), patience
+        self._hysteresis = Hysteresis(patience)
+
+    def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
+        snap = history.latest
+        if snap is None or snap.epoch < self.min_epoch or len(history) < 2:
+            return []
+        alerts = []
+        for layer in _layers(snap, self):
+            change = relative_change(history[-2], snap, layer)
+            if self._hysteresis.update((layer,), None if change is None
+                                       else change <= self.tolerance):
+                alerts.append(self.make_alert(
+                    layer=layer,
+                    metric="relative_norm_change",
+                    value=change,
+                    threshold=self.tolerance,
+                    epoch=snap.epoch,
+                    step=snap.step,
+                    message=(
+                        f"{self.name}: layer {layer!r} spectral/Frobenius norms changed by "
+                        f"{fmt(change)} <= {fmt(self.tolerance)} for {self.patience} "
+                        f"consecutive analyses{when(snap.epoch, snap.step)}: its weights are "
+                        f"not being trained (frozen, not in the optimiser, or dead)"
+                    ),
+                ))
+        return alerts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"hysteresis": self._hysteresis.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._hysteresis.load_state_dict(state.get("hysteresis", []))

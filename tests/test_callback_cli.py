@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from svd_callback.callback import SpectralMonitor
 from svd_callback.sinks.history import read_history
@@ -25,15 +26,20 @@ def load_train_script():
 def run_config(config: str, tmp_path: Path, *extra: str):
     """Parse the config as the command line would, then fit without figures (drawing them is
     tested elsewhere and costs seconds)."""
+    settings = yaml.safe_load((ROOT / "configs" / config).read_text())
+    (monitor,) = [c for c in settings["trainer"]["callbacks"]
+                  if c["class_path"].endswith("SpectralMonitor")]
+    monitor["init_args"]["figures_every_n"] = 0
+    path = tmp_path / config
+    path.write_text(yaml.safe_dump(settings))
     args = [
-        "--config", str(ROOT / "configs" / config),
+        "--config", str(path),
         "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}", *extra,
     ]
     cli = load_train_script().main(args, run=False)
-    monitor_of(cli).figures_every_n = 0
     cli.trainer.fit(cli.model, cli.datamodule)
     return cli
 
@@ -46,7 +52,8 @@ def monitor_of(cli) -> SpectralMonitor:
 def test_digits_config_trains_with_the_monitor(tmp_path):
     cli = run_config("digits_cnn.yaml", tmp_path)
     monitor = monitor_of(cli)
-    assert monitor.conv_modes == ("unfold", "operator") and monitor.on == "train_epoch_end"
+    assert monitor.config.analysis.conv_mode == ("unfold", "operator")
+    assert monitor.schedule.check_on == "train_epoch_end" and monitor.config.figures_every_n == 0
     assert [e["step"] for e in monitor.history] == [0, 3, 6]
     history = Path(cli.trainer.logger.log_dir) / "spectral_history.jsonl"
     modes = {r["mode"] for r in read_history(history) if r["type"] == "layer"}
@@ -73,7 +80,7 @@ def test_fashion_config_takes_a_data_root(tmp_path):
         "--data.init_args.batch_size=16",
     )
     monitor = monitor_of(cli)
-    assert monitor.conv_modes == ("unfold", "operator", "slices")
-    assert monitor._input_sizes == {"features.0": (28, 28), "features.2": (28, 28),
+    assert monitor.config.analysis.conv_mode == ("unfold", "operator", "slices")
+    assert monitor.input_sizes == {"features.0": (28, 28), "features.2": (28, 28),
                                     "features.5": (14, 14)}
     assert len(monitor.history) == 3

@@ -41,6 +41,8 @@ _CONFIG_OPTIONS = (
     "figures_every_n", "figure_layers", "stop_on_alert", "history_file", "generator_seed",
 )
 """The arguments that go into :class:`~svd_callback.config.MonitorConfig`."""
+_DEFAULTS = {"conv_mode": (("unfold",), ["unfold"], "unfold"), "check_on": (None,)}
+"""Values of the current names that count as not given when the legacy name is given."""
 
 
 class SpectralMonitor(Callback):
@@ -80,11 +82,11 @@ class SpectralMonitor(Callback):
         per_layer_callback_metrics: also put per-layer values into ``callback_metrics``.
         forward_fn: ``forward_fn(model, inputs)`` for the callback's own forward passes (the
             operator input-size probe, the class probe); None: ``model(inputs)``.
-        \*\*legacy: the deprecated names ``conv_modes`` and ``on`` (a ``DeprecationWarning``).
+        conv_modes, on: the deprecated names of ``conv_mode`` and ``check_on`` (a
+            ``DeprecationWarning``; kept as arguments so that older YAML configs still load).
 
     Raises:
-        ValueError: on an invalid value, naming it, the value and the valid ones; TypeError: on
-            an unknown argument, listing the valid ones.
+        ValueError: an invalid value (named, with the valid ones); TypeError: an unknown name.
 
     Example::
 
@@ -121,16 +123,18 @@ class SpectralMonitor(Callback):
         per_layer_callback_metrics: bool = False,
         forward_fn: Callable[[torch.nn.Module, Any], Any] | None = None,
         svd_method: cfg.SvdMethod = "auto",
-        **legacy: Any,
+        conv_modes: cfg.ConvMode | Sequence[cfg.ConvMode] | None = None,
+        on: cfg.EpochHook | None = None,
+        **unknown: Any,
     ) -> None:
         super().__init__()
         given = locals()
         options = {name: given[name] for name in _CONFIG_OPTIONS}
-        for old, new, default in (("conv_modes", "conv_mode", ("unfold",)),
-                                  ("on", "check_on", None)):
-            if old in legacy and options[new] == default:  # the default, given the legacy way
+        legacy = {k: v for k, v in (("conv_modes", conv_modes), ("on", on)) if v is not None}
+        for old, new in (("conv_modes", "conv_mode"), ("on", "check_on")):
+            if old in legacy and options[new] in _DEFAULTS[new]:
                 del options[new]
-        self._config = cfg.MonitorConfig.from_arguments({**options, **legacy}, stacklevel=2)
+        self._config = cfg.MonitorConfig.from_arguments(options | legacy | unknown, stacklevel=2)
         for name, value in (("on_alert", on_alert), ("forward_fn", forward_fn)):
             if value is not None and not callable(value):
                 raise ValueError(f"{name} must be callable or None, got {value!r}")

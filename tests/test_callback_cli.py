@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from svd_callback.callback import SpectralMonitor
@@ -23,13 +24,15 @@ def load_train_script():
     return module
 
 
-def run_config(config: str, tmp_path: Path, *extra: str):
+def run_config(config: str, tmp_path: Path, *extra: str, renamed: dict[str, str] | None = None):
     """Parse the config as the command line would, then fit without figures (drawing them is
     tested elsewhere and costs seconds)."""
     settings = yaml.safe_load((ROOT / "configs" / config).read_text())
     (monitor,) = [c for c in settings["trainer"]["callbacks"]
                   if c["class_path"].endswith("SpectralMonitor")]
     monitor["init_args"]["figures_every_n"] = 0
+    for new, old in (renamed or {}).items():  # write an option under another (older) name
+        monitor["init_args"][old] = monitor["init_args"].pop(new)
     path = tmp_path / config
     path.write_text(yaml.safe_dump(settings))
     args = [
@@ -58,6 +61,15 @@ def test_digits_config_trains_with_the_monitor(tmp_path):
     history = Path(cli.trainer.logger.log_dir) / "spectral_history.jsonl"
     modes = {r["mode"] for r in read_history(history) if r["type"] == "layer"}
     assert modes == {"unfold", "operator"}
+
+
+def test_a_config_with_the_legacy_names_still_trains_with_a_deprecation_warning(tmp_path):
+    with pytest.warns(DeprecationWarning, match=r"conv_modes=\.\.\.\) is deprecated"):
+        cli = run_config("digits_cnn.yaml", tmp_path,
+                         renamed={"conv_mode": "conv_modes", "check_on": "on"})
+    monitor = monitor_of(cli)
+    assert monitor.config.analysis.conv_mode == ("unfold", "operator")
+    assert monitor.schedule.check_on == "train_epoch_end" and len(monitor.history) == 3
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

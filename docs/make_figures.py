@@ -13,7 +13,9 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 HERE = Path(__file__).resolve().parent
 
 LAYERS = [  # (title, modules), top = faces, bottom = functional core; imports point down only
-    ("faces", "callback.SpectralMonitor  ·  cli (analyze, compare, demo)  ·  runs  ·  loading"),
+    ("faces", "callback.SpectralMonitor: hooks, checkpointed state, stop vote  ·  monitor: Guard, "
+     "AnalysisRunner -> AnalysisResult, Publisher  ·  config, schedule  ·  cli (analyze, compare, "
+     "demo), runs, loading"),
     ("alerts  |  sinks", "alerts: rules, AlertEngine, MetricHistory   |   sinks: tags, "
      "tensorboard, layout, figures, history"),
     ("analysis", "analysis.analyze / summarize  ·  report.LayerReport / Report  ·  distributed"),
@@ -22,8 +24,8 @@ LAYERS = [  # (title, modules), top = faces, bottom = functional core; imports p
 ]
 
 PATH = [  # one analysis, in order
-    ("hook", "on_train_start (epoch 0) / on_train_epoch_end /\non_validation_epoch_end / "
-     "on_train_batch_end: schedule due?"),
+    ("hook", "on_train_start (epoch 0) / end of check_on hook /\non_train_batch_end: "
+     "Schedule due? -> AnalysisRunner.run"),
     ("select", "layers.find_layers -> LayerSpec list;\nunder DDP distributed.split_work "
      "(LPT by estimated cost)"),
     ("decompose", "analysis.analyze: same-shape layers stacked ->\nspectra.stacked_*_svdvals "
@@ -32,10 +34,12 @@ PATH = [  # one analysis, in order
      "-> LayerReport (mode, normalisation, fit)"),
     ("gather", "distributed.gather_reports (all ranks) -> Report;\nclasses.analyze_classes "
      "on rank 0 (probe), broadcast"),
-    ("judge", "analysis.summarize -> spectral_summary aggregates;\nalerts.AlertEngine.update "
-     "-> Alert list; stop vote on all ranks"),
-    ("publish", "rank 0: trainer.callback_metrics, every logger,\nTensorBoard extras "
-     "(descriptions, histograms, figures, layout),\nspectral_history.jsonl"),
+    ("judge", "analysis.summarize -> aggregates; AlertEngine.update;\ngather_alerts -> "
+     "frozen AnalysisResult"),
+    ("publish", "Publisher.publish: callback_metrics (every rank); rank 0:\nloggers, "
+     "TensorBoard extras and figures, history file"),
+    ("stop vote", "on_alert per alert; a stop alert agreed on all ranks\n"
+     "(reduce_boolean_decision) -> trainer.should_stop"),
 ]
 
 
@@ -76,7 +80,7 @@ def architecture_figure() -> Figure:
     axes.text(0.02, 0.03, "experiments/ and configs/ sit outside the package and use its "
               "public API only.", fontsize=8, style="italic")
 
-    step_h, step_gap, y = 0.094, 0.034, 0.93
+    step_h, step_gap, y = 0.084, 0.029, 0.93
     for i, (title, body) in enumerate(PATH):
         y -= step_h
         _box(axes, 0.50, y, 0.48, step_h, f"{i + 1}. {title}", body, "#eeeeee")

@@ -20,7 +20,7 @@ def run_demo(epochs: int = 8, root: str | Path = "runs", seed: int = 0,
     """Train, monitor, summarise; returns the callback (its history holds every record)."""
     pl.seed_everything(seed, workers=True, verbose=False)
     logger = TensorBoardLogger(str(root), name="demo")
-    monitor = SpectralMonitor(conv_modes=conv_modes)
+    monitor = SpectralMonitor(conv_mode=conv_modes)
     trainer = pl.Trainer(
         max_epochs=epochs,
         logger=logger,

@@ -113,7 +113,7 @@ def test_a_transformer_trains_with_the_monitor_and_the_class_analysis(tmp_path):
     # the class analysis hooks whole modules only: the q/k/v records are not offered to it
     # (their names are no modules); out_proj is, though the attention's fused path reads its
     # weight without calling it, which the class analysis reports
-    classes = monitor._last_class_report
+    classes = monitor.last_result.class_report
     assert classes is not None and "n_edges" in classes.layers["head"]
     assert not any(f"{attn}.{p}" in classes.layers for p in "qkv")
     assert not [r for r in classes.reasons.values() if "no module of this name" in r]

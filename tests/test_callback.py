@@ -65,9 +65,11 @@ def layer_rows(path) -> list[dict]:
     [
         ({"every_n_epochs": -1}, "every_n_epochs.*-1"),
         ({"every_n_steps": 2.5}, "every_n_steps.*2.5"),
-        ({"on": "epoch_end"}, "on must be one of.*'epoch_end'"),
-        ({"conv_modes": ("unfold", "fft")}, "conv_modes.*'fft'"),
-        ({"conv_modes": ()}, "conv_modes must name at least one"),
+        ({"check_on": "epoch_end"}, "check_on must be one of.*'epoch_end'"),
+        ({"on": "epoch_end"}, "check_on must be one of.*'epoch_end'"),
+        ({"conv_mode": ("unfold", "fft")}, "conv_mode.*'fft'"),
+        ({"conv_mode": ()}, "conv_mode must name at least one"),
+        ({"metrics": ("all", "typo")}, "metrics must be among.*'typo'"),
         ({"metrics": ("norms", "spikes")}, "metrics.*'spikes'"),
         ({"normalization": "l2"}, "normalization.*'l2'"),
         ({"ww_compat": True, "normalization": "raw"}, "ww_compat.*'raw'"),
@@ -85,26 +87,43 @@ def test_invalid_configuration_names_the_bad_value(kwargs, message):
         SpectralMonitor(**kwargs)
 
 
+def test_unknown_argument_lists_the_valid_names():
+    with pytest.raises(TypeError, match="unexpected argument.*conv_modez.*valid:.*conv_mode"):
+        SpectralMonitor(conv_modez="unfold")
+
+
+def test_legacy_names_warn_and_map_to_the_current_ones():
+    with pytest.warns(DeprecationWarning, match=r"conv_modes=\.\.\.\) is deprecated"):
+        monitor = SpectralMonitor(conv_modes=("slices", "unfold"))
+    with pytest.warns(DeprecationWarning, match="use check_on"):
+        legacy = SpectralMonitor(on="validation_epoch_end")
+    assert monitor.config.analysis.conv_mode == ("slices", "unfold")
+    assert legacy.config.check_on == "validation_epoch_end"
+    with pytest.raises(TypeError, match="both 'conv_mode' and its deprecated name"):
+        SpectralMonitor(conv_mode="slices", conv_modes="unfold")
+
+
+
 def test_state_dict_survives_a_weights_only_checkpoint_load(tmp_path):
-    monitor = SpectralMonitor(conv_modes=("unfold", "operator"), figures_every_n=1)
+    monitor = SpectralMonitor(conv_mode=("unfold", "operator"), figures_every_n=1)
     fit(tmp_path, [monitor], max_epochs=1)
     path = tmp_path / "state.pt"
     torch.save(monitor.state_dict(), path)
-    restored = SpectralMonitor(conv_modes=("unfold", "operator"), figures_every_n=1)
+    restored = SpectralMonitor(conv_mode=("unfold", "operator"), figures_every_n=1)
     restored.load_state_dict(torch.load(path, weights_only=True))
     assert restored.state_dict()["analyses"] == 2
     assert restored.history == monitor.history
-    assert restored._input_sizes == monitor._input_sizes == {
+    assert restored.input_sizes == monitor.input_sizes == {
         "features.0": (8, 8), "features.2": (8, 8), "features.5": (4, 4)}
-    assert torch.equal(restored._spectra["unfold/hidden"]["quantiles"],
-                       monitor._spectra["unfold/hidden"]["quantiles"])
+    assert torch.equal(restored.heatmaps.spectra["unfold/hidden"]["quantiles"],
+                       monitor.heatmaps.spectra["unfold/hidden"]["quantiles"])
     assert len(restored.alert_engine.history) == 2
 
 
 # ---------------------------------------------------------------------------- end to end
 def test_end_to_end_tensorboard_matches_analyze_on_the_saved_weights(tmp_path):
     modes = ("unfold", "operator")
-    monitor = SpectralMonitor(conv_modes=modes, figures_every_n=2, figure_layers=2)
+    monitor = SpectralMonitor(conv_mode=modes, figures_every_n=2, figure_layers=2)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     trainer, model = fit(tmp_path, [monitor], logger, max_epochs=3)
     steps = [0, BATCHES, 2 * BATCHES, 3 * BATCHES]
@@ -122,7 +141,7 @@ def test_end_to_end_tensorboard_matches_analyze_on_the_saved_weights(tmp_path):
     for record in final:
         assert record.reason is None
         suffix = "" if record.mode == "unfold" else f".{record.mode}"
-        for metric in monitor.logged_metrics:
+        for metric in monitor.config.analysis.metric_names:
             value = record.metrics.get(metric)
             tag = f"spectral/{metric}{suffix}/{record.name}"
             if value is None or not math.isfinite(value):
@@ -200,7 +219,7 @@ class _Snapshot(Callback):
         if self.role == "before":
             self.state = self._capture(module)
             return
-        analyses = self.monitor._analyses
+        analyses = self.monitor.schedule.analyses
         before, after = self.partner.state, self._capture(module)
         assert analyses > 0
         for key in ("params", "grads", "buffers"):
@@ -225,11 +244,11 @@ class _Snapshot(Callback):
 
 
 def test_the_analysis_changes_nothing_in_the_model_or_the_random_generators(tmp_path):
-    monitor = SpectralMonitor(conv_modes=("unfold", "operator", "slices"), metrics="all")
+    monitor = SpectralMonitor(conv_mode=("unfold", "operator", "slices"), metrics="all")
     before = _Snapshot("before")
     after = _Snapshot("after", before, monitor)
     fit(tmp_path, [before, monitor, after], max_epochs=2)
-    assert after.compared == 3 and monitor._analyses == 3
+    assert after.compared == 3 and monitor.schedule.analyses == 3
 
 
 def test_weights_are_bit_identical_with_and_without_the_monitor(tmp_path):
@@ -244,11 +263,11 @@ def test_weights_are_bit_identical_with_and_without_the_monitor(tmp_path):
                        model=without_example)
         return model.state_dict(), torch.get_rng_state()
 
-    monitor = SpectralMonitor(conv_modes=("unfold", "operator"), metrics="all", every_n_steps=4,
+    monitor = SpectralMonitor(conv_mode=("unfold", "operator"), metrics="all", every_n_steps=4,
                               figures_every_n=4)
     plain_weights, plain_rng = run("plain", [])
     watched_weights, watched_rng = run("watched", [monitor])
-    assert monitor._analyses >= 5 and monitor._input_sizes["features.5"] == (4, 4)
+    assert monitor.schedule.analyses >= 5 and monitor.input_sizes["features.5"] == (4, 4)
     assert plain_weights.keys() == watched_weights.keys()
     for name, value in plain_weights.items():
         assert torch.equal(value, watched_weights[name]), name
@@ -334,7 +353,7 @@ def test_without_a_logger_the_history_goes_to_the_root_dir_and_one_info_is_given
 
 # ---------------------------------------------------------------------------- schedule
 def test_validation_schedule_skips_the_sanity_check_and_odd_epochs(tmp_path):
-    monitor = SpectralMonitor(on="validation_epoch_end", every_n_epochs=2)
+    monitor = SpectralMonitor(check_on="validation_epoch_end", every_n_epochs=2)
     fit(tmp_path, [monitor], max_epochs=4, num_sanity_val_steps=2)
     assert [(e["step"], e["trigger"]) for e in monitor.history] == [
         (0, "fit_start"), (2 * BATCHES, "validation_epoch_end"),
@@ -394,7 +413,7 @@ def test_rank_collapse_alert_with_stop_action_stops_the_run(tmp_path):
 
 
 def test_healthy_run_raises_no_stop_alert(tmp_path):
-    monitor = SpectralMonitor(conv_modes=("unfold", "slices"))
+    monitor = SpectralMonitor(conv_mode=("unfold", "slices"))
     trainer, _ = fit(tmp_path, [monitor], max_epochs=3)
     assert trainer.current_epoch == 3
     assert not [a for a in monitor.alert_engine.alerts_so_far if a.severity == "stop"]
@@ -402,7 +421,7 @@ def test_healthy_run_raises_no_stop_alert(tmp_path):
 
 # ---------------------------------------------------------------------------- robustness
 def test_a_failing_analysis_or_sink_becomes_a_warning_and_training_goes_on(tmp_path, monkeypatch):
-    import svd_callback.callback as module
+    import svd_callback.monitor.runner as module
     from svd_callback.sinks.tensorboard import TensorBoardSink
 
     calls = {"n": 0}
@@ -439,18 +458,18 @@ def test_resume_continues_curves_history_and_alerts_without_gap_or_duplicate(tmp
     logger_dir = dict(save_dir=tmp_path, name="tb", version=0)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1,
                                   filename="{epoch}", save_on_train_epoch_end=True)
-    first = SpectralMonitor(conv_modes=modes)
+    first = SpectralMonitor(conv_mode=modes)
     fit(tmp_path, [first, checkpoints], TensorBoardLogger(**logger_dir), max_epochs=3,
         enable_checkpointing=True)
     history = Path(tmp_path / "tb" / "version_0" / "spectral_history.jsonl")
     assert sorted({r["step"] for r in layer_rows(history)}) == [0, 6, 12, 18]
 
     # resume from the end of the 2nd epoch: the rows of the 3rd epoch are written again
-    second = SpectralMonitor(conv_modes=modes)
+    second = SpectralMonitor(conv_mode=modes)
     trainer, _ = fit(tmp_path, [second], TensorBoardLogger(**logger_dir), max_epochs=4,
                      ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")
     assert trainer.current_epoch == 4
-    assert second._input_sizes == first._input_sizes  # restored, not probed again
+    assert second.input_sizes == first.input_sizes  # restored, not probed again
     rows = layer_rows(history)
     keys = [(r["step"], r["layer"], r["mode"]) for r in rows]
     assert len(keys) == len(set(keys)) == 5 * 5 * 2
@@ -471,14 +490,15 @@ def test_resume_continues_curves_history_and_alerts_without_gap_or_duplicate(tmp
 
 
 def test_heatmap_history_stays_bounded_and_spans_the_whole_run():
-    from svd_callback.callback import _HEATMAP_COLUMNS
+    from svd_callback.monitor.heatmaps import HEATMAP_COLUMNS as _HEATMAP_COLUMNS
+    from svd_callback.monitor.heatmaps import SpectrumStore
     from svd_callback.report import LayerReport, Report
 
-    monitor = SpectralMonitor()
+    heatmaps = SpectrumStore()
     for i in range(3 * _HEATMAP_COLUMNS):
         svals = torch.linspace(float(i + 1), 1.0, 10)
-        monitor._store_spectra(Report([LayerReport("fc", "linear", "unfold", svals=svals)]), i)
-    store = monitor._spectra["unfold/fc"]
+        heatmaps.add(Report([LayerReport("fc", "linear", "unfold", svals=svals)]), i, "unfold", 3)
+    store = heatmaps.spectra["unfold/fc"]
     epochs = store["epochs"]
     assert len(epochs) <= _HEATMAP_COLUMNS and store["quantiles"].shape == (len(epochs), 64)
     assert epochs[0] == 0 and epochs[-1] == 3 * _HEATMAP_COLUMNS - 1

@@ -8,6 +8,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
+import yaml
 
 from svd_callback.callback import SpectralMonitor
 from svd_callback.sinks.history import read_history
@@ -22,18 +24,25 @@ def load_train_script():
     return module
 
 
-def run_config(config: str, tmp_path: Path, *extra: str):
+def run_config(config: str, tmp_path: Path, *extra: str, renamed: dict[str, str] | None = None):
     """Parse the config as the command line would, then fit without figures (drawing them is
     tested elsewhere and costs seconds)."""
+    settings = yaml.safe_load((ROOT / "configs" / config).read_text())
+    (monitor,) = [c for c in settings["trainer"]["callbacks"]
+                  if c["class_path"].endswith("SpectralMonitor")]
+    monitor["init_args"]["figures_every_n"] = 0
+    for new, old in (renamed or {}).items():  # write an option under another (older) name
+        monitor["init_args"][old] = monitor["init_args"].pop(new)
+    path = tmp_path / config
+    path.write_text(yaml.safe_dump(settings))
     args = [
-        "--config", str(ROOT / "configs" / config),
+        "--config", str(path),
         "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}", *extra,
     ]
     cli = load_train_script().main(args, run=False)
-    monitor_of(cli).figures_every_n = 0
     cli.trainer.fit(cli.model, cli.datamodule)
     return cli
 
@@ -46,11 +55,21 @@ def monitor_of(cli) -> SpectralMonitor:
 def test_digits_config_trains_with_the_monitor(tmp_path):
     cli = run_config("digits_cnn.yaml", tmp_path)
     monitor = monitor_of(cli)
-    assert monitor.conv_modes == ("unfold", "operator") and monitor.on == "train_epoch_end"
+    assert monitor.config.analysis.conv_mode == ("unfold", "operator")
+    assert monitor.schedule.check_on == "train_epoch_end" and monitor.config.figures_every_n == 0
     assert [e["step"] for e in monitor.history] == [0, 3, 6]
     history = Path(cli.trainer.logger.log_dir) / "spectral_history.jsonl"
     modes = {r["mode"] for r in read_history(history) if r["type"] == "layer"}
     assert modes == {"unfold", "operator"}
+
+
+def test_a_config_with_the_legacy_names_still_trains_with_a_deprecation_warning(tmp_path):
+    with pytest.warns(DeprecationWarning, match=r"conv_modes=\.\.\.\) is deprecated"):
+        cli = run_config("digits_cnn.yaml", tmp_path,
+                         renamed={"conv_mode": "conv_modes", "check_on": "on"})
+    monitor = monitor_of(cli)
+    assert monitor.config.analysis.conv_mode == ("unfold", "operator")
+    assert monitor.schedule.check_on == "train_epoch_end" and len(monitor.history) == 3
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -73,7 +92,7 @@ def test_fashion_config_takes_a_data_root(tmp_path):
         "--data.init_args.batch_size=16",
     )
     monitor = monitor_of(cli)
-    assert monitor.conv_modes == ("unfold", "operator", "slices")
-    assert monitor._input_sizes == {"features.0": (28, 28), "features.2": (28, 28),
+    assert monitor.config.analysis.conv_mode == ("unfold", "operator", "slices")
+    assert monitor.input_sizes == {"features.0": (28, 28), "features.2": (28, 28),
                                     "features.5": (14, 14)}
     assert len(monitor.history) == 3

@@ -26,7 +26,7 @@ def main(out: Path) -> None:
     import torch
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    import svd_callback.callback as callback_module
+    import svd_callback.monitor.runner as callback_module
     from svd_callback.alerts import CallableRule, default_rules
     from svd_callback.callback import SpectralMonitor
     from svd_callback.examples import DigitsDataModule, SmallCNN
@@ -49,7 +49,7 @@ def main(out: Path) -> None:
     rules = [*default_rules(), CallableRule(rank_one_wants_to_stop, action="stop")]
     pl.seed_everything(0, verbose=False)
     model = SmallCNN()
-    monitor = SpectralMonitor(conv_modes=MODES, alert_rules=rules, figures_every_n=0)
+    monitor = SpectralMonitor(conv_mode=MODES, alert_rules=rules, figures_every_n=0)
     trainer = pl.Trainer(
         strategy="ddp", accelerator="cpu", devices=2, max_epochs=4,
         limit_train_batches=BATCHES, limit_val_batches=1, num_sanity_val_steps=0,

@@ -31,7 +31,7 @@ def main(out: Path) -> None:
     from svd_callback.examples import DigitsDataModule, SmallCNN
 
     pl.seed_everything(0, verbose=False)
-    monitor = SpectralMonitor(conv_modes=MODES, metrics=GROUPS, class_analysis=True,
+    monitor = SpectralMonitor(conv_mode=MODES, metrics=GROUPS, class_analysis=True,
                               figures_every_n=0)
     trainer = pl.Trainer(
         strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=2,

@@ -64,7 +64,7 @@ def assert_same_weights(first: dict, second: dict) -> None:
 
 def full_monitor(**kwargs) -> SpectralMonitor:
     """Every forward the callback may run: operator probe, class probe, every step."""
-    options = dict(conv_modes=("unfold", "operator"), every_n_steps=2, figures_every_n=0,
+    options = dict(conv_mode=("unfold", "operator"), every_n_steps=2, figures_every_n=0,
                    class_analysis={"probe_size": 64})
     options.update(kwargs)
     return SpectralMonitor(**options)
@@ -104,7 +104,7 @@ def test_parametrized_weights_are_read_without_changing_the_training(tmp_path):
     _, plain = fit(tmp_path / "plain", [], model=_ParametrizedCNN)
     monitor = full_monitor()
     _, watched = fit(tmp_path / "watched", [monitor], model=_ParametrizedCNN)
-    assert monitor._analyses >= 4 and len(monitor._input_sizes) == 3
+    assert monitor.schedule.analyses >= 4 and len(monitor.input_sizes) == 3
     assert_same_weights(plain.state_dict(), watched.state_dict())
 
 
@@ -124,7 +124,7 @@ def test_lazy_modules_are_skipped_until_the_models_own_first_forward(tmp_path):
     _, watched = fit(tmp_path / "watched", [monitor], model=_LazyCNN)
     assert_same_weights(plain.state_dict(), watched.state_dict())
     # sizes recorded at the first analysis after the first training step; classes from then on
-    assert monitor._input_sizes == {"features.0": (8, 8), "features.2": (8, 8),
+    assert monitor.input_sizes == {"features.0": (8, 8), "features.2": (8, 8),
                                     "features.5": (4, 4)}
     rows = read_history(tmp_path / "watched" / "spectral_history.jsonl")
     first = {r["layer"]: r for r in rows if r["type"] == "layer" and r["step"] == 0}
@@ -196,8 +196,8 @@ def test_a_resume_whose_history_file_is_gone_warns(tmp_path):
 
 # ---------------------------------------------------------------------------- two monitors
 def test_two_monitors_in_one_trainer_write_their_own_history_files(tmp_path):
-    first = SpectralMonitor(conv_modes="unfold", figures_every_n=0)
-    second = SpectralMonitor(conv_modes="slices", figures_every_n=0)
+    first = SpectralMonitor(conv_mode="unfold", figures_every_n=0)
+    second = SpectralMonitor(conv_mode="slices", figures_every_n=0)
     with pytest.warns(UserWarning, match="same history file.*spectral_history-2.jsonl"):
         fit(tmp_path, [first, second], max_epochs=1, quiet=False)
     for name, mode in (("spectral_history.jsonl", "unfold"), ("spectral_history-2.jsonl",
@@ -258,7 +258,7 @@ def test_dict_batches_reach_the_operator_and_class_probes(tmp_path):
             datamodule=_DictDigits(batch_size=32), max_epochs=1, quiet=False)
     rows = read_history(tmp_path / "default" / "spectral_history.jsonl")
     assert not [str(w.message) for w in caught if "SpectralMonitor" in str(w.message)]
-    assert set(monitor._input_sizes) == {"features.0", "features.2", "features.5"}
+    assert set(monitor.input_sizes) == {"features.0", "features.2", "features.5"}
     assert sorted({r["step"] for r in rows if r["type"] == "class"}) == [0, 2, 4]
 
     def forward_fn(model, inputs):
@@ -268,7 +268,7 @@ def test_dict_batches_reach_the_operator_and_class_probes(tmp_path):
     fit(tmp_path / "forward_fn", [monitor], model=lambda: _DictCNN(("x", "scale")),
         datamodule=_DictDigits(batch_size=32), max_epochs=1)
     rows = read_history(tmp_path / "forward_fn" / "spectral_history.jsonl")
-    assert set(monitor._input_sizes) == {"features.0", "features.2", "features.5"}
+    assert set(monitor.input_sizes) == {"features.0", "features.2", "features.5"}
     assert sorted({r["step"] for r in rows if r["type"] == "class"}) == [0, 2, 4]
 
 

@@ -285,13 +285,13 @@ def test_callback_bad_inputs_one_warning_and_training_goes_on(tmp_path, digits):
     assert len([t for t in text if "disabled" in t]) == 1 and "no validation" in text[0]
     assert "spectral/alpha/hidden" in trainer.callback_metrics
     assert not [k for k in trainer.callback_metrics if k.startswith("classes/")]
-    assert monitor._analyses == 2 and trainer.current_epoch == 1
+    assert monitor.schedule.analyses == 2 and trainer.current_epoch == 1
     # regression targets (floating point)
     _, trainer, text = run("float", DataLoader(_Dicts(digits.val_set, True), batch_size=64))
     assert len(text) == 1 and "not integer class labels" in text[0]
     # dict batches with input and target keys are read
     monitor, trainer, text = run("dicts", DataLoader(_Dicts(digits.val_set), batch_size=64))
-    assert text == [] and len(monitor._class_probe) == 256
+    assert text == [] and len(monitor.classes.probe) == 256
     assert math.isfinite(float(trainer.callback_metrics["classes/jaccard_mean/hidden"]))
 
 
@@ -343,7 +343,7 @@ def test_callback_logs_class_statistics_figures_and_history(tmp_path, digits, re
     summaries = [r for r in rows if r["type"] == "class_summary"]
     assert len(summaries) == 3 and summaries[0]["class_counts"] == [13] * 8 + [12] * 2
     # the logged values are those of an offline analysis of the final weights on the same probe
-    offline = analyze_classes(trainer.lightning_module, monitor._class_probe)
+    offline = analyze_classes(trainer.lightning_module, monitor.classes.probe)
     assert offline.layers["features.5"]["jaccard_mean"] == pytest.approx(
         acc.Scalars("classes/jaccard_mean/features.5")[-1].value, rel=1e-6)
 
@@ -373,7 +373,7 @@ def test_weights_stay_bit_identical_with_the_class_analysis(tmp_path, digits):
         "probe_size": 64, "factorization_every_n": 3, "factorization_max_rank": 2})
     plain_weights, plain_rng, plain_mode = run("plain", [])
     watched_weights, watched_rng, watched_mode = run("watched", [monitor])
-    assert monitor._class_tracker.analyses >= 5
+    assert monitor.classes.tracker.analyses >= 5
     assert plain_weights.keys() == watched_weights.keys()
     for name, value in plain_weights.items():
         assert torch.equal(value, watched_weights[name]), name
@@ -390,16 +390,16 @@ def test_resume_restores_the_probe_and_the_previous_edges(tmp_path, digits):
                 enable_checkpointing=True).fit(SmallCNN(), digits)
     saved = torch.load(tmp_path / "ckpt" / "epoch=0.ckpt", weights_only=True)
     state = saved["callbacks"][first.state_key]["classes"]
-    assert state["probe"]["indices"] == first._class_probe.indices.tolist()
+    assert state["probe"]["indices"] == first.classes.probe.indices.tolist()
     assert state["tracker"]["analyses"] == 2 and set(state["tracker"]["edges"]) == set(LAYERS)
 
     second = SpectralMonitor(class_analysis={"probe_size": 100}, figures_every_n=0)
     pl.seed_everything(0, verbose=False)
     trainer = trainer_for(tmp_path, [second], TensorBoardLogger(**logger), max_epochs=3)
     trainer.fit(SmallCNN(), digits, ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
-    assert torch.equal(second._class_probe.indices, first._class_probe.indices)
-    assert torch.equal(second._class_probe.inputs, first._class_probe.inputs)
-    assert second._class_tracker.analyses == 4
+    assert torch.equal(second.classes.probe.indices, first.classes.probe.indices)
+    assert torch.equal(second.classes.probe.inputs, first.classes.probe.inputs)
+    assert second.classes.tracker.analyses == 4
     rows = read_history(tmp_path / "tb" / "version_0" / "spectral_history.jsonl")
     class_rows = [r for r in rows if r["type"] == "class"]
     keys = [(r["step"], r["layer"]) for r in class_rows]

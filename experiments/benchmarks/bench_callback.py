@@ -66,7 +66,8 @@ def timed_monitor(**kwargs) -> tuple[SpectralMonitor, dict[str, list[float]]]:
     """A monitor whose analyses (figure drawing subtracted) and figure drawing are timed."""
     monitor = SpectralMonitor(**kwargs)
     times: dict[str, list[float]] = {"analysis": [], "figures": []}
-    draw, analyse = monitor._write_figures, monitor._analyse
+    publisher = monitor.publisher
+    draw, analyse = publisher._write_figures, monitor._analyse
 
     def timed_draw(*args, **kw):
         start = time.perf_counter()
@@ -82,7 +83,7 @@ def timed_monitor(**kwargs) -> tuple[SpectralMonitor, dict[str, list[float]]]:
         times["analysis"].append(elapsed)
         return result
 
-    monitor._write_figures, monitor._analyse = timed_draw, timed_analyse
+    publisher._write_figures, monitor._analyse = timed_draw, timed_analyse
     return monitor, times
 
 
@@ -101,7 +102,7 @@ def bench_digits(root: Path, modes: tuple[str, ...]) -> dict[str, float]:
     timings = Timings()
     fit(SmallCNN(), DigitsDataModule(batch_size=BATCH), [timings], root / "plain", epochs=4)
     pl.seed_everything(0, verbose=False)
-    monitor, times = timed_monitor(conv_modes=modes, figures_every_n=2)
+    monitor, times = timed_monitor(conv_mode=modes, figures_every_n=2)
     model = SmallCNN()
     fit(model, DigitsDataModule(batch_size=BATCH), [monitor], root / "watched", epochs=4)
     analysis = statistics.median(times["analysis"][1:])  # warm analyses (not the first)
@@ -171,7 +172,7 @@ def train_step_time(model: nn.Module, repeats: int = 4) -> float:
 
 def bench_resnet(root: Path, modes: tuple[str, ...]) -> dict[str, float]:
     step = train_step_time(resnet18())
-    monitor, times = timed_monitor(conv_modes=modes, figures_every_n=1)
+    monitor, times = timed_monitor(conv_mode=modes, figures_every_n=1)
     model = Classifier(resnet18())
     fit(model, RandomImages(2), [monitor], root / f"resnet_{'_'.join(modes)}", epochs=2)
     start = time.perf_counter()

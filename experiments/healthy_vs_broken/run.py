@@ -103,7 +103,7 @@ def train(args: argparse.Namespace, seed: int, name: str, overrides: dict[str, A
         image_size=image_size_of(args.dataset), lr=overrides.get("lr", args.lr),
     )
     monitor = SpectralMonitor(
-        conv_modes=("unfold",), metrics="all", alert_rules=default_rules(),
+        conv_mode=("unfold",), metrics="all", alert_rules=default_rules(),
         stop_on_alert=False, figures_every_n=0, histograms=False,
     )
     recorder = EpochRecorder()

@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-HISTORY_FILENAME = "spectral_history.jsonl"
+from svd_callback.config import DEFAULT_HISTORY_FILE
+
+HISTORY_FILENAME = DEFAULT_HISTORY_FILE
+"""The history file's default name, defined once in :mod:`svd_callback.config`."""
 
 
 class HistoryFile:

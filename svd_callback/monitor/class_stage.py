@@ -1,0 +1,202 @@
+"""The class-analysis hand-off of the callback: the fixed probe (chosen once, checkpointed by
+position), the tracker of the class statistics across analyses, and one class analysis per
+spectral analysis, computed on rank 0 and broadcast."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.seed import isolate_rng
+
+from svd_callback.classes.analysis import (
+    ClassAnalysisConfig,
+    ClassReport,
+    ClassTracker,
+    ProbeError,
+    analyze_classes,
+    probe_at_positions,
+    probe_from_loader,
+)
+from svd_callback.classes.probe import ProbeSet
+from svd_callback.monitor.guard import Guard
+from svd_callback.monitor.inputs import (
+    Forward,
+    KeyRecorder,
+    forward_for,
+    has_uninitialised_lazy,
+    validation_loader,
+)
+
+__all__ = ["ClassStage"]
+
+Metrics = dict[str, dict[str, float]]
+
+
+class ClassStage:
+    """Probe, tracker and the per-analysis class statistics (``config=None``: off).
+
+    Args:
+        config: the class-analysis options, or None (no class analysis).
+        probe: a fixed probe given by the user, used instead of the validation data.
+        guard: the callback's guard (warnings, warn-once).
+        forward_fn: the user's forward for dict batches, see ``SpectralMonitor``.
+    """
+
+    def __init__(
+        self,
+        config: ClassAnalysisConfig | None,
+        probe: ProbeSet | None,
+        guard: Guard,
+        forward_fn: Forward | None = None,
+    ) -> None:
+        self.config = config
+        self.user_probe = probe
+        self.guard = guard
+        self.forward_fn = forward_fn
+        self.reset()
+
+    @staticmethod
+    def options(
+        class_analysis: bool | ClassAnalysisConfig | Mapping[str, Any], probe: ProbeSet | None
+    ) -> ClassAnalysisConfig | None:
+        """The class-analysis config of the callback's arguments (a probe turns it on).
+
+        Raises:
+            ValueError: on a probe that is not a :class:`ProbeSet` or invalid options.
+        """
+        if probe is not None and not isinstance(probe, ProbeSet):
+            raise ValueError(f"class_probe must be a ProbeSet or None, got {probe!r}")
+        config = ClassAnalysisConfig.coerce(class_analysis)
+        if config is None and probe is not None:
+            config = ClassAnalysisConfig()
+        return config
+
+    def reset(self) -> None:
+        """Forget the probe and the tracked statistics (a new run)."""
+        self.probe: ProbeSet | None = None
+        self.probe_state: dict[str, Any] | None = None
+        self.probe_key: str | None = None
+        self.tracker = ClassTracker()
+
+    @property
+    def enabled(self) -> bool:
+        return self.config is not None
+
+    # ------------------------------------------------------------------ probe
+    def prepare(self, trainer: Any) -> None:
+        """Choose the probe (rank 0): the user's, the checkpoint's positions in the validation
+        data, or a new class-stratified choice from it. Without usable data the class analysis
+        is switched off for this fit with one warning."""
+        if self.config is None or self.probe is not None:
+            return
+        if self.user_probe is not None:
+            self.probe = self.user_probe
+            self.probe_state = _probe_state(self.user_probe, "class_probe")
+            return
+        loader = validation_loader(trainer)
+        if loader is None:
+            self._off("there is no validation dataloader to draw the probe from (pass "
+                      "class_probe=)")
+            return
+        recorded = self.probe_state
+        probe = None
+        loader = KeyRecorder(loader)
+        with isolate_rng():  # iterating a loader draws its base seed from the global RNG
+            if recorded is not None and recorded.get("source") == "val_dataloader":
+                try:
+                    probe = probe_at_positions(loader, recorded["indices"], recorded["labels"])
+                except ProbeError as error:
+                    self.guard.warn(f"the recorded class probe could not be restored ({error}); "
+                                    f"a new one is chosen, the class statistics start afresh")
+                    self.tracker = ClassTracker()
+            if probe is None:
+                try:
+                    probe = probe_from_loader(loader, self.config.probe_size, self.config.seed,
+                                              self.config.probe_batches)
+                except ProbeError as error:
+                    self._off(f"no class probe from the validation data: {error}")
+                    return
+        self.probe = probe
+        self.probe_key = loader.key
+        self.probe_state = _probe_state(probe, "val_dataloader")
+        classes = int(torch.unique(probe.labels).numel())
+        rank_zero_info(f"SpectralMonitor: class analysis on a fixed probe of {len(probe)} "
+                       f"validation images ({classes} classes).")
+
+    def _off(self, reason: str) -> None:
+        if self.guard.first("classes-off"):
+            self.guard.warn(f"class analysis disabled: {reason}")
+
+    # ------------------------------------------------------------------ analysis
+    def run(
+        self,
+        module: torch.nn.Module,
+        layers: Sequence[str],
+        is_zero: bool = True,
+        broadcast: Callable[[Metrics], Metrics] | None = None,
+    ) -> tuple[ClassReport | None, Metrics]:
+        """The class report (rank 0) and the class statistics per layer (every rank: computed
+        on rank 0 alone, one forward pass of the unwrapped module, then ``broadcast``)."""
+        if self.config is None:
+            return None, {}
+        report = None
+        if is_zero and self.probe is not None:
+            if has_uninitialised_lazy(module):
+                self.guard.note_once("lazy-classes", "the model has lazy modules not "
+                                     "materialised yet; the class analysis starts after its "
+                                     "first forward")
+            else:
+                report = self.guard.call("the class analysis", self._analyse, module, layers)
+        metrics = {} if report is None else report.record_metrics()
+        if broadcast is not None:
+            metrics = broadcast(metrics)
+        return report, metrics
+
+    def _analyse(self, module: torch.nn.Module, layers: Sequence[str]) -> ClassReport:
+        report = analyze_classes(module, self.probe, self.config, layers=list(layers),
+                                 tracker=self.tracker,
+                                 forward=forward_for(self.probe_key, self.forward_fn))
+        for key, reason in report.reasons.items():
+            self.guard.warn_once(f"classes:{key}:{reason}", f"class analysis, {key}: {reason}")
+        return report
+
+    # ------------------------------------------------------------------ text
+    def conventions(self) -> str:
+        """How the class statistics were made (TensorBoard descriptions, conventions text)."""
+        config = self.config
+        if config is None:
+            return ""
+        size = len(self.probe) if self.probe is not None else config.probe_size
+        rule = f"tau={config.tau}" if config.m is None else f"m={config.m}"
+        return (f"fixed class-stratified probe of {size} images, eval mode; top-{config.top_k} "
+                f"unfold SVD-neurons per layer, hyperedges {rule}; features: input of the "
+                f"penultimate layer, mass {config.feature_mass}")
+
+    def history_fields(self) -> dict[str, Any]:
+        """The settings written on every ``class`` row of the history file."""
+        config = self.config
+        return {
+            "probe_size": len(self.probe) if self.probe is not None else 0,
+            "top_k": config.top_k if config else None,
+            "tau": config.tau if config else None,
+            "m": config.m if config else None,
+        }
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "probe": None if self.probe_state is None else dict(self.probe_state),
+            "tracker": self.tracker.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.probe_state = state["probe"]
+        self.probe = None  # rebuilt from the recorded positions at train start
+        self.tracker.load_state_dict(state["tracker"])
+
+
+def _probe_state(probe: ProbeSet, source: str) -> dict[str, Any]:
+    return {"source": source, "indices": probe.indices.tolist(), "labels": probe.labels.tolist()}

@@ -1,0 +1,284 @@
+"""Where one analysis goes: ``trainer.callback_metrics``, every logger, TensorBoard's extras
+(descriptions, histograms, text, custom-scalar layout, figures), the heat-map store and the
+history file. Tags and file formats: ``docs/conventions.md``.
+
+Nothing here needs a ``Trainer``: :meth:`Publisher.publish` takes the loggers, the
+``callback_metrics`` dict and the current epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from svd_callback.config import MonitorConfig
+from svd_callback.monitor.class_stage import ClassStage
+from svd_callback.monitor.guard import Guard
+from svd_callback.monitor.heatmaps import SpectrumStore
+from svd_callback.monitor.history_writer import HistoryWriter
+from svd_callback.monitor.result import AnalysisResult
+from svd_callback.monitor.text import alerts_markdown, conventions_markdown
+from svd_callback.monitor.values import is_model_level, scalars
+from svd_callback.report import Report
+from svd_callback.sinks import tags
+from svd_callback.sinks.class_figures import hypergraph_figure, overlap_matrix_figure
+from svd_callback.sinks.figures import esd_figure_for, spectrum_heatmap_grid
+from svd_callback.sinks.layout import custom_scalar_layout
+from svd_callback.sinks.tensorboard import TensorBoardSink
+
+__all__ = ["Publisher"]
+
+
+class Publisher:
+    """Publishes each :class:`~svd_callback.monitor.result.AnalysisResult`.
+
+    Args:
+        config: the callback's configuration.
+        classes: the class stage (its conventions and history settings).
+        guard: the callback's guard.
+        per_layer_callback_metrics: also put per-layer values into ``callback_metrics``.
+    """
+
+    def __init__(
+        self,
+        config: MonitorConfig,
+        classes: ClassStage,
+        guard: Guard,
+        per_layer_callback_metrics: bool = False,
+    ) -> None:
+        self.config = config
+        self.classes = classes
+        self.guard = guard
+        self.per_layer_callback_metrics = per_layer_callback_metrics
+        self.history = HistoryWriter(config, guard)
+        self.store = SpectrumStore()
+        self.check_on: str | None = config.check_on
+        self.reset_fit()
+
+    def reset_fit(self) -> None:
+        """Forget the writers and what was written in a previous ``fit``."""
+        self._sinks: dict[int, TensorBoardSink] = {}
+        self._layouts: dict[int, tuple[set[str], set[str], set[str]]] = {}
+        self._started_logging = False
+        self.last_result: AnalysisResult | None = None
+        self._last_figure_index = -1
+
+    def reset_run(self) -> None:
+        """Forget the run state (heat maps, history path)."""
+        self.store = SpectrumStore()
+        self.history.path = None
+
+    # ------------------------------------------------------------------ publish
+    def publish(
+        self,
+        result: AnalysisResult,
+        *,
+        loggers: Sequence[Any],
+        callback_metrics: MutableMapping[str, Any],
+        current_epoch: int,
+        index: int,
+        is_zero: bool = True,
+    ) -> None:
+        """``callback_metrics`` and the heat-map store (every rank); loggers, TensorBoard and
+        the history file (rank 0). ``index``: the analysis's 0-based number in this run."""
+        values, descriptions = scalars(result, self.config.analysis, self.classes.conventions())
+        callback_metrics.update({
+            tag: torch.tensor(value, dtype=torch.float32) for tag, value in values.items()
+            if self.per_layer_callback_metrics or is_model_level(tag)
+        })
+        self.last_result = result
+        if self.config.figures_every_n:
+            self.guard.call("storing spectra for the heat maps", self.store.add, result.report,
+                            result.epochs_trained, self.config.analysis.primary_mode,
+                            self.config.figure_layers)
+        if is_zero:
+            self.guard.call("logging the analysis", self._log, result, values, descriptions,
+                            loggers, current_epoch, index)
+
+    def _log(
+        self,
+        result: AnalysisResult,
+        values: dict[str, float],
+        descriptions: dict[str, str],
+        loggers: Sequence[Any],
+        current_epoch: int,
+        index: int,
+    ) -> None:
+        step = result.step
+        self._warn_skipped(result.report)
+        for alert in result.alerts:
+            rank_zero_warn(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
+                           f"{result.raised_on(alert)}")
+        self.guard.call("writing the history file", self.history.write, result)
+        if result.class_report is not None:
+            self.guard.call("writing the class history", self.history.write_classes, result,
+                            self.classes.history_fields())
+        sinks = self.tensorboard_sinks(loggers)
+        epoch = {tags.EPOCH_TAG: float(current_epoch)}
+        for logger in loggers:
+            if id(logger) not in sinks:
+                self.guard.call(f"logging to {type(logger).__name__}", _log_to_logger, logger,
+                                {**values, **epoch}, step)
+        if not loggers:
+            self.guard.note_once(
+                "no-logger", "the trainer has no logger; the spectral history goes to "
+                f"{self.history.path or 'nowhere (history_file=None)'} and "
+                "trainer.callback_metrics only")
+        for key, sink in sinks.items():
+            logger = next(lg for lg in loggers if id(lg) == key)
+            self.guard.call("writing TensorBoard scalars", self._write_tensorboard, logger, sink,
+                            result, values, descriptions, epoch)
+        every = self.config.figures_every_n
+        if every and index % every == 0 and sinks:
+            self.guard.call("writing figures", self._write_figures, sinks, result)
+            self._last_figure_index = index
+        for sink in sinks.values():
+            self.guard.call("flushing TensorBoard", sink.flush)
+        self._started_logging = True
+
+    def finish(self, loggers: Sequence[Any], index: int) -> None:
+        """At the end of training: the figures of the last analysis (``index``) unless written
+        already, and a flush (rank 0)."""
+        sinks = self.tensorboard_sinks(loggers)
+        last = self.last_result
+        if (self.config.figures_every_n and last is not None and sinks
+                and self._last_figure_index != index):
+            self.guard.call("writing the final figures", self._write_figures, sinks, last)
+            self._last_figure_index = index
+        for sink in self._sinks.values():
+            self.guard.call("flushing TensorBoard", sink.flush)
+
+    def purge(self, loggers: Sequence[Any], step: int) -> None:
+        """Hide the events the interrupted run wrote after the checkpoint's ``step``
+        (TensorBoard's ``purge_step``): the resumed run writes those steps again."""
+        for sink in self.tensorboard_sinks(loggers).values():
+            if not sink.purge_from(int(step) + 1):
+                self.guard.warn(f"{type(sink.writer).__name__} cannot hide the events written "
+                                f"after the checkpoint; TensorBoard may show two values at "
+                                f"those steps")
+
+    def _warn_skipped(self, report: Report) -> None:
+        for record in report.skipped():
+            self.guard.warn_once(f"skip:{record.name}:{record.mode}:{record.reason}",
+                                 f"layer {record.name!r} [{record.mode}] not analysed: "
+                                 f"{record.reason}")
+
+    # ------------------------------------------------------------------ TensorBoard
+    def tensorboard_sinks(self, loggers: Sequence[Any]) -> dict[int, TensorBoardSink]:
+        """One sink per ``TensorBoardLogger`` among ``loggers``, by the logger's id."""
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger) and id(logger) not in self._sinks:
+                self._sinks[id(logger)] = TensorBoardSink(logger.experiment)
+        return {k: v for k, v in self._sinks.items() if any(id(lg) == k for lg in loggers)}
+
+    def _write_tensorboard(
+        self,
+        logger: TensorBoardLogger,
+        sink: TensorBoardSink,
+        result: AnalysisResult,
+        values: dict[str, float],
+        descriptions: dict[str, str],
+        epoch: dict[str, float],
+    ) -> None:
+        step = result.step
+        if not self._started_logging:
+            text = conventions_markdown(self.config, self.check_on, self.history.path,
+                                        self.classes.conventions())
+            sink.text(tags.CONVENTIONS_TAG, text, step,
+                      description="how the spectral metrics of this run were computed")
+        self._update_layout(sink, values)
+        sink.scalars(values, step, descriptions)
+        logger.log_metrics(epoch, step)
+        if self.config.histograms:
+            for record in result.report:
+                if record.svals is None:
+                    continue
+                sink.histogram(
+                    tags.spectrum_tag(record.mode, record.name),
+                    record.svals.detach().cpu().double().numpy(), step,
+                    description=tags.spectrum_description(record.mode, record.normalization),
+                )
+        if result.alerts:
+            sink.text(tags.ALERT_TEXT_TAG, alerts_markdown(result.alerts, result.raised_on),
+                      step, description="spectral alerts raised by the analysis at this step")
+
+    def _update_layout(self, sink: TensorBoardSink, values: Mapping[str, float]) -> None:
+        """(Re)write the custom-scalar layout when metrics appear that it does not chart yet:
+        one chart per metric present, never an empty one."""
+        metrics = {t.split("/")[1].split(".")[0] for t in values if t.startswith("spectral/")}
+        summary = {t.split("/", 1)[1].split(".")[0] for t in values
+                   if t.startswith("spectral_summary/")}
+        classes = {t.split("/")[1] for t in values if t.startswith("classes/")}
+        known = self._layouts.setdefault(id(sink), (set(), set(), set()))
+        if metrics <= known[0] and summary <= known[1] and classes <= known[2]:
+            return
+        known[0].update(metrics)
+        known[1].update(summary)
+        known[2].update(classes)
+        analysis = self.config.analysis
+        charted = [m for m in analysis.metric_names if m in known[0]]
+        class_stats = [s for s in tags.CLASS_STAT_DESCRIPTIONS if s in known[2]]
+        class_stats += sorted(known[2] - set(class_stats))
+        sink.layout(custom_scalar_layout(charted, analysis.conv_mode, sorted(known[1]),
+                                         class_stats))
+
+    def _write_figures(self, sinks: Mapping[int, TensorBoardSink], result: AnalysisResult) -> None:
+        """ESD figures of the figure layers and one spectrum heat-map grid per mode."""
+        analysis = self.config.analysis
+        report, step = result.report, result.step
+        for mode in analysis.conv_mode:
+            for name in self.store.figure_names or []:
+                record = report.get(name, mode)
+                if record is None or record.svals is None:
+                    continue
+                how = tags.short_conventions(mode, record.normalization, analysis.fit)
+                figure = esd_figure_for(record, how, result.epochs_trained)
+                for sink in sinks.values():
+                    sink.figure(tags.figure_tag("esd", mode, name), figure, step)
+            names = [r.name for r in report.by_mode(mode)
+                     if self.store.columns(mode, r.name) is not None]
+            if not names:
+                continue
+            stores = [self.store.columns(mode, name) for name in names]
+            figure = spectrum_heatmap_grid(
+                names,
+                [store["epochs"] for store in stores],
+                [list(store["quantiles"].numpy()) for store in stores],
+                title=f"singular values across training [{mode}]: log10(sigma / layer max) "
+                f"vs epochs trained, rows = rank fraction",
+            )
+            for sink in sinks.values():
+                sink.figure(tags.figure_tag("heatmap", mode), figure, step)
+        if result.class_report is not None:
+            _write_class_figures(sinks.values(), result)
+
+
+def _write_class_figures(sinks: Any, result: AnalysisResult) -> None:
+    """The hypergraph and class-overlap matrix of the last analysed layer."""
+    report, step = result.class_report, result.step
+    layers = list(report.n_nodes)
+    if not layers:
+        return
+    layer = layers[-1]
+    hypergraph = hypergraph_figure(
+        report.edges[layer], report.n_nodes[layer], report.num_classes,
+        title=f"class hypergraph {layer} (step {step})",
+    )
+    overlap = overlap_matrix_figure(
+        report.jaccard[layer].numpy(),
+        title=f"class overlap (Jaccard of hyperedges) {layer} (step {step})",
+    )
+    for sink in sinks:
+        sink.figure(tags.class_figure_tag("hypergraph", layer), hypergraph, step)
+        sink.figure(tags.class_figure_tag("overlap", layer), overlap, step)
+
+
+def _log_to_logger(logger: Any, metrics: dict[str, float], step: int) -> None:
+    logger.log_metrics(metrics, step)
+    logger.save()
+
+

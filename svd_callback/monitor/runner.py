@@ -1,0 +1,265 @@
+"""One analysis of the model: what the callback computes, returned as an
+:class:`~svd_callback.monitor.result.AnalysisResult`.
+
+Path of one analysis (every rank): the conv input sizes are recorded once (``operator`` mode);
+the layers are split over the ranks by cost (:func:`svd_callback.distributed.split_work`); each
+rank runs :func:`svd_callback.analysis.analyze` on its share and the reports are gathered; the
+class statistics are computed on rank 0 and broadcast; the aggregates
+(:func:`svd_callback.analysis.summarize`) and the alert rules run on every rank, and the alerts
+are gathered with the ranks that raised them. Nothing here needs a ``Trainer``: the callback
+passes the step, the epochs trained and the rank numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from svd_callback.alerts import TRAINING, Alert, AlertEngine
+from svd_callback.analysis import analyze, summarize
+from svd_callback.classes.analysis import class_records
+from svd_callback.config import AnalysisConfig
+from svd_callback.distributed import gather_alerts, gather_reports, is_distributed, split_work
+from svd_callback.layers import estimate_cost, example_input_for, find_layers, record_input_sizes
+from svd_callback.monitor.class_stage import ClassStage, Metrics
+from svd_callback.monitor.guard import Guard
+from svd_callback.monitor.inputs import Forward, forward_for, has_uninitialised_lazy
+from svd_callback.monitor.result import AnalysisResult
+from svd_callback.report import LayerReport, Report
+
+__all__ = ["OWN_TAG_PREFIXES", "AnalysisRunner", "training_scalars"]
+
+OWN_TAG_PREFIXES = ("spectral/", "spectral_summary/", "spectra/", "classes/", "alerts/")
+"""Tags the callback logs (left out of the training scalars read from ``callback_metrics``)."""
+
+InputSource = Callable[[], tuple[Any, str | None]]
+"""Returns the inputs of one training sample and their key in a dict batch (or None)."""
+
+
+def training_scalars(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The trainer's own logged scalars (``val_loss``, ``train_loss``, ...; not the callback's
+    tags), for rules such as :class:`~svd_callback.alerts.GeneralizationGap`."""
+    out: dict[str, float] = {}
+    try:
+        for key, value in dict(callback_metrics).items():
+            if str(key).startswith(OWN_TAG_PREFIXES):
+                continue
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    continue
+                value = value.item()
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[str(key)] = float(value)
+    except Exception:  # noqa: BLE001 - an odd metric must not cost the analysis
+        return out
+    return out
+
+
+class AnalysisRunner:
+    """Runs one analysis and keeps what later analyses need (input sizes, training scalars).
+
+    Args:
+        config: what is computed.
+        alert_engine: the rules, run after each analysis.
+        classes: the class-analysis stage (its config may be None: off).
+        guard: the callback's guard.
+        embeddings: also analyse ``nn.Embedding`` tables.
+        keep_svals: keep each record's singular values (histograms, figures).
+        forward_fn: the user's forward for the input-size probe.
+    """
+
+    def __init__(
+        self,
+        config: AnalysisConfig,
+        alert_engine: AlertEngine,
+        classes: ClassStage,
+        guard: Guard,
+        *,
+        embeddings: bool = False,
+        keep_svals: bool = True,
+        forward_fn: Forward | None = None,
+    ) -> None:
+        self.config = config
+        self.alert_engine = alert_engine
+        self.classes = classes
+        self.guard = guard
+        self.embeddings = embeddings
+        self.keep_svals = keep_svals
+        self.forward_fn = forward_fn
+        self.reset()
+        self.sizes_tried = False
+
+    def reset(self) -> None:
+        """Forget the run state (a new run)."""
+        self.input_sizes: dict[str, tuple[int, ...]] = {}
+        self.training: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ input sizes
+    def maybe_record_input_sizes(
+        self, module: torch.nn.Module, training_input: InputSource | None = None
+    ) -> None:
+        """Record the conv input sizes once (``operator`` mode), never before the model's own
+        first forward has materialised its lazy modules: a probe pass would initialise them
+        from a different random state than the training would."""
+        if "operator" not in self.config.conv_mode or self.input_sizes or self.sizes_tried:
+            return
+        if has_uninitialised_lazy(module):
+            self.guard.note_once("lazy-sizes", "the model has lazy modules not materialised "
+                                 "yet; the conv input sizes (operator mode) are recorded after "
+                                 "its first forward")
+            return
+        self.sizes_tried = True
+        try:
+            example, key, source = self._example(module, training_input)
+            specs, _ = find_layers(module, self.config.include, self.config.exclude,
+                                   self.embeddings)
+            with torch.no_grad():
+                self.input_sizes = record_input_sizes(module, example, specs,
+                                                      forward_for(key, self.forward_fn))
+            rank_zero_info(f"SpectralMonitor: recorded the input sizes of "
+                           f"{len(self.input_sizes)} conv layers from {source}.")
+        except Exception as error:  # noqa: BLE001 - operator mode then skips convs with a reason
+            self.guard.warn(f"could not record conv input sizes ({type(error).__name__}: "
+                            f"{error}); operator mode will skip conv layers")
+
+    def _example(
+        self, module: torch.nn.Module, training_input: InputSource | None
+    ) -> tuple[Any, str | None, str]:
+        size = self.config.input_size
+        if size is not None:
+            return example_input_for(module, size), None, f"input_size={size}"
+        if getattr(module, "example_input_array", None) is not None:
+            return module.example_input_array, None, "example_input_array"
+        example, key = training_input() if training_input is not None else (None, None)
+        if example is None:
+            raise ValueError("no input to probe with: set example_input_array on the "
+                             "LightningModule or pass input_size= to SpectralMonitor")
+        return example, key, "the first training sample"
+
+    # ------------------------------------------------------------------ analysis
+    def run(
+        self,
+        module: torch.nn.Module,
+        *,
+        step: int,
+        epochs_trained: float,
+        trigger: str,
+        training: Mapping[str, float] | None = None,
+        world: int = 1,
+        rank: int = 0,
+        broadcast: Callable[[Metrics], Metrics] | None = None,
+    ) -> AnalysisResult:
+        """One analysis on this rank (collective calls inside when ``world > 1``: every rank
+        calls it at the same point). ``training``: the trainer's scalars now; those logged
+        before a checkpoint and not since are kept from earlier analyses."""
+        started = time.perf_counter()
+        owners: dict[str, int] = {}
+        local, order = self._local_report(module, world, rank, owners)
+        report = gather_reports(local, world, order, self.config.conv_mode)  # collective
+        class_report, class_metrics = self.classes.run(
+            module, self._class_layers(module), rank == 0,
+            broadcast if is_distributed(world) else None,
+        )
+        self.training = {**self.training, **(training or {})}
+        training = dict(self.training)
+        epoch = int(math.floor(epochs_trained))
+        summary: dict[str, dict[str, float]] = {}
+        alerts: list[Alert] = []
+        try:
+            summary = summarize(report)
+            alerts = self.alert_engine.update(
+                epoch, step, [*report, *class_records(class_metrics)],
+                {**summary, TRAINING: training} if training else summary,
+            )
+        except Exception as error:  # noqa: BLE001 - never crash training
+            self.guard.warn(f"computing aggregates and alerts failed: "
+                            f"{type(error).__name__}: {error}")
+        merged = self._gather_alerts(alerts, world, rank)  # collective
+        return AnalysisResult(
+            step=int(step), epoch=epoch, epochs_trained=float(epochs_trained), trigger=trigger,
+            seconds=time.perf_counter() - started, report=report, summary=summary,
+            alerts=tuple(a for a, _ in merged), alert_ranks=tuple(r for _, r in merged),
+            world_size=int(world), owners=owners, training=training,
+            class_report=class_report, class_metrics=class_metrics,
+        )
+
+    def _class_layers(self, module: torch.nn.Module) -> list[str]:
+        """The monitored layers whose weight is a module's own (the class probe's layers)."""
+        if not self.classes.enabled:
+            return []
+        specs, _ = find_layers(module, self.config.include, self.config.exclude,
+                               self.embeddings)
+        return [s.name for s in specs if s.is_module_weight]
+
+    def _local_report(
+        self, module: torch.nn.Module, world: int, rank: int, owners: dict[str, int]
+    ) -> tuple[Report, list[str]]:
+        """This rank's share of the layers, analysed; errors become records with a reason.
+        Returns the report and every layer name (the gather order)."""
+        config = self.config
+        names: list[str] = []
+        share: list[str] | None = None
+        try:
+            specs, skipped = find_layers(module, config.include, config.exclude, self.embeddings)
+            names = [s.name for s in specs] + [s.name for s in skipped]
+            if is_distributed(world):
+                for spec in specs:
+                    if spec.name in self.input_sizes:
+                        spec.input_size = tuple(self.input_sizes[spec.name])
+                costs = {s.name: sum(estimate_cost(s, m) for m in config.conv_mode)
+                         for s in specs}
+                costs.update({s.name: 0.0 for s in skipped})
+                shares = split_work(costs, world)
+                owners.update({n: r for r, part in enumerate(shares) for n in part})
+                share = shares[rank]
+            with torch.no_grad():
+                report = self._analyze(module, share)
+            return report, names
+        except Exception as error:  # noqa: BLE001 - never crash training
+            reason = f"analysis failed on rank {rank}: {type(error).__name__}: {error}"
+            warnings.warn(f"SpectralMonitor: {reason}", stacklevel=2)
+            failed = names if share is None else share
+            report = Report(
+                LayerReport(name, "unknown", mode, config.normalization, reason=reason)
+                for mode in config.conv_mode
+                for name in failed
+            )
+            return report, names
+
+    def _analyze(self, module: torch.nn.Module, share: list[str] | None) -> Report:
+        """:func:`~svd_callback.analysis.analyze` with this runner's configuration."""
+        config = self.config
+        return analyze(
+            module,
+            conv_mode=config.conv_mode,
+            input_sizes=dict(self.input_sizes) or None,
+            include=config.include,
+            exclude=config.exclude,
+            layer_names=share,
+            normalization=config.normalization,
+            ww_compat=config.ww_compat,
+            svd_method=config.svd_method,
+            fit=config.fit,
+            mp_fit=config.mp_fit,
+            traps=config.traps,
+            generator_seed=config.generator_seed,
+            embeddings=self.embeddings,
+            keep_svals=self.keep_svals,
+        )
+
+    def _gather_alerts(
+        self, alerts: list[Alert], world: int, rank: int
+    ) -> list[tuple[Alert, tuple[int, ...]]]:
+        """The alerts of every rank (merged), each with the ranks that raised it."""
+        try:
+            return gather_alerts(alerts, world, rank)
+        except Exception as error:  # noqa: BLE001 - never crash training
+            self.guard.warn(f"gathering the alerts of every rank failed: "
+                            f"{type(error).__name__}: {error}; rank {rank} records its own")
+            return [(alert, (rank,)) for alert in alerts]

@@ -1,0 +1,66 @@
+"""The markdown the callback writes to TensorBoard: the conventions of the run and the alerts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from svd_callback.alerts import Alert
+from svd_callback.config import MonitorConfig
+from svd_callback.sinks import tags
+
+__all__ = ["alerts_markdown", "conventions_markdown", "md", "schedule_text"]
+
+
+def md(text: str) -> str:
+    """``text`` with markdown's emphasis and table characters escaped."""
+    for char in ("\\", "*", "_", "|", "`"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def alerts_markdown(alerts: Sequence[Alert], where: Callable[[Alert], str]) -> str:
+    """One bullet per alert: severity, then the alert's message (it names rule, layer, mode)
+    and ``where(alert)`` (the ranks that raised it, when not all did)."""
+    return "\n".join(f"- **{alert.severity}** {md(alert.message + where(alert))}"
+                     for alert in alerts)
+
+
+def schedule_text(config: MonitorConfig, check_on: str | None) -> str:
+    """The schedule in words, e.g. ``initial weights at step 0, every 1 epoch(s) at
+    train_epoch_end``."""
+    parts = []
+    if config.log_init:
+        parts.append("initial weights at step 0")
+    if config.every_n_epochs:
+        parts.append(f"every {config.every_n_epochs} epoch(s) at {check_on}")
+    if config.every_n_steps:
+        parts.append(f"every {config.every_n_steps} steps")
+    return ", ".join(parts) or "never"
+
+
+def conventions_markdown(
+    config: MonitorConfig, check_on: str | None, history_path: str | None, class_text: str
+) -> str:
+    """The ``spectral/conventions`` text: per mode its tags and conventions, the metric groups,
+    the aggregates, the schedule, the history file and the class statistics."""
+    analysis = config.analysis
+    primary = analysis.primary_mode
+    lines = ["**Spectral metrics of this run** (svd-callback `SpectralMonitor`)", ""]
+    for mode in analysis.conv_mode:
+        where = ("`spectral/<metric>/<layer>`" if mode == primary
+                 else f"`spectral/<metric>.{mode}/<layer>`")
+        how = tags.conventions(mode, analysis.normalization, analysis.fit, analysis.ww_compat)
+        primary_note = " (primary)" if mode == primary else ""
+        lines.append(f"- **{mode}**{primary_note}: {where}; {md(how)}")
+    lines += [
+        "",
+        f"- metric groups: {', '.join(analysis.metrics)} "
+        f"({md(', '.join(analysis.metric_names))})",
+        "- aggregates: `spectral_summary/<metric>_mean|_median[.<mode>]` over analysed "
+        "layers; histograms `spectra/<mode>/<layer>` hold raw singular values",
+        f"- schedule: {schedule_text(config, check_on)}; step = trainer.global_step",
+        f"- history file: `{history_path or 'disabled'}`",
+    ]
+    if class_text:
+        lines.append(f"- class statistics `classes/<stat>/<layer>`: {md(class_text)}")
+    return "\n".join(lines)

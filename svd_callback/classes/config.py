@@ -32,9 +32,10 @@ class ClassAnalysisConfig:
             Cost per layer and analysis: one SVD of its unfolded weight and one pass over its
             probe input, O(I * c * k^2 * H * W) for a conv; on the digits CNN the whole
             analysis of its five layers takes about 60 ms for 256 images on 2 CPU threads.
-        tau: hyperedge e_c = the smallest set of neurons holding the share ``tau`` of class c's
-            mean |signal| (used when ``m`` is None).
-        m: hyperedge e_c = the ``m`` neurons of largest mean |signal| (instead of ``tau``).
+        tau: ``edge_rule="mean_share"``: hyperedge e_c = the smallest set of neurons holding the
+            share ``tau`` of class c's mean |signal| (used when ``m`` is None).
+        m: ``edge_rule="mean_share"``: hyperedge e_c = the ``m`` neurons of largest mean |signal|
+            (instead of ``tau``).
         feature_mass: the mass k of Badola et al.'s class-specific features.
         functional_draws: random same-size feature sets drawn by the functional test.
         feature_layer: module whose *input* holds the penultimate features (None: the last

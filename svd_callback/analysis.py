@@ -350,6 +350,15 @@ def _matrix_shape(spec: LayerSpec, mode: str) -> tuple[int, int]:
     return (max(rows, cols), min(rows, cols))
 
 
+def _weight_rows(spec: LayerSpec, mode: str) -> int:
+    """Rows of the stored weight in one analysed matrix (``per_row``'s N, DeepDataProfiler's
+    ``len(W.flatten(1))``): weight.shape[0] / groups for a conv's ``unfold`` and ``operator``
+    (one group's block), weight.shape[0] for ``slices`` and linear layers."""
+    if spec.is_conv and mode in ("unfold", "operator"):
+        return spec.weight_shape[0] // spec.groups
+    return spec.weight_shape[0]
+
+
 def _group_key(spec: LayerSpec, mode: str) -> tuple:
     weight = spec.weight
     geometry: tuple = (spec.groups,)
@@ -420,6 +429,7 @@ def _record(
         normalization=ctx.config.normalization,
         shape=spec.weight_shape,
         matrix_shape=matrix_shape,
+        rows=_weight_rows(spec, mode),
         input_size=spec.input_size if (mode == "operator" and spec.is_conv) else None,
         reason=reason,
     )
@@ -432,7 +442,7 @@ def _record(
     config = ctx.config
     if config.svd_method == "gram32":
         record.notes["svals"] = GRAM32_NOTE
-    scale = eig_scale(spec.kind, config.normalization, matrix_shape)
+    scale = eig_scale(spec.kind, config.normalization, record.rows)
     eigs = svals.double() ** 2 * scale
     n_rows, n_cols = matrix_shape
     result = esd_metrics(

@@ -75,7 +75,8 @@ ConvMode = Literal["unfold", "operator", "slices"]
 ``slices`` (WeightWatcher's pooled kh*kw slices)."""
 Normalization = Literal["raw", "ww", "per_row"]
 """ESD conventions: ``raw`` lambda = sigma^2; ``ww`` WeightWatcher 0.7.7 (lambda = sigma^2 / 2 for
-convs); ``per_row`` DeepDataProfiler's lambda = sigma^2 / rows."""
+convs); ``per_row`` DeepDataProfiler's lambda = sigma^2 / rows (the weight's rows per analysed
+matrix: out_features, out_channels / groups)."""
 Fit = Literal["ks", "hill"]
 """Power-law fits: ``ks`` (xmin minimising the Kolmogorov-Smirnov distance, Clauset et al. 2009)
 or ``hill`` (Hill estimator with xmin = median eigenvalue, TempBalance)."""

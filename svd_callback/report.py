@@ -21,8 +21,9 @@ from svd_callback.config import CONV_MODES, NORMALIZATIONS
 
 # CONV_MODES: the three conv SVD conventions (docs/conventions.md#conv-modes); NORMALIZATIONS:
 # ``raw`` lambda = sigma^2, ``ww`` WeightWatcher 0.7.7 (conv weights scaled by 1/sqrt(2), so
-# lambda = sigma^2 / 2 for convs), ``per_row`` DeepDataProfiler's lambda = sigma^2 / N (N = rows
-# of the analysed matrix). Both are defined once, by the Literal types of svd_callback.config.
+# lambda = sigma^2 / 2 for convs), ``per_row`` DeepDataProfiler's lambda = sigma^2 / N (N = the
+# weight's rows per analysed matrix, ``LayerReport.rows``). Both are defined once, by the Literal
+# types of svd_callback.config.
 
 __all__ = ["CONV_MODES", "NORMALIZATIONS", "LayerReport", "Report", "eig_scale"]
 
@@ -41,6 +42,10 @@ class LayerReport:
         matrix_shape: (N, M) of the analysed matrix (N >= M), for Marchenko-Pastur's Q = N / M;
             for ``operator`` the per-frequency block, for ``slices`` one slice.
         input_size: spatial input size used by ``operator`` mode (None otherwise).
+        rows: N of ``per_row`` (DeepDataProfiler's ``len(W.flatten(1))`` per group): the rows of
+            the weight as PyTorch stores it in one analysed matrix, out_features for a linear
+            layer, weight.shape[0] / groups for ``unfold`` and ``operator`` (one group's block),
+            weight.shape[0] for ``slices`` (one whole kh x kw slice). None when unknown.
         svals: singular values, descending, float32, on the analysis device (None if skipped).
         metrics: metric name -> float (NaN where undefined; see ``notes``).
         quality: label from the alpha thresholds (``ok``, ``over-trained``, ``under-trained``,
@@ -59,6 +64,7 @@ class LayerReport:
     shape: tuple[int, ...] = ()
     matrix_shape: tuple[int, int] | None = None
     input_size: tuple[int, ...] | None = None
+    rows: int | None = None
     svals: torch.Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     quality: str | None = None
@@ -72,10 +78,11 @@ class LayerReport:
 
     @property
     def eigenvalues(self) -> torch.Tensor | None:
-        """lambda = sigma^2 under this record's normalisation (descending)."""
-        if self.svals is None:
+        """lambda = sigma^2 under this record's normalisation (descending); None without a
+        spectrum, or for ``per_row`` without ``rows``."""
+        if self.svals is None or (self.normalization == "per_row" and self.rows is None):
             return None
-        scale = eig_scale(self.kind, self.normalization, self.matrix_shape)
+        scale = eig_scale(self.kind, self.normalization, self.rows)
         return self.svals.double() ** 2 * scale
 
     def as_row(self) -> dict[str, Any]:
@@ -88,6 +95,7 @@ class LayerReport:
             "shape": "x".join(map(str, self.shape)),
             "matrix_shape": "x".join(map(str, self.matrix_shape)) if self.matrix_shape else "",
             "input_size": "x".join(map(str, self.input_size)) if self.input_size else "",
+            "rows": self.rows if self.rows is not None else "",
             "n_svals": 0 if self.svals is None else int(self.svals.numel()),
             "quality": self.quality or "",
             "reason": self.reason or "",
@@ -96,16 +104,26 @@ class LayerReport:
         return row
 
 
-def eig_scale(kind: str, normalization: str, matrix_shape: tuple[int, int] | None) -> float:
-    """Factor c in lambda = c * sigma^2 for a normalisation convention."""
+def eig_scale(kind: str, normalization: str, rows: int | None = None) -> float:
+    """Factor c in lambda = c * sigma^2 for a normalisation convention.
+
+    ``raw``: c = 1. ``ww``: c = 1/2 for convs (WeightWatcher 0.7.7 scales conv weights by
+    1/sqrt(2)), 1 otherwise. ``per_row``: c = 1 / rows, DeepDataProfiler 2.0.1's
+    ``SpectralAnalysis.spectral_analysis`` (sigma^2 / ``len(W.flatten(1))``, the output
+    channels of a conv, the out_features of a linear layer); ``rows`` is per analysed matrix
+    (:attr:`LayerReport.rows`), so a grouped conv divides by out_channels / groups.
+
+    Raises:
+        ValueError: an unknown normalisation, or ``per_row`` without a positive ``rows``.
+    """
     if normalization == "raw":
         return 1.0
     if normalization == "ww":
         return 0.5 if kind.startswith("conv") else 1.0
     if normalization == "per_row":
-        if matrix_shape is None:
-            return 1.0
-        return 1.0 / matrix_shape[0]
+        if rows is None or rows < 1:
+            raise ValueError(f"per_row needs the rows of the analysed matrix, got {rows!r}")
+        return 1.0 / rows
     raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
 
 

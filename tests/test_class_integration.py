@@ -152,14 +152,16 @@ def _oracle_feature_fraction(h: np.ndarray, labels: np.ndarray, mass=0.5) -> dic
 
 def test_analyze_with_a_probe_matches_brute_force_hyperedges_and_features(trained):
     model, probe = trained
-    report = analyze(model, probe=probe, class_options=ClassAnalysisConfig(top_k=32))
+    report = analyze(model, probe=probe, class_options=ClassAnalysisConfig(top_k=32,
+                                                                       edge_rule="mean_share"))
     classes = report.classes
     assert [r.name for r in report] == LAYERS and classes is not None
     assert classes.reasons == {} and classes.num_classes == 10
     for name in ("features.5", "hidden"):
         expected = _oracle_edges(model, name, probe)
         assert classes.edges[name] == expected, name
-        assert classes.layers[name]["jaccard_mean"] == pytest.approx(_jaccard_mean(expected))
+        assert classes.layers[name]["jaccard_mean_mean_share"] == pytest.approx(
+            _jaccard_mean(expected))
         matrix = classes.jaccard[name]
         assert matrix.shape == (10, 10) and torch.allclose(matrix, matrix.T)
         degree = {i: sum(i in e for e in expected.values()) for i in range(32)}
@@ -172,7 +174,7 @@ def test_analyze_with_a_probe_matches_brute_force_hyperedges_and_features(traine
     assert classes.layers["classifier"]["feature_fraction_mean"] == pytest.approx(
         np.mean(list(fractions.values())))
     # no edge stability without a previous analysis; with a tracker it is 1 on the same weights
-    assert math.isnan(classes.layers["hidden"]["edge_stability_mean"])
+    assert math.isnan(classes.layers["hidden"]["edge_stability_mean_mean_share"])
     tracker = ClassTracker()
     for _ in range(2):
         again = analyze_classes(model, probe, tracker=tracker)

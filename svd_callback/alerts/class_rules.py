@@ -10,7 +10,9 @@ be computed) are no evidence either way.
 - :class:`ClassOverlapRising` — the mean class-overlap Jaccard of a layer rose in ``patience``
   consecutive analyses: classes share more and more neurons.
 - :class:`ClassLostSpecificNeurons` — a class that had at least two class-specific neurons in a
-  layer (neurons of its hyperedge in no other class's edge) has none left.
+  layer (neurons of its hyperedge in no other class's edge) has none of them left: neurons are
+  followed by their singular vectors, so a class whose specific neurons were replaced by other
+  vectors has lost them too.
 - :class:`ClassFeaturesEmpty` — a class's set S_c of class-specific penultimate features became
   empty (its images no longer activate any feature).
 - :class:`FactorizationRankCollapse` — the activation factorization rank of a layer fell by more
@@ -119,7 +121,7 @@ class _PerClassCountRule(Rule):
                 if not key.startswith(self.prefix) or not math.isfinite(value):
                     continue
                 label = key[len(self.prefix):]
-                holds = True if value <= 0 else False if value >= self.min_count else None
+                holds = self.holds(record.metrics, label, value)
                 if self._hysteresis.update((layer, label), holds):
                     alerts.append(self.make_alert(
                         layer=layer, mode=mode, metric=key, value=value, threshold=0.0,
@@ -129,6 +131,11 @@ class _PerClassCountRule(Rule):
                     ))
         return alerts
 
+    def holds(self, metrics: Mapping[str, float], label: str, value: float) -> bool | None:
+        """True: the count is 0 (the condition); False: at least ``min_count`` (re-arms);
+        None: no evidence."""
+        return True if value <= 0 else False if value >= self.min_count else None
+
     def state_dict(self) -> dict[str, Any]:
         return {"hysteresis": self._hysteresis.state_dict()}
 
@@ -137,9 +144,17 @@ class _PerClassCountRule(Rule):
 
 
 class ClassLostSpecificNeurons(_PerClassCountRule):
-    """A class lost all its class-specific neurons in a layer: its hyperedge now shares every
-    neuron with other classes (or the class has no edge left), after having owned at least
-    ``min_count`` of them.
+    """A class lost all its class-specific neurons in a layer, after having owned at least
+    ``min_count`` of them: none of the neurons that were specific to it in the previous analysis
+    is specific to it now. Neurons are followed by their singular vectors
+    (``specific_retained/<c>``, docs/methods.md#class-statistics): a class whose specific
+    neurons were all replaced by other vectors lost them even when its count did not drop.
+    Records without ``specific_retained/<c>`` (a first analysis) fall back to the count: 0
+    specific neurons.
+
+    The condition holds when ``specific_retained/<c>`` is 0 (or, without it, when
+    ``specific_neurons/<c>`` is 0); a count >= ``min_count`` with at least one kept neuron
+    re-arms the rule; anything else is no evidence.
 
     ``min_count`` defaults to 2 because single specific neurons come and go: in a healthy
     Fashion-MNIST run of the example CNN (top 32 neurons, tau = 0.5) the hyperedges held 1-9
@@ -154,8 +169,17 @@ class ClassLostSpecificNeurons(_PerClassCountRule):
     """
 
     prefix = "specific_neurons/"
-    what = "lost all its class-specific neurons (every neuron of its hyperedge is shared)"
+    what = ("lost all its class-specific neurons (none of its previous specific neurons, "
+            "followed by their singular vectors, is specific to it now)")
     default_min_count = 2
+
+    def holds(self, metrics: Mapping[str, float], label: str, value: float) -> bool | None:
+        retained = metrics.get(f"specific_retained/{label}", math.nan)
+        if not math.isfinite(retained):
+            return super().holds(metrics, label, value)
+        if retained <= 0:
+            return True
+        return False if value >= self.min_count else None
 
 
 class ClassFeaturesEmpty(_PerClassCountRule):

@@ -18,14 +18,17 @@ from svd_callback.classes.features import (
     mass_counts,
     pool_features,
 )
+from svd_callback.classes.functional import functional_test
 from svd_callback.classes.hypergraph import (
     HypergraphStats,
     class_hyperedges,
     hypergraph_stats,
     incidence_matrix,
+    influential_hyperedges,
     jaccard,
     to_hypernetx,
 )
+from svd_callback.classes.identity import NeuronMatch, component_cosines, match_neurons
 from svd_callback.classes.probe import (
     BatchParts,
     ProbeError,
@@ -42,6 +45,7 @@ from svd_callback.classes.signals import (
     ConvParams,
     NeuronSignals,
     class_mean_signals,
+    influential_neurons,
     neuron_signals,
 )
 
@@ -56,6 +60,7 @@ __all__ = [
     "ConvParams",
     "FactorizationResult",
     "HypergraphStats",
+    "NeuronMatch",
     "NeuronSignals",
     "ProbeError",
     "ProbeSet",
@@ -64,14 +69,19 @@ __all__ = [
     "class_hyperedges",
     "class_mean_signals",
     "class_specific_features",
+    "component_cosines",
     "corcondia",
     "dataset_labels",
     "factorization_rank",
     "find_penultimate_layer",
+    "functional_test",
     "hypergraph_stats",
     "incidence_matrix",
+    "influential_hyperedges",
+    "influential_neurons",
     "jaccard",
     "mass_counts",
+    "match_neurons",
     "neuron_signals",
     "pool_features",
     "read_batch",

@@ -4,19 +4,26 @@
 layer, reduces what the layer receives on the fly (nothing bigger than an (I, k) matrix is kept
 per layer, so every conv and linear layer of a large network can be watched):
 
-1. SVD-neuron signals s_i = sigma_i <v_i, mean_p x_p> of the layer's top-k neurons (unfold SVD,
-   :func:`neuron_signals`), their per-class means a_{c,i} = mean |s_i| over the class's images;
-2. the class hyperedges e_c (the neurons holding the share ``tau`` of a_{c,.}, or the top ``m``),
-   the hypergraph statistics against the previous analysis's edges (:func:`hypergraph_stats`),
-   the class x class Jaccard matrix and, per class, the number of its class-specific neurons
-   (nodes of e_c in no other edge);
+1. SVD-neuron signals s_i = sigma_i <v_i, mean_p x_p> of every neuron of the layer (unfold SVD,
+   :func:`neuron_signals`; the top-k only under ``edge_rule="mean_share"``);
+2. the class hyperedges e_c: the neurons DeepDataProfiler-influential (:func:`influential_neurons`)
+   in at least the fraction ``q`` of class c's images, or (``edge_rule="mean_share"``, statistics
+   suffixed ``_mean_share``) the neurons holding the share ``tau`` of a_{c,.} = mean |s_.|, or
+   the top ``m``; the hypergraph statistics against the previous analysis's edges
+   (:func:`hypergraph_stats`), the class x class Jaccard matrix and, per class, the number of its
+   class-specific neurons (nodes of e_c in no other edge) and how many of the previous
+   analysis's ones it kept;
 3. at the penultimate layer (the input of the classifier head, :func:`find_penultimate_layer`),
-   Badola et al.'s class-specific feature sets S_c and |S_c| / D per class;
+   Badola et al.'s class-specific feature sets S_c, |S_c| / D per class and the functional test
+   of S_c through the head (:func:`functional_test`);
 4. optionally, the non-negative CP factorization rank of chosen layers' rectified outputs
    (:func:`factorization_rank`; about 0.8 s per layer on 2 CPU threads, off by default).
 
-Nodes are identified by their rank (node i = the i-th largest singular value), so the edge
-stability across analyses compares the hyperedges of the i-th neurons of each analysis.
+Neurons keep their identity across analyses by their singular vectors (:func:`match_neurons`,
+Hungarian assignment on the |cosine| of the rank-one components), not by the rank of their
+singular value: the previous analysis's edges are carried over to the matched current neurons
+before the stability Jaccards and the kept specific neurons are counted, and the mean matched
+|cosine| is logged as ``neuron_match_cosine``.
 
 The forward pass never changes the model: it runs under ``torch.no_grad()`` with every module in
 eval mode (batch-norm uses its running statistics and updates nothing, dropout is off) inside a
@@ -45,7 +52,14 @@ from svd_callback.classes.features import (
     find_penultimate_layer,
     pool_features,
 )
-from svd_callback.classes.hypergraph import class_hyperedges, hypergraph_stats
+from svd_callback.classes.functional import functional_test
+from svd_callback.classes.hypergraph import (
+    Edges,
+    class_hyperedges,
+    hypergraph_stats,
+    influential_hyperedges,
+)
+from svd_callback.classes.identity import match_neurons
 from svd_callback.classes.probe import (
     ProbeError,
     ProbeSet,
@@ -56,7 +70,11 @@ from svd_callback.classes.probe import (
 )
 from svd_callback.classes.records import CLASS_MODE, ClassRecord, class_records
 from svd_callback.classes.report import ClassReport, ClassTracker
-from svd_callback.classes.signals import class_mean_signals, neuron_signals
+from svd_callback.classes.signals import (
+    class_mean_signals,
+    influential_neurons,
+    neuron_signals,
+)
 from svd_callback.layers import frozen_forward, has_weight, read_weight
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -150,7 +168,8 @@ def _analyze(
     for name in signal_layers:
         _hypergraph_of_layer(name, captured, labels, config, tracker, report)
     if feature_layer is not None:
-        _features(feature_layer, captured, labels, config, tracker, report)
+        _features(feature_layer, modules[feature_layer], captured, labels, config, tracker,
+                  report)
     for name in factor_layers:
         _factorize(name, captured, config, report)
 
@@ -237,6 +256,8 @@ def _factorization_layers(
 class _Captured:
     signals: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     sigma: dict[str, torch.Tensor] = field(default_factory=dict)
+    neuron: dict[str, torch.Tensor] = field(default_factory=dict)
+    basis: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     features: list[torch.Tensor] = field(default_factory=list)
     outputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
@@ -266,14 +287,18 @@ def _capture(
             if ("signal", name) in seen or f"layer {name}" in out.errors:
                 return
             seen.add(("signal", name))
+            top_k = config.top_k if config.edge_rule == "mean_share" else None
             try:
-                signals = neuron_signals(read_weight(mod), first_tensor(args), params,
-                                         config.top_k)
+                signals = neuron_signals(read_weight(mod), first_tensor(args), params, top_k,
+                                         return_basis=name not in out.basis)
             except Exception as error:  # noqa: BLE001
                 out.errors[f"layer {name}"] = f"{type(error).__name__}: {error}"
                 return
             out.signals.setdefault(name, []).append(signals.values)
             out.sigma.setdefault(name, signals.sigma)
+            out.neuron.setdefault(name, signals.neuron.detach().cpu())
+            if signals.basis is not None:
+                out.basis[name] = signals.basis
             if signals.reason is not None:
                 out.errors.setdefault(f"layer {name}", signals.reason)
 
@@ -353,14 +378,32 @@ def _hypergraph_of_layer(
         report.reasons[f"layer {name}"] = error
     values = torch.cat(pieces)
     n_nodes = int(values.shape[1])
-    means = class_mean_signals(values, labels.to(values.device), num_classes)
-    report.notes.extend(f"{name}: {note}" for note in means.notes)
-    edges = class_hyperedges(means, m=config.m, tau=config.tau)
-    previous = tracker.edges.get(name) if tracker is not None else None
+    if config.edge_rule == "mean_share":
+        means = class_mean_signals(values, labels.to(values.device), num_classes)
+        report.notes.extend(f"{name}: {note}" for note in means.notes)
+        edges = class_hyperedges(means, m=config.m, tau=config.tau)
+    else:
+        if not bool(torch.isfinite(values).all()):
+            report.notes.append(f"{name}: images with non-finite signals have no influential "
+                                "neuron")
+        influential = influential_neurons(values, config.influence_threshold)
+        edges = influential_hyperedges(influential, labels, num_classes, config.q)
+    neuron = captured.neuron[name]
+    report.neurons[name] = neuron
+    if name in captured.basis:
+        report.bases[name] = captured.basis[name]
+    previous, match_cosine, match_reason = _carried_edges(name, neuron, captured, tracker)
     stats = hypergraph_stats(edges, n_nodes, previous)
-    report.layers[name] = dict(stats.scalars)
+    scalars = dict(stats.scalars)
+    scalars["neuron_match_cosine"] = match_cosine
+    if match_reason is not None:
+        report.notes.append(f"{name}: {match_reason}")
+    suffix = "" if config.edge_rule == "influential" else "_mean_share"
+    report.layers[name] = {f"{stat}{suffix}": value for stat, value in scalars.items()}
     report.edges[name] = edges
     report.n_nodes[name] = n_nodes
+    report.specific_retained[name] = _specific_retained(edges, previous, report.class_counts,
+                                                        n_nodes)
     jaccard = torch.full((num_classes, num_classes), math.nan, dtype=torch.float64)
     index = torch.tensor(stats.classes, dtype=torch.int64)
     if index.numel():
@@ -375,8 +418,60 @@ def _hypergraph_of_layer(
         report.reasons[f"layer {name}"] = "no class has a non-zero finite signal"
 
 
+def _carried_edges(
+    name: str, neuron: torch.Tensor, captured: _Captured, tracker: ClassTracker | None,
+) -> tuple[Edges | None, float, str | None]:
+    """The previous analysis's edges on the current nodes (neurons matched by their singular
+    vectors), the mean matched |cosine| and why no match was made."""
+    if tracker is None or name not in tracker.edges:
+        return None, math.nan, None
+    previous_basis = tracker.bases.get(name)
+    previous_neuron = tracker.neurons.get(name)
+    basis = captured.basis.get(name)
+    if previous_basis is None or previous_neuron is None or basis is None:
+        return None, math.nan, "no singular vectors of the previous analysis to match"
+    match = match_neurons(previous_basis, basis)
+    if match.reason is not None:
+        return None, math.nan, match.reason
+    node_of_flat = {int(f): node for node, f in enumerate(neuron.tolist())}
+    previous_flat = previous_neuron.tolist()
+    current_node = [node_of_flat.get(int(match.previous_to_current[int(f)]), -1)
+                    if 0 <= int(f) < match.previous_to_current.numel() else -1
+                    for f in previous_flat]
+    carried = {
+        c: frozenset(current_node[p] for p in edge if current_node[p] >= 0)
+        for c, edge in tracker.edges[name].items()
+    }
+    return carried, match.mean_cosine, None
+
+
+def _specific_retained(
+    edges: Edges, previous: Edges | None, class_counts: torch.Tensor, n_nodes: int
+) -> torch.Tensor:
+    """(C,) per class: its class-specific neurons of the previous analysis (carried to the
+    current nodes) that are class-specific to it now; NaN without a previous edge."""
+    retained = torch.full((class_counts.numel(),), math.nan, dtype=torch.float64)
+    if previous is None:
+        return retained
+    specific_now = _specific_sets(edges, n_nodes)
+    specific_before = _specific_sets(previous, n_nodes)
+    for c, before in specific_before.items():
+        if c < retained.numel() and class_counts[c] > 0:
+            retained[c] = float(len(before & specific_now.get(c, frozenset())))
+    return retained
+
+
+def _specific_sets(edges: Edges, n_nodes: int) -> dict[int, frozenset[int]]:
+    degree = [0] * n_nodes
+    for edge in edges.values():
+        for i in edge:
+            degree[i] += 1
+    return {c: frozenset(i for i in edge if degree[i] == 1) for c, edge in edges.items()}
+
+
 def _features(
     name: str,
+    head: nn.Module,
     captured: _Captured,
     labels: torch.Tensor,
     config: ClassAnalysisConfig,
@@ -403,6 +498,33 @@ def _features(
     fraction[present & torch.isnan(fraction)] = 0.0  # in the probe, but no positive feature
     report.feature_fraction = fraction
     report.notes.extend(f"{name} features: {note}" for note in result.notes)
+    _functional(head, features, labels, config, tracker, report, stats)
+
+
+def _functional(
+    head: nn.Module, features: torch.Tensor, labels: torch.Tensor, config: ClassAnalysisConfig,
+    tracker: ClassTracker | None, report: ClassReport, stats: dict[str, float],
+) -> None:
+    """Badola et al.'s functional test of the sets S_c through the head, and the same values
+    of the tracker's first analysis (``_first``)."""
+    keys = ("functional_acc_full", "functional_acc_specific", "functional_acc_random",
+            "functional_gain")
+    if not isinstance(head, nn.Linear) or not has_weight(head):
+        stats.update(dict.fromkeys(keys, math.nan))
+        report.reasons["functional"] = ("the feature layer is not an nn.Linear head: no "
+                                        "functional test")
+    else:
+        try:
+            stats.update(functional_test(features, labels, read_weight(head), head.bias,
+                                         report.feature_sets, config.functional_draws,
+                                         config.seed))
+        except ValueError as error:
+            stats.update(dict.fromkeys(keys, math.nan))
+            report.reasons["functional"] = f"functional test failed: {error}"
+    first = tracker.first_functional if tracker is not None else None
+    first = first if first is not None else {k: stats[k] for k in keys}
+    for key in ("functional_acc_specific", "functional_gain"):
+        stats[f"{key}_first"] = float(first.get(key, math.nan))
 
 
 def _factorize(

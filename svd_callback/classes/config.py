@@ -6,7 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["ClassAnalysisConfig"]
+__all__ = ["EDGE_RULES", "ClassAnalysisConfig"]
+
+EDGE_RULES = ("influential", "mean_share")
+"""Class hyperedge constructions (:attr:`ClassAnalysisConfig.edge_rule`)."""
 
 
 @dataclass(frozen=True)
@@ -15,15 +18,26 @@ class ClassAnalysisConfig:
 
     Args:
         probe_size: images in the class-stratified probe (chosen once).
-        top_k: SVD-neurons (largest sigma) per layer, the hypergraph's nodes.
+        edge_rule: how the class hyperedges are built. ``"influential"`` (default):
+            e_c = the neurons DeepDataProfiler-influential (``influence_threshold``) in at least
+            the fraction ``q`` of class c's probe images, over every neuron of the layer.
+            ``"mean_share"``: the earlier rule on the ``top_k`` neurons (``tau`` or ``m``), its
+            hypergraph statistics logged with the suffix ``_mean_share``.
+        influence_threshold: DeepDataProfiler's threshold, the cumulative share of an image's
+            |signal| its influential neurons hold (plus one).
+        q: the fraction of a class's images in which a neuron must be influential to be in its
+            hyperedge (0.5, a majority, chosen on a pilot run: docs/methods.md).
+        top_k: SVD-neurons (largest sigma) per layer, the nodes of ``edge_rule="mean_share"``.
         layers: names of the layers to analyse (None: every monitored conv and linear layer).
             Cost per layer and analysis: one SVD of its unfolded weight and one pass over its
             probe input, O(I * c * k^2 * H * W) for a conv; on the digits CNN the whole
             analysis of its five layers takes about 60 ms for 256 images on 2 CPU threads.
-        tau: hyperedge e_c = the smallest set of neurons holding the share ``tau`` of class c's
-            mean |signal| (used when ``m`` is None).
-        m: hyperedge e_c = the ``m`` neurons of largest mean |signal| (instead of ``tau``).
+        tau: ``edge_rule="mean_share"``: hyperedge e_c = the smallest set of neurons holding the
+            share ``tau`` of class c's mean |signal| (used when ``m`` is None).
+        m: ``edge_rule="mean_share"``: hyperedge e_c = the ``m`` neurons of largest mean |signal|
+            (instead of ``tau``).
         feature_mass: the mass k of Badola et al.'s class-specific features.
+        functional_draws: random same-size feature sets drawn by the functional test.
         feature_layer: module whose *input* holds the penultimate features (None: the last
             ``nn.Linear``, see :func:`find_penultimate_layer`).
         factorization_every_n: factorization rank every n analyses (0: never, the default).
@@ -43,11 +57,15 @@ class ClassAnalysisConfig:
     """
 
     probe_size: int = 256
+    edge_rule: str = "influential"
+    influence_threshold: float = 0.1
+    q: float = 0.5
     top_k: int = 32
     layers: tuple[str, ...] | None = None
     tau: float | None = 0.5
     m: int | None = None
     feature_mass: float = 0.5
+    functional_draws: int = 20
     feature_layer: str | None = None
     factorization_every_n: int = 0
     factorization_layers: tuple[str, ...] | None = None
@@ -59,7 +77,8 @@ class ClassAnalysisConfig:
 
     def __post_init__(self) -> None:
         for name, low in (("probe_size", 1), ("top_k", 1), ("factorization_every_n", 0),
-                          ("factorization_max_rank", 1), ("batch_size", 1), ("seed", 0)):
+                          ("factorization_max_rank", 1), ("batch_size", 1), ("seed", 0),
+                          ("functional_draws", 1)):
             _check_int(name, getattr(self, name), low)
         if self.probe_batches is not None:
             _check_int("probe_batches", self.probe_batches, 1)
@@ -70,6 +89,13 @@ class ClassAnalysisConfig:
             object.__setattr__(self, "tau", None)
         elif self.tau is None or not 0.0 < float(self.tau) <= 1.0:
             raise ValueError(f"tau must be in (0, 1] (or give m), got {self.tau!r}")
+        if self.edge_rule not in EDGE_RULES:
+            raise ValueError(f"edge_rule must be one of {EDGE_RULES}, got {self.edge_rule!r}")
+        if not 0.0 <= float(self.influence_threshold) <= 1.0:
+            raise ValueError(f"influence_threshold must be in [0, 1], got "
+                             f"{self.influence_threshold!r}")
+        if not 0.0 < float(self.q) <= 1.0:
+            raise ValueError(f"q must be in (0, 1], got {self.q!r}")
         if not 0.0 < float(self.feature_mass) <= 1.0:
             raise ValueError(f"feature_mass must be in (0, 1], got {self.feature_mass!r}")
         for name in ("layers", "factorization_layers"):

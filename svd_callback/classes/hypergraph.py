@@ -1,8 +1,11 @@
 """Class-overlap hypergraph of SVD-neurons (docs/methods.md#class-statistics).
 
-Nodes are the top-k SVD-neurons of a layer (0..k-1, by decreasing sigma); the hyperedge e_c of
-class c holds the neurons that carry most of class c's signal a_{c,i}. Overlapping hyperedges
-mean classes that share neurons; a neuron in exactly one hyperedge is class-specific.
+Nodes are the SVD-neurons of a layer (by decreasing sigma). The hyperedge e_c of class c holds
+the neurons that are DeepDataProfiler-influential (:func:`influential_neurons`) in at least the
+fraction q of class c's probe images (:func:`influential_hyperedges`, the default), or, as the
+named alternative ``mean_share``, the top-k neurons carrying most of class c's mean signal
+a_{c,i} (:func:`class_hyperedges`). Overlapping hyperedges mean classes that share neurons; a
+neuron in exactly one hyperedge is class-specific.
 
 The statistics are computed here with dense incidence matrices (classes x neurons is small);
 :func:`to_hypernetx` builds the same hypergraph as a ``hypernetx.Hypergraph`` (checked to agree
@@ -24,6 +27,44 @@ from scipy.sparse.csgraph import connected_components
 from svd_callback.classes.signals import ClassMeans
 
 Edges = dict[int, frozenset[int]]
+
+
+def influential_hyperedges(
+    influential: torch.Tensor, labels: torch.Tensor, num_classes: int, q: float = 0.5
+) -> Edges:
+    """e_c = {i : #{x in class c : neuron i influential for x} >= q * #{x in class c}}.
+
+    Args:
+        influential: (I, n) bool, :func:`influential_neurons` of the probe images.
+        labels: (I,) integer class labels (labels outside [0, num_classes) are ignored).
+        num_classes: C.
+        q: the fraction of a class's images in which a neuron must be influential, in (0, 1].
+
+    Classes without probe images and classes whose edge would be empty get no hyperedge.
+
+    Raises:
+        ValueError: ``q`` outside (0, 1] or mismatched shapes.
+    """
+    if not 0.0 < float(q) <= 1.0:
+        raise ValueError(f"q must be in (0, 1], got {q!r}")
+    if influential.dim() != 2 or influential.shape[0] != labels.numel():
+        raise ValueError(f"influential {tuple(influential.shape)} does not match "
+                         f"{labels.numel()} labels")
+    labels = labels.detach().to(device="cpu", dtype=torch.int64).reshape(-1)
+    flags = influential.detach().to(device="cpu", dtype=torch.float64)
+    valid = (labels >= 0) & (labels < num_classes)
+    one_hot = torch.nn.functional.one_hot(labels[valid], num_classes).to(torch.float64)
+    hits = one_hot.T @ flags[valid]  # (C, n) images of class c where neuron i is influential
+    counts = one_hot.sum(dim=0)
+    edges: Edges = {}
+    for c in range(num_classes):
+        if counts[c] == 0:
+            continue
+        # Integer comparison: hits >= q * count up to rounding of the product.
+        members = torch.nonzero(hits[c] >= float(q) * counts[c] * (1 - 1e-12)).flatten()
+        if members.numel():
+            edges[c] = frozenset(members.tolist())
+    return edges
 
 
 def class_hyperedges(

@@ -30,8 +30,15 @@ class ClassReport:
             class without an edge).
         specific_neurons: layer -> (C,) class-specific neurons per class (0 for a class in the
             probe without an edge, NaN for a class absent from the probe).
-        edges: layer -> class -> hyperedge (neuron ranks).
+        edges: layer -> class -> hyperedge (node indices: node j is the neuron of the j-th
+            largest singular value, flat index ``neurons[layer][j]``).
         n_nodes: layer -> number of neurons (nodes) analysed.
+        neurons: layer -> (n_nodes,) flat neuron index ``group * r + i`` of each node.
+        bases: layer -> ``(U, Vh)`` of the layer's unfold SVD (every neuron, on the CPU), for
+            matching the neurons of the next analysis (:func:`match_neurons`).
+        specific_retained: layer -> (C,) class-specific neurons of the previous analysis
+            (matched by their singular vectors) still class-specific to the class now (NaN at the
+            first analysis, for a class without a previous edge or absent from the probe).
         feature_layer: module whose input gave the penultimate features (None if none).
         n_features: D, the number of penultimate features.
         feature_fraction: (C,) |S_c| / D (0 for a class in the probe whose features are all
@@ -51,6 +58,9 @@ class ClassReport:
     specific_neurons: dict[str, torch.Tensor] = field(default_factory=dict)
     edges: dict[str, Edges] = field(default_factory=dict)
     n_nodes: dict[str, int] = field(default_factory=dict)
+    neurons: dict[str, torch.Tensor] = field(default_factory=dict)
+    bases: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    specific_retained: dict[str, torch.Tensor] = field(default_factory=dict)
     feature_layer: str | None = None
     n_features: int = 0
     feature_fraction: torch.Tensor = field(default_factory=lambda: torch.empty(0))
@@ -72,8 +82,9 @@ class ClassReport:
         }
 
     def record_metrics(self) -> dict[str, dict[str, float]]:
-        """layer -> every statistic plus the per-class ``specific_neurons/<c>`` (and, at the
-        feature layer, ``feature_count/<c>`` = |S_c|) values the class alert rules read."""
+        """layer -> every statistic plus the per-class ``specific_neurons/<c>``,
+        ``specific_retained/<c>`` (and, at the feature layer, ``feature_count/<c>`` = |S_c|)
+        values the class alert rules read."""
         out: dict[str, dict[str, float]] = {}
         for layer, stats in self.layers.items():
             metrics = {k: float(v) for k, v in stats.items()}
@@ -81,6 +92,10 @@ class ClassReport:
             if specific is not None:
                 metrics.update({f"specific_neurons/{c}": float(v)
                                 for c, v in enumerate(specific.tolist())})
+            retained = self.specific_retained.get(layer)
+            if retained is not None:
+                metrics.update({f"specific_retained/{c}": float(v)
+                                for c, v in enumerate(retained.tolist())})
             if layer == self.feature_layer and self.feature_fraction.numel():
                 metrics.update({f"feature_count/{c}": float(v) * self.n_features
                                 for c, v in enumerate(self.feature_fraction.tolist())})
@@ -104,6 +119,8 @@ class ClassReport:
                     "edge_size": [len(edges[c]) if c in edges else None
                                   for c in range(self.num_classes)],
                     "specific_neurons": self.specific_neurons[layer].tolist(),
+                    "specific_retained": self.specific_retained[layer].tolist()
+                    if layer in self.specific_retained else None,
                     "jaccard_matrix": self.jaccard[layer].tolist(),
                 })
             if layer in self.factorization:
@@ -128,27 +145,49 @@ class ClassReport:
 
 
 class ClassTracker:
-    """What one analysis needs from the previous one: every layer's hyperedges and the
-    class-specific feature sets (for the stability Jaccards), and the analysis count (for the
-    factorization schedule). Plain-type :meth:`state_dict` for checkpoints."""
+    """What one analysis needs from the previous one: every layer's hyperedges, node -> neuron
+    indices and singular vectors (to match the neurons, :func:`match_neurons`), the
+    class-specific feature sets (for the stability Jaccards), the first analysis's functional
+    test values and the analysis count (for the factorization schedule). :meth:`state_dict`
+    holds plain types and CPU tensors (the singular vectors) for checkpoints."""
 
     def __init__(self) -> None:
         self.analyses = 0
         self.edges: dict[str, Edges] = {}
+        self.neurons: dict[str, torch.Tensor] = {}
+        self.bases: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.feature_sets: dict[int, frozenset[int]] | None = None
+        self.first_functional: dict[str, float] | None = None
 
     def update(self, report: ClassReport) -> None:
         """Remember ``report``'s edges and feature sets (layers it did not analyse keep
         theirs) and count the analysis."""
         self.analyses += 1
         self.edges.update({layer: dict(edges) for layer, edges in report.edges.items()})
+        for layer in report.edges:
+            if layer in report.bases and layer in report.neurons:
+                self.bases[layer] = report.bases[layer]
+                self.neurons[layer] = report.neurons[layer]
+            else:  # edges without vectors cannot be matched next time
+                self.bases.pop(layer, None)
+                self.neurons.pop(layer, None)
         if report.feature_layer is not None and "features" not in report.reasons:
             self.feature_sets = dict(report.feature_sets)
+        stats = report.layers.get(report.feature_layer or "", {})
+        if self.first_functional is None and math.isfinite(
+                stats.get("functional_gain", math.nan)):
+            self.first_functional = {k: float(v) for k, v in stats.items()
+                                     if k.startswith("functional_") and
+                                     not k.endswith("_first")}
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": 2,
             "analyses": self.analyses,
+            "neurons": {layer: n.tolist() for layer, n in self.neurons.items()},
+            "bases": {layer: [u.clone(), vh.clone()] for layer, (u, vh) in self.bases.items()},
+            "first_functional": None if self.first_functional is None
+            else dict(self.first_functional),
             "edges": {layer: [[c, sorted(e)] for c, e in edges.items()]
                       for layer, edges in self.edges.items()},
             "feature_sets": None if self.feature_sets is None
@@ -161,11 +200,20 @@ class ClassTracker:
         Raises:
             ValueError: not a tracker state of a known version.
         """
-        if not isinstance(state, Mapping) or state.get("version") != 1:
-            raise ValueError(f"not a ClassTracker state of version 1: {state!r:.80}")
+        if not isinstance(state, Mapping) or state.get("version") not in (1, 2):
+            raise ValueError(f"not a ClassTracker state of version 1 or 2: {state!r:.80}")
         self.analyses = int(state["analyses"])
         self.edges = {layer: {int(c): frozenset(int(i) for i in e) for c, e in edges}
                       for layer, edges in state["edges"].items()}
         sets = state.get("feature_sets")
         self.feature_sets = None if sets is None else {
             int(c): frozenset(int(i) for i in s) for c, s in sets}
+        # Version 1 (neurons identified by rank) has no vectors: the next analysis cannot
+        # match its neurons and leaves the stability statistics NaN, with a note.
+        self.neurons = {layer: torch.tensor(n, dtype=torch.int64)
+                        for layer, n in state.get("neurons", {}).items()}
+        self.bases = {layer: (torch.as_tensor(u), torch.as_tensor(vh))
+                      for layer, (u, vh) in state.get("bases", {}).items()}
+        first = state.get("first_functional")
+        self.first_functional = None if first is None else {k: float(v)
+                                                            for k, v in first.items()}

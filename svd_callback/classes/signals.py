@@ -61,12 +61,16 @@ class NeuronSignals:
         sigma: (k,) singular values of those neurons.
         neuron: (k,) flat neuron index ``group * r + j`` (j-th singular triplet of the group).
         reason: why the values are NaN (None when computed).
+        basis: ``(U (g, d/g, r), Vh (g, r, c/g * prod(k)))`` of every neuron (not only the top
+            k) when asked for with ``return_basis=True``, on the CPU; None otherwise or on
+            failure.
     """
 
     values: torch.Tensor
     sigma: torch.Tensor
     neuron: torch.Tensor
     reason: str | None = None
+    basis: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -91,6 +95,7 @@ def neuron_signals(
     layer_input: torch.Tensor,
     conv_params: ConvParams | nn.Module | None = None,
     top_k: int | None = None,
+    return_basis: bool = False,
 ) -> NeuronSignals:
     """s_i = sigma_i <v_i, mean_p x_p> for the ``top_k`` neurons of largest sigma (all if None).
 
@@ -100,6 +105,7 @@ def neuron_signals(
             averaged), (I, c, spatial...) for a conv.
         conv_params: :class:`ConvParams` or the conv module itself; None for a linear layer.
         top_k: number of neurons kept.
+        return_basis: also return the singular vectors (:attr:`NeuronSignals.basis`).
 
     Computed on ``layer_input``'s device in float32. The mean patch is accumulated from one
     strided slice of the padded input per kernel offset, which equals the mean of the
@@ -149,7 +155,7 @@ def neuron_signals(
     try:
         from svd_callback.spectra import unfold_svd
 
-        _, S, Vh = unfold_svd(w, groups)
+        U, S, Vh = unfold_svd(w, groups)
     except (RuntimeError, ValueError) as error:  # torch.linalg.LinAlgError is a RuntimeError
         return failed(f"SVD failed: {error}")
     patch_by_group = mean_patch.reshape(n_images, groups, -1)
@@ -157,7 +163,42 @@ def neuron_signals(
     values, sigma = values.reshape(n_images, -1), S.to(device).reshape(-1)
     order = torch.sort(sigma, descending=True, stable=True).indices[:k]
     reason = None if torch.isfinite(mean_patch).all() else "layer input has non-finite entries"
-    return NeuronSignals(values[:, order], sigma[order], order, reason)
+    basis = (U.detach().cpu(), Vh.detach().cpu()) if return_basis else None
+    return NeuronSignals(values[:, order], sigma[order], order, reason, basis)
+
+
+def influential_neurons(values: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """DeepDataProfiler's influential SVD-neurons of each image, (I, n) bool.
+
+    ``SVDProfiler.influential_svd_neurons`` of deep-data-profiler 2.0.1, applied to each row
+    (image) of ``values`` (the position-averaged signals of :func:`neuron_signals`, columns in
+    ``NeuronSignals.neuron`` order): sort |s_i| descending, keep the neurons whose cumulative
+    share sum_{j <= i} |s_(j)| / sum_j |s_j| is <= ``threshold``, plus the next one. A kept
+    neuron of |s_i| = 0 is not influential (DeepDataProfiler's weight is 0 there).
+
+    Defined here where DeepDataProfiler is not: ties are sorted by neuron index (a stable sort);
+    a row that is all zero or holds a non-finite value has no influential neuron
+    (DeepDataProfiler divides 0 by 0 and marks the first neuron). Shares are computed in float64.
+
+    Raises:
+        ValueError: ``values`` not 2-D or ``threshold`` outside [0, 1].
+    """
+    if values.dim() != 2:
+        raise ValueError(f"values must be (images, neurons), got shape {tuple(values.shape)}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    magnitude = values.detach().to(torch.float64).abs()
+    usable = torch.isfinite(magnitude).all(dim=1)
+    magnitude = torch.where(usable[:, None], magnitude, 0.0)
+    ordered, order = torch.sort(magnitude, dim=1, descending=True, stable=True)
+    cumulative = torch.cumsum(ordered, dim=1)
+    total = cumulative[:, -1:]
+    share = cumulative / total.clamp_min(torch.finfo(torch.float64).tiny)
+    accepted = (share <= threshold).sum(dim=1, keepdim=True)
+    rank = torch.arange(values.shape[1], device=values.device)
+    kept = (rank[None, :] <= accepted) & (ordered > 0) & (total > 0)
+    out = torch.zeros_like(kept)
+    return out.scatter(1, order, kept)
 
 
 def _mean_linear_input(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

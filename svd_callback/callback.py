@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from svd_callback import config as cfg
 from svd_callback.alerts import Alert, AlertEngine, Rule, default_class_rules, default_rules
-from svd_callback.classes.analysis import ClassAnalysisConfig
+from svd_callback.classes.config import ClassAnalysisConfig
 from svd_callback.classes.probe import ProbeSet
 from svd_callback.layers import find_layers
 from svd_callback.monitor.class_stage import ClassStage
@@ -39,6 +39,7 @@ _CONFIG_OPTIONS = (
     "every_n_epochs", "every_n_steps", "check_on", "log_init", "conv_mode", "include", "exclude",
     "metrics", "normalization", "fit", "ww_compat", "svd_method", "input_size", "histograms",
     "figures_every_n", "figure_layers", "stop_on_alert", "history_file", "generator_seed",
+    "embeddings",
 )
 """The arguments that go into :class:`~svd_callback.config.MonitorConfig`."""
 _DEFAULTS = {"conv_mode": (("unfold",), ["unfold"], "unfold"), "check_on": (None,)}
@@ -140,7 +141,7 @@ class SpectralMonitor(Callback):
                 raise ValueError(f"{name} must be callable or None, got {value!r}")
         class_config = ClassStage.options(class_analysis, class_probe)
         self.on_alert = on_alert
-        self.embeddings = bool(embeddings)
+        self.embeddings = self._config.analysis.embeddings
         if alert_rules is None:
             alert_rules = default_rules(traps=self._config.analysis.traps)
             if class_config is not None:
@@ -152,8 +153,7 @@ class SpectralMonitor(Callback):
         self._classes = ClassStage(class_config, class_probe, self._guard, forward_fn)
         keep_svals = self._config.histograms or bool(self._config.figures_every_n)
         self._runner = AnalysisRunner(self._config.analysis, self._engine, self._classes,
-                                      self._guard, embeddings=self.embeddings,
-                                      keep_svals=keep_svals, forward_fn=forward_fn)
+                                      self._guard, keep_svals=keep_svals, forward_fn=forward_fn)
         self._publisher = Publisher(self._config, self._classes, self._guard,
                                     bool(per_layer_callback_metrics))
         self._summaries: list[dict[str, Any]] = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from svd_callback.alerts import Alert
-from svd_callback.classes.analysis import ClassReport
+from svd_callback.classes.report import ClassReport
 from svd_callback.report import Report
 
 __all__ = ["AnalysisResult"]

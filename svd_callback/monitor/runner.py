@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from svd_callback.alerts import TRAINING, Alert, AlertEngine
 from svd_callback.analysis import analyze, summarize
-from svd_callback.classes.analysis import class_records
+from svd_callback.classes.records import class_records
 from svd_callback.config import AnalysisConfig
 from svd_callback.distributed import gather_alerts, gather_reports, is_distributed, split_work
 from svd_callback.layers import estimate_cost, example_input_for, find_layers, record_input_sizes
@@ -69,7 +69,6 @@ class AnalysisRunner:
         alert_engine: the rules, run after each analysis.
         classes: the class-analysis stage (its config may be None: off).
         guard: the callback's guard.
-        embeddings: also analyse ``nn.Embedding`` tables.
         keep_svals: keep each record's singular values (histograms, figures).
         forward_fn: the user's forward for the input-size probe.
     """
@@ -81,7 +80,6 @@ class AnalysisRunner:
         classes: ClassStage,
         guard: Guard,
         *,
-        embeddings: bool = False,
         keep_svals: bool = True,
         forward_fn: Forward | None = None,
     ) -> None:
@@ -89,7 +87,6 @@ class AnalysisRunner:
         self.alert_engine = alert_engine
         self.classes = classes
         self.guard = guard
-        self.embeddings = embeddings
         self.keep_svals = keep_svals
         self.forward_fn = forward_fn
         self.reset()
@@ -118,7 +115,7 @@ class AnalysisRunner:
         try:
             example, key, source = self._example(module, training_input)
             specs, _ = find_layers(module, self.config.include, self.config.exclude,
-                                   self.embeddings)
+                                   self.config.embeddings)
             with torch.no_grad():
                 self.input_sizes = record_input_sizes(module, example, specs,
                                                       forward_for(key, self.forward_fn))
@@ -194,7 +191,7 @@ class AnalysisRunner:
         if not self.classes.enabled:
             return []
         specs, _ = find_layers(module, self.config.include, self.config.exclude,
-                               self.embeddings)
+                               self.config.embeddings)
         return [s.name for s in specs if s.is_module_weight]
 
     def _local_report(
@@ -206,7 +203,8 @@ class AnalysisRunner:
         names: list[str] = []
         share: list[str] | None = None
         try:
-            specs, skipped = find_layers(module, config.include, config.exclude, self.embeddings)
+            specs, skipped = find_layers(module, config.include, config.exclude,
+                                          config.embeddings)
             names = [s.name for s in specs] + [s.name for s in skipped]
             if is_distributed(world):
                 for spec in specs:
@@ -234,24 +232,8 @@ class AnalysisRunner:
 
     def _analyze(self, module: torch.nn.Module, share: list[str] | None) -> Report:
         """:func:`~svd_callback.analysis.analyze` with this runner's configuration."""
-        config = self.config
-        return analyze(
-            module,
-            conv_mode=config.conv_mode,
-            input_sizes=dict(self.input_sizes) or None,
-            include=config.include,
-            exclude=config.exclude,
-            layer_names=share,
-            normalization=config.normalization,
-            ww_compat=config.ww_compat,
-            svd_method=config.svd_method,
-            fit=config.fit,
-            mp_fit=config.mp_fit,
-            traps=config.traps,
-            generator_seed=config.generator_seed,
-            embeddings=self.embeddings,
-            keep_svals=self.keep_svals,
-        )
+        return analyze(module, config=self.config, input_sizes=dict(self.input_sizes) or None,
+                       layer_names=share, keep_svals=self.keep_svals)
 
     def _gather_alerts(
         self, alerts: list[Alert], world: int, rank: int

@@ -1,6 +1,8 @@
 """Reading inputs from a Trainer's data for the callback's own forward passes: the conv
 input-size probe (``operator`` mode) and the class probe.
 
+A batch is read by :func:`svd_callback.classes.probe.read_batch` (dict batches: the inputs
+under the first of its ``INPUT_KEYS`` present, else the first key; sequences: the first item).
 Every read happens inside ``isolate_rng`` so that random augmentations, samplers and a
 loader's base seed leave the global generators as they were.
 """
@@ -15,18 +17,15 @@ import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from svd_callback.classes.probe import read_batch
+
 __all__ = [
-    "INPUT_KEYS",
     "KeyRecorder",
     "first_training_input",
     "forward_for",
     "has_uninitialised_lazy",
-    "input_key",
     "validation_loader",
 ]
-
-INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
-"""Keys looked for, in this order, for the inputs of a dict batch."""
 
 Forward = Callable[[torch.nn.Module, Any], Any]
 
@@ -36,14 +35,6 @@ def has_uninitialised_lazy(model: torch.nn.Module) -> bool:
     forward to create its parameters."""
     return any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()
                for m in model.modules())
-
-
-def input_key(batch: Mapping[str, Any]) -> str | None:
-    """The key of the inputs in a dict batch: the first of :data:`INPUT_KEYS`, else the first."""
-    for key in INPUT_KEYS:
-        if key in batch:
-            return key
-    return next(iter(batch), None)
 
 
 def _tensor_or_dict_forward(model: torch.nn.Module, inputs: Any, key: str) -> Any:
@@ -87,12 +78,8 @@ def first_training_input(trainer: Any) -> tuple[Any, str | None]:
             batch = collate([sample]) if collate is not None else sample
         else:
             batch = next(iter(loader))
-    if isinstance(batch, Mapping):
-        key = input_key(batch)
-        return (batch[key] if key is not None else None), key
-    if isinstance(batch, (list, tuple)):
-        return (batch[0] if batch else None), None
-    return batch, None
+    parts = read_batch(batch)
+    return parts.inputs, parts.key
 
 
 def validation_loader(trainer: Any) -> Any:
@@ -112,7 +99,8 @@ def validation_loader(trainer: Any) -> Any:
 
 
 class KeyRecorder:
-    """Iterates ``loader`` and remembers the input key of its dict batches (None otherwise)."""
+    """Iterates ``loader`` and remembers the input key of its last batch (None unless it is a
+    dict batch; :func:`~svd_callback.classes.probe.read_batch`)."""
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
@@ -120,6 +108,5 @@ class KeyRecorder:
 
     def __iter__(self) -> Iterator[Any]:
         for batch in self.loader:
-            if isinstance(batch, Mapping):
-                self.key = input_key(batch)
+            self.key = read_batch(batch).key
             yield batch

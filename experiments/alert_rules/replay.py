@@ -32,8 +32,9 @@ RUNS = {
 
 def normalizers_of(run: str) -> dict[str, str]:
     """Layer -> BatchNorm of the run's model (:func:`svd_callback.normalizers.output_normalizers`
-    of a fresh instance: the structure does not change in training). The saved layer rows do
-    not carry ``normalized_by``; the replay adds it, as the analysis records it online."""
+    of a fresh instance: the structure does not change in training). These saved histories were
+    written before the layer rows carried ``normalized_by``; the replay adds it to rows without
+    it, as the analysis records it online (newer histories carry it)."""
     if not run.startswith("bn_"):
         return {}
     from experiments.alert_rules.models import BatchNormCNN

@@ -133,6 +133,7 @@ class HistoryWriter:
                 "quality": record.quality,
                 "reason": record.reason,
                 "notes": dict(record.notes),
+                "normalized_by": record.normalized_by,
                 "rank": result.owners.get(record.name, 0),
             })
         for mode, aggregates in result.summary.items():
@@ -146,7 +147,8 @@ class HistoryWriter:
         HistoryFile(self.path).append(rows)
 
     def write_classes(self, result: AnalysisResult, settings: dict[str, Any]) -> None:
-        """The ``class`` rows of one analysis (``settings``: probe size, top_k, tau, m)."""
+        """The ``class`` rows of one analysis (``settings``: probe size and the edge-rule settings,
+        :meth:`~svd_callback.monitor.class_stage.ClassStage.history_fields`)."""
         if self.path is None or result.class_report is None:
             return
         common = {**_common(result), **settings}

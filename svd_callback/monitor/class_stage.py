@@ -11,16 +11,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from svd_callback.classes.analysis import (
-    ClassAnalysisConfig,
-    ClassReport,
-    ClassTracker,
-    ProbeError,
-    analyze_classes,
-    probe_at_positions,
-    probe_from_loader,
-)
-from svd_callback.classes.probe import ProbeSet
+from svd_callback.classes.analysis import analyze_classes
+from svd_callback.classes.config import ClassAnalysisConfig
+from svd_callback.classes.probe import ProbeError, ProbeSet, probe_at_positions, probe_from_loader
+from svd_callback.classes.report import ClassReport, ClassTracker
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.inputs import (
     Forward,
@@ -170,10 +164,16 @@ class ClassStage:
         if config is None:
             return ""
         size = len(self.probe) if self.probe is not None else config.probe_size
-        rule = f"tau={config.tau}" if config.m is None else f"m={config.m}"
-        return (f"fixed class-stratified probe of {size} images, eval mode; top-{config.top_k} "
-                f"unfold SVD-neurons per layer, hyperedges {rule}; features: input of the "
-                f"penultimate layer, mass {config.feature_mass}")
+        if config.edge_rule == "influential":
+            edges = (f"all unfold SVD-neurons per layer; hyperedges: DeepDataProfiler-influential "
+                     f"(threshold {config.influence_threshold}) in >= q={config.q} of the "
+                     f"class's images")
+        else:
+            rule = f"tau={config.tau}" if config.m is None else f"m={config.m}"
+            edges = (f"mean_share: top-{config.top_k} unfold SVD-neurons per layer, hyperedges "
+                     f"{rule}")
+        return (f"fixed class-stratified probe of {size} images, eval mode; {edges}; features: "
+                f"input of the penultimate layer, mass {config.feature_mass}")
 
     def history_fields(self) -> dict[str, Any]:
         """The settings written on every ``class`` row of the history file."""
@@ -183,6 +183,9 @@ class ClassStage:
             "top_k": config.top_k if config else None,
             "tau": config.tau if config else None,
             "m": config.m if config else None,
+            "edge_rule": config.edge_rule if config else None,
+            "q": config.q if config else None,
+            "influence_threshold": config.influence_threshold if config else None,
         }
 
     # ------------------------------------------------------------------ state

@@ -72,34 +72,63 @@ _FIT_TEXT = {
     None: "no power-law fit",
 }
 
-CLASS_STAT_DESCRIPTIONS: dict[str, str] = {
-    "n_edges": "number of class hyperedges (classes of the probe with a non-zero signal)",
+_HYPERGRAPH_DESCRIPTIONS: dict[str, str] = {
+    "n_edges": "number of class hyperedges (classes of the probe with an edge)",
     "jaccard_mean": "class overlap: mean pairwise Jaccard |e_a & e_b| / |e_a | e_b| of the class "
     "hyperedges",
     "jaccard_max": "largest pairwise Jaccard of two class hyperedges",
     "class_specific_fraction": "fraction of the neurons in some hyperedge that lie in exactly one "
     "(class-specific neurons)",
-    "class_specific_fraction_all": "class-specific neurons / all top-k neurons",
+    "class_specific_fraction_all": "class-specific neurons / all nodes (the analysed neurons)",
     "degree_mean": "mean number of class hyperedges holding a covered neuron",
-    "degree_mean_all": "mean number of class hyperedges holding a neuron, over all top-k neurons",
+    "degree_mean_all": "mean number of class hyperedges holding a neuron, over all nodes",
     "s_components_1": "classes' 1-connected components (edges sharing >= 1 neuron joined)",
     "s_components_2": "classes' 2-connected components (edges sharing >= 2 neurons joined)",
     "s_components_3": "classes' 3-connected components (edges sharing >= 3 neurons joined)",
     "dual_s_components_1": "neurons' 1-connected components in the dual hypergraph",
     "dual_s_components_2": "neurons' 2-connected components in the dual hypergraph",
     "dual_s_components_3": "neurons' 3-connected components in the dual hypergraph",
-    "edge_stability_mean": "mean Jaccard of each class hyperedge with its previous analysis's",
+    "edge_stability_mean": "mean Jaccard of each class hyperedge with its previous analysis's, "
+    "carried to the neurons matched by their singular vectors",
+    "neuron_match_cosine": "mean |cosine| |<u_i, u'_j>| |<v_i, v'_j>| of the rank-one components "
+    "of the previous analysis's neurons and their current matches (Hungarian assignment; 1: the "
+    "same singular vectors, possibly reordered)",
+}
+"""The statistics of one layer's class hypergraph (``classes.hypergraph.hypergraph_stats``) and
+the neuron match; nodes are SVD-neurons, edges e_c the class hyperedges (DeepDataProfiler)."""
+
+_MEAN_SHARE = ("; edge_rule='mean_share': nodes the top-k neurons by sigma, e_c the fewest "
+               "neurons holding the share tau of class c's mean |signal| (or the top m)")
+
+CLASS_STAT_DESCRIPTIONS: dict[str, str] = {
+    **_HYPERGRAPH_DESCRIPTIONS,
+    **{f"{stat}_mean_share": text + _MEAN_SHARE for stat, text in _HYPERGRAPH_DESCRIPTIONS.items()},
+    "specific_neurons": "per class c: neurons in e_c and in no other hyperedge",
+    "specific_retained": "per class c: the class-specific neurons of the previous analysis "
+    "(matched by their singular vectors) still specific to c",
     "feature_fraction_mean": "mean over classes of |S_c| / D, Badola et al.'s class-specific "
     "penultimate features",
     "feature_count_mean": "mean over classes of |S_c|, the class-specific penultimate features",
+    "feature_count": "per class c: |S_c|, Badola et al.'s class-specific penultimate features",
     "selectivity": "selectivity (D - median m(x)) / D of the penultimate features",
     "feature_jaccard_previous_mean": "mean Jaccard of each S_c with its previous analysis's",
+    "functional_acc_full": "probe accuracy of argmax_c z_c, z_c = sum_j W[c, j] h_j + b_c over "
+    "all D features (the linear head; Badola et al.'s functional test)",
+    "functional_acc_specific": "probe accuracy with class c's logit restricted to S_c: "
+    "z_c = sum_{j in S_c} W[c, j] h_j + b_c (Badola et al.'s functional test)",
+    "functional_acc_random": "probe accuracy with class c's logit restricted to a random set of "
+    "|S_c| features, mean over functional_draws draws (Badola et al.'s functional test)",
+    "functional_gain": "functional_acc_specific - functional_acc_random: what S_c carries beyond "
+    "as many random features (Badola et al.)",
+    "functional_acc_specific_first": "functional_acc_specific of the run's first analysis",
+    "functional_gain_first": "functional_gain of the run's first analysis",
     "factorization_rank": "non-negative CP rank of the layer's rectified outputs chosen by "
     "CORCONDIA (Saini & Papalexakis)",
     "factorization_fit": "fit 1 - ||X - Xhat|| / ||X|| of the chosen CP rank",
     "factorization_corcondia": "core consistency (CORCONDIA) of the chosen CP rank",
 }
-"""What each ``classes/<stat>/<layer>`` scalar is (docs/methods.md#class-statistics)."""
+"""What each ``classes/<stat>/<layer>`` scalar is, and the per-class ``<stat>/<c>`` values of
+the history file and the class rules (docs/methods.md#class-statistics)."""
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-/]")
 

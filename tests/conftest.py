@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 
 @pytest.fixture
@@ -39,3 +41,15 @@ def write_idx() -> Callable[[Path, np.ndarray], None]:
             handle.write(header + array.astype(np.uint8).tobytes())
 
     return write
+
+
+@pytest.fixture
+def saved_module(tmp_path: Path) -> Path:
+    """A seeded small conv net (conv 1->8 on 6x6 inputs, ReLU, linear 288->10) saved whole with
+    ``torch.save`` (``model.pt``)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 10))
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    return path

@@ -8,15 +8,13 @@ The test runs this file as a script in its own process group, killed whole on ti
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import run_script_in_own_group
 from lightning.pytorch.callbacks import Callback
 
 from svd_callback.balance import SpectralLRBalancer
@@ -63,18 +61,7 @@ def main(out: Path) -> None:
 
 @pytest.mark.timeout(240)
 def test_ddp_ranks_use_the_same_rates(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    process = subprocess.Popen(
-        [sys.executable, __file__, str(tmp_path)], env=env, cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
-        _, stderr = process.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail("fit under ddp_spawn did not return within 180 s")
-    assert process.returncode == 0, stderr[-3000:]
+    run_script_in_own_group(__file__, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["groups"] == ranks[1]["groups"] == 1 + 3  # one group per tuned layer
     assert ranks[0]["factors"] == ranks[1]["factors"]

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import digits_fit
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -23,7 +24,7 @@ from tensorboard.util import tensor_util
 from svd_callback.alerts import TRAINING, GeneralizationGap, RankCollapse
 from svd_callback.analysis import analyze
 from svd_callback.callback import SpectralMonitor
-from svd_callback.examples import DigitsDataModule, SmallCNN
+from svd_callback.examples import SmallCNN
 from svd_callback.layers import find_layers
 from svd_callback.sinks.history import read_history
 
@@ -34,19 +35,11 @@ def fit(root: Path, callbacks=(), logger=False, max_epochs: int = 2, model=None,
         ckpt_path=None, **trainer_kwargs):
     """Seeded digits run on the CPU; returns (trainer, model). ``model``: a module or a factory
     (called after seeding)."""
-    pl.seed_everything(seed, verbose=False)
-    model = model() if callable(model) and not isinstance(model, pl.LightningModule) else model
-    model = model if model is not None else SmallCNN()
-    options = dict(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, logger=logger,
-        callbacks=list(callbacks), enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, default_root_dir=root, limit_train_batches=BATCHES,
-        limit_val_batches=2, num_sanity_val_steps=1, log_every_n_steps=2,
-    )
+    options = dict(limit_train_batches=BATCHES, limit_val_batches=2, num_sanity_val_steps=1,
+                   log_every_n_steps=2)
     options.update(trainer_kwargs)
-    trainer = pl.Trainer(**options)
-    trainer.fit(model, DigitsDataModule(batch_size=64), ckpt_path=ckpt_path)
-    return trainer, model
+    return digits_fit(root, callbacks, model, max_epochs=max_epochs, seed=seed, logger=logger,
+                      ckpt_path=ckpt_path, batch_size=64, **options)
 
 
 def accumulator(log_dir) -> EventAccumulator:

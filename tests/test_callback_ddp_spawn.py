@@ -12,13 +12,11 @@ The test runs this file as a script in its own process group, killed whole on ti
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_script_in_own_group
 
 MODES = ("unfold", "operator", "slices")
 GROUPS = ("norms", "powerlaw", "mp", "traps")
@@ -46,18 +44,7 @@ def main(out: Path) -> None:
 
 @pytest.mark.timeout(240)
 def test_ddp_spawn_full_config_returns(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    process = subprocess.Popen(
-        [sys.executable, __file__, str(tmp_path)], env=env, cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
-        _, stderr = process.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail("fit under ddp_spawn did not return within 180 s")
-    assert process.returncode == 0, stderr[-3000:]
+    run_script_in_own_group(__file__, tmp_path)
     metrics = json.loads((tmp_path / "parent.json").read_text())["callback_metrics"]
     # the model-level values reach the launching process; the per-layer ones stay out
     assert "spectral_summary/alpha_mean" in metrics and "alerts/count" in metrics

@@ -15,9 +15,9 @@ import time
 import warnings
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import digits_fit
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
@@ -39,21 +39,12 @@ def fit(root: Path, callbacks=(), model=None, max_epochs: int = 2, seed: int = 0
         ckpt_path=None, datamodule=None, quiet=True, **options):
     """A seeded digits run; returns (trainer, model). ``model``: a factory called after seeding;
     ``quiet``: hide the warnings."""
-    pl.seed_everything(seed, verbose=False)
-    module = model() if model is not None else SmallCNN()
-    settings = dict(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, logger=logger,
-        callbacks=list(callbacks), enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, default_root_dir=root, limit_train_batches=BATCHES,
-        limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=1,
-    )
+    settings = dict(limit_train_batches=BATCHES, limit_val_batches=1, num_sanity_val_steps=0,
+                    log_every_n_steps=1)
     settings.update(options)
-    trainer = pl.Trainer(**settings)
-    with warnings.catch_warnings():
-        if quiet:
-            warnings.simplefilter("ignore")
-        trainer.fit(module, datamodule or DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
-    return trainer, module
+    return digits_fit(root, callbacks, model, max_epochs=max_epochs, seed=seed, logger=logger,
+                      ckpt_path=ckpt_path, datamodule=datamodule, batch_size=32, quiet=quiet,
+                      **settings)
 
 
 def assert_same_weights(first: dict, second: dict) -> None:

@@ -6,29 +6,13 @@ import json
 
 import pytest
 import torch
+from helpers import run_cli
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from svd_callback.cli import main
 from svd_callback.examples import SmallCNN
 from svd_callback.loading import weights_only_model
 from svd_callback.runs import parse_tag, read_run
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture()
-def saved_module(tmp_path):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(8 * 6 * 6, 10))
-    path = tmp_path / "model.pt"
-    torch.save(model, path)
-    return path
 
 
 def test_analyze_saved_module_writes_csv_and_json(capsys, saved_module, tmp_path):

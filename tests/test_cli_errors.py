@@ -12,18 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from svd_callback.cli import main
-
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
@@ -32,16 +25,6 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert "Traceback" not in err and ": error: " in err, err
     for fragment in fragments:
         assert fragment in err, (fragment, err)
-
-
-@pytest.fixture()
-def saved_module(tmp_path):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(8 * 6 * 6, 10))
-    path = tmp_path / "model.pt"
-    torch.save(model, path)
-    return path
 
 
 def write_tb_run(path: Path, alphas: list[float], tag: str = "alpha_mean") -> Path:

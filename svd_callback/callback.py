@@ -155,7 +155,7 @@ class SpectralMonitor(Callback):
                                       self._guard, embeddings=self.embeddings,
                                       keep_svals=keep_svals, forward_fn=forward_fn)
         self._publisher = Publisher(self._config, self._classes, self._guard,
-                                    bool(per_layer_callback_metrics))
+                                    bool(per_layer_callback_metrics), engine=self._engine)
         self._summaries: list[dict[str, Any]] = []
         self._loaded = False
 

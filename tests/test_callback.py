@@ -170,7 +170,8 @@ def test_end_to_end_tensorboard_matches_analyze_on_the_saved_weights(tmp_path):
     layout = layout_pb2.Layout()
     config = acc.Tensors("custom_scalars__config__")[-1].tensor_proto
     layout.ParseFromString(tensor_util.make_ndarray(config).item())
-    assert [c.title for c in layout.category][:2] == ["spectral (unfold)", "spectral (operator)"]
+    assert [c.title for c in layout.category][:4] == [
+        "spectral summary", "alerts", "spectral (unfold)", "spectral (operator)"]
     for category in layout.category:  # every chart shows something
         for chart in category.chart:
             (pattern,) = chart.multiline.tag

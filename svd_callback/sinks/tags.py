@@ -3,9 +3,11 @@
 The tag patterns are fixed (docs/conventions.md): per-layer scalars ``spectral/<metric>/<layer>``
 for the primary conv mode and ``spectral/<metric>.<mode>/<layer>`` for the others; model-level
 aggregates ``spectral_summary/<key>`` (``spectral_summary/<key>.<mode>``); singular-value histograms
-``spectra/<mode>/<layer>``; ``alerts/count`` and the text tag ``alerts``; class-level statistics
-``classes/<stat>/<layer>`` and their figures ``class_figures/<figure>/<layer>``. Every description
-says which conv mode, normalisation and fit (or which probe and hyperedge rule) produced the number.
+``spectra/<mode>/<layer>``; ``alerts/count`` (per analysis), ``alerts/total`` and
+``alerts/rule/<rule>`` (cumulative), the text tags ``alerts`` and ``spectral/reasons``;
+class-level statistics ``classes/<stat>/<layer>`` and their figures
+``class_figures/<figure>/<layer>``. Every description says which conv mode, normalisation and
+fit (or which probe and hyperedge rule) produced the number.
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ from svd_callback.metric_groups import METRIC_GROUPS
 
 ALERT_COUNT_TAG = "alerts/count"
 ALERT_TEXT_TAG = "alerts"
+ALERT_TOTAL_TAG = "alerts/total"
+ALERT_RULE_PREFIX = "alerts/rule/"
+REASONS_TAG = "spectral/reasons"
 CONVENTIONS_TAG = "spectral/conventions"
 EPOCH_TAG = "epoch"
 
+
+
+def alert_rule_tag(rule: str) -> str:
+    """``alerts/rule/<rule>``: the cumulative number of alerts ``rule`` raised."""
+    return ALERT_RULE_PREFIX + rule
 
 
 METRIC_DESCRIPTIONS: dict[str, str] = {

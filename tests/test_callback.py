@@ -141,7 +141,14 @@ def test_end_to_end_tensorboard_matches_analyze_on_the_saved_weights(tmp_path):
     for record in final:
         assert record.reason is None
         suffix = "" if record.mode == "unfold" else f".{record.mode}"
+        if record.kind == "linear" and record.mode != "unfold":  # logged once, under unfold
+            assert not any(t.endswith(f"{suffix}/{record.name}") for t in scalars)
+            assert f"spectra/{record.mode}/{record.name}" not in acc.Tags()["tensors"]
+            continue
         for metric in monitor.config.analysis.metric_names:
+            if metric in ("matrix_rank", "rank_loss"):  # constant: constant_metrics=True only
+                assert f"spectral/{metric}{suffix}/{record.name}" not in scalars
+                continue
             value = record.metrics.get(metric)
             tag = f"spectral/{metric}{suffix}/{record.name}"
             if value is None or not math.isfinite(value):

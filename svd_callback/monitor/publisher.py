@@ -25,6 +25,7 @@ from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.heatmaps import SpectrumStore
 from svd_callback.monitor.history_writer import HistoryWriter
 from svd_callback.monitor.result import AnalysisResult
+from svd_callback.monitor.selection import drop_redundant, mode_independent
 from svd_callback.monitor.text import conventions_markdown
 from svd_callback.monitor.values import is_model_level, scalars
 from svd_callback.report import Report
@@ -101,6 +102,7 @@ class Publisher:
             tag: torch.tensor(value, dtype=torch.float32) for tag, value in values.items()
             if self.per_layer_callback_metrics or is_model_level(tag) or tag.startswith("alerts/")
         })
+        drop_redundant(values, descriptions, result, self.config)  # the loggers get fewer
         self.last_result = result
         if self.config.figures_every_n:
             self.guard.call("storing spectra for the heat maps", self.store.add, result.report,
@@ -236,8 +238,9 @@ class Publisher:
         logger.log_metrics(epoch, step)
         if self.config.histograms:
             for record in result.report:
-                if record.svals is None:
-                    continue
+                if record.svals is None or (record.mode != self.config.analysis.primary_mode
+                                            and mode_independent(record.kind)):
+                    continue  # a linear layer's spectrum is the same in every conv mode
                 sink.histogram(
                     tags.spectrum_tag(record.mode, record.name),
                     record.svals.detach().cpu().double().numpy(), step,

@@ -56,8 +56,9 @@ def conventions_markdown(
         "",
         f"- metric groups: {', '.join(analysis.metrics)} "
         f"({md(', '.join(analysis.metric_names))})",
-        "- aggregates: `spectral_summary/<metric>_mean|_median[.<mode>]` over analysed "
-        "layers; histograms `spectra/<mode>/<layer>` hold raw singular values",
+        f"- aggregates: `spectral_summary/<metric>_{'|_'.join(config.summary_stats)}"
+        "[.<mode>]` over analysed layers; layers that are not convolutions are logged under "
+        "the primary mode only; histograms `spectra/<mode>/<layer>` hold raw singular values",
         f"- schedule: {schedule_text(config, check_on)}; step = trainer.global_step",
         f"- history file: `{history_path or 'disabled'}`",
     ]

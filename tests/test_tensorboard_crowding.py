@@ -1,11 +1,13 @@
 """Fewer TensorBoard charts: layers that are not convolutions logged once (primary mode),
-one aggregate per metric by default, constant metrics on request."""
+one aggregate per metric by default, constant metrics on request; histograms of log10 sigma."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.util import tensor_util
 
 from svd_callback.alerts import AlertEngine
 from svd_callback.config import AnalysisConfig, MonitorConfig
@@ -81,3 +83,19 @@ def test_summary_stats_rejects_bad_values(bad):
 
 def test_summary_stats_accepts_a_single_name():
     assert MonitorConfig(summary_stats="median").summary_stats == ("median",)
+
+
+def test_histograms_hold_log10_sigma_of_the_positive_singular_values(tmp_path, read_events):
+    logger, _, result = _publish(tmp_path)
+    acc = read_events(logger.log_dir)
+    record = result.report.get("features.0", "operator")
+    sigma = record.svals.double().numpy()
+    (event,) = acc.Tensors("spectra/operator/features.0")
+    buckets = tensor_util.make_ndarray(event.tensor_proto)
+    # numpy's own log10 of the positive values: range and count
+    positive = sigma[sigma > 0]
+    assert buckets[:, 2].sum() == positive.size
+    assert buckets[0, 0] == pytest.approx(float(np.log10(positive.min())))
+    assert buckets[-1, 1] == pytest.approx(float(np.log10(positive.max())))
+    description = acc.SummaryMetadata("spectra/operator/features.0").summary_description
+    assert description.startswith("log10 of the layer's singular values")

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
@@ -242,8 +243,7 @@ class Publisher:
                                             and mode_independent(record.kind)):
                     continue  # a linear layer's spectrum is the same in every conv mode
                 sink.histogram(
-                    tags.spectrum_tag(record.mode, record.name),
-                    record.svals.detach().cpu().double().numpy(), step,
+                    tags.spectrum_tag(record.mode, record.name), log10_sigma(record.svals), step,
                     description=tags.spectrum_description(record.mode, record.normalization),
                 )
         text = alerts_text(result.alerts, result.raised_on, self._alert_totals or {},
@@ -324,6 +324,13 @@ def _write_class_figures(sinks: Any, result: AnalysisResult) -> None:
     for sink in sinks:
         sink.figure(tags.class_figure_tag("hypergraph", layer), hypergraph, step)
         sink.figure(tags.class_figure_tag("overlap", layer), overlap, step)
+
+
+def log10_sigma(svals: torch.Tensor) -> np.ndarray:
+    """``log10(sigma)`` of the positive singular values: a heavy tail no longer squashes the
+    bulk of the histogram into its first bucket."""
+    values = svals.detach().cpu().double().numpy().ravel()
+    return np.log10(values[values > 0])
 
 
 def _log_to_logger(logger: Any, metrics: dict[str, float], step: int) -> None:

@@ -58,7 +58,8 @@ def conventions_markdown(
         f"({md(', '.join(analysis.metric_names))})",
         f"- aggregates: `spectral_summary/<metric>_{'|_'.join(config.summary_stats)}"
         "[.<mode>]` over analysed layers; layers that are not convolutions are logged under "
-        "the primary mode only; histograms `spectra/<mode>/<layer>` hold raw singular values",
+        "the primary mode only; histograms `spectra/<mode>/<layer>` hold log10 of the raw "
+        "singular values",
         f"- schedule: {schedule_text(config, check_on)}; step = trainer.global_step",
         f"- history file: `{history_path or 'disabled'}`",
     ]

@@ -220,11 +220,14 @@ def summary_description(
 
 
 def spectrum_description(mode: str, normalization: str) -> str:
+    """The description of the ``spectra/<mode>/<layer>`` histogram: log10 sigma."""
+    what = ("log10 of the layer's singular values sigma (before normalisation; zero singular "
+            "values left out), so that the bulk and the heavy tail both show")
     return (
-        f"singular values sigma of the layer (before normalisation); "
-        f"{_MODE_TEXT.get(mode, mode)}; the ESD metrics use {_NORMALIZATION_TEXT[normalization]}"
+        f"{what}; {_MODE_TEXT.get(mode, mode)}; the ESD metrics use "
+        f"{_NORMALIZATION_TEXT[normalization]}"
         if normalization in _NORMALIZATION_TEXT
-        else f"singular values sigma of the layer; {_MODE_TEXT.get(mode, mode)}"
+        else f"{what}; {_MODE_TEXT.get(mode, mode)}"
     )
 
 

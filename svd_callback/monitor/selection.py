@@ -17,13 +17,27 @@ from svd_callback.config import MonitorConfig
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.sinks import tags
 
-__all__ = ["CONSTANT_METRICS", "SUMMARY_STATS", "drop_redundant", "mode_independent"]
+__all__ = [
+    "CONSTANT_METRICS", "SUMMARY_STATS", "drop_redundant", "logged_metric_names",
+    "mode_independent",
+]
 
 CONSTANT_METRICS = ("matrix_rank", "rank_loss")
 """Metrics that are constant in ordinary training (logged on request only)."""
 
 SUMMARY_STATS = ("mean", "median")
 """The aggregates over layers that :func:`svd_callback.analysis.summarize` computes."""
+
+
+def logged_metric_names(config: MonitorConfig) -> tuple[str, ...]:
+    """The per-layer metrics that can reach the loggers: those of the selected groups, less
+    ``alpha_hill`` unless ``fit="hill"`` (the only fit that computes it) and less
+    :data:`CONSTANT_METRICS` unless ``constant_metrics``."""
+    analysis = config.analysis
+    hidden = set() if config.constant_metrics else set(CONSTANT_METRICS)
+    if analysis.fit != "hill":
+        hidden.add("alpha_hill")
+    return tuple(m for m in analysis.metric_names if m not in hidden)
 
 
 def mode_independent(kind: str) -> bool:

@@ -27,6 +27,18 @@ EPOCH_TAG = "epoch"
 
 
 
+MARKDOWN_SPECIAL = ("\\", "`", "*", "_")
+"""Characters TensorBoard's markdown would read as emphasis or code in a description."""
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` with :data:`MARKDOWN_SPECIAL` backslash-escaped: TensorBoard renders
+    descriptions as markdown, where ``c*kh*kw`` would turn to italics."""
+    for char in MARKDOWN_SPECIAL:
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 def alert_rule_tag(rule: str) -> str:
     """``alerts/rule/<rule>``: the cumulative number of alerts ``rule`` raised."""
     return ALERT_RULE_PREFIX + rule
@@ -63,17 +75,24 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "and of its entry-shuffled copy compared as probability vectors",
 }
 
+ESD_TEXT = ("ESD = the eigenvalues lambda of the layer's correlation matrix, computed from the "
+            "singular values sigma of its weight matrix W as the normalization below says")
+"""What the ESD of a description is (the scale of lambda is the normalization's)."""
+
 _MODE_TEXT = {
-    "unfold": "conv mode unfold (W reshaped to d x c*kh*kw, Praggastis et al. 2022)",
+    "unfold": "conv mode unfold (the conv weight reshaped to out_channels x "
+    "(in_channels kh kw), kh x kw the kernel size; Praggastis et al. 2022)",
     "operator": "conv mode operator (exact spectrum of the circular conv operator on the "
     "layer's real input size, Sedghi et al. 2019)",
-    "slices": "conv mode slices (WeightWatcher's pooled kh*kw slices W[:, :, i, j])",
+    "slices": "conv mode slices (WeightWatcher's kh x kw kernel-position slices W[:, :, i, j] "
+    "of out_channels x in_channels each, their spectra pooled)",
 }
 
 _NORMALIZATION_TEXT = {
     "raw": "normalization raw (lambda = sigma^2)",
     "ww": "normalization ww (WeightWatcher 0.7.7: lambda = sigma^2 / 2 for convs)",
-    "per_row": "normalization per_row (lambda = sigma^2 / N, DeepDataProfiler)",
+    "per_row": "normalization per_row (lambda = sigma^2 / N, N the number of rows of the "
+    "analysed matrix; DeepDataProfiler)",
 }
 
 _FIT_TEXT = {
@@ -196,7 +215,7 @@ def metric_description(
     how = conventions(mode, normalization, fit, ww_compat)
     if metric in METRIC_GROUPS["mp"]:
         how += "; " + MP_FIT_TEXT[bool(ww_compat)]
-    return f"{what}; ESD of lambda = c * sigma^2; {how}"
+    return f"{what}; {ESD_TEXT}; {how}"
 
 
 def summary_description(

@@ -186,7 +186,10 @@ def test_end_to_end_tensorboard_matches_analyze_on_the_saved_weights(tmp_path):
             (pattern,) = chart.multiline.tag
             assert any(re.search(pattern, tag) for tag in scalars), chart.title
     images = set(acc.Tags()["images"])
-    assert "spectral_figures/esd/unfold/features.0" in images
+    # figure layers are taken among the fitted ones (features.0's 16 x 9 matrix has no fit)
+    assert math.isnan(final.get("features.0", "unfold").metrics["alpha"])
+    assert {f"spectral_figures/esd/unfold/{n}" for n in ("features.5", "hidden")} <= images
+    assert "spectral_figures/esd/unfold/features.0" not in images
     assert "spectral_figures/heatmap/operator" in images
     # figures at analyses 0 and 2, then at the end of training
     assert [e.step for e in acc.Images("spectral_figures/heatmap/unfold")] == [0, 12, 18]

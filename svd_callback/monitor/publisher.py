@@ -285,7 +285,7 @@ class Publisher:
                 if record is None or record.svals is None:
                     continue
                 how = tags.short_conventions(mode, record.normalization, analysis.fit)
-                figure = esd_figure_for(record, how, result.epochs_trained)
+                figure = esd_figure_for(record, how, result.epochs_trained, step)
                 for sink in sinks.values():
                     sink.figure(tags.figure_tag("esd", mode, name), figure, step)
             names = [r.name for r in report.by_mode(mode)
@@ -297,8 +297,9 @@ class Publisher:
                 names,
                 [store["epochs"] for store in stores],
                 [list(store["quantiles"].numpy()) for store in stores],
-                title=f"singular values across training [{mode}]: log10(sigma / layer max) "
-                f"vs epochs trained, rows = rank fraction",
+                title=f"singular values across training [{mode}] up to epoch "
+                f"{result.epochs_trained:g}, step {step}: log10(sigma / layer max) vs epochs "
+                f"trained, rows = rank fraction",
             )
             for sink in sinks.values():
                 sink.figure(tags.figure_tag("heatmap", mode), figure, step)
@@ -315,11 +316,12 @@ def _write_class_figures(sinks: Any, result: AnalysisResult) -> None:
     layer = layers[-1]
     hypergraph = hypergraph_figure(
         report.edges[layer], report.n_nodes[layer], report.num_classes,
-        title=f"class hypergraph {layer} (step {step})",
+        title=f"class hypergraph {layer} (epoch {result.epochs_trained:g}, step {step})",
     )
     overlap = overlap_matrix_figure(
         report.jaccard[layer].numpy(),
-        title=f"class overlap (Jaccard of hyperedges) {layer} (step {step})",
+        title=f"class overlap (Jaccard of hyperedges) {layer} "
+        f"(epoch {result.epochs_trained:g}, step {step})",
     )
     for sink in sinks:
         sink.figure(tags.class_figure_tag("hypergraph", layer), hypergraph, step)

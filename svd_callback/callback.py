@@ -66,11 +66,11 @@ class SpectralMonitor(Callback):
         every_n_epochs, every_n_steps, check_on, log_init, conv_mode, include, exclude,
         metrics, normalization, fit, ww_compat, svd_method, input_size, generator_seed,
         histograms, figures_every_n, figure_layers, stop_on_alert, history_file: the options
-            of :class:`~svd_callback.config.MonitorConfig` and
-            :class:`~svd_callback.config.AnalysisConfig` (``docs/configuration.md``).
-            ``check_on=None`` is chosen in ``setup()`` as ``EarlyStopping`` chooses its hook
-            (:func:`~svd_callback.schedule.resolve_check_on`); ``figure_layers`` names are
-            checked against the model in ``setup()``.
+            of :class:`~svd_callback.config.MonitorConfig` (also ``summary_stats`` and
+            ``constant_metrics``, as keywords) and :class:`~svd_callback.config.AnalysisConfig`
+            (``docs/configuration.md``). ``check_on=None`` is chosen in ``setup()`` as
+            ``EarlyStopping`` chooses its hook (:func:`~svd_callback.schedule.resolve_check_on`);
+            ``figure_layers`` names are checked against the model in ``setup()``.
         embeddings: also analyse ``nn.Embedding`` tables (a table tied to the output layer once).
         alert_rules: the alert rules (None: ``default_rules()``, with the traps rule when
             ``"traps"`` is computed, plus the class rules with ``class_analysis``; ``[]``: none).
@@ -155,7 +155,7 @@ class SpectralMonitor(Callback):
         self._runner = AnalysisRunner(self._config.analysis, self._engine, self._classes,
                                       self._guard, keep_svals=keep_svals, forward_fn=forward_fn)
         self._publisher = Publisher(self._config, self._classes, self._guard,
-                                    bool(per_layer_callback_metrics))
+                                    bool(per_layer_callback_metrics), engine=self._engine)
         self._summaries: list[dict[str, Any]] = []
         self._loaded = False
 

@@ -231,10 +231,10 @@ DEFAULT_COMPARE = ["alpha_mean", "alpha_weighted_mean", "stable_rank_mean",
 def _cmd_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from svd_callback.runs import read_run
+    from svd_callback.runs import distinct_names, read_run
 
     runs = [read_run(path) for path in args.runs]
-    names = _unique_names([run.name for run in runs])
+    names = distinct_names([run.path for run in runs])
     by_name = dict(zip(names, runs, strict=True))
     metrics = args.metric or DEFAULT_COMPARE
     logged = {name: set(run.summary_metrics(args.mode)) for name, run in by_name.items()}
@@ -261,7 +261,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"\n{metric}")
         print(table.to_string(float_format=lambda v: f"{v:.4g}", na_rep="-"))
         if not args.no_plots:
-            path = _plot(table, metric, args.out)
+            path = _plot(table, metric, args.out, by_name, args.mode)
             print(f"plot: {path}")
     warnings.extend(_short_runs(by_name, args.mode))
     print("\nalerts")
@@ -302,36 +302,49 @@ def _short_runs(runs: dict, mode: str | None) -> list[str]:
     return [f"runs of different length: {listed}; the longest reaches epoch {longest}"]
 
 
-def _unique_names(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-    return out
-
-
-def _plot(table, metric: str, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _plot(table, metric: str, out: Path, runs: dict, mode: str | None) -> Path:
+    """:func:`comparison_figure` saved as ``<out>/<metric>.png`` (1000 x 500 px)."""
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for column in table.columns:
-        series = table[column].dropna()
-        ax.plot(series.index, series.values, marker="o", label=column)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(metric)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    fig = comparison_figure(table, metric, runs, mode)
     path = out / f"{metric}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def comparison_figure(table, metric: str, runs: dict, mode: str | None):
+    """One line per run (columns of ``table``, indexed by epoch), labelled with its conv mode;
+    a red cross where the run raised alerts; integer epoch ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    marked = False
+    for column in table.columns:
+        series = table[column].dropna()
+        run = runs[column]
+        ax.plot(series.index, series.values, marker="o",
+                label=f"{column} (mode {mode or run.primary_mode or 'primary'})")
+        alerts = [e for e in run.alert_epochs() if e in series.index]
+        if alerts:
+            ax.scatter(alerts, series.loc[alerts].values, marker="X", s=120, color="red",
+                       zorder=3, label=None if marked else "alert raised at this epoch")
+            marked = True
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epochs trained (0 = initial weights)", fontsize=12)
+    ax.set_ylabel(metric, fontsize=12)
+    which = f"conv mode {mode}" if mode else "each run's primary conv mode"
+    ax.set_title(f"{metric} ({which})", fontsize=13)
+    ax.tick_params(labelsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=11)
+    fig.tight_layout()
+    return fig
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -261,6 +261,10 @@ class MonitorConfig:
         stop_on_alert: honour alerts of severity ``"stop"`` by stopping the training.
         history_file: file name (relative to the log directory) or absolute path of the
             JSON-lines history; None: no history file.
+        summary_stats: the aggregates over layers logged as ``spectral_summary/<metric>_<stat>``
+            (``"mean"``, ``"median"``); the history file keeps both.
+        constant_metrics: also log ``matrix_rank`` and ``rank_loss`` (constant in ordinary
+            training; the alert rules and the history file see them regardless).
 
     Raises:
         ValueError: on any invalid value, naming the option, the value and the valid values.
@@ -276,6 +280,8 @@ class MonitorConfig:
     figure_layers: int | str | tuple[str, ...] = 3
     stop_on_alert: bool = True
     history_file: str | None = DEFAULT_HISTORY_FILE
+    summary_stats: tuple[str, ...] = ("mean",)
+    constant_metrics: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.analysis, AnalysisConfig):
@@ -296,6 +302,8 @@ class MonitorConfig:
                                             none_ok=False),
             "figure_layers": check_figure_layers(self.figure_layers),
             "stop_on_alert": check_bool("stop_on_alert", self.stop_on_alert),
+            "summary_stats": _check_summary_stats(self.summary_stats),
+            "constant_metrics": check_bool("constant_metrics", self.constant_metrics),
         }
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
@@ -320,6 +328,20 @@ class MonitorConfig:
             )
         analysis = AnalysisConfig(**{k: v for k, v in options.items() if k in analysis_names})
         return cls(analysis, **{k: v for k, v in options.items() if k in monitor_names})
+
+
+def _check_summary_stats(value: Any) -> tuple[str, ...]:
+    """``summary_stats`` as a tuple of ``"mean"`` / ``"median"`` (a string: one statistic).
+
+    Raises:
+        ValueError: on an empty selection or an unknown statistic.
+    """
+    stats = (value,) if isinstance(value, str) else value
+    valid = ("mean", "median")
+    if (not isinstance(stats, Sequence) or not stats
+            or any(s not in valid for s in stats)):
+        raise ValueError(f"summary_stats must be a non-empty selection of {valid}, got {value!r}")
+    return tuple(dict.fromkeys(stats))
 
 
 def rename_legacy(

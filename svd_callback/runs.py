@@ -72,12 +72,46 @@ class Run:
         unnamed = ["primary"] if self.records["mode"].isna().any() else []
         return unnamed + named
 
+    def alert_epochs(self) -> list[int]:
+        """The epochs at which alerts were raised, sorted (an event-file alert, which has a step
+        only, takes the epoch of that step's records)."""
+        epoch_at = self.records.dropna(subset=["epoch"]).groupby("step")["epoch"].first()
+        epochs = set()
+        for alert in self.alerts:
+            epoch = alert.get("epoch")
+            if epoch is None and alert.get("step") in epoch_at.index:
+                epoch = epoch_at[alert["step"]]
+            if epoch is not None:
+                epochs.add(int(epoch))
+        return sorted(epochs)
+
     def last_epoch(self, mode: str | None = None) -> int | None:
         """The last epoch with a model-level record in ``mode`` (None: none)."""
         frame = self.records
         epochs = frame.loc[(frame["layer"] == SUMMARY_LAYER) & self._mode_mask(mode), "epoch"]
         epochs = epochs.dropna()
         return int(epochs.max()) if len(epochs) else None
+
+
+def distinct_names(paths: list[Path]) -> list[str]:
+    """Each path's shortest trailing run of folders that no other path ends in, e.g.
+    ``a/lightning_logs/version_0`` and ``b/lightning_logs/version_0`` -> ``a/lightning_logs/
+    version_0`` and ``b/lightning_logs/version_0``; ``runs/x`` and ``runs/y`` -> ``x``, ``y``.
+    The same folder given twice is told apart by ``#2``, ``#3``."""
+    parts = [Path(p).resolve().parts for p in paths]
+    names = []
+    for i, mine in enumerate(parts):
+        others = [theirs for j, theirs in enumerate(parts) if j != i and theirs != mine]
+        k = 1
+        while k < len(mine) and any(theirs[-k:] == mine[-k:] for theirs in others):
+            k += 1
+        names.append("/".join(mine[-k:]).lstrip("/") or "/")
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
 
 
 def read_run(path: str | Path) -> Run:

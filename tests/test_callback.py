@@ -134,7 +134,14 @@ def test_end_to_end_tensorboard_matches_analyze_on_the_saved_weights(tmp_path):
     for record in final:
         assert record.reason is None
         suffix = "" if record.mode == "unfold" else f".{record.mode}"
+        if record.kind == "linear" and record.mode != "unfold":  # logged once, under unfold
+            assert not any(t.endswith(f"{suffix}/{record.name}") for t in scalars)
+            assert f"spectra/{record.mode}/{record.name}" not in acc.Tags()["tensors"]
+            continue
         for metric in monitor.config.analysis.metric_names:
+            if metric in ("matrix_rank", "rank_loss"):  # constant: constant_metrics=True only
+                assert f"spectral/{metric}{suffix}/{record.name}" not in scalars
+                continue
             value = record.metrics.get(metric)
             tag = f"spectral/{metric}{suffix}/{record.name}"
             if value is None or not math.isfinite(value):
@@ -148,8 +155,10 @@ def test_end_to_end_tensorboard_matches_analyze_on_the_saved_weights(tmp_path):
             assert f"spectral/{norm}{suffix}/{record.name}" in scalars
         spectra = acc.Tensors(f"spectra/{record.mode}/{record.name}")
         assert [e.step for e in spectra] == steps
-        counts = tensor_util.make_ndarray(spectra[-1].tensor_proto)[:, 2].sum()
-        assert counts == record.svals.numel()
+        buckets = tensor_util.make_ndarray(spectra[-1].tensor_proto)
+        assert buckets[:, 2].sum() == int((record.svals > 0).sum())
+        assert buckets[0, 0] == pytest.approx(math.log10(record.svals[record.svals > 0].min()))
+        assert buckets[-1, 1] == pytest.approx(math.log10(record.svals.max()))
     assert checked > 40
 
     assert [e.step for e in acc.Scalars("spectral_summary/alpha_mean")] == steps
@@ -163,13 +172,17 @@ def test_end_to_end_tensorboard_matches_analyze_on_the_saved_weights(tmp_path):
     layout = layout_pb2.Layout()
     config = acc.Tensors("custom_scalars__config__")[-1].tensor_proto
     layout.ParseFromString(tensor_util.make_ndarray(config).item())
-    assert [c.title for c in layout.category][:2] == ["spectral (unfold)", "spectral (operator)"]
+    assert [c.title for c in layout.category][:4] == [
+        "spectral summary", "alerts", "spectral (unfold)", "spectral (operator)"]
     for category in layout.category:  # every chart shows something
         for chart in category.chart:
             (pattern,) = chart.multiline.tag
             assert any(re.search(pattern, tag) for tag in scalars), chart.title
     images = set(acc.Tags()["images"])
-    assert "spectral_figures/esd/unfold/features.0" in images
+    # figure layers are taken among the fitted ones (features.0's 16 x 9 matrix has no fit)
+    assert math.isnan(final.get("features.0", "unfold").metrics["alpha"])
+    assert {f"spectral_figures/esd/unfold/{n}" for n in ("features.5", "hidden")} <= images
+    assert "spectral_figures/esd/unfold/features.0" not in images
     assert "spectral_figures/heatmap/operator" in images
     # figures at analyses 0 and 2, then at the end of training
     assert [e.step for e in acc.Images("spectral_figures/heatmap/unfold")] == [0, 12, 18]

@@ -112,7 +112,9 @@ def test_ddp_split_gather_and_agreed_stop(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"tensors": 0})
     acc.Reload()
     text = [tensor_util.make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors("alerts")]
-    assert len(text) == 1 and "rank 1 asks to stop" in text[0] and "(rank 1)" in text[0]
+    # the alerts text is written at every analysis; only the last one has the alert
+    assert len(text) == 3 and all("no alerts so far" in t for t in text[:2])
+    assert "rank 1 asks to stop" in text[-1] and "(rank 1)" in text[-1]
 
     import lightning.pytorch as pl
 

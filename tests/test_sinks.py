@@ -154,8 +154,8 @@ def test_tensorboard_sink_histogram_text_figure_and_layout(tmp_path, read_events
     parsed = layout_pb2.Layout()
     parsed.ParseFromString(tensor_util.make_ndarray(config.tensor_proto).item())
     titles = [c.title for c in parsed.category]
-    assert titles == ["spectral (unfold)", "spectral (operator)", "spectral summary", "alerts"]
-    chart = parsed.category[1].chart[0]
+    assert titles == ["spectral summary", "alerts", "spectral (unfold)", "spectral (operator)"]
+    chart = parsed.category[3].chart[0]
     assert chart.title == "alpha"
     assert list(chart.multiline.tag) == [r"^spectral/alpha\.operator/.*"]
 

@@ -3,6 +3,7 @@ fractions, kept (bounded) in the callback's checkpointed state for the spectrum 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,16 @@ def choose_figure_layers(
     report: Report, primary_mode: str, figure_layers: int | tuple[str, ...]
 ) -> list[str]:
     """The layers with an ESD figure: the names given (those analysed), or ``figure_layers``
-    analysed layers of the primary mode spread evenly over the model."""
-    names = [r.name for r in report.by_mode(primary_mode).analysed()]
+    layers of the primary mode spread evenly over the model, taken among those with a power-law
+    fit (a finite ``alpha``) when any has one, else among the analysed layers (their figures
+    say why there is no fit)."""
+    analysed = list(report.by_mode(primary_mode).analysed())
+    names = [r.name for r in analysed]
     if not isinstance(figure_layers, int):
         return [n for n in figure_layers if n in names]
+    fitted = [r.name for r in analysed
+              if isinstance(r.metrics.get("alpha"), float) and math.isfinite(r.metrics["alpha"])]
+    names = fitted or names
     if len(names) <= figure_layers:
         return names
     picks = np.unique(np.linspace(0, len(names) - 1, figure_layers).round().astype(int))

@@ -8,20 +8,26 @@ Nothing here needs a ``Trainer``: :meth:`Publisher.publish` takes the loggers, t
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from svd_callback.alerts import AlertEngine
+from svd_callback.alerts.base import rule_name
 from svd_callback.config import MonitorConfig
+from svd_callback.monitor.alert_text import alert_totals, alerts_text, reasons_text
 from svd_callback.monitor.class_stage import ClassStage
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.heatmaps import SpectrumStore
 from svd_callback.monitor.history_writer import HistoryWriter
 from svd_callback.monitor.result import AnalysisResult
-from svd_callback.monitor.text import alerts_markdown, conventions_markdown
+from svd_callback.monitor.selection import drop_redundant, mode_independent
+from svd_callback.monitor.text import conventions_markdown
 from svd_callback.monitor.values import is_model_level, scalars
 from svd_callback.report import Report
 from svd_callback.sinks import tags
@@ -41,6 +47,8 @@ class Publisher:
         classes: the class stage (its conventions and history settings).
         guard: the callback's guard.
         per_layer_callback_metrics: also put per-layer values into ``callback_metrics``.
+        engine: the alert engine: its rules are listed in the ``alerts`` text and its alerts so
+            far (restored from a checkpoint on resume) start the cumulative alert counts.
     """
 
     def __init__(
@@ -49,11 +57,13 @@ class Publisher:
         classes: ClassStage,
         guard: Guard,
         per_layer_callback_metrics: bool = False,
+        engine: AlertEngine | None = None,
     ) -> None:
         self.config = config
         self.classes = classes
         self.guard = guard
         self.per_layer_callback_metrics = per_layer_callback_metrics
+        self.engine = engine
         self.history = HistoryWriter(config, guard)
         self.store = SpectrumStore()
         self.check_on: str | None = config.check_on
@@ -66,11 +76,13 @@ class Publisher:
         self._started_logging = False
         self.last_result: AnalysisResult | None = None
         self._last_figure_index = -1
+        self._alert_totals: Counter[str] | None = None
 
     def reset_run(self) -> None:
         """Forget the run state (heat maps, history path)."""
         self.store = SpectrumStore()
         self.history.path = None
+        self._alert_totals = None
 
     # ------------------------------------------------------------------ publish
     def publish(
@@ -86,10 +98,12 @@ class Publisher:
         """``callback_metrics`` and the heat-map store (every rank); loggers, TensorBoard and
         the history file (rank 0). ``index``: the analysis's 0-based number in this run."""
         values, descriptions = scalars(result, self.config.analysis, self.classes.conventions())
+        self._add_alert_totals(result, values, descriptions)
         callback_metrics.update({
             tag: torch.tensor(value, dtype=torch.float32) for tag, value in values.items()
-            if self.per_layer_callback_metrics or is_model_level(tag)
+            if self.per_layer_callback_metrics or is_model_level(tag) or tag.startswith("alerts/")
         })
+        drop_redundant(values, descriptions, result, self.config)  # the loggers get fewer
         self.last_result = result
         if self.config.figures_every_n:
             self.guard.call("storing spectra for the heat maps", self.store.add, result.report,
@@ -98,6 +112,36 @@ class Publisher:
         if is_zero:
             self.guard.call("logging the analysis", self._log, result, values, descriptions,
                             loggers, current_epoch, index)
+
+    def _add_alert_totals(
+        self, result: AnalysisResult, values: dict[str, float], descriptions: dict[str, str]
+    ) -> None:
+        """``alerts/total`` and ``alerts/rule/<rule>``: alerts raised so far in this run, in all
+        and per rule (every active rule, 0 until it fires)."""
+        if self._alert_totals is None:
+            before: list[Any] = []
+            if self.engine is not None:
+                before = list(self.engine.alerts_so_far)
+                for alert in self.engine.last_alerts:
+                    if alert in before:
+                        before.remove(alert)
+            self._alert_totals = alert_totals(before, result.alerts)
+        else:
+            self._alert_totals.update(a.rule for a in result.alerts)
+        totals = self._alert_totals
+        values[tags.ALERT_TOTAL_TAG] = float(sum(totals.values()))
+        descriptions[tags.ALERT_TOTAL_TAG] = (
+            "cumulative number of spectral alerts raised in this run up to this analysis "
+            "(alerts/count: the number raised by each analysis)")
+        names = [rule_name(r) for r in self._rules()]
+        for name in dict.fromkeys([*names, *sorted(totals)]):
+            tag = tags.alert_rule_tag(name)
+            values[tag] = float(totals.get(name, 0))
+            descriptions[tag] = (f"cumulative number of alerts rule {name} raised in this run "
+                                 f"up to this analysis")
+
+    def _rules(self) -> list[Any]:
+        return list(self.engine.rules) if self.engine is not None else []
 
     def _log(
         self,
@@ -195,16 +239,21 @@ class Publisher:
         logger.log_metrics(epoch, step)
         if self.config.histograms:
             for record in result.report:
-                if record.svals is None:
-                    continue
+                if record.svals is None or (record.mode != self.config.analysis.primary_mode
+                                            and mode_independent(record.kind)):
+                    continue  # a linear layer's spectrum is the same in every conv mode
                 sink.histogram(
-                    tags.spectrum_tag(record.mode, record.name),
-                    record.svals.detach().cpu().double().numpy(), step,
+                    tags.spectrum_tag(record.mode, record.name), log10_sigma(record.svals), step,
                     description=tags.spectrum_description(record.mode, record.normalization),
                 )
-        if result.alerts:
-            sink.text(tags.ALERT_TEXT_TAG, alerts_markdown(result.alerts, result.raised_on),
-                      step, description="spectral alerts raised by the analysis at this step")
+        text = alerts_text(result.alerts, result.raised_on, self._alert_totals or {},
+                           self._rules(), result.epoch, step)
+        sink.text(tags.ALERT_TEXT_TAG, text, step,
+                  description="spectral alerts of this analysis, the count so far per rule and "
+                  "the active rules (threshold, patience, action)")
+        sink.text(tags.REASONS_TAG,
+                  reasons_text(result.report, self.config.analysis.metric_names), step,
+                  description="why a layer or a logged metric has no value at this analysis")
 
     def _update_layout(self, sink: TensorBoardSink, values: Mapping[str, float]) -> None:
         """(Re)write the custom-scalar layout when metrics appear that it does not chart yet:
@@ -236,7 +285,7 @@ class Publisher:
                 if record is None or record.svals is None:
                     continue
                 how = tags.short_conventions(mode, record.normalization, analysis.fit)
-                figure = esd_figure_for(record, how, result.epochs_trained)
+                figure = esd_figure_for(record, how, result.epochs_trained, step)
                 for sink in sinks.values():
                     sink.figure(tags.figure_tag("esd", mode, name), figure, step)
             names = [r.name for r in report.by_mode(mode)
@@ -248,8 +297,9 @@ class Publisher:
                 names,
                 [store["epochs"] for store in stores],
                 [list(store["quantiles"].numpy()) for store in stores],
-                title=f"singular values across training [{mode}]: log10(sigma / layer max) "
-                f"vs epochs trained, rows = rank fraction",
+                title=f"singular values across training [{mode}] up to epoch "
+                f"{result.epochs_trained:g}, step {step}: log10(sigma / layer max) vs epochs "
+                f"trained, rows = rank fraction",
             )
             for sink in sinks.values():
                 sink.figure(tags.figure_tag("heatmap", mode), figure, step)
@@ -266,15 +316,23 @@ def _write_class_figures(sinks: Any, result: AnalysisResult) -> None:
     layer = layers[-1]
     hypergraph = hypergraph_figure(
         report.edges[layer], report.n_nodes[layer], report.num_classes,
-        title=f"class hypergraph {layer} (step {step})",
+        title=f"class hypergraph {layer} (epoch {result.epochs_trained:g}, step {step})",
     )
     overlap = overlap_matrix_figure(
         report.jaccard[layer].numpy(),
-        title=f"class overlap (Jaccard of hyperedges) {layer} (step {step})",
+        title=f"class overlap (Jaccard of hyperedges) {layer} "
+        f"(epoch {result.epochs_trained:g}, step {step})",
     )
     for sink in sinks:
         sink.figure(tags.class_figure_tag("hypergraph", layer), hypergraph, step)
         sink.figure(tags.class_figure_tag("overlap", layer), overlap, step)
+
+
+def log10_sigma(svals: torch.Tensor) -> np.ndarray:
+    """``log10(sigma)`` of the positive singular values: a heavy tail no longer squashes the
+    bulk of the histogram into its first bucket."""
+    values = svals.detach().cpu().double().numpy().ravel()
+    return np.log10(values[values > 0])
 
 
 def _log_to_logger(logger: Any, metrics: dict[str, float], step: int) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 from svd_callback.alerts import Alert
 from svd_callback.config import MonitorConfig
+from svd_callback.monitor.selection import logged_metric_names
 from svd_callback.sinks import tags
 
 __all__ = ["alerts_markdown", "conventions_markdown", "md", "schedule_text"]
@@ -54,10 +55,12 @@ def conventions_markdown(
         lines.append(f"- **{mode}**{primary_note}: {where}; {md(how)}")
     lines += [
         "",
-        f"- metric groups: {', '.join(analysis.metrics)} "
-        f"({md(', '.join(analysis.metric_names))})",
-        "- aggregates: `spectral_summary/<metric>_mean|_median[.<mode>]` over analysed "
-        "layers; histograms `spectra/<mode>/<layer>` hold raw singular values",
+        f"- metric groups: {', '.join(analysis.metrics)}; logged: "
+        f"{md(', '.join(logged_metric_names(config)))}",
+        f"- aggregates: `spectral_summary/<metric>_{'|_'.join(config.summary_stats)}"
+        "[.<mode>]` over analysed layers; layers that are not convolutions are logged under "
+        "the primary mode only; histograms `spectra/<mode>/<layer>` hold log10 of the raw "
+        "singular values",
         f"- schedule: {schedule_text(config, check_on)}; step = trainer.global_step",
         f"- history file: `{history_path or 'disabled'}`",
     ]

@@ -16,9 +16,15 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
 
 from svd_callback.report import LayerReport
+
+FIGSIZE = (10.0, 6.0)
+FIG_DPI = 100
+"""ESD figures: 1000 x 600 px."""
+TITLE_PT, LABEL_PT, TICK_PT = 15, 14, 12
+"""Font sizes of the ESD figures (points at FIG_DPI)."""
 
 
 def spectrum_quantiles(svals: np.ndarray, n_points: int = 128) -> np.ndarray:
@@ -55,23 +61,23 @@ def esd_figure(
     q: float | None = None,
     title: str = "",
     subtitle: str = "",
+    no_fit: str = "",
 ) -> Figure:
-    """ESD histogram (density, log-spaced bins) on log-log axes with the power-law and MP fits."""
+    """ESD histogram (density, log-spaced bins) on log-log axes with the power-law and MP fits,
+    1000 x 600 px with 12-15 pt text; ``no_fit``: why there is no power-law fit (shown)."""
     eigs = np.asarray(eigenvalues, dtype=np.float64).ravel()
     eigs = eigs[np.isfinite(eigs) & (eigs > 0)]
-    figure = Figure(figsize=(6.4, 4.4), dpi=80)
+    figure = Figure(figsize=FIGSIZE, dpi=FIG_DPI)
     axes = figure.add_subplot()
     axes.set_xscale("log")
     axes.set_yscale("log")
-    for axis in (axes.xaxis, axes.yaxis):  # plain decade labels, no minor ticks: 2x faster
-        axis.set_major_formatter(LogFormatter())
-        axis.set_minor_locator(LogLocator(subs=()))
-        axis.set_minor_formatter(NullFormatter())
-    axes.set_xlabel("eigenvalue lambda")
-    axes.set_ylabel("density")
-    axes.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=9)
+    axes.set_xlabel("eigenvalue lambda", fontsize=LABEL_PT)
+    axes.set_ylabel("density", fontsize=LABEL_PT)
+    axes.tick_params(which="both", labelsize=TICK_PT)
+    axes.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=TITLE_PT)
     if eigs.size == 0:
-        axes.text(0.5, 0.5, "no positive eigenvalues", transform=axes.transAxes, ha="center")
+        axes.text(0.5, 0.5, "no positive eigenvalues", transform=axes.transAxes, ha="center",
+                  fontsize=LABEL_PT)
         return figure
     lo, hi = eigs.min(), eigs.max()
     if hi <= lo:
@@ -89,23 +95,53 @@ def esd_figure(
         pdf = frac * (alpha - 1.0) / xmin * (tail / xmin) ** (-alpha)
         axes.plot(tail, pdf, color="tab:red", label=f"power law alpha={alpha:.2f}")
         axes.axvline(xmin, color="tab:red", linestyle=":", linewidth=1, label=f"xmin={xmin:.3g}")
+    elif no_fit:
+        axes.text(0.98, 0.98, f"no power-law fit: {no_fit}", transform=axes.transAxes,
+                  ha="right", va="top", fontsize=TICK_PT, color="tab:red", wrap=True)
     if _finite(mp_s2) and _finite(q) and mp_s2 > 0 and q >= 1:
         mp = mp_density(grid, mp_s2, q)
         axes.plot(grid[mp > 0], mp[mp > 0], color="tab:green", label=f"MP bulk Q={q:.2f}")
-    axes.legend(fontsize=8, loc="lower left")
+    log_ticks(axes.xaxis, lo, hi)
+    log_ticks(axes.yaxis, *_positive_range(density))
+    axes.legend(fontsize=TICK_PT, loc="lower left")
     return figure
 
 
+def log_ticks(axis, lo: float, hi: float) -> None:
+    """Log-axis ticks that are read as numbers: decades labelled with minor ticks at 2..9, and
+    when ``[lo, hi]`` spans under a decade (where a decade-only axis shows one tick or none),
+    plain labels at 1, 2, 3 and 5 times the powers of ten."""
+    axis.set_major_locator(LogLocator(base=10))
+    axis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10)))
+    if hi / lo < 10:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+    else:
+        axis.set_major_formatter(LogFormatterSciNotation())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _positive_range(values: np.ndarray) -> tuple[float, float]:
+    positive = values[values > 0]
+    return (float(positive.min()), float(positive.max())) if positive.size else (1.0, 10.0)
+
+
 def esd_figure_for(
-    record: LayerReport, conventions: str = "", epoch: float | None = None
+    record: LayerReport, conventions: str = "", epoch: float | None = None,
+    step: int | None = None,
 ) -> Figure:
-    """:func:`esd_figure` of an analysed :class:`LayerReport` (its metrics give the fits)."""
+    """:func:`esd_figure` of an analysed :class:`LayerReport` (its metrics give the fits, its
+    notes why a fit is missing); the title names the epoch and the step."""
     eigs = record.eigenvalues
     metrics = record.metrics
     q = None
     if record.matrix_shape and record.matrix_shape[1] > 0:
         q = record.matrix_shape[0] / record.matrix_shape[1]
-    when = "" if epoch is None else f" (epoch {epoch:g})"
+    parts = ([] if epoch is None else [f"epoch {epoch:g}"]) + (
+        [] if step is None else [f"step {step}"])
+    when = f" ({', '.join(parts)})" if parts else ""
+    alpha = metrics.get("alpha")
+    no_fit = "" if _finite(alpha) else record.notes.get("alpha", "no fit computed")
     return esd_figure(
         np.zeros(0) if eigs is None else eigs.detach().cpu().numpy(),
         alpha=metrics.get("alpha"),
@@ -114,6 +150,7 @@ def esd_figure_for(
         q=q,
         title=f"ESD {record.name} [{record.mode}]{when}",
         subtitle=conventions,
+        no_fit=no_fit,
     )
 
 

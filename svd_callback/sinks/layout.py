@@ -1,10 +1,13 @@
 """TensorBoard custom-scalar layout: one chart per metric holding every layer.
 
-One category per conv mode (``spectral (unfold)``, ``spectral (operator)``, ...) with one
-multiline chart per metric whose regex ``^spectral/<metric>/.*`` (``^spectral/<metric>\\.<mode>/``
-for a secondary mode) collects all layers, a ``spectral summary`` category with one chart per
-aggregate overlaying the modes, and (when class statistics are logged) a ``classes`` category
-with one chart per statistic ``^classes/<stat>/`` holding every layer.
+Categories in a fixed order: ``spectral summary`` (one chart per aggregate overlaying the
+modes), ``alerts`` (the count per analysis, the cumulative total and the cumulative count per
+rule), then one category per conv mode (``spectral (unfold)``, ``spectral (operator)``, ...)
+with one multiline chart per metric whose regex ``^spectral/<metric>/.*``
+(``^spectral/<metric>\\.<mode>/`` for a secondary mode) collects all layers, and (when class
+statistics are logged) a ``classes`` category with one chart per statistic
+``^classes/<stat>/`` holding every layer. TensorBoard shows the categories in this order
+whichever run it reads first.
 """
 
 from __future__ import annotations
@@ -25,19 +28,23 @@ def custom_scalar_layout(
     metrics = list(metrics)
     primary = modes[0]
     layout: dict[str, dict[str, list]] = {}
-    for mode in modes:
-        layout[f"spectral ({mode})"] = {
-            metric: ["Multiline", [custom_scalar_regex(metric, mode, primary)]]
-            for metric in metrics
-        }
     summary = {
         key: ["Multiline", [rf"^spectral_summary/{re.escape(key)}(\.[a-z_]+)?$"]]
         for key in summary_keys
     }
     if summary:
         layout["spectral summary"] = summary
+    layout["alerts"] = {
+        "alerts/total (cumulative)": ["Multiline", [r"^alerts/total$"]],
+        "alerts/rule (cumulative, per rule)": ["Multiline", [r"^alerts/rule/.*"]],
+        "alerts/count (per analysis)": ["Multiline", [r"^alerts/count$"]],
+    }
+    for mode in modes:
+        layout[f"spectral ({mode})"] = {
+            metric: ["Multiline", [custom_scalar_regex(metric, mode, primary)]]
+            for metric in metrics
+        }
     classes = {stat: ["Multiline", [rf"^classes/{re.escape(stat)}/.*"]] for stat in class_stats}
     if classes:
         layout["classes"] = classes
-    layout["alerts"] = {"alerts/count": ["Multiline", [r"^alerts/count$"]]}
     return layout

@@ -3,9 +3,11 @@
 The tag patterns are fixed (docs/conventions.md): per-layer scalars ``spectral/<metric>/<layer>``
 for the primary conv mode and ``spectral/<metric>.<mode>/<layer>`` for the others; model-level
 aggregates ``spectral_summary/<key>`` (``spectral_summary/<key>.<mode>``); singular-value histograms
-``spectra/<mode>/<layer>``; ``alerts/count`` and the text tag ``alerts``; class-level statistics
-``classes/<stat>/<layer>`` and their figures ``class_figures/<figure>/<layer>``. Every description
-says which conv mode, normalisation and fit (or which probe and hyperedge rule) produced the number.
+``spectra/<mode>/<layer>``; ``alerts/count`` (per analysis), ``alerts/total`` and
+``alerts/rule/<rule>`` (cumulative), the text tags ``alerts`` and ``spectral/reasons``;
+class-level statistics ``classes/<stat>/<layer>`` and their figures
+``class_figures/<figure>/<layer>``. Every description says which conv mode, normalisation and
+fit (or which probe and hyperedge rule) produced the number.
 """
 
 from __future__ import annotations
@@ -17,9 +19,29 @@ from svd_callback.metric_groups import METRIC_GROUPS
 
 ALERT_COUNT_TAG = "alerts/count"
 ALERT_TEXT_TAG = "alerts"
+ALERT_TOTAL_TAG = "alerts/total"
+ALERT_RULE_PREFIX = "alerts/rule/"
+REASONS_TAG = "spectral/reasons"
 CONVENTIONS_TAG = "spectral/conventions"
 EPOCH_TAG = "epoch"
 
+
+
+MARKDOWN_SPECIAL = ("\\", "`", "*", "_")
+"""Characters TensorBoard's markdown would read as emphasis or code in a description."""
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` with :data:`MARKDOWN_SPECIAL` backslash-escaped: TensorBoard renders
+    descriptions as markdown, where ``c*kh*kw`` would turn to italics."""
+    for char in MARKDOWN_SPECIAL:
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def alert_rule_tag(rule: str) -> str:
+    """``alerts/rule/<rule>``: the cumulative number of alerts ``rule`` raised."""
+    return ALERT_RULE_PREFIX + rule
 
 
 METRIC_DESCRIPTIONS: dict[str, str] = {
@@ -53,17 +75,24 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "and of its entry-shuffled copy compared as probability vectors",
 }
 
+ESD_TEXT = ("ESD = the eigenvalues lambda of the layer's correlation matrix, computed from the "
+            "singular values sigma of its weight matrix W as the normalization below says")
+"""What the ESD of a description is (the scale of lambda is the normalization's)."""
+
 _MODE_TEXT = {
-    "unfold": "conv mode unfold (W reshaped to d x c*kh*kw, Praggastis et al. 2022)",
+    "unfold": "conv mode unfold (the conv weight reshaped to out_channels x "
+    "(in_channels kh kw), kh x kw the kernel size; Praggastis et al. 2022)",
     "operator": "conv mode operator (exact spectrum of the circular conv operator on the "
     "layer's real input size, Sedghi et al. 2019)",
-    "slices": "conv mode slices (WeightWatcher's pooled kh*kw slices W[:, :, i, j])",
+    "slices": "conv mode slices (WeightWatcher's kh x kw kernel-position slices W[:, :, i, j] "
+    "of out_channels x in_channels each, their spectra pooled)",
 }
 
 _NORMALIZATION_TEXT = {
     "raw": "normalization raw (lambda = sigma^2)",
     "ww": "normalization ww (WeightWatcher 0.7.7: lambda = sigma^2 / 2 for convs)",
-    "per_row": "normalization per_row (lambda = sigma^2 / N, DeepDataProfiler)",
+    "per_row": "normalization per_row (lambda = sigma^2 / N, N the number of rows of the "
+    "analysed matrix; DeepDataProfiler)",
 }
 
 _FIT_TEXT = {
@@ -215,7 +244,7 @@ def metric_description(
     how = conventions(mode, normalization, fit, ww_compat)
     if metric in METRIC_GROUPS["mp"]:
         how += "; " + MP_FIT_TEXT[bool(ww_compat)]
-    return f"{what}; ESD of lambda = c * sigma^2; {how}"
+    return f"{what}; {ESD_TEXT}; {how}"
 
 
 def summary_description(
@@ -239,11 +268,14 @@ def summary_description(
 
 
 def spectrum_description(mode: str, normalization: str) -> str:
+    """The description of the ``spectra/<mode>/<layer>`` histogram: log10 sigma."""
+    what = ("log10 of the layer's singular values sigma (before normalisation; zero singular "
+            "values left out), so that the bulk and the heavy tail both show")
     return (
-        f"singular values sigma of the layer (before normalisation); "
-        f"{_MODE_TEXT.get(mode, mode)}; the ESD metrics use {_NORMALIZATION_TEXT[normalization]}"
+        f"{what}; {_MODE_TEXT.get(mode, mode)}; the ESD metrics use "
+        f"{_NORMALIZATION_TEXT[normalization]}"
         if normalization in _NORMALIZATION_TEXT
-        else f"singular values sigma of the layer; {_MODE_TEXT.get(mode, mode)}"
+        else f"{what}; {_MODE_TEXT.get(mode, mode)}"
     )
 
 

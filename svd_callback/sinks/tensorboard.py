@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from svd_callback.sinks import tags
+
 
 class TensorBoardSink:
     """Thin wrapper around a ``SummaryWriter`` (e.g. ``TensorBoardLogger.experiment``).
@@ -121,11 +123,13 @@ class TensorBoardSink:
         self.writer.flush()
 
     def _describe(self, tag: str, descriptions: Mapping[str, str]) -> str | None:
-        """The description to write with ``tag``'s value: on its first value only."""
+        """The description to write with ``tag``'s value, markdown-escaped: on its first value
+        only."""
         if tag in self._described:
             return None
         self._described.add(tag)
-        return descriptions.get(tag)
+        description = descriptions.get(tag)
+        return None if description is None else tags.escape_markdown(description)
 
     def _add(self, summary: Any, step: int) -> None:
         self.writer._get_file_writer().add_summary(summary, step)

@@ -1,0 +1,100 @@
+"""What the ``alerts`` and ``spectral/reasons`` text tags say, and the cumulative alert counts
+behind ``alerts/total`` and ``alerts/rule/<rule>``.
+
+The ``alerts`` text is written at every analysis, so that a monitored run without alerts reads
+"no alerts so far" instead of having no entry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from svd_callback.alerts import Alert
+from svd_callback.alerts.base import fmt, rule_name
+from svd_callback.monitor.text import md
+from svd_callback.report import Report
+
+__all__ = ["alert_totals", "alerts_text", "reasons_text", "rules_markdown"]
+
+
+def _action_name(action: Any) -> str:
+    if callable(action):
+        return getattr(action, "__name__", type(action).__name__)
+    return str(action)
+
+
+def rules_markdown(rules: Sequence[Any]) -> str:
+    """A markdown table of the active rules: name, metric, threshold, patience, action
+    (``-`` where a rule has no such setting)."""
+    if not rules:
+        return "no alert rules are active"
+    lines = ["| rule | metric | threshold | patience | action |", "|---|---|---|---|---|"]
+    for rule in rules:
+        threshold = getattr(rule, "threshold", None)
+        patience = getattr(rule, "patience", None)
+        cells = [
+            rule_name(rule),
+            str(getattr(rule, "metric", None) or "-"),
+            fmt(threshold) if isinstance(threshold, int | float) else "-",
+            str(patience) if isinstance(patience, int) else "-",
+            _action_name(getattr(rule, "action", "log")),
+        ]
+        lines.append("| " + " | ".join(md(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def alerts_text(
+    alerts: Sequence[Alert],
+    where: Callable[[Alert], str],
+    totals: Mapping[str, int],
+    rules: Sequence[Any],
+    epoch: int,
+    step: int,
+) -> str:
+    """The ``alerts`` text of one analysis: the alerts it raised (or that it raised none), the
+    cumulative count per rule, then the active rules."""
+    total = sum(totals.values())
+    head = f"**Spectral alerts** at epoch {epoch}, step {step}"
+    if alerts:
+        body = [f"{len(alerts)} alert(s) at this analysis:", ""]
+        body += [f"- **{a.severity}** {md(a.message + where(a))}" for a in alerts]
+    elif total:
+        body = [f"no alert at this analysis ({total} so far)"]
+    else:
+        body = ["no alerts so far"]
+    lines = [head, "", *body]
+    if total:
+        counts = ", ".join(f"{md(name)}: {count}" for name, count in sorted(totals.items()))
+        lines += ["", f"alerts so far by rule: {counts}"]
+    lines += ["", "**Active rules**", "", rules_markdown(rules)]
+    return "\n".join(lines)
+
+
+def alert_totals(before: Iterable[Alert], current: Iterable[Alert]) -> Counter[str]:
+    """Alerts per rule: those raised ``before`` this analysis plus the ``current`` ones."""
+    return Counter(a.rule for a in before) + Counter(a.rule for a in current)
+
+
+def reasons_text(report: Report, metrics: Sequence[str]) -> str:
+    """One bullet per skipped layer and per logged metric without a finite value, with the
+    reason recorded by the analysis (e.g. ``too few eigenvalues for a tail fit (9 < 20)``)."""
+    lines = []
+    for record in report:
+        where = f"{record.name} [{record.mode}]"
+        if record.skipped:
+            lines.append(f"- {md(where)} not analysed: {md(str(record.reason))}")
+            continue
+        for metric in metrics:
+            value = record.metrics.get(metric)
+            if value is None and metric not in record.notes:
+                continue  # not a metric of this layer kind
+            if value is not None and math.isfinite(float(value)):
+                continue
+            reason = record.notes.get(metric, "no reason recorded")
+            lines.append(f"- {md(where)} {md(metric)} missing: {md(reason)}")
+    if not lines:
+        return "every logged metric has a value at every analysed layer"
+    return "\n".join(["**Why metrics are missing**", "", *lines])

@@ -1,0 +1,126 @@
+"""Alerts a reader sees in TensorBoard: the cumulative ``alerts/total`` and ``alerts/rule/<rule>``
+series, the ``alerts`` text written from the first analysis (active rules, "no alerts so far"),
+the ``spectral/reasons`` text and the fixed custom-scalar category order."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.util import tensor_util
+
+from svd_callback.alerts import AlertEngine, CallableRule
+from svd_callback.alerts.layer_rules import AlphaAbove
+from svd_callback.config import AnalysisConfig, MonitorConfig
+from svd_callback.examples import SmallCNN
+from svd_callback.monitor.alert_text import reasons_text, rules_markdown
+from svd_callback.monitor.class_stage import ClassStage
+from svd_callback.monitor.guard import Guard
+from svd_callback.monitor.publisher import Publisher
+from svd_callback.monitor.runner import AnalysisRunner
+from svd_callback.report import LayerReport, Report
+from svd_callback.sinks.layout import custom_scalar_layout
+
+FIRES_AT = {1, 3}  # epochs at which the test rule raises one alert
+
+
+def _odd(history, epoch, step):
+    return ["test alert"] if epoch in FIRES_AT else []
+
+
+def _rules():
+    return [CallableRule(_odd, name="Odd"), AlphaAbove(threshold=60.0, patience=4)]
+
+
+def _run(tmp_path, engine, publisher, epochs, version):
+    guard = Guard()
+    runner = AnalysisRunner(publisher.config.analysis, engine, ClassStage(None, None, guard),
+                            guard, keep_svals=False)
+    logger = TensorBoardLogger(tmp_path, name="tb", version=version)
+    torch.manual_seed(0)
+    model = SmallCNN()
+    metrics: dict[str, torch.Tensor] = {}
+    for index, epoch in enumerate(epochs):
+        result = runner.run(model, step=10 * epoch, epochs_trained=float(epoch),
+                            trigger="train_epoch_end")
+        publisher.publish(result, loggers=[logger], callback_metrics=metrics,
+                          current_epoch=epoch, index=index)
+    publisher.finish([logger], len(epochs) - 1)
+    return logger, metrics
+
+
+def _publisher(engine):
+    config = MonitorConfig(AnalysisConfig(metrics=("norms", "powerlaw")), figures_every_n=0,
+                           histograms=False, history_file=None)
+    guard = Guard()
+    return Publisher(config, ClassStage(None, None, guard), guard, engine=engine)
+
+
+def _text(acc, tag):
+    return [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode())
+            for e in acc.Tensors(tag)]
+
+
+def test_cumulative_alert_series_text_from_the_first_analysis_and_resume(tmp_path, read_events):
+    engine = AlertEngine(_rules())
+    logger, metrics = _run(tmp_path, engine, _publisher(engine), [0, 1, 2, 3], 0)
+    acc = read_events(logger.log_dir)
+    # oracle: the rule fires at epochs 1 and 3 -> per analysis 0 1 0 1, cumulative 0 1 1 2
+    assert [e.value for e in acc.Scalars("alerts/count")] == [0, 1, 0, 1]
+    assert [e.value for e in acc.Scalars("alerts/total")] == [0, 1, 1, 2]
+    assert [e.value for e in acc.Scalars("alerts/rule/Odd")] == [0, 1, 1, 2]
+    assert [e.value for e in acc.Scalars("alerts/rule/AlphaAbove")] == [0, 0, 0, 0]
+    assert float(metrics["alerts/total"]) == 2.0 and float(metrics["alerts/rule/Odd"]) == 2.0
+    assert "cumulative" in acc.SummaryMetadata("alerts/total").summary_description
+
+    texts = _text(acc, "alerts")
+    assert [step for step, _ in texts] == [0, 10, 20, 30]  # present from the first analysis
+    first, second, third, _ = (text for _, text in texts)
+    assert "no alerts so far" in first and "test alert" not in first
+    assert "AlphaAbove" in first and "| alpha | 60 | 4 | log |" in first
+    assert "**warning** test alert" in second and "Odd: 1" in second
+    assert "no alert at this analysis (1 so far)" in third
+
+    # a resumed run (engine restored from the checkpoint) continues the cumulative count
+    restored = AlertEngine(_rules())
+    restored.load_state_dict(engine.state_dict())
+    logger, _ = _run(tmp_path, restored, _publisher(restored), [4, 5], 1)
+    acc = read_events(logger.log_dir)
+    assert [e.value for e in acc.Scalars("alerts/total")] == [2, 2]
+
+
+def test_reasons_text_names_the_missing_metric_and_why(tmp_path, read_events):
+    engine = AlertEngine([])
+    logger, _ = _run(tmp_path, engine, _publisher(engine), [0], 0)
+    acc = read_events(logger.log_dir)
+    ((step, text),) = _text(acc, "spectral/reasons")
+    assert step == 0
+    # SmallCNN's classifier has 10 singular values: no tail fit below 20 eigenvalues
+    assert "classifier [unfold] alpha missing: too few eigenvalues for a tail fit " \
+           "(10 < 20)" in text
+    assert "no alerts so far" in _text(acc, "alerts")[0][1]
+    assert "no alert rules are active" in _text(acc, "alerts")[0][1]
+
+
+def test_reasons_text_lists_skipped_layers_and_says_when_nothing_is_missing():
+    fine = LayerReport(name="a", kind="linear", mode="unfold", metrics={"alpha": 3.0})
+    assert "every logged metric has a value" in reasons_text(Report([fine]), ["alpha"])
+    skipped = LayerReport(name="b_c", kind="conv", mode="operator", reason="no input size")
+    nan = LayerReport(name="d", kind="linear", mode="unfold", metrics={"alpha": float("nan")})
+    text = reasons_text(Report([fine, skipped, nan]), ["alpha"])
+    assert "b\\_c [operator] not analysed: no input size" in text
+    assert "d [unfold] alpha missing: no reason recorded" in text
+    assert "- a " not in text
+
+
+def test_rules_table_escapes_markdown_and_marks_missing_settings():
+    table = rules_markdown([CallableRule(_odd, name="odd_*rule")])
+    assert "| odd\\_\\*rule | - | - | - | log |" in table
+
+
+def test_layout_categories_are_in_a_fixed_order_summary_alerts_then_modes():
+    layout = custom_scalar_layout(["alpha"], ["unfold", "operator"], ["alpha_mean"], ["jac"])
+    assert list(layout) == ["spectral summary", "alerts", "spectral (unfold)",
+                            "spectral (operator)", "classes"]
+    charts = layout["alerts"]
+    assert [pattern for _, (pattern,) in charts.values()] == [
+        r"^alerts/total$", r"^alerts/rule/.*", r"^alerts/count$"]

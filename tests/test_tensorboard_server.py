@@ -1,0 +1,95 @@
+"""A real TensorBoard server on 127.0.0.1 over a tiny monitored run: its HTTP API shows the
+alert series, the custom-scalar layout in its fixed order and the alerts text. The server has a
+startup timeout and is always stopped."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import lightning.pytorch as pl
+import pytest
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from svd_callback import SpectralMonitor
+from svd_callback.examples import DigitsDataModule, SmallCNN
+
+START_TIMEOUT_S = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(port: int, path: str):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return json.loads(response.read().decode())
+
+
+@pytest.fixture
+def monitored_run(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1,
+                         logger=TensorBoardLogger(str(tmp_path), name="run", version=0),
+                         callbacks=[SpectralMonitor(figures_every_n=0)],
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(SmallCNN(), datamodule=DigitsDataModule())
+    return tmp_path
+
+
+@pytest.fixture
+def server(monitored_run):
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(monitored_run),
+         "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
+         "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                loaded = _get(port, "/data/plugin/scalars/tags")
+                if any("alerts/total" in run for run in loaded.values()):
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"TensorBoard did not serve the run within {START_TIMEOUT_S} s")
+            time.sleep(0.5)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_tensorboard_serves_alert_series_layout_and_alerts_text(server):
+    tags = _get(server, "/data/plugin/scalars/tags")
+    (run,) = tags
+    scalars = tags[run]
+    assert {"alerts/count", "alerts/total", "alerts/rule/AlphaBelow",
+            "spectral_summary/alpha_mean", "spectral/alpha/hidden"} <= set(scalars)
+    assert "cumulative" in scalars["alerts/total"]["description"]
+    assert not any(t.endswith("_median") or "rank_loss" in t for t in scalars)
+
+    layout = _get(server, "/data/plugin/custom_scalars/layout")
+    titles = [category["title"] for category in layout["category"]]
+    assert titles[:3] == ["spectral summary", "alerts", "spectral (unfold)"]
+
+    query = urllib.parse.urlencode({"run": run, "tag": "alerts"})
+    texts = _get(server, f"/data/plugin/text/text?{query}")
+    assert [entry["step"] for entry in texts][0] == 0  # present from the first analysis
+    first = texts[0]["text"]
+    assert "no alerts so far" in first and "AlphaBelow" in first and "<table>" in first

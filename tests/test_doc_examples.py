@@ -133,3 +133,12 @@ def test_example_runs_and_trains_as_well_as_without_the_monitor(name, code, tmp_
             reasons = _stop_reasons(with_monitor)
             assert reasons, (f"{name}: val_acc {acc:.3f} at epoch {with_monitor.current_epoch}"
                              f" against {reference:.3f} without the monitor, no alert said why")
+
+
+def test_the_guide_links_resolve_and_its_screenshot_is_small():
+    for path in (REPO / "README.md", REPO / "docs" / "guide.md"):
+        text = path.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)#\s]+\.(?:md|png))(?:#[^)]*)?\)", text):
+            assert (path.parent / target).is_file(), f"{path.name} links to missing {target}"
+    image = REPO / "docs" / "images" / "demo_scalars.png"
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size < 300_000

@@ -125,8 +125,8 @@ def test_publisher_writes_callback_metrics_logger_and_history_without_a_trainer(
     publisher.publish(result, loggers=[logger], callback_metrics=metrics, current_epoch=0,
                       index=0)
     # callback_metrics: model-level values only, equal to the summary
-    assert metrics and all(k.startswith("spectral_summary/") or k == "alerts/count"
-                           for k in metrics)
+    assert metrics and all(k.startswith("spectral_summary/")
+                           or k in ("alerts/count", "alerts/active") for k in metrics)
     for key, value in result.summary["unfold"].items():
         if f"spectral_summary/{key}" in metrics:
             assert math.isclose(float(metrics[f"spectral_summary/{key}"]), value, rel_tol=1e-6)

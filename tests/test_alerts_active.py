@@ -54,3 +54,16 @@ def test_active_alerts_stay_zero_in_a_healthy_run(tmp_path):
     assert trainer.current_epoch == 6
     assert float(trainer.callback_metrics[ALERT_ACTIVE_TAG]) == 0
     assert monitor.alert_engine.alerts_so_far == []
+
+
+def test_replayed_histories_read_zero_when_healthy_and_above_zero_when_broken():
+    from experiments.alert_rules.replay import active_counts, first_alerts
+
+    for run in ("healthy", "healthy_s1", "healthy_s2", "demo", "bn_adam", "bn_sgd_wd",
+                "bn_adam_lr_10x"):
+        assert all(n == 0 for _, n in active_counts(run)), run
+    for run in ("lr_10x", "lr_tiny", "frozen"):
+        counts = active_counts(run)
+        first = min(epoch for epoch, _ in first_alerts(run).values())
+        assert min(epoch for epoch, n in counts if n) == first, run
+        assert sum(n for _, n in counts) >= len(first_alerts(run)), run

@@ -56,8 +56,8 @@ class SpectralMonitor(Callback):
     checkpoint's step are purged and the history file is cut back to that step.
 
     The analysis never changes the model (a seeded run ends with the same weights, bit for bit);
-    any exception in it becomes a warning and training goes on. Model-level values
-    (``spectral_summary/*``, ``alerts/count``) go into ``trainer.callback_metrics`` for
+    any exception in it becomes a warning and training goes on. Model-level values (summaries,
+    ``alerts/count``, ``alerts/active``) go into ``trainer.callback_metrics`` for
     ``EarlyStopping``/``ModelCheckpoint``, per-layer values to the loggers and the history file.
     ``stop`` alerts end the training, agreed by all ranks; under DDP each rank analyses a share
     of the layers and the results are gathered.

@@ -14,6 +14,7 @@ from typing import Any
 
 from experiments.common import history_analyses, replay_alerts
 from svd_callback.alerts import default_rules
+from svd_callback.monitor.values import ACTIVE_SEVERITIES
 
 HISTORIES = Path(__file__).parent / "histories"
 RUNS = {
@@ -63,6 +64,19 @@ def first_alerts(run: str, rules=None) -> dict[str, tuple[int, str]]:
     return out
 
 
+def active_counts(run: str, rules=None) -> list[tuple[int, int]]:
+    """(epoch, ``alerts/active``) at every analysis of one run: the replayed alerts of severity
+    warning or stop raised by that analysis (as :func:`svd_callback.monitor.values.active_alerts`
+    counts them online)."""
+    analyses = load(run)
+    alerts = replay_alerts(analyses, default_rules(traps=False) if rules is None else rules)
+    counts: dict[tuple[int, int], int] = {(a["epoch"], a["step"]): 0 for a in analyses}
+    for alert in alerts:
+        if alert.severity in ACTIVE_SEVERITIES:
+            counts[(alert.epoch, alert.step)] = counts.get((alert.epoch, alert.step), 0) + 1
+    return [(epoch, n) for (epoch, _), n in sorted(counts.items())]
+
+
 def val_accuracies(run: str) -> list[float]:
     return [a["summary"]["training"]["val_acc"] for a in load(run)
             if "val_acc" in a["summary"].get("training", {})]
@@ -76,6 +90,14 @@ def main() -> None:
         fired = first_alerts(run)
         listed = "; ".join(f"{rule}: {epoch} ({sev})" for rule, (epoch, sev) in fired.items())
         print(f"| {run} | {what} | {acc[-1]:.3f} | {listed or 'none'} |")
+    print()
+    print("| run | analyses | analyses with alerts/active > 0 (epoch: value) | max |")
+    print("|---|---|---|---|")
+    for run in RUNS:
+        counts = active_counts(run)
+        nonzero = ", ".join(f"{epoch}: {n}" for epoch, n in counts if n)
+        peak = max(n for _, n in counts)
+        print(f"| {run} | {len(counts)} | {nonzero or 'none'} | {peak} |")
 
 
 if __name__ == "__main__":

@@ -10,23 +10,46 @@ from svd_callback.config import AnalysisConfig
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.sinks import tags
 
-__all__ = ["MODEL_LEVEL_PREFIXES", "class_scalars", "is_model_level", "scalars"]
+__all__ = [
+    "ACTIVE_SEVERITIES",
+    "ALERT_ACTIVE_TAG",
+    "MODEL_LEVEL_PREFIXES",
+    "active_alerts",
+    "class_scalars",
+    "is_model_level",
+    "scalars",
+]
+
+ALERT_ACTIVE_TAG = "alerts/active"
+"""Alerts of severity warning or stop raised by the latest analysis: 0 while training is
+healthy, a stop signal for ``EarlyStopping(monitor="alerts/active", ...)``."""
+ACTIVE_SEVERITIES = ("warning", "stop")
 
 MODEL_LEVEL_PREFIXES = ("spectral_summary/",)
-"""Tags that always go into ``trainer.callback_metrics`` (with ``alerts/count``)."""
+"""Tags that always go into ``trainer.callback_metrics`` (with ``alerts/count`` and
+``alerts/active``)."""
 
 Scalars = tuple[dict[str, float], dict[str, str]]
 
 
 def is_model_level(tag: str) -> bool:
-    """A model-level value (an aggregate or the alert count), as opposed to a per-layer one."""
-    return tag.startswith(MODEL_LEVEL_PREFIXES) or tag == tags.ALERT_COUNT_TAG
+    """A model-level value (an aggregate or an alert count), as opposed to a per-layer one."""
+    return tag.startswith(MODEL_LEVEL_PREFIXES) or tag in (tags.ALERT_COUNT_TAG, ALERT_ACTIVE_TAG)
+
+
+def active_alerts(result: AnalysisResult) -> int:
+    """``alerts/active = #{a in alerts of the latest analysis : a.severity in (warning, stop)}``.
+
+    Each default rule fires once when its condition has held for ``patience`` consecutive
+    analyses (and again only after it cleared), so a healthy run reads 0 at every analysis and
+    a run in trouble reads >= 1 at the analyses where a rule fired."""
+    return sum(alert.severity in ACTIVE_SEVERITIES for alert in result.alerts)
 
 
 def scalars(result: AnalysisResult, config: AnalysisConfig, class_conventions: str) -> Scalars:
     """Finite values by tag and their descriptions: ``spectral/<metric>[.<mode>]/<layer>`` of
     the selected metrics, ``spectral_summary/<key>[.<mode>]`` of the selected metrics' aggregates
-    (and the counts), ``alerts/count`` and ``classes/<stat>/<layer>``."""
+    (and the counts), ``alerts/count``, ``alerts/active`` and ``classes/<stat>/<layer>``."""
     primary = config.primary_mode
     logged = config.metric_names
     selected = set(logged)
@@ -58,6 +81,11 @@ def scalars(result: AnalysisResult, config: AnalysisConfig, class_conventions: s
             )
     values[tags.ALERT_COUNT_TAG] = float(len(result.alerts))
     descriptions[tags.ALERT_COUNT_TAG] = "number of spectral alerts raised by this analysis"
+    values[ALERT_ACTIVE_TAG] = float(active_alerts(result))
+    descriptions[ALERT_ACTIVE_TAG] = (
+        "number of alerts of severity warning or stop raised by this analysis (each rule fires "
+        "once its condition held for its patience; 0 while training is healthy)"
+    )
     class_values, class_descriptions = class_scalars(result.class_metrics, class_conventions)
     values.update(class_values)
     descriptions.update(class_descriptions)

@@ -35,6 +35,7 @@ def custom_scalar_layout(
     if summary:
         layout["spectral summary"] = summary
     layout["alerts"] = {
+        "alerts/active (warning or stop, per analysis)": ["Multiline", [r"^alerts/active$"]],
         "alerts/total (cumulative)": ["Multiline", [r"^alerts/total$"]],
         "alerts/rule (cumulative, per rule)": ["Multiline", [r"^alerts/rule/.*"]],
         "alerts/count (per analysis)": ["Multiline", [r"^alerts/count$"]],

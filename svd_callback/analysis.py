@@ -173,10 +173,10 @@ def _analyze(
         wanted = set(layer_names)
         specs = [s for s in specs if s.name in wanted]
         skipped_modules = [s for s in skipped_modules if s.name in wanted]
-    if any(s.weight.is_meta for s in specs):  # no data to decompose
+    if any(s.is_meta for s in specs):  # no data to decompose
         skipped_modules = [*skipped_modules, *(SkippedModule(s.name, s.kind, META_REASON)
-                                               for s in specs if s.weight.is_meta)]
-        specs = [s for s in specs if not s.weight.is_meta]
+                                               for s in specs if s.is_meta)]
+        specs = [s for s in specs if not s.is_meta]
 
     classes = None
     if probe is not None:  # the class statistics of the same selection of layers

@@ -31,6 +31,7 @@ from svd_callback.monitor.publisher import Publisher
 from svd_callback.monitor.runner import AnalysisRunner, training_scalars
 from svd_callback.schedule import FIT_START, TRAIN_STEP, Schedule, epochs_trained
 from svd_callback.schedule import validation_settings as trainer_settings
+from svd_callback.sharding import refusal
 
 __all__ = ["SpectralMonitor"]
 
@@ -149,6 +150,7 @@ class SpectralMonitor(Callback):
         self._engine = AlertEngine(alert_rules)
         self._initial_engine_state = self._engine.state_dict()
         self._guard = Guard()
+        self._refused: str | None = None  # why the trainer's strategy is refused, see setup
         self._schedule = Schedule.from_config(self._config)
         self._classes = ClassStage(class_config, class_probe, self._guard, forward_fn)
         keep_svals = self._config.histograms or bool(self._config.figures_every_n)
@@ -239,6 +241,10 @@ class SpectralMonitor(Callback):
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._refused = refusal(trainer.strategy)  # FSDP1, DeepSpeed: off, with one warning
+        if self._refused is not None:
+            self._guard.warn(self._refused)
+            return
         if stage == TrainerFn.FITTING:
             self._publisher.check_on = self._schedule.resolve(**trainer_settings(trainer))
         names = self._config.figure_layers
@@ -255,6 +261,8 @@ class SpectralMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._refused is not None:
+            return
         resumed = self._loaded and trainer.ckpt_path is not None
         if self._schedule.is_new_run(trainer.global_step, resumed):
             self._reset_run()
@@ -294,12 +302,14 @@ class SpectralMonitor(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:  # the last analysis's figures, unless drawn already
+        if self._refused is None and trainer.is_global_zero:  # the last figures, unless drawn
             self._publisher.finish(trainer.loggers, self._schedule.analyses - 1)
 
     # ------------------------------------------------------------------ one analysis
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: str) -> None:
         """One analysis on every rank: run, record, publish, then the alerts and the stop vote."""
+        if self._refused is not None:
+            return
         self._runner.maybe_record_input_sizes(pl_module, lambda: first_training_input(trainer))
         result = self._runner.run(
             pl_module, step=int(trainer.global_step),

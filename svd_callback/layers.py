@@ -38,6 +38,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as _HookWeightNorm
 
+from svd_callback.sharding import full_weight
+
 _CONV_KINDS: dict[type, str] = {
     nn.Conv1d: "conv1d",
     nn.Conv2d: "conv2d",
@@ -72,8 +74,12 @@ class MatrixView:
         text = self.param + (".T" if self.transpose else "")
         return text + (f"[{self.rows[0]}:{self.rows[1]}]" if self.rows is not None else "")
 
+    def stored(self, module: nn.Module) -> torch.Tensor:
+        """The parameter as stored (a ``DTensor`` shard on a sharded model, never gathered)."""
+        return read_weight(module) if self.param == "weight" else getattr(module, self.param)
+
     def __call__(self, module: nn.Module) -> torch.Tensor:
-        weight = read_weight(module) if self.param == "weight" else getattr(module, self.param)
+        weight = full_weight(self.stored(module))  # a sharded (FSDP2) weight: gathered whole
         if self.transpose:
             weight = weight.t()
         if self.rows is not None:
@@ -131,6 +137,11 @@ class LayerSpec:
     @property
     def spatial_dims(self) -> int:
         return len(self.weight_shape) - 2
+
+    @property
+    def is_meta(self) -> bool:
+        """The weight has no data (a meta tensor); read without gathering a sharded weight."""
+        return bool(self.matrix.stored(self.module).is_meta)
 
     @property
     def weight(self) -> torch.Tensor:

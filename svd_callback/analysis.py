@@ -301,7 +301,10 @@ def _nonfinite_reasons(specs: list[LayerSpec]) -> dict[str, str]:
     NaN and Inf propagate through a sum, so a finite sum proves a weight finite; only a layer
     whose sum is not finite (bad entries, or a sum overflowing) pays the exact check.
     """
-    sums = torch.stack([s.weight.detach().sum().float().cpu() for s in specs])
+    if not specs:
+        return {}
+    partial = [s.weight.detach().sum().float() for s in specs]  # on each weight's device
+    sums = torch.stack([p.to(partial[0].device) for p in partial]).cpu()  # the one transfer
     reasons = {}
     for spec, finite_sum in zip(specs, torch.isfinite(sums).tolist(), strict=True):
         if not finite_sum and not bool(torch.isfinite(spec.weight.detach()).all()):

@@ -144,8 +144,35 @@ def _gram_svdvals(mats: Tensor) -> Tensor:
     wide = torch.complex128 if mats.is_complex() else torch.float64
     real = torch.float32 if mats.dtype in (torch.float32, torch.complex64) else torch.float64
     return _without_structural_zeros(
-        mats, lambda x: _gram_eigs(x.to(wide)).clamp_min(0).sqrt().flip(-1).to(real)
+        mats, lambda x: _eigs(_wide_gram(x, wide)).clamp_min(0).sqrt().flip(-1).to(real)
     )
+
+
+GRAM_BLOCK_ELEMS = 1 << 22
+"""Input elements widened to double at once while a double Gram is formed (32 MiB of float64)."""
+
+
+def _wide_gram(mats: Tensor, wide: torch.dtype) -> Tensor:
+    """The smaller Gram matrix of ``mats`` in ``wide`` precision, summed over blocks of the long
+    side (``X^H X = sum_b X_b^H X_b`` over row blocks ``X_b``), so that no double copy of the
+    whole input exists: the extra memory is the Gram plus one widened block."""
+    tall = mats.shape[-2] >= mats.shape[-1]
+    x = mats if tall else mats.mH  # the Gram of the short side is x^H x
+    batch, length, short = x.shape[0], x.shape[-2], x.shape[-1]
+    step = max(1, GRAM_BLOCK_ELEMS // max(1, batch * short))
+    gram = None
+    for start in range(0, length, step):
+        block = x[:, start:start + step].to(wide)
+        part = block.mH @ block
+        gram = part if gram is None else gram.add_(part)
+        del block, part
+    if gram is None:
+        return x.new_zeros((batch, short, short), dtype=wide)
+    return gram  # x^H x: X^H X when tall, X X^H when wide (x = X^H)
+
+
+def _eigs(gram: Tensor) -> Tensor:
+    return map_batch(torch.linalg.eigvalsh, gram)
 
 
 def _gram32_svdvals(mats: Tensor) -> Tensor:

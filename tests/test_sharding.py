@@ -35,7 +35,7 @@ def test_ddp_is_not_refused():
 
 def test_monitor_under_fsdp1_warns_once_and_does_nothing():
     monitor = SpectralMonitor(figures_every_n=0)
-    trainer = SimpleNamespace(strategy=FSDPStrategy())  # any other attribute read would fail
+    trainer = SimpleNamespace(strategy=FSDPStrategy(), is_global_zero=True, loggers=[])
     module = torch.nn.Sequential(torch.nn.Linear(4, 3))
     with pytest.warns(UserWarning, match="FSDPStrategy strategy is not supported"):
         monitor.setup(trainer, module, "fit")

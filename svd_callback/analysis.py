@@ -404,7 +404,9 @@ def _spectra(specs: list[LayerSpec], mode: str, ctx: _Context):
 
 def _decompose(members: list[LayerSpec], fn, ctx: _Context):
     with torch.no_grad():
-        weights = torch.stack([s.weight.detach() for s in members]).to(torch.float32)
+        # one layer: a view, not a copy (the solvers never write to their input)
+        weights = (members[0].weight.detach().unsqueeze(0) if len(members) == 1 else
+                   torch.stack([s.weight.detach() for s in members])).to(torch.float32)
         svals = fn(weights)
         shuffled = None
         if ctx.config.traps:

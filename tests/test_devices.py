@@ -48,3 +48,15 @@ def test_analysis_on_device_matches_cpu_oracle(device):
         svals = expected[record.name]
         assert record.metrics["spectral_norm"] == pytest.approx(float(svals[0]), rel=1e-5)
         assert record.metrics["frobenius_norm"] == pytest.approx(float(svals.norm()), rel=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_analysis_leaves_weights_untouched(device):
+    # a layer alone in its shape group is handed to the solvers as a view of its weight
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 8 * 8, 30)).to(device)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    analyze(model, config=AnalysisConfig(metrics="all", input_size=8,
+                                         conv_mode=("unfold", "slices", "operator")))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

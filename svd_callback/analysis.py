@@ -173,10 +173,10 @@ def _analyze(
         wanted = set(layer_names)
         specs = [s for s in specs if s.name in wanted]
         skipped_modules = [s for s in skipped_modules if s.name in wanted]
-    if any(s.weight.is_meta for s in specs):  # no data to decompose
+    if any(s.is_meta for s in specs):  # no data to decompose
         skipped_modules = [*skipped_modules, *(SkippedModule(s.name, s.kind, META_REASON)
-                                               for s in specs if s.weight.is_meta)]
-        specs = [s for s in specs if not s.weight.is_meta]
+                                               for s in specs if s.is_meta)]
+        specs = [s for s in specs if not s.is_meta]
 
     classes = None
     if probe is not None:  # the class statistics of the same selection of layers
@@ -301,7 +301,10 @@ def _nonfinite_reasons(specs: list[LayerSpec]) -> dict[str, str]:
     NaN and Inf propagate through a sum, so a finite sum proves a weight finite; only a layer
     whose sum is not finite (bad entries, or a sum overflowing) pays the exact check.
     """
-    sums = torch.stack([s.weight.detach().sum().float().cpu() for s in specs])
+    if not specs:
+        return {}
+    partial = [s.weight.detach().sum().float() for s in specs]  # on each weight's device
+    sums = torch.stack([p.to(partial[0].device) for p in partial]).cpu()  # the one transfer
     reasons = {}
     for spec, finite_sum in zip(specs, torch.isfinite(sums).tolist(), strict=True):
         if not finite_sum and not bool(torch.isfinite(spec.weight.detach()).all()):
@@ -401,7 +404,9 @@ def _spectra(specs: list[LayerSpec], mode: str, ctx: _Context):
 
 def _decompose(members: list[LayerSpec], fn, ctx: _Context):
     with torch.no_grad():
-        weights = torch.stack([s.weight.detach() for s in members]).to(torch.float32)
+        # one layer: a view, not a copy (the solvers never write to their input)
+        weights = (members[0].weight.detach().unsqueeze(0) if len(members) == 1 else
+                   torch.stack([s.weight.detach() for s in members])).to(torch.float32)
         svals = fn(weights)
         shuffled = None
         if ctx.config.traps:

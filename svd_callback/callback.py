@@ -8,7 +8,6 @@ analysis: ``docs/architecture.md``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,12 +24,13 @@ from svd_callback.classes.probe import ProbeSet
 from svd_callback.layers import find_layers
 from svd_callback.monitor.class_stage import ClassStage
 from svd_callback.monitor.guard import Guard
-from svd_callback.monitor.history_writer import configured_path, distinct_path
+from svd_callback.monitor.history_writer import distinct_path, trainer_path
 from svd_callback.monitor.inputs import first_training_input
 from svd_callback.monitor.publisher import Publisher
 from svd_callback.monitor.runner import AnalysisRunner, training_scalars
-from svd_callback.schedule import FIT_START, TRAIN_STEP, Schedule, epochs_trained
+from svd_callback.schedule import FIT_START, TRAIN_STEP, Schedule, trainer_epochs_trained
 from svd_callback.schedule import validation_settings as trainer_settings
+from svd_callback.sharding import refusal
 
 __all__ = ["SpectralMonitor"]
 
@@ -149,6 +149,7 @@ class SpectralMonitor(Callback):
         self._engine = AlertEngine(alert_rules)
         self._initial_engine_state = self._engine.state_dict()
         self._guard = Guard()
+        self._refused: str | None = None  # why the trainer's strategy is refused, see setup
         self._schedule = Schedule.from_config(self._config)
         self._classes = ClassStage(class_config, class_probe, self._guard, forward_fn)
         keep_svals = self._config.histograms or bool(self._config.figures_every_n)
@@ -239,6 +240,9 @@ class SpectralMonitor(Callback):
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._refused = refusal(trainer.strategy)  # FSDP1, DeepSpeed: off, with one warning
+        if self._refused is not None:
+            return self._guard.warn(self._refused)
         if stage == TrainerFn.FITTING:
             self._publisher.check_on = self._schedule.resolve(**trainer_settings(trainer))
         names = self._config.figure_layers
@@ -255,6 +259,8 @@ class SpectralMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._refused is not None:
+            return
         resumed = self._loaded and trainer.ckpt_path is not None
         if self._schedule.is_new_run(trainer.global_step, resumed):
             self._reset_run()
@@ -300,10 +306,12 @@ class SpectralMonitor(Callback):
     # ------------------------------------------------------------------ one analysis
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: str) -> None:
         """One analysis on every rank: run, record, publish, then the alerts and the stop vote."""
+        if self._refused is not None:
+            return
         self._runner.maybe_record_input_sizes(pl_module, lambda: first_training_input(trainer))
         result = self._runner.run(
             pl_module, step=int(trainer.global_step),
-            epochs_trained=self._epochs_trained(trainer, trigger), trigger=trigger,
+            epochs_trained=trainer_epochs_trained(trainer, trigger), trigger=trigger,
             training=training_scalars(trainer.callback_metrics), world=int(trainer.world_size),
             rank=int(trainer.global_rank),
             broadcast=lambda metrics: trainer.strategy.broadcast(metrics, src=0),
@@ -325,24 +333,15 @@ class SpectralMonitor(Callback):
                                 if a.severity == "stop")
             rank_zero_info(f"SpectralMonitor: stopping the training: {reasons or 'stop alert'}")
 
-    @staticmethod
-    def _epochs_trained(trainer: pl.Trainer, trigger: str) -> float:
-        done = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "batch_idx", None)
-        return epochs_trained(trigger, trainer.current_epoch, None if done is None else done + 1,
-                              trainer.num_training_batches)
-
     # ------------------------------------------------------------------ history file
-    def _configured_path(self, trainer: pl.Trainer) -> Path | None:
-        log_dirs = [getattr(logger, "log_dir", None) for logger in trainer.loggers]
-        return configured_path(self._config.history_file, log_dirs, trainer.default_root_dir)
-
     def _start_history(self, trainer: pl.Trainer, resumed: bool) -> None:
         """Open this monitor's history file, distinct from the earlier monitors' of the
         Trainer, and write its ``run`` row."""
         monitors = [cb for cb in trainer.callbacks if isinstance(cb, SpectralMonitor)]
         position = next((i for i, m in enumerate(monitors) if m is self), 0)
-        earlier = [m._configured_path(trainer) for m in monitors[:position]]
-        path = distinct_path(self._configured_path(trainer), earlier, position, self._guard,
+        paths = [trainer_path(m._config.history_file, trainer)
+                 for m in [*monitors[:position], self]]
+        path = distinct_path(paths[-1], paths[:-1], position, self._guard,
                              f"conv_mode={self._config.analysis.conv_mode}",
                              bool(trainer.loggers))
         self._publisher.history.start(path, resumed=resumed, step=int(trainer.global_step),

@@ -8,6 +8,8 @@ Analysable:
   (the three row blocks of ``in_proj_weight``, or ``q_proj_weight`` / ``k_proj_weight`` /
   ``v_proj_weight`` when the key and value dimensions differ); its ``out_proj`` is an
   ``nn.Linear`` and found as ``<module>.out_proj``;
+- a packed ``nn.Linear`` named ``qkv`` with ``out = 3 * in`` (Swin, timm's ViTs): records
+  ``<module>.q``, ``.k``, ``.v``, its three row blocks;
 - Hugging Face ``transformers``' ``Conv1D`` (GPT-2 and relatives) as the linear map it is: its
   weight is stored transposed, ``(in, out)``, and is read as ``weight.T``. A packed ``c_attn``
   (``out = 3 * in``, ``query, key, value = c_attn(x).split(in, dim=-1)``) gives the records
@@ -37,6 +39,8 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as _HookWeightNorm
+
+from svd_callback.sharding import full_weight
 
 _CONV_KINDS: dict[type, str] = {
     nn.Conv1d: "conv1d",
@@ -72,8 +76,21 @@ class MatrixView:
         text = self.param + (".T" if self.transpose else "")
         return text + (f"[{self.rows[0]}:{self.rows[1]}]" if self.rows is not None else "")
 
+    def stored(self, module: nn.Module) -> torch.Tensor:
+        """The parameter as stored (a ``DTensor`` shard on a sharded model, never gathered)."""
+        return read_weight(module) if self.param == "weight" else getattr(module, self.param)
+
+    def shape(self, module: nn.Module) -> tuple[int, ...]:
+        """The analysed matrix's shape, read without gathering a sharded weight."""
+        shape = tuple(self.stored(module).shape)  # a DTensor's shape is the global one
+        if self.transpose:
+            shape = shape[::-1]
+        if self.rows is not None:
+            shape = (self.rows[1] - self.rows[0], *shape[1:])
+        return shape
+
     def __call__(self, module: nn.Module) -> torch.Tensor:
-        weight = read_weight(module) if self.param == "weight" else getattr(module, self.param)
+        weight = full_weight(self.stored(module))  # a sharded (FSDP2) weight: gathered whole
         if self.transpose:
             weight = weight.t()
         if self.rows is not None:
@@ -131,6 +148,11 @@ class LayerSpec:
     @property
     def spatial_dims(self) -> int:
         return len(self.weight_shape) - 2
+
+    @property
+    def is_meta(self) -> bool:
+        """The weight has no data (a meta tensor); read without gathering a sharded weight."""
+        return bool(self.matrix.stored(self.module).is_meta)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -323,7 +345,10 @@ def _split(qualified: str, name: str, module: nn.Module, kind: str) -> list[Laye
 
     ``nn.MultiheadAttention``: rows ``[0, E)``, ``[E, 2E)``, ``[2E, 3E)`` of ``in_proj_weight``
     (``F.multi_head_attention_forward`` / ``_in_projection_packed``), or the separate
-    ``q/k/v_proj_weight``. A ``Conv1D`` named ``c_attn`` with ``nf = 3 * nx``: the three column
+    ``q/k/v_proj_weight``. An ``nn.Linear`` named ``qkv`` with ``out = 3 * in`` (torchvision's
+    Swin ``ShiftedWindowAttention``, timm's ``Attention``: ``qkv(x).reshape(..., 3, heads,
+    head_dim)``): rows ``[0, E)``, ``[E, 2E)``, ``[2E, 3E)`` of its weight. A ``Conv1D`` named
+    ``c_attn`` with ``nf = 3 * nx``: the three column
     blocks of its ``(nx, 3 nx)`` weight, GPT-2's ``c_attn(x).split(nx, dim=2)``; with
     ``nf = 2 * nx`` (GPT-2's cross-attention, whose query is ``q_attn``) the key and value.
     Records are named ``<qualified>.q`` ..., or ``q`` ... for the model itself, like its
@@ -338,6 +363,10 @@ def _split(qualified: str, name: str, module: nn.Module, kind: str) -> list[Laye
             views = [MatrixView("in_proj_weight", rows=(i * e, (i + 1) * e)) for i in range(3)]
         else:
             views = [MatrixView(f"{p}_proj_weight") for p in QKV]
+    elif (type(module) is nn.Linear and name.rsplit(".", 1)[-1] == "qkv"
+          and module.out_features == 3 * module.in_features):
+        e = module.in_features
+        views = [MatrixView(rows=(i * e, (i + 1) * e)) for i in range(3)]
     elif is_hf_conv1d(module) and name.rsplit(".", 1)[-1] == "c_attn":
         nx, nf = tuple(module.weight.shape)
         if nf not in (2 * nx, 3 * nx):
@@ -347,16 +376,15 @@ def _split(qualified: str, name: str, module: nn.Module, kind: str) -> list[Laye
         return []
     out = []
     for part, view in zip(QKV[-len(views) :], views, strict=True):
-        weight = view(module)
         out.append(LayerSpec(f"{qualified}.{part}" if qualified else part, module, kind,
-                             tuple(weight.shape), matrix=view, module_name=name))
+                             view.shape(module), matrix=view, module_name=name))
     return out
 
 
 def _spec(name: str, module: nn.Module, kind: str) -> LayerSpec:
     if kind in MATRIX_KINDS:
         view = MatrixView(transpose=is_hf_conv1d(module))
-        return LayerSpec(name, module, kind, tuple(view(module).shape), matrix=view)
+        return LayerSpec(name, module, kind, view.shape(module), matrix=view)
     shape = tuple(read_weight(module).shape)
     return LayerSpec(
         name,

@@ -81,6 +81,13 @@ def resolve_check_on(
     return "train_epoch_end" if once_per_epoch else "validation_epoch_end"
 
 
+def trainer_epochs_trained(trainer: Any, trigger: str) -> float:
+    """:func:`epochs_trained` read from a Lightning ``Trainer`` at the hook ``trigger``."""
+    done = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "batch_idx", None)
+    return epochs_trained(trigger, trainer.current_epoch, None if done is None else done + 1,
+                          trainer.num_training_batches)
+
+
 def validation_settings(trainer: Any) -> dict[str, Any]:
     """The keyword arguments of :func:`resolve_check_on` read from a Lightning ``Trainer`` in
     ``setup()`` of a fit (the dataloaders are attached by then, so ``enable_validation`` is

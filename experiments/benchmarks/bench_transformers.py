@@ -9,7 +9,9 @@ Two models, randomly initialised from their configs (nothing downloaded):
   then reported as tied);
 - torchvision ``vit_b_16(weights=None)``: a classification step (SGD, cross-entropy) on random
   224x224 images; the analysis covers the 36 query/key/value blocks of the
-  ``nn.MultiheadAttention`` layers, their ``out_proj``, the MLPs, ``conv_proj`` and the head.
+  ``nn.MultiheadAttention`` layers, their ``out_proj``, the MLPs, ``conv_proj`` and the head;
+- with ``--only-swin``, torchvision ``swin_t(weights=None)`` alone, the same step: the 36
+  query/key/value blocks of the packed ``qkv`` linears, 40 other linears and the patch conv.
 
 "One analysis" is ``analyze(model)`` with the monitor's defaults (unfold, float64 Gram
 eigenvalues, KS power-law fit), and beside it the spectra and norms alone (``metrics="norms"``).
@@ -63,11 +65,11 @@ def gpt2_small(batch: int, seq: int) -> tuple[torch.nn.Module, Callable[[], obje
     return model.train(), step
 
 
-def vit_b_16(batch: int) -> tuple[torch.nn.Module, Callable[[], object]]:
+def vit_b_16(batch: int, arch: str = "vit_b_16") -> tuple[torch.nn.Module, Callable[[], object]]:
     import torchvision
 
     torch.manual_seed(0)
-    model = torchvision.models.vit_b_16(weights=None)
+    model = getattr(torchvision.models, arch)(weights=None)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images, labels = torch.randn(batch, 3, 224, 224), torch.randint(0, 1000, (batch,))
 
@@ -105,11 +107,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--embeddings", action="store_true", help="also analyse embeddings")
     parser.add_argument("--skip-vit", action="store_true")
+    parser.add_argument("--only-swin", action="store_true", help="torchvision swin_t alone")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
           f"analyze(): unfold, float64 Gram, KS fit, embeddings={args.embeddings}")
+    if args.only_swin:
+        model, step = vit_b_16(args.batch, "swin_t")
+        measure(f"swin_t, {args.batch} images 224x224", model, step, args.repeats,
+                args.embeddings)
+        return
     model, step = gpt2_small(args.batch, args.seq)
     measure(f"GPT-2 small, {args.batch} x {args.seq} tokens", model, step, args.repeats,
             args.embeddings)

@@ -33,6 +33,12 @@ def configured_path(history_file: str | None, log_dirs: list[str], root_dir: str
     return Path(root_dir) / path
 
 
+def trainer_path(history_file: str | None, trainer: Any) -> Path | None:
+    """:func:`configured_path` with a Lightning ``Trainer``'s loggers and root directory."""
+    log_dirs = [getattr(logger, "log_dir", None) for logger in trainer.loggers]
+    return configured_path(history_file, log_dirs, trainer.default_root_dir)
+
+
 def distinct_path(
     path: Path | None,
     earlier: list[Path | None],

@@ -4,7 +4,10 @@
 Path of one analysis (every rank): the conv input sizes are recorded once (``operator`` mode);
 the layers are split over the ranks by cost (:func:`svd_callback.distributed.split_work`); each
 rank runs :func:`svd_callback.analysis.analyze` on its share and the reports are gathered; the
-class statistics are computed on rank 0 and broadcast; the aggregates
+class statistics are computed on rank 0 and broadcast. On a sharded (FSDP2) model reading a full
+weight is a collective (:func:`svd_callback.sharding.full_weight`), so every rank analyses every
+layer, in the same order, one gathered weight at a time, and nothing is gathered afterwards; the
+class analysis, whose probe forward would need every rank, is skipped with a reason; the aggregates
 (:func:`svd_callback.analysis.summarize`) and the alert rules run on every rank, and the alerts
 are gathered with the ranks that raised them. Nothing here needs a ``Trainer``: the callback
 passes the step, the epochs trained and the rank numbers.
@@ -32,6 +35,7 @@ from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.inputs import Forward, forward_for, has_uninitialised_lazy
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.report import LayerReport, Report
+from svd_callback.sharding import is_sharded
 
 __all__ = ["OWN_TAG_PREFIXES", "AnalysisRunner", "training_scalars"]
 
@@ -157,12 +161,20 @@ class AnalysisRunner:
         before a checkpoint and not since are kept from earlier analyses."""
         started = time.perf_counter()
         owners: dict[str, int] = {}
-        local, order = self._local_report(module, world, rank, owners)
-        report = gather_reports(local, world, order, self.config.conv_mode)  # collective
-        class_report, class_metrics = self.classes.run(
-            module, self._class_layers(module), rank == 0,
-            broadcast if is_distributed(world) else None,
-        )
+        sharded = is_distributed(world) and is_sharded(module)
+        local, order = self._local_report(module, world, rank, owners, sharded)
+        report = local if sharded else gather_reports(local, world, order,
+                                                      self.config.conv_mode)  # collective
+        if sharded and self.classes.enabled:
+            self.guard.warn_once("sharded-classes", "the class analysis is skipped on a sharded "
+                                 "model (its probe forward runs on rank 0 alone, and a sharded "
+                                 "forward needs every rank)")
+            class_report, class_metrics = None, {}
+        else:
+            class_report, class_metrics = self.classes.run(
+                module, self._class_layers(module), rank == 0,
+                broadcast if is_distributed(world) else None,
+            )
         self.training = {**self.training, **(training or {})}
         training = dict(self.training)
         epoch = int(math.floor(epochs_trained))
@@ -195,10 +207,12 @@ class AnalysisRunner:
         return [s.name for s in specs if s.is_module_weight]
 
     def _local_report(
-        self, module: torch.nn.Module, world: int, rank: int, owners: dict[str, int]
+        self, module: torch.nn.Module, world: int, rank: int, owners: dict[str, int],
+        sharded: bool = False,
     ) -> tuple[Report, list[str]]:
-        """This rank's share of the layers, analysed; errors become records with a reason.
-        Returns the report and every layer name (the gather order)."""
+        """This rank's share of the layers, analysed (every layer when ``sharded``); errors
+        become records with a reason. Returns the report and every layer name (the gather
+        order)."""
         config = self.config
         names: list[str] = []
         share: list[str] | None = None
@@ -206,7 +220,7 @@ class AnalysisRunner:
             specs, skipped = find_layers(module, config.include, config.exclude,
                                           config.embeddings)
             names = [s.name for s in specs] + [s.name for s in skipped]
-            if is_distributed(world):
+            if is_distributed(world) and not sharded:
                 for spec in specs:
                     if spec.name in self.input_sizes:
                         spec.input_size = tuple(self.input_sizes[spec.name])

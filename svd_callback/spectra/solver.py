@@ -20,6 +20,7 @@ __all__ = [
     "SVD_METHODS",
     "NonFiniteWeightError",
     "SpectralError",
+    "auto_method",
     "batched_svdvals",
 ]
 
@@ -122,11 +123,20 @@ def _resolve_method(method: str, mats: Tensor) -> str:
         raise ValueError(f"method must be one of {SVD_METHODS}, got {method!r}")
     if method != "auto":
         return method
-    # measured on a 2-core CPU: the double Gram path beats float32 SVD by
-    # 1.35-1.5x on square real matrices and 4-15x on 1:9 ones, but complex128 Gram + eigvalsh is
-    # 0.7-1.3x of complex64 SVD, so complex (operator) blocks keep the SVD
-    real_single = mats.dtype == torch.float32
-    return "gram" if real_single and mats.device.type != "mps" else "svd"
+    return auto_method(mats.dtype, mats.device.type)
+
+
+def auto_method(dtype: torch.dtype, device_type: str) -> str:
+    """The solver ``"auto"`` picks for matrices of ``dtype`` on a ``device_type`` device.
+
+    ``"gram"`` (float64 Gram) for float32 on the CPU: measured on a 2-core CPU, it beats float32
+    SVD by 1.35-1.5x on square and 4-15x on 1:9 matrices. ``"svd"`` elsewhere: complex input
+    (complex128 Gram + eigvalsh is 0.7-1.3x of complex64 SVD), float64 input (a Gram would lose
+    accuracy against a float64 SVD), and every accelerator (CUDA, MPS, XPU ...), whose float64
+    runs at 1/2-1/64 of float32 speed (1/32-1/64 on consumer GPUs; MPS has none): there float32
+    ``svdvals``, whose error is ~ eps32 * sigma_max (see :func:`batched_svdvals`).
+    """
+    return "gram" if dtype == torch.float32 and device_type == "cpu" else "svd"
 
 
 def _gram_svdvals(mats: Tensor) -> Tensor:
@@ -134,8 +144,35 @@ def _gram_svdvals(mats: Tensor) -> Tensor:
     wide = torch.complex128 if mats.is_complex() else torch.float64
     real = torch.float32 if mats.dtype in (torch.float32, torch.complex64) else torch.float64
     return _without_structural_zeros(
-        mats, lambda x: _gram_eigs(x.to(wide)).clamp_min(0).sqrt().flip(-1).to(real)
+        mats, lambda x: _eigs(_wide_gram(x, wide)).clamp_min(0).sqrt().flip(-1).to(real)
     )
+
+
+GRAM_BLOCK_ELEMS = 1 << 22
+"""Input elements widened to double at once while a double Gram is formed (32 MiB of float64)."""
+
+
+def _wide_gram(mats: Tensor, wide: torch.dtype) -> Tensor:
+    """The smaller Gram matrix of ``mats`` in ``wide`` precision, summed over blocks of the long
+    side (``X^H X = sum_b X_b^H X_b`` over row blocks ``X_b``), so that no double copy of the
+    whole input exists: the extra memory is the Gram plus one widened block."""
+    tall = mats.shape[-2] >= mats.shape[-1]
+    x = mats if tall else mats.mH  # the Gram of the short side is x^H x
+    batch, length, short = x.shape[0], x.shape[-2], x.shape[-1]
+    step = max(1, GRAM_BLOCK_ELEMS // max(1, batch * short))
+    gram = None
+    for start in range(0, length, step):
+        block = x[:, start:start + step].to(wide)
+        part = block.mH @ block
+        gram = part if gram is None else gram.add_(part)
+        del block, part
+    if gram is None:
+        return x.new_zeros((batch, short, short), dtype=wide)
+    return gram  # x^H x: X^H X when tall, X X^H when wide (x = X^H)
+
+
+def _eigs(gram: Tensor) -> Tensor:
+    return map_batch(torch.linalg.eigvalsh, gram)
 
 
 def _gram32_svdvals(mats: Tensor) -> Tensor:
@@ -238,9 +275,10 @@ def batched_svdvals(
         method: ``"svd"``: ``torch.linalg.svdvals``. ``"gram"``: ``sqrt(eigvalsh(G))`` of the
             smaller Gram matrix ``G = X^H X`` or ``X X^H``, formed and solved in double
             precision (float64 / complex128), cast back. ``"auto"``: ``"gram"`` for float32
-            input on devices with float64 (not MPS), where it is as accurate and faster
-            (measured 1.35-1.5x on square and 4-15x on 1:9 matrices, CPU); ``"svd"`` for complex
-            input (a complex128 Gram is not faster than complex64 SVD) and for float64 input.
+            input on the CPU, where it is as accurate and faster (measured 1.35-1.5x on square
+            and 4-15x on 1:9 matrices); ``"svd"`` for complex input (a complex128 Gram is not
+            faster than complex64 SVD), for float64 input, and on every accelerator (float64
+            at 1/32-1/64 speed on consumer GPUs), see :func:`auto_method`.
             ``"gram32"``: the same Gram path in the input's own precision (float32), the fastest
             exact-arithmetic route (the bare floor: ``eigvalsh`` of the float32 Gram), at lower
             accuracy for small values, see below.

@@ -250,13 +250,8 @@ class SpectralMonitor(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._guard.reset()
-        self._publisher.reset_fit()
+        self._publisher.start_fit(trainer)
         self._runner.sizes_tried = False
-        if trainer.is_global_zero:
-            datamodule = getattr(trainer, "datamodule", None)
-            model = {**getattr(datamodule, "hparams", {}), **pl_module.hparams}
-            self._guard.call("writing the HPARAMS records", self._publisher.write_hparams,
-                             trainer.loggers, model)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -79,6 +79,16 @@ class Publisher:
         self._last_figure_index = -1
         self._alert_totals: Counter[str] | None = None
 
+    def start_fit(self, trainer: Any) -> None:
+        """At the start of ``fit``: :meth:`reset_fit`, then (rank 0) :meth:`write_hparams` with
+        the LightningModule's and DataModule's hyperparameters."""
+        self.reset_fit()
+        if trainer.is_global_zero:
+            datamodule = getattr(trainer, "datamodule", None)
+            model = {**getattr(datamodule, "hparams", {}), **trainer.lightning_module.hparams}
+            self.guard.call("writing the HPARAMS records", self.write_hparams, trainer.loggers,
+                            model)
+
     def reset_run(self) -> None:
         """Forget the run state (heat maps, history path)."""
         self.store = SpectrumStore()

@@ -254,7 +254,7 @@ class SpectralMonitor(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._guard.reset()
-        self._publisher.reset_fit()
+        self._publisher.start_fit(trainer)
         self._runner.sizes_tried = False
 
     @override

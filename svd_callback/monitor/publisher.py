@@ -30,6 +30,7 @@ from svd_callback.monitor.selection import drop_redundant, mode_independent
 from svd_callback.monitor.text import conventions_markdown
 from svd_callback.monitor.values import is_model_level, scalars
 from svd_callback.report import Report
+from svd_callback.sinks import hparams as hp
 from svd_callback.sinks import tags
 from svd_callback.sinks.class_figures import hypergraph_figure, overlap_matrix_figure
 from svd_callback.sinks.figures import esd_figure_for, spectrum_heatmap_grid
@@ -77,6 +78,16 @@ class Publisher:
         self.last_result: AnalysisResult | None = None
         self._last_figure_index = -1
         self._alert_totals: Counter[str] | None = None
+
+    def start_fit(self, trainer: Any) -> None:
+        """At the start of ``fit``: :meth:`reset_fit`, then (rank 0) :meth:`write_hparams` with
+        the LightningModule's and DataModule's hyperparameters."""
+        self.reset_fit()
+        if trainer.is_global_zero:
+            datamodule = getattr(trainer, "datamodule", None)
+            model = {**getattr(datamodule, "hparams", {}), **trainer.lightning_module.hparams}
+            self.guard.call("writing the HPARAMS records", self.write_hparams, trainer.loggers,
+                            model)
 
     def reset_run(self) -> None:
         """Forget the run state (heat maps, history path)."""
@@ -195,6 +206,17 @@ class Publisher:
             self._last_figure_index = index
         for sink in self._sinks.values():
             self.guard.call("flushing TensorBoard", sink.flush)
+
+    def write_hparams(self, loggers: Sequence[Any], model: Mapping[str, Any]) -> None:
+        """The monitor's settings, the model's hyperparameters ``model`` and the names of the
+        final summary metrics in TensorBoard's HPARAMS tab (:mod:`svd_callback.sinks.hparams`);
+        called at the start of ``fit``, before Lightning logs the model's hyperparameters."""
+        merged = {**hp.model_hparams(model), **hp.monitor_hparams(self.config)}
+        metrics = hp.metric_tags(self.config)
+        for sink in self.tensorboard_sinks(loggers).values():
+            if not hp.write_hparams(sink.writer, merged, metrics):
+                self.guard.warn_once("hparams", f"{type(sink.writer).__name__} cannot write the "
+                                     "HPARAMS records; the settings are in the text tab only")
 
     def purge(self, loggers: Sequence[Any], step: int) -> None:
         """Hide the events the interrupted run wrote after the checkpoint's ``step``

@@ -19,6 +19,11 @@ import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
+from svd_callback.sinks.figures import FIG_DPI, LABEL_PT, TICK_PT, TITLE_PT, note_empty
+
+OVERLAP_LABEL = "Jaccard overlap |E_a & E_b| / |E_a | E_b| (0 to 1, no unit)"
+"""Colour-bar label of the class overlap heat map."""
+
 
 def _class_colours(n: int) -> np.ndarray:
     from matplotlib import colormaps
@@ -37,13 +42,13 @@ def hypergraph_figure(
     """Bipartite drawing of a class-overlap hypergraph (classes left, neurons right)."""
     n_nodes = max(int(n_nodes), 0)
     num_classes = max(int(num_classes), 0)
-    height = max(3.0, 0.16 * max(n_nodes, num_classes) + 1.2)
-    figure = Figure(figsize=(5.6, height), dpi=80)
+    height = max(5.0, 0.22 * max(n_nodes, num_classes) + 1.6)
+    figure = Figure(figsize=(10.0, height), dpi=FIG_DPI)
     axes = figure.add_subplot()
-    axes.set_title(title, fontsize=9)
+    axes.set_title(title, fontsize=TITLE_PT)
     axes.set_axis_off()
     if n_nodes == 0 or num_classes == 0:
-        axes.text(0.5, 0.5, "no hyperedges", ha="center", transform=axes.transAxes)
+        note_empty(axes, "nothing to draw: no hyperedges (no classes or no neurons)")
         return figure
     colours = _class_colours(num_classes)
     degree = np.zeros(n_nodes, dtype=int)
@@ -70,7 +75,7 @@ def hypergraph_figure(
     for c in range(num_classes):
         size = len(edges[c]) if c in edges else 0
         label = f"class {c} ({size})" if c in edges else f"class {c} (no edge)"
-        axes.text(-0.04, class_y[c], label, ha="right", va="center", fontsize=7)
+        axes.text(-0.04, class_y[c], label, ha="right", va="center", fontsize=TICK_PT)
     node_colours = np.tile(np.array([[0.75, 0.75, 0.75, 1.0]]), (n_nodes, 1))
     node_colours[degree == 0] = (1.0, 1.0, 1.0, 1.0)
     for node in range(n_nodes):
@@ -81,13 +86,14 @@ def hypergraph_figure(
                  linewidths=0.5, zorder=3)
     for node in range(n_nodes):
         axes.text(1.04, node_y[node], f"{node}: deg {degree[node]}", ha="left", va="center",
-                  fontsize=6, fontweight="bold" if degree[node] == 1 else "normal")
+                  fontsize=TICK_PT - 2, fontweight="bold" if degree[node] == 1 else "normal")
     axes.set_xlim(-0.55, 1.4)
     axes.set_ylim(-0.05, 1.05)
     covered = int((degree > 0).sum())
     specific = int((degree == 1).sum())
     axes.text(0.5, -0.04, f"{specific} class-specific of {covered} covered neurons "
-              f"({n_nodes} nodes)", ha="center", va="top", fontsize=7, transform=axes.transAxes)
+              f"({n_nodes} nodes)", ha="center", va="top", fontsize=TICK_PT,
+              transform=axes.transAxes)
     return figure
 
 
@@ -96,25 +102,32 @@ def overlap_matrix_figure(jaccard: np.ndarray, *, title: str = "") -> Figure:
     classes without a hyperedge, left blank)."""
     matrix = np.asarray(jaccard, dtype=np.float64)
     n = matrix.shape[0] if matrix.ndim == 2 else 0
-    side = max(3.2, 0.38 * n + 1.6)
-    figure = Figure(figsize=(side + 0.8, side), dpi=80)
+    side = max(6.0, 0.5 * n + 2.0)
+    figure = Figure(figsize=(min(side + 1.6, 10.0), min(side, 10.0)), dpi=FIG_DPI)
     axes = figure.add_subplot()
-    axes.set_title(title, fontsize=9)
+    axes.set_title(title, fontsize=TITLE_PT)
     if n == 0:
-        axes.text(0.5, 0.5, "no classes", ha="center", transform=axes.transAxes)
+        note_empty(axes, "nothing to draw: no classes")
+        return figure
+    if not np.isfinite(matrix).any():
+        axes.set_axis_off()
+        note_empty(axes, "nothing to draw: no class has a hyperedge at this analysis,\n"
+                   "so every Jaccard overlap is undefined (NaN)")
         return figure
     image = axes.imshow(np.ma.masked_invalid(matrix), vmin=0.0, vmax=1.0, cmap="magma_r")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04).set_label("Jaccard")
+    colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    colorbar.set_label(OVERLAP_LABEL, fontsize=LABEL_PT)
+    colorbar.ax.tick_params(labelsize=TICK_PT)
     axes.set_xticks(range(n))
     axes.set_yticks(range(n))
-    axes.tick_params(labelsize=7)
-    axes.set_xlabel("class")
-    axes.set_ylabel("class")
-    if n <= 20:
+    axes.tick_params(labelsize=TICK_PT)
+    axes.set_xlabel("class", fontsize=LABEL_PT)
+    axes.set_ylabel("class", fontsize=LABEL_PT)
+    if n <= 12:
         for i in range(n):
             for j in range(n):
                 value = matrix[i, j]
                 if math.isfinite(value):
-                    axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                    axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=TICK_PT - 2,
                               color="white" if value > 0.6 else "black")
     return figure

@@ -154,22 +154,42 @@ def esd_figure_for(
     )
 
 
+HEATMAP_LABEL = "log10(sigma / max sigma) [decades; 0 = largest]"
+"""Colour-bar label of the spectrum heat maps: the quantity and its unit."""
+HEATMAP_X, HEATMAP_Y = "epoch (epochs trained)", "rank fraction i / n"
+"""Axis labels of the spectrum heat maps."""
+HEATMAP_WIDTH_IN = 10.0
+"""Width of a heat-map figure (1000 px at FIG_DPI, TensorBoard's image card width or less)."""
+
+
+def note_empty(axes, reason: str) -> None:
+    """Write ``reason`` in the middle of ``axes`` (a figure with nothing to draw says why)."""
+    axes.text(0.5, 0.5, reason, ha="center", va="center", fontsize=LABEL_PT, wrap=True,
+              transform=axes.transAxes, color="dimgray")
+
+
 def spectrum_heatmap(
     epochs: Sequence[float],
     spectra: Sequence[np.ndarray],
     *,
     title: str = "",
-    xlabel: str = "epochs trained",
+    xlabel: str = HEATMAP_X,
 ) -> Figure:
     """Heat map of one layer's resampled spectra (:func:`spectrum_quantiles`) across analyses."""
-    figure = Figure(figsize=(6.4, 4.4), dpi=80)
+    figure = Figure(figsize=(HEATMAP_WIDTH_IN, 6.0), dpi=FIG_DPI)
     axes = figure.add_subplot()
-    axes.set_title(title, fontsize=9)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel("rank fraction i / n")
-    if spectra:
-        mesh = _heatmap_panel(axes, epochs, _log_ratios(spectra))
-        figure.colorbar(mesh, ax=axes).set_label("log10(sigma / max sigma)")
+    axes.set_title(title, fontsize=TITLE_PT)
+    axes.set_xlabel(xlabel, fontsize=LABEL_PT)
+    axes.set_ylabel(HEATMAP_Y, fontsize=LABEL_PT)
+    axes.tick_params(labelsize=TICK_PT)
+    logs = _log_ratios(spectra) if len(spectra) else None
+    if logs is None or not np.isfinite(logs).any():
+        note_empty(axes, "nothing to draw: no analysis has a finite nonzero singular value")
+        return figure
+    mesh = _heatmap_panel(axes, epochs, logs)
+    colorbar = figure.colorbar(mesh, ax=axes)
+    colorbar.set_label(HEATMAP_LABEL, fontsize=LABEL_PT)
+    colorbar.ax.tick_params(labelsize=TICK_PT)
     return figure
 
 
@@ -181,33 +201,44 @@ def spectrum_heatmap_grid(
     title: str = "",
     floor: float = -3.0,
 ) -> Figure:
-    """Every layer's spectrum across analyses, one small panel per layer (:func:`spectrum_heatmap`
+    """Every layer's spectrum across analyses, one panel per layer (:func:`spectrum_heatmap`
     layout), on one colour scale log10(sigma / layer's max sigma) from the smallest value shown
-    (but not below ``floor``) to 0."""
+    (but not below ``floor``) to 0. Axis labels on the outer panels, one colour bar; a panel or
+    a figure with nothing to draw says why."""
     n = max(1, len(layers))
-    cols = min(n, 4)
+    cols = min(n, 3)
     rows = math.ceil(n / cols)
-    figure = Figure(figsize=(2.6 * cols + 0.8, 1.9 * rows + 0.7), dpi=80)
-    figure.subplots_adjust(left=0.06, right=0.88, bottom=0.08, top=0.9, wspace=0.25, hspace=0.55)
-    figure.suptitle(title, fontsize=9)
+    figure = Figure(figsize=(HEATMAP_WIDTH_IN, 2.9 * rows + 1.1), dpi=FIG_DPI)
+    figure.subplots_adjust(left=0.09, right=0.83, bottom=0.6 / (2.9 * rows + 1.1) + 0.06,
+                           top=1 - 0.55 / (2.9 * rows + 1.1), wspace=0.3, hspace=0.6)
+    figure.suptitle(title, fontsize=TITLE_PT)
     panels = [_log_ratios(s) if len(s) else None for s in spectra]
     lows = [np.nanmin(p) for p in panels if p is not None and np.isfinite(p).any()]
     vmin = max(floor, min(lows)) if lows else floor
     vmin = min(vmin, -1e-3)
     mesh = None
+    if not layers:
+        note_empty(figure.add_subplot(), "nothing to draw: no layer analysed yet")
+        return figure
     for i, name in enumerate(layers):
         axes = figure.add_subplot(rows, cols, i + 1)
-        axes.set_title(name, fontsize=7)
-        axes.tick_params(labelsize=6)
-        if i % cols:
-            axes.set_yticklabels([])
-        if panels[i] is not None:
+        axes.set_title(name, fontsize=LABEL_PT)
+        axes.tick_params(labelsize=TICK_PT)
+        if i % cols == 0:
+            axes.set_ylabel(HEATMAP_Y, fontsize=LABEL_PT - 2)
+        if i + cols >= len(layers):
+            axes.set_xlabel(HEATMAP_X, fontsize=LABEL_PT - 2)
+        if panels[i] is not None and np.isfinite(panels[i]).any():
             mesh = _heatmap_panel(axes, epochs[i], panels[i], vmin=vmin)
+        else:
+            axes.set_xticks([])
+            axes.set_yticks([])
+            note_empty(axes, "no finite\nspectrum")
     if mesh is not None:
-        cax = figure.add_axes((0.91, 0.15, 0.015, 0.7))
+        cax = figure.add_axes((0.86, 0.15, 0.02, 0.7))
         colorbar = figure.colorbar(mesh, cax=cax)
-        colorbar.set_label("log10(sigma / max sigma)", fontsize=7)
-        colorbar.ax.tick_params(labelsize=6)
+        colorbar.set_label(HEATMAP_LABEL, fontsize=LABEL_PT - 2)
+        colorbar.ax.tick_params(labelsize=TICK_PT)
     return figure
 
 

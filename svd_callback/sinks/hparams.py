@@ -1,0 +1,91 @@
+"""The monitor's settings and its final summary metrics in TensorBoard's HPARAMS tab.
+
+TensorBoard's hparams plugin treats every run holding a ``_hparams_/session_start_info`` tag as
+a session, takes the hyperparameter columns and metric names from an ``_hparams_/experiment``
+tag (the first run that has one) and reads a metric's value as the last point of the scalar
+series with the metric's tag in the session's run. The records are written with
+``torch.utils.tensorboard.summary.hparams`` straight to the writer's file writer, with the
+existing ``spectral_summary/*`` and ``alerts/total`` tags as metrics, so that no scalar point is
+added (``TensorBoardLogger.log_hyperparams(params, metrics)`` would write the metric values at
+step 0). The loaders keep the first metadata of a tag per run: written at ``on_fit_start``,
+before Lightning logs the model's ``save_hyperparameters()``, these records, which hold the
+model's hyperparameters too, are the ones TensorBoard shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from svd_callback.config import MonitorConfig
+from svd_callback.monitor.selection import logged_metric_names
+from svd_callback.sinks import tags
+
+PREFIX = "svd/"
+"""Prefix of the monitor's hyperparameter names (apart from the model's own)."""
+
+HParam = str | float | int | bool
+
+
+def _value(value: Any) -> HParam:
+    """A value the hparams plugin accepts: numbers and booleans as they are, ``None`` as
+    ``"none"``, sequences joined by commas, anything else as its ``str``."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return ",".join(str(_value(v)) for v in value)
+    return str(value)
+
+
+def _flatten(values: Mapping[str, Any], prefix: str) -> dict[str, HParam]:
+    flat: dict[str, HParam] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = _value(value)
+    return flat
+
+
+def monitor_hparams(config: MonitorConfig) -> dict[str, HParam]:
+    """The resolved settings as ``svd/<field>`` (``svd/analysis/<field>`` for the analysis
+    settings, e.g. ``svd/analysis/conv_mode = "unfold"``)."""
+    return _flatten(dataclasses.asdict(config), PREFIX)
+
+
+def model_hparams(*sources: Mapping[str, Any] | None) -> dict[str, HParam]:
+    """The hyperparameters of the LightningModule / DataModule (``save_hyperparameters()``),
+    nested dictionaries flattened with ``/``, as Lightning's TensorBoard logger names them."""
+    flat: dict[str, HParam] = {}
+    for source in sources:
+        if source:
+            flat.update(_flatten(dict(source), ""))
+    return flat
+
+
+def metric_tags(config: MonitorConfig) -> list[str]:
+    """The metrics of the HPARAMS table: ``spectral_summary/<metric>_<stat>`` of the primary
+    conv mode for every logged metric and summary statistic, and ``alerts/total``."""
+    primary = config.analysis.primary_mode
+    summary = [tags.summary_tag(f"{metric}_{stat}", primary, primary)
+               for metric in logged_metric_names(config) for stat in config.summary_stats]
+    return [*summary, "alerts/total"]
+
+
+def write_hparams(writer: Any, hparams: Mapping[str, HParam], metrics: list[str]) -> bool:
+    """Write the experiment and session-start records to a ``SummaryWriter``; no scalar.
+
+    Returns False (nothing written) for a writer other than
+    ``torch.utils.tensorboard.SummaryWriter``."""
+    if not type(writer).__module__.startswith("torch.utils.tensorboard"):
+        return False
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    experiment, start, _ = hparams_summaries(dict(hparams), dict.fromkeys(metrics, 0.0))
+    file_writer = writer._get_file_writer()
+    file_writer.add_summary(experiment)
+    file_writer.add_summary(start)
+    return True

@@ -3,11 +3,13 @@ path of these rootless test modules, and a test file run as a script has it as i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,66 @@ def run_script_in_own_group(script: str | Path, out: Path, timeout: float = 180)
         process.communicate()
         pytest.fail(f"{Path(script).name} did not return within {timeout:g} s")
     assert process.returncode == 0, stderr[-3000:]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(port: int, path: str, body: dict | None = None):
+    """GET (or, with ``body``, POST as JSON) ``http://127.0.0.1:<port><path>``; the decoded
+    JSON answer."""
+    import json
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read().decode())
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir: str | Path, ready: Callable[[int], bool], what: str,
+                       timeout: float = 90):
+    """A TensorBoard server on 127.0.0.1 (a free port) over ``logdir``, yielding its port once
+    ``ready(port)`` is true; always stopped.
+
+    Raises:
+        pytest.fail: when the server exits or ``ready`` is not true within ``timeout`` seconds
+            (the message names ``what`` was awaited).
+    """
+    import time
+
+    import pytest
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+         "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
+         "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ready(port):
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"TensorBoard did not serve {what} within {timeout:g} s")
+            time.sleep(0.5)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -6,15 +6,9 @@ independently with TensorBoard's ``EventAccumulator``); the records add no scala
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import lightning.pytorch as pl
 import pytest
+from helpers import http_json, tensorboard_server
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -26,18 +20,8 @@ ALPHA = "spectral_summary/alpha_mean"
 CONV_MODE = "svd/analysis/conv_mode"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(port: int, path: str, body: dict):
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                     data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read().decode())
+    return http_json(port, path, body)
 
 
 def _fit(root, name: str, conv_mode: str) -> str:
@@ -63,32 +47,13 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(runs):
     root, _ = runs
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(root),
-         "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
-         "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                groups = _session_groups(port)
-                if len(groups) == 2 and all(_metric(g, ALPHA) is not None for g in groups):
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"TensorBoard did not serve both sessions within {START_TIMEOUT_S} s")
-            time.sleep(0.5)
+
+    def ready(port: int) -> bool:
+        groups = _session_groups(port)
+        return len(groups) == 2 and all(_metric(g, ALPHA) is not None for g in groups)
+
+    with tensorboard_server(root, ready, "both sessions", START_TIMEOUT_S) as port:
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _session_groups(port: int) -> list[dict]:

@@ -4,16 +4,11 @@ startup timeout and is always stopped."""
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
-import urllib.request
 
 import lightning.pytorch as pl
 import pytest
+from helpers import http_json, tensorboard_server
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from svd_callback import SpectralMonitor
@@ -22,15 +17,8 @@ from svd_callback.examples import DigitsDataModule, SmallCNN
 START_TIMEOUT_S = 90
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(port: int, path: str):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-        return json.loads(response.read().decode())
+    return http_json(port, path)
 
 
 @pytest.fixture
@@ -47,32 +35,12 @@ def monitored_run(tmp_path):
 
 @pytest.fixture
 def server(monitored_run):
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(monitored_run),
-         "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
-         "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                loaded = _get(port, "/data/plugin/scalars/tags")
-                if any("alerts/total" in run for run in loaded.values()):
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"TensorBoard did not serve the run within {START_TIMEOUT_S} s")
-            time.sleep(0.5)
+    def ready(port: int) -> bool:
+        loaded = _get(port, "/data/plugin/scalars/tags")
+        return any("alerts/total" in run for run in loaded.values())
+
+    with tensorboard_server(monitored_run, ready, "the run", START_TIMEOUT_S) as port:
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_tensorboard_serves_alert_series_layout_and_alerts_text(server):

@@ -139,8 +139,11 @@ def test_ww_compat_with_another_normalization_is_an_error(normalization):
 def test_svd_method_resolves_as_analyze_resolves_it(svd_method, ww_compat):
     from svd_callback.analysis import resolve_svd_method
 
+    # "auto" is WeightWatcher's float32 Gram under ww_compat, every other choice stays as given
+    expected = "gram32" if svd_method == "auto" and ww_compat else svd_method
     config = AnalysisConfig(svd_method=svd_method, ww_compat=ww_compat)
-    assert config.svd_method == resolve_svd_method(svd_method, ww_compat)
+    assert config.svd_method == expected
+    assert resolve_svd_method(svd_method, ww_compat) == expected
 
 
 @pytest.mark.parametrize(

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-from svd_callback.alerts import Alert
 from svd_callback.config import MonitorConfig
 from svd_callback.monitor.selection import logged_metric_names
 from svd_callback.sinks import tags
 
-__all__ = ["alerts_markdown", "conventions_markdown", "md", "schedule_text"]
+__all__ = ["conventions_markdown", "md", "schedule_text"]
 
 
 def md(text: str) -> str:
@@ -17,13 +14,6 @@ def md(text: str) -> str:
     for char in ("\\", "*", "_", "|", "`"):
         text = text.replace(char, "\\" + char)
     return text
-
-
-def alerts_markdown(alerts: Sequence[Alert], where: Callable[[Alert], str]) -> str:
-    """One bullet per alert: severity, then the alert's message (it names rule, layer, mode)
-    and ``where(alert)`` (the ranks that raised it, when not all did)."""
-    return "\n".join(f"- **{alert.severity}** {md(alert.message + where(alert))}"
-                     for alert in alerts)
 
 
 def schedule_text(config: MonitorConfig, check_on: str | None) -> str:

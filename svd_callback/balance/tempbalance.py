@@ -145,23 +145,26 @@ def _norm_pairs(model: nn.Module, options: BalanceOptions) -> dict[str, str]:
             if isinstance(m, nn.BatchNorm2d) and name.replace("bn", "conv") in layer_names:
                 pairs[name] = name.replace("bn", "conv")
     elif options.batchnorm == "order":
-        previous: tuple[str, bool] | None = None  # (name, is a conv)
-        for name, m in model.named_modules():
-            if isinstance(m, nn.Conv2d):
-                previous = (name, True)
-            elif isinstance(m, nn.BatchNorm2d):
-                if previous is not None and previous[1]:
-                    pairs[name] = previous[0]
-                previous = (name, False)
+        pairs.update(_pairs_by_order(model, nn.Conv2d, nn.BatchNorm2d))
     if options.layernorm:
-        previous = None
-        for name, m in model.named_modules():
-            if isinstance(m, nn.Linear):
-                previous = (name, True)
-            elif isinstance(m, nn.LayerNorm):
-                if previous is not None and previous[1]:
-                    pairs[name] = previous[0]
-                previous = (name, False)
+        pairs.update(_pairs_by_order(model, nn.Linear, nn.LayerNorm))
+    return pairs
+
+
+def _pairs_by_order(
+    model: nn.Module, layer_type: type[nn.Module], norm_type: type[nn.Module]
+) -> dict[str, str]:
+    """Norm layer name -> the last ``layer_type`` module before it in ``named_modules`` order,
+    unless another ``norm_type`` module came between them (the reference's pairing by order)."""
+    pairs: dict[str, str] = {}
+    previous: tuple[str, bool] | None = None  # (name, is a layer_type module)
+    for name, m in model.named_modules():
+        if isinstance(m, layer_type):
+            previous = (name, True)
+        elif isinstance(m, norm_type):
+            if previous is not None and previous[1]:
+                pairs[name] = previous[0]
+            previous = (name, False)
     return pairs
 
 

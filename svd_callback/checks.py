@@ -70,6 +70,26 @@ def as_tuple(option: str, value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
+def check_selection(
+    option: str, selection: Any, valid: Sequence[str], noun: str
+) -> tuple[str, ...]:
+    """One name of ``valid`` or several, as a tuple without repeats (first occurrence first).
+
+    Raises:
+        ValueError: on an empty selection (``noun`` names what one entry is), a value that is
+            neither a string nor a sequence, or an entry not in ``valid``, listing ``valid``.
+    """
+    items = (selection,) if isinstance(selection, str) else as_tuple(option, selection)
+    if not items:
+        raise ValueError(
+            f"{option} must name at least one {noun} of {listing(valid)}, got an empty selection"
+        )
+    for item in items:
+        if not isinstance(item, str) or item not in valid:
+            raise ValueError(f"{option} must be among {listing(valid)}, got {item!r}")
+    return tuple(dict.fromkeys(items))
+
+
 def check_patterns(option: str, patterns: Any) -> tuple[str, ...] | None:
     """One glob pattern or several, as a tuple of non-empty strings (None stays None)."""
     if patterns is None:

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict, get_args
 
 from svd_callback.checks import (
-    as_tuple,
     check_bool,
     check_choice,
     check_count,
@@ -42,6 +41,7 @@ from svd_callback.checks import (
     check_input_size,
     check_int,
     check_patterns,
+    check_selection,
     listing,
 )
 from svd_callback.metric_groups import METRIC_GROUPS, expand_metric_groups
@@ -421,16 +421,7 @@ def _deprecated(message: str, stacklevel: int) -> None:
 
 
 def _check_modes(conv_mode: Any) -> tuple[str, ...]:
-    modes = (conv_mode,) if isinstance(conv_mode, str) else as_tuple("conv_mode", conv_mode)
-    if not modes:
-        raise ValueError(
-            f"conv_mode must name at least one mode of {listing(CONV_MODES)}, "
-            "got an empty selection"
-        )
-    for mode in modes:
-        if not isinstance(mode, str) or mode not in CONV_MODES:
-            raise ValueError(f"conv_mode must be among {listing(CONV_MODES)}, got {mode!r}")
-    return tuple(dict.fromkeys(modes))
+    return check_selection("conv_mode", conv_mode, CONV_MODES, "mode")
 
 
 def _resolve_normalization(normalization: Any, ww_compat: bool) -> str:

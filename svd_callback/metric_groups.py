@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from svd_callback.checks import as_tuple, listing
+from svd_callback.checks import check_selection
 
 __all__ = ["ALL_GROUPS", "METRIC_GROUPS", "expand_metric_groups"]
 
@@ -58,16 +58,5 @@ def expand_metric_groups(
             checked, ``"all"`` included: ``("all", "typo")`` raises), naming ``option``, the bad
             value and the valid names.
     """
-    groups = (selection,) if isinstance(selection, str) else as_tuple(option, selection)
-    valid = (*METRIC_GROUPS, ALL_GROUPS)
-    if not groups:
-        raise ValueError(
-            f"{option} must name at least one metric group of {listing(valid)}, "
-            "got an empty selection"
-        )
-    for group in groups:
-        if not isinstance(group, str) or group not in valid:
-            raise ValueError(f"{option} must be among {listing(valid)}, got {group!r}")
-    if ALL_GROUPS in groups:
-        return tuple(METRIC_GROUPS)
-    return tuple(dict.fromkeys(groups))
+    groups = check_selection(option, selection, (*METRIC_GROUPS, ALL_GROUPS), "metric group")
+    return tuple(METRIC_GROUPS) if ALL_GROUPS in groups else groups

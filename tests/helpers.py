@@ -153,3 +153,35 @@ def tensorboard_server(logdir: str | Path, ready: Callable[[int], bool], what: s
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def train_on_digits(model: Any, epochs: int = 3, lr: float = 3e-3) -> Any:
+    """``model`` trained in place with Adam on all of scikit-learn's digits (8x8 images scaled to
+    [0, 1], batches of 64 in file order), the seeded fixture of the WeightWatcher parity tests."""
+    import torch
+    from sklearn.datasets import load_digits
+    from torch.nn import functional as F
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
+    y = torch.tensor(digits.target)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        for i in range(0, len(y), 64):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
+            opt.step()
+    return model
+
+
+def ww_frame(model: Any, **options: Any):
+    """WeightWatcher 0.7.7's ``analyze(**options)`` of ``model`` (its logging and warnings
+    silenced)."""
+    import logging
+
+    import weightwatcher as ww
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ww.WeightWatcher(model=model).analyze(**options)

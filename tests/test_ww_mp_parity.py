@@ -3,15 +3,14 @@ ww_compat=True, layer by layer against WeightWatcher itself, and against the clo
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from helpers import train_on_digits
+from helpers import ww_frame as helpers_ww_frame
 from torch import nn
-from torch.nn import functional as F
 
 from svd_callback import analyze
 from svd_callback.rmt import esd_metrics
@@ -27,10 +26,7 @@ MP = ("norms", "powerlaw", "mp")
 
 
 def ww_frame(model: nn.Module):
-    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ww.WeightWatcher(model=model).analyze(mp_fit=True)
+    return helpers_ww_frame(model, mp_fit=True)
 
 
 def assert_mp_parity(model: nn.Module, theirs=None, **options) -> dict[str, float]:
@@ -53,12 +49,7 @@ def assert_mp_parity(model: nn.Module, theirs=None, **options) -> dict[str, floa
 
 def digits_cnn() -> nn.Module:
     """Three convs (Q = 16, 2 and 1 per slice) and two linears, three epochs on digits."""
-    from sklearn.datasets import load_digits
-
     torch.manual_seed(1)
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
-    y = torch.tensor(digits.target)
     model = nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
@@ -67,13 +58,7 @@ def digits_cnn() -> nn.Module:
         nn.Linear(128, 64), nn.ReLU(),
         nn.Linear(64, 10),
     )
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(3):
-        for i in range(0, len(y), 64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
-            opt.step()
-    return model
+    return train_on_digits(model)
 
 
 @pytest.fixture(scope="module")

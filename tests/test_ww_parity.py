@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 
 import pytest
 import torch
+from helpers import train_on_digits, ww_frame
 from torch import nn
-from torch.nn import functional as F
 
 ww = pytest.importorskip("weightwatcher")
 
@@ -29,27 +27,8 @@ def cnn() -> nn.Module:
 
 
 def briefly_trained() -> nn.Module:
-    from sklearn.datasets import load_digits
-
     torch.manual_seed(1)
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
-    y = torch.tensor(digits.target)
-    model = cnn()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(3):
-        for i in range(0, len(y), 64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
-            opt.step()
-    return model
-
-
-def ww_frame(model: nn.Module):
-    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ww.WeightWatcher(model=model).analyze()
+    return train_on_digits(cnn())
 
 
 @pytest.mark.parametrize("make", [lambda: (torch.manual_seed(0), cnn())[1], briefly_trained],

@@ -5,6 +5,13 @@ from svd_callback.examples.data import (
     FashionMNISTDataModule,
     ImageFolderDataModule,
 )
-from svd_callback.examples.models import SmallCNN
+from svd_callback.examples.models import Classifier, ResNet, SmallCNN
 
-__all__ = ["DigitsDataModule", "FashionMNISTDataModule", "ImageFolderDataModule", "SmallCNN"]
+__all__ = [
+    "Classifier",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "ImageFolderDataModule",
+    "ResNet",
+    "SmallCNN",
+]

@@ -1,0 +1,134 @@
+"""Score a rule set and the loss baselines on cached zoo runs: per run, the outcome (broken,
+decided epoch), the first alert of each rule, the baselines' detection epochs and the lead;
+per pair, recall, precision and false alarms with 95% Wilson intervals."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiments.alert_zoo import detectors
+from experiments.alert_zoo.zoo import HEALTHY
+from experiments.common import history_analyses, replay_alerts
+from svd_callback.alerts import default_rules
+from svd_callback.monitor.values import ACTIVE_SEVERITIES
+
+
+def default_rule_set(analyses: Sequence[dict[str, Any]]) -> list[Any]:
+    """The library's ``default_rules()``, with :class:`TrapsAppeared` only where the history
+    holds trap counts (as the callback does)."""
+    traps = any("traps" in row.get("metrics", {}) or "trap_count" in row.get("metrics", {})
+                for entry in analyses for row in entry["layers"])
+    return default_rules(traps=traps)
+
+
+@dataclass
+class RunScore:
+    """One run, scored."""
+
+    pair: str
+    kind: str
+    seed: int
+    role: str
+    best_acc: float
+    final_acc: float
+    epochs_run: int
+    seconds: float
+    broken: bool = False
+    decided: int | None = None
+    rules: dict[str, int] = field(default_factory=dict)  # rule -> first active alert epoch
+    alerts: list[Any] = field(default_factory=list)  # active alerts
+    baselines: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        return self.role == HEALTHY
+
+    @property
+    def spectral(self) -> int | None:
+        """First epoch of an alert of severity warning or stop (None: silent)."""
+        return min(self.rules.values(), default=None)
+
+    @property
+    def losses(self) -> int | None:
+        """First epoch any loss baseline fires."""
+        return min((e for e in self.baselines.values() if e is not None), default=None)
+
+
+def score_run(record: dict[str, Any], rule_set: Callable[[Sequence[dict]], list[Any]]
+              = default_rule_set) -> RunScore:
+    rows = record["epochs"]
+    analyses = history_analyses(record["history"])
+    alerts = [a for a in replay_alerts(analyses, rule_set(analyses))
+              if a.severity in ACTIVE_SEVERITIES]
+    firsts: dict[str, int] = {}
+    for alert in alerts:
+        firsts[alert.rule] = min(firsts.get(alert.rule, alert.epoch), alert.epoch)
+    accs = [r["val_acc"] for r in rows[1:]]
+    return RunScore(
+        pair=record["pair"], kind=record["kind"], seed=record["seed"], role=record["role"],
+        best_acc=detectors.best_accuracy(rows),
+        final_acc=accs[-1] if accs and math.isfinite(accs[-1]) else 0.0,
+        epochs_run=int(rows[-1]["epoch"]), seconds=float(record["seconds"]),
+        decided=detectors.decided_epoch(rows), rules=firsts, alerts=alerts,
+        baselines={name: fn(rows) for name, fn in detectors.BASELINES.items()},
+    )
+
+
+def mark_broken(scores: Iterable[RunScore]) -> list[RunScore]:
+    """Set ``broken`` on injected failures whose best accuracy is :data:`detectors.BROKEN_MARGIN`
+    below the worst healthy run of the same pair and seed, or whose loss went non-finite."""
+    scores = list(scores)
+    reference: dict[tuple[str, int], float] = {}
+    for s in scores:
+        if s.healthy:
+            key = (s.pair, s.seed)
+            reference[key] = min(reference.get(key, math.inf), s.best_acc)
+    for s in scores:
+        if s.healthy:
+            continue
+        worst = reference.get((s.pair, s.seed), math.nan)
+        nan_loss = s.baselines.get("non-finite loss") is not None
+        s.broken = nan_loss or s.best_acc < worst - detectors.BROKEN_MARGIN
+    return scores
+
+
+def fraction(successes: int, total: int) -> str:
+    low, high = detectors.wilson(successes, total)
+    if total == 0:
+        return "-"
+    return f"{successes}/{total} [{low:.2f}, {high:.2f}]"
+
+
+def summary_rows(scores: Sequence[RunScore]) -> list[list[Any]]:
+    """Per detector: broken runs detected (recall), detected before the outcome was decided,
+    healthy runs alarmed, precision over healthy and broken runs, median lead of the monitor's
+    alerts over the detector (baseline epoch - spectral epoch; positive: the spectra first)."""
+    broken = [s for s in scores if s.broken]
+    healthy = [s for s in scores if s.healthy]
+    detectors_: dict[str, Callable[[RunScore], int | None]] = {
+        "spectral rules (warning/stop)": lambda s: s.spectral,
+        **{name: (lambda s, n=name: s.baselines[n]) for name in detectors.BASELINES},
+        "any loss baseline": lambda s: s.losses,
+    }
+    out = []
+    for name, epoch_of in detectors_.items():
+        hits = [s for s in broken if epoch_of(s) is not None]
+        in_time = [s for s in hits if epoch_of(s) <= s.decided]
+        false = [s for s in healthy if epoch_of(s) is not None]
+        leads = [s.losses - s.spectral for s in broken
+                 if s.spectral is not None and s.losses is not None]
+        out.append([
+            name, fraction(len(hits), len(broken)), fraction(len(in_time), len(broken)),
+            fraction(len(false), len(healthy)),
+            fraction(len(hits), len(hits) + len(false)),
+            statistics.median(leads) if name.startswith("spectral") and leads else "-",
+        ])
+    return out
+
+
+def describe_epoch(value: int | None) -> str:
+    return "-" if value is None else str(value)

@@ -33,6 +33,7 @@ from experiments.alert_zoo.score import (
 from experiments.alert_zoo.train import HISTORIES, cache_path, load_cached, train_run
 from experiments.alert_zoo.zoo import HEALTHY, PAIRS, Pair
 from experiments.common import command_line, machine_line, markdown_table, write_results
+from svd_callback.examples.data import FASHION_MNIST_ROOT
 
 HERE = Path(__file__).resolve().parent
 TUNING_SEEDS = (0, 1)
@@ -57,6 +58,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(HISTORIES), help="cache folder")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--root", "--data.root", dest="root", default=FASHION_MNIST_ROOT,
+                        help="folder of the Fashion-MNIST IDX files (fashion_resnet)")
     args = parser.parse_args(argv)
     if args.quick and Path(args.out).resolve() == HISTORIES.resolve():
         parser.error("--quick needs --out (a folder apart from the cached full runs)")
@@ -94,7 +97,8 @@ def collect(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
         else:
             started = time.perf_counter()
             record = train_run(pair, kind, seed, root=root, retrain=args.retrain,
-                               epochs=overrides.get("epochs"), data=overrides.get("data"))
+                               epochs=overrides.get("epochs"), data=overrides.get("data"),
+                               data_root=args.root)
             took = time.perf_counter() - started
             print(f"{pair.name:15s} {kind.name:16s} seed {seed}: best val acc "
                   f"{detectors.best_accuracy(record['epochs']):.3f}, "
@@ -121,8 +125,9 @@ def run_table(scores: Sequence[RunScore]) -> str:
 
 
 def summary_table(scores: Sequence[RunScore]) -> str:
-    header = ["detector", "broken runs detected", "detected by the decided epoch",
-              "healthy runs alarmed", "precision", "median lead (epochs)"]
+    header = ["detector", "injected failures detected", "broken runs detected",
+              "broken, detected by the decided epoch", "healthy runs alarmed", "precision",
+              "median lead (epochs)"]
     return markdown_table(header, summary_rows(scores))
 
 
@@ -155,6 +160,13 @@ def report(scores: Sequence[RunScore], pairs: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if "fashion_resnet" in args.pairs and not args.score_only and not all(
+            (Path(args.root) / f"{split}-{part}-idx{n}-ubyte.gz").exists()
+            for split in ("train", "t10k") for part, n in (("images", 3), ("labels", 1))):
+        print(f"Fashion-MNIST not found in {args.root}: install it with `make data` (runs "
+              "`apt-get install -y dataset-fashion-mnist`) or pass --root FOLDER, or leave the "
+              "pair out with --pairs digits_cnn", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     records, missing = collect(args)
     if missing:

@@ -104,28 +104,31 @@ def fraction(successes: int, total: int) -> str:
 
 
 def summary_rows(scores: Sequence[RunScore]) -> list[list[Any]]:
-    """Per detector: broken runs detected (recall), detected before the outcome was decided,
-    healthy runs alarmed, precision over healthy and broken runs, median lead of the monitor's
-    alerts over the detector (baseline epoch - spectral epoch; positive: the spectra first)."""
-    broken = [s for s in scores if s.broken]
+    """Per detector: injected failures detected, broken runs detected and detected by their
+    decided epoch, healthy runs alarmed, precision over every run it fired on, and (for the
+    monitor) the median lead over the earliest loss baseline (positive: the spectra first)."""
+    failures = [s for s in scores if not s.healthy]
+    broken = [s for s in failures if s.broken]
     healthy = [s for s in scores if s.healthy]
     detectors_: dict[str, Callable[[RunScore], int | None]] = {
-        "spectral rules (warning/stop)": lambda s: s.spectral,
+        "monitor's default rules (warning/stop)": lambda s: s.spectral,
         **{name: (lambda s, n=name: s.baselines[n]) for name in detectors.BASELINES},
         "any loss baseline": lambda s: s.losses,
     }
     out = []
     for name, epoch_of in detectors_.items():
-        hits = [s for s in broken if epoch_of(s) is not None]
-        in_time = [s for s in hits if epoch_of(s) <= s.decided]
+        hits = [s for s in failures if epoch_of(s) is not None]
+        broken_hits = [s for s in broken if epoch_of(s) is not None]
+        in_time = [s for s in broken_hits if epoch_of(s) <= s.decided]
         false = [s for s in healthy if epoch_of(s) is not None]
-        leads = [s.losses - s.spectral for s in broken
+        leads = [s.losses - s.spectral for s in failures
                  if s.spectral is not None and s.losses is not None]
         out.append([
-            name, fraction(len(hits), len(broken)), fraction(len(in_time), len(broken)),
-            fraction(len(false), len(healthy)),
+            name, fraction(len(hits), len(failures)), fraction(len(broken_hits), len(broken)),
+            fraction(len(in_time), len(broken)), fraction(len(false), len(healthy)),
             fraction(len(hits), len(hits) + len(false)),
-            statistics.median(leads) if name.startswith("spectral") and leads else "-",
+            statistics.median(leads) if name.startswith("monitor") and leads
+            else "-",
         ])
     return out
 

@@ -65,8 +65,9 @@ def load_cached(path: Path, expected: str | None = None) -> dict[str, Any] | Non
 
 def train_run(pair: Pair, kind: Kind, seed: int, *, root: Path = HISTORIES,
               epochs: int | None = None, data: dict[str, Any] | None = None,
-              retrain: bool = False) -> dict[str, Any]:
-    """Train (or load from the cache) one run; returns its record: ``epochs`` (rows of
+              retrain: bool = False, data_root: str | None = None) -> dict[str, Any]:
+    """Train (or load from the cache in ``root``) one run, reading Fashion-MNIST from
+    ``data_root`` (default: the Debian package's folder); returns its record: ``epochs`` (rows of
     :class:`~experiments.common.EpochRecorder`), ``history`` (the monitor's history rows),
     ``online_alerts``, ``seconds``, ``fingerprint``, ``machine``."""
     epochs = pair.epochs if epochs is None else epochs
@@ -77,7 +78,8 @@ def train_run(pair: Pair, kind: Kind, seed: int, *, root: Path = HISTORIES,
     if cached is not None:
         return cached
     pl.seed_everything(seed, workers=True, verbose=False)
-    datamodule = replace(pair, data=data).datamodule(kind, seed)
+    extra = {"root": data_root} if data_root and pair.name != "digits_cnn" else {}
+    datamodule = replace(pair, data=data).datamodule(kind, seed, **extra)
     model = build_model(pair, kind)
     recorder = EpochRecorder()
     with tempfile.TemporaryDirectory() as tmp:

@@ -86,7 +86,12 @@ class TrainingStalled(Rule):
       the gradients vanished and only the optimiser's momentum still moves the weights, as in a
       net killed by a too-high learning rate); one fall fewer suffices when the trainer's
       ``train_loss`` (recorded under the mode ``"training"``) fell by less than ``flat_loss``
-      (relative) over the same analyses.
+      (relative) over the same analyses, or
+    - its change fell by more than ``1 / collapse`` times in one analysis while the
+      validation loss (``val_loss``; ``train_loss`` when there is none) did not improve by
+      ``flat_loss`` (relative) over that analysis: the gradients vanished at once, as in a
+      network a too-high learning rate killed or blew up in its first epoch, which this path
+      flags one analysis after the collapse.
 
     The rule fires (once, re-arming when it clears) when at least ``fraction`` of the judged
     layers are stalled, from epoch ``min_epoch`` on. Layers whose output feeds a BatchNorm
@@ -124,8 +129,10 @@ class TrainingStalled(Rule):
         slow: largest change that counts as dying out.
         deceleration: largest ratio change_t / change_{t-1} that counts as dying out.
         decelerations: consecutive such falls that count as dying out (>= 2).
+        collapse: largest ratio change_t / change_{t-1} that counts as a collapse.
         train_loss: name of the trainer's logged training loss (None: not read).
-        flat_loss: relative decrease of ``train_loss`` below which it counts as flat.
+        val_loss: name of the trainer's logged validation loss (None: not read).
+        flat_loss: relative decrease of a loss below which it counts as flat.
         min_epoch: first epoch judged (default 1: the change from the init analysis is
             judged at epoch 1).
         **kwargs: ``name``, ``action`` (``"stop"`` ends the run), ``modes``, ``layers``.
@@ -141,7 +148,9 @@ class TrainingStalled(Rule):
         slow: float = 0.02,
         deceleration: float = 0.2,
         decelerations: int = 3,
+        collapse: float = 0.05,
         train_loss: str | None = "train_loss",
+        val_loss: str | None = "val_loss",
         flat_loss: float = 0.01,
         min_epoch: int = 1,
         **kwargs: Any,
@@ -150,7 +159,8 @@ class TrainingStalled(Rule):
                 or decelerations < 2:
             raise ValueError(f"decelerations must be an integer >= 2, got {decelerations!r}")
         for label, value in (("tolerance", tolerance), ("slow", slow), ("flat_loss", flat_loss),
-                             ("deceleration", deceleration), ("max_moved", max_moved)):
+                             ("deceleration", deceleration), ("max_moved", max_moved),
+                             ("collapse", collapse)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
         if not 0 < fraction <= 1:
@@ -162,14 +172,16 @@ class TrainingStalled(Rule):
         self.slow, self.deceleration = float(slow), float(deceleration)
         self.max_moved = float(max_moved)
         self.decelerations, self.train_loss = decelerations, train_loss
+        self.val_loss, self.collapse = val_loss, float(collapse)
         self.flat_loss = float(flat_loss)
         self._hysteresis = Hysteresis(1)
 
     def stalled(self, changes: list[float | None], moved: float | None = None,
-                flat: bool = False) -> bool | None:
+                flat: bool = False, still: bool = False) -> bool | None:
         """Whether one layer's recent changes (oldest first), its change since the start
-        (``moved``; None: unknown, not checked) and a flat training loss say it is stalled;
-        None when there are too few to tell."""
+        (``moved``; None: unknown, not checked), a flat training loss over the last
+        ``decelerations - 1`` analyses (``flat``) and a loss that did not improve over the
+        last analysis (``still``) say it is stalled; None when there are too few to tell."""
         recent = changes[-self.patience:]
         settled = moved is not None and moved >= self.max_moved
         if len(recent) == self.patience and not settled and all(
@@ -180,6 +192,9 @@ class TrainingStalled(Rule):
         if len(last) == falls + 1 and all(c is not None for c in last) and last[-1] < self.slow \
                 and all(b < self.deceleration * a for a, b in zip(last, last[1:], strict=False)):
             return True
+        if still and len(changes) >= 2 and changes[-2] is not None and changes[-1] is not None \
+                and changes[-1] < self.collapse * changes[-2]:
+            return True
         if not changes or changes[-1] is None:
             return None
         return False
@@ -189,11 +204,11 @@ class TrainingStalled(Rule):
         if snap is None or snap.epoch < self.min_epoch or len(history) < 2:
             return []
         window = max(self.patience, self.decelerations + 1)
-        flat = self._flat_loss(history)
+        flat, still = self._flat_loss(history), self._still_loss(history)
         verdicts: dict[str, tuple[bool, float | None]] = {}
         for layer in _layers(snap, self, normalized=False):
             changes = change_series(history, layer, window)
-            verdict = self.stalled(changes, moved_since_start(history, layer), flat)
+            verdict = self.stalled(changes, moved_since_start(history, layer), flat, still)
             if verdict is not None:
                 verdicts[layer] = (verdict, changes[-1])
         if not verdicts:
@@ -214,8 +229,10 @@ class TrainingStalled(Rule):
                 message=(
                     f"{self.name}: model: {len(stalled)} of {len(verdicts)} layers stopped "
                     f"changing (relative change of spectral/Frobenius norm < "
-                    f"{fmt(self.tolerance)} for {self.patience} analyses, or dying out "
-                    f"x{fmt(self.deceleration)} per analysis below {fmt(self.slow)}): "
+                    f"{fmt(self.tolerance)} for {self.patience} analyses, dying out "
+                    f"x{fmt(self.deceleration)} per analysis below {fmt(self.slow)}, or "
+                    f"collapsing x{fmt(self.collapse)} in one analysis while the loss stayed "
+                    f"flat): "
                     f"{listed}{when(snap.epoch, snap.step)}; the network is dead, frozen or "
                     f"not learning"
                 ),
@@ -234,6 +251,21 @@ class TrainingStalled(Rule):
             return False
         first, last = losses[0], losses[-1]
         return first > 0 and (first - last) / first < self.flat_loss
+
+    def _still_loss(self, history: MetricHistory) -> bool:
+        """Whether the validation loss (else the training loss) did not improve by
+        ``flat_loss`` (relative) between the last two analyses (a rise, or a non-finite value,
+        counts as not improving); False when neither was recorded in both."""
+        if len(history) < 2:
+            return False
+        for name in (self.val_loss, self.train_loss):
+            if name is None:
+                continue
+            before, now = (history[i].summary.get((name, TRAINING)) for i in (-2, -1))
+            if before is None or now is None or not math.isfinite(before) or before <= 0:
+                continue
+            return not math.isfinite(now) or (before - now) / before < self.flat_loss
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         return {"hysteresis": self._hysteresis.state_dict()}

@@ -1,5 +1,5 @@
-"""Shared helpers of the experiments: data, a model variant, per-epoch validation records,
-the validation-loss turn, probes, alert replay from a history file, and Markdown tables.
+"""Shared helpers of the experiments: data, per-epoch validation records, probes, alert replay
+from a history file, and Markdown tables.
 
 Only the public API of ``svd_callback`` is used. Every experiment writes its logs under
 ``experiments/<name>/runs/`` (git-ignored) and its findings to ``experiments/<name>/RESULTS.md``.
@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.nn import functional as F
 
-from svd_callback.examples import DigitsDataModule, FashionMNISTDataModule, SmallCNN
+from svd_callback.examples import DigitsDataModule, FashionMNISTDataModule
 from svd_callback.examples.data import FASHION_MNIST_ROOT
 
 EXPERIMENTS = Path(__file__).resolve().parent
@@ -80,34 +80,6 @@ def make_datamodule(
 
 def image_size_of(dataset: str) -> int:
     return 28 if dataset == "fashion" else 8
-
-
-class PartlyFrozenCNN(SmallCNN):
-    """:class:`~svd_callback.examples.SmallCNN` with the parameters of the named layers frozen
-    (``requires_grad=False``; they keep their initial values).
-
-    Args:
-        frozen: qualified module names to freeze (e.g. ``["features.2"]``).
-        **kwargs: as for ``SmallCNN``.
-
-    Raises:
-        ValueError: a name that is not a module of the network.
-    """
-
-    def __init__(self, frozen: Sequence[str] = (), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        modules = dict(self.named_modules())
-        for name in frozen:
-            if name not in modules:
-                raise ValueError(f"no module named {name!r}; have {sorted(modules)}")
-            for parameter in modules[name].parameters():
-                parameter.requires_grad_(False)
-        self.frozen = tuple(frozen)
-
-    def configure_optimizers(self):  # noqa: D102
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(trainable, lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay)
 
 
 def trainer_for(max_epochs: int, callbacks: Sequence[Callback] = (), logger: Any = False,
@@ -196,41 +168,6 @@ class EpochRecorder(Callback):
 def _metric(metrics: Mapping[str, Any], key: str) -> float:
     value = metrics.get(key)
     return math.nan if value is None else float(value)
-
-
-def val_loss_turn(losses: Sequence[float], patience: int = 3) -> tuple[int | None, str]:
-    """The validation-loss turn: the first epoch after which the validation loss rises and does
-    not come back below its value within ``patience`` epochs.
-
-    ``losses[k]`` is the validation loss after k epochs (k = 0: the initial weights). The turn is
-    the first k with ``min(losses[k+1 : k+1+patience]) >= losses[k]``: the epoch that
-    Lightning's ``EarlyStopping(patience=3)`` (its default) would keep, so that a one-epoch bump
-    in a noisy curve is not a turn. k = 0 when training never lowered the loss below its initial
-    value during the first ``patience`` epochs; None when no such k exists with a full window of
-    ``patience`` later epochs (censored: the turn, if any, lies at the end of the run or after
-    it). A non-finite loss counts as +inf (a diverged run's loss has risen). Returns (turn,
-    one-line explanation).
-    """
-    values = [v if math.isfinite(v) else math.inf for v in losses]
-    for k in range(len(values) - patience):
-        window = values[k + 1 : k + 1 + patience]
-        if min(window) >= values[k]:
-            how = (f"val loss {_short(values[k])} after epoch {k} not improved on in epochs "
-                   f"{k + 1}-{k + patience} (best of them {_short(min(window))})")
-            return k, how
-    return None, (f"every epoch up to {len(values) - 1 - patience} was improved on within "
-                  f"{patience} epochs (no turn observed)")
-
-
-def first_rise(losses: Sequence[float]) -> int | None:
-    """The first k with ``losses[k + 1] > losses[k]`` (non-finite = +inf), or None: the naive,
-    noise-sensitive reading of "the epoch after which the validation loss rises"."""
-    values = [v if math.isfinite(v) else math.inf for v in losses]
-    return next((k for k in range(len(values) - 1) if values[k + 1] > values[k]), None)
-
-
-def _short(value: float) -> str:
-    return "inf/NaN" if not math.isfinite(value) else f"{value:.4f}"
 
 
 # ---------------------------------------------------------------------- probes

@@ -17,7 +17,10 @@ from hypothesis import strategies as st
 from lightning.pytorch.callbacks import EarlyStopping
 
 from experiments.alert_zoo import detectors
+from experiments.alert_zoo.score import default_rule_set
+from experiments.alert_zoo.train import load_cached
 from experiments.alert_zoo.zoo import BROKEN, HEALTHY, PAIRS, build_model
+from experiments.common import history_analyses, replay_alerts
 from svd_callback.examples.data import FASHION_MNIST_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +46,8 @@ def lightning_stop_epoch(losses, patience=3):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.floats(0.0, 3.0), st.sampled_from([math.nan, math.inf, 1.0])),
+@given(st.lists(st.one_of(st.floats(0.0, 3.0, width=32),  # logged losses are float32
+                          st.sampled_from([math.nan, math.inf, 1.0])),
                 min_size=1, max_size=15))
 def test_early_stopping_replay_equals_lightning(losses):
     assert detectors.early_stopping_epoch(rows_of(losses)) == lightning_stop_epoch(losses)
@@ -128,6 +132,14 @@ def test_quick_zoo_trains_caches_and_replays(tmp_path):
         assert f"## {pair}:" in done.stdout
     assert "| lr_nan | 0 | broken |" in done.stdout
     assert "NonFiniteWeights" in done.stdout  # the NaN run is flagged by the monitor
+    # the replay of each cached history raises exactly the alerts the callback raised online
+    for path in sorted(tmp_path.rglob("*.json.gz")):
+        record = load_cached(path)
+        analyses = history_analyses(record["history"])
+        replayed = replay_alerts(analyses, default_rule_set(analyses))
+        key = ("rule", "layer", "mode", "epoch", "severity")
+        assert [tuple(a.to_dict()[k] for k in key) for a in replayed] == \
+            [tuple(a[k] for k in key) for a in record["online_alerts"]], path.name
     replay = _zoo("--quick", "--out", str(tmp_path), "--score-only", "--pairs", *pairs)
     assert replay.returncode == 0, replay.stderr[-2000:]
     strip = [line for line in done.stdout.splitlines() if line.startswith("|")]

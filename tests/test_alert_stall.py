@@ -77,6 +77,12 @@ def test_dying_updates_are_stalled_after_three_falls_or_two_with_a_flat_loss():
     engine = AlertEngine([TrainingStalled()])
     flat = [engine.update(e, e, Report(rep), {"training": {"train_loss": 2.30 - 1e-4 * e}})
             for e, rep in enumerate(reports)]
+    # the 60x fall of epoch 2 under a flat loss is a collapse: flagged at once
+    assert [e for e, alerts in enumerate(flat) if alerts] == [2]
+    without_collapse = AlertEngine([TrainingStalled(collapse=0.0)])
+    flat = [without_collapse.update(e, e, Report(rep),
+                                    {"training": {"train_loss": 2.30 - 1e-4 * e}})
+            for e, rep in enumerate(reports)]
     assert [e for e, alerts in enumerate(flat) if alerts] == [3]
     falling = AlertEngine([TrainingStalled()])
     learned = [falling.update(e, e, Report(rep), {"training": {"train_loss": 2.0 / (e + 1)}})
@@ -158,3 +164,44 @@ def test_layer_frozen_fires_on_exactly_unchanged_weights_only():
 def test_default_rules_include_the_stall_rules():
     names = {type(r).__name__ for r in default_rules()}
     assert {"TrainingStalled", "LayerFrozen"} <= names
+
+
+def _with_losses(rule, reports, val_losses):
+    engine = AlertEngine([rule])
+    return [e for e, rep in enumerate(reports)
+            if engine.update(e, e, Report(rep), {"training": {"val_loss": val_losses[e]}}
+                             if val_losses[e] is not None else {})]
+
+
+def test_a_collapse_under_a_flat_validation_loss_is_flagged_at_epoch_2():
+    # a net killed in epoch 1: every layer moved 25x, then 0.12 (x0.005), the val loss at chance
+    dead = {n: [25.0, 0.12, 0.012, 0.0012] for n in LAYERS}
+    at_chance = [None, 2.311, 2.305, 2.304, 2.304]
+    assert _with_losses(TrainingStalled(), norms_run(dead), at_chance) == [2]
+    # the same fall while the validation loss improves by > 1% is learning, not a collapse
+    improving = [None, 2.0, 1.5, 1.2, 1.0]
+    assert _with_losses(TrainingStalled(), norms_run(dead), improving) == [4]  # dying out only
+    # a rising (or non-finite) loss does not improve either
+    rising = [None, 20.0, 30.0, math.nan, 25.0]
+    assert _with_losses(TrainingStalled(), norms_run(dead), rising) == [2]
+
+
+def test_a_collapse_needs_a_fraction_of_all_layers_batchnormed_ones_included():
+    # healthy BatchNorm ResNet (Fashion-MNIST, SGD cosine): its head grew 2.6x in epoch 1, then
+    # changed 0.09 (x0.035) while the val loss went 0.403 -> 0.407; the other layers fell <= 13x
+    healthy = {"head": [2.6, 0.09, 0.049, 0.038], "stem": [0.19, 0.11, 0.2, 0.068],
+               "conv1": [0.65, 0.17, 0.099, 0.038], "conv2": [0.74, 0.058, 0.049, 0.033]}
+    reports = norms_run(healthy)
+    for analysis in reports:
+        for rec in analysis:
+            rec.normalized_by = None if rec.name == "head" else "bn"
+    flat = [None, 0.403, 0.407, 0.346, 0.344]
+    assert _with_losses(TrainingStalled(), reports, flat) == []
+    # the same net with every layer collapsing (BatchNorm-followed ones count) is flagged
+    dead = norms_run({n: [2.6, 0.01, 0.001, 1e-4] for n in healthy})
+    for analysis in dead:
+        for rec in analysis:
+            rec.normalized_by = None if rec.name == "head" else "bn"
+    assert _with_losses(TrainingStalled(), dead, [None, 2.31, 2.305, 2.304, 2.304]) == [2]
+    with pytest.raises(ValueError, match="collapse"):
+        TrainingStalled(collapse=-1.0)

@@ -86,16 +86,17 @@ class TrainingStalled(Rule):
       the gradients vanished and only the optimiser's momentum still moves the weights, as in a
       net killed by a too-high learning rate); one fall fewer suffices when the trainer's
       ``train_loss`` (recorded under the mode ``"training"``) fell by less than ``flat_loss``
-      (relative) over the same analyses, or
-    - its change fell by more than ``1 / collapse`` times in one analysis while the
-      validation loss (``val_loss``; ``train_loss`` when there is none) did not improve by
-      ``flat_loss`` (relative) over that analysis: the gradients vanished at once, as in a
-      network a too-high learning rate killed or blew up in its first epoch, which this path
-      flags one analysis after the collapse.
+      (relative) over the same analyses.
 
     The rule fires (once, re-arming when it clears) when at least ``fraction`` of the judged
-    layers are stalled, from epoch ``min_epoch`` on. Layers whose output feeds a BatchNorm
-    (``normalized_by``) are not judged: their gradient is orthogonal to the weight (scale
+    layers are stalled, or when at least ``fraction`` of all analysed layers (BatchNorm-followed
+    ones included) *collapsed*: their change fell by more than ``1 / collapse`` times in one
+    analysis while the validation loss (``val_loss``; ``train_loss`` when there is none) did
+    not improve by ``flat_loss`` (relative). A collapse is the gradients vanishing at once, as
+    in a network that a too-high learning rate killed or blew up in its first epoch: flagged one
+    analysis later, at epoch 2, where dying out needs three. From epoch ``min_epoch`` on.
+    Layers whose output feeds a BatchNorm (``normalized_by``) are not judged stalled (they
+    count for a collapse only): their gradient is orthogonal to the weight (scale
     invariance), so the weight rotates while its norms change only at second order (1e-4 per
     epoch in a healthy BatchNorm CNN at val accuracy 0.99).
 
@@ -177,11 +178,10 @@ class TrainingStalled(Rule):
         self._hysteresis = Hysteresis(1)
 
     def stalled(self, changes: list[float | None], moved: float | None = None,
-                flat: bool = False, still: bool = False) -> bool | None:
+                flat: bool = False) -> bool | None:
         """Whether one layer's recent changes (oldest first), its change since the start
-        (``moved``; None: unknown, not checked), a flat training loss over the last
-        ``decelerations - 1`` analyses (``flat``) and a loss that did not improve over the
-        last analysis (``still``) say it is stalled; None when there are too few to tell."""
+        (``moved``; None: unknown, not checked) and a flat training loss say it is stalled;
+        None when there are too few to tell."""
         recent = changes[-self.patience:]
         settled = moved is not None and moved >= self.max_moved
         if len(recent) == self.patience and not settled and all(
@@ -191,9 +191,6 @@ class TrainingStalled(Rule):
         last = changes[-(falls + 1):]
         if len(last) == falls + 1 and all(c is not None for c in last) and last[-1] < self.slow \
                 and all(b < self.deceleration * a for a, b in zip(last, last[1:], strict=False)):
-            return True
-        if still and len(changes) >= 2 and changes[-2] is not None and changes[-1] is not None \
-                and changes[-1] < self.collapse * changes[-2]:
             return True
         if not changes or changes[-1] is None:
             return None
@@ -208,15 +205,20 @@ class TrainingStalled(Rule):
         verdicts: dict[str, tuple[bool, float | None]] = {}
         for layer in _layers(snap, self, normalized=False):
             changes = change_series(history, layer, window)
-            verdict = self.stalled(changes, moved_since_start(history, layer), flat, still)
+            verdict = self.stalled(changes, moved_since_start(history, layer), flat)
             if verdict is not None:
                 verdicts[layer] = (verdict, changes[-1])
-        if not verdicts:
+        collapses = self._collapses(history) if still else {}
+        if not verdicts and not collapses:
             return []
         stalled = [layer for layer, (verdict, _) in verdicts.items() if verdict]
-        share = len(stalled) / len(verdicts)
-        if not self._hysteresis.update((), share >= self.fraction):
+        share = len(stalled) / len(verdicts) if verdicts else 0.0
+        collapsed = [layer for layer, (verdict, _) in collapses.items() if verdict]
+        collapsed_share = len(collapsed) / len(collapses) if collapses else 0.0
+        if not self._hysteresis.update((), max(share, collapsed_share) >= self.fraction):
             return []
+        if collapsed_share > share:
+            share, stalled, verdicts = collapsed_share, collapsed, collapses
         listed = ", ".join(f"{layer} ({fmt(verdicts[layer][1])})" for layer in stalled)
         return [
             self.make_alert(
@@ -251,6 +253,30 @@ class TrainingStalled(Rule):
             return False
         first, last = losses[0], losses[-1]
         return first > 0 and (first - last) / first < self.flat_loss
+
+    def _collapses(self, history: MetricHistory) -> dict[str, tuple[bool, float | None]]:
+        """Layer -> (collapsed, latest change) for every analysed layer with two known
+        changes: collapsed when some change_i < ``collapse`` * change_{i-1} in the window and
+        every later change kept falling (by ``deceleration``) or is below ``tolerance``, so
+        that a collapse that goes on dying out stays one episode."""
+        window = max(self.patience, self.decelerations + 1)
+        out: dict[str, tuple[bool, float | None]] = {}
+        for layer in _layers(history.latest, self, normalized=True):
+            series = change_series(history, layer, window)
+            if len(series) < 2 or series[-1] is None or series[-2] is None:
+                continue
+            verdict = False
+            for i in range(len(series) - 1, 0, -1):
+                before, now = series[i - 1], series[i]
+                if before is None or now is None:
+                    break
+                if now < self.collapse * before:
+                    verdict = True
+                    break
+                if not (now < self.deceleration * before or now < self.tolerance):
+                    break
+            out[layer] = (verdict, series[-1])
+        return out
 
     def _still_loss(self, history: MetricHistory) -> bool:
         """Whether the validation loss (else the training loss) did not improve by

@@ -209,6 +209,19 @@ def test_alpha_above_ignores_the_random_init_epoch():
     assert fired_at(per) == [2]
 
 
+def test_alpha_above_must_clear_the_limit_by_two_standard_errors_on_large_layers():
+    def seq(alpha, sigma, eigs):
+        return [[record("c", "unfold", alpha=alpha, alpha_sigma=sigma, matrix_rank=eigs,
+                        rank_loss=0.0)] for _ in range(4)]
+    # the healthy ResNet's 32-eigenvalue conv: alpha 6.5 +- 1.74 (too small, too uncertain)
+    assert fired_at(run(AlertEngine([AlphaAbove(min_eigs=100)]), seq(6.5, 1.74, 32))) == []
+    assert fired_at(run(AlertEngine([AlphaAbove()]), seq(6.5, 1.74, 128))) == []
+    assert fired_at(run(AlertEngine([AlphaAbove()]), seq(9.0, 1.0, 128))) == [3]  # 9 - 2 > 6
+    assert fired_at(run(AlertEngine([AlphaAbove(min_eigs=100)]), seq(9.0, 1.0, 64))) == []
+    plain = AlphaAbove(confidence=0.0, min_eigs=0)
+    assert fired_at(run(AlertEngine([plain]), seq(6.5, 1.74, 32))) == [3]
+
+
 def test_alpha_sentinel_of_failed_fit_is_ignored():
     per = run(AlertEngine([AlphaBelow(patience=1)]), one_metric("alpha", [3.0, -1.0, 1.0, 3.0]))
     assert fired_at(per) == []

@@ -182,15 +182,24 @@ class AlphaBelow(LayerMetricRule):
 
 
 class AlphaAbove(LayerMetricRule):
-    """Under-trained layer: ``alpha > threshold`` for ``patience`` consecutive analyses, from
-    epoch ``min_epoch`` on (random weights have large alpha, so epoch 0 and the random-init
-    baseline are ignored by default).
+    """Under-trained layer: ``alpha - confidence * sigma > threshold`` for ``patience``
+    consecutive analyses, on layers of at least ``min_eigs`` eigenvalues, from epoch
+    ``min_epoch`` on (random weights have large alpha, so epoch 0 and the random-init baseline
+    are ignored by default).
+
+    The mirror of :class:`AlphaBelow`: large fitted alphas are the most uncertain (sigma =
+    (alpha - 1) / sqrt(n_tail)), so alpha must clear the limit by ``confidence`` standard
+    errors. A healthy BatchNorm ResNet-8 on Fashion-MNIST (val accuracy 0.909) fitted alpha
+    6.13-6.50 with sigma 1.6-1.7 on a 32-eigenvalue conv for three epochs
+    (``experiments/alert_zoo``). ``confidence=0, min_eigs=0`` gives the plain published rule.
 
     Args:
         threshold: alpha limit (Martin & Mahoney: alpha > 6 is under-trained).
         patience: consecutive analyses the condition must hold before the alert.
         min_epoch: first epoch considered (default 1).
         metric: ``alpha`` or ``alpha_hill``.
+        min_eigs: smallest ESD judged (as for :class:`AlphaBelow`).
+        confidence: standard errors (``<metric>_sigma``) by which alpha must clear the limit.
         **kwargs: ``name``, ``action``, ``modes``, ``layers`` (see :class:`Rule`).
     """
 
@@ -201,16 +210,29 @@ class AlphaAbove(LayerMetricRule):
         *,
         min_epoch: int = 1,
         metric: str = "alpha",
+        min_eigs: int = 50,
+        confidence: float = 2.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(metric, patience=patience, min_epoch=min_epoch, **kwargs)
         self.threshold = float(threshold)
+        self.min_eigs = int(min_eigs)
+        self.confidence = float(confidence)
 
     def condition(self, history, layer, mode, value):
-        return value > self.threshold if _valid_alpha(value) else None
+        if not _valid_alpha(value):
+            return None
+        if self.min_eigs > 0:
+            count = eigenvalue_count(history, layer, mode)
+            if count is not None and count < self.min_eigs:
+                return None
+        error = alpha_error(history.latest, layer, mode, self.metric)
+        return value - self.confidence * error > self.threshold
 
     def describe(self, history, layer, mode, value):
-        return f"> {fmt(self.threshold)} (under-trained)", self.threshold
+        margin = confidence_margin(
+            self.confidence, alpha_error(history.latest, layer, mode, self.metric))
+        return f"> {fmt(self.threshold)}{margin} (under-trained)", self.threshold
 
 
 class SpectralNormGrowth(LayerMetricRule):

@@ -14,7 +14,7 @@ from svd_callback.alerts import (
     TrainingStalled,
     default_rules,
 )
-from svd_callback.alerts.stall_rules import relative_change
+from svd_callback.alerts.stall_rules import relative_change, shape_change
 from svd_callback.report import LayerReport, Report
 
 LAYERS = ("a", "b", "c", "d")
@@ -114,11 +114,46 @@ def test_a_layer_that_moved_and_settled_has_converged_not_stalled():
                  norms_run({n: settled for n in LAYERS})) == [(8, None)]
 
 
-def test_batchnormed_layers_are_not_judged():
-    reports = norms_run({n: [1e-5] * 4 for n in LAYERS})
-    for analysis in reports:
-        for rec in analysis:
-            rec.normalized_by = "bn"
+def _bn_reports(norm_change: float, shape_change: float, steps: int = 4):
+    """BatchNorm-followed layers whose Frobenius norm changes by ``norm_change`` and whose
+    spectral/Frobenius ratio by ``shape_change`` per analysis."""
+    out = []
+    for t in range(steps + 1):
+        frob = 3.0 * (1 + norm_change) ** t
+        ratio = 0.5 * (1 + shape_change) ** t
+        out.append([LayerReport(n, "conv2d", "unfold", normalized_by="bn", metrics={
+            "spectral_norm": ratio * frob, "frobenius_norm": frob}) for n in LAYERS])
+    return out
+
+
+def test_batchnormed_layers_are_judged_by_the_shape_of_their_spectrum_only():
+    # norms nearly still (second-order change) while the spectrum rotates: learning
+    assert fired(TrainingStalled(), _bn_reports(1e-5, 1e-2)) == []
+    # norms shrinking 5% per analysis (weight decay) while the shape stays: not learning
+    assert fired(TrainingStalled(), _bn_reports(-0.05, 5e-5)) == [(2, None)]
+    assert fired(TrainingStalled(shape_tolerance=0.0), _bn_reports(-0.05, 5e-5)) == []
+    # a shape that already moved by more than max_moved has converged
+    settled = _bn_reports(0.0, 5e-5)
+    for rec in settled[0]:
+        rec.metrics["spectral_norm"] *= 1.5
+    assert fired(TrainingStalled(), settled) == []
+
+
+def test_shape_change_is_blind_to_rescaling():
+    history = MetricHistory()
+    history.append(0, 0, Report([LayerReport("a", "conv2d", "unfold", metrics={
+        "spectral_norm": 2.0, "frobenius_norm": 4.0})]))
+    history.append(1, 1, Report([LayerReport("a", "conv2d", "unfold", metrics={
+        "spectral_norm": 20.0, "frobenius_norm": 40.0})]))
+    history.append(2, 2, Report([LayerReport("a", "conv2d", "unfold", metrics={
+        "spectral_norm": 22.0, "frobenius_norm": 40.0})]))
+    assert shape_change(history[0], history[1], "a") == 0.0
+    assert shape_change(history[1], history[2], "a") == pytest.approx(0.1)
+    assert shape_change(history[0], history[2], "missing") is None
+
+
+def test_batchnormed_layers_are_not_judged_by_their_norms():
+    reports = _bn_reports(1e-5, 1e-2)
     assert fired(TrainingStalled(), reports) == []
     assert fired(LayerFrozen(), norms_run({"a": [0.0] * 3})) == [(2, "a")]
 

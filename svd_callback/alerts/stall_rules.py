@@ -40,6 +40,24 @@ def relative_change(before: Snapshot, after: Snapshot, layer: str,
     return max(changes) if changes else None
 
 
+def shape_change(before: Snapshot, after: Snapshot, layer: str) -> float | None:
+    """max over the layer's modes of |r_after / r_before - 1| with r = spectral_norm /
+    frobenius_norm = 1 / sqrt(stable_rank): how much the shape of the spectrum changed, blind
+    to a rescaling of the weights (weight decay, or a BatchNorm-followed layer's free scale);
+    None when no mode has both norms finite and positive in both analyses."""
+    changes = []
+    for name, mode in after.layers:
+        if name != layer:
+            continue
+        values = [(snap.get(layer, "spectral_norm", mode), snap.get(layer, "frobenius_norm", mode))
+                  for snap in (before, after)]
+        if all(s is not None and f is not None and math.isfinite(s) and math.isfinite(f)
+               and s > 0 and f > 0 for s, f in values):
+            (s0, f0), (s1, f1) = values
+            changes.append(abs((s1 / f1) / (s0 / f0) - 1.0))
+    return max(changes) if changes else None
+
+
 def change_series(history: MetricHistory, layer: str, n: int,
                   metrics: tuple[str, ...] = NORMS) -> list[float | None]:
     """The layer's relative changes over the last ``n`` pairs of consecutive analyses, oldest
@@ -89,14 +107,19 @@ class TrainingStalled(Rule):
       (relative) over the same analyses.
 
     The rule fires (once, re-arming when it clears) when at least ``fraction`` of the judged
-    layers are stalled, or when at least ``fraction`` of all analysed layers (BatchNorm-followed
-    ones included) *collapsed*: their change fell by more than ``1 / collapse`` times in one
-    analysis while the validation loss (``val_loss``; ``train_loss`` when there is none) did
-    not improve by ``flat_loss`` (relative). A collapse is the gradients vanishing at once, as
-    in a network that a too-high learning rate killed or blew up in its first epoch: flagged one
-    analysis later, at epoch 2, where dying out needs three. From epoch ``min_epoch`` on.
-    Layers whose output feeds a BatchNorm (``normalized_by``) are not judged stalled (they
-    count for a collapse only): their gradient is orthogonal to the weight (scale
+    layers are stalled; or when at least ``fraction`` of all analysed layers (BatchNorm-followed
+    ones included) kept their spectrum's *shape* (:func:`shape_change` below
+    ``shape_tolerance`` for ``patience`` analyses, less than ``max_moved`` since the oldest kept
+    analysis), which catches a network whose weights only shrink under weight decay while the
+    gradients are too small to matter (weights initialised 100x too large behind BatchNorm);
+    or when at least ``fraction`` of all analysed layers *collapsed*: their change fell by more
+    than ``1 / collapse`` times in one analysis while the validation loss (``val_loss``;
+    ``train_loss`` when there is none) did not improve by ``flat_loss`` (relative). A collapse
+    is the gradients vanishing at once, as in a network that a too-high learning rate killed or
+    blew up in its first epoch: flagged one analysis later, at epoch 2, where dying out needs
+    three. From epoch ``min_epoch`` on.
+    Layers whose output feeds a BatchNorm (``normalized_by``) are not judged stalled by their
+    norms (they count for the shape and the collapse): their gradient is orthogonal to the weight (scale
     invariance), so the weight rotates while its norms change only at second order (1e-4 per
     epoch in a healthy BatchNorm CNN at val accuracy 0.99).
 
@@ -131,6 +154,8 @@ class TrainingStalled(Rule):
         deceleration: largest ratio change_t / change_{t-1} that counts as dying out.
         decelerations: consecutive such falls that count as dying out (>= 2).
         collapse: largest ratio change_t / change_{t-1} that counts as a collapse.
+        shape_tolerance: shape change per analysis below which a layer's spectrum is frozen
+            (0: the shape condition is off).
         train_loss: name of the trainer's logged training loss (None: not read).
         val_loss: name of the trainer's logged validation loss (None: not read).
         flat_loss: relative decrease of a loss below which it counts as flat.
@@ -150,6 +175,7 @@ class TrainingStalled(Rule):
         deceleration: float = 0.2,
         decelerations: int = 3,
         collapse: float = 0.05,
+        shape_tolerance: float = 2e-4,
         train_loss: str | None = "train_loss",
         val_loss: str | None = "val_loss",
         flat_loss: float = 0.01,
@@ -161,7 +187,7 @@ class TrainingStalled(Rule):
             raise ValueError(f"decelerations must be an integer >= 2, got {decelerations!r}")
         for label, value in (("tolerance", tolerance), ("slow", slow), ("flat_loss", flat_loss),
                              ("deceleration", deceleration), ("max_moved", max_moved),
-                             ("collapse", collapse)):
+                             ("collapse", collapse), ("shape_tolerance", shape_tolerance)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
         if not 0 < fraction <= 1:
@@ -174,6 +200,7 @@ class TrainingStalled(Rule):
         self.max_moved = float(max_moved)
         self.decelerations, self.train_loss = decelerations, train_loss
         self.val_loss, self.collapse = val_loss, float(collapse)
+        self.shape_tolerance = float(shape_tolerance)
         self.flat_loss = float(flat_loss)
         self._hysteresis = Hysteresis(1)
 
@@ -208,17 +235,15 @@ class TrainingStalled(Rule):
             verdict = self.stalled(changes, moved_since_start(history, layer), flat)
             if verdict is not None:
                 verdicts[layer] = (verdict, changes[-1])
-        collapses = self._collapses(history) if still else {}
-        if not verdicts and not collapses:
+        candidates = [verdicts, self._frozen_shapes(history),
+                      self._collapses(history) if still else {}]
+        if not any(candidates):
             return []
+        shares = [(sum(v for v, _ in c.values()) / len(c) if c else 0.0, c) for c in candidates]
+        share, verdicts = max(shares, key=lambda pair: pair[0])
         stalled = [layer for layer, (verdict, _) in verdicts.items() if verdict]
-        share = len(stalled) / len(verdicts) if verdicts else 0.0
-        collapsed = [layer for layer, (verdict, _) in collapses.items() if verdict]
-        collapsed_share = len(collapsed) / len(collapses) if collapses else 0.0
-        if not self._hysteresis.update((), max(share, collapsed_share) >= self.fraction):
+        if not self._hysteresis.update((), share >= self.fraction):
             return []
-        if collapsed_share > share:
-            share, stalled, verdicts = collapsed_share, collapsed, collapses
         listed = ", ".join(f"{layer} ({fmt(verdicts[layer][1])})" for layer in stalled)
         return [
             self.make_alert(
@@ -234,7 +259,7 @@ class TrainingStalled(Rule):
                     f"{fmt(self.tolerance)} for {self.patience} analyses, dying out "
                     f"x{fmt(self.deceleration)} per analysis below {fmt(self.slow)}, or "
                     f"collapsing x{fmt(self.collapse)} in one analysis while the loss stayed "
-                    f"flat): "
+                    f"flat, or a spectrum shape changing < {fmt(self.shape_tolerance)}): "
                     f"{listed}{when(snap.epoch, snap.step)}; the network is dead, frozen or "
                     f"not learning"
                 ),
@@ -253,6 +278,26 @@ class TrainingStalled(Rule):
             return False
         first, last = losses[0], losses[-1]
         return first > 0 and (first - last) / first < self.flat_loss
+
+    def _frozen_shapes(self, history: MetricHistory) -> dict[str, tuple[bool, float | None]]:
+        """Layer -> (shape frozen, latest shape change) for every analysed layer with
+        ``patience`` known shape changes (none when ``shape_tolerance`` is 0)."""
+        if self.shape_tolerance <= 0:
+            return {}
+        entries = list(history)[-(self.patience + 1):]
+        out: dict[str, tuple[bool, float | None]] = {}
+        for layer in _layers(history.latest, self, normalized=True):
+            series = [shape_change(a, b, layer) for a, b in zip(entries, entries[1:],
+                                                                 strict=False)]
+            if len(series) < self.patience or any(c is None for c in series):
+                continue
+            first = next((snap for snap in history if shape_change(snap, history.latest, layer)
+                          is not None), None)
+            moved = shape_change(first, history.latest, layer) if first is not None else None
+            frozen = all(c < self.shape_tolerance for c in series) and moved is not None \
+                and moved < self.max_moved
+            out[layer] = (frozen, series[-1])
+        return out
 
     def _collapses(self, history: MetricHistory) -> dict[str, tuple[bool, float | None]]:
         """Layer -> (collapsed, latest change) for every analysed layer with two known

@@ -119,9 +119,9 @@ class TrainingStalled(Rule):
     blew up in its first epoch: flagged one analysis later, at epoch 2, where dying out needs
     three. From epoch ``min_epoch`` on.
     Layers whose output feeds a BatchNorm (``normalized_by``) are not judged stalled by their
-    norms (they count for the shape and the collapse): their gradient is orthogonal to the weight (scale
-    invariance), so the weight rotates while its norms change only at second order (1e-4 per
-    epoch in a healthy BatchNorm CNN at val accuracy 0.99).
+    norms (they count for the shape and the collapse): their gradient is orthogonal to the
+    weight (scale invariance), so the weight rotates while its norms change only at second
+    order (1e-4 per epoch in a healthy BatchNorm CNN at val accuracy 0.99).
 
     Defaults (``experiments/alert_rules/RESULTS.md``, digits SmallCNN with Adam, 3 healthy
     seeds and the demo, and a BatchNorm variant with Adam and SGD): healthy SmallCNN layers

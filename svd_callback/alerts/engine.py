@@ -37,10 +37,12 @@ def default_rules(traps: bool = True) -> list[Rule]:
     others log, since the RMT thresholds are heuristics. Rank collapse is watched on
     ``matrix_rank`` (numerical rank), not ``stable_rank``, which falls by more than half in
     healthy training. ``SpectralNormBlowUp`` watches the first epoch too, where the ordinary
-    growth rule does not look: a learning rate 10x / 100x too high grew sigma_max 15x / 160x in
-    epoch 1 on the digits CNN against at most 2.6x in healthy runs
-    (``experiments/healthy_vs_broken``). ``traps=False`` leaves out :class:`TrapsAppeared`
-    (for analyses that do not compute correlation traps, where it could never fire).
+    growth rule does not look: a learning rate that killed or blew up the network grew
+    sigma_max 27x to 1e8x in epoch 1, healthy runs at most 4x (``experiments/alert_zoo``).
+    :class:`TrainingStalled` logs rather than stops: it raised no alarm on a healthy zoo run,
+    but a fine-tuning run at a tiny learning rate looks like one that does not learn.
+    ``traps=False`` leaves out :class:`TrapsAppeared` (for analyses that do not compute
+    correlation traps, where it could never fire).
     :class:`AlphaBelow` and :class:`MeanAlphaTrend` ask alpha to be below 2 by two standard
     errors and judge layers of at least :data:`ALPHA_MIN_EIGS` eigenvalues: the plain
     "alpha < 2" fired on healthy small nets, whose fitted alphas are uncertain and low.

@@ -28,7 +28,7 @@ from svd_callback.monitor.history_writer import HistoryWriter
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.monitor.selection import drop_redundant, mode_independent
 from svd_callback.monitor.text import conventions_markdown
-from svd_callback.monitor.values import is_model_level, scalars
+from svd_callback.monitor.values import HEALTHY_STEP_TAG, is_model_level, scalars
 from svd_callback.report import Report
 from svd_callback.sinks import hparams as hp
 from svd_callback.sinks import tags
@@ -110,8 +110,9 @@ class Publisher:
         the history file (rank 0). ``index``: the analysis's 0-based number in this run."""
         values, descriptions = scalars(result, self.config.analysis, self.classes.conventions())
         self._add_alert_totals(result, values, descriptions)
-        callback_metrics.update({
-            tag: torch.tensor(value, dtype=torch.float32) for tag, value in values.items()
+        callback_metrics.update({  # float64 for the step: float32 rounds steps above 2**24
+            tag: torch.tensor(value, dtype=torch.float64 if tag == HEALTHY_STEP_TAG else
+                              torch.float32) for tag, value in values.items()
             if self.per_layer_callback_metrics or is_model_level(tag) or tag.startswith("alerts/")
         })
         drop_redundant(values, descriptions, result, self.config)  # the loggers get fewer

@@ -7,6 +7,8 @@ in advance: the analysis after training epoch ``e`` (``trainer.current_epoch == 
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +112,16 @@ def test_the_level_survives_a_checkpoint_and_resume(tmp_path):
     # still in force, not raised again: the rule's state came back with the checkpoint
     assert [r[:3] for r in resumed.rows] == [(3, 1, 0), (4, 1, 0)]
     assert len(monitor.alert_engine.alerts_so_far) == 1
+
+
+def test_an_info_rule_is_reported_as_information_and_leaves_the_run_healthy(tmp_path, caplog):
+    record = Record()
+    monitor = _monitor(HoldsFrom(2, action="info"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with caplog.at_level(logging.INFO):
+            digits_fit(tmp_path, [monitor, record], max_epochs=3, **FAST)
+    assert [a.severity for a in monitor.alert_engine.alerts_so_far] == ["info"]
+    assert not [w for w in caught if "SpectralMonitor alert" in str(w.message)]
+    assert "SpectralMonitor alert [info] HoldsFrom" in caplog.text
+    assert [r[1:] for r in record.rows] == [(0, 0, 4), (0, 0, 8), (0, 0, 12)]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from svd_callback.alerts import AlertEngine
 from svd_callback.alerts.base import rule_name
@@ -166,9 +166,10 @@ class Publisher:
     ) -> None:
         step = result.step
         self._warn_skipped(result.report)
-        for alert in result.alerts:
-            rank_zero_warn(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
-                           f"{result.raised_on(alert)}")
+        for alert in result.alerts:  # an "info" alert as information, not as a warning
+            say = rank_zero_info if alert.severity == "info" else rank_zero_warn
+            say(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
+                f"{result.raised_on(alert)}")
         self.guard.call("writing the history file", self.history.write, result)
         if result.class_report is not None:
             self.guard.call("writing the class history", self.history.write_classes, result,

@@ -211,9 +211,14 @@ def read_history_file(path: str | os.PathLike) -> list[dict[str, Any]]:
     return read_history(path)
 
 
-def replay_alerts(analyses: Sequence[Mapping[str, Any]], rules: Sequence[Any]) -> list[Any]:
+def replay_alerts(
+    analyses: Sequence[Mapping[str, Any]], rules: Sequence[Any],
+    levels: list[tuple[int, int]] | None = None,
+) -> list[Any]:
     """Run an :class:`~svd_callback.alerts.AlertEngine` with ``rules`` over recorded analyses
-    (as the callback would have, analysis by analysis) and return every alert raised."""
+    (as the callback would have, analysis by analysis) and return every alert raised; with a
+    ``levels`` list, append (epoch, number of conditions in force, ``alerts/active``) after
+    each analysis."""
     from svd_callback import LayerReport, Report
     from svd_callback.alerts import AlertEngine
 
@@ -232,6 +237,8 @@ def replay_alerts(analyses: Sequence[Mapping[str, Any]], rules: Sequence[Any]) -
             for row in entry["layers"]
         )
         alerts.extend(engine.update(entry["epoch"], entry["step"], report, entry["summary"]))
+        if levels is not None:
+            levels.append((entry["epoch"], len(engine.active())))
     return alerts
 
 

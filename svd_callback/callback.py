@@ -57,8 +57,8 @@ class SpectralMonitor(Callback):
 
     The analysis never changes the model (a seeded run ends with the same weights, bit for bit);
     any exception in it becomes a warning and training goes on. Model-level values (summaries,
-    ``alerts/count``, ``alerts/active``) go into ``trainer.callback_metrics`` for
-    ``EarlyStopping``/``ModelCheckpoint``, per-layer values to the loggers and the history file.
+    ``alerts/active``, ``alerts/raised``, ``alerts/healthy_step``) go into ``callback_metrics``
+    for ``EarlyStopping``/``ModelCheckpoint``, per-layer values to the loggers and history file.
     ``stop`` alerts end the training, agreed by all ranks; under DDP each rank analyses a share
     of the layers and the results are gathered.
 

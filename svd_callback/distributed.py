@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import torch
 
-from svd_callback.alerts import Alert
+from svd_callback.alerts import Alert, Condition
 from svd_callback.report import LayerReport, Report
 
 
@@ -100,3 +100,17 @@ def gather_alerts(
             key = (alert.rule, alert.layer, alert.mode, alert.metric, alert.message)
             merged.setdefault(key, (alert, []))[1].append(source)
     return [(alert, tuple(ranks)) for alert, ranks in merged.values()]
+
+
+def gather_conditions(conditions: Sequence[Condition], world_size: int) -> list[Condition]:
+    """The union of every rank's conditions in force, the same list on every rank (rank order,
+    then each rank's order). A rule that reads rank-local state (a user's callable, a rank's
+    own losses) can hold on some ranks only; ``alerts/active`` must read the same on every rank,
+    or ``EarlyStopping``/``ModelCheckpoint`` decide differently per rank. Without a process
+    group, ``conditions`` themselves."""
+    if not is_distributed(world_size):
+        return list(dict.fromkeys(conditions))
+    gathered: list[list[Condition] | None] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, list(conditions),
+                                        group=torch.distributed.group.WORLD)
+    return list(dict.fromkeys(Condition(*c) for part in gathered for c in part or []))

@@ -123,4 +123,5 @@ def test_layout_categories_are_in_a_fixed_order_summary_alerts_then_modes():
                             "spectral (operator)", "classes"]
     charts = layout["alerts"]
     assert [pattern for _, (pattern,) in charts.values()] == [
-        r"^alerts/active$", r"^alerts/total$", r"^alerts/rule/.*", r"^alerts/count$"]
+        r"^alerts/active$", r"^alerts/raised$", r"^alerts/total$", r"^alerts/rule/.*",
+        r"^alerts/count$"]

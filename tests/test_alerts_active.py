@@ -1,30 +1,154 @@
-"""``alerts/active``: the number of warning/stop alerts of the latest analysis, a stop signal
-for ``EarlyStopping`` that reads 0 while training is healthy."""
+"""``alerts/active`` is a level (the warning/stop conditions in force: fired, not cleared),
+``alerts/raised`` the event count of one analysis, ``alerts/healthy_step`` the step of an
+analysis with no condition in force (-1 otherwise).
+
+The expected sequences are read off planted metric series, by hand: a rule fires once when its
+condition has held for ``patience`` analyses and re-arms when it clears."""
 
 from __future__ import annotations
+
+import math
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping
 
 from svd_callback import SpectralMonitor
-from svd_callback.alerts import Alert, TrainingStalled
+from svd_callback.alerts import (
+    AlertEngine,
+    AlphaAbove,
+    CallableRule,
+    Condition,
+    Hysteresis,
+    TrainingStalled,
+    TrapsAppeared,
+)
+from svd_callback.distributed import gather_conditions
 from svd_callback.examples import DigitsDataModule, SmallCNN
 from svd_callback.monitor.result import AnalysisResult
-from svd_callback.monitor.values import ALERT_ACTIVE_TAG, active_alerts, is_model_level
-from svd_callback.report import Report
+from svd_callback.monitor.values import (
+    ALERT_ACTIVE_TAG,
+    ALERT_RAISED_TAG,
+    HEALTHY_STEP_TAG,
+    is_model_level,
+)
+from svd_callback.report import LayerReport, Report
 
 
-def _result(*severities: str) -> AnalysisResult:
-    alerts = tuple(Alert(rule="R", epoch=3, step=30, severity=s, message=f"m{i}")
-                   for i, s in enumerate(severities))
-    return AnalysisResult(step=30, epoch=3, epochs_trained=3.0, trigger="train_epoch_end",
-                          seconds=0.0, report=Report([]), summary={}, alerts=alerts)
+def _report(metric: str, value: float) -> Report:
+    return Report([LayerReport("fc", "linear", "unfold", metrics={metric: value})])
 
 
-def test_active_counts_the_warnings_and_stops_of_the_latest_analysis():
-    assert active_alerts(_result()) == 0
-    assert active_alerts(_result("warning", "stop", "warning")) == 3
-    assert is_model_level(ALERT_ACTIVE_TAG)
+def _replay(engine: AlertEngine, metric: str, series, start: int = 0):
+    """(level, raised, healthy_step) after each analysis of a planted one-layer series, through
+    the tag values the monitor logs (``monitor.values.scalars``)."""
+    from svd_callback.config import AnalysisConfig
+    from svd_callback.monitor.values import scalars
+
+    out = []
+    for epoch, value in enumerate(series, start):
+        alerts = engine.update(epoch, 10 * epoch, _report(metric, value))
+        result = AnalysisResult(step=10 * epoch, epoch=epoch, epochs_trained=float(epoch),
+                                trigger="train_epoch_end", seconds=0.0,
+                                report=_report(metric, value), summary={}, alerts=tuple(alerts),
+                                active=tuple(engine.active()))
+        values, _ = scalars(result, AnalysisConfig(metrics=("norms",)), "")
+        out.append((values[ALERT_ACTIVE_TAG], values[ALERT_RAISED_TAG],
+                    values[HEALTHY_STEP_TAG]))
+    return out
+
+
+def _levels(rows):
+    return [row[0] for row in rows], [row[1] for row in rows]
+
+
+def test_a_condition_holding_three_analyses_reads_a_level_not_an_event():
+    engine = AlertEngine([AlphaAbove(threshold=6.0, patience=1, min_epoch=0)])
+    rows = _replay(engine, "alpha", [3.0, 7.0, 7.5, 8.0, 3.0])
+    assert _levels(rows) == ([0, 1, 1, 1, 0], [0, 1, 0, 0, 0])
+    assert [row[2] for row in rows] == [0, -1, -1, -1, 40]
+    assert all(map(is_model_level, (ALERT_ACTIVE_TAG, ALERT_RAISED_TAG, HEALTHY_STEP_TAG)))
+
+
+def test_the_level_rises_only_once_the_rule_fired_after_its_patience():
+    engine = AlertEngine([AlphaAbove(threshold=6.0, patience=2, min_epoch=0)])
+    rows = _replay(engine, "alpha", [7.0, 7.0, 7.0, 3.0, 7.0, 7.0])
+    assert _levels(rows) == ([0, 1, 1, 0, 0, 1], [0, 1, 0, 0, 0, 1])
+
+
+def test_no_evidence_leaves_a_condition_in_force():
+    engine = AlertEngine([AlphaAbove(threshold=6.0, patience=1, min_epoch=0)])
+    rows = _replay(engine, "alpha", [7.0, math.nan, 7.0, 3.0])
+    assert _levels(rows) == ([1, 1, 1, 0], [1, 0, 0, 0])
+
+
+def test_a_condition_seen_before_the_rule_armed_is_not_in_force():
+    # start_armed=False: traps present from the first analysis never fired; they must clear,
+    # then appear, to count
+    engine = AlertEngine([TrapsAppeared(min_traps=1)])
+    rows = _replay(engine, "num_traps", [2.0, 2.0, 0.0, 3.0, 3.0, 0.0])
+    assert _levels(rows) == ([0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 0, 0])
+
+
+def test_an_info_rule_never_counts():
+    engine = AlertEngine([AlphaAbove(threshold=6.0, patience=1, min_epoch=0, action="info")])
+    rows = _replay(engine, "alpha", [7.0, 7.0, 3.0])
+    assert _levels(rows) == ([0, 0, 0], [0, 0, 0])
+    assert [a.severity for a in engine.alerts_so_far] == ["info"]
+    assert [row[2] for row in rows] == [0, 10, 20]
+
+
+def test_a_rule_without_hysteresis_counts_while_it_raises():
+    def above_six(history, epoch, step):
+        return "alpha above 6" if history.latest.get("fc", "alpha", "unfold") > 6 else None
+
+    engine = AlertEngine([CallableRule(above_six)])
+    rows = _replay(engine, "alpha", [3.0, 7.0, 7.0, 7.0, 3.0])
+    assert _levels(rows) == ([0, 1, 1, 1, 0], [0, 1, 1, 1, 0])
+
+
+def test_an_error_of_a_rule_counts_at_the_analysis_that_reports_it():
+    def broken(history, epoch, step):
+        raise RuntimeError("bad rule")
+
+    engine = AlertEngine([CallableRule(broken)])
+    rows = _replay(engine, "alpha", [3.0, 3.0])
+    assert _levels(rows) == ([1, 0], [1, 0])  # reported once per distinct error
+
+
+def test_the_level_survives_a_checkpoint_of_the_engine():
+    series = [3.0, 7.0, 7.5, 8.0, 8.5, 3.0]
+    straight = _replay(AlertEngine([AlphaAbove(patience=1, min_epoch=0)]), "alpha", series)
+    first = AlertEngine([AlphaAbove(patience=1, min_epoch=0)])
+    before = _replay(first, "alpha", series[:3])
+    resumed = AlertEngine([AlphaAbove(patience=1, min_epoch=0)])
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.active() == first.active() == [Condition("AlphaAbove", "_hysteresis",
+                                                            ("fc", "unfold"))]
+    after = _replay(resumed, "alpha", series[3:], start=3)
+    assert before + after == straight
+    assert _levels(after) == ([1, 1, 0], [0, 0, 0])
+
+
+def test_hysteresis_state_of_three_fields_still_loads():
+    # written before the fired flag: [key, streak, disarmed]
+    old = Hysteresis(2)
+    old.load_state_dict([[["a"], 3, True], [["b"], 1, False], [["c"], 0, True]])
+    assert old.holding() == [("a",)]
+    assert old.update("a", False) is False and old.holding() == []
+
+
+def test_the_monitor_state_carries_the_level():
+    rule = AlphaAbove(patience=1, min_epoch=0)
+    monitor = SpectralMonitor(alert_rules=[rule])
+    monitor.alert_engine.update(0, 0, _report("alpha", 7.0))
+    restored = SpectralMonitor(alert_rules=[AlphaAbove(patience=1, min_epoch=0)])
+    restored.load_state_dict(monitor.state_dict())
+    assert restored.alert_engine.active() == monitor.alert_engine.active() != []
+
+
+def test_conditions_without_a_process_group_are_this_rank_s_without_repeats():
+    a, b = Condition("R", "_h", ("x", "unfold")), Condition("R", "alert", (None, None, None, "m"))
+    assert gather_conditions([a, b, a], world_size=1) == [a, b]
 
 
 def _fit(model: SmallCNN, tmp_path, epochs: int) -> tuple[pl.Trainer, SpectralMonitor]:
@@ -53,6 +177,7 @@ def test_active_alerts_stay_zero_in_a_healthy_run(tmp_path):
     trainer, monitor = _fit(SmallCNN(), tmp_path, epochs=6)
     assert trainer.current_epoch == 6
     assert float(trainer.callback_metrics[ALERT_ACTIVE_TAG]) == 0
+    assert float(trainer.callback_metrics[HEALTHY_STEP_TAG]) == trainer.global_step
     assert monitor.alert_engine.alerts_so_far == []
 
 

@@ -65,9 +65,17 @@ def first_alerts(run: str, rules=None) -> dict[str, tuple[int, str]]:
 
 
 def active_counts(run: str, rules=None) -> list[tuple[int, int]]:
-    """(epoch, ``alerts/active``) at every analysis of one run: the replayed alerts of severity
-    warning or stop raised by that analysis (as :func:`svd_callback.monitor.values.active_alerts`
-    counts them online)."""
+    """(epoch, ``alerts/active``) at every analysis of one run: the conditions of severity
+    warning or stop in force after it (:meth:`svd_callback.alerts.AlertEngine.active`, as the
+    monitor logs it online)."""
+    levels: list[tuple[int, int]] = []
+    replay_alerts(load(run), default_rules(traps=False) if rules is None else rules, levels)
+    return levels
+
+
+def raised_counts(run: str, rules=None) -> list[tuple[int, int]]:
+    """(epoch, ``alerts/raised``) at every analysis of one run: the replayed alerts of severity
+    warning or stop raised by that analysis."""
     analyses = load(run)
     alerts = replay_alerts(analyses, default_rules(traps=False) if rules is None else rules)
     counts: dict[tuple[int, int], int] = {(a["epoch"], a["step"]): 0 for a in analyses}
@@ -75,6 +83,17 @@ def active_counts(run: str, rules=None) -> list[tuple[int, int]]:
         if alert.severity in ACTIVE_SEVERITIES:
             counts[(alert.epoch, alert.step)] = counts.get((alert.epoch, alert.step), 0) + 1
     return [(epoch, n) for (epoch, _), n in sorted(counts.items())]
+
+
+def spans(counts: list[tuple[int, int]]) -> str:
+    """``epoch: value`` of the non-zero counts, consecutive epochs of one value as ``a-b``."""
+    groups: list[list[int]] = []  # [first epoch, last epoch, value]
+    for epoch, n in counts:
+        if n and groups and groups[-1][2] == n and groups[-1][1] == epoch - 1:
+            groups[-1][1] = epoch
+        elif n:
+            groups.append([epoch, epoch, n])
+    return ", ".join(f"{a}: {n}" if a == b else f"{a}-{b}: {n}" for a, b, n in groups)
 
 
 def val_accuracies(run: str) -> list[float]:
@@ -91,13 +110,14 @@ def main() -> None:
         listed = "; ".join(f"{rule}: {epoch} ({sev})" for rule, (epoch, sev) in fired.items())
         print(f"| {run} | {what} | {acc[-1]:.3f} | {listed or 'none'} |")
     print()
-    print("| run | analyses | analyses with alerts/active > 0 (epoch: value) | max |")
-    print("|---|---|---|---|")
+    print("| run | analyses | alerts/active > 0 (epoch: value) | alerts/raised > 0 "
+          "(epoch: value) | max active |")
+    print("|---|---|---|---|---|")
     for run in RUNS:
-        counts = active_counts(run)
-        nonzero = ", ".join(f"{epoch}: {n}" for epoch, n in counts if n)
+        counts, raised = active_counts(run), raised_counts(run)
+        nonzero, events = spans(counts), spans(raised)
         peak = max(n for _, n in counts)
-        print(f"| {run} | {len(counts)} | {nonzero or 'none'} | {peak} |")
+        print(f"| {run} | {len(counts)} | {nonzero or 'none'} | {events or 'none'} | {peak} |")
 
 
 if __name__ == "__main__":

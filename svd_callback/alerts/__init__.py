@@ -27,13 +27,16 @@ Class rules (:func:`default_class_rules`, on the ``"classes"`` records of the cl
 :class:`ClassOverlapRising`, :class:`ClassLostSpecificNeurons`, :class:`ClassFeaturesEmpty`,
 :class:`FactorizationRankCollapse`.
 
-Custom rules subclass :class:`Rule` or wrap a function in :class:`CallableRule`.
+Custom rules subclass :class:`Rule` or wrap a function in :class:`CallableRule`. A rule's
+alert is an event (once per episode); :meth:`AlertEngine.active` lists the :class:`Condition`
+objects in force (fired, not cleared), the level behind ``alerts/active``.
 """
 
 from __future__ import annotations
 
 from svd_callback.alerts.base import (
     ACTIONS,
+    COUNTED_SEVERITIES,
     SEVERITIES,
     Alert,
     CallableRule,
@@ -58,11 +61,13 @@ from svd_callback.alerts.layer_rules import (
     SpectralNormGrowth,
     TrapsAppeared,
 )
+from svd_callback.alerts.level import Condition
 from svd_callback.alerts.model_rules import TRAINING, GeneralizationGap, MeanAlphaTrend
 from svd_callback.alerts.stall_rules import LayerFrozen, TrainingStalled
 
 __all__ = [
     "ACTIONS",
+    "COUNTED_SEVERITIES",
     "SEVERITIES",
     "TRAINING",
     "Alert",
@@ -73,6 +78,7 @@ __all__ = [
     "ClassFeaturesEmpty",
     "ClassLostSpecificNeurons",
     "ClassOverlapRising",
+    "Condition",
     "FactorizationRankCollapse",
     "GeneralizationGap",
     "Hysteresis",

@@ -1,9 +1,10 @@
 """Alerts, the rule interface and the hysteresis that keeps rules from repeating themselves.
 
 A rule reads a :class:`~svd_callback.alerts.history.MetricHistory` after each analysis and
-returns :class:`Alert` records. Its ``action`` says what should happen: ``"log"`` (an alert of
-severity ``"warning"``), ``"stop"`` (severity ``"stop"``: the training should end), or a
-callable that receives each alert and returns True (or ``"stop"``) to ask for a stop.
+returns :class:`Alert` records. Its ``action`` says what should happen: ``"info"`` (an alert of
+severity ``"info"``: reported, never counted in ``alerts/active``), ``"log"`` (severity
+``"warning"``), ``"stop"`` (severity ``"stop"``: the training should end), or a callable that
+receives each alert and returns True (or ``"stop"``) to ask for a stop.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from svd_callback.alerts.history import MetricHistory
 
-SEVERITIES = ("warning", "stop")
-ACTIONS = ("log", "stop")
+SEVERITIES = ("info", "warning", "stop")
+ACTIONS = ("info", "log", "stop")
+COUNTED_SEVERITIES = ("warning", "stop")
+"""Severities counted in ``alerts/active`` and ``alerts/raised``."""
 Action = str | Callable[["Alert"], Any]
 
 
@@ -92,7 +95,7 @@ def check_action(action: Any) -> Action:
     """Validate a rule action.
 
     Raises:
-        ValueError: ``action`` is neither ``"log"``, ``"stop"`` nor callable.
+        ValueError: ``action`` is neither ``"info"``, ``"log"``, ``"stop"`` nor callable.
     """
     if callable(action) or action in ACTIONS:
         return action
@@ -100,7 +103,8 @@ def check_action(action: Any) -> Action:
 
 
 def severity_of(action: Action) -> str:
-    return "stop" if action == "stop" else "warning"
+    """``"info"`` -> ``"info"``, ``"stop"`` -> ``"stop"``, anything else -> ``"warning"``."""
+    return action if action in ("info", "stop") else "warning"
 
 
 class Rule:
@@ -114,8 +118,8 @@ class Rule:
 
     Args:
         name: unique name (default: the class attribute ``name`` or the class name).
-        action: ``"log"``, ``"stop"``, or a callable ``action(alert)`` returning True (or
-            ``"stop"``) to ask for a stop.
+        action: ``"info"``, ``"log"``, ``"stop"``, or a callable ``action(alert)`` returning
+            True (or ``"stop"``) to ask for a stop.
         modes: conv modes to consider (None: every mode present, each on its own).
         layers: regular expression a layer name must contain a match of (None: all layers).
         min_epoch: analyses at earlier epochs are ignored.
@@ -238,11 +242,13 @@ class Hysteresis:
     ``update(key, holds)`` takes True (holds), False (clears: streak reset, re-armed) or None
     (no evidence, e.g. a NaN value: the state is left as it was). With ``start_armed=False`` a
     new key must first be seen clear before it can fire (for "appeared" conditions).
+    :meth:`holding` lists the keys that fired and have not cleared since: the conditions in
+    force, as opposed to the firing, which happens once per episode.
     """
 
     patience: int = 1
     start_armed: bool = True
-    _state: dict[tuple, list] = field(default_factory=dict)  # key -> [streak, fired]
+    _state: dict[tuple, list] = field(default_factory=dict)  # key -> [streak, disarmed, fired]
 
     def __post_init__(self) -> None:
         patience = self.patience
@@ -251,24 +257,34 @@ class Hysteresis:
 
     def update(self, key: Hashable, holds: bool | None) -> bool:
         key = key if isinstance(key, tuple) else (key,)
-        state = self._state.setdefault(key, [0, not self.start_armed])
+        state = self._state.setdefault(key, [0, not self.start_armed, False])
         if holds is None:
             return False
         if not holds:
-            state[0], state[1] = 0, False
+            state[:] = [0, False, False]
             return False
         state[0] += 1
         if state[0] >= self.patience and not state[1]:
-            state[1] = True
+            state[1] = state[2] = True
             return True
         return False
 
     def streak(self, key: Hashable) -> int:
         key = key if isinstance(key, tuple) else (key,)
-        return self._state.get(key, [0, False])[0]
+        return self._state.get(key, [0, False, False])[0]
+
+    def holding(self) -> list[tuple]:
+        """The keys whose condition fired and has not cleared since (no evidence, None, leaves
+        a key as it was), in the order first seen."""
+        return [key for key, (_, _, fired) in self._state.items() if fired]
 
     def state_dict(self) -> list[list]:
-        return [[list(k), s, f] for k, (s, f) in self._state.items()]
+        return [[list(k), s, d, f] for k, (s, d, f) in self._state.items()]
 
     def load_state_dict(self, state: Iterable[Sequence]) -> None:
-        self._state = {tuple(k): [int(s), bool(f)] for k, s, f in state}
+        """Restore :meth:`state_dict` output. Entries of three (key, streak, disarmed), written
+        before :meth:`holding` existed, count as fired when disarmed after ``patience`` holds."""
+        self._state = {}
+        for key, streak, disarmed, *fired in state:
+            held = bool(fired[0]) if fired else bool(disarmed) and int(streak) >= self.patience
+            self._state[tuple(key)] = [int(streak), bool(disarmed), held]

@@ -7,7 +7,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from svd_callback.alerts.base import Alert, CallableRule, Rule, check_action, rule_name, when
+from svd_callback.alerts.base import (
+    Alert,
+    CallableRule,
+    Rule,
+    check_action,
+    rule_name,
+    severity_of,
+    when,
+)
 from svd_callback.alerts.history import MetricHistory
 from svd_callback.alerts.layer_rules import (
     AlphaAbove,
@@ -17,6 +25,7 @@ from svd_callback.alerts.layer_rules import (
     SpectralNormGrowth,
     TrapsAppeared,
 )
+from svd_callback.alerts.level import Condition, alert_condition, rule_conditions
 from svd_callback.alerts.model_rules import GeneralizationGap, MeanAlphaTrend
 from svd_callback.alerts.stall_rules import LayerFrozen, TrainingStalled
 
@@ -81,7 +90,9 @@ class AlertEngine:
 
     ``update`` appends the analysis to the history (an analysis whose (epoch, step) is not
     later than the last one is ignored and yields no alerts, so a resumed run does not repeat
-    itself), then runs every rule. A rule or a callable action that raises becomes a warning
+    itself), then runs every rule. :meth:`active` lists the conditions in force afterwards
+    (``alerts/active``): a rule's alert is an event, raised once per episode; its condition
+    stays in force until it clears. A rule or a callable action that raises becomes a warning
     alert naming the rule and the exception (once per distinct error until the rule runs
     cleanly again): rules never crash training.
 
@@ -132,6 +143,7 @@ class AlertEngine:
         self._alerts: deque[Alert] = deque(maxlen=max_alerts)
         self._errors: dict[str, str] = {}  # rule name -> last reported error
         self.last_alerts: list[Alert] = []
+        self._raised_by: dict[str, list[Alert]] = {}  # rule name -> its alerts of the last update
 
     @property
     def alerts_so_far(self) -> list[Alert]:
@@ -146,6 +158,7 @@ class AlertEngine:
     ) -> list[Alert]:
         """Record one analysis and return the alerts it raised (severity set by each rule's
         action). Returns [] for an analysis already recorded."""
+        self._raised_by = {}
         if not self.history.append(epoch, step, report, summary):
             self.last_alerts = []
             return []
@@ -159,11 +172,31 @@ class AlertEngine:
                 alerts.extend(self._error(name, "raised", exc, epoch, step))
                 continue
             self._errors.pop(name, None)
+            own = self._raised_by.setdefault(name, [])
             for alert in produced:
-                alerts.extend(self._act(rule, name, alert, epoch, step))
+                acted = self._act(rule, name, alert, epoch, step)  # the alert, then any error
+                own.append(acted[0])
+                alerts.extend(acted)
         self._alerts.extend(alerts)
         self.last_alerts = alerts
         return alerts
+
+    def active(self) -> list[Condition]:
+        """The conditions of severity warning or stop in force at the latest analysis, the
+        ``alerts/active`` level: for each rule that keeps :class:`~svd_callback.alerts.Hysteresis`
+        state, every key that fired and has not cleared (no evidence, such as a NaN value,
+        leaves it in force); for a rule without, each alert it raised at the latest update; and
+        the error alerts of that update (a rule or action that raised). Rules with
+        ``action="info"`` never count. The state is the rules' own, so it survives
+        :meth:`state_dict` / :meth:`load_state_dict`."""
+        conditions: list[Condition] = []
+        for rule in self.rules:
+            name = rule_name(rule)
+            conditions += rule_conditions(rule, name, self._raised_by.get(name, []))
+        known = {id(a) for raised in self._raised_by.values() for a in raised}
+        conditions += [alert_condition(a) for a in self.last_alerts
+                       if id(a) not in known and a.severity != "info"]
+        return list(dict.fromkeys(conditions))
 
     def should_stop(self, alerts: Iterable[Alert] | None = None) -> bool:
         """Whether any alert (default: those of the last update) has severity ``"stop"``."""
@@ -173,7 +206,7 @@ class AlertEngine:
     def _act(self, rule: Rule, name: str, alert: Alert, epoch: int, step: int) -> list[Alert]:
         action = getattr(rule, "action", "log")
         if not callable(action):
-            return [replace(alert, severity="stop" if action == "stop" else "warning")]
+            return [replace(alert, severity=severity_of(action))]
         try:
             verdict = action(alert)
         except Exception as exc:  # noqa: BLE001 - a user action must never crash training
@@ -235,6 +268,7 @@ class AlertEngine:
         self._alerts.extend(Alert.from_dict(a) for a in state.get("alerts", []))
         self._errors = dict(state.get("errors", {}))
         self.last_alerts = []
+        self._raised_by = {}
 
 
 def _as_alerts(result: Any, name: str, epoch: int, step: int) -> list[Alert]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from svd_callback.alerts import AlertEngine
 from svd_callback.alerts.base import rule_name
@@ -28,7 +28,7 @@ from svd_callback.monitor.history_writer import HistoryWriter
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.monitor.selection import drop_redundant, mode_independent
 from svd_callback.monitor.text import conventions_markdown
-from svd_callback.monitor.values import is_model_level, scalars
+from svd_callback.monitor.values import HEALTHY_STEP_TAG, is_model_level, scalars
 from svd_callback.report import Report
 from svd_callback.sinks import hparams as hp
 from svd_callback.sinks import tags
@@ -110,8 +110,9 @@ class Publisher:
         the history file (rank 0). ``index``: the analysis's 0-based number in this run."""
         values, descriptions = scalars(result, self.config.analysis, self.classes.conventions())
         self._add_alert_totals(result, values, descriptions)
-        callback_metrics.update({
-            tag: torch.tensor(value, dtype=torch.float32) for tag, value in values.items()
+        callback_metrics.update({  # float64 for the step: float32 rounds steps above 2**24
+            tag: torch.tensor(value, dtype=torch.float64 if tag == HEALTHY_STEP_TAG else
+                              torch.float32) for tag, value in values.items()
             if self.per_layer_callback_metrics or is_model_level(tag) or tag.startswith("alerts/")
         })
         drop_redundant(values, descriptions, result, self.config)  # the loggers get fewer
@@ -165,9 +166,10 @@ class Publisher:
     ) -> None:
         step = result.step
         self._warn_skipped(result.report)
-        for alert in result.alerts:
-            rank_zero_warn(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
-                           f"{result.raised_on(alert)}")
+        for alert in result.alerts:  # an "info" alert as information, not as a warning
+            say = rank_zero_info if alert.severity == "info" else rank_zero_warn
+            say(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
+                f"{result.raised_on(alert)}")
         self.guard.call("writing the history file", self.history.write, result)
         if result.class_report is not None:
             self.guard.call("writing the class history", self.history.write_classes, result,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from svd_callback.alerts import Alert
+from svd_callback.alerts import Alert, Condition
 from svd_callback.classes.report import ClassReport
 from svd_callback.report import Report
 
@@ -29,6 +29,8 @@ class AnalysisResult:
         summary: the aggregates per mode (:func:`svd_callback.analysis.summarize`).
         alerts: the alerts raised on any rank, merged.
         alert_ranks: for each alert, the ranks that raised it.
+        active: the alert conditions of severity warning or stop in force after this analysis
+            (:meth:`~svd_callback.alerts.AlertEngine.active`), the union over the ranks.
         world_size: number of processes.
         owners: layer name -> the rank that analysed it.
         training: the trainer's own scalars (losses, accuracies) the rules saw.
@@ -45,6 +47,7 @@ class AnalysisResult:
     summary: Mapping[str, Mapping[str, float]]
     alerts: tuple[Alert, ...] = ()
     alert_ranks: tuple[tuple[int, ...], ...] = ()
+    active: tuple[Condition, ...] = ()
     world_size: int = 1
     owners: Mapping[str, int] = field(default_factory=dict)
     training: Mapping[str, float] = field(default_factory=dict)

@@ -24,11 +24,17 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from svd_callback.alerts import TRAINING, Alert, AlertEngine
+from svd_callback.alerts import TRAINING, Alert, AlertEngine, Condition
 from svd_callback.analysis import analyze, summarize
 from svd_callback.classes.records import class_records
 from svd_callback.config import AnalysisConfig
-from svd_callback.distributed import gather_alerts, gather_reports, is_distributed, split_work
+from svd_callback.distributed import (
+    gather_alerts,
+    gather_conditions,
+    gather_reports,
+    is_distributed,
+    split_work,
+)
 from svd_callback.layers import estimate_cost, example_input_for, find_layers, record_input_sizes
 from svd_callback.monitor.class_stage import ClassStage, Metrics
 from svd_callback.monitor.guard import Guard
@@ -190,10 +196,12 @@ class AnalysisRunner:
             self.guard.warn(f"computing aggregates and alerts failed: "
                             f"{type(error).__name__}: {error}")
         merged = self._gather_alerts(alerts, world, rank)  # collective
+        active = self._gather_active(world, rank)  # collective
         return AnalysisResult(
             step=int(step), epoch=epoch, epochs_trained=float(epochs_trained), trigger=trigger,
             seconds=time.perf_counter() - started, report=report, summary=summary,
             alerts=tuple(a for a, _ in merged), alert_ranks=tuple(r for _, r in merged),
+            active=tuple(active),
             world_size=int(world), owners=owners, training=training,
             class_report=class_report, class_metrics=class_metrics,
         )
@@ -259,3 +267,18 @@ class AnalysisRunner:
             self.guard.warn(f"gathering the alerts of every rank failed: "
                             f"{type(error).__name__}: {error}; rank {rank} records its own")
             return [(alert, (rank,)) for alert in alerts]
+
+    def _gather_active(self, world: int, rank: int) -> list[Condition]:
+        """The conditions in force on any rank, on every rank (``alerts/active``)."""
+        try:
+            local = self.alert_engine.active()
+        except Exception as error:  # noqa: BLE001 - never crash training
+            self.guard.warn(f"reading the alert conditions in force failed: "
+                            f"{type(error).__name__}: {error}")
+            local = []
+        try:
+            return gather_conditions(local, world)
+        except Exception as error:  # noqa: BLE001 - never crash training
+            self.guard.warn(f"gathering the alert conditions of every rank failed: "
+                            f"{type(error).__name__}: {error}; rank {rank} reads its own")
+            return local

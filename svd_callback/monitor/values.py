@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from svd_callback.alerts import COUNTED_SEVERITIES
 from svd_callback.config import AnalysisConfig
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.sinks import tags
@@ -13,43 +14,67 @@ from svd_callback.sinks import tags
 __all__ = [
     "ACTIVE_SEVERITIES",
     "ALERT_ACTIVE_TAG",
+    "ALERT_RAISED_TAG",
+    "HEALTHY_STEP_TAG",
     "MODEL_LEVEL_PREFIXES",
     "active_alerts",
     "class_scalars",
+    "healthy_step",
     "is_model_level",
+    "raised_alerts",
     "scalars",
 ]
 
 ALERT_ACTIVE_TAG = "alerts/active"
-"""Alerts of severity warning or stop raised by the latest analysis: 0 while training is
-healthy, a stop signal for ``EarlyStopping(monitor="alerts/active", ...)``."""
-ACTIVE_SEVERITIES = ("warning", "stop")
+"""The alert conditions of severity warning or stop in force at the latest analysis (fired and
+not cleared): a level, 0 while training is healthy, a stop signal for
+``EarlyStopping(monitor="alerts/active", ...)``."""
+ALERT_RAISED_TAG = "alerts/raised"
+"""The alerts of severity warning or stop raised by the latest analysis: an event count (a rule
+fires once per episode)."""
+HEALTHY_STEP_TAG = "alerts/healthy_step"
+"""``trainer.global_step`` at an analysis where ``alerts/active`` is 0, -1 where it is not: for
+``ModelCheckpoint(monitor="alerts/healthy_step", mode="max", save_top_k=1)``."""
+ACTIVE_SEVERITIES = COUNTED_SEVERITIES
 
 MODEL_LEVEL_PREFIXES = ("spectral_summary/",)
-"""Tags that always go into ``trainer.callback_metrics`` (with ``alerts/count`` and
-``alerts/active``)."""
+"""Tags that always go into ``trainer.callback_metrics`` (with the ``alerts/`` values)."""
+ALERT_TAGS = (tags.ALERT_COUNT_TAG, ALERT_ACTIVE_TAG, ALERT_RAISED_TAG, HEALTHY_STEP_TAG)
 
 Scalars = tuple[dict[str, float], dict[str, str]]
 
 
 def is_model_level(tag: str) -> bool:
     """A model-level value (an aggregate or an alert count), as opposed to a per-layer one."""
-    return tag.startswith(MODEL_LEVEL_PREFIXES) or tag in (tags.ALERT_COUNT_TAG, ALERT_ACTIVE_TAG)
+    return tag.startswith(MODEL_LEVEL_PREFIXES) or tag in ALERT_TAGS
 
 
 def active_alerts(result: AnalysisResult) -> int:
-    """``alerts/active = #{a in alerts of the latest analysis : a.severity in (warning, stop)}``.
+    """``alerts/active = #{conditions of severity warning or stop in force}``: for a rule with
+    hysteresis, each (layer, mode) key that fired and has not cleared; for one without, each
+    alert it raised at this analysis (:meth:`svd_callback.alerts.AlertEngine.active`, the
+    union over the ranks). A condition that holds for 3 analyses and then clears reads
+    1, 1, 1, 0 where ``alerts/raised`` reads 1, 0, 0, 0."""
+    return len(result.active)
 
-    Each default rule fires once when its condition has held for ``patience`` consecutive
-    analyses (and again only after it cleared), so a healthy run reads 0 at every analysis and
-    a run in trouble reads >= 1 at the analyses where a rule fired."""
+
+def raised_alerts(result: AnalysisResult) -> int:
+    """``alerts/raised = #{a in alerts of this analysis : a.severity in (warning, stop)}``."""
     return sum(alert.severity in ACTIVE_SEVERITIES for alert in result.alerts)
+
+
+def healthy_step(result: AnalysisResult) -> int:
+    """``alerts/healthy_step = step if alerts/active == 0 else -1``. Steps only grow, so the
+    largest value is the latest analysis with no condition in force; ``ModelCheckpoint``'s
+    strict comparison (``torch.gt`` for ``mode="max"``) replaces its best only then."""
+    return result.step if active_alerts(result) == 0 else -1
 
 
 def scalars(result: AnalysisResult, config: AnalysisConfig, class_conventions: str) -> Scalars:
     """Finite values by tag and their descriptions: ``spectral/<metric>[.<mode>]/<layer>`` of
     the selected metrics, ``spectral_summary/<key>[.<mode>]`` of the selected metrics' aggregates
-    (and the counts), ``alerts/count``, ``alerts/active`` and ``classes/<stat>/<layer>``."""
+    (and the counts), ``alerts/count``, ``alerts/active``, ``alerts/raised``,
+    ``alerts/healthy_step`` and ``classes/<stat>/<layer>``."""
     primary = config.primary_mode
     logged = config.metric_names
     selected = set(logged)
@@ -83,8 +108,18 @@ def scalars(result: AnalysisResult, config: AnalysisConfig, class_conventions: s
     descriptions[tags.ALERT_COUNT_TAG] = "number of spectral alerts raised by this analysis"
     values[ALERT_ACTIVE_TAG] = float(active_alerts(result))
     descriptions[ALERT_ACTIVE_TAG] = (
-        "number of alerts of severity warning or stop raised by this analysis (each rule fires "
-        "once its condition held for its patience; 0 while training is healthy)"
+        "level: number of alert conditions of severity warning or stop in force after this "
+        "analysis (fired and not cleared, any rank; 0 while training is healthy)"
+    )
+    values[ALERT_RAISED_TAG] = float(raised_alerts(result))
+    descriptions[ALERT_RAISED_TAG] = (
+        "event: number of alerts of severity warning or stop raised by this analysis (each "
+        "rule fires once its condition held for its patience, again only after it cleared)"
+    )
+    values[HEALTHY_STEP_TAG] = float(healthy_step(result))
+    descriptions[HEALTHY_STEP_TAG] = (
+        "trainer.global_step of this analysis if no alert condition is in force "
+        "(alerts/active == 0), else -1"
     )
     class_values, class_descriptions = class_scalars(result.class_metrics, class_conventions)
     values.update(class_values)

@@ -1,13 +1,13 @@
 """TensorBoard custom-scalar layout: one chart per metric holding every layer.
 
 Categories in a fixed order: ``spectral summary`` (one chart per aggregate overlaying the
-modes), ``alerts`` (the count per analysis, the cumulative total and the cumulative count per
-rule), then one category per conv mode (``spectral (unfold)``, ``spectral (operator)``, ...)
-with one multiline chart per metric whose regex ``^spectral/<metric>/.*``
-(``^spectral/<metric>\\.<mode>/`` for a secondary mode) collects all layers, and (when class
-statistics are logged) a ``classes`` category with one chart per statistic
-``^classes/<stat>/`` holding every layer. TensorBoard shows the categories in this order
-whichever run it reads first.
+modes), ``alerts`` (the conditions in force and the alerts raised per analysis, the cumulative
+total, the cumulative count per rule and the count per analysis), then one category per conv
+mode (``spectral (unfold)``, ``spectral (operator)``, ...) with one multiline chart per metric
+whose regex ``^spectral/<metric>/.*`` (``^spectral/<metric>\\.<mode>/`` for a secondary mode)
+collects all layers, and (when class statistics are logged) a ``classes`` category with one
+chart per statistic ``^classes/<stat>/`` holding every layer. TensorBoard shows the categories
+in this order whichever run it reads first.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def custom_scalar_layout(
     if summary:
         layout["spectral summary"] = summary
     layout["alerts"] = {
-        "alerts/active (warning or stop, per analysis)": ["Multiline", [r"^alerts/active$"]],
+        "alerts/active (conditions in force, per analysis)": ["Multiline", [r"^alerts/active$"]],
+        "alerts/raised (warning or stop, raised per analysis)": [
+            "Multiline", [r"^alerts/raised$"]],
         "alerts/total (cumulative)": ["Multiline", [r"^alerts/total$"]],
         "alerts/rule (cumulative, per rule)": ["Multiline", [r"^alerts/rule/.*"]],
         "alerts/count (per analysis)": ["Multiline", [r"^alerts/count$"]],

@@ -28,6 +28,7 @@ from experiments.alert_zoo.score import (
     describe_epoch,
     mark_broken,
     score_run,
+    stop_signal_rows,
     summary_rows,
 )
 from experiments.alert_zoo.train import HISTORIES, cache_path, load_cached, train_run
@@ -151,6 +152,17 @@ def report(scores: Sequence[RunScore], pairs: Sequence[str]) -> str:
                 parts += [f"### {title} (seeds {', '.join(map(str, seeds))})", "",
                           summary_table(chosen), ""]
         parts += ["### Every run", "", run_table(mine), ""]
+        parts += ["### The README's stop and checkpoint signals (every seed)", "",
+                  "`alerts/active` is the number of warning/stop conditions in force; "
+                  "`EarlyStopping(monitor=\"alerts/active\", mode=\"min\", "
+                  "divergence_threshold=0.5, ...)` stops at the first analysis where it is "
+                  "above 0; `ModelCheckpoint(monitor=\"alerts/healthy_step\", mode=\"max\")` "
+                  "keeps the last checkpoint taken at level 0 (its validation accuracy against "
+                  "the run's last).", "",
+                  markdown_table(["kind", "role", "analyses with alerts/active > 0",
+                                  "EarlyStopping stops at (per seed)",
+                                  "ModelCheckpoint keeps epoch (acc there vs last)"],
+                                 stop_signal_rows(mine)), ""]
         kinds = {k.name: k for k in pair.kinds}
         parts += ["Kinds: " + "; ".join(f"`{n}` ({'healthy' if k.role == HEALTHY else 'failure'}"
                                          f"): {k.what}" for n, k in kinds.items()) + ".", ""]

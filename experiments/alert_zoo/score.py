@@ -42,6 +42,8 @@ class RunScore:
     rules: dict[str, int] = field(default_factory=dict)  # rule -> first active alert epoch
     alerts: list[Any] = field(default_factory=list)  # active alerts
     baselines: dict[str, int | None] = field(default_factory=dict)
+    levels: list[tuple[int, int]] = field(default_factory=list)  # (epoch, alerts/active)
+    accs: dict[int, float] = field(default_factory=dict)  # epoch -> validation accuracy
 
     @property
     def healthy(self) -> bool:
@@ -62,7 +64,8 @@ def score_run(record: dict[str, Any], rule_set: Callable[[Sequence[dict]], list[
               = default_rule_set) -> RunScore:
     rows = record["epochs"]
     analyses = history_analyses(record["history"])
-    alerts = [a for a in replay_alerts(analyses, rule_set(analyses))
+    levels: list[tuple[int, int]] = []
+    alerts = [a for a in replay_alerts(analyses, rule_set(analyses), levels)
               if a.severity in ACTIVE_SEVERITIES]
     firsts: dict[str, int] = {}
     for alert in alerts:
@@ -75,6 +78,7 @@ def score_run(record: dict[str, Any], rule_set: Callable[[Sequence[dict]], list[
         epochs_run=int(rows[-1]["epoch"]), seconds=float(record["seconds"]),
         decided=detectors.decided_epoch(rows), rules=firsts, alerts=alerts,
         baselines={name: fn(rows) for name, fn in detectors.BASELINES.items()},
+        levels=levels, accs={int(r["epoch"]): r["val_acc"] for r in rows},
     )
 
 
@@ -130,6 +134,29 @@ def summary_rows(scores: Sequence[RunScore]) -> list[list[Any]]:
             statistics.median(leads) if name.startswith("monitor") and leads
             else "-",
         ])
+    return out
+
+
+def stop_signal_rows(scores: Sequence[RunScore]) -> list[list[Any]]:
+    """Per kind: the analyses with ``alerts/active`` > 0, the epoch at which the README's
+    ``EarlyStopping(monitor="alerts/active", mode="min", divergence_threshold=0.5)`` stops
+    (the first analysis with a level above 0), and the epoch whose checkpoint
+    ``ModelCheckpoint(monitor="alerts/healthy_step", mode="max")`` keeps (the last analysis with
+    level 0) with its validation accuracy against the run's last one, per seed."""
+    out = []
+    for kind in dict.fromkeys(s.kind for s in scores):
+        runs = [s for s in scores if s.kind == kind]
+        raised = sum(1 for s in runs for _, level in s.levels if level > 0)
+        total = sum(len(s.levels) for s in runs)
+        stops, kept = [], []
+        for s in runs:
+            stop = next((e for e, level in s.levels if level > 0), None)
+            stops.append(describe_epoch(stop))
+            last = max((e for e, level in s.levels if level == 0), default=None)
+            final = s.accs.get(s.epochs_run, math.nan)
+            acc = s.accs.get(last, math.nan) if last is not None else math.nan
+            kept.append("-" if last is None else f"{last} ({acc:.3f} vs {final:.3f})")
+        out.append([kind, runs[0].role, f"{raised}/{total}", ", ".join(stops), "; ".join(kept)])
     return out
 
 

@@ -388,7 +388,8 @@ def test_exploding_learning_rate_raises_the_stop_alert_and_stops(tmp_path):
     assert trainer.current_epoch < 6
     rows = read_history(Path(logger.log_dir) / "spectral_history.jsonl")
     assert any(r["type"] == "alert" and r["rule"] == "NonFiniteWeights" for r in rows)
-    assert any("non-finite" in (r["reason"] or "") for r in rows if r["type"] == "layer")
+    nonfinite = [r for r in rows if r["type"] == "layer" and "non-finite" in (r["reason"] or "")]
+    assert nonfinite and {r["reason_code"] for r in nonfinite} == {"nonfinite_weight"}
     acc = accumulator(logger.log_dir)
     text = tensor_util.make_ndarray(acc.Tensors("alerts")[-1].tensor_proto).item().decode()
     assert "NonFiniteWeights" in text
@@ -454,6 +455,7 @@ def test_a_failing_analysis_or_sink_becomes_a_warning_and_training_goes_on(tmp_p
     rows = layer_rows(Path(logger.log_dir) / "spectral_history.jsonl")
     failed = [r for r in rows if r["step"] == BATCHES]
     assert len(failed) == 5 and all("cusolver exploded" in r["reason"] for r in failed)
+    assert {r["reason_code"] for r in failed} == {"analysis_failed"}
     steps = [e.step for e in accumulator(logger.log_dir).Scalars("spectral/alpha/hidden")]
     assert steps == [0, 2 * BATCHES, 3 * BATCHES]
 

@@ -218,14 +218,19 @@ def _analyze(
             else:
                 todo.append(spec)
         done += len(specs) - len(todo)
-        for spec, svals, shuffled, reason in _spectra(todo, mode, context):
-            records[spec.name] = _record(spec, mode, context, svals, shuffled, reason,
-                                         None if reason is None else "svd_failed")
-            if not spec.is_conv:
-                linear_done[spec.name] = records[spec.name]
+        spectra = []
+        for item in _spectra(todo, mode, context):  # the device work of every layer, queued
+            spectra.append(item)
             done += 1
             if progress is not None:
                 progress(done, total)
+        host = _to_host([t for _, svals, shuffled, _ in spectra for t in (svals, shuffled)])
+        for i, (spec, svals, _, reason) in enumerate(spectra):
+            records[spec.name] = _record(spec, mode, context, svals, host[2 * i + 1], reason,
+                                         None if reason is None else "svd_failed",
+                                         host_svals=host[2 * i])
+            if not spec.is_conv:
+                linear_done[spec.name] = records[spec.name]
         for spec in specs:
             records[spec.name].normalized_by = normalizers.get(spec.name)
         report.extend(records[spec.name] for spec in specs)
@@ -319,6 +324,23 @@ def _nonfinite_reasons(specs: list[LayerSpec]) -> dict[str, str]:
     return reasons
 
 
+def _to_host(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """``tensors`` on the CPU, with one transfer (one host synchronisation) per device and dtype:
+    the tensors of a device are flattened, concatenated there, moved once and split again (on
+    the CPU the same, a copy of the spectra only). None stays None."""
+    out = list(tensors)
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, tensor in enumerate(tensors):
+        if tensor is not None:
+            groups.setdefault((tensor.device, tensor.dtype), []).append(i)
+    for members in groups.values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in members]).cpu()  # the one transfer
+        pieces = flat.split([tensors[i].numel() for i in members])
+        for i, piece in zip(members, pieces, strict=True):
+            out[i] = piece.reshape(tensors[i].shape)
+    return out
+
+
 def _skip_reason(
     spec: LayerSpec, mode: str, ww_compat: bool, probe_error: str | None = None
 ) -> tuple[str, str] | None:
@@ -382,14 +404,18 @@ def _group_key(spec: LayerSpec, mode: str) -> tuple:
 def _spectrum_fn(
     spec: LayerSpec, mode: str, method: str, chunk_elems: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The batched solver of ``mode``; the weights reaching it were proved finite by
+    :func:`_nonfinite_reasons`, so the solver's own check (a host synchronisation per batch)
+    is skipped."""
     if not spec.is_conv or mode == "unfold":
         return lambda w: stacked_unfold_svdvals(w, groups=spec.groups, method=method,
-                                                chunk_elems=chunk_elems)
+                                                chunk_elems=chunk_elems, finite_checked=True)
     if mode == "slices":
-        return lambda w: stacked_slice_svdvals(w, method=method, chunk_elems=chunk_elems)
+        return lambda w: stacked_slice_svdvals(w, method=method, chunk_elems=chunk_elems,
+                                               finite_checked=True)
     return lambda w: stacked_operator_svdvals(
         w, spec.input_size, stride=spec.stride, dilation=spec.dilation, groups=spec.groups,
-        method=method, chunk_elems=chunk_elems,
+        method=method, chunk_elems=chunk_elems, finite_checked=True,
     )
 
 
@@ -434,7 +460,11 @@ def _record(
     shuffled: torch.Tensor | None = None,
     reason: str | None = None,
     reason_code: str | None = None,
+    host_svals: torch.Tensor | None = None,
 ) -> LayerReport:
+    """The record of one layer in one mode; its metrics are computed from ``host_svals`` (the
+    CPU copy of ``svals``, :func:`_to_host`; default ``svals``) and ``shuffled`` (on the CPU),
+    so no per-layer host synchronisation is needed; ``record.svals`` stays on its device."""
     matrix_shape = _matrix_shape(spec, mode)
     record = LayerReport(
         name=spec.name,
@@ -458,7 +488,7 @@ def _record(
     if config.svd_method == "gram32":
         record.notes["svals"] = GRAM32_NOTE
     scale = eig_scale(spec.kind, config.normalization, record.rows)
-    eigs = svals.double() ** 2 * scale
+    eigs = (svals if host_svals is None else host_svals).double() ** 2 * scale
     n_rows, n_cols = matrix_shape
     result = esd_metrics(
         eigs,

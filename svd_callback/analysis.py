@@ -38,6 +38,7 @@ from svd_callback.spectra import (
     stacked_slice_svdvals,
     stacked_unfold_svdvals,
 )
+from svd_callback.transfer import to_host
 
 FITS = (*config_types.FITS, None)
 """The values of ``fit``: :data:`svd_callback.config.FITS` and None (no power-law fit)."""
@@ -224,7 +225,7 @@ def _analyze(
             done += 1
             if progress is not None:
                 progress(done, total)
-        host = _to_host([t for _, svals, shuffled, _ in spectra for t in (svals, shuffled)])
+        host = to_host([t for _, svals, shuffled, _ in spectra for t in (svals, shuffled)])
         for i, (spec, svals, _, reason) in enumerate(spectra):
             records[spec.name] = _record(spec, mode, context, svals, host[2 * i + 1], reason,
                                          None if reason is None else "svd_failed",
@@ -322,23 +323,6 @@ def _nonfinite_reasons(specs: list[LayerSpec]) -> dict[str, str]:
             n_nan, n_inf = int(torch.isnan(w).sum()), int(torch.isinf(w).sum())
             reasons[spec.name] = f"weight has non-finite entries ({n_nan} NaN, {n_inf} Inf)"
     return reasons
-
-
-def _to_host(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-    """``tensors`` on the CPU, with one transfer (one host synchronisation) per device and dtype:
-    the tensors of a device are flattened, concatenated there, moved once and split again (on
-    the CPU the same, a copy of the spectra only). None stays None."""
-    out = list(tensors)
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, tensor in enumerate(tensors):
-        if tensor is not None:
-            groups.setdefault((tensor.device, tensor.dtype), []).append(i)
-    for members in groups.values():
-        flat = torch.cat([tensors[i].reshape(-1) for i in members]).cpu()  # the one transfer
-        pieces = flat.split([tensors[i].numel() for i in members])
-        for i, piece in zip(members, pieces, strict=True):
-            out[i] = piece.reshape(tensors[i].shape)
-    return out
 
 
 def _skip_reason(
@@ -463,8 +447,9 @@ def _record(
     host_svals: torch.Tensor | None = None,
 ) -> LayerReport:
     """The record of one layer in one mode; its metrics are computed from ``host_svals`` (the
-    CPU copy of ``svals``, :func:`_to_host`; default ``svals``) and ``shuffled`` (on the CPU),
-    so no per-layer host synchronisation is needed; ``record.svals`` stays on its device."""
+    CPU copy of ``svals`` made by :func:`svd_callback.transfer.to_host`; default ``svals``) and
+    ``shuffled`` (on the CPU), so no per-layer host synchronisation is needed; ``record.svals``
+    stays on its device."""
     matrix_shape = _matrix_shape(spec, mode)
     record = LayerReport(
         name=spec.name,

@@ -92,3 +92,49 @@ def test_one_analysis_reads_the_host_once_per_mode(n):
         assert got.metrics.keys() == want.metrics.keys()
         assert all(got.metrics[k] == want.metrics[k] or (got.metrics[k] != got.metrics[k]
                    and want.metrics[k] != want.metrics[k]) for k in want.metrics)
+
+
+def test_to_host_moves_each_device_and_dtype_once():
+    from svd_callback.transfer import to_host
+
+    gen = torch.Generator().manual_seed(0)
+    plain = [torch.rand(4, generator=gen), None, torch.rand(2, 3, generator=gen),
+             torch.rand(5, generator=gen).double(), torch.rand(1, generator=gen)]
+    _OnDevice.reads = []
+    moved = to_host([None if t is None else t.as_subclass(_OnDevice) for t in plain])
+    assert _OnDevice.reads == ["cpu", "cpu"]  # float32 and float64: one transfer each
+    assert moved[1] is None
+    for got, want in zip(moved, plain, strict=True):
+        if want is not None:
+            assert type(got) is torch.Tensor and got.dtype == want.dtype
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("n", [3, 9])
+def test_gathered_records_move_their_spectra_once(n, device, monkeypatch):
+    from svd_callback.distributed import _to_cpu
+    from svd_callback.report import LayerReport, Report
+
+    gen = torch.Generator().manual_seed(n)
+    spectra = [torch.rand(5 + i, generator=gen).sort(descending=True).values for i in range(n)]
+    report = Report([LayerReport(f"l{i}", "linear", "unfold", svals=s.to(device))
+                     for i, s in enumerate(spectra)]
+                    + [LayerReport("skipped", "linear", "unfold", reason="x")])
+    moves = []
+    original = torch.Tensor.cpu
+
+    def counted(self, *args, **kwargs):
+        moves.append(self.device.type)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    moved = _to_cpu(report)
+    # before: one .cpu() per record on an accelerator; CPU records are kept as they are
+    assert moves == ([] if device == "cpu" else [device])
+    assert moved[n].svals is None
+    for record, original_record, expected in zip(moved, report, spectra, strict=False):
+        assert record.svals.device.type == "cpu" and torch.equal(record.svals, expected)
+        if device == "cpu":
+            assert record is original_record
+        else:  # a clone, not a view of the moved buffer (which would be pickled whole)
+            assert record.svals.untyped_storage().nbytes() == expected.numel() * 4

@@ -38,6 +38,7 @@ from svd_callback.spectra import (
     stacked_slice_svdvals,
     stacked_unfold_svdvals,
 )
+from svd_callback.transfer import to_host
 
 FITS = (*config_types.FITS, None)
 """The values of ``fit``: :data:`svd_callback.config.FITS` and None (no power-law fit)."""
@@ -174,7 +175,8 @@ def _analyze(
         specs = [s for s in specs if s.name in wanted]
         skipped_modules = [s for s in skipped_modules if s.name in wanted]
     if any(s.is_meta for s in specs):  # no data to decompose
-        skipped_modules = [*skipped_modules, *(SkippedModule(s.name, s.kind, META_REASON)
+        skipped_modules = [*skipped_modules, *(SkippedModule(s.name, s.kind, META_REASON,
+                                                              "meta_weight")
                                                for s in specs if s.is_meta)]
         specs = [s for s in specs if not s.is_meta]
 
@@ -186,7 +188,8 @@ def _analyze(
     for module in skipped_modules:
         for mode in modes:
             report.append(
-                LayerReport(module.name, module.kind, mode, normalization, reason=module.reason)
+                LayerReport(module.name, module.kind, mode, normalization, reason=module.reason,
+                            reason_code=module.code)
             )
     if not specs:
         return report
@@ -206,21 +209,29 @@ def _analyze(
         todo: list[LayerSpec] = []
         for spec in specs:
             if spec.name in bad:
-                records[spec.name] = _record(spec, mode, context, reason=bad[spec.name])
+                records[spec.name] = _record(spec, mode, context, reason=bad[spec.name],
+                                             reason_code="nonfinite_weight")
             elif not spec.is_conv and spec.name in linear_done:
                 records[spec.name] = _relabel(linear_done[spec.name], mode)
-            elif reason := _skip_reason(spec, mode, config.ww_compat, probe_error):
-                records[spec.name] = _record(spec, mode, context, reason=reason)
+            elif skip := _skip_reason(spec, mode, config.ww_compat, probe_error):
+                records[spec.name] = _record(spec, mode, context, reason=skip[1],
+                                             reason_code=skip[0])
             else:
                 todo.append(spec)
         done += len(specs) - len(todo)
-        for spec, svals, shuffled, reason in _spectra(todo, mode, context):
-            records[spec.name] = _record(spec, mode, context, svals, shuffled, reason)
-            if not spec.is_conv:
-                linear_done[spec.name] = records[spec.name]
+        spectra = []
+        for item in _spectra(todo, mode, context):  # the device work of every layer, queued
+            spectra.append(item)
             done += 1
             if progress is not None:
                 progress(done, total)
+        host = to_host([t for _, svals, shuffled, _ in spectra for t in (svals, shuffled)])
+        for i, (spec, svals, _, reason) in enumerate(spectra):
+            records[spec.name] = _record(spec, mode, context, svals, host[2 * i + 1], reason,
+                                         None if reason is None else "svd_failed",
+                                         host_svals=host[2 * i])
+            if not spec.is_conv:
+                linear_done[spec.name] = records[spec.name]
         for spec in specs:
             records[spec.name].normalized_by = normalizers.get(spec.name)
         report.extend(records[spec.name] for spec in specs)
@@ -316,22 +327,25 @@ def _nonfinite_reasons(specs: list[LayerSpec]) -> dict[str, str]:
 
 def _skip_reason(
     spec: LayerSpec, mode: str, ww_compat: bool, probe_error: str | None = None
-) -> str | None:
+) -> tuple[str, str] | None:
+    """(reason code, reason) of a layer this mode cannot analyse, else None."""
     if spec.is_conv and mode == "operator":
         if spec.input_size is None:
-            return probe_error or ("operator mode needs the layer's input size: pass "
-                                   "input_size=, example_input= or input_sizes=")
+            return "input_size_missing", probe_error or (
+                "operator mode needs the layer's input size: pass input_size=, example_input= "
+                "or input_sizes=")
         if any(n % s for n, s in zip(spec.input_size, spec.stride, strict=True)):
-            return (f"operator mode needs input size {spec.input_size} divisible by "
-                    f"stride {spec.stride}")
+            return "input_size_stride", (f"operator mode needs input size {spec.input_size} "
+                                         f"divisible by stride {spec.stride}")
     n_rows, n_cols = _matrix_shape(spec, mode)
     if min(n_rows, n_cols) == 0:
-        return "empty weight"
+        return "empty_weight", "empty weight"
     if ww_compat:
         n_evals = n_cols * (_kernel_volume(spec) if spec.is_conv else 1)
         if n_evals < WW_MIN_EVALS or n_evals > WW_MAX_EVALS or n_rows > WW_MAX_N:
-            return (f"skipped as WeightWatcher 0.7.7 does: {n_evals} eigenvalues outside "
-                    f"[{WW_MIN_EVALS}, {WW_MAX_EVALS}] or N = {n_rows} > {WW_MAX_N}")
+            return "ww_size_limit", (
+                f"skipped as WeightWatcher 0.7.7 does: {n_evals} eigenvalues outside "
+                f"[{WW_MIN_EVALS}, {WW_MAX_EVALS}] or N = {n_rows} > {WW_MAX_N}")
     return None
 
 
@@ -374,14 +388,18 @@ def _group_key(spec: LayerSpec, mode: str) -> tuple:
 def _spectrum_fn(
     spec: LayerSpec, mode: str, method: str, chunk_elems: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The batched solver of ``mode``; the weights reaching it were proved finite by
+    :func:`_nonfinite_reasons`, so the solver's own check (a host synchronisation per batch)
+    is skipped."""
     if not spec.is_conv or mode == "unfold":
         return lambda w: stacked_unfold_svdvals(w, groups=spec.groups, method=method,
-                                                chunk_elems=chunk_elems)
+                                                chunk_elems=chunk_elems, finite_checked=True)
     if mode == "slices":
-        return lambda w: stacked_slice_svdvals(w, method=method, chunk_elems=chunk_elems)
+        return lambda w: stacked_slice_svdvals(w, method=method, chunk_elems=chunk_elems,
+                                               finite_checked=True)
     return lambda w: stacked_operator_svdvals(
         w, spec.input_size, stride=spec.stride, dilation=spec.dilation, groups=spec.groups,
-        method=method, chunk_elems=chunk_elems,
+        method=method, chunk_elems=chunk_elems, finite_checked=True,
     )
 
 
@@ -425,7 +443,13 @@ def _record(
     svals: torch.Tensor | None = None,
     shuffled: torch.Tensor | None = None,
     reason: str | None = None,
+    reason_code: str | None = None,
+    host_svals: torch.Tensor | None = None,
 ) -> LayerReport:
+    """The record of one layer in one mode; its metrics are computed from ``host_svals`` (the
+    CPU copy of ``svals`` made by :func:`svd_callback.transfer.to_host`; default ``svals``) and
+    ``shuffled`` (on the CPU), so no per-layer host synchronisation is needed; ``record.svals``
+    stays on its device."""
     matrix_shape = _matrix_shape(spec, mode)
     record = LayerReport(
         name=spec.name,
@@ -437,6 +461,7 @@ def _record(
         rows=_weight_rows(spec, mode),
         input_size=spec.input_size if (mode == "operator" and spec.is_conv) else None,
         reason=reason,
+        reason_code=reason_code,
     )
     if not spec.is_module_weight and spec.kind != "embedding":
         record.notes["matrix"] = (f"{type(spec.module).__name__} {spec.module_name}."
@@ -448,7 +473,7 @@ def _record(
     if config.svd_method == "gram32":
         record.notes["svals"] = GRAM32_NOTE
     scale = eig_scale(spec.kind, config.normalization, record.rows)
-    eigs = svals.double() ** 2 * scale
+    eigs = (svals if host_svals is None else host_svals).double() ** 2 * scale
     n_rows, n_cols = matrix_shape
     result = esd_metrics(
         eigs,

@@ -196,9 +196,12 @@ def _operator_input_sizes(model, args: argparse.Namespace,
 
 def _check_operator_convs(records, input_size: Sequence[int]) -> None:
     """No conv analysed in operator mode because of the input size: a usage error."""
+    from svd_callback.report import INPUT_SIZE_CODES
+
     convs = [r for r in records if r.kind != "linear"]
-    if convs and all(r.reason for r in convs) and any("input size" in r.reason for r in convs):
-        first = next(r for r in convs if "input size" in r.reason)
+    by_size = [r for r in convs if r.reason_code in INPUT_SIZE_CODES]
+    if convs and all(r.reason for r in convs) and by_size:
+        first = by_size[0]
         raise UsageError(f"--input-size {' '.join(map(str, input_size))}: none of the "
                          f"{len(convs)} conv layers can be analysed in operator mode "
                          f"({first.name}: {first.reason})")

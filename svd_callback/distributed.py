@@ -21,6 +21,7 @@ import torch
 
 from svd_callback.alerts import Alert, Condition
 from svd_callback.report import LayerReport, Report
+from svd_callback.transfer import to_host
 
 
 def split_work(costs: Mapping[str, float], world_size: int) -> list[list[str]]:
@@ -60,7 +61,7 @@ def gather_reports(
     """
     if not is_distributed(world_size):
         return report
-    payload = [_to_cpu(record) for record in report]
+    payload = _to_cpu(report)
     gathered: list[list[LayerReport] | None] = [None] * world_size
     torch.distributed.all_gather_object(gathered, payload, group=torch.distributed.group.WORLD)
     records = [record for part in gathered for record in (part or [])]
@@ -73,10 +74,15 @@ def gather_reports(
     return Report(records)
 
 
-def _to_cpu(record: LayerReport) -> LayerReport:
-    if record.svals is None or record.svals.device.type == "cpu":
-        return record
-    return replace(record, svals=record.svals.detach().cpu())
+def _to_cpu(report: Report) -> list[LayerReport]:
+    """The records with their device spectra on the CPU, moved with one transfer
+    (:func:`svd_callback.transfer.to_host`) and cloned (a view would pickle the whole moved
+    buffer); CPU spectra are kept as they are."""
+    on_device = [r.svals.detach() if r.svals is not None and r.svals.device.type != "cpu"
+                 else None for r in report]
+    host = to_host(on_device)
+    return [record if moved is None else replace(record, svals=moved.clone())
+            for record, moved in zip(report, host, strict=True)]
 
 
 def gather_alerts(

@@ -206,11 +206,13 @@ def _parametrization_modules(model: nn.Module) -> set[nn.Module]:
 
 @dataclass(frozen=True)
 class SkippedModule:
-    """A module that owns a weight matrix but cannot be analysed, and why."""
+    """A module that owns a weight matrix but cannot be analysed, and why (``code``: one of
+    :data:`svd_callback.report.REASON_CODES`)."""
 
     name: str
     kind: str
     reason: str
+    code: str = "unsupported_module"
 
 
 def matches(name: str, include: Sequence[str] | None, exclude: Sequence[str] | None) -> bool:
@@ -288,6 +290,7 @@ def find_layers(
                     name,
                     type(module).__name__,
                     "lazy module not materialised yet (run one forward pass first)",
+                    "lazy_module",
                 )
             )
             continue
@@ -299,7 +302,7 @@ def find_layers(
         if kind == "embedding" and not embeddings:
             skipped.append(SkippedModule(name, type(module).__name__, (
                 f"{type(module).__name__} not analysed: embeddings are off (embeddings=True "
-                f"analyses them)")))
+                f"analyses them)"), "embeddings_off"))
             continue
         if not has_weight(module):
             skipped.append(SkippedModule(name, kind, "module has no weight tensor"))
@@ -337,7 +340,7 @@ def _add(
         specs.append(spec)
     else:
         skipped.append(SkippedModule(spec.name, spec.kind, (
-            f"weight shared with {owner} (tied), analysed there")))
+            f"weight shared with {owner} (tied), analysed there"), "tied_weight"))
 
 
 def _split(qualified: str, name: str, module: nn.Module, kind: str) -> list[LayerSpec]:

@@ -25,7 +25,30 @@ from svd_callback.config import CONV_MODES, NORMALIZATIONS
 # weight's rows per analysed matrix, ``LayerReport.rows``). Both are defined once, by the Literal
 # types of svd_callback.config.
 
-__all__ = ["CONV_MODES", "NORMALIZATIONS", "LayerReport", "Report", "eig_scale"]
+__all__ = ["CONV_MODES", "INPUT_SIZE_CODES", "NORMALIZATIONS", "REASON_CODES", "LayerReport",
+           "Report", "eig_scale"]
+
+REASON_CODES: dict[str, str] = {
+    "unsupported_module": "the module holds a weight this package does not read as a matrix "
+                          "(no weight tensor, a weight that is not a matrix, another kind)",
+    "lazy_module": "a lazy module not materialised yet",
+    "embeddings_off": "an embedding, with embeddings=False",
+    "tied_weight": "the weight is shared with an earlier layer, analysed there",
+    "meta_weight": "the weight is on the meta device (shapes only)",
+    "nonfinite_weight": "the weight holds NaN or Inf",
+    "empty_weight": "the analysed matrix has no rows or no columns",
+    "ww_size_limit": "outside WeightWatcher 0.7.7's size limits (ww_compat=True)",
+    "input_size_missing": "operator mode without the conv's input size (none given, or the "
+                          "probe forward pass that records it failed)",
+    "input_size_stride": "operator mode with an input size not divisible by the conv's stride",
+    "svd_failed": "the singular value solver raised",
+    "analysis_failed": "the whole analysis of the rank failed (the callback's runner)",
+}
+"""The machine-readable ``LayerReport.reason_code`` values and what each means; ``reason``
+keeps the human-readable text (with the numbers of the case)."""
+
+INPUT_SIZE_CODES = frozenset({"input_size_missing", "input_size_stride"})
+"""The codes of a conv skipped in operator mode for its input size."""
 
 
 @dataclass
@@ -51,6 +74,7 @@ class LayerReport:
         quality: label from the alpha thresholds (``ok``, ``over-trained``, ``under-trained``,
             ``suspicious-fit``, ``undetermined``) or None when no fit was made.
         reason: why the layer was skipped (None when analysed).
+        reason_code: the kind of ``reason``, one of :data:`REASON_CODES` (None when analysed).
         notes: per-metric reasons for NaN values and other remarks.
         normalized_by: qualified name of the BatchNorm/GroupNorm that normalises the layer's
             output (its output is then invariant to the weight's scale; see
@@ -71,6 +95,12 @@ class LayerReport:
     reason: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
     normalized_by: str | None = None
+    reason_code: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason_code is not None and self.reason_code not in REASON_CODES:
+            raise ValueError(f"unknown reason_code {self.reason_code!r}; expected one of "
+                             f"{sorted(REASON_CODES)}")
 
     @property
     def skipped(self) -> bool:
@@ -99,6 +129,7 @@ class LayerReport:
             "n_svals": 0 if self.svals is None else int(self.svals.numel()),
             "quality": self.quality or "",
             "reason": self.reason or "",
+            "reason_code": self.reason_code or "",
         }
         row.update({k: _as_float(v) for k, v in self.metrics.items()})
         return row

@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from devices import DEVICES
 from torch import nn
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    """The device a test runs on: ``cpu`` always, ``cuda`` (marked ``cuda``) when present. The
+    test moves its inputs there and its results back to the CPU for the oracle."""
+    return request.param
 
 
 @pytest.fixture

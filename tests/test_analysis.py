@@ -30,9 +30,10 @@ def small_net() -> nn.Module:
     )
 
 
-def test_one_record_per_layer_and_mode_with_conventions():
-    model = small_net()
+def test_one_record_per_layer_and_mode_with_conventions(device):
+    model = small_net().to(device)
     report = analyze(model, ["unfold", "operator", "slices"], input_size=8)
+    assert all(r.svals.device.type == device for r in report)
     names = ["0", "2", "4", "6", "9", "10"]
     for mode in ("unfold", "operator", "slices"):
         records = report.by_mode(mode)
@@ -54,12 +55,12 @@ def test_one_record_per_layer_and_mode_with_conventions():
     assert len(frame) == 18
 
 
-def test_metrics_are_consistent_with_the_spectrum():
-    report = analyze(small_net())
+def test_metrics_are_consistent_with_the_spectrum(device):
+    report = analyze(small_net().to(device))
     for record in report.analysed():
-        eigs = record.svals.double() ** 2
+        eigs = record.svals.cpu().double() ** 2
         m = record.metrics
-        assert math.isclose(m["spectral_norm"], float(record.svals[0]), rel_tol=1e-6)
+        assert math.isclose(m["spectral_norm"], float(eigs[0].sqrt()), rel_tol=1e-6)
         assert math.isclose(m["frobenius_norm"], float(eigs.sum().sqrt()), rel_tol=1e-6)
         assert math.isclose(m["stable_rank"], float(eigs.sum() / eigs[0]), rel_tol=1e-6)
         assert math.isclose(m["log_norm"], math.log10(float(eigs.sum())), rel_tol=1e-6)

@@ -216,6 +216,7 @@ class _Snapshot(Callback):
             "buffers": {n: b.clone() for n, b in module.named_buffers()},
             "training": {n: m.training for n, m in module.named_modules()},
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy_rng": np.random.get_state()[1].copy(),
             "python_rng": random.getstate(),
             "grad_enabled": torch.is_grad_enabled(),
@@ -234,6 +235,9 @@ class _Snapshot(Callback):
                 assert (value is None) == (other is None), (key, name)
                 assert value is None or torch.equal(value, other), (key, name)
         assert torch.equal(before["torch_rng"], after["torch_rng"])
+        assert len(before["cuda_rng"]) == len(after["cuda_rng"])
+        assert all(torch.equal(a, b) for a, b in zip(before["cuda_rng"], after["cuda_rng"],
+                                                     strict=True))
         assert np.array_equal(before["numpy_rng"], after["numpy_rng"])
         for key in ("requires_grad", "training", "python_rng", "grad_enabled"):
             assert before[key] == after[key], key
@@ -249,11 +253,12 @@ class _Snapshot(Callback):
         self._hook(trainer, pl_module)
 
 
-def test_the_analysis_changes_nothing_in_the_model_or_the_random_generators(tmp_path):
+def test_the_analysis_changes_nothing_in_the_model_or_the_random_generators(tmp_path, device):
     monitor = SpectralMonitor(conv_mode=("unfold", "operator", "slices"), metrics="all")
     before = _Snapshot("before")
     after = _Snapshot("after", before, monitor)
-    fit(tmp_path, [before, monitor, after], max_epochs=2)
+    fit(tmp_path, [before, monitor, after], max_epochs=2,
+        accelerator="gpu" if device == "cuda" else "cpu")
     assert after.compared == 3 and monitor.schedule.analyses == 3
 
 
@@ -388,7 +393,8 @@ def test_exploding_learning_rate_raises_the_stop_alert_and_stops(tmp_path):
     assert trainer.current_epoch < 6
     rows = read_history(Path(logger.log_dir) / "spectral_history.jsonl")
     assert any(r["type"] == "alert" and r["rule"] == "NonFiniteWeights" for r in rows)
-    assert any("non-finite" in (r["reason"] or "") for r in rows if r["type"] == "layer")
+    nonfinite = [r for r in rows if r["type"] == "layer" and "non-finite" in (r["reason"] or "")]
+    assert nonfinite and {r["reason_code"] for r in nonfinite} == {"nonfinite_weight"}
     acc = accumulator(logger.log_dir)
     text = tensor_util.make_ndarray(acc.Tensors("alerts")[-1].tensor_proto).item().decode()
     assert "NonFiniteWeights" in text
@@ -454,6 +460,7 @@ def test_a_failing_analysis_or_sink_becomes_a_warning_and_training_goes_on(tmp_p
     rows = layer_rows(Path(logger.log_dir) / "spectral_history.jsonl")
     failed = [r for r in rows if r["step"] == BATCHES]
     assert len(failed) == 5 and all("cusolver exploded" in r["reason"] for r in failed)
+    assert {r["reason_code"] for r in failed} == {"analysis_failed"}
     steps = [e.step for e in accumulator(logger.log_dir).Scalars("spectral/alpha/hidden")]
     assert steps == [0, 2 * BATCHES, 3 * BATCHES]
 

@@ -1,4 +1,5 @@
-"""The solver and the analysis on every available device (CPU always, CUDA when present).
+"""The solver and the analysis on every available device (the ``device`` fixture: CPU always,
+CUDA when present).
 
 Oracle: float64 ``torch.linalg.svdvals`` on the CPU. ``svd_method="auto"`` is float64 Gram on the
 CPU and float32 ``svdvals`` on accelerators, whose error is ~ eps32 * sigma_max (backward
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from devices import DEVICES
 
 from svd_callback.analysis import analyze
 from svd_callback.config import AnalysisConfig
@@ -24,7 +24,6 @@ def test_auto_method_per_device(dtype, device, expected):
     assert auto_method(dtype, device) == expected
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_auto_svdvals_match_float64(device):
     gen = torch.Generator().manual_seed(0)
     mats = torch.randn(3, 96, 40, generator=gen)
@@ -34,7 +33,6 @@ def test_auto_svdvals_match_float64(device):
     assert (got - exact).abs().max() <= 1e-5 * exact.max()
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_analysis_on_device_matches_cpu_oracle(device):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
@@ -50,7 +48,6 @@ def test_analysis_on_device_matches_cpu_oracle(device):
         assert record.metrics["frobenius_norm"] == pytest.approx(float(svals.norm()), rel=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_analysis_leaves_weights_untouched(device):
     # a layer alone in its shape group is handed to the solvers as a view of its weight
     torch.manual_seed(0)

@@ -1,10 +1,13 @@
 """SpectralMonitor under Lightning's ``ModelParallelStrategy`` with FSDP2 (``fully_shard``), 2 CPU
 processes with gloo: ``fit`` returns, every layer is analysed from its full (gathered) weight,
-and the class analysis is skipped with a reason instead of a rank-0 forward that would hang.
+and the class analysis runs on every rank, each on its slice of the probe.
 
-Oracle: after ``fit`` every rank gathers each weight with ``DTensor.full_tensor()`` and rank 0
+Oracles: after ``fit`` every rank gathers each weight with ``DTensor.full_tensor()`` and rank 0
 writes ``torch.linalg.svdvals`` of it (float64); the last analysis ran after the last optimiser
-step, so its spectral and Frobenius norms must match. The test runs this file as a script in its
+step, so its spectral and Frobenius norms must match. The class statistics of the sharded model
+(every rank its slice of the probe, ``ProbeSplit``) must equal those of an unsharded copy with the
+gathered weights, analysed in one process on the whole probe, for the monitor's probe and for a
+probe of one image (rank 1 then runs on padding alone). The test runs this file as a script in its
 own process group, killed whole on timeout.
 """
 
@@ -74,6 +77,35 @@ def main(out: Path) -> None:
                         "spectral_norm": float(svals[0]), "frobenius_norm": float(full.norm())}
     if trainer.is_global_zero:
         (out / "oracle.json").write_text(json.dumps(oracle))
+    class_statistics(model, monitor, trainer, out, ShardedMLP)
+
+
+def class_statistics(model, monitor, trainer, out: Path, unsharded_copy) -> None:
+    """The class statistics of the sharded model (every rank) and of an unsharded copy (rank 0,
+    one process), written by rank 0 to ``classes.json``."""
+    from svd_callback.classes.analysis import analyze_classes
+    from svd_callback.classes.config import ClassAnalysisConfig
+    from svd_callback.classes.probe import ProbeSet
+    from svd_callback.classes.sharded import ProbeSplit
+
+    probe = monitor.classes.probe  # broadcast from rank 0 by the analyses
+    assert probe is not None and len(probe) > 1
+    state = {k: v.full_tensor().detach().clone() for k, v in model.net.state_dict().items()}
+    config = ClassAnalysisConfig(batch_size=16)
+    one = ProbeSet(probe.inputs[:1], probe.labels[:1], probe.indices[:1])
+    split = ProbeSplit(trainer.global_rank, trainer.world_size)
+    sharded = [analyze_classes(model, p, config, split=split) for p in (probe, one)]
+    if trainer.is_global_zero:
+        plain = unsharded_copy()
+        plain.net.load_state_dict(state)
+        unsharded = [analyze_classes(plain, p, config) for p in (probe, one)]
+        (out / "classes.json").write_text(json.dumps({
+            "sharded": [r.record_metrics() for r in sharded],
+            "sharded_reasons": [r.reasons for r in sharded],
+            "unsharded": [r.record_metrics() for r in unsharded],
+            "unsharded_reasons": [r.reasons for r in unsharded],
+            "local_shape": list(model.net[0].weight.to_local().shape),
+        }))
 
 
 @pytest.mark.timeout(240)
@@ -91,7 +123,20 @@ def test_fsdp2_fit_analyses_full_weights(tmp_path):
         assert row["shape"] == expected["shape"] and row["reason"] is None
         for key in ("spectral_norm", "frobenius_norm"):
             assert row["metrics"][key] == pytest.approx(expected[key], rel=1e-6)
-    assert not any(r["type"] == "class" for r in rows)  # skipped with a reason, no hang
+    classes = [r for r in rows if r["type"] == "class"]
+    assert {r["step"] for r in classes} == {r["step"] for r in layers}  # every analysis
+    statistics = json.loads((tmp_path / "classes.json").read_text())
+    assert statistics["local_shape"] == [24, 64]
+    assert statistics["sharded_reasons"] == statistics["unsharded_reasons"]
+    for got, expected in zip(statistics["sharded"], statistics["unsharded"], strict=True):
+        assert set(expected) == {"net.0", "net.2"} and got.keys() == expected.keys()
+        for layer, stats in expected.items():
+            assert got[layer].keys() == stats.keys()
+            for key, value in stats.items():
+                if value != value:  # NaN
+                    assert got[layer][key] != got[layer][key], (layer, key)
+                else:
+                    assert got[layer][key] == pytest.approx(value, rel=1e-5, abs=1e-6)
 
 
 if __name__ == "__main__":

@@ -70,12 +70,14 @@ from svd_callback.classes.probe import (
 )
 from svd_callback.classes.records import CLASS_MODE, ClassRecord, class_records
 from svd_callback.classes.report import ClassReport, ClassTracker
+from svd_callback.classes.sharded import ProbeSplit, merge_captured
 from svd_callback.classes.signals import (
     class_mean_signals,
     influential_neurons,
     neuron_signals,
 )
 from svd_callback.layers import frozen_forward, has_weight, read_weight
+from svd_callback.sharding import full_weight
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _FACTORIZATION_IMAGES = 64
@@ -91,6 +93,7 @@ def analyze_classes(
     tracker: ClassTracker | None = None,
     factorize: bool | None = None,
     forward: Callable[[nn.Module, torch.Tensor], Any] | None = None,
+    split: ProbeSplit | None = None,
 ) -> ClassReport:
     """Class-overlap hypergraphs, class-specific features and (optionally) factorization rank.
 
@@ -106,6 +109,9 @@ def analyze_classes(
             ``config.factorization_every_n`` and the tracker's analysis count.
         forward: runs the model on a chunk of probe inputs, ``forward(model, inputs)``
             (None: ``model(inputs)``), for models whose forward takes another structure.
+        split: on a sharded model, this rank's share of the probe forward pass (collectives
+            inside: every rank calls this with the same probe, see
+            :mod:`svd_callback.classes.sharded`); None: the whole probe in this process.
 
     Returns:
         A :class:`ClassReport`; never raises for bad input (see its ``reasons``).
@@ -114,7 +120,7 @@ def analyze_classes(
     config = config or ClassAnalysisConfig()
     report = ClassReport()
     try:
-        _analyze(model, probe, config, layers, tracker, factorize, report, forward)
+        _analyze(model, probe, config, layers, tracker, factorize, report, forward, split)
     except Exception as error:  # noqa: BLE001 - bad input becomes a reason, never an exception
         report.reasons["analysis"] = f"class analysis failed: {type(error).__name__}: {error}"
     report.seconds = time.perf_counter() - started
@@ -132,6 +138,7 @@ def _analyze(
     factorize: bool | None,
     report: ClassReport,
     forward: Callable[[nn.Module, torch.Tensor], Any] | None = None,
+    split: ProbeSplit | None = None,
 ) -> None:
     labels, reason = _probe_labels(probe)
     if reason is not None:
@@ -158,8 +165,14 @@ def _analyze(
     for c in torch.nonzero(report.class_counts == 0).flatten().tolist():
         report.reasons[f"class {c}"] = "class absent from the probe set"
 
-    captured = _capture(model, probe.inputs, modules, signal_layers, feature_layer,
+    inputs, real = (probe.inputs, len(probe.inputs)) if split is None else split.slice(
+        probe.inputs)
+    captured = _capture(model, inputs, modules, signal_layers, feature_layer,
                         factor_layers, config, forward)
+    if split is not None:  # every rank, also after a failed forward: no rank waits forever
+        merge_captured(captured, split, real)
+        captured.outputs = {n: [torch.cat(p)[:_FACTORIZATION_IMAGES]]
+                            for n, p in captured.outputs.items()}
     if "forward" in captured.errors:
         report.reasons["probe"] = captured.errors["forward"]
         for name in signal_layers:
@@ -284,12 +297,19 @@ def _capture(
         params = None if isinstance(module, nn.Linear) else module  # other kinds: a reason
 
         def hook(mod: nn.Module, args: tuple, output: Any) -> None:
-            if ("signal", name) in seen or f"layer {name}" in out.errors:
+            if ("signal", name) in seen:
                 return
             seen.add(("signal", name))
+            try:  # a sharded weight is gathered on every rank, before any per-rank return
+                weight = full_weight(read_weight(mod))
+            except Exception as error:  # noqa: BLE001
+                out.errors.setdefault(f"layer {name}", f"{type(error).__name__}: {error}")
+                return
+            if f"layer {name}" in out.errors:
+                return
             top_k = config.top_k if config.edge_rule == "mean_share" else None
             try:
-                signals = neuron_signals(read_weight(mod), first_tensor(args), params, top_k,
+                signals = neuron_signals(weight, first_tensor(args), params, top_k,
                                          return_basis=name not in out.basis)
             except Exception as error:  # noqa: BLE001
                 out.errors[f"layer {name}"] = f"{type(error).__name__}: {error}"
@@ -515,7 +535,8 @@ def _functional(
                                         "functional test")
     else:
         try:
-            stats.update(functional_test(features, labels, read_weight(head), head.bias,
+            bias = None if head.bias is None else full_weight(head.bias)
+            stats.update(functional_test(features, labels, full_weight(read_weight(head)), bias,
                                          report.feature_sets, config.functional_draws,
                                          config.seed))
         except ValueError as error:

@@ -1,6 +1,7 @@
 """The class-analysis hand-off of the callback: the fixed probe (chosen once, checkpointed by
 position), the tracker of the class statistics across analyses, and one class analysis per
-spectral analysis, computed on rank 0 and broadcast."""
+spectral analysis, computed on rank 0 and broadcast (on a sharded model: every rank runs its
+slice of the probe forward pass, see :mod:`svd_callback.classes.sharded`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from svd_callback.classes.analysis import analyze_classes
 from svd_callback.classes.config import ClassAnalysisConfig
 from svd_callback.classes.probe import ProbeError, ProbeSet, probe_at_positions, probe_from_loader
 from svd_callback.classes.report import ClassReport, ClassTracker
+from svd_callback.classes.sharded import ProbeSplit
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.inputs import (
     Forward,
@@ -130,29 +132,42 @@ class ClassStage:
         module: torch.nn.Module,
         layers: Sequence[str],
         is_zero: bool = True,
-        broadcast: Callable[[Metrics], Metrics] | None = None,
+        broadcast: Callable[[Any], Any] | None = None,
+        split: ProbeSplit | None = None,
     ) -> tuple[ClassReport | None, Metrics]:
-        """The class report (rank 0) and the class statistics per layer (every rank: computed
-        on rank 0 alone, one forward pass of the unwrapped module, then ``broadcast``)."""
+        """The class report (rank 0) and the class statistics per layer (every rank).
+
+        Without ``split``: computed on rank 0 alone (one forward pass of the unwrapped module),
+        then ``broadcast``. With ``split`` (a sharded model, whose forward needs every rank):
+        rank 0's probe is broadcast, every rank runs its slice of the probe forward pass and
+        the slices are merged (:mod:`svd_callback.classes.sharded`), then rank 0's statistics
+        are broadcast. Collectives inside whenever ``broadcast`` is given: every rank calls this.
+        """
         if self.config is None:
             return None, {}
+        if split is not None and broadcast is not None:
+            self.probe, self.probe_key = broadcast((self.probe, self.probe_key))
         report = None
-        if is_zero and self.probe is not None:
+        if (is_zero or split is not None) and self.probe is not None:
             if has_uninitialised_lazy(module):
                 self.guard.note_once("lazy-classes", "the model has lazy modules not "
                                      "materialised yet; the class analysis starts after its "
                                      "first forward")
             else:
-                report = self.guard.call("the class analysis", self._analyse, module, layers)
+                report = self.guard.call("the class analysis", self._analyse, module, layers,
+                                         split)
         metrics = {} if report is None else report.record_metrics()
         if broadcast is not None:
             metrics = broadcast(metrics)
-        return report, metrics
+        return (report if is_zero else None), metrics
 
-    def _analyse(self, module: torch.nn.Module, layers: Sequence[str]) -> ClassReport:
+    def _analyse(
+        self, module: torch.nn.Module, layers: Sequence[str], split: ProbeSplit | None = None
+    ) -> ClassReport:
         report = analyze_classes(module, self.probe, self.config, layers=list(layers),
                                  tracker=self.tracker,
-                                 forward=forward_for(self.probe_key, self.forward_fn))
+                                 forward=forward_for(self.probe_key, self.forward_fn),
+                                 split=split)
         for key, reason in report.reasons.items():
             self.guard.warn_once(f"classes:{key}:{reason}", f"class analysis, {key}: {reason}")
         return report

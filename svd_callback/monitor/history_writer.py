@@ -138,6 +138,7 @@ class HistoryWriter:
                 "metrics": dict(record.metrics),
                 "quality": record.quality,
                 "reason": record.reason,
+                "reason_code": record.reason_code,
                 "notes": dict(record.notes),
                 "normalized_by": record.normalized_by,
                 "rank": result.owners.get(record.name, 0),

@@ -7,7 +7,8 @@ rank runs :func:`svd_callback.analysis.analyze` on its share and the reports are
 class statistics are computed on rank 0 and broadcast. On a sharded (FSDP2) model reading a full
 weight is a collective (:func:`svd_callback.sharding.full_weight`), so every rank analyses every
 layer, in the same order, one gathered weight at a time, and nothing is gathered afterwards; the
-class analysis, whose probe forward would need every rank, is skipped with a reason; the aggregates
+class analysis runs on every rank, each on its slice of the probe (its forward needs every rank,
+:mod:`svd_callback.classes.sharded`), and rank 0's statistics are broadcast; the aggregates
 (:func:`svd_callback.analysis.summarize`) and the alert rules run on every rank, and the alerts
 are gathered with the ranks that raised them. Nothing here needs a ``Trainer``: the callback
 passes the step, the epochs trained and the rank numbers.
@@ -27,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from svd_callback.alerts import TRAINING, Alert, AlertEngine, Condition
 from svd_callback.analysis import analyze, summarize
 from svd_callback.classes.records import class_records
+from svd_callback.classes.sharded import ProbeSplit
 from svd_callback.config import AnalysisConfig
 from svd_callback.distributed import (
     gather_alerts,
@@ -36,7 +38,7 @@ from svd_callback.distributed import (
     split_work,
 )
 from svd_callback.layers import estimate_cost, example_input_for, find_layers, record_input_sizes
-from svd_callback.monitor.class_stage import ClassStage, Metrics
+from svd_callback.monitor.class_stage import ClassStage
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.inputs import Forward, forward_for, has_uninitialised_lazy
 from svd_callback.monitor.result import AnalysisResult
@@ -160,7 +162,7 @@ class AnalysisRunner:
         training: Mapping[str, float] | None = None,
         world: int = 1,
         rank: int = 0,
-        broadcast: Callable[[Metrics], Metrics] | None = None,
+        broadcast: Callable[[Any], Any] | None = None,
     ) -> AnalysisResult:
         """One analysis on this rank (collective calls inside when ``world > 1``: every rank
         calls it at the same point). ``training``: the trainer's scalars now; those logged
@@ -171,16 +173,11 @@ class AnalysisRunner:
         local, order = self._local_report(module, world, rank, owners, sharded)
         report = local if sharded else gather_reports(local, world, order,
                                                       self.config.conv_mode)  # collective
-        if sharded and self.classes.enabled:
-            self.guard.warn_once("sharded-classes", "the class analysis is skipped on a sharded "
-                                 "model (its probe forward runs on rank 0 alone, and a sharded "
-                                 "forward needs every rank)")
-            class_report, class_metrics = None, {}
-        else:
-            class_report, class_metrics = self.classes.run(
-                module, self._class_layers(module), rank == 0,
-                broadcast if is_distributed(world) else None,
-            )
+        class_report, class_metrics = self.classes.run(
+            module, self._class_layers(module), rank == 0,
+            broadcast if is_distributed(world) else None,
+            ProbeSplit(rank, world) if sharded else None,
+        )
         self.training = {**self.training, **(training or {})}
         training = dict(self.training)
         epoch = int(math.floor(epochs_trained))
@@ -246,7 +243,8 @@ class AnalysisRunner:
             warnings.warn(f"SpectralMonitor: {reason}", stacklevel=2)
             failed = names if share is None else share
             report = Report(
-                LayerReport(name, "unknown", mode, config.normalization, reason=reason)
+                LayerReport(name, "unknown", mode, config.normalization, reason=reason,
+                            reason_code="analysis_failed")
                 for mode in config.conv_mode
                 for name in failed
             )

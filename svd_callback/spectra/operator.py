@@ -101,13 +101,15 @@ def stacked_operator_svdvals(
     method: str = "auto",
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     max_batch_elems: int | None = None,
+    finite_checked: bool = False,
 ) -> Tensor:
     """Operator singular values of ``L`` same-shape conv weights: ``(L, g * N' * min(d/g, c*S))``.
 
-    See :func:`operator_svdvals`; ``weights`` is ``(L, d, c, *k)``.
+    See :func:`operator_svdvals`; ``weights`` is ``(L, d, c, *k)``; ``finite_checked``: skip
+    the finite check (the caller made it).
     """
     chunk_elems = _chunk_elems(chunk_elems, max_batch_elems, stacklevel=3)
-    weights = _check_stack(weights, groups)
+    weights = _check_stack(weights, groups, finite_checked)
     layers, d, c, *kernel = weights.shape
     dims = len(kernel)
     if dims == 0:  # a linear layer is a conv with a 0-d kernel on a 0-d input

@@ -8,13 +8,13 @@ from torch import Tensor
 from svd_callback.spectra.solver import DEFAULT_CHUNK_ELEMS, _check_stack, _stack_svdvals
 
 
-def stacked_slice_matrices(weights: Tensor) -> Tensor:
+def stacked_slice_matrices(weights: Tensor, finite_checked: bool = False) -> Tensor:
     """Kernel slices of a stack: ``(L, d, c, *k) -> (L, prod(k), N, M)`` with ``N >= M``.
 
     Slice ``q`` (row-major over the kernel positions) is ``W[:, :, i, j, ...]``, transposed
     when ``d < c``. A linear weight gives its one matrix.
     """
-    weights = _check_stack(weights)
+    weights = _check_stack(weights, finite_checked=finite_checked)
     layers, d, c = weights.shape[:3]
     slices = weights.reshape(layers, d, c, -1).permute(0, 3, 1, 2)
     return slices.mT if d < c else slices
@@ -26,10 +26,12 @@ def slice_matrices(weight: Tensor) -> Tensor:
 
 
 def stacked_slice_svdvals(
-    weights: Tensor, *, method: str = "auto", chunk_elems: int = DEFAULT_CHUNK_ELEMS
+    weights: Tensor, *, method: str = "auto", chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    finite_checked: bool = False,
 ) -> Tensor:
-    """Pooled slice singular values of ``L`` same-shape weights: ``(L, prod(k) * M)``."""
-    mats = stacked_slice_matrices(weights)
+    """Pooled slice singular values of ``L`` same-shape weights: ``(L, prod(k) * M)``.
+    ``finite_checked``: skip the finite check (the caller made it)."""
+    mats = stacked_slice_matrices(weights, finite_checked)
     layers = mats.shape[0]
     return _stack_svdvals(mats.flatten(0, 1), layers, weights.shape[1:], method, chunk_elems)
 

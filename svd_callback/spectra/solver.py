@@ -89,8 +89,12 @@ def _check_finite(tensor: Tensor, what: str = "weight", stacked: bool = False) -
         raise NonFiniteWeightError(f"{what} has NaN/Inf entries", [0])
 
 
-def _check_stack(weights: Tensor, groups: int = 1) -> Tensor:
-    """Validate a stack ``(L, d, c, *k)`` of weights; return it in the compute dtype."""
+def _check_stack(weights: Tensor, groups: int = 1, finite_checked: bool = False) -> Tensor:
+    """Validate a stack ``(L, d, c, *k)`` of weights; return it in the compute dtype.
+
+    ``finite_checked``: the caller has proved the weights finite already (the analysis checks
+    every weight with one host transfer), so the per-stack finite check and its host
+    synchronisation are skipped."""
     weights = _compute(weights)
     if weights.is_complex():
         raise TypeError("weights must be real")
@@ -106,7 +110,8 @@ def _check_stack(weights: Tensor, groups: int = 1) -> Tensor:
             f"groups={groups} does not divide the first weight dim {weights.shape[1]} "
             f"(weight shape {tuple(weights.shape[1:])})"
         )
-    _check_finite(weights, stacked=True)
+    if not finite_checked:
+        _check_finite(weights, stacked=True)
     return weights
 
 

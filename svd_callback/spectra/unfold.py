@@ -46,9 +46,12 @@ def stacked_unfold_svdvals(
     *,
     method: str = "auto",
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    finite_checked: bool = False,
 ) -> Tensor:
-    """Pooled unfold singular values of ``L`` same-shape weights: ``(L, g * min(d/g, c*K))``."""
-    return _unfold_svdvals(_check_stack(weights, groups), groups, method, chunk_elems)
+    """Pooled unfold singular values of ``L`` same-shape weights: ``(L, g * min(d/g, c*K))``.
+    ``finite_checked``: skip the finite check (the caller made it)."""
+    return _unfold_svdvals(_check_stack(weights, groups, finite_checked), groups, method,
+                           chunk_elems)
 
 
 def _unfold_svdvals(weights: Tensor, groups: int, method: str, chunk_elems: int) -> Tensor:

@@ -21,9 +21,10 @@ def test_digits_runs_and_report():
     assert rows[0]["factors"] is None
     assert sorted(rows[1]["factors"]) == ["features.2", "features.5", "hidden"]
     assert len(rows[1]["train_epoch_seconds"]) == 1 and rows[1]["refit_seconds"][0] > 0
-    text = run.report(rows, wall=1.0)
+    text = run.report(rows)
     assert "Decision rule (protocol): **" in text and "digits-only version" in text
     assert "| baseline |" in text and "| tempbalance |" in text
+    assert "Trained by: `" in text and "ratio of min" in text
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_ROOT), reason="Fashion-MNIST not installed")

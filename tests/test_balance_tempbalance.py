@@ -28,7 +28,7 @@ from svd_callback.balance import (
     fit_alpha,
     tempbalance_lrs,
 )
-from svd_callback.examples import SmallCNN
+from svd_callback.examples import ResNet, SmallCNN
 
 # ---------------------------------------------------------------------------------------------
 # Oracle: the reference, transcribed (MIT, see the module docstring).
@@ -312,6 +312,19 @@ def test_resnet_batchnorm_shares_its_conv_rate_and_edges_are_untuned():
     assert lrs["layer2.1.bn2"] == lrs["layer2.1.conv2"]
     # a 1x1 shortcut conv has 8 eigenvalues (< 50); its BatchNorm "shortcut.1" is not paired
     assert "layer2.0.shortcut.0" not in lrs and "layer2.0.shortcut.1" not in lrs
+
+
+def test_wide_resnet_shortcut_is_tuned_and_only_order_pairs_its_batchnorm():
+    # width 32: the 1x1 shortcut convs map 32 -> 64 (min = 32 eigenvalues < 50, untuned) and
+    # 64 -> 128 (64 >= 50, tuned); the 3x3 block convs have 9 * min(out, in) >= 288
+    model = ResNet(width=32)
+    blocks = [f"stage{s}.0.conv{c}" for s in (1, 2, 3) for c in (1, 2)]
+    plan = balance_plan(model)
+    assert plan.tuned == (*blocks, "stage3.0.shortcut.0")
+    assert plan.norm_of == {n.replace("conv", "bn"): n for n in blocks}  # no "bn" in shortcut.1
+    by_order = balance_plan(model, BalanceOptions(batchnorm="order"))
+    assert by_order.norm_of["stage3.0.shortcut.1"] == "stage3.0.shortcut.0"
+    assert "stem_bn" not in by_order.norm_of  # the stem is the first layer, untuned
 
 
 def test_layers_with_few_eigenvalues_are_untuned():

@@ -52,6 +52,18 @@ def test_write_results_keeps_hand_written_text(tmp_path):
     assert text.startswith("# Title")
 
 
+def test_write_results_keeps_a_protocol_written_before_the_markers_existed(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Title\n\n## Protocol (written before the runs)\n\nSeeds 0-4.\n")
+    common.write_results(path, "Title", "numbers v1")
+    text = path.read_text()
+    assert text.startswith("# Title\n\n## Protocol") and "Seeds 0-4." in text
+    assert text.index("Seeds 0-4.") < text.index(common.BEGIN_MARK) < text.index("numbers v1")
+    common.write_results(path, "Title", "numbers v2")
+    text = path.read_text()
+    assert "Seeds 0-4." in text and "numbers v2" in text and "numbers v1" not in text
+
+
 def test_chosen_rank_matches_the_library():
     from svd_callback.classes import factorization_rank
 

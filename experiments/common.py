@@ -233,6 +233,7 @@ def replay_alerts(
                          for k, v in (row.get("metrics") or {}).items()},
                 quality=row.get("quality"), reason=row.get("reason"),
                 normalized_by=row.get("normalized_by"),
+                matrix_shape=tuple(row["matrix_shape"]) if row.get("matrix_shape") else None,
             )
             for row in entry["layers"]
         )

@@ -7,12 +7,13 @@ import pytest
 
 from experiments.alert_rules.replay import first_alerts, load, val_accuracies
 
-HEALTHY = ("healthy", "healthy_s1", "healthy_s2", "demo", "bn_adam", "bn_sgd_wd", "bn_adam_lr_10x")
+HEALTHY = ("healthy", "healthy_s1", "healthy_s2", "demo", "bn_adam", "bn_sgd_wd", "bn_adam_lr_10x",
+           "fashion_cnn")
 
 
 @pytest.mark.parametrize("run", HEALTHY)
 def test_healthy_runs_raise_no_alert(run):
-    assert val_accuracies(run)[-1] > 0.9  # the premise: these runs learned
+    assert val_accuracies(run)[-1] > 0.8  # the premise: these runs learned (chance: 0.1)
     assert first_alerts(run) == {}
 
 

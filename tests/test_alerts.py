@@ -222,6 +222,18 @@ def test_alpha_above_must_clear_the_limit_by_two_standard_errors_on_large_layers
     assert fired_at(run(AlertEngine([plain]), seq(6.5, 1.74, 32))) == [3]
 
 
+def test_alpha_rules_count_the_eigenvalues_of_one_analysed_matrix():
+    # slices mode pools kh * kw matrices: 9 slices of 32 x 32 give 288 eigenvalues, but each
+    # fit is as size-biased as one 32 x 32 matrix (a healthy CNN fitted 1.68 +- 0.06)
+    def seq(shape):
+        return [[LayerReport("c", "conv2d", "slices", matrix_shape=shape, metrics={
+            "alpha": 1.68, "alpha_sigma": 0.06, "matrix_rank": 288.0, "rank_loss": 0.0})]
+            for _ in range(3)]
+    assert fired_at(run(AlertEngine([AlphaBelow(min_eigs=100)]), seq((32, 32)))) == []
+    assert fired_at(run(AlertEngine([AlphaBelow(min_eigs=100)]), seq((256, 128)))) == [1]
+    assert fired_at(run(AlertEngine([AlphaBelow(min_eigs=100)]), seq(None))) == [1]  # 288
+
+
 def test_alpha_sentinel_of_failed_fit_is_ignored():
     per = run(AlertEngine([AlphaBelow(patience=1)]), one_metric("alpha", [3.0, -1.0, 1.0, 3.0]))
     assert fired_at(per) == []

@@ -28,6 +28,8 @@ RUNS = {
     "bn_adam": "BatchNorm after every conv (models.BatchNormCNN), the config's Adam lr 0.003",
     "bn_sgd_wd": "the BatchNorm net, SGD lr 0.1 momentum 0.9 weight decay 5e-4",
     "bn_adam_lr_10x": "the BatchNorm net at Adam lr 0.03",
+    "fashion_cnn": "configs/fashion_mnist_cnn.yaml as shipped (SmallCNN on Fashion-MNIST, Adam "
+                   "lr 1e-3, 15 epochs, unfold + operator + slices modes)",
 }
 
 

@@ -35,7 +35,8 @@ def to_float(value: Any) -> float:
 class LayerSnapshot:
     """Metrics of one (layer, mode) in one analysis."""
 
-    __slots__ = ("name", "mode", "reason", "quality", "normalized_by", "_index", "_values")
+    __slots__ = ("name", "mode", "reason", "quality", "normalized_by", "matrix_shape", "_index",
+                 "_values")
 
     def __init__(
         self,
@@ -46,12 +47,14 @@ class LayerSnapshot:
         reason: str | None = None,
         quality: str | None = None,
         normalized_by: str | None = None,
+        matrix_shape: tuple[int, int] | None = None,
     ) -> None:
         self.name = name
         self.mode = mode
         self.reason = reason
         self.quality = quality
         self.normalized_by = normalized_by
+        self.matrix_shape = matrix_shape  # (N, M) of one analysed matrix
         self._index = index
         self._values = values
 
@@ -166,6 +169,7 @@ class MetricHistory:
                 _optional_str(getattr(record, "reason", None)),
                 _optional_str(getattr(record, "quality", None)),
                 _optional_str(getattr(record, "normalized_by", None)),
+                _shape(getattr(record, "matrix_shape", None)),
             )
         modes = {mode for _, mode in layers}
         self._entries.append(Snapshot(epoch, step, layers, _normalise_summary(summary, modes)))
@@ -183,10 +187,11 @@ class MetricHistory:
         reason: str | None,
         quality: str | None,
         normalized_by: str | None = None,
+        matrix_shape: tuple[int, int] | None = None,
     ) -> LayerSnapshot:
         index = self._key_table(tuple(metrics))
         return LayerSnapshot(name, mode, index, array("d", metrics.values()), reason, quality,
-                             normalized_by)
+                             normalized_by, matrix_shape)
 
     def _key_table(self, keys: tuple[str, ...]) -> dict[str, int]:
         """The shared metric -> position table of one key set."""
@@ -391,3 +396,12 @@ def _normalise_summary(
                 break
         out[(name, mode)] = to_float(value)
     return out
+
+
+def _shape(value: Any) -> tuple[int, int] | None:
+    """A record's ``matrix_shape`` as a pair of ints (None when absent or malformed)."""
+    try:
+        rows, cols = (int(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return rows, cols

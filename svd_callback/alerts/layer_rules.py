@@ -104,10 +104,17 @@ def _valid_alpha(value: float) -> bool:
 
 
 def eigenvalue_count(history: MetricHistory, layer: str, mode: str) -> float | None:
-    """Number of eigenvalues of the layer's latest ESD: ``matrix_rank + rank_loss``."""
+    """Eigenvalues of one analysed matrix of the layer's latest analysis: the smaller side M of
+    its ``matrix_shape`` when recorded, else ``matrix_rank + rank_loss``. The two agree except
+    for ``slices``, whose ESD pools kh * kw matrices of M eigenvalues each: the fit's size bias
+    is that of one such matrix (a healthy Fashion-MNIST CNN's 32 x 32 slices fitted alpha 1.68
+    +- 0.06 over 288 pooled eigenvalues while still improving)."""
     snap = history.latest
     if snap is None:
         return None
+    record = snap.layers.get((layer, mode))
+    if record is not None and record.matrix_shape is not None:
+        return float(min(record.matrix_shape))
     rank, loss = snap.get(layer, "matrix_rank", mode), snap.get(layer, "rank_loss", mode)
     if rank is None or loss is None or not math.isfinite(rank + loss):
         return None

@@ -37,7 +37,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from experiments.arguments import experiment_parser, parse_with_config
+from experiments.arguments import experiment_parser, parse_with_config, require_data
 from experiments.common import (
     EpochRecorder,
     PartlyFrozenCNN,
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.runs = config.get("runs", {"good": {}})
     args.healthy = config.get("healthy", ["good"])
     args.compare = config.get("compare", [])
-    return args
+    return args if args.skip_training else require_data(args)
 
 
 # ---------------------------------------------------------------------- training

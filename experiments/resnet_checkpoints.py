@@ -85,7 +85,7 @@ class SaveStates(Callback):
         self._save(trainer.current_epoch + 1, pl_module)
 
 
-def fingerprint(seed: int, root: str) -> str:
+def fingerprint(seed: int) -> str:
     """A hash of the run definition (pair, recipe, seed); a cache made for another is retrained.
     The data folder is not part of it (the same files may live elsewhere)."""
     spec = {"pair": RESNET.name, "model": RESNET.model, "data": RESNET.data,
@@ -101,7 +101,7 @@ def trained_run(seed: int, *, root: str = FASHION_MNIST_ROOT, cache: Path = CACH
                 retrain: bool = False) -> TrainedRun:
     """The run of ``seed``, loaded from the cache or trained (about 60 s on 2 CPU threads)."""
     path = cache_path(seed, cache)
-    key = fingerprint(seed, root)
+    key = fingerprint(seed)
     if path.exists() and not retrain:
         record = torch.load(path, map_location="cpu", weights_only=True)
         if record.get("fingerprint") == key:

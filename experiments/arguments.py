@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from experiments.data_check import require_fashion_mnist
 from svd_callback.examples.data import FASHION_MNIST_ROOT
 
 
@@ -78,3 +79,12 @@ def parse_with_config(
         parser.set_defaults(**{k.replace("-", "_"): v for k, v in config.items()})
         args = parser.parse_args(argv)
     return args, taken
+
+
+def require_data(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` unchanged when the run reads no Fashion-MNIST or ``--root`` holds its files;
+    otherwise exit with status 2 and a one-line instruction (:func:`require_fashion_mnist`).
+    Fashion-MNIST is read by ``--dataset fashion`` and by ``--model resnet``."""
+    if args.dataset == "fashion" or getattr(args, "model", None) == "resnet":
+        require_fashion_mnist(args.root)
+    return args

@@ -6,6 +6,8 @@
 
 The configs attach ``svd_callback.SpectralMonitor`` as a trainer callback; any of its arguments
 can be overridden on the command line (``--trainer.callbacks+=...`` or by editing the YAML).
+A Fashion-MNIST data module whose root lacks the files stops the run before the subcommand,
+with a one-line instruction and exit status 2.
 """
 
 from __future__ import annotations
@@ -13,10 +15,33 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
+from experiments.data_check import require_fashion_mnist
+from svd_callback.examples import FashionMNISTDataModule
+
+
+class CheckedCLI(LightningCLI):
+    """LightningCLI that checks a Fashion-MNIST data module's files before any subcommand."""
+
+    def _check_data(self) -> None:
+        if isinstance(self.datamodule, FashionMNISTDataModule):
+            require_fashion_mnist(self.datamodule.root)
+
+    def before_fit(self) -> None:  # noqa: D102
+        self._check_data()
+
+    def before_validate(self) -> None:  # noqa: D102
+        self._check_data()
+
+    def before_test(self) -> None:  # noqa: D102
+        self._check_data()
+
+    def before_predict(self) -> None:  # noqa: D102
+        self._check_data()
+
 
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Parse ``args`` (default: the command line) and, with ``run``, execute the subcommand."""
-    return LightningCLI(
+    return CheckedCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,

@@ -34,6 +34,7 @@ from experiments.alert_zoo.score import (
 from experiments.alert_zoo.train import HISTORIES, cache_path, load_cached, train_run
 from experiments.alert_zoo.zoo import HEALTHY, PAIRS, Pair
 from experiments.common import command_line, machine_line, markdown_table, write_results
+from experiments.data_check import require_fashion_mnist
 from svd_callback.examples.data import FASHION_MNIST_ROOT
 
 HERE = Path(__file__).resolve().parent
@@ -172,13 +173,8 @@ def report(scores: Sequence[RunScore], pairs: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if "fashion_resnet" in args.pairs and not args.score_only and not all(
-            (Path(args.root) / f"{split}-{part}-idx{n}-ubyte.gz").exists()
-            for split in ("train", "t10k") for part, n in (("images", 3), ("labels", 1))):
-        print(f"Fashion-MNIST not found in {args.root}: install it with `make data` (runs "
-              "`apt-get install -y dataset-fashion-mnist`) or pass --root FOLDER, or leave the "
-              "pair out with --pairs digits_cnn", file=sys.stderr)
-        return 2
+    if "fashion_resnet" in args.pairs and not args.score_only:
+        require_fashion_mnist(args.root)  # exits 2 with the instruction
     started = time.perf_counter()
     records, missing = collect(args)
     if missing:

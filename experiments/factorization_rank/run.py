@@ -18,6 +18,9 @@ several seeds (each seed draws its own probe images and its own CP starts).
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python \
         -m experiments.factorization_rank.run --config configs/experiments/factorization_rank.yaml
+
+``--model resnet`` factorises the block outputs of the cached BatchNorm ResNet-8 runs on
+Fashion-MNIST, per training seed (``experiments/factorization_rank/resnet.py``).
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from experiments.arguments import experiment_parser, parse_with_config
+from experiments.arguments import experiment_parser, parse_with_config, require_data
 from experiments.common import (
     EpochRecorder,
     command_line,
@@ -69,7 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also report the rank these thresholds choose on the same curves")
     parser.add_argument("--n-starts", type=int, default=3)
     parser.add_argument("--max-images", type=int, default=64)
-    return parse_with_config(parser, argv)[0]
+    parser.add_argument("--model", choices=["smallcnn", "resnet"], default="smallcnn",
+                        help="resnet: the cached BatchNorm ResNet-8 runs on Fashion-MNIST "
+                        "(experiments.resnet_checkpoints) at init, the middle and the last epoch")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds of --model resnet")
+    return require_data(parse_with_config(parser, argv)[0])
 
 
 class Snapshots(Callback):
@@ -102,14 +111,16 @@ def train(args: argparse.Namespace, label_noise: float, keep: set[int]):
 
 
 @torch.no_grad()
-def ranks_for(model: torch.nn.Module, datamodule, args: argparse.Namespace) -> dict:
-    """layer -> list over rank seeds of (rank, fits, corcondia, reason, seconds)."""
-    out: dict[str, list[dict]] = {name: [] for name in LAYERS}
+def ranks_for(model: torch.nn.Module, datamodule, args: argparse.Namespace,
+              layers: Mapping[str, str] = LAYERS) -> dict:
+    """layer -> list over rank seeds of (rank, fits, corcondia, reason, seconds); ``layers``
+    maps a table name to the module whose (post-ReLU) output is factorised."""
+    out: dict[str, list[dict]] = {name: [] for name in layers}
     model.eval()
     for seed in args.rank_seeds:
         probe = stratified_probe(datamodule, args.probe_size, seed=seed)
-        captured = capture_activations(model, probe.inputs, list(LAYERS.values()), keep="output")
-        for name, layer in LAYERS.items():
+        captured = capture_activations(model, probe.inputs, list(layers.values()), keep="output")
+        for name, layer in layers.items():
             started = time.perf_counter()
             result = factorization_rank(
                 captured[layer][1], max_rank=args.max_rank, threshold=args.threshold,
@@ -160,6 +171,10 @@ def rank_text(entries: list[dict], max_rank: int, key: str = "rank") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.model == "resnet":
+        from experiments.factorization_rank import resnet
+
+        return resnet.main(args)
     started = time.perf_counter()
     model, datamodule, states, rows = train(args, 0.0, {0, 1, args.epochs})
     noisy_model, _, noisy_states, noisy_rows = train(args, 1.0, {args.epochs})

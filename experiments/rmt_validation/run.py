@@ -14,6 +14,9 @@ layer's real input size; ``slices``) with the power-law fit and the MP bulk fit,
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python \
         -m experiments.rmt_validation.run --config configs/experiments/rmt_validation.yaml
+
+``--model resnet`` runs the same analysis on the cached BatchNorm ResNet-8 runs on
+Fashion-MNIST, one per training seed (``experiments/rmt_validation/resnet.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import lightning.pytorch as pl
 import pandas as pd
 import torch
 
-from experiments.arguments import experiment_parser, parse_with_config
+from experiments.arguments import experiment_parser, parse_with_config, require_data
 from experiments.common import (
     EpochRecorder,
     command_line,
@@ -55,7 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = experiment_parser(__doc__.splitlines()[0], HERE, train_size=6000, val_size=2000,
                                epochs=6)
     parser.add_argument("--seed", type=int, default=0)
-    return parse_with_config(parser, argv)[0]
+    parser.add_argument("--model", choices=["smallcnn", "resnet"], default="smallcnn",
+                        help="resnet: the cached BatchNorm ResNet-8 runs on Fashion-MNIST "
+                        "(experiments.resnet_checkpoints), one verdict per seed of --seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds of --model resnet")
+    return require_data(parse_with_config(parser, argv)[0])
 
 
 def shuffled_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -146,6 +154,10 @@ def verdicts(table: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.model == "resnet":
+        from experiments.rmt_validation import resnet
+
+        return resnet.main(args)
     started = time.perf_counter()
     pl.seed_everything(args.seed, workers=True, verbose=False)
     size = image_size_of(args.dataset)

@@ -88,3 +88,14 @@ def require_data(args: argparse.Namespace) -> argparse.Namespace:
     if args.dataset == "fashion" or getattr(args, "model", None) == "resnet":
         require_fashion_mnist(args.root)
     return args
+
+
+def add_resnet_arguments(parser: argparse.ArgumentParser, states: str) -> None:
+    """``--model`` (``smallcnn`` or ``resnet``: the cached BatchNorm ResNet-8 runs on
+    Fashion-MNIST of :mod:`experiments.resnet_checkpoints`, ``states`` saying which of their
+    states are read) and ``--seeds`` (the training seeds of ``--model resnet``)."""
+    parser.add_argument("--model", choices=["smallcnn", "resnet"], default="smallcnn",
+                        help="resnet: the cached BatchNorm ResNet-8 runs on Fashion-MNIST "
+                        f"(experiments.resnet_checkpoints), {states}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds of --model resnet")

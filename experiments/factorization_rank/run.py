@@ -38,7 +38,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from experiments.arguments import experiment_parser, parse_with_config, require_data
+from experiments.arguments import (
+    add_resnet_arguments,
+    experiment_parser,
+    parse_with_config,
+    require_data,
+)
 from experiments.common import (
     EpochRecorder,
     command_line,
@@ -73,11 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also report the rank these thresholds choose on the same curves")
     parser.add_argument("--n-starts", type=int, default=3)
     parser.add_argument("--max-images", type=int, default=64)
-    parser.add_argument("--model", choices=["smallcnn", "resnet"], default="smallcnn",
-                        help="resnet: the cached BatchNorm ResNet-8 runs on Fashion-MNIST "
-                        "(experiments.resnet_checkpoints) at init, the middle and the last epoch")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="training seeds of --model resnet")
+    add_resnet_arguments(parser, "at init, the middle and the last epoch")
     return require_data(parse_with_config(parser, argv)[0])
 
 

@@ -30,7 +30,12 @@ import lightning.pytorch as pl
 import pandas as pd
 import torch
 
-from experiments.arguments import experiment_parser, parse_with_config, require_data
+from experiments.arguments import (
+    add_resnet_arguments,
+    experiment_parser,
+    parse_with_config,
+    require_data,
+)
 from experiments.common import (
     EpochRecorder,
     command_line,
@@ -58,11 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = experiment_parser(__doc__.splitlines()[0], HERE, train_size=6000, val_size=2000,
                                epochs=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", choices=["smallcnn", "resnet"], default="smallcnn",
-                        help="resnet: the cached BatchNorm ResNet-8 runs on Fashion-MNIST "
-                        "(experiments.resnet_checkpoints), one verdict per seed of --seeds")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="training seeds of --model resnet")
+    add_resnet_arguments(parser, "one verdict per seed of --seeds")
     return require_data(parse_with_config(parser, argv)[0])
 
 

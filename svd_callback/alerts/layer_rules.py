@@ -128,6 +128,20 @@ def alpha_error(snap: Snapshot | None, layer: str, mode: str, metric: str = "alp
     return sigma if sigma is not None and math.isfinite(sigma) and sigma > 0 else 0.0
 
 
+def judged_alpha_error(rule: Any, history: MetricHistory, layer: str, mode: str,
+                       value: float) -> float | None:
+    """The standard error of an alpha the alpha rules judge (:func:`alpha_error`), or None when
+    they do not: a failed fit, or a matrix of fewer than ``rule.min_eigs`` eigenvalues
+    (:func:`eigenvalue_count`; ``min_eigs = 0`` judges every size)."""
+    if not _valid_alpha(value):
+        return None
+    if rule.min_eigs > 0:
+        count = eigenvalue_count(history, layer, mode)
+        if count is not None and count < rule.min_eigs:
+            return None
+    return alpha_error(history.latest, layer, mode, rule.metric)
+
+
 def confidence_margin(confidence: float, error: float) -> str:
     """Message text for a level that had to clear its limit by ``confidence`` x ``error``."""
     if confidence <= 0 or error <= 0:
@@ -173,14 +187,8 @@ class AlphaBelow(LayerMetricRule):
         self.confidence = float(confidence)
 
     def condition(self, history, layer, mode, value):
-        if not _valid_alpha(value):
-            return None
-        if self.min_eigs > 0:
-            count = eigenvalue_count(history, layer, mode)
-            if count is not None and count < self.min_eigs:
-                return None
-        error = alpha_error(history.latest, layer, mode, self.metric)
-        return value + self.confidence * error < self.threshold
+        error = judged_alpha_error(self, history, layer, mode, value)
+        return None if error is None else value + self.confidence * error < self.threshold
 
     def describe(self, history, layer, mode, value):
         margin = confidence_margin(
@@ -227,14 +235,8 @@ class AlphaAbove(LayerMetricRule):
         self.confidence = float(confidence)
 
     def condition(self, history, layer, mode, value):
-        if not _valid_alpha(value):
-            return None
-        if self.min_eigs > 0:
-            count = eigenvalue_count(history, layer, mode)
-            if count is not None and count < self.min_eigs:
-                return None
-        error = alpha_error(history.latest, layer, mode, self.metric)
-        return value - self.confidence * error > self.threshold
+        error = judged_alpha_error(self, history, layer, mode, value)
+        return None if error is None else value - self.confidence * error > self.threshold
 
     def describe(self, history, layer, mode, value):
         margin = confidence_margin(

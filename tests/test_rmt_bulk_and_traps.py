@@ -235,3 +235,18 @@ def test_analyze_centres_before_shuffling_unless_ww_compat():
     compat = list(analyze(model, traps=True, ww_compat=True))[0].metrics
     assert default["num_traps"] == 0
     assert compat["num_traps"] >= 1
+
+
+def test_quality_label_needs_alpha_beyond_its_limit_by_two_standard_errors():
+    from svd_callback.rmt.metrics import QualityThresholds
+    from svd_callback.rmt.powerlaw import PowerLawFit
+
+    def fit(alpha, sigma):
+        return PowerLawFit(alpha=alpha, xmin=1.0, xmax=10.0, D=0.05, sigma=sigma, n_tail=40.0,
+                           n_eigs=64, method="ks")
+    assert quality_label(fit(1.998, 0.17)) == "ok"
+    assert quality_label(fit(1.5, 0.1)) == "over-trained"
+    assert quality_label(fit(6.5, 1.7)) == "ok"
+    assert quality_label(fit(7.9, 0.5)) == "under-trained"
+    assert quality_label(fit(1.998, 0.17), QualityThresholds(confidence=0.0)) == "over-trained"
+    assert quality_label(fit(1.998, math.nan)) == "over-trained"  # no error known: plain rule

@@ -13,7 +13,7 @@ gradients vanish, as in a network whose ReLUs all died (docs/methods.md#alert-ru
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
@@ -77,14 +77,16 @@ def _layers(snap: Snapshot, rule: Rule, normalized: bool = True) -> list[str]:
     ))
 
 
-def moved_since_start(history: MetricHistory, layer: str) -> float | None:
-    """The layer's relative norm change from the oldest kept analysis that has it to the
-    latest (:func:`relative_change`)."""
+def moved_since_start(history: MetricHistory, layer: str,
+                      change_of: Callable[[Snapshot, Snapshot, str], float | None]
+                      = relative_change) -> float | None:
+    """The layer's change (``change_of``: :func:`relative_change` of the norms, or
+    :func:`shape_change`) from the oldest kept analysis that has it to the latest."""
     latest = history.latest
     for snap in history:
         if snap is latest:
             return None
-        change = relative_change(snap, latest, layer)
+        change = change_of(snap, latest, layer)
         if change is not None:
             return change
     return None
@@ -229,14 +231,15 @@ class TrainingStalled(Rule):
             return []
         window = max(self.patience, self.decelerations + 1)
         flat, still = self._flat_loss(history), self._still_loss(history)
+        series = {layer: change_series(history, layer, window) for layer in _layers(snap, self)}
         verdicts: dict[str, tuple[bool, float | None]] = {}
         for layer in _layers(snap, self, normalized=False):
-            changes = change_series(history, layer, window)
+            changes = series[layer]
             verdict = self.stalled(changes, moved_since_start(history, layer), flat)
             if verdict is not None:
                 verdicts[layer] = (verdict, changes[-1])
         candidates = [verdicts, self._frozen_shapes(history),
-                      self._collapses(history) if still else {}]
+                      self._collapses(series) if still else {}]
         if not any(candidates):
             return []
         shares = [(sum(v for v, _ in c.values()) / len(c) if c else 0.0, c) for c in candidates]
@@ -291,23 +294,21 @@ class TrainingStalled(Rule):
                                                                  strict=False)]
             if len(series) < self.patience or any(c is None for c in series):
                 continue
-            first = next((snap for snap in history if shape_change(snap, history.latest, layer)
-                          is not None), None)
-            moved = shape_change(first, history.latest, layer) if first is not None else None
+            moved = moved_since_start(history, layer, shape_change)
             frozen = all(c < self.shape_tolerance for c in series) and moved is not None \
                 and moved < self.max_moved
             out[layer] = (frozen, series[-1])
         return out
 
-    def _collapses(self, history: MetricHistory) -> dict[str, tuple[bool, float | None]]:
-        """Layer -> (collapsed, latest change) for every analysed layer with two known
-        changes: collapsed when some change_i < ``collapse`` * change_{i-1} in the window and
-        every later change kept falling (by ``deceleration``) or is below ``tolerance``, so
-        that a collapse that goes on dying out stays one episode."""
-        window = max(self.patience, self.decelerations + 1)
+    def _collapses(self, changes: Mapping[str, list[float | None]]
+                   ) -> dict[str, tuple[bool, float | None]]:
+        """Layer -> (collapsed, latest change) for every layer of ``changes`` (its recent
+        :func:`change_series`) with two known changes: collapsed when some change_i <
+        ``collapse`` * change_{i-1} in the window and every later change kept falling (by
+        ``deceleration``) or is below ``tolerance``, so that a collapse that goes on dying out
+        stays one episode."""
         out: dict[str, tuple[bool, float | None]] = {}
-        for layer in _layers(history.latest, self, normalized=True):
-            series = change_series(history, layer, window)
+        for layer, series in changes.items():
             if len(series) < 2 or series[-1] is None or series[-2] is None:
                 continue
             verdict = False

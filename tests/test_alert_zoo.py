@@ -151,3 +151,11 @@ def test_zoo_stops_with_data_instruction(tmp_path):
                 str(tmp_path / "nowhere"), timeout=60)
     assert done.returncode == 2
     assert "apt-get install" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_trap_rule_replayed_only_where_the_history_holds_trap_metrics():
+    def names(metrics):
+        analyses = [{"layers": [{"layer": "a", "metrics": metrics}]}]
+        return {type(rule).__name__ for rule in default_rule_set(analyses)}
+    assert "TrapsAppeared" in names({"alpha": 2.5, "num_traps": 0.0})
+    assert "TrapsAppeared" not in names({"alpha": 2.5})

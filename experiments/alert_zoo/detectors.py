@@ -89,15 +89,10 @@ def no_progress_epoch(rows: Sequence[dict[str, Any]], window: int = 3,
     return None
 
 
-def non_finite_epoch(rows: Sequence[dict[str, Any]]) -> int | None:
-    """The non-finite-loss check: :func:`first_non_finite`."""
-    return first_non_finite(rows)
-
-
 BASELINES = {
     "EarlyStopping(val_loss, patience 3)": early_stopping_epoch,
     "no progress": no_progress_epoch,
-    "non-finite loss": non_finite_epoch,
+    "non-finite loss": first_non_finite,
 }
 
 

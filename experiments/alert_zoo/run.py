@@ -97,15 +97,13 @@ def collect(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
                 missing.append(f"{pair.name}/{kind.name}/seed {seed}")
                 continue
         else:
-            started = time.perf_counter()
-            record = train_run(pair, kind, seed, root=root, retrain=args.retrain,
-                               epochs=overrides.get("epochs"), data=overrides.get("data"),
-                               data_root=args.root)
-            took = time.perf_counter() - started
+            record, trained = train_run(pair, kind, seed, root=root, retrain=args.retrain,
+                                        epochs=overrides.get("epochs"),
+                                        data=overrides.get("data"), data_root=args.root)
             print(f"{pair.name:15s} {kind.name:16s} seed {seed}: best val acc "
                   f"{detectors.best_accuracy(record['epochs']):.3f}, "
-                  f"{record['seconds']:.0f} s training"
-                  f"{' (cached)' if took < 0.5 * record['seconds'] else ''}", flush=True)
+                  f"{record['seconds']:.0f} s training{'' if trained else ' (cached)'}",
+                  flush=True)
         records.append(record)
     return records, missing
 

@@ -14,13 +14,15 @@ from experiments.alert_zoo import detectors
 from experiments.alert_zoo.zoo import HEALTHY
 from experiments.common import history_analyses, replay_alerts
 from svd_callback.alerts import default_rules
+from svd_callback.metric_groups import METRIC_GROUPS
 from svd_callback.monitor.values import ACTIVE_SEVERITIES
 
 
 def default_rule_set(analyses: Sequence[dict[str, Any]]) -> list[Any]:
     """The library's ``default_rules()``, with :class:`TrapsAppeared` only where the history
-    holds trap counts (as the callback does)."""
-    traps = any("traps" in row.get("metrics", {}) or "trap_count" in row.get("metrics", {})
+    holds the ``traps`` metric group (as the callback does)."""
+    trap_metrics = set(METRIC_GROUPS["traps"])
+    traps = any(trap_metrics & set(row.get("metrics") or {})
                 for entry in analyses for row in entry["layers"])
     return default_rules(traps=traps)
 

@@ -65,9 +65,10 @@ def load_cached(path: Path, expected: str | None = None) -> dict[str, Any] | Non
 
 def train_run(pair: Pair, kind: Kind, seed: int, *, root: Path = HISTORIES,
               epochs: int | None = None, data: dict[str, Any] | None = None,
-              retrain: bool = False, data_root: str | None = None) -> dict[str, Any]:
+              retrain: bool = False, data_root: str | None = None) -> tuple[dict[str, Any], bool]:
     """Train (or load from the cache in ``root``) one run, reading Fashion-MNIST from
-    ``data_root`` (default: the Debian package's folder); returns its record: ``epochs`` (rows of
+    ``data_root`` (default: the Debian package's folder); returns (record, whether it was
+    trained now rather than read from the cache). The record holds ``epochs`` (rows of
     :class:`~experiments.common.EpochRecorder`), ``history`` (the monitor's history rows),
     ``online_alerts``, ``seconds``, ``fingerprint``, ``machine``."""
     epochs = pair.epochs if epochs is None else epochs
@@ -76,7 +77,7 @@ def train_run(pair: Pair, kind: Kind, seed: int, *, root: Path = HISTORIES,
     path = cache_path(root, pair, kind, seed)
     cached = None if retrain else load_cached(path, key)
     if cached is not None:
-        return cached
+        return cached, False
     pl.seed_everything(seed, workers=True, verbose=False)
     extra = {"root": data_root} if data_root and pair.name != "digits_cnn" else {}
     datamodule = replace(pair, data=data).datamodule(kind, seed, **extra)
@@ -100,7 +101,7 @@ def train_run(pair: Pair, kind: Kind, seed: int, *, root: Path = HISTORIES,
     path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(path, "wt", encoding="utf-8") as handle:
         json.dump(record, handle, default=_json_default)
-    return load_cached(path)  # NaN restored exactly as a cached run reads
+    return load_cached(path), True  # NaN restored exactly as a cached run reads
 
 
 def _json_default(value: Any) -> Any:

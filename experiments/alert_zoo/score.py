@@ -1,6 +1,14 @@
-"""Score a rule set and the loss baselines on cached zoo runs: per run, the outcome (broken,
-decided epoch), the first alert of each rule, the baselines' detection epochs and the lead;
-per pair, recall, precision and false alarms with 95% Wilson intervals."""
+"""Score the monitor's rule sets and the baseline detectors on cached zoo runs.
+
+Per run: the outcome (broken or not, decided epoch), and for every detector the analyses at
+which it fires; the monitor's rules are replayed from the cached history (any rule set: pass
+``rule_set``), in three variants: the rules as they are, and the same rules reading only the
+norms (sigma_max and the Frobenius norm, with and without the per-layer weight-motion
+metrics). Across runs: false alarms per healthy run and per analysis, recall per failure kind,
+delay from the onset, precision at a stated base rate, with Wilson intervals (runs taken as
+independent) and bootstrap intervals over (pair, kind) cells (cells resampled, then runs
+within them).
+"""
 
 from __future__ import annotations
 
@@ -10,21 +18,87 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from experiments.alert_zoo import detectors
-from experiments.alert_zoo.zoo import HEALTHY
+from experiments.alert_zoo.detectors import Firing, at
+from experiments.alert_zoo.zoo import HEALTHY, PAIRS
 from experiments.common import history_analyses, replay_alerts
-from svd_callback.alerts import default_rules
+from svd_callback.alerts import default_class_rules, default_rules
 from svd_callback.metric_groups import METRIC_GROUPS
 from svd_callback.monitor.values import ACTIVE_SEVERITIES
+
+MONITOR = "monitor"
+NORMS_MOTION = "monitor, norms + motion"
+NORMS_ONLY = "monitor, norms only"
+NORM_METRICS = ("spectral_norm", "frobenius_norm", "log_norm", "log_spectral_norm")
+"""What the norm-only ablation lets the rules read: sigma_max, the Frobenius norm and their
+logarithms."""
+MOTION_METRICS = tuple(METRIC_GROUPS.get("motion", ("weight_motion", "weight_rotation",
+                                                    "weight_drift")))
+CLASS_MODE = "classes"
+BASE_RATE = 0.1
+"""Share of broken runs at which precision is stated."""
+BOOTSTRAP = 2000
+ANY_LOSS = "any loss baseline"
+ANY_BASELINE = "any baseline"
+
+RuleSet = Callable[[Sequence[dict[str, Any]]], list[Any]]
 
 
 def default_rule_set(analyses: Sequence[dict[str, Any]]) -> list[Any]:
     """The library's ``default_rules()``, with :class:`TrapsAppeared` only where the history
-    holds the ``traps`` metric group (as the callback does)."""
+    holds the ``traps`` metric group and the class rules where it holds class records (as the
+    callback does)."""
     trap_metrics = set(METRIC_GROUPS["traps"])
-    traps = any(trap_metrics & set(row.get("metrics") or {})
-                for entry in analyses for row in entry["layers"])
-    return default_rules(traps=traps)
+    rows = [row for entry in analyses for row in entry["layers"]]
+    traps = any(trap_metrics & set(row.get("metrics") or {}) for row in rows)
+    rules = default_rules(traps=traps)
+    if any(row.get("mode") == CLASS_MODE for row in rows):
+        rules += default_class_rules()
+    return rules
+
+
+def masked(analyses: Sequence[dict[str, Any]], keep: Iterable[str]) -> list[dict[str, Any]]:
+    """The analyses with every layer's metrics restricted to ``keep`` (class records dropped)
+    and the model aggregates restricted to the trainer's scalars (mode ``"training"``) and to
+    aggregates of kept metrics (``<metric>_mean`` ...): what a rule set reading only those
+    metrics sees. Skip reasons (NaN weights) are kept."""
+    keep = set(keep)
+    out = []
+    for entry in analyses:
+        layers = [{**row, "metrics": {k: v for k, v in (row.get("metrics") or {}).items()
+                                      if k in keep}}
+                  for row in entry["layers"] if row.get("mode") != CLASS_MODE]
+        summary = {mode: (values if mode == "training" else
+                          {k: v for k, v in values.items() if k.rsplit("_", 1)[0] in keep})
+                   for mode, values in entry["summary"].items()}
+        out.append({**entry, "layers": layers, "summary": summary})
+    return out
+
+
+@dataclass
+class MonitorReplay:
+    """One replay of a rule set: its warning/stop alerts, their analyses, the first epoch of
+    each rule, and ``alerts/active`` after each analysis."""
+
+    firing: Firing
+    alerts: list[Any]
+    rules: dict[str, int]
+    levels: list[tuple[int, int]]
+
+
+def replay(analyses: Sequence[dict[str, Any]], rule_set: RuleSet) -> MonitorReplay:
+    levels: list[tuple[int, int]] = []
+    alerts = [a for a in replay_alerts(analyses, rule_set(analyses), levels)
+              if a.severity in ACTIVE_SEVERITIES]
+    said: dict[int, str] = {}
+    rules: dict[str, int] = {}
+    for alert in alerts:
+        rules[alert.rule] = min(rules.get(alert.rule, alert.epoch), alert.epoch)
+        said[alert.epoch] = said.get(alert.epoch, "") + ("; " if alert.epoch in said else "") \
+            + alert.rule
+    return MonitorReplay(at(list(said), said), alerts, rules, levels)
 
 
 @dataclass
@@ -35,107 +109,308 @@ class RunScore:
     kind: str
     seed: int
     role: str
-    best_acc: float
-    final_acc: float
+    split: str
+    onset: int
+    midrun: bool
+    classes: bool
     epochs_run: int
+    best_acc: float
+    window_best: float
+    final_acc: float
     seconds: float
+    has_accuracy: bool
     broken: bool = False
     decided: int | None = None
-    rules: dict[str, int] = field(default_factory=dict)  # rule -> first active alert epoch
-    alerts: list[Any] = field(default_factory=list)  # active alerts
-    baselines: dict[str, int | None] = field(default_factory=dict)
-    levels: list[tuple[int, int]] = field(default_factory=list)  # (epoch, alerts/active)
-    accs: dict[int, float] = field(default_factory=dict)  # epoch -> validation accuracy
+    firings: dict[str, Firing | None] = field(default_factory=dict)
+    monitor: MonitorReplay | None = None
+    accs: dict[int, float] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
         return self.role == HEALTHY
 
     @property
-    def spectral(self) -> int | None:
-        """First epoch of an alert of severity warning or stop (None: silent)."""
-        return min(self.rules.values(), default=None)
+    def start(self) -> int:
+        """First analysis of the failure window: 0 for a failure present from the start (the
+        initial weights may already show it), onset + 1 for a mid-run one."""
+        return self.onset + 1 if self.midrun else 0
 
     @property
-    def losses(self) -> int | None:
-        """First epoch any loss baseline fires."""
-        return min((e for e in self.baselines.values() if e is not None), default=None)
+    def analyses(self) -> int:
+        return self.epochs_run + 1
+
+    def first(self, detector: str) -> int | None:
+        """The detector's first firing in the failure window (every analysis of a healthy
+        run)."""
+        firing = self.firings.get(detector)
+        return None if firing is None else firing.first(0 if self.healthy else self.start)
+
+    def prefix_alarms(self, detector: str) -> list[int]:
+        """Firings at analyses <= onset of a mid-run failure (its healthy start)."""
+        firing = self.firings.get(detector)
+        if firing is None or not self.midrun:
+            return []
+        return firing.before(self.onset)
+
+    def delay(self, detector: str) -> int | None:
+        """First firing in the window minus the onset (None: never fired in the window)."""
+        first = self.first(detector)
+        return None if first is None else first - self.onset
+
+    def available(self, detector: str) -> bool:
+        return self.firings.get(detector) is not None
 
 
-def score_run(record: dict[str, Any], rule_set: Callable[[Sequence[dict]], list[Any]]
-              = default_rule_set) -> RunScore:
+def score_run(record: dict[str, Any], rule_set: RuleSet = default_rule_set) -> RunScore:
+    """Replay the monitor variants and every baseline on one cached run."""
     rows = record["epochs"]
+    pair = PAIRS.get(record["pair"])
+    chance = detectors.CHANCE if pair is None else pair.chance
+    onset = int(record.get("onset", 0) or 0)
+    midrun = record.get("switch") is not None
     analyses = history_analyses(record["history"])
-    levels: list[tuple[int, int]] = []
-    alerts = [a for a in replay_alerts(analyses, rule_set(analyses), levels)
-              if a.severity in ACTIVE_SEVERITIES]
-    firsts: dict[str, int] = {}
-    for alert in alerts:
-        firsts[alert.rule] = min(firsts.get(alert.rule, alert.epoch), alert.epoch)
+    main = replay(analyses, rule_set)
+    firings: dict[str, Firing | None] = {
+        MONITOR: main.firing,
+        NORMS_MOTION: replay(masked(analyses, NORM_METRICS + MOTION_METRICS), rule_set).firing,
+        NORMS_ONLY: replay(masked(analyses, NORM_METRICS), rule_set).firing,
+    }
+    has_probe = bool(record.get("probe"))
+    for name, fn in detectors.baselines(chance).items():
+        firings[name] = fn(record) if has_probe or name in detectors.LOSS_BASELINES else None
+    loss = [firings[n] for n in detectors.LOSS_BASELINES]
+    firings[ANY_LOSS] = detectors.union([f for f in loss if f is not None])
+    every = [f for n, f in firings.items() if n not in (MONITOR, NORMS_MOTION, NORMS_ONLY,
+                                                         ANY_LOSS) and f is not None]
+    firings[ANY_BASELINE] = detectors.union(every) if has_probe else None
+    start = onset + 1 if midrun else 1
     accs = [r["val_acc"] for r in rows[1:]]
+    has_accuracy = chance is not None
     return RunScore(
-        pair=record["pair"], kind=record["kind"], seed=record["seed"], role=record["role"],
-        best_acc=detectors.best_accuracy(rows),
+        pair=record["pair"], kind=record["kind"], seed=int(record["seed"]), role=record["role"],
+        split=record.get("split") or (pair.split_of(int(record["seed"])) if pair else "tuning"),
+        onset=onset, midrun=midrun, classes=bool(record.get("classes")),
+        epochs_run=int(rows[-1]["epoch"]),
+        best_acc=detectors.best_accuracy(rows), window_best=detectors.best_accuracy(rows, start),
         final_acc=accs[-1] if accs and math.isfinite(accs[-1]) else 0.0,
-        epochs_run=int(rows[-1]["epoch"]), seconds=float(record["seconds"]),
-        decided=detectors.decided_epoch(rows), rules=firsts, alerts=alerts,
-        baselines={name: fn(rows) for name, fn in detectors.BASELINES.items()},
-        levels=levels, accs={int(r["epoch"]): r["val_acc"] for r in rows},
+        seconds=float(record["seconds"]), has_accuracy=has_accuracy,
+        decided=detectors.decided_epoch(rows, start), firings=firings, monitor=main,
+        accs={int(r["epoch"]): r["val_acc"] for r in rows},
     )
 
 
 def mark_broken(scores: Iterable[RunScore]) -> list[RunScore]:
-    """Set ``broken`` on injected failures whose best accuracy is :data:`detectors.BROKEN_MARGIN`
-    below the worst healthy run of the same pair and seed, or whose loss went non-finite."""
+    """Set ``broken`` on injected failures whose best accuracy over the failure window is
+    :data:`detectors.BROKEN_MARGIN` below the median best accuracy of the healthy runs (class
+    analysis duplicates left out) of the same pair and seed, or whose loss went non-finite in
+    the window."""
     scores = list(scores)
-    reference: dict[tuple[str, int], float] = {}
+    reference: dict[tuple[str, int], list[float]] = {}
     for s in scores:
-        if s.healthy:
-            key = (s.pair, s.seed)
-            reference[key] = min(reference.get(key, math.inf), s.best_acc)
+        if s.healthy and not s.classes:
+            reference.setdefault((s.pair, s.seed), []).append(s.best_acc)
     for s in scores:
         if s.healthy:
             continue
-        worst = reference.get((s.pair, s.seed), math.nan)
-        nan_loss = s.baselines.get("non-finite loss") is not None
-        s.broken = nan_loss or s.best_acc < worst - detectors.BROKEN_MARGIN
+        nan = s.firings.get("non-finite loss")
+        nan_loss = nan is not None and nan.first(s.start) is not None
+        healthy = reference.get((s.pair, s.seed))
+        median = statistics.median(healthy) if healthy else math.nan
+        s.broken = nan_loss or (s.has_accuracy and s.window_best < median
+                                - detectors.BROKEN_MARGIN)
     return scores
 
 
+# ---------------------------------------------------------------------- intervals
 def fraction(successes: int, total: int) -> str:
-    low, high = detectors.wilson(successes, total)
+    """``k/n [low, high]`` with the 95% Wilson interval."""
     if total == 0:
         return "-"
+    low, high = detectors.wilson(successes, total)
     return f"{successes}/{total} [{low:.2f}, {high:.2f}]"
 
 
-def summary_rows(scores: Sequence[RunScore]) -> list[list[Any]]:
-    """Per detector: injected failures detected, broken runs detected and detected by their
-    decided epoch, healthy runs alarmed, precision over every run it fired on, and (for the
-    monitor) the median lead over the earliest loss baseline (positive: the spectra first)."""
-    failures = [s for s in scores if not s.healthy]
-    broken = [s for s in failures if s.broken]
-    healthy = [s for s in scores if s.healthy]
-    detectors_: dict[str, Callable[[RunScore], int | None]] = {
-        "monitor's default rules (warning/stop)": lambda s: s.spectral,
-        **{name: (lambda s, n=name: s.baselines[n]) for name in detectors.BASELINES},
-        "any loss baseline": lambda s: s.losses,
-    }
+def cells_of(scores: Sequence[RunScore], outcome: Callable[[RunScore], bool]
+             ) -> list[list[int]]:
+    """The 0/1 outcomes grouped by (pair, kind) cell."""
+    cells: dict[tuple[str, str], list[int]] = {}
+    for s in scores:
+        cells.setdefault((s.pair, s.kind), []).append(int(outcome(s)))
+    return list(cells.values())
+
+
+def bootstrap(groups: Sequence[list[list[int]]], statistic: Callable[[list[float]], float],
+              reps: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of ``statistic(rates)`` where each rate is pooled over one group
+    of cells resampled two-stage (cells with replacement, then runs within each drawn cell with
+    replacement); groups are resampled independently. (nan, nan) when a group is empty."""
+    if any(not cells for cells in groups):
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    arrays = [[np.asarray(c, dtype=float) for c in cells] for cells in groups]
+    values = []
+    for _ in range(reps):
+        rates = []
+        for cells in arrays:
+            drawn = rng.integers(0, len(cells), len(cells))
+            hits = total = 0.0
+            for index in drawn:
+                cell = cells[index]
+                runs = cell[rng.integers(0, len(cell), len(cell))]
+                hits += runs.sum()
+                total += len(runs)
+            rates.append(hits / total)
+        value = statistic(rates)
+        if math.isfinite(value):
+            values.append(value)
+    if not values:
+        return math.nan, math.nan
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def precision_at(recall: float, false_alarm: float, base_rate: float = BASE_RATE) -> float:
+    """Precision when ``base_rate`` of runs are broken: pi R / (pi R + (1 - pi) F)."""
+    hit, false = base_rate * recall, (1 - base_rate) * false_alarm
+    return hit / (hit + false) if hit + false > 0 else math.nan
+
+
+def _interval(low: float, high: float) -> str:
+    return "-" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
+
+
+# ---------------------------------------------------------------------- tables
+def detector_names(scores: Sequence[RunScore]) -> list[str]:
+    names = list(scores[0].firings) if scores else []
+    return [n for n in names if any(s.available(n) for s in scores)]
+
+
+def summary_rows(scores: Sequence[RunScore], names: Sequence[str] | None = None
+                 ) -> list[list[Any]]:
+    """Per detector: healthy runs alarmed (Wilson; cell bootstrap), alarmed analyses of healthy
+    runs, mid-run failures alarmed before their onset, broken runs detected (Wilson; cell
+    bootstrap) and within two analyses of the onset, the median delay from the onset, and the
+    precision at :data:`BASE_RATE` (cell bootstrap)."""
+    names = detector_names(scores) if names is None else names
     out = []
-    for name, epoch_of in detectors_.items():
-        hits = [s for s in failures if epoch_of(s) is not None]
-        broken_hits = [s for s in broken if epoch_of(s) is not None]
-        in_time = [s for s in broken_hits if epoch_of(s) <= s.decided]
-        false = [s for s in healthy if epoch_of(s) is not None]
-        leads = [s.losses - s.spectral for s in failures
-                 if s.spectral is not None and s.losses is not None]
+    for name in names:
+        runs = [s for s in scores if s.available(name) and not s.classes]
+        healthy = [s for s in runs if s.healthy]
+        broken = [s for s in runs if not s.healthy and s.broken]
+        midrun = [s for s in runs if s.midrun]
+        alarmed = [s for s in healthy if s.first(name) is not None]
+        analyses = sum(s.analyses for s in healthy)
+        alarmed_analyses = sum(len(s.firings[name].epochs) for s in healthy)
+        hits = [s for s in broken if s.first(name) is not None]
+        soon = [s for s in hits if s.delay(name) <= 2]
+        delays = [s.delay(name) for s in hits]
+        prefix = [s for s in midrun if s.prefix_alarms(name)]
+        false_cells = cells_of(healthy, lambda s, n=name: s.first(n) is not None)
+        hit_cells = cells_of(broken, lambda s, n=name: s.first(n) is not None)
+        recall = len(hits) / len(broken) if broken else math.nan
+        false_rate = len(alarmed) / len(healthy) if healthy else math.nan
         out.append([
-            name, fraction(len(hits), len(failures)), fraction(len(broken_hits), len(broken)),
-            fraction(len(in_time), len(broken)), fraction(len(false), len(healthy)),
-            fraction(len(hits), len(hits) + len(false)),
-            statistics.median(leads) if name.startswith("monitor") and leads
-            else "-",
+            name,
+            fraction(len(alarmed), len(healthy)), _interval(*bootstrap([false_cells], _first)),
+            f"{alarmed_analyses}/{analyses}" if analyses else "-",
+            f"{len(prefix)}/{len(midrun)}" if midrun else "-",
+            fraction(len(hits), len(broken)), _interval(*bootstrap([hit_cells], _first)),
+            fraction(len(soon), len(broken)),
+            f"{statistics.median(delays):g}" if delays else "-",
+            _fmt(precision_at(recall, false_rate)),
+            _interval(*bootstrap([hit_cells, false_cells],
+                                 lambda r: precision_at(r[0], r[1]))),
         ])
+    return out
+
+
+SUMMARY_HEADER = ["detector", "healthy runs alarmed [Wilson]", "[cell bootstrap]",
+                  "alarmed analyses / healthy analyses", "mid-run failures alarmed before onset",
+                  "broken runs detected [Wilson]", "[cell bootstrap]",
+                  "detected within 2 analyses of onset", "median delay from onset",
+                  f"precision at {BASE_RATE:.0%} broken", "[cell bootstrap]"]
+
+
+def _first(rates: list[float]) -> float:
+    return rates[0]
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+def kind_rows(scores: Sequence[RunScore], names: Sequence[str]) -> list[list[Any]]:
+    """Per failure kind (over pairs): broken/injected runs, and per detector the broken runs
+    detected with the median delay from the onset."""
+    out = []
+    failures = [s for s in scores if not s.healthy and not s.classes]
+    for kind in dict.fromkeys(s.kind for s in failures):
+        runs = [s for s in failures if s.kind == kind]
+        broken = [s for s in runs if s.broken]
+        row: list[Any] = [kind, ", ".join(sorted({s.pair for s in runs})),
+                          f"{len(broken)}/{len(runs)}"]
+        for name in names:
+            mine = [s for s in broken if s.available(name)]
+            hits = [s.delay(name) for s in mine if s.first(name) is not None]
+            cell = f"{len(hits)}/{len(mine)}" if mine else "-"
+            if hits:
+                cell += f" ({statistics.median(hits):g})"
+            row.append(cell)
+        out.append(row)
+    return out
+
+
+def versus_rows(scores: Sequence[RunScore], baselines: Sequence[str],
+                monitor: str = MONITOR) -> list[list[Any]]:
+    """Per failure kind, over its broken runs, for each baseline: ``+a`` runs the monitor
+    detected and the baseline did not, ``-b`` the reverse, ``e/t/l`` runs both detected with
+    the monitor earlier / at the same analysis / later."""
+    out = []
+    failures = [s for s in scores if not s.healthy and s.broken and not s.classes]
+    for kind in dict.fromkeys(s.kind for s in failures):
+        runs = [s for s in failures if s.kind == kind]
+        row: list[Any] = [kind, len(runs)]
+        for name in baselines:
+            mine = [s for s in runs if s.available(name)]
+            if not mine:
+                row.append("-")
+                continue
+            only_m = only_b = earlier = tied = later = 0
+            for s in mine:
+                m, b = s.first(monitor), s.first(name)
+                if m is not None and b is None:
+                    only_m += 1
+                elif b is not None and m is None:
+                    only_b += 1
+                elif m is not None and b is not None:
+                    earlier += m < b
+                    tied += m == b
+                    later += m > b
+            row.append(f"+{only_m}/-{only_b}; {earlier}/{tied}/{later}")
+        out.append(row)
+    return out
+
+
+def healthy_alarm_rows(scores: Sequence[RunScore]) -> list[list[Any]]:
+    """Every healthy run (class runs included) on which the monitor raised a warning or stop:
+    its rules and the first alert's message."""
+    out = []
+    for s in scores:
+        if not s.healthy or s.monitor is None or not s.monitor.alerts:
+            continue
+        rules = "; ".join(f"{r} {e}" for r, e in sorted(s.monitor.rules.items(),
+                                                          key=lambda kv: kv[1]))
+        out.append([s.pair, s.kind, s.seed, rules, s.monitor.alerts[0].message[:300]])
+    return out
+
+
+def prefix_alarm_rows(scores: Sequence[RunScore]) -> list[list[Any]]:
+    """Mid-run failures on which the monitor fired before the onset (on their healthy start)."""
+    out = []
+    for s in scores:
+        early = s.prefix_alarms(MONITOR)
+        if early:
+            out.append([s.pair, s.kind, s.seed, s.onset,
+                        "; ".join(f"{s.firings[MONITOR].said[k]} {k}" for k in early)])
     return out
 
 
@@ -147,14 +422,16 @@ def stop_signal_rows(scores: Sequence[RunScore]) -> list[list[Any]]:
     level 0) with its validation accuracy against the run's last one, per seed."""
     out = []
     for kind in dict.fromkeys(s.kind for s in scores):
-        runs = [s for s in scores if s.kind == kind]
-        raised = sum(1 for s in runs for _, level in s.levels if level > 0)
-        total = sum(len(s.levels) for s in runs)
+        runs = [s for s in scores if s.kind == kind and s.monitor is not None]
+        if not runs:
+            continue
+        raised = sum(1 for s in runs for _, level in s.monitor.levels if level > 0)
+        total = sum(len(s.monitor.levels) for s in runs)
         stops, kept = [], []
         for s in runs:
-            stop = next((e for e, level in s.levels if level > 0), None)
+            stop = next((e for e, level in s.monitor.levels if level > 0), None)
             stops.append(describe_epoch(stop))
-            last = max((e for e, level in s.levels if level == 0), default=None)
+            last = max((e for e, level in s.monitor.levels if level == 0), default=None)
             final = s.accs.get(s.epochs_run, math.nan)
             acc = s.accs.get(last, math.nan) if last is not None else math.nan
             kept.append("-" if last is None else f"{last} ({acc:.3f} vs {final:.3f})")

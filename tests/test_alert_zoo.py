@@ -32,7 +32,7 @@ from experiments.alert_zoo.recording import (
 from experiments.alert_zoo.switches import MidRunSwitch, Switch, scale_learning_rates
 from experiments.alert_zoo.train import load_cached
 from experiments.alert_zoo.zoo import BROKEN, HEALTHY, PAIRS, TUNING, build_model
-from experiments.common import history_analyses, replay_alerts, trainer_for
+from experiments.common import replay_alerts, trainer_for
 from svd_callback.examples.data import FASHION_MNIST_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -329,7 +329,7 @@ def test_zoo_covers_recipes_failures_and_heavy_tails():
     tuning = [p for p in PAIRS.values() if p.split == TUNING]
     names = {k.name for p in tuning for k in p.kinds}
     assert {"mid_lr_x100", "mid_lr_zero", "mid_labels", "mid_inputs_zero", "mid_freeze",
-            "vanishing", "dying_relu", "raw_pixels", "labels_40", "wd_collapse", "adam_l2",
+            "vanishing", "dying_relu", "raw_pixels", "labels_40", "wd_strong", "adam_l2",
             "dropout_95", "long_cosine", "finetune", "sgd_plain", "label_smoothing", "dropout",
             "augment"} <= names
     assert any((k.epochs or p.epochs) >= 40 for p in tuning for k in p.kinds
@@ -386,6 +386,28 @@ def test_masked_history_keeps_only_the_norms():
                               "training": {"val_loss": 1.0}}
 
 
+def test_class_rows_replayed_as_the_engine_read_them():
+    def rows(epoch, specific, retained, fractions):
+        common = {"epoch": epoch, "step": 10 * epoch}
+        return [{"type": "layer", **common, "layer": "fc", "kind": "linear", "mode": "unfold",
+                 "metrics": {"spectral_norm": 1.0}},
+                {"type": "class", **common, "layer": "fc", "reason": None,
+                 "metrics": {"jaccard_mean": 0.5, "feature_fraction_mean": 0.05,
+                             "feature_count_mean": 3.2},
+                 "specific_neurons": specific, "specific_retained": retained},
+                {"type": "class_summary", **common, "feature_layer": "fc",
+                 "feature_fraction": fractions}]
+    history = rows(1, [2, 3], None, [0.1, 0.0]) + rows(2, [0, 3], [0, 3], [0.1, 0.0])
+    converted = sc.class_layer_rows(history)
+    assert converted[0]["mode"] == "classes"
+    assert converted[0]["metrics"]["feature_count/0"] == pytest.approx(6.4)  # 0.1 x 64
+    assert converted[1]["metrics"]["specific_retained/0"] == 0.0
+    analyses = sc.zoo_analyses(history)
+    alerts = replay_alerts(analyses, sc.default_rule_set(analyses))
+    assert [(a.rule, a.layer, a.metric, a.epoch) for a in alerts] == [
+        ("ClassLostSpecificNeurons", "fc", "specific_neurons/0", 2)]
+
+
 def _zoo(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": str(REPO)}
@@ -418,7 +440,7 @@ def test_quick_zoo_trains_caches_and_replays(tmp_path):
     # the replay of each cached history raises exactly the alerts the callback raised online
     for path in sorted(tmp_path.rglob("*.json.gz")):
         record = load_cached(path)
-        analyses = history_analyses(record["history"])
+        analyses = sc.zoo_analyses(record["history"])
         replayed = replay_alerts(analyses, sc.default_rule_set(analyses))
         key = ("rule", "layer", "mode", "epoch", "severity")
         assert [tuple(a.to_dict()[k] for k in key) for a in replayed] == \

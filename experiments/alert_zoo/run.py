@@ -36,8 +36,8 @@ SPLIT_TITLES = {"tuning": "Tuning pairs, tuning seeds",
                 "held-out architecture": "Held-out architectures",
                 "held-out seed": "Tuning pairs, held-out seeds"}
 QUICK = {
-    "digits_cnn": {"kinds": ("adam", "finetune", "lr_nan", "lr_dead", "frozen", "mid_lr_zero"),
-                   "epochs": 6, "data": {}},
+    "digits_cnn": {"kinds": ("adam", "adam_classes", "finetune", "lr_nan", "lr_dead", "frozen",
+                             "mid_lr_zero"), "epochs": 6, "data": {}},
     "fashion_mlp": {"kinds": ("adam", "lr_nan", "frozen"), "epochs": 3,
                     "data": {"train_size": 1000, "val_size": 500}},
 }
@@ -101,7 +101,8 @@ def planned(args: argparse.Namespace) -> list[tuple[Pair, str, int, dict]]:
             seeds = [s for s in seeds if s in args.seeds]
         if args.kinds:
             kinds = [k for k in kinds if k in args.kinds]
-        runs.extend((pair, kind, seed, overrides) for seed in seeds for kind in kinds)
+        runs.extend((pair, kind, seed, overrides) for seed in seeds for kind in kinds
+                    if pair.kind(kind).runs_at(seed))
     return runs
 
 

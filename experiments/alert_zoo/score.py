@@ -59,6 +59,46 @@ def default_rule_set(analyses: Sequence[dict[str, Any]]) -> list[Any]:
     return rules
 
 
+def class_layer_rows(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The class analysis's ``class`` rows of a history as the records its alert engine read
+    online (mode ``"classes"``): each layer's statistics plus ``specific_neurons/<c>``,
+    ``specific_retained/<c>`` and, at the feature layer, ``feature_count/<c>`` = |S_c|
+    (the ``class_summary`` row's fraction times D = ``feature_count_mean /
+    feature_fraction_mean``), as :meth:`ClassReport.record_metrics` builds them."""
+    summaries = {(int(r["epoch"]), int(r["step"])): r for r in history
+                 if r.get("type") == "class_summary"}
+    out = []
+    for row in history:
+        if row.get("type") != "class":
+            continue
+        key = (int(row["epoch"]), int(row["step"]))
+        metrics = {k: (math.nan if v is None else float(v))
+                   for k, v in (row.get("metrics") or {}).items()}
+        for name in ("specific_neurons", "specific_retained"):
+            values = row.get(name)
+            if values is not None:
+                metrics.update({f"{name}/{c}": math.nan if v is None else float(v)
+                                for c, v in enumerate(values)})
+        summary = summaries.get(key)
+        if summary is not None and summary.get("feature_layer") == row["layer"]:
+            fraction = metrics.get("feature_fraction_mean", math.nan)
+            count = metrics.get("feature_count_mean", math.nan)
+            if math.isfinite(fraction) and fraction > 0 and math.isfinite(count):
+                n_features = round(count / fraction)
+                metrics.update({f"feature_count/{c}": float(v) * n_features
+                                for c, v in enumerate(summary.get("feature_fraction") or [])})
+        out.append({"type": "layer", "epoch": row["epoch"], "step": row["step"],
+                    "layer": row["layer"], "kind": CLASS_MODE, "mode": CLASS_MODE,
+                    "metrics": metrics, "reason": row.get("reason")})
+    return out
+
+
+def zoo_analyses(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The analyses of a cached history as the callback's alert engine saw them: its layer,
+    summary and training rows, and its class records (:func:`class_layer_rows`)."""
+    return history_analyses([*history, *class_layer_rows(history)])
+
+
 def masked(analyses: Sequence[dict[str, Any]], keep: Iterable[str]) -> list[dict[str, Any]]:
     """The analyses with every layer's metrics restricted to ``keep`` (class records dropped)
     and the model aggregates restricted to the trainer's scalars (mode ``"training"``) and to
@@ -168,7 +208,7 @@ def score_run(record: dict[str, Any], rule_set: RuleSet = default_rule_set) -> R
     chance = detectors.CHANCE if pair is None else pair.chance
     onset = int(record.get("onset", 0) or 0)
     midrun = record.get("switch") is not None
-    analyses = history_analyses(record["history"])
+    analyses = zoo_analyses(record["history"])
     main = replay(analyses, rule_set)
     firings: dict[str, Firing | None] = {
         MONITOR: main.firing,

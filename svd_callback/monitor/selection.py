@@ -1,5 +1,7 @@
 """Which of an analysis's scalars reach the loggers: fewer, non-redundant charts by default.
 
+- The ``"motion"`` metrics are the weight's own (the same in every conv mode): logged under
+  the primary mode's tags only.
 - Layers without a conv mode (linear, embedding, attention: every kind not ``conv*``) have the
   same matrix, hence the same values, in every conv mode: they are logged once, under the
   primary mode's tags ``spectral/<metric>/<layer>``.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from svd_callback.config import MonitorConfig
 from svd_callback.monitor.result import AnalysisResult
+from svd_callback.motion import MOTION_METRICS
 from svd_callback.sinks import tags
 
 __all__ = [
@@ -60,7 +63,8 @@ def drop_redundant(
     for record in result.report:
         repeated = record.mode != primary and mode_independent(record.kind)
         for metric in analysis.metric_names:
-            if repeated or metric in hidden:
+            if repeated or metric in hidden or (record.mode != primary
+                                                and metric in MOTION_METRICS):
                 drop.add(tags.layer_tag(metric, record.name, record.mode, primary))
     unwanted = [s for s in SUMMARY_STATS if s not in config.summary_stats]
     for mode, aggregates in result.summary.items():

@@ -5,9 +5,10 @@ modes), ``alerts`` (the conditions in force and the alerts raised per analysis, 
 total, the cumulative count per rule and the count per analysis), then one category per conv
 mode (``spectral (unfold)``, ``spectral (operator)``, ...) with one multiline chart per metric
 whose regex ``^spectral/<metric>/.*`` (``^spectral/<metric>\\.<mode>/`` for a secondary mode)
-collects all layers, and (when class statistics are logged) a ``classes`` category with one
-chart per statistic ``^classes/<stat>/`` holding every layer. TensorBoard shows the categories
-in this order whichever run it reads first.
+collects all layers (the ``"motion"`` metrics, the weight's own, under the primary mode only),
+and (when class statistics are logged) a ``classes`` category with one chart per statistic
+``^classes/<stat>/`` holding every layer. TensorBoard shows the categories in this order
+whichever run it reads first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from svd_callback.metric_groups import METRIC_GROUPS
 from svd_callback.sinks.tags import custom_scalar_regex
 
 
@@ -42,10 +44,11 @@ def custom_scalar_layout(
         "alerts/rule (cumulative, per rule)": ["Multiline", [r"^alerts/rule/.*"]],
         "alerts/count (per analysis)": ["Multiline", [r"^alerts/count$"]],
     }
+    weight_only = set(METRIC_GROUPS["motion"])  # the weight's own: primary mode only
     for mode in modes:
         layout[f"spectral ({mode})"] = {
             metric: ["Multiline", [custom_scalar_regex(metric, mode, primary)]]
-            for metric in metrics
+            for metric in metrics if mode == primary or metric not in weight_only
         }
     classes = {stat: ["Multiline", [rf"^classes/{re.escape(stat)}/.*"]] for stat in class_stats}
     if classes:

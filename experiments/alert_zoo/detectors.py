@@ -400,8 +400,10 @@ def _dd_epoch(k: int, row: dict[str, Any] | None, record: dict[str, Any], total:
               weights: dict[str, list[Any]], losses: list[Any], accs: list[Any]) -> str:
     if row is None:
         return "numerical error (NaN) in the forward pass"
-    outputs = {**{n: v["out_mean"] for n, v in row["layers"].items()},
+    layers = list(row["layers"].items())
+    outputs = {**{n: v["out_mean"] for n, v in layers},
                **{f"{a['kind']}#{i}": a["out_mean"] for i, a in enumerate(row["activations"])}}
+    final = layers[-1][0] if layers else None  # the model's output layer: not watched unchanged
     for name, mean in outputs.items():
         forward.setdefault(name, []).append(mean)
         if mean is None or mean == 0:
@@ -414,8 +416,9 @@ def _dd_epoch(k: int, row: dict[str, Any] | None, record: dict[str, Any], total:
         for i, act in enumerate(row["activations"]):
             if act["kind"] in ("sigmoid", "tanh") and (act["saturated"] or 0.0) > DD_SATURATED:
                 return f"saturated activation {act['kind']}#{i}"
-        names = list(forward)
-        for name in names[:-1]:
+        for name in forward:
+            if name == final:
+                continue
             if _all_equal(forward[name][-DD_WINDOW:]) and len(forward[name]) >= DD_WINDOW:
                 return f"unchanged output of {name}"
         forward.clear()

@@ -165,7 +165,8 @@ def split_section(title: str, scores: Sequence[RunScore]) -> list[str]:
         "### What the monitor adds over each baseline, per kind (broken runs)", "",
         "`+a/-b; e/t/l`: a runs detected by the monitor and not by the baseline, b the "
         "reverse; of the runs both detected, e where the monitor fired at an earlier analysis, "
-        "t at the same, l later.", "",
+        "t at the same, l later, and in brackets the median lead in analyses (the baseline's "
+        "first firing minus the monitor's; positive: the monitor first).", "",
         markdown_table(["kind", "broken runs", *VERSUS], sc.versus_rows(scores, VERSUS)), "",
     ]
 

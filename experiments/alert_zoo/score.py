@@ -403,7 +403,8 @@ def versus_rows(scores: Sequence[RunScore], baselines: Sequence[str],
                 monitor: str = MONITOR) -> list[list[Any]]:
     """Per failure kind, over its broken runs, for each baseline: ``+a`` runs the monitor
     detected and the baseline did not, ``-b`` the reverse, ``e/t/l`` runs both detected with
-    the monitor earlier / at the same analysis / later."""
+    the monitor earlier / at the same analysis / later, and in brackets the median lead
+    (baseline's first analysis - monitor's) over those runs."""
     out = []
     failures = [s for s in scores if not s.healthy and s.broken and not s.classes]
     for kind in dict.fromkeys(s.kind for s in failures):
@@ -415,6 +416,7 @@ def versus_rows(scores: Sequence[RunScore], baselines: Sequence[str],
                 row.append("-")
                 continue
             only_m = only_b = earlier = tied = later = 0
+            leads = []
             for s in mine:
                 m, b = s.first(monitor), s.first(name)
                 if m is not None and b is None:
@@ -425,7 +427,9 @@ def versus_rows(scores: Sequence[RunScore], baselines: Sequence[str],
                     earlier += m < b
                     tied += m == b
                     later += m > b
-            row.append(f"+{only_m}/-{only_b}; {earlier}/{tied}/{later}")
+                    leads.append(b - m)
+            lead = f" ({statistics.median(leads):+g})" if leads else ""
+            row.append(f"+{only_m}/-{only_b}; {earlier}/{tied}/{later}{lead}")
         out.append(row)
     return out
 

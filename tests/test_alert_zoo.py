@@ -431,8 +431,8 @@ def test_quick_zoo_trains_caches_and_replays(tmp_path):
     # the mid-run switch acted at its onset and the record says so
     record = load_cached(tmp_path / "digits_cnn" / "mid_lr_zero_seed0.json.gz")
     assert record["onset"] == 4 and record["applied"]["epoch"] == 4
-    assert [row["lr"] for row in record["epochs"][1:]] == [3e-3] * 4 + [0.0] * 2
-    assert len(record["probe"]) == len(record["epochs"]) == 7
+    assert [row["lr"] for row in record["epochs"][1:]] == [3e-3] * 4 + [0.0]
+    assert len(record["probe"]) == len(record["epochs"]) == 6
     # the fine-tuning run starts from its source's end state
     source = load_cached(tmp_path / "digits_cnn" / "adam_seed0.json.gz")
     tuned = load_cached(tmp_path / "digits_cnn" / "finetune_seed0.json.gz")

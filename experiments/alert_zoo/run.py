@@ -36,8 +36,8 @@ SPLIT_TITLES = {"tuning": "Tuning pairs, tuning seeds",
                 "held-out architecture": "Held-out architectures",
                 "held-out seed": "Tuning pairs, held-out seeds"}
 QUICK = {
-    "digits_cnn": {"kinds": ("adam", "adam_classes", "finetune", "lr_nan", "lr_dead", "frozen",
-                             "mid_lr_zero"), "epochs": 6, "data": {}},
+    "digits_cnn": {"kinds": ("adam", "adam_classes", "finetune", "lr_nan", "frozen",
+                             "mid_lr_zero"), "epochs": 5, "data": {}},
     "fashion_mlp": {"kinds": ("adam", "lr_nan", "frozen"), "epochs": 3,
                     "data": {"train_size": 1000, "val_size": 500}},
 }

@@ -279,39 +279,41 @@ def cells_of(scores: Sequence[RunScore], outcome: Callable[[RunScore], bool]
     return list(cells.values())
 
 
-def bootstrap(groups: Sequence[list[list[int]]], statistic: Callable[[list[float]], float],
+def bootstrap(groups: Sequence[list[list[int]]], statistic: Callable[[np.ndarray], np.ndarray],
               reps: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of ``statistic(rates)`` where each rate is pooled over one group
     of cells resampled two-stage (cells with replacement, then runs within each drawn cell with
-    replacement); groups are resampled independently. (nan, nan) when a group is empty."""
+    replacement); groups are resampled independently. Resampling the n runs of a cell with k
+    successes draws Binomial(n, k / n) successes, which is how the second stage is drawn.
+    ``statistic`` maps the rates (one array of ``reps`` per group, in order) to ``reps``
+    values. (nan, nan) when a group is empty."""
     if any(not cells for cells in groups):
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    arrays = [[np.asarray(c, dtype=float) for c in cells] for cells in groups]
-    values = []
-    for _ in range(reps):
-        rates = []
-        for cells in arrays:
-            drawn = rng.integers(0, len(cells), len(cells))
-            hits = total = 0.0
-            for index in drawn:
-                cell = cells[index]
-                runs = cell[rng.integers(0, len(cell), len(cell))]
-                hits += runs.sum()
-                total += len(runs)
-            rates.append(hits / total)
-        value = statistic(rates)
-        if math.isfinite(value):
-            values.append(value)
-    if not values:
+    rates = []
+    for cells in groups:
+        sizes = np.array([len(c) for c in cells])
+        shares = np.array([sum(c) / len(c) for c in cells])
+        drawn = rng.integers(0, len(cells), (reps, len(cells)))
+        hits = rng.binomial(sizes[drawn], shares[drawn])
+        rates.append(hits.sum(axis=1) / sizes[drawn].sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.asarray(statistic(rates), dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size:
         return math.nan, math.nan
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
-def precision_at(recall: float, false_alarm: float, base_rate: float = BASE_RATE) -> float:
-    """Precision when ``base_rate`` of runs are broken: pi R / (pi R + (1 - pi) F)."""
-    hit, false = base_rate * recall, (1 - base_rate) * false_alarm
-    return hit / (hit + false) if hit + false > 0 else math.nan
+def precision_at(recall: Any, false_alarm: Any, base_rate: float = BASE_RATE) -> Any:
+    """Precision when ``base_rate`` of runs are broken: pi R / (pi R + (1 - pi) F) (NaN where
+    neither fires); elementwise on arrays."""
+    hit = base_rate * np.asarray(recall, dtype=float)
+    false = (1 - base_rate) * np.asarray(false_alarm, dtype=float)
+    total = hit + false
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(total > 0, hit / np.where(total > 0, total, 1.0), np.nan)
+    return float(value) if value.ndim == 0 else value
 
 
 def _interval(low: float, high: float) -> str:

@@ -37,7 +37,9 @@ from svd_callback.sinks.history import read_history
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 RECORD_VERSION = 2
-"""1: losses and the monitor's history; 2: + probe statistics, onset/switch, metric groups."""
+"""1: losses and the monitor's history; 2: + probe statistics, onset/switch, metric groups
+(``cpu_seconds``, the process's CPU time for the fit, where recorded: a timing that does not
+depend on other jobs sharing the cores)."""
 MOTION_GROUP = "motion"
 
 
@@ -149,9 +151,10 @@ def train_run(pair: Pair, kind: Kind, seed: int, *, root: Path = HISTORIES,
         if switch is not None:
             callbacks.append(switch)
         trainer = trainer_for(n_epochs, callbacks)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         trainer.fit(model, datamodule=datamodule)
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
         history = read_history(history_file)
     if kind.role == "healthy" and any(k.finetune == kind.name for k in pair.kinds):
         target = state_path(root, pair, kind, seed)
@@ -167,6 +170,7 @@ def train_run(pair: Pair, kind: Kind, seed: int, *, root: Path = HISTORIES,
                                                           {**data, **kind.data}.items()
                                                           if k != "root"},
         "epochs_planned": n_epochs, "fingerprint": key, "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "machine": machine_line(), "metric_groups": list(groups), "epochs": recorder.rows,
         "probe": probe.rows, "history": history,
         "online_alerts": [a.to_dict() for a in monitor.alert_engine.alerts_so_far],

@@ -201,11 +201,14 @@ def report(scores: Sequence[RunScore]) -> str:
         pair = PAIRS[name]
         mine = [s for s in scores if s.pair == name]
         minutes = sum(s.seconds for s in mine) / 60
+        cpu = [s.cpu_seconds for s in mine if s.cpu_seconds is not None]
+        cpu_text = (f" ({sum(cpu) / 60:.1f} min of CPU over the {len(cpu)} runs that record "
+                    "it)" if cpu else "")
         held = " (held-out architecture)" if pair.split == HELD_OUT else ""
         source = f" Ported from {pair.source}." if pair.source else ""
         parts += [f"## {name}{held}: {pair.what}", "",
                   f"{len(mine)} runs, {pair.epochs} epochs planned (kinds may differ), "
-                  f"{minutes:.1f} min of training.{source}", "",
+                  f"{minutes:.1f} min of training{cpu_text}.{source}", "",
                   run_table(mine), "",
                   "README stop and checkpoint signals: `alerts/active` > 0 analyses, where "
                   "`EarlyStopping(monitor=\"alerts/active\", mode=\"min\", "

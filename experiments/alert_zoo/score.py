@@ -158,6 +158,7 @@ class RunScore:
     window_best: float
     final_acc: float
     seconds: float
+    cpu_seconds: float | None
     has_accuracy: bool
     broken: bool = False
     decided: int | None = None
@@ -233,7 +234,8 @@ def score_run(record: dict[str, Any], rule_set: RuleSet = default_rule_set) -> R
         epochs_run=int(rows[-1]["epoch"]),
         best_acc=detectors.best_accuracy(rows), window_best=detectors.best_accuracy(rows, start),
         final_acc=accs[-1] if accs and math.isfinite(accs[-1]) else 0.0,
-        seconds=float(record["seconds"]), has_accuracy=has_accuracy,
+        seconds=float(record["seconds"]), cpu_seconds=record.get("cpu_seconds"),
+        has_accuracy=has_accuracy,
         decided=detectors.decided_epoch(rows, start), firings=firings, monitor=main,
         accs={int(r["epoch"]): r["val_acc"] for r in rows},
     )

@@ -21,7 +21,8 @@ SVD_METHOD_CHOICES = ("auto", "svd", "gram", "gram32")
 """``svd_callback.spectra.SVD_METHODS``, spelled out so ``--help`` does not import torch."""
 
 CONV_MODE_CHOICES = ("unfold", "operator", "slices")
-"""``svd_callback.report.CONV_MODES``, spelled out for the same reason."""
+"""``svd_callback.config.CONV_MODES``, spelled out for the same reason (a test holds them
+equal)."""
 
 MAX_SPATIAL_DIMS = 3
 """Conv1d to Conv3d: ``--input-size`` takes one to three numbers."""
@@ -130,7 +131,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if args.device:
         model = model.to(args.device)
-    input_sizes = _operator_input_sizes(model, args, note) if "operator" in args.mode else None
+    sized = _modes_needing_input_size(args.mode)
+    input_sizes = _input_sizes(model, args, note, sized[0]) if sized else None
     progress = None if args.no_progress else _progress_bar()
     groups = ("norms", "powerlaw") + ("mp",) * args.mp_fit + ("traps",) * args.traps
     config = AnalysisConfig(conv_mode=tuple(args.mode), metrics=groups,
@@ -142,8 +144,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     frame = report.to_dataframe()
     if frame.empty:
         raise UsageError(f"{args.model} has no conv or linear layer")
-    if args.input_size and "operator" in args.mode:
-        _check_operator_convs(report.by_mode("operator"), args.input_size)
+    for mode in sized if args.input_size else ():
+        _check_sized_convs(report.by_mode(mode), mode, args.input_size)
     print(format_table(frame))
     for line in report.nan_reasons("alpha"):
         print(f"  {line}")
@@ -172,30 +174,37 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _operator_input_sizes(model, args: argparse.Namespace,
-                          note: str | None) -> dict[str, tuple[int, ...]] | None:
+def _modes_needing_input_size(modes: Sequence[str]) -> list[str]:
+    """The modes of ``--mode`` that need each conv's input size (``operator``)."""
+    from svd_callback.spectra.modes import MODES
+
+    return [m for m in modes if MODES[m].needs_input_size]
+
+
+def _input_sizes(model, args: argparse.Namespace, note: str | None,
+                 mode: str) -> dict[str, tuple[int, ...]] | None:
     """Each conv's spatial input size from one probe pass (``--input-size`` or the model's
-    ``example_input_array``); a model that rejects the probe is a usage error."""
+    ``example_input_array``), for ``mode``; a model that rejects the probe is a usage error."""
     from svd_callback.layers import example_input_for, record_input_sizes
 
     if note is not None:  # weights only: no forward pass to learn the convs' input sizes from
-        raise UsageError(f"operator mode needs the model's forward pass and {args.model} holds "
-                         "weights only: pass --model-class, or leave operator out of --mode")
+        raise UsageError(f"{mode} mode needs the model's forward pass and {args.model} holds "
+                         f"weights only: pass --model-class, or leave {mode} out of --mode")
     example = None if args.input_size else getattr(model, "example_input_array", None)
     if not args.input_size and example is None:
-        raise UsageError("operator mode needs --input-size (the model's spatial input size)")
+        raise UsageError(f"{mode} mode needs --input-size (the model's spatial input size)")
     what = ("--input-size " + " ".join(map(str, args.input_size)) if args.input_size
             else "the model's example_input_array")
     try:
         probe = example if example is not None else example_input_for(model, args.input_size)
         return record_input_sizes(model, probe)
     except Exception as error:  # the model's own forward rejects the probe input
-        raise UsageError(f"operator mode: the model rejects a probe input of {what}: "
+        raise UsageError(f"{mode} mode: the model rejects a probe input of {what}: "
                          f"{type(error).__name__}: {one_line(error)}") from None
 
 
-def _check_operator_convs(records, input_size: Sequence[int]) -> None:
-    """No conv analysed in operator mode because of the input size: a usage error."""
+def _check_sized_convs(records, mode: str, input_size: Sequence[int]) -> None:
+    """No conv analysed in ``mode`` because of the input size: a usage error."""
     from svd_callback.report import INPUT_SIZE_CODES
 
     convs = [r for r in records if r.kind != "linear"]
@@ -203,7 +212,7 @@ def _check_operator_convs(records, input_size: Sequence[int]) -> None:
     if convs and all(r.reason for r in convs) and by_size:
         first = by_size[0]
         raise UsageError(f"--input-size {' '.join(map(str, input_size))}: none of the "
-                         f"{len(convs)} conv layers can be analysed in operator mode "
+                         f"{len(convs)} conv layers can be analysed in {mode} mode "
                          f"({first.name}: {first.reason})")
 
 

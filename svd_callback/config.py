@@ -33,6 +33,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict, get_args
 
+from svd_callback.aggregates import SUMMARY_STATS
 from svd_callback.checks import (
     check_bool,
     check_choice,
@@ -337,7 +338,7 @@ def _check_summary_stats(value: Any) -> tuple[str, ...]:
         ValueError: on an empty selection or an unknown statistic.
     """
     stats = (value,) if isinstance(value, str) else value
-    valid = ("mean", "median")
+    valid = SUMMARY_STATS
     if (not isinstance(stats, Sequence) or not stats
             or any(s not in valid for s in stats)):
         raise ValueError(f"summary_stats must be a non-empty selection of {valid}, got {value!r}")

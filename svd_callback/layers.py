@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as _HookWeightNorm
 
 from svd_callback.sharding import full_weight
+from svd_callback.spectra.modes import mode_for
 
 _CONV_KINDS: dict[type, str] = {
     nn.Conv1d: "conv1d",
@@ -137,7 +137,7 @@ class LayerSpec:
 
     @property
     def is_conv(self) -> bool:
-        return self.kind.startswith("conv")
+        return is_conv_kind(self.kind)
 
     @property
     def is_module_weight(self) -> bool:
@@ -226,6 +226,12 @@ def _as_patterns(patterns: str | Sequence[str] | None) -> list[str] | None:
     if patterns is None:
         return None
     return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+def is_conv_kind(kind: str) -> bool:
+    """A convolution's kind (``conv1d`` ... ``conv_transpose3d``): its matrices depend on the
+    conv mode, every other kind's do not."""
+    return kind.startswith("conv")
 
 
 def layer_kind(module: nn.Module) -> str | None:
@@ -487,26 +493,15 @@ def example_input_for(model: nn.Module, input_size: int | Sequence[int]) -> torc
 
 
 def estimate_cost(spec: LayerSpec, mode: str) -> float:
-    """Relative cost (flops of the dense SVDs) of decomposing ``spec`` in ``mode``.
+    """Relative cost (flops of the dense SVDs) of decomposing ``spec`` in ``mode``
+    (:meth:`svd_callback.spectra.modes.ModeSpec.cost`).
 
     Used to balance layers across ranks; only ratios matter.
+
+    Raises:
+        ValueError: an unknown mode.
     """
-    d, c, *kernel = spec.weight_shape  # a transposed conv's weight is its adjoint's weight
-    k = math.prod(kernel) if kernel else 1
-    g = spec.groups
-    if not spec.is_conv or mode == "unfold":
-        m, n = d // g if spec.is_conv else d, (c * k) if spec.is_conv else c
-        return float(g * m * n * min(m, n))
-    if mode == "slices":
-        return float(k * d * c * min(d, c))
-    if mode == "operator":
-        size = spec.input_size or tuple([8] * len(kernel))
-        stride = spec.stride or (1,) * len(kernel)
-        freqs = math.prod(max(1, n // s) for n, s in zip(size, stride, strict=False))
-        cols = c * math.prod(stride)
-        rows = d // g
-        return float(freqs * g * rows * cols * min(rows, cols))
-    raise ValueError(f"unknown conv mode {mode!r}")
+    return mode_for(mode, spec.is_conv).cost(spec)
 
 
 def _forward(model: nn.Module, example_input: object) -> None:

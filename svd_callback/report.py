@@ -18,6 +18,7 @@ import torch
 
 from svd_callback.classes.report import ClassReport
 from svd_callback.config import CONV_MODES, NORMALIZATIONS
+from svd_callback.layers import is_conv_kind
 
 # CONV_MODES: the three conv SVD conventions (docs/conventions.md#conv-modes); NORMALIZATIONS:
 # ``raw`` lambda = sigma^2, ``ww`` WeightWatcher 0.7.7 (conv weights scaled by 1/sqrt(2), so
@@ -150,7 +151,7 @@ def eig_scale(kind: str, normalization: str, rows: int | None = None) -> float:
     if normalization == "raw":
         return 1.0
     if normalization == "ww":
-        return 0.5 if kind.startswith("conv") else 1.0
+        return 0.5 if is_conv_kind(kind) else 1.0
     if normalization == "per_row":
         if rows is None or rows < 1:
             raise ValueError(f"per_row needs the rows of the analysed matrix, got {rows!r}")

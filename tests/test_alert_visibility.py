@@ -5,6 +5,7 @@ the ``spectral/reasons`` text and the fixed custom-scalar category order."""
 from __future__ import annotations
 
 import torch
+from helpers import layout_of
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.util import tensor_util
 
@@ -18,7 +19,6 @@ from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.publisher import Publisher
 from svd_callback.monitor.runner import AnalysisRunner
 from svd_callback.report import LayerReport, Report
-from svd_callback.sinks.layout import custom_scalar_layout
 
 FIRES_AT = {1, 3}  # epochs at which the test rule raises one alert
 
@@ -118,10 +118,11 @@ def test_rules_table_escapes_markdown_and_marks_missing_settings():
 
 
 def test_layout_categories_are_in_a_fixed_order_summary_alerts_then_modes():
-    layout = custom_scalar_layout(["alpha"], ["unfold", "operator"], ["alpha_mean"], ["jac"])
+    layout = layout_of(["alpha"], ["unfold", "operator"], ["alpha_mean"], ["jac"])
     assert list(layout) == ["spectral summary", "alerts", "spectral (unfold)",
                             "spectral (operator)", "classes"]
     charts = layout["alerts"]
     assert [pattern for _, (pattern,) in charts.values()] == [
         r"^alerts/active$", r"^alerts/raised$", r"^alerts/total$", r"^alerts/rule/.*",
         r"^alerts/count$"]
+

@@ -25,13 +25,10 @@ from svd_callback.alerts import (
 from svd_callback.distributed import gather_conditions
 from svd_callback.examples import DigitsDataModule, SmallCNN
 from svd_callback.monitor.result import AnalysisResult
-from svd_callback.monitor.values import (
-    ALERT_ACTIVE_TAG,
-    ALERT_RAISED_TAG,
-    HEALTHY_STEP_TAG,
-    is_model_level,
-)
+from svd_callback.monitor.scalars import ACTIVE, HEALTHY_STEP, RAISED
 from svd_callback.report import LayerReport, Report
+
+ALERT_ACTIVE_TAG, ALERT_RAISED_TAG, HEALTHY_STEP_TAG = ACTIVE.tag, RAISED.tag, HEALTHY_STEP.tag
 
 
 def _report(metric: str, value: float) -> Report:
@@ -40,9 +37,9 @@ def _report(metric: str, value: float) -> Report:
 
 def _replay(engine: AlertEngine, metric: str, series, start: int = 0):
     """(level, raised, healthy_step) after each analysis of a planted one-layer series, through
-    the tag values the monitor logs (``monitor.values.scalars``)."""
-    from svd_callback.config import AnalysisConfig
-    from svd_callback.monitor.values import scalars
+    the tag values the monitor logs (``monitor.scalars.analysis_scalars``)."""
+    from svd_callback.config import AnalysisConfig, MonitorConfig
+    from svd_callback.monitor.scalars import analysis_scalars
 
     out = []
     for epoch, value in enumerate(series, start):
@@ -51,7 +48,10 @@ def _replay(engine: AlertEngine, metric: str, series, start: int = 0):
                                 trigger="train_epoch_end", seconds=0.0,
                                 report=_report(metric, value), summary={}, alerts=tuple(alerts),
                                 active=tuple(engine.active()))
-        values, _ = scalars(result, AnalysisConfig(metrics=("norms",)), "")
+        records = analysis_scalars(result, MonitorConfig(AnalysisConfig(metrics=("norms",))), "")
+        assert all(s.model_level for s in records if s.name in ("active", "raised",
+                                                                  "healthy_step"))
+        values = {s.tag: s.value for s in records}
         out.append((values[ALERT_ACTIVE_TAG], values[ALERT_RAISED_TAG],
                     values[HEALTHY_STEP_TAG]))
     return out
@@ -66,7 +66,8 @@ def test_a_condition_holding_three_analyses_reads_a_level_not_an_event():
     rows = _replay(engine, "alpha", [3.0, 7.0, 7.5, 8.0, 3.0])
     assert _levels(rows) == ([0, 1, 1, 1, 0], [0, 1, 0, 0, 0])
     assert [row[2] for row in rows] == [0, -1, -1, -1, 40]
-    assert all(map(is_model_level, (ALERT_ACTIVE_TAG, ALERT_RAISED_TAG, HEALTHY_STEP_TAG)))
+    assert (ALERT_ACTIVE_TAG, ALERT_RAISED_TAG, HEALTHY_STEP_TAG) == (
+        "alerts/active", "alerts/raised", "alerts/healthy_step")
 
 
 def test_the_level_rises_only_once_the_rule_fired_after_its_patience():

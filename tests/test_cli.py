@@ -12,7 +12,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from svd_callback.examples import SmallCNN
 from svd_callback.loading import weights_only_model
-from svd_callback.runs import parse_tag, read_run
+from svd_callback.runs import read_run
+from svd_callback.sinks.tags import parse_tag
 
 
 def test_analyze_saved_module_writes_csv_and_json(capsys, saved_module, tmp_path):

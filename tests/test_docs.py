@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from svd_callback.aggregates import SUMMARY_METRICS
 from svd_callback.alerts import default_class_rules, default_rules
-from svd_callback.analysis import SUMMARY_METRICS
 from svd_callback.report import CONV_MODES, NORMALIZATIONS
 from svd_callback.sinks.tags import CLASS_STAT_DESCRIPTIONS, METRIC_GROUPS
 

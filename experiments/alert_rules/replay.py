@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.common import history_analyses, replay_alerts
-from svd_callback.alerts import default_rules
-from svd_callback.monitor.values import ACTIVE_SEVERITIES
+from svd_callback.alerts import COUNTED_SEVERITIES, default_rules
 
 HISTORIES = Path(__file__).parent / "histories"
 RUNS = {
@@ -82,7 +81,7 @@ def raised_counts(run: str, rules=None) -> list[tuple[int, int]]:
     alerts = replay_alerts(analyses, default_rules(traps=False) if rules is None else rules)
     counts: dict[tuple[int, int], int] = {(a["epoch"], a["step"]): 0 for a in analyses}
     for alert in alerts:
-        if alert.severity in ACTIVE_SEVERITIES:
+        if alert.severity in COUNTED_SEVERITIES:
             counts[(alert.epoch, alert.step)] = counts.get((alert.epoch, alert.step), 0) + 1
     return [(epoch, n) for (epoch, _), n in sorted(counts.items())]
 

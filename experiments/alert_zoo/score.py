@@ -13,9 +13,8 @@ from typing import Any
 from experiments.alert_zoo import detectors
 from experiments.alert_zoo.zoo import HEALTHY
 from experiments.common import history_analyses, replay_alerts
-from svd_callback.alerts import default_rules
+from svd_callback.alerts import COUNTED_SEVERITIES, default_rules
 from svd_callback.metric_groups import METRIC_GROUPS
-from svd_callback.monitor.values import ACTIVE_SEVERITIES
 
 
 def default_rule_set(analyses: Sequence[dict[str, Any]]) -> list[Any]:
@@ -68,7 +67,7 @@ def score_run(record: dict[str, Any], rule_set: Callable[[Sequence[dict]], list[
     analyses = history_analyses(record["history"])
     levels: list[tuple[int, int]] = []
     alerts = [a for a in replay_alerts(analyses, rule_set(analyses), levels)
-              if a.severity in ACTIVE_SEVERITIES]
+              if a.severity in COUNTED_SEVERITIES]
     firsts: dict[str, int] = {}
     for alert in alerts:
         firsts[alert.rule] = min(firsts.get(alert.rule, alert.epoch), alert.epoch)

@@ -16,8 +16,10 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from svd_callback.spectra.modes import MODES
+
 HISTORY_STATE_VERSION = 1
-KNOWN_MODES = ("unfold", "operator", "slices")
+KNOWN_MODES = tuple(MODES)
 """Conv modes recognised inside flat summary keys such as ``alpha_mean/unfold``."""
 
 _MAX_KEY_TABLES = 4096

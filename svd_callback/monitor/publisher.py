@@ -26,15 +26,22 @@ from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.heatmaps import SpectrumStore
 from svd_callback.monitor.history_writer import HistoryWriter
 from svd_callback.monitor.result import AnalysisResult
-from svd_callback.monitor.selection import drop_redundant, mode_independent
+from svd_callback.monitor.scalars import (
+    ALERT_CHARTS,
+    analysis_scalars,
+    hparam_tags,
+    layout_charts,
+    layout_sections,
+    mode_independent,
+)
 from svd_callback.monitor.text import conventions_markdown
-from svd_callback.monitor.values import HEALTHY_STEP_TAG, is_model_level, scalars
 from svd_callback.report import Report
 from svd_callback.sinks import hparams as hp
 from svd_callback.sinks import tags
 from svd_callback.sinks.class_figures import hypergraph_figure, overlap_matrix_figure
 from svd_callback.sinks.figures import esd_figure_for, spectrum_heatmap_grid
 from svd_callback.sinks.layout import custom_scalar_layout
+from svd_callback.sinks.tags import Chart, Scalar
 from svd_callback.sinks.tensorboard import TensorBoardSink
 
 __all__ = ["Publisher"]
@@ -73,7 +80,7 @@ class Publisher:
     def reset_fit(self) -> None:
         """Forget the writers and what was written in a previous ``fit``."""
         self._sinks: dict[int, TensorBoardSink] = {}
-        self._layouts: dict[int, tuple[set[str], set[str], set[str]]] = {}
+        self._layouts: dict[int, set[Chart]] = {}
         self._started_logging = False
         self.last_result: AnalysisResult | None = None
         self._last_figure_index = -1
@@ -108,28 +115,26 @@ class Publisher:
     ) -> None:
         """``callback_metrics`` and the heat-map store (every rank); loggers, TensorBoard and
         the history file (rank 0). ``index``: the analysis's 0-based number in this run."""
-        values, descriptions = scalars(result, self.config.analysis, self.classes.conventions())
-        self._add_alert_totals(result, values, descriptions)
-        callback_metrics.update({  # float64 for the step: float32 rounds steps above 2**24
-            tag: torch.tensor(value, dtype=torch.float64 if tag == HEALTHY_STEP_TAG else
-                              torch.float32) for tag, value in values.items()
-            if self.per_layer_callback_metrics or is_model_level(tag) or tag.startswith("alerts/")
+        totals = self._alert_totals_after(result)
+        records = analysis_scalars(result, self.config, self.classes.conventions(), totals,
+                                   [rule_name(r) for r in self._rules()])
+        callback_metrics.update({
+            s.tag: torch.tensor(s.value, dtype=torch.float64 if s.float64 else torch.float32)
+            for s in records if self.per_layer_callback_metrics or s.model_level
         })
-        drop_redundant(values, descriptions, result, self.config)  # the loggers get fewer
+        logged = [s for s in records if s.logged]  # the loggers get fewer
         self.last_result = result
         if self.config.figures_every_n:
             self.guard.call("storing spectra for the heat maps", self.store.add, result.report,
                             result.epochs_trained, self.config.analysis.primary_mode,
                             self.config.figure_layers)
         if is_zero:
-            self.guard.call("logging the analysis", self._log, result, values, descriptions,
-                            loggers, current_epoch, index)
+            self.guard.call("logging the analysis", self._log, result, logged, loggers,
+                            current_epoch, index)
 
-    def _add_alert_totals(
-        self, result: AnalysisResult, values: dict[str, float], descriptions: dict[str, str]
-    ) -> None:
-        """``alerts/total`` and ``alerts/rule/<rule>``: alerts raised so far in this run, in all
-        and per rule (every active rule, 0 until it fires)."""
+    def _alert_totals_after(self, result: AnalysisResult) -> Counter[str]:
+        """Alerts raised so far in this run per rule, this analysis's included (restored from
+        the alert engine's alerts so far at the first analysis after a resume)."""
         if self._alert_totals is None:
             before: list[Any] = []
             if self.engine is not None:
@@ -140,17 +145,7 @@ class Publisher:
             self._alert_totals = alert_totals(before, result.alerts)
         else:
             self._alert_totals.update(a.rule for a in result.alerts)
-        totals = self._alert_totals
-        values[tags.ALERT_TOTAL_TAG] = float(sum(totals.values()))
-        descriptions[tags.ALERT_TOTAL_TAG] = (
-            "cumulative number of spectral alerts raised in this run up to this analysis "
-            "(alerts/count: the number raised by each analysis)")
-        names = [rule_name(r) for r in self._rules()]
-        for name in dict.fromkeys([*names, *sorted(totals)]):
-            tag = tags.alert_rule_tag(name)
-            values[tag] = float(totals.get(name, 0))
-            descriptions[tag] = (f"cumulative number of alerts rule {name} raised in this run "
-                                 f"up to this analysis")
+        return self._alert_totals
 
     def _rules(self) -> list[Any]:
         return list(self.engine.rules) if self.engine is not None else []
@@ -158,8 +153,7 @@ class Publisher:
     def _log(
         self,
         result: AnalysisResult,
-        values: dict[str, float],
-        descriptions: dict[str, str],
+        scalars: list[Scalar],
         loggers: Sequence[Any],
         current_epoch: int,
         index: int,
@@ -179,7 +173,7 @@ class Publisher:
         for logger in loggers:
             if id(logger) not in sinks:
                 self.guard.call(f"logging to {type(logger).__name__}", _log_to_logger, logger,
-                                {**values, **epoch}, step)
+                                {**{s.tag: s.value for s in scalars}, **epoch}, step)
         if not loggers:
             self.guard.note_once(
                 "no-logger", "the trainer has no logger; the spectral history goes to "
@@ -188,7 +182,7 @@ class Publisher:
         for key, sink in sinks.items():
             logger = next(lg for lg in loggers if id(lg) == key)
             self.guard.call("writing TensorBoard scalars", self._write_tensorboard, logger, sink,
-                            result, values, descriptions, epoch)
+                            result, scalars, epoch)
         every = self.config.figures_every_n
         if every and index % every == 0 and sinks:
             self.guard.call("writing figures", self._write_figures, sinks, result)
@@ -214,7 +208,7 @@ class Publisher:
         final summary metrics in TensorBoard's HPARAMS tab (:mod:`svd_callback.sinks.hparams`);
         called at the start of ``fit``, before Lightning logs the model's hyperparameters."""
         merged = {**hp.model_hparams(model), **hp.monitor_hparams(self.config)}
-        metrics = hp.metric_tags(self.config)
+        metrics = hparam_tags(self.config)
         for sink in self.tensorboard_sinks(loggers).values():
             if not hp.write_hparams(sink.writer, merged, metrics):
                 self.guard.warn_once("hparams", f"{type(sink.writer).__name__} cannot write the "
@@ -248,8 +242,7 @@ class Publisher:
         logger: TensorBoardLogger,
         sink: TensorBoardSink,
         result: AnalysisResult,
-        values: dict[str, float],
-        descriptions: dict[str, str],
+        scalars: list[Scalar],
         epoch: dict[str, float],
     ) -> None:
         step = result.step
@@ -258,8 +251,9 @@ class Publisher:
                                         self.classes.conventions())
             sink.text(tags.CONVENTIONS_TAG, text, step,
                       description="how the spectral metrics of this run were computed")
-        self._update_layout(sink, values)
-        sink.scalars(values, step, descriptions)
+        self._update_layout(sink, scalars)
+        sink.scalars({s.tag: s.value for s in scalars}, step,
+                     {s.tag: s.description for s in scalars})
         logger.log_metrics(epoch, step)
         if self.config.histograms:
             for record in result.report:
@@ -279,25 +273,16 @@ class Publisher:
                   reasons_text(result.report, self.config.analysis.metric_names), step,
                   description="why a layer or a logged metric has no value at this analysis")
 
-    def _update_layout(self, sink: TensorBoardSink, values: Mapping[str, float]) -> None:
-        """(Re)write the custom-scalar layout when metrics appear that it does not chart yet:
-        one chart per metric present, never an empty one."""
-        metrics = {t.split("/")[1].split(".")[0] for t in values if t.startswith("spectral/")}
-        summary = {t.split("/", 1)[1].split(".")[0] for t in values
-                   if t.startswith("spectral_summary/")}
-        classes = {t.split("/")[1] for t in values if t.startswith("classes/")}
-        known = self._layouts.setdefault(id(sink), (set(), set(), set()))
-        if metrics <= known[0] and summary <= known[1] and classes <= known[2]:
+    def _update_layout(self, sink: TensorBoardSink, scalars: list[Scalar]) -> None:
+        """(Re)write the custom-scalar layout when scalars appear that it does not chart yet
+        (:func:`~svd_callback.monitor.scalars.layout_charts`), never an empty chart; the
+        ``alerts`` charts are there from the first layout on."""
+        charts = layout_charts(scalars, self.config)
+        known = self._layouts.setdefault(id(sink), set(ALERT_CHARTS))  # shown from the start
+        if charts <= known:
             return
-        known[0].update(metrics)
-        known[1].update(summary)
-        known[2].update(classes)
-        analysis = self.config.analysis
-        charted = [m for m in analysis.metric_names if m in known[0]]
-        class_stats = [s for s in tags.CLASS_STAT_DESCRIPTIONS if s in known[2]]
-        class_stats += sorted(known[2] - set(class_stats))
-        sink.layout(custom_scalar_layout(charted, analysis.conv_mode, sorted(known[1]),
-                                         class_stats))
+        known.update(charts)
+        sink.layout(custom_scalar_layout(known, layout_sections(self.config)))
 
     def _write_figures(self, sinks: Mapping[int, TensorBoardSink], result: AnalysisResult) -> None:
         """ESD figures of the figure layers and one spectrum heat-map grid per mode."""

@@ -44,11 +44,10 @@ from svd_callback.monitor.inputs import Forward, forward_for, has_uninitialised_
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.report import LayerReport, Report
 from svd_callback.sharding import is_sharded
+from svd_callback.sinks.tags import OWN_TAG_PREFIXES
+from svd_callback.spectra.modes import MODES
 
-__all__ = ["OWN_TAG_PREFIXES", "AnalysisRunner", "training_scalars"]
-
-OWN_TAG_PREFIXES = ("spectral/", "spectral_summary/", "spectra/", "classes/", "alerts/")
-"""Tags the callback logs (left out of the training scalars read from ``callback_metrics``)."""
+__all__ = ["AnalysisRunner", "training_scalars"]
 
 InputSource = Callable[[], tuple[Any, str | None]]
 """Returns the inputs of one training sample and their key in a dict batch (or None)."""
@@ -56,7 +55,8 @@ InputSource = Callable[[], tuple[Any, str | None]]
 
 def training_scalars(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
     """The trainer's own logged scalars (``val_loss``, ``train_loss``, ...; not the callback's
-    tags), for rules such as :class:`~svd_callback.alerts.GeneralizationGap`."""
+    tags, :data:`~svd_callback.sinks.tags.OWN_TAG_PREFIXES`), for rules such as
+    :class:`~svd_callback.alerts.GeneralizationGap`."""
     out: dict[str, float] = {}
     try:
         for key, value in dict(callback_metrics).items():
@@ -116,7 +116,8 @@ class AnalysisRunner:
         """Record the conv input sizes once (``operator`` mode), never before the model's own
         first forward has materialised its lazy modules: a probe pass would initialise them
         from a different random state than the training would."""
-        if "operator" not in self.config.conv_mode or self.input_sizes or self.sizes_tried:
+        needed = any(MODES[m].needs_input_size for m in self.config.conv_mode)
+        if not needed or self.input_sizes or self.sizes_tried:
             return
         if has_uninitialised_lazy(module):
             self.guard.note_once("lazy-sizes", "the model has lazy modules not materialised "

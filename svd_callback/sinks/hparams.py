@@ -5,7 +5,8 @@ a session, takes the hyperparameter columns and metric names from an ``_hparams_
 tag (the first run that has one) and reads a metric's value as the last point of the scalar
 series with the metric's tag in the session's run. The records are written with
 ``torch.utils.tensorboard.summary.hparams`` straight to the writer's file writer, with the
-existing ``spectral_summary/*`` and ``alerts/total`` tags as metrics, so that no scalar point is
+existing ``spectral_summary/*`` and ``alerts/total`` tags as metrics (the caller's list,
+:func:`svd_callback.monitor.scalars.hparam_tags`), so that no scalar point is
 added (``TensorBoardLogger.log_hyperparams(params, metrics)`` would write the metric values at
 step 0). The loaders keep the first metadata of a tag per run: written at ``on_fit_start``,
 before Lightning logs the model's ``save_hyperparameters()``, these records, which hold the
@@ -19,8 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from svd_callback.config import MonitorConfig
-from svd_callback.monitor.selection import logged_metric_names
-from svd_callback.sinks import tags
 
 PREFIX = "svd/"
 """Prefix of the monitor's hyperparameter names (apart from the model's own)."""
@@ -64,15 +63,6 @@ def model_hparams(*sources: Mapping[str, Any] | None) -> dict[str, HParam]:
         if source:
             flat.update(_flatten(dict(source), ""))
     return flat
-
-
-def metric_tags(config: MonitorConfig) -> list[str]:
-    """The metrics of the HPARAMS table: ``spectral_summary/<metric>_<stat>`` of the primary
-    conv mode for every logged metric and summary statistic, and ``alerts/total``."""
-    primary = config.analysis.primary_mode
-    summary = [tags.summary_tag(f"{metric}_{stat}", primary, primary)
-               for metric in logged_metric_names(config) for stat in config.summary_stats]
-    return [*summary, "alerts/total"]
 
 
 def write_hparams(writer: Any, hparams: Mapping[str, HParam], metrics: list[str]) -> bool:

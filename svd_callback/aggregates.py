@@ -43,6 +43,8 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "num_spikes",
     "num_traps",
     "rand_distance",
+    "weight_motion",
+    "weight_rotation",
 )
 """The per-layer metrics aggregated over the layers."""
 

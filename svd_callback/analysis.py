@@ -38,9 +38,11 @@ from svd_callback.layers import (
     find_layers,
     record_input_sizes,
 )
+from svd_callback.motion import MotionTracker
 from svd_callback.normalizers import output_normalizers
 from svd_callback.report import LayerReport, Report, eig_scale
 from svd_callback.rmt import QualityThresholds, esd_metrics, trap_matrix, trap_metrics
+from svd_callback.sharding import full_weight
 from svd_callback.spectra import GRAM32_NOISE
 from svd_callback.spectra.modes import MODES, ModeSpec, kernel_volume, mode_for
 from svd_callback.transfer import to_host
@@ -49,7 +51,7 @@ FITS = (*config_types.FITS, None)
 """The values of ``fit``: :data:`svd_callback.config.FITS` and None (no power-law fit)."""
 
 CALL_ARGUMENTS = ("config", "input_sizes", "example_input", "layer_names", "thresholds",
-                  "keep_svals", "progress", "probe", "class_options")
+                  "keep_svals", "progress", "probe", "class_options", "motion")
 """``analyze``'s per-call arguments, which are not :class:`AnalysisConfig` options."""
 
 WW_MIN_EVALS, WW_MAX_EVALS, WW_MAX_N = 8, 15000, 50000
@@ -82,6 +84,7 @@ def analyze(
     progress: Callable[[int, int], None] | None = None,
     probe: ProbeSet | None = None,
     class_options: ClassAnalysisConfig | None = None,
+    motion: MotionTracker | None = None,
     **options: Unpack[AnalysisOptions],
 ) -> Report:
     """Decompose every conv and linear layer of ``model`` and compute its ESD metrics.
@@ -114,6 +117,10 @@ def analyze(
             features; one forward pass in eval mode, each module's mode restored).
         class_options: options of that analysis (None: its defaults; factorization rank only
             with ``factorization_every_n > 0``).
+        motion: the :class:`~svd_callback.motion.MotionTracker` of a series of calls on the
+            same model: with the ``"motion"`` group selected, each record gets how far its
+            weight moved since the tracker's previous and first call (NaN with a note on the
+            first). Without a tracker the group adds nothing (it needs earlier weights).
         **options: the :class:`~svd_callback.config.AnalysisConfig` options.
 
     Returns:
@@ -142,8 +149,13 @@ def analyze(
                         f"options in the config only")
     elif not isinstance(config, AnalysisConfig):
         raise TypeError(f"config must be an AnalysisConfig, got {type(config).__name__}")
-    return _analyze(model, config, input_sizes, example_input, layer_names,
-                    thresholds or QualityThresholds(), keep_svals, progress, probe, class_options)
+    report = _analyze(model, config, input_sizes, example_input, layer_names,
+                      thresholds or QualityThresholds(), keep_svals, progress, probe,
+                      class_options)
+    if motion is not None and "motion" in config.metrics:
+        specs, _ = find_layers(model, config.include, config.exclude, config.embeddings)
+        add_motion(report, specs, motion)
+    return report
 
 
 def _analyze(
@@ -229,6 +241,23 @@ def _analyze(
             records[spec.name].normalized_by = normalizers.get(spec.name)
         report.extend(records[spec.name] for spec in specs)
     return report
+
+
+def add_motion(report: Report, specs: Sequence[LayerSpec], tracker: MotionTracker) -> None:
+    """Add the ``"motion"`` metrics (:mod:`svd_callback.motion`) of every layer of ``specs``
+    analysed in ``report`` to its records, in every mode (with a note for each NaN); the
+    tracker keeps the sketches for the next call. A sharded weight is gathered
+    (:func:`~svd_callback.sharding.full_weight`, a collective), one at a time in the order of
+    ``specs``."""
+    analysed = {r.name for r in report if not r.skipped}
+    weights = ((s.name, full_weight(s.weight.detach())) for s in specs
+               if not s.is_meta and s.name in analysed)
+    motion = tracker.update(weights)
+    for record in report:
+        if not record.skipped and record.name in motion:
+            values, notes = motion[record.name]
+            record.metrics.update(values)
+            record.notes.update(notes)
 
 
 def summarize(report: Report) -> dict[str, dict[str, float]]:

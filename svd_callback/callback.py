@@ -39,8 +39,7 @@ _CONFIG_OPTIONS = (
     "every_n_epochs", "every_n_steps", "check_on", "log_init", "conv_mode", "include", "exclude",
     "metrics", "normalization", "fit", "ww_compat", "svd_method", "input_size", "histograms",
     "figures_every_n", "figure_layers", "stop_on_alert", "history_file", "generator_seed",
-    "embeddings",
-)
+    "embeddings", "motion_sketch")
 """The arguments that go into :class:`~svd_callback.config.MonitorConfig`."""
 _DEFAULTS = {"conv_mode": (("unfold",), ["unfold"], "unfold"), "check_on": (None,)}
 """Values of the current names that count as not given when the legacy name is given."""
@@ -124,6 +123,7 @@ class SpectralMonitor(Callback):
         per_layer_callback_metrics: bool = False,
         forward_fn: Callable[[torch.nn.Module, Any], Any] | None = None,
         svd_method: cfg.SvdMethod = "auto",
+        motion_sketch: int = cfg.DEFAULT_SKETCH_SIZE,
         conv_modes: cfg.ConvMode | Sequence[cfg.ConvMode] | None = None,
         on: cfg.EpochHook | None = None,
         **unknown: Any,
@@ -154,7 +154,8 @@ class SpectralMonitor(Callback):
         self._classes = ClassStage(class_config, class_probe, self._guard, forward_fn)
         keep_svals = self._config.histograms or bool(self._config.figures_every_n)
         self._runner = AnalysisRunner(self._config.analysis, self._engine, self._classes,
-                                      self._guard, keep_svals=keep_svals, forward_fn=forward_fn)
+                                      self._guard, keep_svals=keep_svals, forward_fn=forward_fn,
+                                      motion_sketch=self._config.motion_sketch)
         self._publisher = Publisher(self._config, self._classes, self._guard,
                                     bool(per_layer_callback_metrics), engine=self._engine)
         self._summaries: list[dict[str, Any]] = []
@@ -168,11 +169,10 @@ class SpectralMonitor(Callback):
     classes = property(lambda self: self._classes, doc="The class analysis: probe, tracker.")
     runner = property(lambda self: self._runner, doc="The analysis runner.")
     publisher = property(lambda self: self._publisher, doc="The publisher of each analysis.")
-
-    heatmaps = property(lambda self: self._publisher.store,
-                        doc="The spectra kept for the heat-map figures (a ``SpectrumStore``).")
-    last_result = property(lambda self: self._publisher.last_result,
-                           doc="The ``AnalysisResult`` of the last analysis of this fit, or None.")
+    heatmaps = property(lambda self: self._publisher.store, doc="The spectra kept for the "
+                        "heat-map figures (a ``SpectrumStore``).")
+    last_result = property(lambda self: self._publisher.last_result, doc="The "
+                           "``AnalysisResult`` of the last analysis of this fit, or None.")
 
     @property
     def input_sizes(self) -> dict[str, tuple[int, ...]]:
@@ -191,9 +191,7 @@ class SpectralMonitor(Callback):
         # the names of the keys predate MonitorConfig: checkpoints written before still load
         return self._generate_state_key(
             conv_modes=self._config.analysis.conv_mode, on=self._schedule.check_on,
-            every_n_epochs=self._config.every_n_epochs,
-            every_n_steps=self._config.every_n_steps,
-        )
+            every_n_epochs=self._config.every_n_epochs, every_n_steps=self._config.every_n_steps)
 
     # ------------------------------------------------------------------ checkpoint state
     @override
@@ -208,6 +206,7 @@ class SpectralMonitor(Callback):
             "alert_engine": self._engine.state_dict(),
             "training": dict(self._runner.training),
             "classes": self._classes.state_dict(),
+            "motion": None if self._runner.motion is None else self._runner.motion.state_dict(),
         }
 
     @override
@@ -224,8 +223,9 @@ class SpectralMonitor(Callback):
         self._engine.load_state_dict(state_dict["alert_engine"])
         self._runner.training = {str(k): float(v)
                                  for k, v in state_dict.get("training", {}).items()}
-        if state_dict.get("classes") is not None:
-            self._classes.load_state_dict(state_dict["classes"])
+        for part, key in ((self._classes, "classes"), (self._runner.motion, "motion")):
+            if state_dict.get(key) is not None and part is not None:
+                part.load_state_dict(state_dict[key])
         self._loaded = True
 
     def _reset_run(self) -> None:

@@ -46,6 +46,7 @@ from svd_callback.checks import (
     listing,
 )
 from svd_callback.metric_groups import METRIC_GROUPS, expand_metric_groups
+from svd_callback.motion import DEFAULT_SKETCH_SIZE
 from svd_callback.spectra import DEFAULT_CHUNK_ELEMS
 
 __all__ = [
@@ -81,9 +82,9 @@ matrix: out_features, out_channels / groups)."""
 Fit = Literal["ks", "hill"]
 """Power-law fits: ``ks`` (xmin minimising the Kolmogorov-Smirnov distance, Clauset et al. 2009)
 or ``hill`` (Hill estimator with xmin = median eigenvalue, TempBalance)."""
-MetricGroup = Literal["norms", "powerlaw", "mp", "traps"]
+MetricGroup = Literal["norms", "powerlaw", "mp", "traps", "motion"]
 """Metric groups, see :data:`svd_callback.metric_groups.METRIC_GROUPS`."""
-MetricSelection = Literal["norms", "powerlaw", "mp", "traps", "all"]
+MetricSelection = Literal["norms", "powerlaw", "mp", "traps", "motion", "all"]
 """What ``metrics=`` accepts: a group or ``"all"``."""
 SvdMethod = Literal["auto", "svd", "gram", "gram32"]
 """Singular-value solvers, see :func:`svd_callback.spectra.batched_svdvals`."""
@@ -97,7 +98,7 @@ METRIC_SELECTIONS: tuple[str, ...] = get_args(MetricSelection)
 SVD_METHODS: tuple[str, ...] = get_args(SvdMethod)
 EPOCH_HOOKS: tuple[str, ...] = get_args(EpochHook)
 
-DEFAULT_METRICS: tuple[MetricGroup, ...] = ("norms", "powerlaw")
+DEFAULT_METRICS: tuple[MetricGroup, ...] = ("norms", "powerlaw", "motion")
 DEFAULT_HISTORY_FILE = "spectral_history.jsonl"
 """The history file's default name, relative to the log directory."""
 
@@ -266,6 +267,9 @@ class MonitorConfig:
             (``"mean"``, ``"median"``); the history file keeps both.
         constant_metrics: also log ``matrix_rank`` and ``rank_loss`` (constant in ordinary
             training; the alert rules and the history file see them regardless).
+        motion_sketch: columns k of the random sketch that the ``"motion"`` metric group keeps
+            of each weight (:mod:`svd_callback.motion`: 8 k bytes per weight row on the host;
+            exact for weights of at most k columns).
 
     Raises:
         ValueError: on any invalid value, naming the option, the value and the valid values.
@@ -283,6 +287,7 @@ class MonitorConfig:
     history_file: str | None = DEFAULT_HISTORY_FILE
     summary_stats: tuple[str, ...] = ("mean",)
     constant_metrics: bool = False
+    motion_sketch: int = DEFAULT_SKETCH_SIZE
 
     def __post_init__(self) -> None:
         if not isinstance(self.analysis, AnalysisConfig):
@@ -305,6 +310,8 @@ class MonitorConfig:
             "stop_on_alert": check_bool("stop_on_alert", self.stop_on_alert),
             "summary_stats": _check_summary_stats(self.summary_stats),
             "constant_metrics": check_bool("constant_metrics", self.constant_metrics),
+            "motion_sketch": check_count("motion_sketch", self.motion_sketch, minimum=1,
+                                         none_ok=False),
         }
         for name, value in resolved.items():
             object.__setattr__(self, name, value)

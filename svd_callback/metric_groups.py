@@ -2,9 +2,11 @@
 
 A group is the unit of choice in ``SpectralMonitor(metrics=...)`` and ``analyze(metrics=...)``:
 ``"norms"`` (norms, stable rank, entropy, numerical rank), ``"powerlaw"`` (the power-law fit of
-the ESD tail and the metrics derived from alpha), ``"mp"`` (the Marchenko-Pastur bulk fit) and
-``"traps"`` (correlation traps from an entry-shuffled copy of each weight); ``"all"`` selects
-every group. :class:`svd_callback.config.AnalysisConfig` expands a selection with
+the ESD tail and the metrics derived from alpha), ``"mp"`` (the Marchenko-Pastur bulk fit),
+``"traps"`` (correlation traps from an entry-shuffled copy of each weight) and ``"motion"`` (how
+far each weight moved since the previous and the first analysis, :mod:`svd_callback.motion`: the
+callback computes it, as it needs the earlier weights); ``"all"`` selects every group.
+:class:`svd_callback.config.AnalysisConfig` expands a selection with
 :func:`expand_metric_groups`; the sinks read :data:`METRIC_GROUPS` to know which metrics to log.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from svd_callback.checks import check_selection
+from svd_callback.motion import MOTION_METRICS
 
 __all__ = ["ALL_GROUPS", "METRIC_GROUPS", "expand_metric_groups"]
 
@@ -42,6 +45,7 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "mp": ("mp_softrank", "num_spikes", "lambda_plus", "mp_s2", "sigma_mp"),
     "traps": ("num_traps", "trap_max", "rand_distance", "rand_distance_ww"),
+    "motion": MOTION_METRICS,
 }
 """Group name -> the per-layer metrics it computes and logs, in logging order."""
 

@@ -82,7 +82,8 @@ def test_each_metric_group_gives_the_metrics_the_rmt_code_computes_for_it():
         assert norms.metrics[key] == pytest.approx(value, rel=1e-6), key  # float32 svals
     assert norms.quality is None and "alpha" not in norms.metrics
     full = analyze(model, metrics="all").get("6")
-    for group in METRIC_GROUPS.values():
+    assert not set(METRIC_GROUPS["motion"]) & set(full.metrics)  # needs a MotionTracker
+    for group in (g for name, g in METRIC_GROUPS.items() if name != "motion"):
         assert set(group) - {"alpha_hill", "sigma_mp", "rand_distance_ww"} <= set(full.metrics)
     assert full.quality is not None
     spectral = torch.linalg.matrix_norm(weight, ord=2).item()
@@ -99,7 +100,8 @@ def test_unknown_names_raise_listing_every_valid_argument():
 
 
 def test_bad_values_raise_listing_the_valid_ones():
-    with pytest.raises(ValueError, match="'norms', 'powerlaw', 'mp', 'traps', 'all'.*'typo'"):
+    groups = "'norms', 'powerlaw', 'mp', 'traps', 'motion', 'all'"
+    with pytest.raises(ValueError, match=f"{groups}.*'typo'"):
         analyze(net(), metrics=("all", "typo"))
     with pytest.raises(ValueError, match="'unfold', 'operator', 'slices'.*'fft'"):
         analyze(net(), "fft")

@@ -65,6 +65,7 @@ def main(out: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({
         "shares": shares, "callback_metrics": metrics, "epoch": trainer.current_epoch,
         "history": monitor.history,
+        "motion_layers": sorted(monitor.state_dict()["motion"]["layers"]),
     }))
 
 
@@ -90,6 +91,8 @@ def test_ddp_split_gather_and_agreed_stop(tmp_path):
 
     # each rank analysed its own, disjoint share, every time
     names = {"features.0", "features.2", "features.5", "hidden", "classifier"}
+    # every rank keeps every layer's motion sketches (so rank 0's checkpoint holds them all)
+    assert ranks[0]["motion_layers"] == ranks[1]["motion_layers"] == sorted(names)
     for first, second in zip(ranks[0]["shares"], ranks[1]["shares"], strict=True):
         assert first and second and not set(first) & set(second)
         assert set(first) | set(second) == names
@@ -128,6 +131,17 @@ def test_ddp_split_gather_and_agreed_stop(tmp_path):
         for record in expected:
             row = logged[(record.name, record.mode)]
             assert row["n_svals"] == record.svals.numel()
+            if step:  # the drift from the initial weights, against the dense weights
+                w0, w1 = (m.get_submodule(record.name).weight.detach().double()
+                          for m in (initial, model))
+                x = (w1 - w0).flatten(1)
+                drift = float(x.norm() / w0.norm())
+                # exact up to k = 64 columns; beyond, 4 sd of the sketch's error for the
+                # change's stable rank r: 4 sqrt(2 / (k r)) / 2
+                r = float(x.norm() ** 2 / torch.linalg.matrix_norm(x, ord=2) ** 2)
+                rel = 1e-6 if x.shape[1] <= 64 else 2 * math.sqrt(2 / (64 * r))
+                assert row["metrics"]["weight_drift"] == pytest.approx(drift, rel=rel), \
+                    record.name
             for metric, value in record.metrics.items():
                 got = row["metrics"][metric]
                 if not math.isfinite(value):

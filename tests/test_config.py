@@ -26,7 +26,7 @@ from svd_callback.config import (
 )
 from svd_callback.metric_groups import METRIC_GROUPS, expand_metric_groups
 
-GROUPS = ("norms", "powerlaw", "mp", "traps")
+GROUPS = ("norms", "powerlaw", "mp", "traps", "motion")
 
 
 def assert_lists(error: pytest.ExceptionInfo, option: str, bad: object, valid) -> None:
@@ -96,7 +96,7 @@ def test_defaults_are_those_of_the_callback_and_analyze_today():
     config = MonitorConfig()
     analysis = config.analysis
     assert analysis.conv_mode == ("unfold",) and analysis.primary_mode == "unfold"
-    assert analysis.metrics == ("norms", "powerlaw")
+    assert analysis.metrics == ("norms", "powerlaw", "motion")
     assert (analysis.normalization, analysis.fit, analysis.svd_method) == ("raw", "ks", "auto")
     assert (analysis.mp_fit, analysis.traps, analysis.ww_compat) == (False, False, False)
     assert analysis.include is None and analysis.exclude is None
@@ -110,7 +110,8 @@ def test_defaults_are_those_of_the_callback_and_analyze_today():
 
 def test_config_is_frozen_hashable_and_compares_by_resolved_value():
     a = AnalysisConfig(conv_mode="unfold", metrics="all")
-    b = AnalysisConfig(conv_mode=["unfold"], metrics=["norms", "powerlaw", "mp", "traps"])
+    b = AnalysisConfig(conv_mode=["unfold"],
+                       metrics=["norms", "powerlaw", "mp", "traps", "motion"])
     assert a == b and hash(a) == hash(b)
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.fit = "hill"  # type: ignore[misc]

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from svd_callback.alerts import TRAINING, Alert, AlertEngine, Condition
-from svd_callback.analysis import analyze, summarize
+from svd_callback.analysis import add_motion, analyze, summarize
 from svd_callback.classes.records import class_records
 from svd_callback.classes.sharded import ProbeSplit
 from svd_callback.config import AnalysisConfig
@@ -42,6 +42,7 @@ from svd_callback.monitor.class_stage import ClassStage
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.inputs import Forward, forward_for, has_uninitialised_lazy
 from svd_callback.monitor.result import AnalysisResult
+from svd_callback.motion import DEFAULT_SKETCH_SIZE, MotionTracker
 from svd_callback.report import LayerReport, Report
 from svd_callback.sharding import is_sharded
 from svd_callback.sinks.tags import OWN_TAG_PREFIXES
@@ -83,6 +84,8 @@ class AnalysisRunner:
         guard: the callback's guard.
         keep_svals: keep each record's singular values (histograms, figures).
         forward_fn: the user's forward for the input-size probe.
+        motion_sketch: sketch columns of the ``"motion"`` group's
+            :class:`~svd_callback.motion.MotionTracker` (when that group is selected).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class AnalysisRunner:
         *,
         keep_svals: bool = True,
         forward_fn: Forward | None = None,
+        motion_sketch: int = DEFAULT_SKETCH_SIZE,
     ) -> None:
         self.config = config
         self.alert_engine = alert_engine
@@ -101,6 +105,8 @@ class AnalysisRunner:
         self.guard = guard
         self.keep_svals = keep_svals
         self.forward_fn = forward_fn
+        self.motion = (MotionTracker(motion_sketch, config.generator_seed)
+                       if "motion" in config.metrics else None)
         self.reset()
         self.sizes_tried = False
 
@@ -108,6 +114,8 @@ class AnalysisRunner:
         """Forget the run state (a new run)."""
         self.input_sizes: dict[str, tuple[int, ...]] = {}
         self.training: dict[str, float] = {}
+        if self.motion is not None:
+            self.motion.reset()
 
     # ------------------------------------------------------------------ input sizes
     def maybe_record_input_sizes(
@@ -174,6 +182,7 @@ class AnalysisRunner:
         local, order = self._local_report(module, world, rank, owners, sharded)
         report = local if sharded else gather_reports(local, world, order,
                                                       self.config.conv_mode)  # collective
+        self._add_motion(module, report)  # collective on a sharded model
         class_report, class_metrics = self.classes.run(
             module, self._class_layers(module), rank == 0,
             broadcast if is_distributed(world) else None,
@@ -203,6 +212,22 @@ class AnalysisRunner:
             world_size=int(world), owners=owners, training=training,
             class_report=class_report, class_metrics=class_metrics,
         )
+
+    def _add_motion(self, module: torch.nn.Module, report: Report) -> None:
+        """Add the ``"motion"`` metrics of every analysed layer to its records (every mode).
+
+        Every rank sketches every layer (a matrix product, no decomposition), so each rank keeps
+        every layer's sketches and a checkpoint written by rank 0 holds them all; on a sharded
+        model each weight is gathered in the same order on every rank (a collective)."""
+        if self.motion is None:
+            return
+        try:
+            specs, _ = find_layers(module, self.config.include, self.config.exclude,
+                                   self.config.embeddings)
+            add_motion(report, specs, self.motion)
+        except Exception as error:  # noqa: BLE001 - never crash training
+            self.guard.warn(f"measuring the weights' motion failed: {type(error).__name__}: "
+                            f"{error}")
 
     def _class_layers(self, module: torch.nn.Module) -> list[str]:
         """The monitored layers whose weight is a module's own (the class probe's layers)."""

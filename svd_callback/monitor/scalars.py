@@ -16,7 +16,8 @@ custom-scalar layout their charts (:func:`layout_charts`), the HPARAMS tab
 
 Fewer, non-redundant charts reach the loggers (``logged``): a layer without a conv mode (every
 kind but a convolution) has the same matrix, hence the same values, in every mode and is logged
-under the primary mode only; of the aggregates only the statistics of
+under the primary mode only, as are the weight's own metrics (:data:`MODE_FREE_METRICS`, the
+``"motion"`` group) of every layer; of the aggregates only the statistics of
 ``MonitorConfig.summary_stats``; :data:`CONSTANT_METRICS` (a flat chart each) only with
 ``MonitorConfig.constant_metrics``. ``callback_metrics``, the rules and the history file see
 every value.
@@ -37,6 +38,7 @@ from svd_callback.alerts import COUNTED_SEVERITIES
 from svd_callback.config import MonitorConfig
 from svd_callback.layers import is_conv_kind
 from svd_callback.monitor.result import AnalysisResult
+from svd_callback.motion import MOTION_METRICS
 from svd_callback.sinks import tags
 from svd_callback.sinks.tags import Chart, Family, Scalar, Section
 
@@ -57,6 +59,9 @@ __all__ = [
 
 CONSTANT_METRICS = ("matrix_rank", "rank_loss")
 """Metrics that are constant in ordinary training (logged on request only)."""
+MODE_FREE_METRICS = frozenset(MOTION_METRICS)
+"""Metrics of the weight itself, the same in every conv mode (logged and charted under the
+primary mode only)."""
 
 SUMMARY_SECTION = Section("spectral summary", (0,))
 ALERTS_SECTION = Section("alerts", (1,))
@@ -215,7 +220,8 @@ def layer_scalars(result: AnalysisResult, config: MonitorConfig) -> list[Scalar]
     for record in result.report:
         if record.skipped:
             continue
-        repeated = record.mode != primary and mode_independent(record.kind)
+        secondary = record.mode != primary
+        repeated = secondary and mode_independent(record.kind)
         for metric in analysis.metric_names:
             value = record.metrics.get(metric)
             if value is None or not math.isfinite(value):
@@ -226,7 +232,8 @@ def layer_scalars(result: AnalysisResult, config: MonitorConfig) -> list[Scalar]
                                         analysis.fit, analysis.ww_compat),
                 chart=layer_chart(metric, record.mode, config), layer=record.name,
                 mode=record.mode, primary=record.mode == primary, metric=metric,
-                logged=not (repeated or metric in hidden),
+                logged=not (repeated or metric in hidden
+                            or (secondary and metric in MODE_FREE_METRICS)),
             ))
     return out
 
@@ -297,13 +304,17 @@ def class_chart(stat: str) -> Chart:
 
 def layout_charts(scalars: Iterable[Scalar], config: MonitorConfig) -> set[Chart]:
     """The charts that show ``scalars``: each one's own, and a per-layer metric's chart in
-    every conv mode (each mode's section charts the same metrics)."""
+    every conv mode (each mode's section charts the same metrics; a metric of
+    :data:`MODE_FREE_METRICS` in the primary mode's only)."""
+    analysis = config.analysis
     charts: set[Chart] = set()
     for scalar in scalars:
         if scalar.chart is not None:
             charts.add(scalar.chart)
         if scalar.family is Family.LAYER:
-            charts.update(layer_chart(scalar.name, m, config) for m in config.analysis.conv_mode)
+            modes = ((analysis.primary_mode,) if scalar.name in MODE_FREE_METRICS
+                     else analysis.conv_mode)
+            charts.update(layer_chart(scalar.name, m, config) for m in modes)
     return charts
 
 

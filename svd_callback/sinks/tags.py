@@ -193,11 +193,22 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "of its entry-shuffled copy",
     "rand_distance_ww": "WeightWatcher's rand_distance: sorted eigenvalue vectors of the weight "
     "and of its entry-shuffled copy compared as probability vectors",
+    "weight_motion": "relative distance the weight moved since the previous analysis, "
+    "||W_t - W_t-1||_F / ||W_t-1||_F",
+    "weight_rotation": "angle in radians between the weight now and at the previous analysis, "
+    "as vectors (blind to rescaling: 0 when the weight only shrinks or grows)",
+    "weight_drift": "relative distance of the weight from the run's first analysis, "
+    "||W_t - W_0||_F / ||W_0||_F",
 }
 
 ESD_TEXT = ("ESD = the eigenvalues lambda of the layer's correlation matrix, computed from the "
             "singular values sigma of its weight matrix W as the normalization below says")
 """What the ESD of a description is (the scale of lambda is the normalization's)."""
+
+MOTION_TEXT = ("of the weight tensor itself, the same in every conv mode (a conv weight as its "
+               "out_channels x (in_channels kh kw) unfolding), estimated from a fixed Gaussian "
+               "sketch W Omega of k columns (exact when the weight has at most k columns)")
+"""How the ``"motion"`` metrics were made (their tags carry no conv mode or normalisation)."""
 
 _NORMALIZATION_TEXT = {
     "raw": "normalization raw (lambda = sigma^2)",
@@ -376,6 +387,8 @@ def metric_description(
 ) -> str:
     """What a per-layer scalar is and how it was made (shown in TensorBoard's chart tooltip)."""
     what = METRIC_DESCRIPTIONS.get(metric, metric)
+    if metric in METRIC_GROUPS["motion"]:
+        return f"{what}; {MOTION_TEXT}"
     how = conventions(mode, normalization, fit, ww_compat)
     if metric in METRIC_GROUPS["mp"]:
         how += "; " + MP_FIT_TEXT[bool(ww_compat)]
@@ -392,6 +405,8 @@ def summary_description(
         return f"{key}; {how}"
     if found.kind == "statistic":
         what = METRIC_DESCRIPTIONS.get(found.metric, found.metric)
+        if found.metric in METRIC_GROUPS["motion"]:
+            how = MOTION_TEXT
         return f"{found.stat} over analysed layers (finite values) of: {what}; {how}"
     if found.kind == "fraction":
         return (f"fraction of fitted layers labelled {found.label} by the alpha thresholds; "

@@ -17,7 +17,6 @@ from typing import Unpack
 import torch
 from torch import nn
 
-from svd_callback import config as config_types
 from svd_callback.aggregates import (
     FRACTION_LABELS,
     N_LAYERS,
@@ -47,8 +46,7 @@ from svd_callback.spectra import GRAM32_NOISE
 from svd_callback.spectra.modes import MODES, ModeSpec, kernel_volume, mode_for
 from svd_callback.transfer import to_host
 
-FITS = (*config_types.FITS, None)
-"""The values of ``fit``: :data:`svd_callback.config.FITS` and None (no power-law fit)."""
+__all__ = ["CALL_ARGUMENTS", "add_motion", "analyze", "summarize"]
 
 CALL_ARGUMENTS = ("config", "input_sizes", "example_input", "layer_names", "thresholds",
                   "keep_svals", "progress", "probe", "class_options", "motion")
@@ -292,12 +290,6 @@ class _Context:
     config: AnalysisConfig
     thresholds: QualityThresholds
     keep_svals: bool
-
-
-def resolve_svd_method(svd_method: str, ww_compat: bool) -> str:
-    """``"auto"`` -> ``"gram32"`` under ``ww_compat``, else as given (the spectra's float64 Gram
-    for ``"auto"``): the resolution of :class:`~svd_callback.config.AnalysisConfig`."""
-    return AnalysisConfig(svd_method=svd_method, ww_compat=ww_compat).svd_method  # type: ignore[arg-type]
 
 
 def _attach_input_sizes(

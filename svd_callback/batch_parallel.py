@@ -25,6 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
+__all__ = [
+    "MIN_PARALLEL_WORK",
+    "map_batch",
+    "parallel_workers",
+]
+
 MIN_PARALLEL_WORK = 1 << 21
 """Smallest batch work (B * n^3 for the smaller side n) worth splitting: about a millisecond of
 LAPACK, against ~0.1 ms of thread hand-off."""

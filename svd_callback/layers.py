@@ -42,6 +42,26 @@ from torch.nn.utils.weight_norm import WeightNorm as _HookWeightNorm
 from svd_callback.sharding import full_weight
 from svd_callback.spectra.modes import mode_for
 
+__all__ = [
+    "EMBEDDING_TYPES",
+    "MATRIX_KINDS",
+    "QKV",
+    "LayerSpec",
+    "MatrixView",
+    "SkippedModule",
+    "estimate_cost",
+    "example_input_for",
+    "find_layers",
+    "frozen_forward",
+    "has_weight",
+    "is_conv_kind",
+    "is_hf_conv1d",
+    "layer_kind",
+    "matches",
+    "read_weight",
+    "record_input_sizes",
+]
+
 _CONV_KINDS: dict[type, str] = {
     nn.Conv1d: "conv1d",
     nn.Conv2d: "conv2d",

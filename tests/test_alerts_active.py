@@ -22,8 +22,8 @@ from svd_callback.alerts import (
     TrainingStalled,
     TrapsAppeared,
 )
-from svd_callback.distributed import gather_conditions
 from svd_callback.examples import DigitsDataModule, SmallCNN
+from svd_callback.monitor.gather import gather_conditions
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.monitor.scalars import ACTIVE, HEALTHY_STEP, RAISED
 from svd_callback.report import LayerReport, Report

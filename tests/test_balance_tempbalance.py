@@ -430,12 +430,12 @@ def test_notes_name_every_option_fit_function_list_and_state_key():
     from dataclasses import fields
     from pathlib import Path
 
-    from svd_callback.balance import ASSIGN_FUNCS, FITS, SpectralLRBalancer
+    from svd_callback.balance import ASSIGN_FUNCS, TEMPBALANCE_FITS, SpectralLRBalancer
     from svd_callback.balance.groups import SCHEDULER_GROUP_LISTS
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "balance.md").read_text("utf-8")
     named = set(re.findall(r"`([^`\s(]+)", text))
-    wanted = ({f.name for f in fields(BalanceOptions)} | set(FITS) | set(ASSIGN_FUNCS)
+    wanted = ({f.name for f in fields(BalanceOptions)} | set(TEMPBALANCE_FITS) | set(ASSIGN_FUNCS)
               | set(SCHEDULER_GROUP_LISTS) | set(SpectralLRBalancer().state_dict())
               | {"balance/lr/<module>", "balance/factor/<module>"})
     missing = wanted - named

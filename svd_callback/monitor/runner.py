@@ -30,15 +30,10 @@ from svd_callback.analysis import add_motion, analyze, summarize
 from svd_callback.classes.records import class_records
 from svd_callback.classes.sharded import ProbeSplit
 from svd_callback.config import AnalysisConfig
-from svd_callback.distributed import (
-    gather_alerts,
-    gather_conditions,
-    gather_reports,
-    is_distributed,
-    split_work,
-)
+from svd_callback.distributed import gather_reports, is_distributed, split_work
 from svd_callback.layers import estimate_cost, example_input_for, find_layers, record_input_sizes
 from svd_callback.monitor.class_stage import ClassStage
+from svd_callback.monitor.gather import gather_alerts, gather_conditions
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.inputs import Forward, forward_for, has_uninitialised_lazy
 from svd_callback.monitor.result import AnalysisResult

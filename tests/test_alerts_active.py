@@ -19,6 +19,7 @@ from svd_callback.alerts import (
     CallableRule,
     Condition,
     Hysteresis,
+    Rule,
     TrainingStalled,
     TrapsAppeared,
 )
@@ -105,6 +106,30 @@ def test_a_rule_without_hysteresis_counts_while_it_raises():
     engine = AlertEngine([CallableRule(above_six)])
     rows = _replay(engine, "alpha", [3.0, 7.0, 7.0, 7.0, 3.0])
     assert _levels(rows) == ([0, 1, 1, 1, 0], [0, 1, 1, 1, 0])
+
+
+class PerMetricHysteresis(Rule):
+    """Keeps its hysteresis in a dict (no attribute is one) and names it explicitly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states = {"alpha": Hysteresis(1)}
+
+    def hysteresis_states(self):
+        return {f"states[{k}]": v for k, v in self.states.items()}
+
+    def check(self, history, epoch, step):
+        holds = history.latest.get("fc", "alpha", "unfold") > 6
+        fired = self.states["alpha"].update(("fc", "unfold"), holds)
+        return [self.make_alert(layer="fc", epoch=epoch, step=step)] if fired else []
+
+
+def test_a_rule_names_its_hysteresis_states_through_the_interface():
+    engine = AlertEngine([PerMetricHysteresis()])
+    rows = _replay(engine, "alpha", [3.0, 7.0, 7.0])
+    assert _levels(rows) == ([0, 1, 1], [0, 1, 0])  # a level, not an event
+    assert [(c.source, c.key) for c in engine.active()] == [("states[alpha]", ("fc", "unfold"))]
+    assert _levels(_replay(engine, "alpha", [3.0], start=3)) == ([0], [0])
 
 
 def test_an_error_of_a_rule_counts_at_the_analysis_that_reports_it():

@@ -17,7 +17,8 @@ per layer, so every conv and linear layer of a large network can be watched):
    Badola et al.'s class-specific feature sets S_c, |S_c| / D per class and the functional test
    of S_c through the head (:func:`functional_test`);
 4. optionally, the non-negative CP factorization rank of chosen layers' rectified outputs
-   (:func:`factorization_rank`; about 0.8 s per layer on 2 CPU threads, off by default).
+   (:func:`factorization_rank`; off by default, its cost in
+   docs/methods.md#measurements-behind-the-choices).
 
 Neurons keep their identity across analyses by their singular vectors (:func:`match_neurons`,
 Hungarian assignment on the |cosine| of the rank-one components), not by the rank of their

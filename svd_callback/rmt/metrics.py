@@ -61,9 +61,10 @@ QUALITY_LABELS = ("ok", "over-trained", "under-trained", "suspicious-fit", "unde
 
 
 def quality_label(fit: PowerLawFit, thresholds: QualityThresholds = QualityThresholds()) -> str:
-    """One of :data:`QUALITY_LABELS` from a fit's alpha, its standard error and D: the demo's
-    hidden layer (alpha 1.998 +- 0.17 on 64 eigenvalues, a healthy net at val accuracy 0.94)
-    is ``ok``, not over-trained."""
+    """One of :data:`QUALITY_LABELS` from a fit's alpha, its standard error sigma and D:
+    ``over-trained`` when alpha + confidence sigma < over_trained, ``under-trained`` when
+    alpha - confidence sigma > under_trained (docs/methods.md#measurements-behind-the-choices:
+    why the margin)."""
     alpha, D = fit.alpha, fit.D
     if fit.reason is not None or not math.isfinite(alpha) or alpha <= 1:
         return "undetermined"

@@ -440,3 +440,11 @@ def test_notes_name_every_option_fit_function_list_and_state_key():
               | {"balance/lr/<module>", "balance/factor/<module>"})
     missing = wanted - named
     assert not missing, f"docs/balance.md does not name {sorted(missing)}"
+
+
+def test_the_former_name_of_the_tempbalance_fits_warns():
+    import svd_callback.balance as balance
+
+    with pytest.warns(DeprecationWarning, match="TEMPBALANCE_FITS"):
+        assert balance.FITS == balance.TEMPBALANCE_FITS == ("median", "goodness-of-fit",
+                                                             "fix-finger")

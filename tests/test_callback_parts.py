@@ -210,8 +210,8 @@ def test_check_on_none_is_resolved_in_setup_as_early_stopping_does(
     assert monitor.schedule.check_on is None
     fit(tmp_path, monitor, **trainer_kwargs)
     assert monitor.schedule.check_on == hook
-    assert [entry["step"] for entry in monitor.history] == steps
-    assert {e["trigger"] for e in monitor.history[1:]} == {hook}
+    assert [entry["step"] for entry in monitor.summaries] == steps
+    assert {e["trigger"] for e in monitor.summaries[1:]} == {hook}
 
 
 def test_state_key_keeps_the_names_of_old_checkpoints():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +15,54 @@ from svd_callback.classes.factorization import FactorizationResult
 from svd_callback.classes.hypergraph import Edges
 from svd_callback.classes.records import ClassRecord, class_records
 
-__all__ = ["ClassReport", "ClassTracker"]
+__all__ = ["ClassReport", "ClassTracker", "Part", "Where"]
+
+
+class Part(str, enum.Enum):
+    """The parts of the class analysis that can fail or be left out."""
+
+    ANALYSIS = "analysis"
+    """The whole analysis."""
+    PROBE = "probe"
+    """The probe set, its labels and the forward pass over it."""
+    FORWARD = "forward"
+    """The forward pass itself (while capturing; reported under :attr:`PROBE`)."""
+    LAYER = "layer"
+    """One layer's hypergraph (named)."""
+    FEATURES = "features"
+    """The class-specific penultimate features."""
+    FUNCTIONAL = "functional"
+    """The functional test of the features through the head."""
+    FACTORIZATION = "factorization"
+    """The factorization rank (of one named layer, or the choice of the layers)."""
+    CLASS = "class"
+    """One class of the probe (numbered)."""
+
+
+class Where(str):
+    """Where a reason of the class analysis applies: a :class:`Part` and, for per-layer and
+    per-class parts, the layer or class (:attr:`name`). It reads as the text the history file's
+    ``class_summary`` row and the warnings write (``probe``, ``layer fc``, ``class 3``), so it
+    is also the key a reader of those finds."""
+
+    part: Part
+    name: str | int | None
+
+    def __new__(cls, part: Part, name: str | int | None = None) -> Where:
+        self = super().__new__(cls, part.value if name is None else f"{part.value} {name}")
+        self.part, self.name = part, name
+        return self
+
+    def __reduce__(self) -> tuple:  # pickled (gathered across ranks) as its fields
+        return Where, (self.part, self.name)
+
+    @classmethod
+    def layer(cls, name: str) -> Where:
+        return cls(Part.LAYER, name)
+
+    @classmethod
+    def factorization(cls, name: str | None = None) -> Where:
+        return cls(Part.FACTORIZATION, name)
 
 
 @dataclass
@@ -47,8 +95,9 @@ class ClassReport:
         factorization: layer -> :class:`FactorizationResult`.
         num_classes: C.
         class_counts: (C,) probe images per class.
-        reasons: what could not be computed and why (keys ``probe``, ``features``,
-            ``factorization``, ``layer <name>``, ``factorization <name>``, ``class <c>``).
+        reasons: what could not be computed and why, by :class:`Where` (``probe``,
+            ``features``, ``functional``, ``factorization``, ``layer <name>``,
+            ``factorization <name>``, ``class <c>``, ``analysis``).
         notes: remarks that did not prevent a value.
         seconds: wall time of the analysis.
     """
@@ -68,7 +117,7 @@ class ClassReport:
     factorization: dict[str, FactorizationResult] = field(default_factory=dict)
     num_classes: int = 0
     class_counts: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    reasons: dict[str, str] = field(default_factory=dict)
+    reasons: dict[Where, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = math.nan
 
@@ -129,7 +178,7 @@ class ClassReport:
                                         "corcondia": result.corcondia.tolist(),
                                         "shape": list(result.shape), "reason": result.reason,
                                         "notes": list(result.notes)}
-            row["reason"] = self.reasons.get(f"layer {layer}")
+            row["reason"] = self.reasons.get(Where.layer(layer))
             rows.append(row)
         rows.append({
             "type": "class_summary",
@@ -171,7 +220,7 @@ class ClassTracker:
             else:  # edges without vectors cannot be matched next time
                 self.bases.pop(layer, None)
                 self.neurons.pop(layer, None)
-        if report.feature_layer is not None and "features" not in report.reasons:
+        if report.feature_layer is not None and Where(Part.FEATURES) not in report.reasons:
             self.feature_sets = dict(report.feature_sets)
         stats = report.layers.get(report.feature_layer or "", {})
         if self.first_functional is None and math.isfinite(

@@ -69,6 +69,12 @@ class AnalysisResult:
             return ""
         return f" (rank {', '.join(map(str, ranks))})"
 
+    def stop_reasons(self) -> str:
+        """The messages of the ``stop`` alerts, with the ranks that raised them."""
+        reasons = "; ".join(a.message + self.raised_on(a) for a in self.alerts
+                            if a.severity == "stop")
+        return reasons or "stop alert"
+
     def entry(self) -> dict[str, Any]:
         """The model-level entry kept in the callback's history and checkpointed state."""
         return {

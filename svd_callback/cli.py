@@ -16,13 +16,7 @@ from pathlib import Path
 
 from svd_callback import cli_args
 from svd_callback.cli_args import OneLineParser, warn
-
-SVD_METHOD_CHOICES = ("auto", "svd", "gram", "gram32")
-"""``svd_callback.spectra.SVD_METHODS``, spelled out so ``--help`` does not import torch."""
-
-CONV_MODE_CHOICES = ("unfold", "operator", "slices")
-"""``svd_callback.config.CONV_MODES``, spelled out for the same reason (a test holds them
-equal)."""
+from svd_callback.config import CONV_MODES, SVD_METHODS
 
 MAX_SPATIAL_DIMS = 3
 """Conv1d to Conv3d: ``--input-size`` takes one to three numbers."""
@@ -67,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="analyse a model or checkpoint and print a per-layer table")
     a.add_argument("model", help="torchvision model name, Lightning .ckpt, saved nn.Module or "
                                  "state dict")
-    a.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODE_CHOICES,
+    a.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODES,
                    help="conv mode(s)")
     a.add_argument("--input-size", type=cli_args.input_side, nargs="+", default=None,
                    help="spatial input size of the model (operator mode): 1 to 3 numbers, "
@@ -77,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--model-class", default=None,
                    help="package.module:Class of the LightningModule behind a checkpoint")
     a.add_argument("--ww-compat", action="store_true", help="reproduce WeightWatcher 0.7.7")
-    a.add_argument("--svd-method", choices=SVD_METHOD_CHOICES, default="auto",
+    a.add_argument("--svd-method", choices=SVD_METHODS, default="auto",
                    help="auto: float32 Gram with --ww-compat, float64 Gram otherwise")
     a.add_argument("--mp-fit", action="store_true", help="fit the Marchenko-Pastur bulk")
     a.add_argument("--traps", action="store_true", help="correlation traps (shuffled weights)")
@@ -99,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--metric", nargs="+", default=None,
                    help="summary metrics to compare (default: alpha_mean, alpha_weighted_mean, "
                         "stable_rank_mean, log_spectral_norm_mean)")
-    c.add_argument("--mode", default=None, choices=CONV_MODE_CHOICES,
+    c.add_argument("--mode", default=None, choices=CONV_MODES,
                    help="conv mode (default: each run's primary mode)")
     c.add_argument("--out", type=cli_args.output_dir, default=Path("comparison"),
                    help="folder for comparison plots")
@@ -111,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=cli_args.output_dir, default=Path("runs"),
                    help="TensorBoard log root")
     d.add_argument("--seed", type=cli_args.seed, default=0)
-    d.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODE_CHOICES)
+    d.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODES)
     d.set_defaults(func=_cmd_demo)
     return parser
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from svd_callback.alerts.engine import WEIGHT_MATRIX_MODES
-from svd_callback.cli import CONV_MODE_CHOICES
 from svd_callback.config import CONV_MODES
 from svd_callback.layers import LayerSpec, estimate_cost
 from svd_callback.spectra import slice_matrices, unfold_matrix
@@ -23,7 +22,7 @@ def _conv(d=8, c=3, k=(3, 3), groups=1, stride=(1, 1), size=(8, 8)) -> LayerSpec
 
 
 def test_one_list_of_modes():
-    assert tuple(MODES) == CONV_MODES == CONV_MODE_CHOICES
+    assert tuple(MODES) == CONV_MODES
     assert WEIGHT_MATRIX_MODES == ("unfold", "slices")
     assert [m for m in MODES if MODES[m].needs_input_size] == ["operator"]
     with pytest.raises(ValueError, match="unknown conv mode 'fft'"):

@@ -43,7 +43,7 @@ from svd_callback.report import LayerReport, Report, eig_scale
 from svd_callback.rmt import QualityThresholds, esd_metrics, trap_matrix, trap_metrics
 from svd_callback.sharding import full_weight
 from svd_callback.spectra import GRAM32_NOISE
-from svd_callback.spectra.modes import MODES, ModeSpec, kernel_volume, mode_for
+from svd_callback.spectra.modes import ModeSpec, kernel_volume
 from svd_callback.transfer import to_host
 
 __all__ = ["CALL_ARGUMENTS", "add_motion", "analyze", "summarize"]
@@ -168,7 +168,7 @@ def _analyze(
     probe: ProbeSet | None,
     class_options: ClassAnalysisConfig | None,
 ) -> Report:
-    modes = config.conv_mode
+    modes = config.modes
     normalization = config.normalization
     specs, skipped_modules = find_layers(model, include=config.include, exclude=config.exclude,
                                          embeddings=config.embeddings)
@@ -190,14 +190,14 @@ def _analyze(
     for module in skipped_modules:
         for mode in modes:
             report.append(
-                LayerReport(module.name, module.kind, mode, normalization, reason=module.reason,
-                            reason_code=module.code)
+                LayerReport(module.name, module.kind, mode.name, normalization,
+                            reason=module.reason, reason_code=module.code)
             )
     if not specs:
         return report
 
     probe_error = None
-    if any(MODES[m].needs_input_size for m in modes):
+    if config.needs_input_size:
         probe_error = _attach_input_sizes(model, specs, config.input_size, input_sizes,
                                           example_input)
 
@@ -214,8 +214,8 @@ def _analyze(
                 records[spec.name] = _record(spec, mode, context, reason=bad[spec.name],
                                              reason_code="nonfinite_weight")
             elif not spec.is_conv and spec.name in linear_done:
-                records[spec.name] = _relabel(linear_done[spec.name], mode)
-            elif skip := _skip_reason(spec, mode_for(mode, spec.is_conv), config.ww_compat,
+                records[spec.name] = _relabel(linear_done[spec.name], mode.name)
+            elif skip := _skip_reason(spec, mode.reading(spec.is_conv), config.ww_compat,
                                       probe_error):
                 records[spec.name] = _record(spec, mode, context, reason=skip[1],
                                              reason_code=skip[0])
@@ -364,15 +364,15 @@ def _group_key(spec: LayerSpec, how: ModeSpec) -> tuple:
             weight.device, weight.dtype)
 
 
-def _spectra(specs: list[LayerSpec], mode: str, ctx: _Context):
+def _spectra(specs: list[LayerSpec], mode: ModeSpec, ctx: _Context):
     """Yield (spec, svals, shuffled_svals, reason) with one batched call per group of layers."""
     groups: dict[tuple, list[LayerSpec]] = {}
     for spec in specs:
-        groups.setdefault(_group_key(spec, mode_for(mode, spec.is_conv)), []).append(spec)
+        groups.setdefault(_group_key(spec, mode.reading(spec.is_conv)), []).append(spec)
     for members in groups.values():
         first = members[0]
-        fn = mode_for(mode, first.is_conv).spectrum(first, ctx.config.svd_method,
-                                                    ctx.config.chunk_elems)
+        fn = mode.reading(first.is_conv).spectrum(first, ctx.config.svd_method,
+                                                  ctx.config.chunk_elems)
         try:
             yield from _decompose(members, fn, ctx)
         except Exception:  # isolate the layer that fails
@@ -401,7 +401,7 @@ def _decompose(members: list[LayerSpec], fn, ctx: _Context):
 
 def _record(
     spec: LayerSpec,
-    mode: str,
+    mode: ModeSpec,
     ctx: _Context,
     svals: torch.Tensor | None = None,
     shuffled: torch.Tensor | None = None,
@@ -413,12 +413,12 @@ def _record(
     CPU copy of ``svals`` made by :func:`svd_callback.transfer.to_host`; default ``svals``) and
     ``shuffled`` (on the CPU), so no per-layer host synchronisation is needed; ``record.svals``
     stays on its device."""
-    how = mode_for(mode, spec.is_conv)
+    how = mode.reading(spec.is_conv)
     matrix_shape = how.matrix_shape(spec)
     record = LayerReport(
         name=spec.name,
         kind=spec.kind,
-        mode=mode,
+        mode=mode.name,
         normalization=ctx.config.normalization,
         shape=spec.weight_shape,
         matrix_shape=matrix_shape,

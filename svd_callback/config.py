@@ -48,6 +48,7 @@ from svd_callback.checks import (
 from svd_callback.metric_groups import METRIC_GROUPS, expand_metric_groups
 from svd_callback.motion import DEFAULT_SKETCH_SIZE
 from svd_callback.spectra import DEFAULT_CHUNK_ELEMS
+from svd_callback.spectra.modes import MODES, ModeSpec
 
 __all__ = [
     "CONV_MODES",
@@ -232,6 +233,17 @@ class AnalysisConfig:
     def primary_mode(self) -> ConvMode:
         """The first conv mode: its metrics log as ``spectral/<metric>/<layer>``."""
         return self.conv_mode[0]  # type: ignore[index, return-value]
+
+    @property
+    def modes(self) -> tuple[ModeSpec, ...]:
+        """The conv modes as objects (:class:`~svd_callback.spectra.modes.ModeSpec`), in the
+        order of :attr:`conv_mode`."""
+        return tuple(MODES[name] for name in self.conv_mode)
+
+    @property
+    def needs_input_size(self) -> bool:
+        """Whether a mode needs each conv's input size (``operator``)."""
+        return any(mode.needs_input_size for mode in self.modes)
 
     @property
     def mp_fit(self) -> bool:

@@ -41,7 +41,6 @@ from svd_callback.motion import DEFAULT_SKETCH_SIZE, MotionTracker
 from svd_callback.report import LayerReport, Report
 from svd_callback.sharding import is_sharded
 from svd_callback.sinks.tags import OWN_TAG_PREFIXES
-from svd_callback.spectra.modes import MODES
 
 __all__ = ["AnalysisRunner", "training_scalars"]
 
@@ -119,8 +118,7 @@ class AnalysisRunner:
         """Record the conv input sizes once (``operator`` mode), never before the model's own
         first forward has materialised its lazy modules: a probe pass would initialise them
         from a different random state than the training would."""
-        needed = any(MODES[m].needs_input_size for m in self.config.conv_mode)
-        if not needed or self.input_sizes or self.sizes_tried:
+        if not self.config.needs_input_size or self.input_sizes or self.sizes_tried:
             return
         if has_uninitialised_lazy(module):
             self.guard.note_once("lazy-sizes", "the model has lazy modules not materialised "

@@ -109,6 +109,11 @@ class ModeSpec:
         split over ranks; only ratios matter."""
         raise NotImplementedError
 
+    def reading(self, is_conv: bool) -> ModeSpec:
+        """How this mode reads a layer: itself for a convolution, :data:`PLAIN` for any other
+        layer (its one matrix, the same in every mode)."""
+        return self if is_conv else PLAIN
+
 
 class _Unfold(ModeSpec):
     def rows_cols(self, layer: Geometry) -> tuple[int, int]:
@@ -225,7 +230,5 @@ def conv_mode(name: str) -> ModeSpec:
 
 
 def mode_for(name: str, is_conv: bool) -> ModeSpec:
-    """How mode ``name`` reads a layer: the mode itself for a convolution, :data:`PLAIN`
-    for any other layer."""
-    mode = conv_mode(name)
-    return mode if is_conv else PLAIN
+    """How mode ``name`` reads a layer (:meth:`ModeSpec.reading`)."""
+    return conv_mode(name).reading(is_conv)

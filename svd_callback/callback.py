@@ -30,8 +30,8 @@ from svd_callback.monitor.history_writer import distinct_path, trainer_path
 from svd_callback.monitor.inputs import first_training_input
 from svd_callback.monitor.publisher import Publisher
 from svd_callback.monitor.runner import AnalysisRunner, training_scalars
+from svd_callback.monitor.trainer_access import validation_settings
 from svd_callback.schedule import FIT_START, TRAIN_STEP, Schedule, trainer_epochs_trained
-from svd_callback.schedule import validation_settings as trainer_settings
 from svd_callback.sharding import refusal
 
 __all__ = ["SpectralMonitor"]
@@ -249,7 +249,7 @@ class SpectralMonitor(Callback):
         if self._refused is not None:
             return self._guard.warn(self._refused)
         if stage == TrainerFn.FITTING:
-            self._publisher.check_on = self._schedule.resolve(**trainer_settings(trainer))
+            self._publisher.check_on = self._schedule.resolve(**validation_settings(trainer))
         names, analysis = self._config.figure_layers, self._config.analysis
         if not isinstance(names, int):
             specs, skipped = find_layers(pl_module, analysis.include, analysis.exclude,

@@ -14,7 +14,8 @@ batch of an epoch), the sanity check is never analysed, and the initial analysis
 when a run resumes from a checkpoint: :meth:`Schedule.state_dict` goes into the callback's
 checkpointed state. ``setup()`` resolves an epoch hook left as None with
 :func:`resolve_check_on`, from the trainer's validation settings
-(:func:`validation_settings`): ``schedule.resolve(**validation_settings(trainer))``.
+(:func:`svd_callback.monitor.trainer_access.validation_settings`):
+``schedule.resolve(**validation_settings(trainer))``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from svd_callback.checks import check_bool, check_choice, check_count
 from svd_callback.config import EPOCH_HOOKS, EpochHook, MonitorConfig
 
-__all__ = ["Schedule", "epochs_trained", "resolve_check_on", "validation_settings"]
+__all__ = ["Schedule", "epochs_trained", "resolve_check_on"]
 
 FIT_START = "fit_start"
 TRAIN_STEP = "train_step"
@@ -86,19 +87,6 @@ def trainer_epochs_trained(trainer: Any, trigger: str) -> float:
     done = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "batch_idx", None)
     return epochs_trained(trigger, trainer.current_epoch, None if done is None else done + 1,
                           trainer.num_training_batches)
-
-
-def validation_settings(trainer: Any) -> dict[str, Any]:
-    """The keyword arguments of :func:`resolve_check_on` read from a Lightning ``Trainer`` in
-    ``setup()`` of a fit (the dataloaders are attached by then, so ``enable_validation`` is
-    known); ``time_based`` is Lightning's own test, ``_val_check_time_interval`` set, as
-    ``ModelCheckpoint`` reads it."""
-    return {
-        "val_check_interval": getattr(trainer, "val_check_interval", None),  # unset on a clock
-        "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
-        "validates": bool(trainer.enable_validation),
-        "time_based": getattr(trainer, "_val_check_time_interval", None) is not None,
-    }
 
 
 def epochs_trained(trigger: str, epoch: int, batches_done: int | None, batches: float) -> float:

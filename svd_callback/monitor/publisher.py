@@ -210,7 +210,7 @@ class Publisher:
         merged = {**hp.model_hparams(model), **hp.monitor_hparams(self.config)}
         metrics = hparam_tags(self.config)
         for sink in self.tensorboard_sinks(loggers).values():
-            if not hp.write_hparams(sink.writer, merged, metrics):
+            if not sink.summaries(hp.hparams_summaries(merged, metrics)):
                 self.guard.warn_once("hparams", f"{type(sink.writer).__name__} cannot write the "
                                      "HPARAMS records; the settings are in the text tab only")
 

@@ -118,3 +118,25 @@ def test_a_spectral_tag_reads_back_as_its_fields(metric, mode, primary, layer):
     assert parse_tag(per_layer.tag) == (layer, metric, None if primary else mode)
     summary = Scalar(Family.SUMMARY, metric, 1.0, "", mode=mode, primary=primary)
     assert parse_tag(summary.tag) == ("<model>", metric, None if primary else mode)
+
+
+def test_a_new_model_scalar_is_one_declaration(monkeypatch, tmp_path):
+    """Adding a scalar touches MODEL_SCALARS alone: callback_metrics, the loggers and the
+    layout take it from there."""
+    from svd_callback.monitor.class_stage import ClassStage
+    from svd_callback.monitor.guard import Guard
+    from svd_callback.monitor.publisher import Publisher
+    from svd_callback.sinks.tags import Chart
+
+    chart = Chart(sc.ALERTS_SECTION, "alerts/layers (per analysis)", r"^alerts/layers$", (9,))
+    layers = sc.ModelScalar("layers", "records of this analysis", lambda r: len(r.report),
+                            chart)
+    monkeypatch.setattr(sc, "MODEL_SCALARS", (*sc.MODEL_SCALARS, layers))
+    config = _config(history_file=None, figures_every_n=0)
+    guard = Guard()
+    publisher = Publisher(config, ClassStage(None, None, guard), guard)
+    metrics: dict = {}
+    publisher.publish(_result(), loggers=[], callback_metrics=metrics, current_epoch=1, index=0)
+    assert float(metrics["alerts/layers"]) == 4
+    records = sc.analysis_scalars(_result(), config, "")
+    assert chart in sc.layout_charts(records, config)

@@ -10,8 +10,9 @@ custom-scalar layout their charts (:func:`layout_charts`), the HPARAMS tab
 - per layer, ``spectral/<metric>[.<mode>]/<layer>``: every metric of the selected groups;
 - model level, ``spectral_summary/<key>[.<mode>]``: the aggregates
   (:mod:`svd_callback.aggregates`) of the selected metrics and the counts;
-- model level, ``alerts/<name>``: :data:`ALERT_SCALARS` (per analysis) and the cumulative
-  counts ``alerts/total`` and ``alerts/rule/<rule>``;
+- model level, :data:`MODEL_SCALARS` (``alerts/count``, ``alerts/active``, ``alerts/raised``,
+  ``alerts/healthy_step``) and the cumulative counts ``alerts/total`` and
+  ``alerts/rule/<rule>``;
 - per layer, ``classes/<stat>/<layer>``: the class statistics (per-class values are left out).
 
 Fewer, non-redundant charts reach the loggers (``logged``): a layer without a conv mode (every
@@ -22,8 +23,10 @@ under the primary mode only, as are the weight's own metrics (:data:`MODE_FREE_M
 ``MonitorConfig.constant_metrics``. ``callback_metrics``, the rules and the history file see
 every value.
 
-Adding a model-level scalar: one :class:`ModelScalar` in :data:`ALERT_SCALARS` (tag, value,
-description and chart together) and its test.
+Adding a model-level scalar: one :class:`ModelScalar` in :data:`MODEL_SCALARS` (tag, value,
+description and chart together) and its test; ``callback_metrics``, the loggers and the layout
+take it from there. Adding an aggregate over layers: its metric in
+:data:`svd_callback.aggregates.SUMMARY_METRICS`.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from svd_callback.sinks.tags import Chart, Family, Scalar, Section
 
 __all__ = [
     "ALERT_CHARTS",
-    "ALERT_SCALARS",
+    "MODEL_SCALARS",
     "CONSTANT_METRICS",
     "ModelScalar",
     "active_alerts",
@@ -101,14 +104,16 @@ def healthy_step(result: AnalysisResult) -> int:
 
 @dataclass(frozen=True)
 class ModelScalar:
-    """A model-level scalar of every analysis, ``alerts/<name>``.
+    """A model-level scalar of every analysis, ``<family>/<name>`` (e.g. ``alerts/active``):
+    its tag, value, description and chart in one declaration.
 
     Attributes:
-        name: the tag's name after ``alerts/``.
+        name: the tag's name after the family.
         description: what it is (TensorBoard's tooltip).
         value: its value for one analysis.
         chart: its custom-scalar chart (None: none).
         float64: kept as float64 in ``callback_metrics``.
+        family: the tag's family.
     """
 
     name: str
@@ -116,14 +121,15 @@ class ModelScalar:
     value: Callable[[AnalysisResult], float]
     chart: Chart | None = None
     float64: bool = False
+    family: Family = Family.ALERTS
+
+    def scalar(self, result: AnalysisResult) -> Scalar:
+        return Scalar(self.family, self.name, float(self.value(result)), self.description,
+                      chart=self.chart, model_level=True, float64=self.float64)
 
     @property
     def tag(self) -> str:
-        return tags.alert_tag(self.name)
-
-    def scalar(self, result: AnalysisResult) -> Scalar:
-        return Scalar(Family.ALERTS, self.name, float(self.value(result)), self.description,
-                      chart=self.chart, model_level=True, float64=self.float64)
+        return Scalar(self.family, self.name, 0.0, "").tag
 
 
 COUNT = ModelScalar(
@@ -147,12 +153,13 @@ HEALTHY_STEP = ModelScalar(
     "(alerts/active == 0), else -1",
     healthy_step, float64=True)  # float32 rounds steps above 2**24
 
-ALERT_SCALARS: tuple[ModelScalar, ...] = (COUNT, ACTIVE, RAISED, HEALTHY_STEP)
-"""The per-analysis alert scalars, in logging order."""
+MODEL_SCALARS: tuple[ModelScalar, ...] = (COUNT, ACTIVE, RAISED, HEALTHY_STEP)
+"""The model-level scalars computed from each analysis, in logging order (the aggregates over
+layers are :mod:`svd_callback.aggregates`'; the cumulative alert counts :func:`total_scalars`)."""
 
 TOTAL_CHART = _alert_chart("alerts/total (cumulative)", r"^alerts/total$", 2)
 RULE_CHART = _alert_chart("alerts/rule (cumulative, per rule)", r"^alerts/rule/.*", 3)
-ALERT_CHARTS = tuple(sorted({*(s.chart for s in ALERT_SCALARS if s.chart), TOTAL_CHART,
+ALERT_CHARTS = tuple(sorted({*(s.chart for s in MODEL_SCALARS if s.chart), TOTAL_CHART,
                              RULE_CHART}, key=lambda c: c.rank))
 """The charts of the ``alerts`` section, shown from the first layout on."""
 TOTAL_DESCRIPTION = ("cumulative number of spectral alerts raised in this run up to this "
@@ -201,10 +208,10 @@ def analysis_scalars(
     rules: Sequence[str] = (),
 ) -> list[Scalar]:
     """Every finite scalar of one analysis, in logging order: per-layer metrics, aggregates,
-    :data:`ALERT_SCALARS`, class statistics, then (with ``totals``) the cumulative alert
+    :data:`MODEL_SCALARS`, class statistics, then (with ``totals``) the cumulative alert
     counts of :func:`total_scalars`."""
     out = [*layer_scalars(result, config), *summary_scalars(result, config)]
-    out += [s.scalar(result) for s in ALERT_SCALARS]
+    out += [s.scalar(result) for s in MODEL_SCALARS]
     out += class_scalars(result.class_metrics, class_conventions)
     if totals is not None:
         out += total_scalars(totals, rules)

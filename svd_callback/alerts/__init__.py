@@ -50,8 +50,8 @@ from svd_callback.alerts.class_rules import (
     FactorizationRankCollapse,
     default_class_rules,
 )
-from svd_callback.alerts.defaults import monitor_default_rules
 from svd_callback.alerts.engine import AlertEngine, default_rules
+from svd_callback.alerts.feed import feed, monitor_default_rules
 from svd_callback.alerts.history import LayerSnapshot, MetricHistory, Snapshot
 from svd_callback.alerts.layer_rules import (
     AlphaAbove,
@@ -97,5 +97,6 @@ __all__ = [
     "TrapsAppeared",
     "default_class_rules",
     "default_rules",
+    "feed",
     "monitor_default_rules",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +151,33 @@ class ClassReport:
             out[layer] = metrics
         return out
 
+    @staticmethod
+    def metrics_from_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+        """:meth:`record_metrics` read back from the ``class`` and ``class_summary`` rows of one
+        analysis (:meth:`rows`; ``null`` as NaN): each layer's statistics, its
+        ``specific_neurons/<c>`` and ``specific_retained/<c>``, and at the feature layer
+        ``feature_count/<c>`` = ``feature_fraction[c]`` D, with D = ``feature_count_mean`` /
+        ``feature_fraction_mean`` (the rows do not hold D itself; a class whose fraction is 0
+        has a count of 0 even where D is unknown)."""
+        rows = list(rows)
+        summary = next((r for r in rows if r.get("type") == "class_summary"), {})
+        out: dict[str, dict[str, float]] = {}
+        for row in rows:
+            if row.get("type") != "class":
+                continue
+            metrics = {str(k): _float(v) for k, v in (row.get("metrics") or {}).items()}
+            for key in ("specific_neurons", "specific_retained"):
+                if row.get(key) is not None:
+                    metrics.update({f"{key}/{c}": _float(v) for c, v in enumerate(row[key])})
+            fractions = summary.get("feature_fraction") or []
+            if row.get("layer") == summary.get("feature_layer") and fractions:
+                width = _feature_width(metrics)
+                metrics.update({f"feature_count/{c}": _float(v) * width if width is not None
+                                else (0.0 if v == 0 else math.nan)
+                                for c, v in enumerate(fractions)})
+            out[str(row["layer"])] = metrics
+        return out
+
     def alert_records(self) -> list[ClassRecord]:
         """The statistics as records for :meth:`AlertEngine.update` (mode ``"classes"``)."""
         return class_records(self.record_metrics())
@@ -191,6 +218,20 @@ class ClassReport:
             "seconds": self.seconds,
         })
         return rows
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _feature_width(metrics: Mapping[str, float]) -> int | None:
+    """D, the penultimate features, from ``feature_count_mean`` = mean |S_c| and
+    ``feature_fraction_mean`` = mean |S_c| / D (None when the fraction is 0 or unknown)."""
+    count = metrics.get("feature_count_mean", math.nan)
+    fraction = metrics.get("feature_fraction_mean", math.nan)
+    if not (math.isfinite(count) and math.isfinite(fraction)) or fraction <= 0:
+        return None
+    return round(count / fraction)
 
 
 class ClassTracker:

@@ -76,7 +76,7 @@ from svd_callback.classes.signals import (
     influential_neurons,
     neuron_signals,
 )
-from svd_callback.layers import frozen_forward, has_weight, read_weight
+from svd_callback.layers import frozen_forward, has_weight, named_modules, read_weight
 from svd_callback.sharding import full_weight
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -144,7 +144,7 @@ def _analyze(
     if reason is not None:
         report.reasons["probe"] = reason
         return
-    modules = dict(model.named_modules())
+    modules = dict(named_modules(model))
     signal_layers = _signal_layers(model, modules, config, layers, report)
     feature_layer = _feature_layer(model, modules, config, report)
     due = factorize
@@ -213,7 +213,7 @@ def _signal_layers(
     elif layers is not None:
         names = list(layers)
     else:
-        names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, *_CONV_TYPES))]
+        names = [n for n, m in named_modules(model) if isinstance(m, (nn.Linear, *_CONV_TYPES))]
     kept = []
     for name in names:
         module = modules.get(name)

@@ -15,10 +15,36 @@ from helpers import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-from test_cli_errors import assert_one_line_error, write_history, write_tb_run
+from torch.utils.tensorboard import SummaryWriter
 
 from svd_callback.cli import main
 from svd_callback.runs import RunReadError, read_run
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err and ": error: " in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def write_tb_run(path: Path, alphas: list[float]) -> Path:
+    """Epoch e at step 10 e, as the callback logs it (see test_cli.write_tb_run)."""
+    writer = SummaryWriter(str(path))
+    for epoch, alpha in enumerate(alphas):
+        writer.add_scalar("epoch", max(epoch - 1, 0), global_step=10 * epoch)
+        if epoch:
+            writer.add_scalar("epoch", epoch, global_step=10 * epoch)
+        writer.add_scalar("spectral_summary/alpha_mean", alpha, global_step=10 * epoch)
+    writer.close()
+    return path
+
+
+def write_history(path: Path, rows: list[dict]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "spectral_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
 
 ROWS = [{"type": "summary", "epoch": e, "step": 10 * e, "mode": "unfold",
          "metrics": {"alpha_mean": 3.0 - e}} for e in range(3)]

@@ -27,7 +27,8 @@ before the stability Jaccards and the kept specific neurons are counted, and the
 
 The forward pass never changes the model: it runs under ``torch.no_grad()`` with every module in
 eval mode (batch-norm uses its running statistics and updates nothing, dropout is off) inside a
-forked random generator, and each module's own ``training`` flag is restored afterwards
+forked random generator, and each module's own ``training`` flag and every buffer (the observers
+of quantization-aware training update even in eval mode) are restored afterwards
 (:func:`frozen_forward`). The statistics therefore describe the network as it would be
 evaluated. Bad input never raises: an empty probe, non-integer targets, a missing penultimate
 layer, a layer that cannot be read or a failing forward pass each leave NaN statistics and a

@@ -504,9 +504,12 @@ def _restore_buffers(snapshot: list[tuple[nn.Module, dict, dict[int, torch.Tenso
                 if tensor is None:
                     continue
                 saved = copies[id(tensor)]
-                if tensor.shape != saved.shape:
-                    tensor.resize_(saved.shape)
-                tensor.copy_(saved)
+                try:
+                    if tensor.shape != saved.shape:
+                        tensor.resize_(saved.shape)
+                    tensor.copy_(saved)
+                except RuntimeError:  # a tensor that cannot be resized: the copy takes its place
+                    module._buffers[name] = saved
 
 
 def record_input_sizes(

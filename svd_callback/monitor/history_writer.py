@@ -90,6 +90,15 @@ class HistoryWriter:
         self.path = None
         self.run_id = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """``history_path`` and ``run_id``, for the callback's checkpointed state."""
+        return {"history_path": self.path, "run_id": self.run_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a state written before run ids has none: None)."""
+        self.path = state["history_path"]
+        self.run_id = state.get("run_id")
+
     def start(
         self,
         path: Path | None,

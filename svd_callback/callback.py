@@ -24,19 +24,19 @@ from svd_callback.checks import check_callable
 from svd_callback.classes.config import ClassAnalysisConfig
 from svd_callback.classes.probe import ProbeSet
 from svd_callback.layers import find_layers
+from svd_callback.monitor.checkpoint import STATE_VERSION, upgrade
 from svd_callback.monitor.class_stage import ClassStage
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.history_writer import distinct_path, trainer_path
 from svd_callback.monitor.inputs import first_training_input
 from svd_callback.monitor.publisher import Publisher
 from svd_callback.monitor.runner import AnalysisRunner, training_scalars
-from svd_callback.monitor.trainer_access import validation_settings
-from svd_callback.schedule import FIT_START, TRAIN_STEP, Schedule, trainer_epochs_trained
+from svd_callback.monitor.trainer_access import epochs_trained_at, validation_settings
+from svd_callback.schedule import FIT_START, TRAIN_STEP, Schedule
 from svd_callback.sharding import refusal
 
 __all__ = ["SpectralMonitor"]
 
-_STATE_VERSION = 1
 _UNSET_MODE = (("unfold",), ["unfold"], "unfold")
 """Values of ``conv_mode`` that count as not given beside its legacy name ``conv_modes``."""
 
@@ -152,7 +152,6 @@ class SpectralMonitor(Callback):
         self._engine = AlertEngine(monitor_default_rules(
             self._config.analysis.metrics, class_config is not None) if alert_rules is None
             else alert_rules)
-        self._initial_engine_state = self._engine.state_dict()
         self._guard = Guard()
         self._refused: str | None = None  # why the trainer's strategy is refused, see setup
         self._schedule = Schedule.from_config(self._config)
@@ -162,7 +161,8 @@ class SpectralMonitor(Callback):
                                       self._guard, keep_svals=keep_svals, forward_fn=forward_fn,
                                       motion_sketch=self._config.motion_sketch)
         self._publisher = Publisher(self._config, self._classes, self._guard,
-                                    bool(per_layer_callback_metrics), engine=self._engine)
+                                    bool(per_layer_callback_metrics), engine=self._engine,
+                                    schedule=self._schedule)
         self._summaries: list[dict[str, Any]] = []
         self._loaded = False
 
@@ -174,7 +174,7 @@ class SpectralMonitor(Callback):
     classes = property(lambda self: self._classes, doc="The class analysis: probe, tracker.")
     runner = property(lambda self: self._runner, doc="The analysis runner.")
     publisher = property(lambda self: self._publisher, doc="The publisher of each analysis.")
-    heatmaps = property(lambda self: self._publisher.store, doc="The spectra kept for the "
+    heatmaps = property(lambda self: self._publisher.heatmaps, doc="The spectra kept for the "
                         "heat-map figures (a ``SpectrumStore``).")
     last_result = property(lambda self: self._publisher.last_result, doc="The "
                            "``AnalysisResult`` of the last analysis of this fit, or None.")
@@ -200,46 +200,30 @@ class SpectralMonitor(Callback):
     # ------------------------------------------------------------------ checkpoint state
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": _STATE_VERSION,
-            **self._schedule.state_dict(),
-            "input_sizes": {k: list(v) for k, v in self._runner.input_sizes.items()},
-            "summaries": [dict(s) for s in self._summaries],
-            **self._publisher.store.state_dict(),
-            **self._publisher.history.state_dict(),
-            "alert_engine": self._engine.state_dict(),
-            "training": dict(self._runner.training),
-            "classes": self._classes.state_dict(),
-            "motion": None if self._runner.motion is None else self._runner.motion.state_dict(),
-        }
+        """One entry per part (``monitor.checkpoint``: the layout, and the loader of the
+        layout written before)."""
+        return {"version": STATE_VERSION, "schedule": self._schedule.state_dict(),
+                "runner": self._runner.state_dict(), "publisher": self._publisher.state_dict(),
+                "summaries": [dict(s) for s in self._summaries]}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("version") != _STATE_VERSION:
+        state = upgrade(state_dict)
+        if state is None:
             rank_zero_warn(f"SpectralMonitor: ignoring checkpoint state of unknown version "
                            f"{state_dict.get('version')!r}; the spectral history starts afresh.")
             return
-        self._schedule.load_state_dict(state_dict)
-        self._runner.input_sizes = {k: tuple(v) for k, v in state_dict["input_sizes"].items()}
-        self._summaries = [dict(s) for s in state_dict["summaries"]]
-        self._publisher.store.load_state_dict(state_dict)
-        self._publisher.history.load_state_dict(state_dict)
-        self._engine.load_state_dict(state_dict["alert_engine"])
-        self._runner.training = {str(k): float(v)
-                                 for k, v in state_dict.get("training", {}).items()}
-        for part, key in ((self._classes, "classes"), (self._runner.motion, "motion")):
-            if state_dict.get(key) is not None and part is not None:
-                part.load_state_dict(state_dict[key])
+        self._schedule.load_state_dict(state["schedule"])
+        self._runner.load_state_dict(state["runner"])
+        self._publisher.load_state_dict(state["publisher"])
+        self._summaries = [dict(s) for s in state["summaries"]]
         self._loaded = True
 
     def _reset_run(self) -> None:
         """The same object fitted again from scratch: forget the previous run."""
-        self._schedule.reset()
-        self._runner.reset()
-        self._classes.reset()
-        self._publisher.reset_run()
+        for part in (self._schedule, self._runner, self._publisher):
+            part.reset()
         self._summaries = []
-        self._engine.load_state_dict(self._initial_engine_state)
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -248,7 +232,7 @@ class SpectralMonitor(Callback):
         if self._refused is not None:
             return self._guard.warn(self._refused)
         if stage == TrainerFn.FITTING:
-            self._publisher.check_on = self._schedule.resolve(**validation_settings(trainer))
+            self._schedule.resolve(**validation_settings(trainer))
         names, analysis = self._config.figure_layers, self._config.analysis
         if not isinstance(names, int):
             specs, skipped = find_layers(pl_module, analysis.include, analysis.exclude,
@@ -259,7 +243,7 @@ class SpectralMonitor(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._guard.reset()
         self._publisher.start_fit(trainer)
-        self._runner.sizes_tried = False
+        self._runner.start_fit()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -315,7 +299,7 @@ class SpectralMonitor(Callback):
         self._runner.maybe_record_input_sizes(pl_module, lambda: first_training_input(trainer))
         result = self._runner.run(
             pl_module, step=int(trainer.global_step),
-            epochs_trained=trainer_epochs_trained(trainer, trigger), trigger=trigger,
+            epochs_trained=epochs_trained_at(trainer, trigger), trigger=trigger,
             training=training_scalars(trainer.callback_metrics), world=int(trainer.world_size),
             rank=int(trainer.global_rank),
             broadcast=lambda metrics: trainer.strategy.broadcast(metrics, src=0),
@@ -344,7 +328,7 @@ class SpectralMonitor(Callback):
         paths = [trainer_path(m.config.history_file, trainer) for m in [*monitors[:position], self]]
         path = distinct_path(paths[-1], paths[:-1], position, self._guard,
                              f"conv_mode={self._config.analysis.conv_mode}", bool(trainer.loggers))
-        self._publisher.history.start(path, resumed=resumed, step=int(trainer.global_step),
+        self._publisher.start_history(path, resumed=resumed, step=int(trainer.global_step),
                                       epoch=int(trainer.current_epoch),
                                       world_size=int(trainer.world_size),
                                       last_analysed=self._schedule.last_step)

@@ -82,21 +82,6 @@ def resolve_check_on(
     return "train_epoch_end" if once_per_epoch else "validation_epoch_end"
 
 
-def trainer_epochs_trained(trainer: Any, trigger: str) -> float:
-    """:func:`epochs_trained` read from a Lightning ``Trainer`` at the hook ``trigger``: the
-    batches of this epoch done (``batch_idx + 1``) and whether the epoch ran to its end (its
-    last batch, or ``num_training_batches`` of them; ``max_steps``, a stop or ``max_time`` can
-    end it early), from the fit loop's progress."""
-    loop = getattr(trainer.fit_loop, "epoch_loop", None)
-    done = getattr(loop, "batch_idx", None)
-    progress = getattr(loop, "batch_progress", None)
-    finished = None
-    if progress is not None and done is not None:
-        finished = bool(progress.is_last_batch) or done + 1 == trainer.num_training_batches
-    return epochs_trained(trigger, trainer.current_epoch, None if done is None else done + 1,
-                          trainer.num_training_batches, epoch_finished=finished)
-
-
 def epochs_trained(
     trigger: str,
     epoch: int,

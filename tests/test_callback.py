@@ -104,7 +104,7 @@ def test_state_dict_survives_a_weights_only_checkpoint_load(tmp_path):
     torch.save(monitor.state_dict(), path)
     restored = SpectralMonitor(conv_mode=("unfold", "operator"), figures_every_n=1)
     restored.load_state_dict(torch.load(path, weights_only=True))
-    assert restored.state_dict()["analyses"] == 2
+    assert restored.state_dict()["schedule"]["analyses"] == 2
     assert restored.summaries == monitor.summaries
     assert restored.input_sizes == monitor.input_sizes == {
         "features.0": (8, 8), "features.2": (8, 8), "features.5": (4, 4)}

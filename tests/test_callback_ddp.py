@@ -65,7 +65,7 @@ def main(out: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({
         "shares": shares, "callback_metrics": metrics, "epoch": trainer.current_epoch,
         "history": monitor.summaries,
-        "motion_layers": sorted(monitor.state_dict()["motion"]["layers"]),
+        "motion_layers": sorted(monitor.state_dict()["runner"]["motion"]["layers"]),
     }))
 
 

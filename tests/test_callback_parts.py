@@ -119,7 +119,7 @@ def test_publisher_writes_callback_metrics_logger_and_history_without_a_trainer(
     guard = Guard()
     publisher = Publisher(config, ClassStage(None, None, guard), guard)
     history = tmp_path / "history.jsonl"
-    publisher.history.start(history, resumed=False, step=0, epoch=0, world_size=1)
+    publisher.start_history(history, resumed=False, step=0, epoch=0, world_size=1)
     logger = CSVLogger(tmp_path, name="csv", version=0)
     metrics: dict[str, torch.Tensor] = {}
     publisher.publish(result, loggers=[logger], callback_metrics=metrics, current_epoch=0,

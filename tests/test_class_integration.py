@@ -391,7 +391,7 @@ def test_resume_restores_the_probe_and_the_previous_edges(tmp_path, digits):
     trainer_for(tmp_path, [first, checkpoints], TensorBoardLogger(**logger), max_epochs=2,
                 enable_checkpointing=True).fit(SmallCNN(), digits)
     saved = torch.load(tmp_path / "ckpt" / "epoch=0.ckpt", weights_only=True)
-    state = saved["callbacks"][first.state_key]["classes"]
+    state = saved["callbacks"][first.state_key]["runner"]["classes"]
     assert state["probe"]["indices"] == first.classes.probe.indices.tolist()
     assert state["tracker"]["analyses"] == 2 and set(state["tracker"]["edges"]) == set(LAYERS)
 

@@ -22,14 +22,14 @@ from svd_callback.sinks.tags import Family, Scalar, parse_tag
 MODES = ("unfold", "operator")
 
 
-def _result(alerts=()) -> AnalysisResult:
+def _result(alerts=(), totals=None) -> AnalysisResult:
     metrics = {"alpha": 3.0, "matrix_rank": 4.0, "rank_loss": 0.0, "log_norm": 0.5,
                "xmin": math.nan}
     report = Report(LayerReport(name, kind, mode, metrics=dict(metrics), quality="ok")
                     for mode in MODES for name, kind in (("conv 1", "conv2d"), ("fc", "linear")))
     return AnalysisResult(step=7, epoch=1, epochs_trained=1.0, trigger="train_epoch_end",
                           seconds=0.0, report=report, summary=summarize(report),
-                          alerts=tuple(alerts),
+                          alerts=tuple(alerts), alert_totals=totals or {},
                           class_metrics={"fc": {"jaccard_mean": 0.25, "specific_neurons/3": 1.0}})
 
 
@@ -40,8 +40,8 @@ def _config(**options) -> MonitorConfig:
 
 def test_tags_follow_the_documented_patterns():
     alert = Alert(rule="AlphaBelow", epoch=1, step=7, severity="warning", message="m")
-    records = sc.analysis_scalars(_result([alert]), _config(), "probe", {"AlphaBelow": 2},
-                                  ["AlphaBelow", "LayerFrozen"])
+    records = sc.analysis_scalars(_result([alert], {"AlphaBelow": 2, "LayerFrozen": 0}),
+                                  _config(), "probe")
     tags = {s.tag: s for s in records}
     assert tags["spectral/alpha/conv_1"].value == 3.0  # layer name made safe
     assert tags["spectral/alpha.operator/conv_1"].mode == "operator"
@@ -75,8 +75,7 @@ def test_loggers_get_fewer_and_callback_metrics_the_model_level_values():
 def test_every_logged_scalar_is_on_the_chart_that_claims_it():
     alert = Alert(rule="AlphaBelow", epoch=1, step=7, severity="warning", message="m")
     config = _config()
-    records = sc.analysis_scalars(_result([alert]), config, "", {"AlphaBelow": 1},
-                                  ["AlphaBelow"])
+    records = sc.analysis_scalars(_result([alert], {"AlphaBelow": 1}), config, "")
     charts = sc.layout_charts(records, config)
     for scalar in records:
         if scalar.chart is not None:

@@ -1,5 +1,5 @@
-"""What the ``alerts`` and ``spectral/reasons`` text tags say, and the cumulative alert counts
-behind ``alerts/total`` and ``alerts/rule/<rule>``.
+"""What the ``alerts`` and ``spectral/reasons`` text tags say (the cumulative counts per rule
+come with each result, :attr:`~svd_callback.monitor.result.AnalysisResult.alert_totals`).
 
 The ``alerts`` text is written at every analysis, so that a monitored run without alerts reads
 "no alerts so far" instead of having no entry.
@@ -8,8 +8,7 @@ The ``alerts`` text is written at every analysis, so that a monitored run withou
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from svd_callback.alerts import Alert
@@ -17,7 +16,7 @@ from svd_callback.alerts.base import fmt, rule_name
 from svd_callback.report import Report
 from svd_callback.sinks.tags import escape_markdown
 
-__all__ = ["alert_totals", "alerts_text", "reasons_text", "rules_markdown"]
+__all__ = ["alerts_text", "reasons_text", "rules_markdown"]
 
 
 def _action_name(action: Any) -> str:
@@ -73,11 +72,6 @@ def alerts_text(
         lines += ["", f"alerts so far by rule: {counts}"]
     lines += ["", "**Active rules**", "", rules_markdown(rules)]
     return "\n".join(lines)
-
-
-def alert_totals(before: Iterable[Alert], current: Iterable[Alert]) -> Counter[str]:
-    """Alerts per rule: those raised ``before`` this analysis plus the ``current`` ones."""
-    return Counter(a.rule for a in before) + Counter(a.rule for a in current)
 
 
 def reasons_text(report: Report, metrics: Sequence[str]) -> str:

@@ -8,7 +8,6 @@ Nothing here needs a ``Trainer``: :meth:`Publisher.publish` takes the loggers, t
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -18,9 +17,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from svd_callback.alerts import AlertEngine
-from svd_callback.alerts.base import rule_name
 from svd_callback.config import MonitorConfig
-from svd_callback.monitor.alert_text import alert_totals, alerts_text, reasons_text
+from svd_callback.monitor.alert_text import alerts_text, reasons_text
 from svd_callback.monitor.class_stage import ClassStage
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.heatmaps import SpectrumStore
@@ -36,6 +34,7 @@ from svd_callback.monitor.scalars import (
 )
 from svd_callback.monitor.text import conventions_markdown
 from svd_callback.report import Report
+from svd_callback.schedule import Schedule
 from svd_callback.sinks import hparams as hp
 from svd_callback.sinks import tags
 from svd_callback.sinks.class_figures import hypergraph_figure, overlap_matrix_figure
@@ -55,8 +54,11 @@ class Publisher:
         classes: the class stage (its conventions and history settings).
         guard: the callback's guard.
         per_layer_callback_metrics: also put per-layer values into ``callback_metrics``.
-        engine: the alert engine: its rules are listed in the ``alerts`` text and its alerts so
-            far (restored from a checkpoint on resume) start the cumulative alert counts.
+        engine: the alert engine, whose rules the ``alerts`` text lists.
+        schedule: the schedule, whose hook (resolved in ``setup()``) the conventions text names.
+
+    Its run state (the heat-map store and the history file's path and run id) is checkpointed
+    through :meth:`state_dict`; :meth:`reset` forgets it for a new run.
     """
 
     def __init__(
@@ -66,16 +68,20 @@ class Publisher:
         guard: Guard,
         per_layer_callback_metrics: bool = False,
         engine: AlertEngine | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         self.config = config
         self.classes = classes
         self.guard = guard
         self.per_layer_callback_metrics = per_layer_callback_metrics
         self.engine = engine
+        self.schedule = schedule
         self.history = HistoryWriter(config, guard)
-        self.store = SpectrumStore()
-        self.check_on: str | None = config.check_on
+        self._store = SpectrumStore()
         self.reset_fit()
+
+    heatmaps = property(lambda self: self._store,
+                        doc="The spectra kept for the heat-map figures (a ``SpectrumStore``).")
 
     def reset_fit(self) -> None:
         """Forget the writers and what was written in a previous ``fit``."""
@@ -84,7 +90,6 @@ class Publisher:
         self._started_logging = False
         self.last_result: AnalysisResult | None = None
         self._last_figure_index = -1
-        self._alert_totals: Counter[str] | None = None
 
     def start_fit(self, trainer: Any) -> None:
         """At the start of ``fit``: :meth:`reset_fit`, then (rank 0) :meth:`write_hparams` with
@@ -96,11 +101,25 @@ class Publisher:
             self.guard.call("writing the HPARAMS records", self.write_hparams, trainer.loggers,
                             model)
 
-    def reset_run(self) -> None:
-        """Forget the run state (heat maps, history path and run id)."""
-        self.store = SpectrumStore()
+    def reset(self) -> None:
+        """Forget the run (heat maps, history path and run id): a new run."""
+        self._store = SpectrumStore()
         self.history.reset()
-        self._alert_totals = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The heat-map store and the history file's path and run id."""
+        return {"heatmaps": self._store.state_dict(), "history": self.history.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self._store.load_state_dict(state["heatmaps"])
+        self.history.load_state_dict(state["history"])
+
+    def start_history(self, path: Any, **run: Any) -> None:
+        """Open the history file at ``path`` for this fit and write its ``run`` row
+        (:meth:`HistoryWriter.start <svd_callback.monitor.history_writer.HistoryWriter.start>`
+        with ``run``: resumed, step, epoch, world size, last analysed step)."""
+        self.history.start(path, **run)
 
     # ------------------------------------------------------------------ publish
     def publish(
@@ -115,9 +134,7 @@ class Publisher:
     ) -> None:
         """``callback_metrics`` and the heat-map store (every rank); loggers, TensorBoard and
         the history file (rank 0). ``index``: the analysis's 0-based number in this run."""
-        totals = self._alert_totals_after(result)
-        records = analysis_scalars(result, self.config, self.classes.conventions(), totals,
-                                   [rule_name(r) for r in self._rules()])
+        records = analysis_scalars(result, self.config, self.classes.conventions())
         callback_metrics.update({
             s.tag: torch.tensor(s.value, dtype=torch.float64 if s.float64 else torch.float32)
             for s in records if self.per_layer_callback_metrics or s.model_level
@@ -125,27 +142,12 @@ class Publisher:
         logged = [s for s in records if s.logged]  # the loggers get fewer
         self.last_result = result
         if self.config.figures_every_n:
-            self.guard.call("storing spectra for the heat maps", self.store.add, result.report,
+            self.guard.call("storing spectra for the heat maps", self._store.add, result.report,
                             result.epochs_trained, self.config.analysis.primary_mode,
                             self.config.figure_layers)
         if is_zero:
             self.guard.call("logging the analysis", self._log, result, logged, loggers,
                             current_epoch, index)
-
-    def _alert_totals_after(self, result: AnalysisResult) -> Counter[str]:
-        """Alerts raised so far in this run per rule, this analysis's included (restored from
-        the alert engine's alerts so far at the first analysis after a resume)."""
-        if self._alert_totals is None:
-            before: list[Any] = []
-            if self.engine is not None:
-                before = list(self.engine.alerts_so_far)
-                for alert in self.engine.last_alerts:
-                    if alert in before:
-                        before.remove(alert)
-            self._alert_totals = alert_totals(before, result.alerts)
-        else:
-            self._alert_totals.update(a.rule for a in result.alerts)
-        return self._alert_totals
 
     def _rules(self) -> list[Any]:
         return list(self.engine.rules) if self.engine is not None else []
@@ -247,7 +249,8 @@ class Publisher:
     ) -> None:
         step = result.step
         if not self._started_logging:
-            text = conventions_markdown(self.config, self.check_on, self.history.path,
+            check_on = self.config.check_on if self.schedule is None else self.schedule.check_on
+            text = conventions_markdown(self.config, check_on, self.history.path,
                                         self.classes.conventions())
             sink.text(tags.CONVENTIONS_TAG, text, step,
                       description="how the spectral metrics of this run were computed")
@@ -264,8 +267,9 @@ class Publisher:
                     tags.spectrum_tag(record.mode, record.name), log10_sigma(record.svals), step,
                     description=tags.spectrum_description(record.mode, record.normalization),
                 )
-        text = alerts_text(result.alerts, result.raised_on, self._alert_totals or {},
-                           self._rules(), result.epoch, step)
+        so_far = {rule: count for rule, count in result.alert_totals.items() if count}
+        text = alerts_text(result.alerts, result.raised_on, so_far, self._rules(), result.epoch,
+                           step)
         sink.text(tags.ALERT_TEXT_TAG, text, step,
                   description="spectral alerts of this analysis, the count so far per rule and "
                   "the active rules (threshold, patience, action)")
@@ -289,7 +293,7 @@ class Publisher:
         analysis = self.config.analysis
         report, step = result.report, result.step
         for mode in analysis.conv_mode:
-            for name in self.store.figure_names or []:
+            for name in self._store.figure_names or []:
                 record = report.get(name, mode)
                 if record is None or record.svals is None:
                     continue
@@ -298,10 +302,10 @@ class Publisher:
                 for sink in sinks.values():
                     sink.figure(tags.figure_tag("esd", mode, name), figure, step)
             names = [r.name for r in report.by_mode(mode)
-                     if self.store.columns(mode, r.name) is not None]
+                     if self._store.columns(mode, r.name) is not None]
             if not names:
                 continue
-            stores = [self.store.columns(mode, name) for name in names]
+            stores = [self._store.columns(mode, name) for name in names]
             figure = spectrum_heatmap_grid(
                 names,
                 [store["epochs"] for store in stores],

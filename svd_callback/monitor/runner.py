@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from svd_callback.alerts import Alert, AlertEngine, Condition, feed
+from svd_callback.alerts.base import rule_name
 from svd_callback.analysis import add_motion, analyze, summarize
 from svd_callback.classes.sharded import ProbeSplit
 from svd_callback.config import AnalysisConfig
@@ -68,7 +70,9 @@ def training_scalars(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class AnalysisRunner:
-    """Runs one analysis and keeps what later analyses need (input sizes, training scalars).
+    """Runs one analysis and keeps what later analyses need: the conv input sizes, the trainer's
+    scalars, the alert engine's state and the alerts counted so far, the class stage's probe and
+    tracker, the motion sketches (:meth:`state_dict`, :meth:`reset`).
 
     Args:
         config: what is computed.
@@ -100,15 +104,55 @@ class AnalysisRunner:
         self.forward_fn = forward_fn
         self.motion = (MotionTracker(motion_sketch, config.generator_seed)
                        if "motion" in config.metrics else None)
+        self._initial_engine = alert_engine.state_dict()
         self.reset()
-        self.sizes_tried = False
+        self.start_fit()
+
+    # ------------------------------------------------------------------ state
+    input_sizes = property(lambda self: dict(self._input_sizes),
+                           doc="The recorded conv input sizes (``operator`` mode), by layer.")
 
     def reset(self) -> None:
-        """Forget the run state (a new run)."""
-        self.input_sizes: dict[str, tuple[int, ...]] = {}
-        self.training: dict[str, float] = {}
+        """Forget the run (a new run): input sizes, trainer scalars, the alert engine's history
+        and rule states with the alerts counted so far, the class probe and tracker, the
+        motion sketches."""
+        self._input_sizes: dict[str, tuple[int, ...]] = {}
+        self._training: dict[str, float] = {}
+        self._alert_totals: Counter[str] = Counter()
+        self.alert_engine.load_state_dict(self._initial_engine)
+        self.classes.reset()
         if self.motion is not None:
             self.motion.reset()
+
+    def start_fit(self) -> None:
+        """At the start of each ``fit``: the input sizes are probed again if none were
+        recorded."""
+        self._sizes_tried = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """What later analyses need, plain types and CPU tensors (checkpointed)."""
+        return {
+            "input_sizes": {k: list(v) for k, v in self._input_sizes.items()},
+            "training": dict(self._training),
+            "alert_engine": self.alert_engine.state_dict(),
+            "alert_totals": dict(self._alert_totals),
+            "classes": self.classes.state_dict(),
+            "motion": None if self.motion is None else self.motion.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output. Without ``alert_totals`` (a state written before
+        they were kept) the alerts the engine kept are counted."""
+        self._input_sizes = {k: tuple(v) for k, v in state["input_sizes"].items()}
+        self._training = {str(k): float(v) for k, v in (state.get("training") or {}).items()}
+        self.alert_engine.load_state_dict(state["alert_engine"])
+        totals = state.get("alert_totals")
+        self._alert_totals = Counter(
+            {str(k): int(v) for k, v in totals.items()} if totals is not None
+            else (a.rule for a in self.alert_engine.alerts_so_far))
+        for part, key in ((self.classes, "classes"), (self.motion, "motion")):
+            if state.get(key) is not None and part is not None:
+                part.load_state_dict(state[key])
 
     # ------------------------------------------------------------------ input sizes
     def maybe_record_input_sizes(
@@ -117,23 +161,23 @@ class AnalysisRunner:
         """Record the conv input sizes once (``operator`` mode), never before the model's own
         first forward has materialised its lazy modules: a probe pass would initialise them
         from a different random state than the training would."""
-        if not self.config.needs_input_size or self.input_sizes or self.sizes_tried:
+        if not self.config.needs_input_size or self._input_sizes or self._sizes_tried:
             return
         if has_uninitialised_lazy(module):
             self.guard.note_once("lazy-sizes", "the model has lazy modules not materialised "
                                  "yet; the conv input sizes (operator mode) are recorded after "
                                  "its first forward")
             return
-        self.sizes_tried = True
+        self._sizes_tried = True
         try:
             example, key, source = self._example(module, training_input)
             specs, _ = find_layers(module, self.config.include, self.config.exclude,
                                    self.config.embeddings)
             with torch.no_grad():
-                self.input_sizes = record_input_sizes(module, example, specs,
-                                                      forward_for(key, self.forward_fn))
+                self._input_sizes = record_input_sizes(module, example, specs,
+                                                       forward_for(key, self.forward_fn))
             rank_zero_info(f"SpectralMonitor: recorded the input sizes of "
-                           f"{len(self.input_sizes)} conv layers from {source}.")
+                           f"{len(self._input_sizes)} conv layers from {source}.")
         except Exception as error:  # noqa: BLE001 - operator mode then skips convs with a reason
             self.guard.warn(f"could not record conv input sizes ({type(error).__name__}: "
                             f"{error}); operator mode will skip conv layers")
@@ -180,8 +224,8 @@ class AnalysisRunner:
             broadcast if is_distributed(world) else None,
             ProbeSplit(rank, world) if sharded else None,
         )
-        self.training = {**self.training, **(training or {})}
-        training = dict(self.training)
+        self._training = {**self._training, **(training or {})}
+        training = dict(self._training)
         epoch = int(math.floor(epochs_trained))
         summary: dict[str, dict[str, float]] = {}
         alerts: list[Alert] = []
@@ -194,6 +238,7 @@ class AnalysisRunner:
                             f"{type(error).__name__}: {error}")
         merged = self._gather_alerts(alerts, world, rank)  # collective
         active = self._gather_active(world, rank)  # collective
+        self._alert_totals.update(alert.rule for alert, _ in merged)
         return AnalysisResult(
             step=int(step), epoch=epoch, epochs_trained=float(epochs_trained), trigger=trigger,
             seconds=time.perf_counter() - started, report=report, summary=summary,
@@ -201,7 +246,15 @@ class AnalysisRunner:
             active=tuple(active),
             world_size=int(world), owners=owners, training=training,
             class_report=class_report, class_metrics=class_metrics,
+            alert_totals=self._totals(),
         )
+
+    def _totals(self) -> dict[str, int]:
+        """Alerts raised so far in this run by rule: every rule of the engine (0 until it
+        fires), then any other name that raised, sorted."""
+        names = [rule_name(r) for r in self.alert_engine.rules]
+        return {name: self._alert_totals.get(name, 0)
+                for name in dict.fromkeys([*names, *sorted(self._alert_totals)])}
 
     def _add_motion(self, module: torch.nn.Module, report: Report) -> None:
         """Add the ``"motion"`` metrics of every analysed layer to its records (every mode).
@@ -243,8 +296,8 @@ class AnalysisRunner:
             names = [s.name for s in specs] + [s.name for s in skipped]
             if is_distributed(world) and not sharded:
                 for spec in specs:
-                    if spec.name in self.input_sizes:
-                        spec.input_size = tuple(self.input_sizes[spec.name])
+                    if spec.name in self._input_sizes:
+                        spec.input_size = tuple(self._input_sizes[spec.name])
                 costs = {s.name: sum(estimate_cost(s, m) for m in config.conv_mode)
                          for s in specs}
                 costs.update({s.name: 0.0 for s in skipped})
@@ -268,7 +321,7 @@ class AnalysisRunner:
 
     def _analyze(self, module: torch.nn.Module, share: list[str] | None) -> Report:
         """:func:`~svd_callback.analysis.analyze` with this runner's configuration."""
-        return analyze(module, config=self.config, input_sizes=dict(self.input_sizes) or None,
+        return analyze(module, config=self.config, input_sizes=dict(self._input_sizes) or None,
                        layer_names=share, keep_svals=self.keep_svals)
 
     def _gather_alerts(

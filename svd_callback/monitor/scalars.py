@@ -166,13 +166,14 @@ TOTAL_DESCRIPTION = ("cumulative number of spectral alerts raised in this run up
                      "analysis (alerts/count: the number raised by each analysis)")
 
 
-def total_scalars(totals: Mapping[str, int], rules: Sequence[str]) -> list[Scalar]:
+def total_scalars(totals: Mapping[str, int]) -> list[Scalar]:
     """``alerts/total`` and ``alerts/rule/<rule>``: alerts raised so far in this run, in all
-    and per rule (every rule of ``rules``, 0 until it fires, then any other rule counted)."""
+    and per rule of ``totals`` (:attr:`AnalysisResult.alert_totals`: every configured rule, 0
+    until it fires)."""
     out = [Scalar(Family.ALERTS, "total", float(sum(totals.values())), TOTAL_DESCRIPTION,
                   chart=TOTAL_CHART, model_level=True)]
-    for name in dict.fromkeys([*rules, *sorted(totals)]):
-        out.append(Scalar(Family.ALERTS, tags.alert_rule_name(name), float(totals.get(name, 0)),
+    for name, count in totals.items():
+        out.append(Scalar(Family.ALERTS, tags.alert_rule_name(name), float(count),
                           f"cumulative number of alerts rule {name} raised in this run up to "
                           f"this analysis", chart=RULE_CHART, model_level=True))
     return out
@@ -201,21 +202,15 @@ def _hidden_constants(config: MonitorConfig) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------- one analysis
 def analysis_scalars(
-    result: AnalysisResult,
-    config: MonitorConfig,
-    class_conventions: str,
-    totals: Mapping[str, int] | None = None,
-    rules: Sequence[str] = (),
+    result: AnalysisResult, config: MonitorConfig, class_conventions: str
 ) -> list[Scalar]:
     """Every finite scalar of one analysis, in logging order: per-layer metrics, aggregates,
-    :data:`MODEL_SCALARS`, class statistics, then (with ``totals``) the cumulative alert
-    counts of :func:`total_scalars`."""
+    :data:`MODEL_SCALARS`, class statistics, then the cumulative alert counts of
+    :func:`total_scalars`."""
     out = [*layer_scalars(result, config), *summary_scalars(result, config)]
     out += [s.scalar(result) for s in MODEL_SCALARS]
     out += class_scalars(result.class_metrics, class_conventions)
-    if totals is not None:
-        out += total_scalars(totals, rules)
-    return out
+    return out + total_scalars(result.alert_totals)
 
 
 def layer_scalars(result: AnalysisResult, config: MonitorConfig) -> list[Scalar]:

@@ -13,8 +13,9 @@ from typing import Any
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from svd_callback.monitor.inputs import first_loader
+from svd_callback.schedule import epochs_trained
 
-__all__ = ["validation_loader", "validation_settings"]
+__all__ = ["epochs_trained_at", "validation_loader", "validation_settings"]
 
 
 def validation_settings(trainer: Any) -> dict[str, Any]:
@@ -46,3 +47,20 @@ def validation_loader(trainer: Any) -> Any:
     if loader is None:
         loader = trainer.val_dataloaders
     return first_loader(loader)
+
+
+def epochs_trained_at(trainer: Any, trigger: str) -> float:
+    """:func:`~svd_callback.schedule.epochs_trained` read from a ``Trainer`` at the hook
+    ``trigger``: the batches of this epoch done (``batch_idx + 1``) and whether the epoch ran
+    to its end (its last batch, or ``num_training_batches`` of them; ``max_steps``, a stop or
+    ``max_time`` can end it early), from the fit loop's progress: the training epoch loop
+    ``trainer.fit_loop.epoch_loop`` with its ``batch_idx`` and ``batch_progress.is_last_batch``
+    (attributes of Lightning's internal loops)."""
+    loop = getattr(trainer.fit_loop, "epoch_loop", None)
+    done = getattr(loop, "batch_idx", None)
+    progress = getattr(loop, "batch_progress", None)
+    finished = None
+    if progress is not None and done is not None:
+        finished = bool(progress.is_last_batch) or done + 1 == trainer.num_training_batches
+    return epochs_trained(trigger, trainer.current_epoch, None if done is None else done + 1,
+                          trainer.num_training_batches, epoch_finished=finished)

@@ -19,8 +19,8 @@ from svd_callback.alerts import CallableRule, monitor_default_rules
 from svd_callback.callback import SpectralMonitor
 from svd_callback.classes.report import ClassReport
 from svd_callback.report import REASON_CODES, LayerReport
-from svd_callback.sinks.analyses import read_analyses, recorded_rules, replay_alerts
 from svd_callback.sinks.history import read_history, to_json
+from svd_callback.sinks.history_rows import read_analyses, recorded_rules, replay_alerts
 
 
 def _same(a, b) -> bool:

@@ -1,5 +1,5 @@
 """How ``SpectralMonitor`` meets the alert engine, one choice for the callback and for a replay
-of its history file (:func:`svd_callback.sinks.analyses.replay_alerts`):
+of its history file (:func:`svd_callback.sinks.history_rows.replay_alerts`):
 
 - :func:`monitor_default_rules`: the rules it runs when given none: :func:`default_rules`, with
   :class:`TrapsAppeared` only where the ``"traps"`` metric group is computed (elsewhere it could

@@ -1,17 +1,18 @@
-"""The analyses of a history file, read back as the records the callback made, and the alert
-rules replayed over them.
+"""The rows of the history file, written and read back: the one owner of its format
+(docs/conventions.md#history-file; :mod:`svd_callback.sinks.history` reads and writes the file).
 
-The rows' format is owned by the records themselves: a ``layer`` row is
-:meth:`LayerReport.to_json <svd_callback.report.LayerReport.to_json>` with the analysis's
-context (:func:`layer_row`; :meth:`~svd_callback.report.LayerReport.from_json` reads it back),
-the ``class`` rows are :meth:`ClassReport.rows <svd_callback.classes.report.ClassReport.rows>`
-(:meth:`~svd_callback.classes.report.ClassReport.metrics_from_rows` reads the statistics the
-class rules see), an ``alert`` row is :meth:`Alert.to_dict <svd_callback.alerts.Alert.to_dict>`
-with its context. :func:`read_analyses` groups the rows of one run into one
-:class:`RecordedAnalysis` per analysis; :func:`replay_alerts` runs an
-:class:`~svd_callback.alerts.AlertEngine` over them as the callback did
+Writing: :func:`run_row` (the run's settings at each start), and per analysis
+:func:`layer_row` (:meth:`LayerReport.to_json <svd_callback.report.LayerReport.to_json>` with
+the analysis's context), :func:`summary_row`, :func:`training_row`, :func:`alert_row`
+(:meth:`Alert.to_dict <svd_callback.alerts.Alert.to_dict>` with its context) and the ``class``
+rows of :meth:`ClassReport.rows <svd_callback.classes.report.ClassReport.rows>`.
+
+Reading: :func:`read_analyses` groups the rows of one run into one :class:`RecordedAnalysis`
+per analysis (:meth:`~svd_callback.report.LayerReport.from_json`,
+:meth:`~svd_callback.classes.report.ClassReport.metrics_from_rows`); :func:`replay_alerts` runs
+an :class:`~svd_callback.alerts.AlertEngine` over them as the callback did
 (:func:`svd_callback.alerts.feed`), with the rules the callback would have chosen
-(:func:`recorded_rules`) or any others. Formats: docs/conventions.md#history-file.
+(:func:`recorded_rules`) or any others.
 """
 
 from __future__ import annotations
@@ -23,14 +24,78 @@ from typing import Any
 
 from svd_callback.alerts import Alert, AlertEngine, Rule, feed, monitor_default_rules
 from svd_callback.classes.report import ClassReport
+from svd_callback.config import AnalysisConfig
 from svd_callback.metric_groups import METRIC_GROUPS
 from svd_callback.report import LayerReport, Report
+from svd_callback.sinks import tags
 
-__all__ = ["RecordedAnalysis", "layer_row", "read_analyses", "recorded_rules", "replay_alerts"]
+__all__ = [
+    "RecordedAnalysis",
+    "alert_row",
+    "layer_row",
+    "read_analyses",
+    "recorded_rules",
+    "replay_alerts",
+    "run_row",
+    "summary_row",
+    "training_row",
+]
 
 ANALYSIS_ROWS = ("layer", "summary", "training", "alert", "class", "class_summary")
 """The row types that belong to one analysis (the ``run`` rows describe the run)."""
 _ALERT_FIELDS = frozenset(f.name for f in dataclasses.fields(Alert))
+
+
+def run_row(
+    event: str, step: int, epoch: int, run_id: str | None, config: AnalysisConfig,
+    world_size: int, time: float,
+) -> dict[str, Any]:
+    """The ``run`` row written at each start (``event``: ``start`` or ``resume``): the run's
+    id, the wall ``time`` and how its numbers are made."""
+    return {
+        "type": "run",
+        "event": event,
+        "step": int(step),
+        "epoch": int(epoch),
+        "run_id": run_id,
+        "time": time,
+        "mode": config.primary_mode,
+        "modes": list(config.conv_mode),
+        "normalization": config.normalization,
+        "fit": config.fit,
+        "ww_compat": config.ww_compat,
+        "metric_groups": list(config.metrics),
+        "conventions": {m: tags.conventions(m, config.normalization, config.fit,
+                                            config.ww_compat) for m in config.conv_mode},
+        "world_size": int(world_size),
+    }
+
+
+def _conventions(config: AnalysisConfig) -> dict[str, Any]:
+    return {"normalization": config.normalization, "fit": config.fit,
+            "ww_compat": config.ww_compat}
+
+
+def summary_row(
+    mode: str, aggregates: Mapping[str, float], context: Mapping[str, Any],
+    config: AnalysisConfig, seconds: float,
+) -> dict[str, Any]:
+    """The ``summary`` row of one mode's aggregates (and the analysis's wall time)."""
+    return {"type": "summary", **context, "mode": mode, **_conventions(config),
+            "metrics": dict(aggregates), "seconds": seconds}
+
+
+def training_row(training: Mapping[str, float], context: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``training`` row: the trainer's own scalars the rules saw."""
+    return {"type": "training", **context, "metrics": dict(training)}
+
+
+def alert_row(
+    alert: Alert, ranks: Sequence[int], context: Mapping[str, Any], config: AnalysisConfig
+) -> dict[str, Any]:
+    """The ``alert`` row of one alert and the ranks that raised it."""
+    return {**alert.to_dict(), "type": "alert", **context, "mode": alert.mode,
+            **_conventions(config), "ranks": list(ranks)}
 
 
 def layer_row(

@@ -75,17 +75,17 @@ def test_dying_updates_are_stalled_after_three_falls_or_two_with_a_flat_loss():
     assert fired(TrainingStalled(), norms_run({n: dying for n in LAYERS})) == [(4, None)]
     reports = norms_run({n: dying for n in LAYERS})
     engine = AlertEngine([TrainingStalled()])
-    flat = [engine.update(e, e, Report(rep), {"training": {"train_loss": 2.30 - 1e-4 * e}})
+    flat = [engine.update(e, e, Report(rep), training={"train_loss": 2.30 - 1e-4 * e})
             for e, rep in enumerate(reports)]
     # the 60x fall of epoch 2 under a flat loss is a collapse: flagged at once
     assert [e for e, alerts in enumerate(flat) if alerts] == [2]
     without_collapse = AlertEngine([TrainingStalled(collapse=0.0)])
     flat = [without_collapse.update(e, e, Report(rep),
-                                    {"training": {"train_loss": 2.30 - 1e-4 * e}})
+                                    training={"train_loss": 2.30 - 1e-4 * e})
             for e, rep in enumerate(reports)]
     assert [e for e, alerts in enumerate(flat) if alerts] == [3]
     falling = AlertEngine([TrainingStalled()])
-    learned = [falling.update(e, e, Report(rep), {"training": {"train_loss": 2.0 / (e + 1)}})
+    learned = [falling.update(e, e, Report(rep), training={"train_loss": 2.0 / (e + 1)})
                for e, rep in enumerate(reports)]
     assert [e for e, alerts in enumerate(learned) if alerts] == [4]
     # fast settling that stops falling (healthy SGD: 1.5, 0.39, 0.061, 0.012, 0.0057) and one
@@ -204,7 +204,7 @@ def test_default_rules_include_the_stall_rules():
 def _with_losses(rule, reports, val_losses):
     engine = AlertEngine([rule])
     return [e for e, rep in enumerate(reports)
-            if engine.update(e, e, Report(rep), {"training": {"val_loss": val_losses[e]}}
+            if engine.update(e, e, Report(rep), training={"val_loss": val_losses[e]}
                              if val_losses[e] is not None else {})]
 
 

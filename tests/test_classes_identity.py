@@ -11,13 +11,13 @@ import math
 
 import pytest
 import torch
+from svd_callback.classes.records import class_records
 from torch import nn
 
 from svd_callback.alerts import AlertEngine, ClassLostSpecificNeurons
 from svd_callback.classes import ClassAnalysisConfig, ClassTracker, analyze_classes
 from svd_callback.classes.identity import component_cosines, match_neurons
 from svd_callback.classes.probe import ProbeSet
-from svd_callback.classes.records import class_records
 from svd_callback.report import Report
 from svd_callback.spectra import unfold_svd
 

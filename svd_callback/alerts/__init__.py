@@ -62,14 +62,13 @@ from svd_callback.alerts.layer_rules import (
     TrapsAppeared,
 )
 from svd_callback.alerts.level import Condition
-from svd_callback.alerts.model_rules import TRAINING, GeneralizationGap, MeanAlphaTrend
+from svd_callback.alerts.model_rules import GeneralizationGap, MeanAlphaTrend
 from svd_callback.alerts.stall_rules import LayerFrozen, TrainingStalled
 
 __all__ = [
     "ACTIONS",
     "COUNTED_SEVERITIES",
     "SEVERITIES",
-    "TRAINING",
     "Alert",
     "AlertEngine",
     "AlphaAbove",

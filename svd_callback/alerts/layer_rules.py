@@ -11,21 +11,32 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
-from svd_callback.alerts.history import MetricHistory, Snapshot
+from svd_callback.alerts.history import LayerSnapshot, MetricHistory, Snapshot
+
+MAX_LISTED = 8
+"""Layers named one by one in a grouped alert's message; the rest are counted."""
 
 
 class LayerMetricRule(Rule):
     """A condition on one metric of every selected (layer, mode), with hysteresis.
 
     Each analysis, for every (layer, mode) whose ``metric`` is finite, :meth:`condition` says
-    whether the condition holds (True), clears (False) or cannot be told (None). The rule
-    fires once when the condition has held for ``patience`` consecutive analyses and re-arms
+    whether the condition holds (True), clears (False) or cannot be told (None). A layer's
+    condition fires once when it has held for ``patience`` consecutive analyses and re-arms
     when it clears. NaN/Inf values, absent metrics and skipped layers are no evidence: they
-    neither extend nor break a streak.
+    neither extend nor break a streak. The layers that fire at one analysis make one alert,
+    naming each with its value (one cause, one alert: a learning-rate spike that grows every
+    layer's norm is one event).
+
+    ``source = "classes"`` (class attribute) reads the layers' class statistics instead of
+    their spectral records (``mode`` None).
     """
+
+    source = "layers"
 
     def __init__(
         self, metric: str, *, patience: int = 1, start_armed: bool = True, **kwargs: Any
@@ -35,49 +46,69 @@ class LayerMetricRule(Rule):
         self.patience = patience
         self._hysteresis = Hysteresis(patience, start_armed)
 
-    def condition(self, history: MetricHistory, layer: str, mode: str, value: float) -> bool | None:
+    def condition(self, history: MetricHistory, layer: str, mode: str | None,
+                  value: float) -> bool | None:
         raise NotImplementedError
 
     def describe(
-        self, history: MetricHistory, layer: str, mode: str, value: float
+        self, history: MetricHistory, layer: str, mode: str | None, value: float
     ) -> tuple[str, float | None]:
-        """Text after ``<metric> = <value>`` in the message, and the alert's threshold."""
+        """Text after ``<metric> = <value>`` in the message (the condition against its limit),
+        and the alert's threshold."""
         raise NotImplementedError
 
-    def observe(self, layer: str, mode: str, value: float) -> None:
+    def observe(self, layer: str, mode: str | None, value: float) -> None:
         """Hook run after each finite value has been checked (reference tracking)."""
+
+    def phrase(self, history: MetricHistory, layer: str, mode: str | None,
+               value: float) -> tuple[str, float | None]:
+        """``<metric> = <value> <condition against its limit>`` for one layer, and the
+        threshold."""
+        detail, threshold = self.describe(history, layer, mode, value)
+        return f"{self.metric} = {fmt(value)} {detail}", threshold
+
+    def records(self, snap: Snapshot) -> list[tuple[tuple[str, str | None], LayerSnapshot]]:
+        """The ((layer, mode), record) pairs this rule reads in one analysis."""
+        if self.source == "classes":
+            return [((layer, None), record) for layer, record in snap.classes.items()]
+        return list(snap.layers.items())
 
     def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
         snap = history.latest
         if snap is None or snap.epoch < self.min_epoch:
             return []
-        alerts = []
-        for (layer, mode), record in snap.layers.items():
+        fired = []
+        for (layer, mode), record in self.records(snap):
             if not self.selects(layer, mode):
                 continue
             value = record.get(self.metric)
             if value is None or not math.isfinite(value):
                 continue
             if self._hysteresis.update((layer, mode), self.condition(history, layer, mode, value)):
-                alerts.append(self._alert(history, snap, layer, mode, value))
+                fired.append((layer, mode, value))
             self.observe(layer, mode, value)
-        return alerts
+        if not fired:
+            return []
+        if len(fired) == 1:
+            return [self._alert(history, snap, *fired[0])]
+        return [self._grouped_alert(history, snap, fired)]
+
+    def _where(self, layer: str, mode: str | None) -> str:
+        return f"layer {layer!r}" + (f" [{mode}]" if mode else "")
 
     def _alert(
-        self, history: MetricHistory, snap: Snapshot, layer: str, mode: str, value: float
+        self, history: MetricHistory, snap: Snapshot, layer: str, mode: str | None, value: float
     ) -> Alert:
         values = history.last_values(
             layer, self.metric, mode, self.patience, min_epoch=self.min_epoch
         )
-        detail, threshold = self.describe(history, layer, mode, value)
+        text, threshold = self.phrase(history, layer, mode, value)
         streak = ""
         if self.patience > 1:
             listed = ", ".join(map(fmt, values))
             streak = f" for {self.patience} consecutive analyses ({listed})"
-        message = (
-            f"{self.name}: layer {layer!r} [{mode}] {self.metric} = {fmt(value)} {detail}{streak}"
-            f"{when(snap.epoch, snap.step)}"
-        )
+        message = (f"{self.name}: {self._where(layer, mode)} {text}{streak}"
+                   f"{when(snap.epoch, snap.step)}")
         return self.make_alert(
             layer=layer,
             mode=mode,
@@ -88,6 +119,31 @@ class LayerMetricRule(Rule):
             epoch=snap.epoch,
             step=snap.step,
             message=message,
+        )
+
+    def _grouped_alert(self, history: MetricHistory, snap: Snapshot,
+                       fired: list[tuple[str, str | None, float]]) -> Alert:
+        """One alert naming every layer that fired at this analysis (the first
+        :data:`MAX_LISTED` with their values and conditions)."""
+        parts, threshold = [], None
+        for layer, mode, value in fired[:MAX_LISTED]:
+            text, threshold = self.phrase(history, layer, mode, value)
+            parts.append(f"{self._where(layer, mode)} {text}")
+        more = len(fired) - MAX_LISTED
+        listed = "; ".join(parts) + (f"; and {more} more layers" if more > 0 else "")
+        streak = f" for {self.patience} consecutive analyses" if self.patience > 1 else ""
+        modes = list(dict.fromkeys(m for _, m, _ in fired if m))
+        return self.make_alert(
+            layers=tuple(layer for layer, _, _ in fired),
+            mode=",".join(modes) or None,
+            metric=self.metric,
+            value=fired[0][2],
+            values=tuple(value for _, _, value in fired),
+            threshold=threshold,
+            epoch=snap.epoch,
+            step=snap.step,
+            message=(f"{self.name}: {len(fired)} layers{streak}{when(snap.epoch, snap.step)}: "
+                     f"{listed}"),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -343,29 +399,23 @@ class SpectralNormGrowth(LayerMetricRule):
             self.factor,
         )
 
-    def _alert(self, history, snap, layer, mode, value):
+    def phrase(self, history, layer, mode, value):
         normalizer = self._normalizer(history, layer, mode)
         if normalizer is None:
-            return super()._alert(history, snap, layer, mode, value)
+            return super().phrase(history, layer, mode, value)
         values = self._values(history, layer, mode)
         detail, threshold = self.describe(history, layer, mode, value)
-        metric = f"{self.metric}/frobenius_norm"
-        return self.make_alert(
-            layer=layer,
-            mode=mode,
-            metric=metric,
-            value=values[-1],
-            values=tuple(values),
-            threshold=threshold,
-            epoch=snap.epoch,
-            step=snap.step,
-            message=(
-                f"{self.name}: layer {layer!r} [{mode}] spectral_norm / frobenius_norm = "
-                f"{fmt(values[-1])} {detail}{when(snap.epoch, snap.step)} (scale-free: the "
+        return (f"spectral_norm / frobenius_norm = {fmt(values[-1])} {detail} (scale-free: the "
                 f"output is normalised by {normalizer!r}, so the absolute norm is not judged; "
-                f"the layer's energy concentrated in its top direction)"
-            ),
-        )
+                f"the layer's energy concentrated in its top direction)", threshold)
+
+    def _alert(self, history, snap, layer, mode, value):
+        alert = super()._alert(history, snap, layer, mode, value)
+        if self._normalizer(history, layer, mode) is None:
+            return alert
+        values = self._values(history, layer, mode)
+        return replace(alert, metric=f"{self.metric}/frobenius_norm", value=values[-1],
+                       values=tuple(values))
 
 
 def scale_free_ratio(snap: Snapshot, layer: str, mode: str) -> float | None:

@@ -18,7 +18,6 @@ from typing import Any
 
 from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
 from svd_callback.alerts.history import MetricHistory, Snapshot
-from svd_callback.alerts.model_rules import TRAINING
 
 NORMS = ("spectral_norm", "frobenius_norm")
 
@@ -275,7 +274,7 @@ class TrainingStalled(Rule):
         if self.train_loss is None:
             return False
         entries = list(history)[-self.decelerations:]
-        losses = [e.summary.get((self.train_loss, TRAINING)) for e in entries]
+        losses = [e.training.get(self.train_loss) for e in entries]
         if len(losses) < self.decelerations or any(
                 v is None or not math.isfinite(v) for v in losses):
             return False
@@ -333,7 +332,7 @@ class TrainingStalled(Rule):
         for name in (self.val_loss, self.train_loss):
             if name is None:
                 continue
-            before, now = (history[i].summary.get((name, TRAINING)) for i in (-2, -1))
+            before, now = (history[i].training.get(name) for i in (-2, -1))
             if before is None or now is None or not math.isfinite(before) or before <= 0:
                 continue
             return not math.isfinite(now) or (before - now) / before < self.flat_loss

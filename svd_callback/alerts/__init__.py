@@ -63,7 +63,12 @@ from svd_callback.alerts.layer_rules import (
 )
 from svd_callback.alerts.level import Condition
 from svd_callback.alerts.model_rules import GeneralizationGap, MeanAlphaTrend
-from svd_callback.alerts.stall_rules import LayerFrozen, TrainingStalled
+from svd_callback.alerts.stall_rules import (
+    LayerFrozen,
+    TrainingStalled,
+    VanishingUpdates,
+    WeightCollapse,
+)
 
 __all__ = [
     "ACTIONS",
@@ -93,6 +98,8 @@ __all__ = [
     "SpectralNormGrowth",
     "TrainingStalled",
     "TrapsAppeared",
+    "VanishingUpdates",
+    "WeightCollapse",
     "default_class_rules",
     "default_rules",
 ]

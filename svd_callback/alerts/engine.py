@@ -28,7 +28,12 @@ from svd_callback.alerts.layer_rules import (
 )
 from svd_callback.alerts.level import Condition, alert_condition, rule_conditions
 from svd_callback.alerts.model_rules import GeneralizationGap, MeanAlphaTrend
-from svd_callback.alerts.stall_rules import LayerFrozen, TrainingStalled
+from svd_callback.alerts.stall_rules import (
+    LayerFrozen,
+    TrainingStalled,
+    VanishingUpdates,
+    WeightCollapse,
+)
 
 ENGINE_STATE_VERSION = 1
 WEIGHT_MATRIX_MODES = ("unfold", "slices")
@@ -77,12 +82,14 @@ def default_rules(traps: bool = True) -> list[Rule]:
         SpectralNormGrowth(factor=10.0, min_epoch=0, name="SpectralNormBlowUp"),
         RankCollapse(metric="matrix_rank"),
         MeanAlphaTrend(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
-        GeneralizationGap(patience=2),
+        GeneralizationGap(),
         TrainingStalled(),
         LayerFrozen(),
+        VanishingUpdates(),
+        WeightCollapse(),
     ]
     if traps:
-        rules.insert(-4, TrapsAppeared())
+        rules.insert(-6, TrapsAppeared())
     return rules
 
 

@@ -184,9 +184,20 @@ def history_analyses(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Group the rows of a ``spectral_history.jsonl`` into analyses, in the order written:
     ``{"epoch", "step", "layers": [row...], "summary": {mode: metrics}, "training": {name:
     value}, "classes": {layer: stats}, "alerts": [row...]}``, as the callback's alert engine saw
-    them."""
+    them.
+
+    Raises:
+        ValueError: the rows carry several ``run_id`` (runs that appended to one file): their
+            analyses would mix; pass one run's rows.
+    """
     analyses: dict[tuple[int, int], dict[str, Any]] = {}
+    run_ids: set[str] = set()
     for row in rows:
+        if row.get("run_id") is not None:
+            run_ids.add(row["run_id"])
+            if len(run_ids) > 1:
+                raise ValueError(f"the rows come from several runs (run_id {sorted(run_ids)}); "
+                                 "pass the rows of one run")
         kind = row.get("type")
         if kind not in ("layer", "summary", "training", "class", "alert"):
             continue

@@ -202,7 +202,7 @@ class SpectralMonitor(Callback):
             "input_sizes": {k: list(v) for k, v in self._runner.input_sizes.items()},
             "summaries": [dict(s) for s in self._summaries],
             **self._publisher.store.state_dict(),
-            "history_path": self._publisher.history.path,
+            **self._publisher.history.state_dict(),
             "alert_engine": self._engine.state_dict(),
             "training": dict(self._runner.training),
             "classes": self._classes.state_dict(),
@@ -219,7 +219,7 @@ class SpectralMonitor(Callback):
         self._runner.input_sizes = {k: tuple(v) for k, v in state_dict["input_sizes"].items()}
         self._summaries = [dict(s) for s in state_dict["summaries"]]
         self._publisher.store.load_state_dict(state_dict)
-        self._publisher.history.path = state_dict["history_path"]
+        self._publisher.history.load_state_dict(state_dict)
         self._engine.load_state_dict(state_dict["alert_engine"])
         self._runner.training = {str(k): float(v)
                                  for k, v in state_dict.get("training", {}).items()}
@@ -346,4 +346,5 @@ class SpectralMonitor(Callback):
                              bool(trainer.loggers))
         self._publisher.history.start(path, resumed=resumed, step=int(trainer.global_step),
                                       epoch=int(trainer.current_epoch),
-                                      world_size=int(trainer.world_size))
+                                      world_size=int(trainer.world_size),
+                                      last_analysed=self._schedule.last_step)

@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="for torchvision models")
     a.add_argument("--model-class", default=None,
                    help="package.module:Class of the LightningModule behind a checkpoint")
+    a.add_argument("--unsafe-load", action="store_true",
+                   help="unpickle the file in full (torch.load weights_only=False): this runs "
+                        "any code hidden in the file; only for files from a source you trust "
+                        "(default: a safe load of tensors, plain values and torch.nn layers)")
     a.add_argument("--ww-compat", action="store_true", help="reproduce WeightWatcher 0.7.7")
     a.add_argument("--svd-method", choices=SVD_METHOD_CHOICES, default="auto",
                    help="auto: float32 Gram with --ww-compat, float64 Gram otherwise")
@@ -125,7 +129,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise UsageError(f"--input-size takes 1 to {MAX_SPATIAL_DIMS} numbers (the spatial size), "
                          f"got {len(args.input_size)}")
     model, note = load_model(args.model, model_class=args.model_class,
-                             num_classes=args.num_classes)
+                             num_classes=args.num_classes, trust_pickle=args.unsafe_load)
     if note:
         print(f"note: {note}")
     if args.device:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
+from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as _HookWeightNorm
 
@@ -78,7 +79,7 @@ class MatrixView:
 
     def stored(self, module: nn.Module) -> torch.Tensor:
         """The parameter as stored (a ``DTensor`` shard on a sharded model, never gathered)."""
-        return read_weight(module) if self.param == "weight" else getattr(module, self.param)
+        return read_weight(module, self.param)
 
     def shape(self, module: nn.Module) -> tuple[int, ...]:
         """The analysed matrix's shape, read without gathering a sharded weight."""
@@ -161,31 +162,63 @@ class LayerSpec:
         return self.matrix(self.module)
 
 
-def read_weight(module: nn.Module) -> torch.Tensor:
-    """``module.weight`` as the module's next forward would use it, read without side effects.
+def read_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """``module.<name>`` as the module's next forward would use it, read without side effects.
 
     A parametrized weight (``torch.nn.utils.parametrizations.spectral_norm``, ``weight_norm``,
     ``orthogonal``...) is computed with its parametrizations in eval mode: in train mode
     ``spectral_norm`` runs a power iteration that updates its ``_u``/``_v`` buffers, so reading
-    ``.weight`` would change the training. A weight kept by the old forward pre-hooks
-    (``torch.nn.utils.spectral_norm`` / ``weight_norm``) is recomputed from its parameters
-    without a power iteration, since ``module.weight`` holds the value of the last forward.
+    ``.weight`` would change the training. A weight that a forward pre-hook computes holds the
+    value of the last forward in ``module.<name>``, one optimizer step late, so it is computed
+    as the hook would: ``torch.nn.utils.spectral_norm`` / ``weight_norm`` from their parameters
+    (without a power iteration), ``torch.nn.utils.prune`` as ``<name>_orig * <name>_mask``
+    (``BasePruningMethod.apply_mask``).
     """
-    if parametrize.is_parametrized(module, "weight"):
-        chain = module.parametrizations["weight"]
+    if parametrize.is_parametrized(module, name):
+        chain = module.parametrizations[name]
         modes = {sub: sub.training for sub in chain.modules()}
         try:
             chain.eval()
-            return module.weight
+            return getattr(module, name)
         finally:
             for sub, training in modes.items():
                 sub.training = training
     for hook in module._forward_pre_hooks.values():
-        if isinstance(hook, _HookSpectralNorm) and hook.name == "weight":
+        if isinstance(hook, _HookSpectralNorm) and hook.name == name:
             return hook.compute_weight(module, do_power_iteration=False)
-        if isinstance(hook, _HookWeightNorm) and hook.name == "weight":
+        if isinstance(hook, _HookWeightNorm) and hook.name == name:
             return hook.compute_weight(module)
-    return module.weight
+        if isinstance(hook, BasePruningMethod) and hook._tensor_name == name:
+            return hook.apply_mask(module)
+    return getattr(module, name)
+
+
+COMPILED_MODULE_ATTRIBUTE = "_orig_mod"
+"""Where ``torch.compile``'s ``OptimizedModule`` holds the module it compiled."""
+
+
+def original_name(qualified: str) -> str:
+    """``qualified`` without the ``_orig_mod`` parts that ``torch.compile`` adds:
+    ``net._orig_mod.0`` -> ``net.0``, so a compiled model's layers carry the names (and tags) of
+    the same model uncompiled."""
+    if COMPILED_MODULE_ATTRIBUTE not in qualified:
+        return qualified
+    return ".".join(p for p in qualified.split(".") if p != COMPILED_MODULE_ATTRIBUTE)
+
+
+def named_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``model.named_modules()`` under their :func:`original_name`, without ``torch.compile``'s
+    wrappers (the module a wrapper holds follows it under the same name)."""
+    for qualified, module in model.named_modules():
+        if not _is_compiled_wrapper(module):
+            yield original_name(qualified), module
+
+
+def _is_compiled_wrapper(module: nn.Module) -> bool:
+    """``module`` is a ``torch.compile`` ``OptimizedModule`` (tested without importing
+    ``torch._dynamo``)."""
+    return type(module).__name__ == "OptimizedModule" and isinstance(
+        getattr(module, COMPILED_MODULE_ATTRIBUTE, None), nn.Module)
 
 
 def has_weight(module: nn.Module) -> bool:
@@ -270,7 +303,7 @@ def find_layers(
     skipped: list[SkippedModule] = []
     inner = _parametrization_modules(model)
     owners: dict[tuple, str] = {}  # (parameter, view) -> the record that analyses it
-    for qualified, module in model.named_modules():
+    for qualified, module in named_modules(model):
         name = qualified or type(module).__name__.lower()  # a bare layer passed as the model
         if module in inner:
             continue
@@ -413,14 +446,20 @@ def _unsupported_reason(module: nn.Module) -> str | None:
 
 @contextlib.contextmanager
 def frozen_forward(model: nn.Module) -> Iterator[None]:
-    """Eval mode for every module, a forked RNG and ``torch.no_grad()`` for the body; each
-    module's own ``training`` flag is restored afterwards (also on error).
+    """Eval mode for every module, a forked RNG and ``torch.no_grad()`` for the body; afterwards
+    (also on error) each module's own ``training`` flag and every buffer of the model are
+    restored.
 
     In train mode a forward pass would update batch-norm running statistics and draw dropout
     masks from the global generator, so a monitored run would no longer end with the weights it
-    has without the monitor.
+    has without the monitor. Eval mode does not stop every forward from changing state: the
+    observers and fake-quantize modules of quantization-aware training update their min/max,
+    scale and zero point in any mode, and a custom module may update a buffer too. So every
+    buffer is snapshot before the body and written back in place afterwards
+    (:func:`_restore_buffers`: its object, shape and values), whatever module owns it.
     """
     modes = {module: module.training for module in model.modules()}
+    buffers = _snapshot_buffers(model)
     device = next((p.device for p in model.parameters()), None)
     cuda = []
     if device is not None and device.type == "cuda":
@@ -432,6 +471,45 @@ def frozen_forward(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes.items():
             module.training = training
+        _restore_buffers(buffers)
+
+
+def _snapshot_buffers(model: nn.Module) -> list[tuple[nn.Module, dict, dict[int, torch.Tensor]]]:
+    """Each module with its buffer dict as it is (name -> tensor object) and a copy of every
+    buffer's values (by tensor id: a buffer shared by modules is copied once)."""
+    copies: dict[int, torch.Tensor] = {}
+    snapshot = []
+    with torch.no_grad():
+        for module in model.modules():
+            own = dict(module._buffers)
+            for tensor in own.values():
+                if tensor is not None and id(tensor) not in copies:
+                    copies[id(tensor)] = tensor.detach().clone()
+            snapshot.append((module, own, copies))
+    return snapshot
+
+
+def _restore_buffers(snapshot: list[tuple[nn.Module, dict, dict[int, torch.Tensor]]]) -> None:
+    """Put each module's buffers back as :func:`_snapshot_buffers` saw them: buffers added since
+    removed, replaced ones put back, and every buffer's values (and shape, which observers
+    resize) copied back in place, so that references held elsewhere (an optimizer, a hook)
+    see them too."""
+    with torch.no_grad():
+        for module, own, copies in snapshot:
+            for name in [n for n in module._buffers if n not in own]:
+                del module._buffers[name]
+                module._non_persistent_buffers_set.discard(name)
+            for name, tensor in own.items():
+                module._buffers[name] = tensor
+                if tensor is None:
+                    continue
+                saved = copies[id(tensor)]
+                try:
+                    if tensor.shape != saved.shape:
+                        tensor.resize_(saved.shape)
+                    tensor.copy_(saved)
+                except RuntimeError:  # a tensor that cannot be resized: the copy takes its place
+                    module._buffers[name] = saved
 
 
 def record_input_sizes(

@@ -82,10 +82,18 @@ def resolve_check_on(
 
 
 def trainer_epochs_trained(trainer: Any, trigger: str) -> float:
-    """:func:`epochs_trained` read from a Lightning ``Trainer`` at the hook ``trigger``."""
-    done = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "batch_idx", None)
+    """:func:`epochs_trained` read from a Lightning ``Trainer`` at the hook ``trigger``: the
+    batches of this epoch done (``batch_idx + 1``) and whether the epoch ran to its end (its
+    last batch, or ``num_training_batches`` of them; ``max_steps``, a stop or ``max_time`` can
+    end it early), from the fit loop's progress."""
+    loop = getattr(trainer.fit_loop, "epoch_loop", None)
+    done = getattr(loop, "batch_idx", None)
+    progress = getattr(loop, "batch_progress", None)
+    finished = None
+    if progress is not None and done is not None:
+        finished = bool(progress.is_last_batch) or done + 1 == trainer.num_training_batches
     return epochs_trained(trigger, trainer.current_epoch, None if done is None else done + 1,
-                          trainer.num_training_batches)
+                          trainer.num_training_batches, epoch_finished=finished)
 
 
 def validation_settings(trainer: Any) -> dict[str, Any]:
@@ -101,20 +109,29 @@ def validation_settings(trainer: Any) -> dict[str, Any]:
     }
 
 
-def epochs_trained(trigger: str, epoch: int, batches_done: int | None, batches: float) -> float:
+def epochs_trained(
+    trigger: str,
+    epoch: int,
+    batches_done: int | None,
+    batches: float,
+    epoch_finished: bool | None = None,
+) -> float:
     """Training epochs done when the weights were read: 0 at initialisation, ``epoch + 1`` at
-    the end of a training epoch, ``epoch + batches_done / batches`` in between (the fraction
-    clipped to [0, 1]); ``epoch`` when the batch count is unknown or infinite.
+    the end of a training epoch that ran to its end, ``epoch + batches_done / batches`` in
+    between and at the end of an epoch cut short (the fraction clipped to [0, 1]); ``epoch``
+    when the batch count is unknown or infinite.
 
     Args:
         trigger: ``"fit_start"``, ``"train_step"`` or an :data:`EpochHook`.
         epoch: ``trainer.current_epoch``.
         batches_done: batches of this epoch done (``batch_idx + 1``), None if unknown.
         batches: ``trainer.num_training_batches``.
+        epoch_finished: at ``"train_epoch_end"``, whether the epoch ran to its last batch
+            (False: ``max_steps`` or a stop ended it early); None: assumed so.
     """
     if trigger == FIT_START:
         return 0.0
-    if trigger == "train_epoch_end":
+    if trigger == "train_epoch_end" and epoch_finished is not False:
         return float(epoch + 1)
     if batches_done is None or isinstance(batches, bool) or not isinstance(batches, int | float):
         return float(epoch)

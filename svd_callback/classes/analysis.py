@@ -27,7 +27,8 @@ before the stability Jaccards and the kept specific neurons are counted, and the
 
 The forward pass never changes the model: it runs under ``torch.no_grad()`` with every module in
 eval mode (batch-norm uses its running statistics and updates nothing, dropout is off) inside a
-forked random generator, and each module's own ``training`` flag is restored afterwards
+forked random generator, and each module's own ``training`` flag and every buffer (the observers
+of quantization-aware training update even in eval mode) are restored afterwards
 (:func:`frozen_forward`). The statistics therefore describe the network as it would be
 evaluated. Bad input never raises: an empty probe, non-integer targets, a missing penultimate
 layer, a layer that cannot be read or a failing forward pass each leave NaN statistics and a
@@ -75,7 +76,7 @@ from svd_callback.classes.signals import (
     influential_neurons,
     neuron_signals,
 )
-from svd_callback.layers import frozen_forward, has_weight, read_weight
+from svd_callback.layers import frozen_forward, has_weight, named_modules, read_weight
 from svd_callback.sharding import full_weight
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -143,7 +144,7 @@ def _analyze(
     if reason is not None:
         report.reasons["probe"] = reason
         return
-    modules = dict(model.named_modules())
+    modules = dict(named_modules(model))
     signal_layers = _signal_layers(model, modules, config, layers, report)
     feature_layer = _feature_layer(model, modules, config, report)
     due = factorize
@@ -212,7 +213,7 @@ def _signal_layers(
     elif layers is not None:
         names = list(layers)
     else:
-        names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, *_CONV_TYPES))]
+        names = [n for n, m in named_modules(model) if isinstance(m, (nn.Linear, *_CONV_TYPES))]
     kept = []
     for name in names:
         module = modules.get(name)

@@ -90,9 +90,9 @@ class Publisher:
                             model)
 
     def reset_run(self) -> None:
-        """Forget the run state (heat maps, history path)."""
+        """Forget the run state (heat maps, history path and run id)."""
         self.store = SpectrumStore()
-        self.history.path = None
+        self.history.reset()
         self._alert_totals = None
 
     # ------------------------------------------------------------------ publish

@@ -582,6 +582,8 @@ def test_only_non_finite_weights_stops_by_default():
         "GeneralizationGap": "log",
         "TrainingStalled": "log",
         "LayerFrozen": "log",
+        "VanishingUpdates": "log",
+        "WeightCollapse": "log",
     }
 
 

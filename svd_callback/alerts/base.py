@@ -37,7 +37,8 @@ class Alert:
     usually means and what to try.
 
     A rule raises one alert per analysis for one cause: when its condition starts to hold in
-    several layers at once they are named together in ``layers`` (``layer`` is then None).
+    several layers at once they are named together in ``layers`` (``layer`` is then None; with
+    one layer, ``layer`` is that layer).
     ``value`` None is stored as NaN. ``values`` holds the values behind the decision, oldest
     first: the ``patience`` consecutive values of one layer, or the value of each of
     ``layers`` in their order. ``message`` states the condition that held with its numbers
@@ -69,6 +70,8 @@ class Alert:
         if not layers and self.layer is not None:
             layers = (self.layer,)
         object.__setattr__(self, "layers", layers)
+        if self.layer is None and len(layers) == 1:
+            object.__setattr__(self, "layer", layers[0])
         if self.threshold is not None:
             object.__setattr__(self, "threshold", float(self.threshold))
         if not self.message:

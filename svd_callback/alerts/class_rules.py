@@ -51,6 +51,10 @@ class ClassOverlapRising(LayerMetricRule):
     """
 
     source = "classes"
+    meaning = ("the classes share more and more of the layer's top neurons: the "
+               "representation merges classes (too strong regularisation, a collapse, or noisy "
+               "labels being fitted)")
+    advice = "compare with the validation accuracy per class; check label quality"
 
     def __init__(
         self,
@@ -168,6 +172,9 @@ class ClassLostSpecificNeurons(_PerClassCountRule):
     """
 
     prefix = "specific_neurons/"
+    meaning = ("the class no longer owns neurons of its own in the layer: its features merged "
+               "with other classes'")
+    advice = "compare with that class's validation accuracy"
     what = ("lost all its class-specific neurons (none of its previous specific neurons, "
             "followed by their singular vectors, is specific to it now)")
     default_min_count = 2
@@ -194,6 +201,8 @@ class ClassFeaturesEmpty(_PerClassCountRule):
     """
 
     prefix = "feature_count/"
+    meaning = "the class's images no longer activate any penultimate feature (dead units)"
+    advice = "look for dead units (a too-high learning rate) and at that class's accuracy"
     what = "has no class-specific feature left (S_c is empty)"
 
 
@@ -210,6 +219,8 @@ class FactorizationRankCollapse(RankCollapse):
     """
 
     source = "classes"
+    meaning = "the probe's activations in the layer lost components (dead or merged units)"
+    advice = "look for dead units; compare with the validation accuracy"
 
     def __init__(
         self, drop_fraction: float = 0.5, reference: str = "max", *, patience: int = 1,

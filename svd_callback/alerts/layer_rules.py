@@ -205,7 +205,50 @@ def confidence_margin(confidence: float, error: float) -> str:
     return f" by more than {fmt(confidence)} x its standard error {fmt(error)}"
 
 
-class AlphaBelow(LayerMetricRule):
+def recent_jump(history: MetricHistory, layer: str, mode: str | None, window: int = 2,
+                factor: float = 3.0) -> tuple[float, int] | None:
+    """The largest growth of the layer's ``spectral_norm`` between consecutive analyses among
+    the last ``window`` ones, with the epoch it reached, when it is at least ``factor``."""
+    if mode is None:
+        return None
+    values = [(e.epoch, e.get(layer, "spectral_norm", mode)) for e in list(history)[-(window + 1):]]
+    best = None
+    for (_, a), (epoch, b) in zip(values, values[1:], strict=False):
+        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or a <= 0:
+            continue
+        if b / a >= factor and (best is None or b / a > best[0]):
+            best = (b / a, epoch)
+    return best
+
+
+AFTER_A_JUMP = ("the layer's spectral norm jumped {ratio}x at epoch {epoch}: a learning rate "
+                "too high (a spike, a warm-up overshoot) makes a few singular values large, "
+                "which lowers alpha without over-training")
+
+
+class AlphaHeavyTail(LayerMetricRule):
+    """Shared by the alpha rules: when a layer judged low-alpha had its spectral norm jump
+    just before (:func:`recent_jump`), the alert says so in its ``meaning``."""
+
+    def _with_jump(self, history: MetricHistory, alert: Alert,
+                   fired: list[tuple[str, str | None]]) -> Alert:
+        for layer, mode in fired:
+            jump = recent_jump(history, layer, mode)
+            if jump is not None:
+                return replace(alert, meaning=AFTER_A_JUMP.format(ratio=fmt(jump[0]),
+                                                                  epoch=jump[1]))
+        return alert
+
+    def _alert(self, history, snap, layer, mode, value):
+        return self._with_jump(history, super()._alert(history, snap, layer, mode, value),
+                               [(layer, mode)])
+
+    def _grouped_alert(self, history, snap, fired):
+        return self._with_jump(history, super()._grouped_alert(history, snap, fired),
+                               [(layer, mode) for layer, mode, _ in fired])
+
+
+class AlphaBelow(AlphaHeavyTail):
     """Over-trained layer: ``alpha + confidence * sigma < threshold`` for ``patience``
     consecutive analyses, on layers of at least ``min_eigs`` eigenvalues.
 
@@ -226,6 +269,12 @@ class AlphaBelow(LayerMetricRule):
         confidence: standard errors (``<metric>_sigma``) by which alpha must clear the limit.
         **kwargs: ``name``, ``action``, ``modes``, ``layers``, ``min_epoch`` (see :class:`Rule`).
     """
+
+    meaning = ("Martin & Mahoney read alpha < 2 as over-training (a heavier tail than "
+               "well-trained layers show); strongly regularised layers also sit there while "
+               "the validation loss still improves")
+    advice = ("compare with the validation loss: if it stopped improving, stop early or "
+              "regularise more; if it still improves, this alone is no reason to act")
 
     def __init__(
         self,
@@ -273,6 +322,11 @@ class AlphaAbove(LayerMetricRule):
         confidence: standard errors (``<metric>_sigma``) by which alpha must clear the limit.
         **kwargs: ``name``, ``action``, ``modes``, ``layers`` (see :class:`Rule`).
     """
+
+    meaning = ("under-training: the layer's spectrum is still close to that of random weights "
+               "(Martin & Mahoney: alpha > 6), a layer that learns little")
+    advice = ("check that the layer trains (its weight_rotation), its learning rate, and "
+              "whether training was long enough")
 
     def __init__(
         self,
@@ -331,6 +385,11 @@ class SpectralNormGrowth(LayerMetricRule):
     Raises:
         ValueError: ``factor <= 0`` or ``window < 1``.
     """
+
+    meaning = ("a learning rate too high (or a spike of it), exploding gradients, or a layer "
+               "without normalisation whose weights grow unchecked")
+    advice = ("lower the learning rate or warm it up, clip gradients (e.g. "
+              "Trainer(gradient_clip_val=1.0)), or add normalisation")
 
     def __init__(
         self,
@@ -450,6 +509,11 @@ class RankCollapse(LayerMetricRule):
         ValueError: ``drop_fraction`` outside (0, 1) or an unknown ``reference``.
     """
 
+    meaning = ("the layer lost rank: rows or columns of zeros (dead units), or weights pushed "
+               "into a few directions by a too-high learning rate or too strong "
+               "regularisation")
+    advice = "lower the learning rate or the regularisation; look for dead units"
+
     def __init__(
         self,
         metric: str = "stable_rank",
@@ -511,6 +575,10 @@ class TrapsAppeared(LayerMetricRule):
         **kwargs: ``name``, ``action``, ``modes``, ``layers``, ``min_epoch`` (see :class:`Rule`).
     """
 
+    meaning = ("a few large weight entries carry correlations that random weights do not "
+               "(Martin & Mahoney: often a learning rate too high, or over-fitting)")
+    advice = "lower the learning rate; compare with the validation loss"
+
     def __init__(
         self,
         min_traps: int = 1,
@@ -548,6 +616,10 @@ class NonFiniteWeights(Rule):
     """
 
     action = "stop"
+    meaning = ("the run diverged: a learning rate too high, no gradient clipping, or NaN/Inf "
+               "in the inputs or the loss (a log of 0, a division by 0)")
+    advice = ("restart from the last finite checkpoint with a lower learning rate and gradient "
+              "clipping; check the data and the loss for NaN")
 
     def __init__(self, pattern: str = r"non-?finite", **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -48,6 +48,10 @@ class MeanAlphaTrend(Rule):
         ValueError: ``slope_window < 2``.
     """
 
+    meaning = ("the model's mean alpha below 2, Martin & Mahoney's proposed early-stopping "
+               "signal of over-training (experimental)")
+    advice = "compare with the validation loss before stopping"
+
     def __init__(
         self,
         summary: str = "alpha_mean",

@@ -182,9 +182,9 @@ def stratified_probe(datamodule: pl.LightningDataModule, size: int = 256, seed: 
 # ---------------------------------------------------------------------- alert replay
 def history_analyses(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Group the rows of a ``spectral_history.jsonl`` into analyses, in the order written:
-    ``{"epoch", "step", "layers": [row...], "summary": {mode: metrics}, "alerts": [row...]}``;
-    the trainer's scalars (``"training"`` rows) go into the summary under the mode
-    ``"training"``, where the callback's alert engine saw them.
+    ``{"epoch", "step", "layers": [row...], "summary": {mode: metrics}, "training": {name:
+    value}, "classes": {layer: stats}, "alerts": [row...]}``, as the callback's alert engine saw
+    them.
 
     Raises:
         ValueError: the rows carry several ``run_id`` (runs that appended to one file): their
@@ -199,17 +199,22 @@ def history_analyses(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 raise ValueError(f"the rows come from several runs (run_id {sorted(run_ids)}); "
                                  "pass the rows of one run")
         kind = row.get("type")
-        if kind not in ("layer", "summary", "training", "alert"):
+        if kind not in ("layer", "summary", "training", "class", "alert"):
             continue
         key = (int(row["epoch"]), int(row["step"]))
         entry = analyses.setdefault(key, {"epoch": key[0], "step": key[1], "layers": [],
-                                          "summary": {}, "alerts": []})
+                                          "summary": {}, "training": {}, "classes": {},
+                                          "alerts": []})
+        values = {k: (math.nan if v is None else float(v))
+                  for k, v in (row.get("metrics") or {}).items()}
         if kind == "layer":
             entry["layers"].append(row)
-        elif kind in ("summary", "training"):
-            entry["summary"][row["mode"] if kind == "summary" else "training"] = {
-                k: (math.nan if v is None else float(v)) for k, v in row["metrics"].items()
-            }
+        elif kind == "summary":
+            entry["summary"][row["mode"]] = values
+        elif kind == "training":
+            entry["training"] = values
+        elif kind == "class":
+            entry["classes"][row["layer"]] = values
         else:
             entry["alerts"].append(row)
     return [analyses[k] for k in sorted(analyses)]
@@ -248,7 +253,9 @@ def replay_alerts(
             )
             for row in entry["layers"]
         )
-        alerts.extend(engine.update(entry["epoch"], entry["step"], report, entry["summary"]))
+        alerts.extend(engine.update(entry["epoch"], entry["step"], report, entry["summary"],
+                                    training=entry.get("training"),
+                                    classes=entry.get("classes")))
         if levels is not None:
             levels.append((entry["epoch"], len(engine.active())))
     return alerts

@@ -99,8 +99,7 @@ def spans(counts: list[tuple[int, int]]) -> str:
 
 
 def val_accuracies(run: str) -> list[float]:
-    return [a["summary"]["training"]["val_acc"] for a in load(run)
-            if "val_acc" in a["summary"].get("training", {})]
+    return [a["training"]["val_acc"] for a in load(run) if "val_acc" in a["training"]]
 
 
 def main() -> None:

@@ -62,14 +62,18 @@ from svd_callback.alerts.layer_rules import (
     TrapsAppeared,
 )
 from svd_callback.alerts.level import Condition
-from svd_callback.alerts.model_rules import TRAINING, GeneralizationGap, MeanAlphaTrend
-from svd_callback.alerts.stall_rules import LayerFrozen, TrainingStalled
+from svd_callback.alerts.model_rules import GeneralizationGap, MeanAlphaTrend
+from svd_callback.alerts.stall_rules import (
+    LayerFrozen,
+    TrainingStalled,
+    VanishingUpdates,
+    WeightCollapse,
+)
 
 __all__ = [
     "ACTIONS",
     "COUNTED_SEVERITIES",
     "SEVERITIES",
-    "TRAINING",
     "Alert",
     "AlertEngine",
     "AlphaAbove",
@@ -94,6 +98,8 @@ __all__ = [
     "SpectralNormGrowth",
     "TrainingStalled",
     "TrapsAppeared",
+    "VanishingUpdates",
+    "WeightCollapse",
     "default_class_rules",
     "default_rules",
 ]

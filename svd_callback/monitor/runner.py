@@ -25,9 +25,8 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from svd_callback.alerts import TRAINING, Alert, AlertEngine, Condition
+from svd_callback.alerts import Alert, AlertEngine, Condition
 from svd_callback.analysis import add_motion, analyze, summarize
-from svd_callback.classes.records import class_records
 from svd_callback.classes.sharded import ProbeSplit
 from svd_callback.config import AnalysisConfig
 from svd_callback.distributed import (
@@ -194,10 +193,8 @@ class AnalysisRunner:
         alerts: list[Alert] = []
         try:
             summary = summarize(report)
-            alerts = self.alert_engine.update(
-                epoch, step, [*report, *class_records(class_metrics)],
-                {**summary, TRAINING: training} if training else summary,
-            )
+            alerts = self.alert_engine.update(epoch, step, report, summary, training=training,
+                                              classes=class_metrics)
         except Exception as error:  # noqa: BLE001 - never crash training
             self.guard.warn(f"computing aggregates and alerts failed: "
                             f"{type(error).__name__}: {error}")

@@ -50,12 +50,13 @@ def is_model_level(tag: str) -> bool:
 
 
 def active_alerts(result: AnalysisResult) -> int:
-    """``alerts/active = #{conditions of severity warning or stop in force}``: for a rule with
-    hysteresis, each (layer, mode) key that fired and has not cleared; for one without, each
-    alert it raised at this analysis (:meth:`svd_callback.alerts.AlertEngine.active`, the
-    union over the ranks). A condition that holds for 3 analyses and then clears reads
-    1, 1, 1, 0 where ``alerts/raised`` reads 1, 0, 0, 0."""
-    return len(result.active)
+    """``alerts/active = #{rules with a condition of severity warning or stop in force}``: one
+    per cause, however many layers it holds in (for a rule with hysteresis, a (layer, mode) key
+    that fired and has not cleared; for one without, an alert it raised at this analysis;
+    :meth:`svd_callback.alerts.AlertEngine.active`, the union over the ranks). A condition that
+    holds for 3 analyses and then clears reads 1, 1, 1, 0 where ``alerts/raised`` reads 1, 0,
+    0, 0."""
+    return len({condition.rule for condition in result.active})
 
 
 def raised_alerts(result: AnalysisResult) -> int:
@@ -108,8 +109,9 @@ def scalars(result: AnalysisResult, config: AnalysisConfig, class_conventions: s
     descriptions[tags.ALERT_COUNT_TAG] = "number of spectral alerts raised by this analysis"
     values[ALERT_ACTIVE_TAG] = float(active_alerts(result))
     descriptions[ALERT_ACTIVE_TAG] = (
-        "level: number of alert conditions of severity warning or stop in force after this "
-        "analysis (fired and not cleared, any rank; 0 while training is healthy)"
+        "level: number of alert rules with a condition of severity warning or stop in force "
+        "after this analysis (fired and not cleared, any layer, any rank; 0 while training is "
+        "healthy)"
     )
     values[ALERT_RAISED_TAG] = float(raised_alerts(result))
     descriptions[ALERT_RAISED_TAG] = (

@@ -169,6 +169,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.input_size and "operator" in args.mode:
         _check_operator_convs(report.by_mode("operator"), args.input_size)
     print(format_table(frame))
+    if report.looks_untrained():
+        ratios = report.stable_rank_ratios()
+        print(f"  every layer's spectrum is that of random weights: stable rank >= 0.8 x a "
+              f"random matrix's of its shape in all {len(ratios)} layers (lowest "
+              f"{min(ratios.values()):.2f}): the weights look untrained")
     for line in report.nan_reasons("alpha"):
         print(f"  {line}")
     for record in report:  # the table cuts long reasons short

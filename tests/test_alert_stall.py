@@ -18,8 +18,9 @@ from svd_callback.alerts import (
     WeightCollapse,
     default_rules,
 )
-from svd_callback.alerts.stall_rules import random_stable_rank, randomness, relative_change
+from svd_callback.alerts.stall_rules import randomness, relative_change
 from svd_callback.report import LayerReport, Report
+from svd_callback.rmt import random_stable_rank
 
 LAYERS = ("a", "b", "c", "d")
 SHAPE = (64, 256)

@@ -24,6 +24,7 @@ from typing import Any
 from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
 from svd_callback.alerts.history import MetricHistory, Snapshot
 from svd_callback.alerts.layer_rules import MAX_LISTED, LayerMetricRule
+from svd_callback.rmt.mp import random_stable_rank
 
 NORMS = ("spectral_norm", "frobenius_norm")
 ROTATION = "weight_rotation"
@@ -88,13 +89,6 @@ def analysed_layers(snap: Snapshot, rule: Rule) -> list[str]:
         name for (name, mode), record in snap.layers.items()
         if rule.selects(name, mode) and not record.skipped
     ))
-
-
-def random_stable_rank(rows: int, columns: int) -> float:
-    """The stable rank of an N x M random matrix of i.i.d. entries, N M / (sqrt N + sqrt M)^2:
-    ||W||_F^2 = N M s^2 and, at the Marchenko-Pastur edge, ||W||_2^2 = s^2 (sqrt N + sqrt M)^2
-    (Marchenko & Pastur 1967; the largest singular value of Geman 1980)."""
-    return rows * columns / (math.sqrt(rows) + math.sqrt(columns)) ** 2
 
 
 def randomness(snap: Snapshot, layer: str) -> float | None:

@@ -11,6 +11,10 @@ not changed. ``python -m experiments.resnet_checkpoints`` trains the missing see
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.resnet_checkpoints")
+
 import argparse
 import hashlib
 import json

@@ -1,4 +1,4 @@
-"""The ``svd-callback`` command line: ``analyze``, ``compare`` and ``demo``.
+"""The svd-callback command line: analyze, compare and demo.
 
 Exit status: 0 success; 1 the output was printed but a warning on stderr says what is missing or
 suspect in it (``compare`` with runs of different lengths, a truncated event file, a metric some
@@ -55,10 +55,18 @@ def one_line(error: BaseException) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="svd-callback", description=__doc__.splitlines()[0])
+    parser = OneLineParser(
+        prog="svd-callback", description=__doc__.splitlines()[0],
+        epilog="Exit status: 0 success; 1 output written with a warning on stderr; 2 an error "
+               "you can fix, one line on stderr. 'svd-callback COMMAND --help' for a command.")
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
 
-    a = sub.add_parser("analyze", help="analyse a model or checkpoint and print a per-layer table")
+    a = sub.add_parser(
+        "analyze", help="analyse a model or checkpoint and print a per-layer table",
+        description="Decompose every conv and linear layer of a model (a torchvision model by "
+                    "name, a Lightning checkpoint, a saved nn.Module or a state dict) and print "
+                    "one row per layer and conv mode: norms, the power-law fit, the quality "
+                    "label.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a.add_argument("model", help="torchvision model name, Lightning .ckpt, saved nn.Module or "
                                  "state dict")
     a.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODES,
@@ -92,7 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
     a.set_defaults(func=_cmd_analyze)
 
-    c = sub.add_parser("compare", help="compare the spectral trajectories of several runs")
+    c = sub.add_parser(
+        "compare", help="compare the spectral trajectories of several runs",
+        description="Read the history files (or TensorBoard events) of finished runs and print "
+                    "each summary metric's trajectory side by side, with plots.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("runs", nargs="+", type=Path, help="run log directories")
     c.add_argument("--metric", nargs="+", default=None,
                    help="summary metrics to compare (default: alpha_mean, alpha_weighted_mean, "
@@ -101,15 +113,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="conv mode (default: each run's primary mode)")
     c.add_argument("--out", type=cli_args.output_dir, default=Path("comparison"),
                    help="folder for comparison plots")
-    c.add_argument("--no-plots", action="store_true")
+    c.add_argument("--no-plots", action="store_true", help="print the table only")
     c.set_defaults(func=_cmd_compare)
 
-    d = sub.add_parser("demo", help="train a small CNN on digits with the callback")
-    d.add_argument("--epochs", type=cli_args.positive_int, default=8)
+    d = sub.add_parser(
+        "demo", help="train a small CNN on digits with the callback",
+        description="Train the example SmallCNN on scikit-learn's bundled 8x8 digits with "
+                    "SpectralMonitor attached (nothing is downloaded), write TensorBoard logs "
+                    "under OUT/demo and print a per-layer table and the alerts.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--epochs", type=cli_args.positive_int, default=8,
+                   help="training epochs")
     d.add_argument("--out", type=cli_args.output_dir, default=Path("runs"),
                    help="TensorBoard log root")
-    d.add_argument("--seed", type=cli_args.seed, default=0)
-    d.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODES)
+    d.add_argument("--seed", type=cli_args.seed, default=0,
+                   help="seed of the weights, the data split and the batches")
+    d.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODES,
+                   help="conv mode(s); the first is the primary mode")
     d.set_defaults(func=_cmd_demo)
     return parser
 
@@ -145,6 +165,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     for mode in sized if args.input_size else ():
         _check_sized_convs(report.by_mode(mode), mode, args.input_size)
     print(format_table(frame))
+    if report.looks_untrained():
+        ratios = report.stable_rank_ratios()
+        print(f"  every layer's spectrum is that of random weights: stable rank >= 0.8 x a "
+              f"random matrix's of its shape in all {len(ratios)} layers (lowest "
+              f"{min(ratios.values()):.2f}): the weights look untrained")
     for line in report.nan_reasons("alpha"):
         print(f"  {line}")
     for record in report:  # the table cuts long reasons short
@@ -161,11 +186,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.figures:
         import matplotlib.pyplot as plt
 
-        from svd_callback.sinks.figures import esd_figure
+        from svd_callback.sinks.figures import esd_figure_for
+        from svd_callback.sinks.tags import short_conventions
 
         args.figures.mkdir(parents=True, exist_ok=True)
         for record in report.analysed():
-            fig = esd_figure(record)
+            fig = esd_figure_for(record, short_conventions(
+                record.mode, record.normalization, config.fit))
             fig.savefig(args.figures / f"esd_{record.mode}_{record.name}.png", dpi=90)
             plt.close(fig)
         print(f"wrote figures to {args.figures}")

@@ -19,6 +19,7 @@ import torch
 from svd_callback.classes.report import ClassReport
 from svd_callback.config import CONV_MODES, NORMALIZATIONS
 from svd_callback.layers import is_conv_kind
+from svd_callback.rmt.mp import random_stable_rank
 
 # CONV_MODES: the three conv SVD conventions (docs/conventions.md#conv-modes); NORMALIZATIONS:
 # ``raw`` lambda = sigma^2, ``ww`` WeightWatcher 0.7.7 (conv weights scaled by 1/sqrt(2), so
@@ -244,6 +245,29 @@ class Report(list[LayerReport]):
             if record.name == name and (mode is None or record.mode == mode):
                 return record
         return None
+
+    def stable_rank_ratios(self) -> dict[str, float]:
+        """Each analysed layer's stable rank over that of a random matrix of its shape
+        (:func:`svd_callback.rmt.random_stable_rank`), read from its ``unfold`` record (the
+        weight matrix itself; any record of a layer without a conv mode): about 1 for random
+        weights, lower once training concentrates the spectrum."""
+        out: dict[str, float] = {}
+        for record in self.analysed():
+            conv = record.kind.startswith("conv")
+            value = record.metrics.get("stable_rank")
+            if (conv and record.mode != "unfold") or record.name in out or value is None \
+                    or not record.matrix_shape or min(record.matrix_shape) < 2 \
+                    or not math.isfinite(value):
+                continue
+            out[record.name] = value / random_stable_rank(*record.matrix_shape)
+        return out
+
+    def looks_untrained(self, random_like: float = 0.8) -> bool | None:
+        """Whether every layer's spectrum is that of random weights (every
+        :meth:`stable_rank_ratios` >= ``random_like``; None when none can be read): a
+        network at its initialisation, or one that never learned."""
+        ratios = self.stable_rank_ratios()
+        return None if not ratios else min(ratios.values()) >= random_like
 
     def nan_reasons(self, metric: str = "alpha") -> list[str]:
         """One line per analysed record whose ``metric`` is NaN, with the recorded reason."""

@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.util import tensor_util
 
-from svd_callback.alerts import TRAINING, GeneralizationGap, RankCollapse
+from svd_callback.alerts import Alert, RankCollapse
 from svd_callback.analysis import analyze
 from svd_callback.callback import SpectralMonitor
 from svd_callback.examples import SmallCNN
@@ -314,20 +314,24 @@ def test_csv_logger_gets_the_scalars_and_the_history_goes_to_its_directory(tmp_p
 
 
 def test_training_scalars_reach_the_rules_and_the_history(tmp_path):
-    """The trainer's epoch-mean losses (not this callback's tags) are what GeneralizationGap
-    compares, online and in the history file."""
+    """The trainer's epoch-mean losses (not this callback's tags) are what the rules read
+    (``Snapshot.training``), online and in the history file."""
     seen: list[dict] = []
 
     def spy(history, epoch, step):
-        seen.append({name: v for (name, mode), v in history.latest.summary.items()
-                     if mode == TRAINING})
+        seen.append(dict(history.latest.training))
         return []
 
-    gap = GeneralizationGap(threshold=-100.0)  # any gap: fires at the first analysis with both
+    def gap(history, epoch, step):  # fires at the first analysis with both losses
+        scalars = history.latest.training
+        if "val_loss" in scalars and "train_loss" in scalars and epoch == 1:
+            return Alert(rule="gap", value=scalars["val_loss"] - scalars["train_loss"])
+        return None
+
     trainer, _ = fit(tmp_path, [SpectralMonitor(alert_rules=[gap, spy])], max_epochs=2)
     rows = read_history(tmp_path / "spectral_history.jsonl")
     training = [r for r in rows if r["type"] == "training"]
-    alerts = [r for r in rows if r["type"] == "alert" and r["rule"] == "GeneralizationGap"]
+    alerts = [r for r in rows if r["type"] == "alert" and r["rule"] == "gap"]
     # the analysis of the initial weights comes before any logged scalar: no row, nothing seen
     assert [r["epoch"] for r in training] == [1, 2] and seen[0] == {}
     for row, online in zip(training, seen[1:], strict=True):

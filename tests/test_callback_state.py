@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from svd_callback.alerts import CallableRule, monitor_default_rules
+from svd_callback.alerts import AlertEngine, CallableRule, monitor_default_rules
 from svd_callback.callback import SpectralMonitor
 from svd_callback.examples import SmallCNN
 from svd_callback.monitor.checkpoint import STATE_VERSION, upgrade
@@ -67,7 +67,11 @@ def test_a_version_1_state_loads_into_every_part(old):
     runner = new["runner"]
     assert runner["input_sizes"] == old["input_sizes"] and monitor.input_sizes == {
         "features.0": (8, 8), "features.2": (8, 8), "features.5": (4, 4)}
-    assert _equal(runner["alert_engine"], old["alert_engine"])
+    engine = AlertEngine(monitor.alert_engine.rules)  # the engine reads its own old layout
+    engine.load_state_dict(old["alert_engine"])
+    assert _equal(runner["alert_engine"], engine.state_dict())
+    assert [a["message"] for a in runner["alert_engine"]["alerts"]] == [
+        a["message"] for a in old["alert_engine"]["alerts"]]
     assert runner["alert_totals"] == {"EveryAnalysis": 3}  # counted from the engine's alerts
     assert _equal(runner["training"], old["training"])
     assert _equal(runner["classes"], old["classes"]) and _equal(runner["motion"], old["motion"])

@@ -36,7 +36,6 @@ from svd_callback.classes.analysis import (
     ClassTracker,
     ProbeError,
     analyze_classes,
-    class_records,
     probe_from_loader,
     split_batch,
 )
@@ -414,7 +413,7 @@ def test_resume_restores_the_probe_and_the_previous_edges(tmp_path, digits):
 def _feed(engine: AlertEngine, sequence: list[dict[str, dict[str, float]]]) -> list[list[str]]:
     fired = []
     for epoch, metrics in enumerate(sequence):
-        alerts = engine.update(epoch, 10 * epoch, class_records(metrics))
+        alerts = engine.update(epoch, 10 * epoch, [], classes=metrics)
         fired.append([f"{a.rule}:{a.layer}:{a.metric}" for a in alerts])
     return fired
 
@@ -427,7 +426,7 @@ def test_overlap_rising_fires_after_patience_rises_and_rearms():
     expected[4] = expected[10] = ["ClassOverlapRising:hidden:jaccard_mean"]
     assert fired == expected
     alert = engine.alerts_so_far[0]
-    assert alert.values == pytest.approx((0.5, 0.52, 0.54, 0.56)) and alert.mode == "classes"
+    assert alert.values == pytest.approx((0.5, 0.52, 0.54, 0.56)) and alert.mode is None
     # a rise smaller than min_rise is no rise
     engine = AlertEngine([ClassOverlapRising(patience=2, min_rise=0.05)])
     assert not any(_feed(engine, [{"h": {"jaccard_mean": v}} for v in values[:6]]))

@@ -75,7 +75,7 @@ def test_num_classes_must_be_a_positive_integer(bad):
 
 def test_the_split_modules_keep_every_public_name_where_callers_import_it():
     import svd_callback.classes as classes
-    from svd_callback.classes import analysis, config, probe, records, report
+    from svd_callback.classes import analysis, config, probe, report
 
     before_split = {
         "ClassAnalysisConfig", "ClassReport", "ClassTracker", "analyze_classes", "ClassFeatures",
@@ -90,13 +90,11 @@ def test_the_split_modules_keep_every_public_name_where_callers_import_it():
     assert all(hasattr(classes, name) for name in classes.__all__)
     homes = {
         "ClassAnalysisConfig": config, "ClassReport": report, "ClassTracker": report,
-        "CLASS_MODE": records, "ClassRecord": records, "class_records": records,
         "ProbeError": probe, "split_batch": probe, "probe_from_loader": probe,
         "probe_at_positions": probe,
     }
     for name, home in homes.items():  # the old import path gives the same object
         assert getattr(analysis, name) is getattr(home, name), name
-    assert records.CLASS_MODE == "classes"
 
 
 def test_reasons_are_keyed_by_typed_places_that_read_as_the_history_text():

@@ -7,6 +7,10 @@ rule, first alert epoch, severity).
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.alert_rules.replay")
+
 import gzip
 import json
 from pathlib import Path

@@ -23,6 +23,10 @@ ResNet-8 runs on Fashion-MNIST (``experiments.resnet_checkpoints``, every epoch 
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.class_structure.run")
+
 import argparse
 import json
 import math

@@ -25,6 +25,10 @@ Fashion-MNIST, per training seed (``experiments/factorization_rank/resnet.py``).
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.factorization_rank.run")
+
 import argparse
 import copy
 import json

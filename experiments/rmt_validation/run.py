@@ -21,6 +21,10 @@ Fashion-MNIST, one per training seed (``experiments/rmt_validation/resnet.py``).
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.rmt_validation.run")
+
 import argparse
 import copy
 import time

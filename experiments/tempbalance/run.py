@@ -15,6 +15,10 @@ rebuilt without training (``--report-only``).
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.tempbalance.run")
+
 import argparse
 import hashlib
 import json

@@ -70,7 +70,6 @@ from svd_callback.classes.probe import (
     probe_from_loader,
     split_batch,
 )
-from svd_callback.classes.records import CLASS_MODE, ClassRecord, class_records
 from svd_callback.classes.report import ClassReport, ClassTracker, Part, Where
 from svd_callback.classes.sharded import ProbeSplit, merge_captured
 from svd_callback.classes.signals import (
@@ -609,14 +608,11 @@ def _factorize(
 
 
 __all__ = [
-    "CLASS_MODE",
     "ClassAnalysisConfig",
-    "ClassRecord",
     "ClassReport",
     "ClassTracker",
     "ProbeError",
     "analyze_classes",
-    "class_records",
     "frozen_forward",
     "probe_at_positions",
     "probe_from_loader",

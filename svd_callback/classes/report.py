@@ -13,7 +13,6 @@ import torch
 
 from svd_callback.classes.factorization import FactorizationResult
 from svd_callback.classes.hypergraph import Edges
-from svd_callback.classes.records import ClassRecord, class_records
 
 __all__ = ["ClassReport", "ClassTracker", "Part", "Where"]
 
@@ -177,10 +176,6 @@ class ClassReport:
                                 for c, v in enumerate(fractions)})
             out[str(row["layer"])] = metrics
         return out
-
-    def alert_records(self) -> list[ClassRecord]:
-        """The statistics as records for :meth:`AlertEngine.update` (mode ``"classes"``)."""
-        return class_records(self.record_metrics())
 
     def rows(self) -> list[dict[str, Any]]:
         """JSON-ready rows for the history file: one ``class`` row per layer (its statistics,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from svd_callback.alerts import Alert, AlertEngine, Condition, feed
+from svd_callback.alerts import Alert, AlertEngine, Condition
 from svd_callback.alerts.base import rule_name
 from svd_callback.analysis import add_motion, analyze, summarize
 from svd_callback.classes.sharded import ProbeSplit
@@ -231,8 +231,8 @@ class AnalysisRunner:
         alerts: list[Alert] = []
         try:
             summary = summarize(report)
-            alerts = feed(self.alert_engine, epoch, step, report, summary, training,
-                          class_metrics)
+            alerts = self.alert_engine.update(epoch, step, report, summary, training=training,
+                                              classes=class_metrics)
         except Exception as error:  # noqa: BLE001 - never crash training
             self.guard.warn(f"computing aggregates and alerts failed: "
                             f"{type(error).__name__}: {error}")

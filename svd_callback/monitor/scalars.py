@@ -82,12 +82,13 @@ def _alert_chart(title: str, pattern: str, rank: int) -> Chart:
 
 # ---------------------------------------------------------------------- alert levels
 def active_alerts(result: AnalysisResult) -> int:
-    """``alerts/active = #{conditions of severity warning or stop in force}``: for a rule with
-    hysteresis, each (layer, mode) key that fired and has not cleared; for one without, each
-    alert it raised at this analysis (:meth:`svd_callback.alerts.AlertEngine.active`, the
-    union over the ranks). A condition that holds for 3 analyses and then clears reads
-    1, 1, 1, 0 where ``alerts/raised`` reads 1, 0, 0, 0."""
-    return len(result.active)
+    """``alerts/active = #{rules with a condition of severity warning or stop in force}``: one
+    per cause, however many layers it holds in (for a rule with hysteresis, a (layer, mode) key
+    that fired and has not cleared; for one without, an alert it raised at this analysis;
+    :meth:`svd_callback.alerts.AlertEngine.active`, the union over the ranks). A condition that
+    holds for 3 analyses and then clears reads 1, 1, 1, 0 where ``alerts/raised`` reads 1, 0,
+    0, 0."""
+    return len({condition.rule for condition in result.active})
 
 
 def raised_alerts(result: AnalysisResult) -> int:
@@ -137,8 +138,9 @@ COUNT = ModelScalar(
     _alert_chart("alerts/count (per analysis)", r"^alerts/count$", 4))
 ACTIVE = ModelScalar(
     "active",
-    "level: number of alert conditions of severity warning or stop in force after this "
-    "analysis (fired and not cleared, any rank; 0 while training is healthy)",
+    "level: number of alert rules with a condition of severity warning or stop in force "
+    "after this analysis (fired and not cleared, any layer, any rank; 0 while training is "
+    "healthy)",
     active_alerts, _alert_chart("alerts/active (conditions in force, per analysis)",
                                 r"^alerts/active$", 0))
 RAISED = ModelScalar(

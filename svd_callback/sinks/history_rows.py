@@ -10,19 +10,19 @@ rows of :meth:`ClassReport.rows <svd_callback.classes.report.ClassReport.rows>`.
 Reading: :func:`read_analyses` groups the rows of one run into one :class:`RecordedAnalysis`
 per analysis (:meth:`~svd_callback.report.LayerReport.from_json`,
 :meth:`~svd_callback.classes.report.ClassReport.metrics_from_rows`); :func:`replay_alerts` runs
-an :class:`~svd_callback.alerts.AlertEngine` over them as the callback did
-(:func:`svd_callback.alerts.feed`), with the rules the callback would have chosen
+an :class:`~svd_callback.alerts.AlertEngine` over them as the callback did, with the rules the
+callback would have chosen
 (:func:`recorded_rules`) or any others.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from svd_callback.alerts import Alert, AlertEngine, Rule, feed, monitor_default_rules
+from svd_callback.alerts import Alert, AlertEngine, Rule, monitor_default_rules
 from svd_callback.classes.report import ClassReport
 from svd_callback.config import AnalysisConfig
 from svd_callback.metric_groups import METRIC_GROUPS
@@ -43,7 +43,6 @@ __all__ = [
 
 ANALYSIS_ROWS = ("layer", "summary", "training", "alert", "class", "class_summary")
 """The row types that belong to one analysis (the ``run`` rows describe the run)."""
-_ALERT_FIELDS = frozenset(f.name for f in dataclasses.fields(Alert))
 
 
 def run_row(
@@ -163,8 +162,8 @@ def read_analyses(rows: Iterable[Mapping[str, Any]]) -> list[RecordedAnalysis]:
         elif kind == "training":
             entry.training = _floats(row["metrics"])
         elif kind == "alert":
-            entry.alerts.append(Alert.from_dict({k: v for k, v in row.items()
-                                                 if k in _ALERT_FIELDS}))
+            values = [math.nan if v is None else v for v in row.get("values") or ()]
+            entry.alerts.append(Alert.from_dict({**row, "values": values}))
         else:
             class_rows.setdefault(key, []).append(row)
     for key, recorded in class_rows.items():
@@ -197,8 +196,8 @@ def replay_alerts(
     engine = AlertEngine(rules)
     alerts: list[Alert] = []
     for entry in analyses:
-        alerts += feed(engine, entry.epoch, entry.step, entry.report, entry.summary,
-                       entry.training, entry.class_metrics)
+        alerts += engine.update(entry.epoch, entry.step, entry.report, entry.summary,
+                                training=entry.training, classes=entry.class_metrics)
         if levels is not None:
             levels.append((entry.epoch, len(engine.active())))
     return alerts
@@ -206,4 +205,4 @@ def replay_alerts(
 
 def _floats(values: Mapping[str, Any]) -> dict[str, float]:
     """``null`` as NaN."""
-    return {str(k): float("nan") if v is None else float(v) for k, v in values.items()}
+    return {str(k): math.nan if v is None else float(v) for k, v in values.items()}

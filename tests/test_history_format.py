@@ -110,3 +110,19 @@ def test_a_layer_record_round_trips_through_json(metrics, code, skipped):
     back = LayerReport.from_json(data)
     assert back.svals is None and back.rows is None
     assert _same(back.to_json() | {"n_svals": 8}, record.to_json())
+
+
+def test_an_alert_row_reads_back_with_its_nan_values():
+    from svd_callback.alerts import Alert
+    from svd_callback.config import AnalysisConfig
+    from svd_callback.sinks.history_rows import alert_row
+
+    alert = Alert(rule="AlphaBelow", layers=("a", "b"), mode="unfold", metric="alpha",
+                  values=(1.5, math.nan), threshold=2.0, epoch=3, step=30, message="m")
+    context = {"epoch": 3, "epochs_trained": 3.0, "step": 30, "trigger": "train_epoch_end"}
+    row = json.loads(json.dumps(to_json(alert_row(alert, (0, 1), context, AnalysisConfig()))))
+    assert row["values"] == [1.5, None] and row["ranks"] == [0, 1]
+    (analysis,) = read_analyses([row])
+    (back,) = analysis.alerts
+    assert (back.rule, back.layers, back.threshold, back.values[0]) == (
+        "AlphaBelow", ("a", "b"), 2.0, 1.5) and math.isnan(back.values[1])

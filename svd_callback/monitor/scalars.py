@@ -47,8 +47,8 @@ from svd_callback.sinks.tags import Chart, Family, Scalar, Section
 
 __all__ = [
     "ALERT_CHARTS",
-    "MODEL_SCALARS",
     "CONSTANT_METRICS",
+    "MODEL_SCALARS",
     "ModelScalar",
     "active_alerts",
     "analysis_scalars",

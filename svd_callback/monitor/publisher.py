@@ -76,7 +76,7 @@ class Publisher:
         self.per_layer_callback_metrics = per_layer_callback_metrics
         self.engine = engine
         self.schedule = schedule
-        self.history = HistoryWriter(config, guard)
+        self.history_writer = HistoryWriter(config, guard)
         self._store = SpectrumStore()
         self.reset_fit()
 
@@ -104,22 +104,22 @@ class Publisher:
     def reset(self) -> None:
         """Forget the run (heat maps, history path and run id): a new run."""
         self._store = SpectrumStore()
-        self.history.reset()
+        self.history_writer.reset()
 
     def state_dict(self) -> dict[str, Any]:
         """The heat-map store and the history file's path and run id."""
-        return {"heatmaps": self._store.state_dict(), "history": self.history.state_dict()}
+        return {"heatmaps": self._store.state_dict(), "history": self.history_writer.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
         self._store.load_state_dict(state["heatmaps"])
-        self.history.load_state_dict(state["history"])
+        self.history_writer.load_state_dict(state["history"])
 
     def start_history(self, path: Any, **run: Any) -> None:
         """Open the history file at ``path`` for this fit and write its ``run`` row
         (:meth:`HistoryWriter.start <svd_callback.monitor.history_writer.HistoryWriter.start>`
         with ``run``: resumed, step, epoch, world size, last analysed step)."""
-        self.history.start(path, **run)
+        self.history_writer.start(path, **run)
 
     # ------------------------------------------------------------------ publish
     def publish(
@@ -166,9 +166,9 @@ class Publisher:
             say = rank_zero_info if alert.severity == "info" else rank_zero_warn
             say(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
                 f"{result.raised_on(alert)}")
-        self.guard.call("writing the history file", self.history.write, result)
+        self.guard.call("writing the history file", self.history_writer.write, result)
         if result.class_report is not None:
-            self.guard.call("writing the class history", self.history.write_classes, result,
+            self.guard.call("writing the class history", self.history_writer.write_classes, result,
                             self.classes.history_fields())
         sinks = self.tensorboard_sinks(loggers)
         epoch = {tags.EPOCH_TAG: float(current_epoch)}
@@ -179,7 +179,7 @@ class Publisher:
         if not loggers:
             self.guard.note_once(
                 "no-logger", "the trainer has no logger; the spectral history goes to "
-                f"{self.history.path or 'nowhere (history_file=None)'} and "
+                f"{self.history_writer.path or 'nowhere (history_file=None)'} and "
                 "trainer.callback_metrics only")
         for key, sink in sinks.items():
             logger = next(lg for lg in loggers if id(lg) == key)
@@ -250,7 +250,7 @@ class Publisher:
         step = result.step
         if not self._started_logging:
             check_on = self.config.check_on if self.schedule is None else self.schedule.check_on
-            text = conventions_markdown(self.config, check_on, self.history.path,
+            text = conventions_markdown(self.config, check_on, self.history_writer.path,
                                         self.classes.conventions())
             sink.text(tags.CONVENTIONS_TAG, text, step,
                       description="how the spectral metrics of this run were computed")

@@ -45,7 +45,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as _HookWeightNorm
 
-from svd_callback.sharding import full_weight
+from svd_callback.sharding import full_weight, gathered_copy
 
 _CONV_KINDS: dict[type, str] = {
     nn.Conv1d: "conv1d",
@@ -115,7 +115,9 @@ class MatrixView:
         return shape
 
     def __call__(self, module: nn.Module) -> torch.Tensor:
-        weight = full_weight(self.stored(module))  # a sharded (FSDP2) weight: gathered whole
+        weight = gathered_copy(module, self.param)  # gathered for this rank beforehand
+        if weight is None:
+            weight = full_weight(self.stored(module))  # a sharded (FSDP2) weight: gathered whole
         if self.transpose:
             weight = weight.t()
         if self.rows is not None:

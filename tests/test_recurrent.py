@@ -24,6 +24,7 @@ from torch.nn.utils import parametrizations
 from svd_callback.analysis import analyze
 from svd_callback.callback import SpectralMonitor
 from svd_callback.layers import find_layers
+from svd_callback.monitor.values import scalars
 from svd_callback.sinks.history import read_history
 
 GATES = {"LSTM": "ifgo", "GRU": "rzn", "RNN": ""}
@@ -246,6 +247,12 @@ def test_an_lstm_fit_is_bit_identical_with_and_without_the_monitor(tmp_path):
     assert last["lstm.weight_ih_l0.f"]["metrics"]["spectral_norm"] == pytest.approx(
         float(expected[0]), rel=1e-6)
     assert "(forget gate f)" in last["lstm.weight_ih_l0.f"]["notes"]["matrix"]
+    # the TensorBoard description of a gate's scalars names the block it was read from
+    _, descriptions = scalars(monitor.last_result, monitor.runner.config, "")
+    text = descriptions["spectral/spectral_norm/lstm.weight_hh_l0_reverse.g"]
+    assert text.endswith("; matrix: LSTM lstm.weight_hh_l0_reverse[32:48] (cell candidate g) "
+                         "as an (out, in) matrix")
+    assert "matrix:" not in descriptions["spectral/spectral_norm/head"]
 
 
 def test_cli_analyzes_a_saved_recurrent_model(capsys, tmp_path):

@@ -12,10 +12,10 @@ import statistics
 import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import Unpack
 
 import torch
 from torch import nn
+from typing_extensions import Unpack  # typing.Unpack needs Python 3.11
 
 from svd_callback import config as config_types
 from svd_callback.classes.analysis import analyze_classes

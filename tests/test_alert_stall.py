@@ -275,6 +275,12 @@ def test_weight_collapse_far_below_the_first_norm_or_falling_geometrically():
     reports = motion_run({n: [0.1] * 5 for n in LAYERS}, norms=falling)
     assert fired(WeightCollapse(), reports) == [(2, LAYERS)]
     assert fired(WeightCollapse(rate=0), reports) == [(5, LAYERS)]  # 143x below at epoch 5
+    # one fall of 9x (SGD weight_decay 0.2 on the wide MLP, epoch 1, then flat at 1/9)
+    once = {n: [13.0] + [1.45] * 5 for n in LAYERS}
+    assert fired(WeightCollapse(), motion_run({n: [0.1] * 5 for n in LAYERS},
+                                              norms=once)) == [(1, LAYERS)]
+    assert fired(WeightCollapse(drop=0), motion_run({n: [0.1] * 5 for n in LAYERS},
+                                                    norms=once)) == []
     # healthy weight decay: 5% per epoch for 10 epochs
     decay = {n: [3.0 * 0.95 ** t for t in range(11)] for n in LAYERS}
     assert fired(WeightCollapse(), motion_run({n: [0.1] * 10 for n in LAYERS},
@@ -290,7 +296,7 @@ def test_weight_collapse_far_below_the_first_norm_or_falling_geometrically():
     second.load_state_dict(first.state_dict())
     assert [a.epoch for e, rep in enumerate(reports) if e >= 2
             for a in second.update(e, e, Report(rep))] == [5]
-    for bad in ({"factor": 1.0}, {"rate": 0.5}, {"falls": 0}):
+    for bad in ({"factor": 1.0}, {"rate": 0.5}, {"falls": 0}, {"drop": 1.0}):
         with pytest.raises(ValueError):
             WeightCollapse(**bad)
 

@@ -544,9 +544,9 @@ class VanishingUpdates(Rule):
 
 class WeightCollapse(LayerMetricRule):
     """Weights collapsing to zero: a layer's ``frobenius_norm`` fell below ``1 / factor`` of
-    its value at its first analysis, or it fell more than ``rate`` times in each of the last
-    ``falls`` analyses (a geometric collapse under way). The first values are rule state, kept
-    in checkpoints.
+    its value at its first analysis, more than ``drop`` times in one analysis, or more than
+    ``rate`` times in each of the last ``falls`` analyses (a geometric collapse under way). The
+    first values are rule state, kept in checkpoints.
 
     Weight decay too strong for the learning rate shrinks every weight geometrically (SGD with
     ``weight_decay=0.2`` shrank the digits CNN's norms 2.7x per epoch, 133x by epoch 5; Adam
@@ -559,6 +559,7 @@ class WeightCollapse(LayerMetricRule):
         factor: how many times below its first value a norm must fall.
         rate: the fall per analysis that counts as collapsing (0: off).
         falls: consecutive analyses falling by ``rate``.
+        drop: the fall in one analysis that counts as collapsing (0: off).
         patience: consecutive analyses the condition must hold (default 1).
         min_epoch: first epoch read (default 0: the initial weights are the reference).
         **kwargs: ``name``, ``action``, ``modes``, ``layers`` (see :class:`Rule`).
@@ -570,8 +571,9 @@ class WeightCollapse(LayerMetricRule):
     advice = ("lower weight_decay (SGD: 1e-4 to 5e-4; decoupled AdamW: 0.01 to 0.1), or check "
               "the regulariser's scale")
 
-    def __init__(self, factor: float = 100.0, rate: float = 2.0, falls: int = 2, *,
-                 patience: int = 1, min_epoch: int = 0, **kwargs: Any) -> None:
+    def __init__(self, factor: float = 100.0, rate: float = 2.0, falls: int = 2,
+                 drop: float = 5.0, *, patience: int = 1, min_epoch: int = 0,
+                 **kwargs: Any) -> None:
         if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 1):
             raise ValueError(f"factor must be a finite number > 1, got {factor!r}")
         if not (isinstance(rate, int | float) and math.isfinite(rate) and (rate == 0
@@ -579,8 +581,12 @@ class WeightCollapse(LayerMetricRule):
             raise ValueError(f"rate must be 0 or a finite number > 1, got {rate!r}")
         if isinstance(falls, bool) or not isinstance(falls, int) or falls < 1:
             raise ValueError(f"falls must be an integer >= 1, got {falls!r}")
+        if not (isinstance(drop, int | float) and math.isfinite(drop) and (drop == 0
+                                                                           or drop > 1)):
+            raise ValueError(f"drop must be 0 or a finite number > 1, got {drop!r}")
         super().__init__("frobenius_norm", patience=patience, min_epoch=min_epoch, **kwargs)
         self.factor, self.rate, self.falls = float(factor), float(rate), falls
+        self.drop = float(drop)
         self._first: dict[tuple[str, str | None], float] = {}
 
     def _recent(self, history: MetricHistory, layer: str, mode: str | None) -> list[float]:
@@ -591,11 +597,17 @@ class WeightCollapse(LayerMetricRule):
         return self.rate > 0 and len(recent) == self.falls + 1 and all(
             b > 0 and a / b > self.rate for a, b in zip(recent, recent[1:], strict=False))
 
+    def _dropped(self, history: MetricHistory, layer: str, mode: str | None) -> bool:
+        recent = history.last_values(layer, self.metric, mode, 2)
+        return self.drop > 0 and len(recent) == 2 and recent[1] > 0 \
+            and recent[0] / recent[1] > self.drop
+
     def condition(self, history, layer, mode, value):
         first = self._first.get((layer, mode))
         if first is None:
             return None
-        return value < first / self.factor or self._falling(history, layer, mode)
+        return value < first / self.factor or self._falling(history, layer, mode) \
+            or self._dropped(history, layer, mode)
 
     def describe(self, history, layer, mode, value):
         first = self._first[(layer, mode)]
@@ -603,6 +615,10 @@ class WeightCollapse(LayerMetricRule):
         if value < first / self.factor:
             return (f"< {fmt(first)} / {fmt(self.factor)}: {fmt(below)}x below its first "
                     f"value", first / self.factor)
+        if self._dropped(history, layer, mode):
+            before = history.last_values(layer, self.metric, mode, 2)[0]
+            return (f"fell {fmt(before / value)}x in one analysis (from {fmt(before)}; limit "
+                    f"{fmt(self.drop)}x)", self.drop)
         recent = " -> ".join(fmt(v) for v in self._recent(history, layer, mode))
         return (f"fell more than {fmt(self.rate)}x in each of {self.falls} analyses ({recent}; "
                 f"{fmt(below)}x below its first value)", self.rate)

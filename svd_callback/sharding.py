@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -132,6 +132,34 @@ def gather_to(tensor: torch.Tensor, owner: int, rank: int) -> torch.Tensor | Non
         return None
     sizes = [max(0, min(chunk, rows - i * chunk)) for i in range(ranks)]
     return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+
+def sketch_row_block(tensor: torch.Tensor, rows: tuple[int, int] | None,
+                     sketch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """``sketch`` of rows ``rows`` (all when None) of a ``DTensor`` sharded by rows over a 1-D
+    mesh, made where the rows live and all-gathered: each rank applies ``sketch`` (rows ->
+    float32 rows on the same device) to its shard's rows within the block, pads them to the
+    shard size and the padded pieces are all-gathered and joined in row order, so no rank
+    materialises the weight. None for any other tensor (the caller reads the full weight). A
+    collective for such a ``DTensor``: every rank of its mesh calls it, in the same order.
+    """
+    if not is_dtensor(tensor) or not _sharded_rows(tensor):
+        return None
+    group = tensor.device_mesh.get_group()
+    ranks, me = tensor.device_mesh.size(), tensor.device_mesh.get_local_rank()
+    total = int(tensor.shape[0])
+    start, stop = rows if rows is not None else (0, total)
+    chunk = math.ceil(total / ranks) if total else 0
+    spans = [(max(start, i * chunk), min(stop, (i + 1) * chunk, total)) for i in range(ranks)]
+    local = tensor.to_local()
+    low, high = spans[me]
+    mine = sketch(local[max(0, low - me * chunk):max(0, high - me * chunk)])
+    padded = mine.new_zeros((chunk, *mine.shape[1:]))
+    padded[: mine.shape[0]] = mine
+    parts = [torch.empty_like(padded) for _ in range(ranks)]
+    torch.distributed.all_gather(parts, padded, group=group)
+    return torch.cat([part[:max(0, high - low)]
+                      for part, (low, high) in zip(parts, spans, strict=True)])
 
 
 def gather_shares(

@@ -1,6 +1,7 @@
 """The analysis of an FSDP2-sharded model divided over 2 CPU processes (gloo).
 
-Oracles: ``gather_to`` against ``DTensor.full_tensor()`` (uneven row shards, a rank with an empty
+Oracles: the motion group's sketches of row shards against those of the unsharded weights;
+``gather_to`` against ``DTensor.full_tensor()`` (uneven row shards, a rank with an empty
 shard, a placement other than ``Shard(0)``); the monitor runner's divided analysis against
 ``analyze`` of an unsharded copy with the same weights in one process (same records in the same
 order, singular values and metrics equal); which rank decomposed which layer, counted inside
@@ -89,6 +90,38 @@ def worker(rank: int, out: str, port: int) -> None:
     result = monitor.runner.run(model, step=0, epochs_trained=0.0, trigger="test",
                                 world=WORLD, rank=rank)
     analysis._decompose = real
+    # the motion group: each rank sketches the rows it holds, the sketches are all-gathered
+    from svd_callback.motion import MotionTracker
+
+    real_sketch, row_sketched = analysis.sketch_row_block, []
+
+    def counting_sketch(*args):
+        got = real_sketch(*args)
+        row_sketched.append(got is not None)
+        return got
+
+    analysis.sketch_row_block = counting_sketch
+    moving = SpectralMonitor(conv_mode=("unfold",), metrics=("norms", "motion"),
+                             figures_every_n=0, motion_sketch=16)
+    moving.runner.run(model, step=0, epochs_trained=0.0, trigger="test", world=WORLD, rank=rank)
+    deltas = {k: 0.05 * torch.randn(v.shape, generator=torch.Generator().manual_seed(i))
+              for i, (k, v) in enumerate(state.items()) if v.dim() >= 2}
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if key in deltas:
+                local = param.to_local() if hasattr(param, "to_local") else param
+                delta = deltas[key]
+                if hasattr(param, "to_local"):
+                    delta = distribute_tensor(delta, mesh, list(param.placements)).to_local()
+                local.add_(delta)
+    moved = moving.runner.run(model, step=1, epochs_trained=1.0, trigger="test", world=WORLD,
+                              rank=rank)
+    analysis.sketch_row_block = real_sketch
+    checks["rows sketched where they live"] = sum(row_sketched) >= 2 * 12
+    motion_rows = {r.name: {m: r.metrics[m] for m in ("weight_motion", "weight_rotation",
+                                                      "weight_drift")}
+                   for r in moved.report if not r.skipped}
+
     rows = [{"name": r.name, "mode": r.mode, "reason": r.reason, "shape": list(r.shape or ()),
              "metrics": r.metrics, "svals": r.svals.double().tolist() if r.svals is not None
              else None} for r in result.report]
@@ -103,13 +136,24 @@ def worker(rank: int, out: str, port: int) -> None:
                      "shape": list(r.shape or ()), "metrics": r.metrics,
                      "svals": r.svals.double().tolist() if r.svals is not None else None}
                     for r in oracle]
+        tracker = MotionTracker(k=16)
+        plain = build_model()
+        plain.load_state_dict(state)
+        analysis.analyze(plain, metrics=("norms", "motion"), motion=tracker)
+        plain.load_state_dict({k: v + deltas[k] if k in deltas else v for k, v in state.items()})
+        after = analysis.analyze(plain, metrics=("norms", "motion"), motion=tracker)
+        motion_expected = {r.name: {m: r.metrics[m] for m in ("weight_motion", "weight_rotation",
+                                                              "weight_drift")}
+                           for r in after if not r.skipped}
         Path(out, "result.json").write_text(json.dumps({
             "checks": checks, "rows": rows, "expected": expected, "shares": shares,
             "owners": result.owners,
             "sharded": type(model.wide.weight).__name__,
+            "motion": motion_rows, "motion_expected": motion_expected,
         }))
     else:
         Path(out, "checks1.json").write_text(json.dumps(checks))
+        Path(out, "motion1.json").write_text(json.dumps(motion_rows))
     dist.destroy_process_group()
 
 
@@ -142,6 +186,15 @@ def test_fsdp2_analysis_is_divided_and_equals_the_unsharded_one(tmp_path):
             else:
                 assert got["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (
                     got["name"], key)
+    # motion: rows sketched where they live equal the sketches of the unsharded weights, and
+    # both ranks hold every layer's values
+    motion, expected_motion = result["motion"], result["motion_expected"]
+    assert set(motion) == set(expected_motion) and {"one", "odd", "attn.k", "plain"} <= set(motion)
+    assert json.loads((tmp_path / "motion1.json").read_text()) == motion
+    for name, values in expected_motion.items():
+        for key, value in values.items():
+            assert value > 0, (name, key)
+            assert motion[name][key] == pytest.approx(value, rel=1e-5), (name, key)
     # each rank decomposed its own share only: no layer twice, every analysed layer once
     share0, share1 = (set(s) for s in result["shares"])
     analysed = {r["name"] for r in expected if r["reason"] is None}

@@ -43,7 +43,7 @@ SHORT = {"exponential": "exp", "lognormal": "ln", "truncated_power_law": "tpl"}
 COLUMNS = [
     "model", "seed", "state", "layer", "kind", "mode", "N", "M", "n_eigs", "alpha", "xmin", "D",
     "num_spikes", "mp_softrank", "n_tail", "alpha_full",
-    *(f"{p}_{s}" for s in SHORT.values() for p in ("R", "p")), "verdict_full",
+    *(f"{p}_{s}_full" for s in SHORT.values() for p in ("R", "p")), "verdict_full",
     "n_beyond", "alpha_beyond", *(f"{p}_{s}_beyond" for s in SHORT.values() for p in ("R", "p")),
     "verdict_beyond",
 ]

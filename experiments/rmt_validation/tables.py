@@ -179,11 +179,43 @@ def spectra_block(rows: list[dict]) -> str:
                            "heavy-tail alpha"], table)
 
 
+def ratios_block(rows: list[dict]) -> str:
+    """R (power law minus alternative) and p of every test of the trained spectra with >= 100
+    eigenvalues, on the whole spectrum and beyond the bulk."""
+    table = []
+
+    def pair(r: dict, short: str, where: str) -> str:
+        ratio, p = r.get(f"R_{short}_{where}"), r.get(f"p_{short}_{where}")
+        if ratio is None or p is None or not math.isfinite(ratio):
+            return "-"
+        return f"{ratio:+.1f} ({p:.2g})"
+
+    for model, spectra in _models(rows).items():
+        if model.endswith("reference)"):
+            continue
+        for r in sorted((r for r in spectra if r["state"] == "trained"),
+                        key=lambda r: (r["seed"], r["layer"])):
+            table.append([model, r["seed"], r["layer"], r["n_tail"],
+                          *(pair(r, s, "full") for s in ("exp", "ln", "tpl")), r["n_beyond"],
+                          *(pair(r, s, "beyond") for s in ("exp", "ln", "tpl"))])
+    return "\n".join([
+        "Trained spectra with >= 100 eigenvalues: R = sum of log-likelihood ratios, power law "
+        "minus the alternative (R > 0 favours the power law), and p, on the tail from the fit "
+        "(`full`) and on the eigenvalues beyond the MP edge + TW margin (`beyond`).",
+        "",
+        markdown_table(["model", "seed", "layer", "tail", "full: vs exponential",
+                        "full: vs log-normal", "full: vs truncated", "beyond bulk",
+                        "beyond: vs exponential", "beyond: vs log-normal",
+                        "beyond: vs truncated"], table),
+    ])
+
+
 def build(derived: Path = HERE / "derived") -> dict[str, str]:
     meta = read_json(derived / "meta.json")
     rows = read_rows(derived / "spectra.csv")
     return {"runs": runs_block(meta), "part A": part_a_block(rows),
-            "part B": part_b_block(rows), "spectra": spectra_block(rows)}
+            "part B": part_b_block(rows), "likelihood ratios": ratios_block(rows),
+            "spectra": spectra_block(rows)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -74,10 +74,23 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
+def _rounded(value: Any) -> Any:
+    """Floats to 10 significant digits (as in the CSV files), recursively."""
+    if isinstance(value, float):
+        return float(format(value, ".10g")) if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as JSON (floats with 10 significant digits, keys sorted)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(_rounded(data), indent=1, sort_keys=True) + "\n",
+                    encoding="utf-8")
     return path
 
 

@@ -189,9 +189,10 @@ def rate_checks(model: nn.Module, probe: RateProbe, base_lr: float, epochs: int
 
 def mean_factor(row: dict[str, Any]) -> float:
     """m_s: the mean over the epochs of a tempbalance run and over its tuned layers of the
-    factor (rate / scheduled rate) read inside the first optimizer step of each epoch."""
-    values = [f for epoch in row["factor_epochs"] for f in epoch["factors"].values()]
-    return statistics.fmean(values)
+    factor (rate / scheduled rate) read inside the first optimizer step of each epoch (a
+    BatchNorm sharing its conv's rate is not counted again)."""
+    tuned = row["checks"]["tuned"]
+    return statistics.fmean(e["factors"][n] for e in row["factor_epochs"] for n in tuned)
 
 
 def fingerprint(pair: str, arm: str, seed: int, epochs: int, data: dict[str, Any],

@@ -24,7 +24,8 @@ COMPARISONS = (("tempbalance", "baseline"), ("tempbalance", "global_m"),
 
 def mean_factor(row: dict[str, Any]) -> float:
     """m_s of a tempbalance run (as in ``run.mean_factor``)."""
-    return statistics.fmean(f for e in row["factor_epochs"] for f in e["factors"].values())
+    tuned = row["checks"]["tuned"]
+    return statistics.fmean(e["factors"][n] for e in row["factor_epochs"] for n in tuned)
 
 
 def decision(diffs: Sequence[float]) -> str:
@@ -74,7 +75,7 @@ def pair_block(pair: str, rows: list[dict[str, Any]]) -> str:
            "**lower** on every seed." if versus[0] == "lower" else
            "**not distinguishable** from the control on these seeds.")
     )
-    layers = sorted(by["tempbalance", seeds[0]]["factors"])
+    layers = by["tempbalance", seeds[0]]["checks"]["tuned"]
     factor_table = [[s, *(f"{by['tempbalance', s]['factors'][n]:.3f}" for n in layers)]
                     for s in seeds]
     lines = [

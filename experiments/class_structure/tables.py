@@ -17,7 +17,6 @@ from experiments.derived import group_by, read_json, read_rows, write_blocks
 from experiments.seed_stats import proportion, spread
 from svd_callback.alerts import AlertEngine
 from svd_callback.alerts.class_rules import ClassOverlapRising
-from svd_callback.classes.records import ClassRecord
 
 HERE = Path(__file__).resolve().parent
 HEALTHY, SHUFFLED = "sgd_cosine_wd", "labels_100"
@@ -192,9 +191,9 @@ def replay_overlap_rule(layers: list[dict], rule: str) -> dict[tuple[str, int], 
         engine = AlertEngine([ClassOverlapRising()])
         fired = []
         for (epoch,), records in sorted(group_by(rows, "epoch").items()):
-            report = [ClassRecord(r["layer"], {"jaccard_mean": float(r["jaccard_mean"])})
-                      for r in records]
-            fired += [(a.layer, a.epoch) for a in engine.update(epoch, epoch, report)]
+            classes = {r["layer"]: {"jaccard_mean": float(r["jaccard_mean"])} for r in records}
+            fired += [(layer, a.epoch) for a in engine.update(epoch, epoch, [], classes=classes)
+                      for layer in a.layers]
         out[key] = fired
     return out
 

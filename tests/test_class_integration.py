@@ -475,13 +475,13 @@ def test_factorization_rank_collapse_and_the_default_set():
     fired = _feed(engine, [{"features.5": {"factorization_rank": r}} for r in ranks])
     assert [bool(f) for f in fired] == [False, False, False, True, False, False, False, True]
     assert engine.alerts_so_far[0].threshold == 2.5
-    names = [r.name for r in default_class_rules()]
-    assert names == ["ClassOverlapRising", "ClassLostSpecificNeurons", "ClassFeaturesEmpty",
-                     "FactorizationRankCollapse"]
-    assert all(r.action == "log" for r in default_class_rules())
+    actions = {r.name: r.action for r in default_class_rules()}
+    assert actions == {"ClassLostSpecificNeurons": "log", "ClassFeaturesEmpty": "log",
+                       "FactorizationRankCollapse": "info"}  # ClassOverlapRising: opt-in
     monitor = SpectralMonitor(class_analysis=True)
-    assert set(names) <= {r.name for r in monitor.alert_engine.rules}
-    assert "ClassOverlapRising" not in {r.name for r in SpectralMonitor().alert_engine.rules}
+    assert set(actions) <= {r.name for r in monitor.alert_engine.rules}
+    assert "ClassOverlapRising" not in {r.name for r in monitor.alert_engine.rules}
+    assert "ClassLostSpecificNeurons" not in {r.name for r in SpectralMonitor().alert_engine.rules}
 
 
 @pytest.mark.parametrize(

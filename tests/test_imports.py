@@ -244,7 +244,9 @@ def experiment_imports(root: Path = REPO / "experiments") -> list[tuple[str, str
 def test_experiments_use_the_public_api_only():
     private = []
     for path, module, name in experiment_imports():
-        if module == f"{PACKAGE}.monitor" or module.startswith(f"{PACKAGE}.monitor."):
+        timing = path.startswith("experiments/benchmarks/")  # may patch the path it times
+        if not timing and (module == f"{PACKAGE}.monitor"
+                           or module.startswith(f"{PACKAGE}.monitor.")):
             private.append(f"{path}: {module} (the callback's parts)")
             continue
         if name == "*" or f"{module}.{name}" in module_names():

@@ -30,6 +30,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "FactorizationResult",
+    "bound_tensor",
+    "corcondia",
+    "factorization_rank",
+]
+
 
 @dataclass
 class FactorizationResult:

@@ -233,7 +233,8 @@ def layer_scalars(result: AnalysisResult, config: MonitorConfig) -> list[Scalar]
             out.append(Scalar(
                 Family.LAYER, metric, float(value),
                 tags.metric_description(metric, record.mode, record.normalization,
-                                        analysis.fit, analysis.ww_compat),
+                                        analysis.fit, analysis.ww_compat)
+                + (f"; matrix: {record.notes['matrix']}" if "matrix" in record.notes else ""),
                 chart=layer_chart(metric, record.mode, config), layer=record.name,
                 mode=record.mode, primary=record.mode == primary, metric=metric,
                 logged=not (repeated or metric in hidden

@@ -255,3 +255,9 @@ def test_experiments_use_the_public_api_only():
         if name not in public:
             private.append(f"{path}: {module}.{name} is not in its __all__")
     assert private == []
+
+
+def test_the_experiments_have_no_import_circle():
+    """No experiment imports private helpers from a ``run.py`` that imports it back."""
+    graph = import_graph(module_names(REPO / "experiments", "experiments"))
+    assert len(graph) > 20 and cycles(graph) == []

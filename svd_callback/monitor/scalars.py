@@ -31,6 +31,7 @@ take it from there. Adding an aggregate over layers: its metric in
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,6 +41,7 @@ from svd_callback.aggregates import aggregate, statistic
 from svd_callback.alerts import COUNTED_SEVERITIES
 from svd_callback.config import MonitorConfig
 from svd_callback.layers import is_conv_kind
+from svd_callback.metric_groups import METRIC_GROUPS
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.motion import MOTION_METRICS
 from svd_callback.sinks import tags
@@ -287,18 +289,26 @@ def class_scalars(metrics: Mapping[str, Mapping[str, float]], how: str) -> list[
 def layer_chart(metric: str, mode: str, config: MonitorConfig) -> Chart:
     """One chart per metric and mode over every layer (``^spectral/<metric>[.<mode>]/``)."""
     analysis = config.analysis
-    names = analysis.metric_names
+    return _layer_chart(metric, mode, analysis.conv_mode, analysis.metrics)
+
+
+@functools.lru_cache(maxsize=4096)  # the same charts at every analysis: one object each
+def _layer_chart(metric: str, mode: str, modes: tuple[str, ...],
+                 groups: tuple[str, ...]) -> Chart:
+    names = [m for group in groups for m in METRIC_GROUPS[group]]
     rank = names.index(metric) if metric in names else len(names)
-    return Chart(mode_section(mode, analysis.conv_mode), metric,
-                 tags.custom_scalar_regex(metric, mode, analysis.primary_mode), (rank, metric))
+    return Chart(mode_section(mode, modes), metric,
+                 tags.custom_scalar_regex(metric, mode, modes[0]), (rank, metric))
 
 
+@functools.lru_cache(maxsize=4096)
 def summary_chart(key: str) -> Chart:
     """One chart per aggregate overlaying the modes."""
     return Chart(SUMMARY_SECTION, key, rf"^spectral_summary/{re.escape(key)}(\.[a-z_]+)?$",
                  (key,))
 
 
+@functools.lru_cache(maxsize=4096)
 def class_chart(stat: str) -> Chart:
     """One chart per class statistic over every layer, in the order of
     :data:`~svd_callback.sinks.tags.CLASS_STAT_DESCRIPTIONS`."""
@@ -312,14 +322,12 @@ def layout_charts(scalars: Iterable[Scalar], config: MonitorConfig) -> set[Chart
     every conv mode (each mode's section charts the same metrics; a metric of
     :data:`MODE_FREE_METRICS` in the primary mode's only)."""
     analysis = config.analysis
-    charts: set[Chart] = set()
-    for scalar in scalars:
-        if scalar.chart is not None:
-            charts.add(scalar.chart)
-        if scalar.family is Family.LAYER:
-            modes = ((analysis.primary_mode,) if scalar.name in MODE_FREE_METRICS
-                     else analysis.conv_mode)
-            charts.update(layer_chart(scalar.name, m, config) for m in modes)
+    own = {id(s.chart): s.chart for s in scalars if s.chart is not None}  # cached: shared
+    metrics = {s.name for s in scalars if s.family is Family.LAYER}
+    charts = set(own.values())
+    for metric in metrics:
+        modes = (analysis.primary_mode,) if metric in MODE_FREE_METRICS else analysis.conv_mode
+        charts.update(layer_chart(metric, m, config) for m in modes)
     return charts
 
 

@@ -12,6 +12,10 @@ with a one-line instruction and exit status 2.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.train")
+
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 

@@ -1,4 +1,4 @@
-"""The ``svd-callback`` command line: ``analyze``, ``compare`` and ``demo``.
+"""The svd-callback command line: analyze, compare and demo.
 
 Exit status: 0 success; 1 the output was printed but a warning on stderr says what is missing or
 suspect in it (``compare`` with runs of different lengths, a truncated event file, a metric some
@@ -16,12 +16,7 @@ from pathlib import Path
 
 from svd_callback import cli_args
 from svd_callback.cli_args import OneLineParser, warn
-
-SVD_METHOD_CHOICES = ("auto", "svd", "gram", "gram32")
-"""``svd_callback.spectra.SVD_METHODS``, spelled out so ``--help`` does not import torch."""
-
-CONV_MODE_CHOICES = ("unfold", "operator", "slices")
-"""``svd_callback.report.CONV_MODES``, spelled out for the same reason."""
+from svd_callback.config import CONV_MODES, SVD_METHODS
 
 MAX_SPATIAL_DIMS = 3
 """Conv1d to Conv3d: ``--input-size`` takes one to three numbers."""
@@ -60,13 +55,21 @@ def one_line(error: BaseException) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="svd-callback", description=__doc__.splitlines()[0])
+    parser = OneLineParser(
+        prog="svd-callback", description=__doc__.splitlines()[0],
+        epilog="Exit status: 0 success; 1 output written with a warning on stderr; 2 an error "
+               "you can fix, one line on stderr. 'svd-callback COMMAND --help' for a command.")
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
 
-    a = sub.add_parser("analyze", help="analyse a model or checkpoint and print a per-layer table")
+    a = sub.add_parser(
+        "analyze", help="analyse a model or checkpoint and print a per-layer table",
+        description="Decompose every conv and linear layer of a model (a torchvision model by "
+                    "name, a Lightning checkpoint, a saved nn.Module or a state dict) and print "
+                    "one row per layer and conv mode: norms, the power-law fit, the quality "
+                    "label.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a.add_argument("model", help="torchvision model name, Lightning .ckpt, saved nn.Module or "
                                  "state dict")
-    a.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODE_CHOICES,
+    a.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODES,
                    help="conv mode(s)")
     a.add_argument("--input-size", type=cli_args.input_side, nargs="+", default=None,
                    help="spatial input size of the model (operator mode): 1 to 3 numbers, "
@@ -75,8 +78,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="for torchvision models")
     a.add_argument("--model-class", default=None,
                    help="package.module:Class of the LightningModule behind a checkpoint")
+    a.add_argument("--unsafe-load", action="store_true",
+                   help="unpickle the file in full (torch.load weights_only=False): this runs "
+                        "any code hidden in the file; only for files from a source you trust "
+                        "(default: a safe load of tensors, plain values and torch.nn layers)")
     a.add_argument("--ww-compat", action="store_true", help="reproduce WeightWatcher 0.7.7")
-    a.add_argument("--svd-method", choices=SVD_METHOD_CHOICES, default="auto",
+    a.add_argument("--svd-method", choices=SVD_METHODS, default="auto",
                    help="auto: float32 Gram with --ww-compat, float64 Gram otherwise")
     a.add_argument("--mp-fit", action="store_true", help="fit the Marchenko-Pastur bulk")
     a.add_argument("--traps", action="store_true", help="correlation traps (shuffled weights)")
@@ -93,24 +100,36 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
     a.set_defaults(func=_cmd_analyze)
 
-    c = sub.add_parser("compare", help="compare the spectral trajectories of several runs")
+    c = sub.add_parser(
+        "compare", help="compare the spectral trajectories of several runs",
+        description="Read the history files (or TensorBoard events) of finished runs and print "
+                    "each summary metric's trajectory side by side, with plots.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("runs", nargs="+", type=Path, help="run log directories")
     c.add_argument("--metric", nargs="+", default=None,
                    help="summary metrics to compare (default: alpha_mean, alpha_weighted_mean, "
                         "stable_rank_mean, log_spectral_norm_mean)")
-    c.add_argument("--mode", default=None, choices=CONV_MODE_CHOICES,
+    c.add_argument("--mode", default=None, choices=CONV_MODES,
                    help="conv mode (default: each run's primary mode)")
     c.add_argument("--out", type=cli_args.output_dir, default=Path("comparison"),
                    help="folder for comparison plots")
-    c.add_argument("--no-plots", action="store_true")
+    c.add_argument("--no-plots", action="store_true", help="print the table only")
     c.set_defaults(func=_cmd_compare)
 
-    d = sub.add_parser("demo", help="train a small CNN on digits with the callback")
-    d.add_argument("--epochs", type=cli_args.positive_int, default=8)
+    d = sub.add_parser(
+        "demo", help="train a small CNN on digits with the callback",
+        description="Train the example SmallCNN on scikit-learn's bundled 8x8 digits with "
+                    "SpectralMonitor attached (nothing is downloaded), write TensorBoard logs "
+                    "under OUT/demo and print a per-layer table and the alerts.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--epochs", type=cli_args.positive_int, default=8,
+                   help="training epochs")
     d.add_argument("--out", type=cli_args.output_dir, default=Path("runs"),
                    help="TensorBoard log root")
-    d.add_argument("--seed", type=cli_args.seed, default=0)
-    d.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODE_CHOICES)
+    d.add_argument("--seed", type=cli_args.seed, default=0,
+                   help="seed of the weights, the data split and the batches")
+    d.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODES,
+                   help="conv mode(s); the first is the primary mode")
     d.set_defaults(func=_cmd_demo)
     return parser
 
@@ -125,12 +144,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise UsageError(f"--input-size takes 1 to {MAX_SPATIAL_DIMS} numbers (the spatial size), "
                          f"got {len(args.input_size)}")
     model, note = load_model(args.model, model_class=args.model_class,
-                             num_classes=args.num_classes)
+                             num_classes=args.num_classes, trust_pickle=args.unsafe_load)
     if note:
         print(f"note: {note}")
     if args.device:
         model = model.to(args.device)
-    input_sizes = _operator_input_sizes(model, args, note) if "operator" in args.mode else None
+    sized = _modes_needing_input_size(args.mode)
+    input_sizes = _input_sizes(model, args, note, sized[0]) if sized else None
     progress = None if args.no_progress else _progress_bar()
     groups = ("norms", "powerlaw") + ("mp",) * args.mp_fit + ("traps",) * args.traps
     config = AnalysisConfig(conv_mode=tuple(args.mode), metrics=groups,
@@ -142,10 +162,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     frame = report.to_dataframe()
     if frame.empty:
         raise UsageError(f"{args.model} has no conv or linear layer")
-    if args.input_size and "operator" in args.mode:
-        _check_operator_convs(report.by_mode("operator"), args.input_size)
+    for mode in sized if args.input_size else ():
+        _check_sized_convs(report.by_mode(mode), mode, args.input_size)
     print(format_table(frame))
-    for line in report.nan_reasons("alpha"):
+    if report.looks_untrained():
+        ratios = report.stable_rank_ratios()
+        print(f"  every layer's spectrum is that of random weights: stable rank >= 0.8 x a "
+              f"random matrix's of its shape in all {len(ratios)} layers (lowest "
+              f"{min(ratios.values()):.2f}): the weights look untrained")
+    for line in [*report.nan_reasons("alpha"), *report.quality_reasons()]:
         print(f"  {line}")
     for record in report:  # the table cuts long reasons short
         if record.reason:
@@ -161,41 +186,50 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.figures:
         import matplotlib.pyplot as plt
 
-        from svd_callback.sinks.figures import esd_figure
+        from svd_callback.sinks.figures import esd_figure_for
+        from svd_callback.sinks.tags import short_conventions
 
         args.figures.mkdir(parents=True, exist_ok=True)
         for record in report.analysed():
-            fig = esd_figure(record)
+            fig = esd_figure_for(record, short_conventions(
+                record.mode, record.normalization, config.fit))
             fig.savefig(args.figures / f"esd_{record.mode}_{record.name}.png", dpi=90)
             plt.close(fig)
         print(f"wrote figures to {args.figures}")
     return 0
 
 
-def _operator_input_sizes(model, args: argparse.Namespace,
-                          note: str | None) -> dict[str, tuple[int, ...]] | None:
+def _modes_needing_input_size(modes: Sequence[str]) -> list[str]:
+    """The modes of ``--mode`` that need each conv's input size (``operator``)."""
+    from svd_callback.spectra.modes import MODES
+
+    return [m for m in modes if MODES[m].needs_input_size]
+
+
+def _input_sizes(model, args: argparse.Namespace, note: str | None,
+                 mode: str) -> dict[str, tuple[int, ...]] | None:
     """Each conv's spatial input size from one probe pass (``--input-size`` or the model's
-    ``example_input_array``); a model that rejects the probe is a usage error."""
+    ``example_input_array``), for ``mode``; a model that rejects the probe is a usage error."""
     from svd_callback.layers import example_input_for, record_input_sizes
 
     if note is not None:  # weights only: no forward pass to learn the convs' input sizes from
-        raise UsageError(f"operator mode needs the model's forward pass and {args.model} holds "
-                         "weights only: pass --model-class, or leave operator out of --mode")
+        raise UsageError(f"{mode} mode needs the model's forward pass and {args.model} holds "
+                         f"weights only: pass --model-class, or leave {mode} out of --mode")
     example = None if args.input_size else getattr(model, "example_input_array", None)
     if not args.input_size and example is None:
-        raise UsageError("operator mode needs --input-size (the model's spatial input size)")
+        raise UsageError(f"{mode} mode needs --input-size (the model's spatial input size)")
     what = ("--input-size " + " ".join(map(str, args.input_size)) if args.input_size
             else "the model's example_input_array")
     try:
         probe = example if example is not None else example_input_for(model, args.input_size)
         return record_input_sizes(model, probe)
     except Exception as error:  # the model's own forward rejects the probe input
-        raise UsageError(f"operator mode: the model rejects a probe input of {what}: "
+        raise UsageError(f"{mode} mode: the model rejects a probe input of {what}: "
                          f"{type(error).__name__}: {one_line(error)}") from None
 
 
-def _check_operator_convs(records, input_size: Sequence[int]) -> None:
-    """No conv analysed in operator mode because of the input size: a usage error."""
+def _check_sized_convs(records, mode: str, input_size: Sequence[int]) -> None:
+    """No conv analysed in ``mode`` because of the input size: a usage error."""
     from svd_callback.report import INPUT_SIZE_CODES
 
     convs = [r for r in records if r.kind != "linear"]
@@ -203,7 +237,7 @@ def _check_operator_convs(records, input_size: Sequence[int]) -> None:
     if convs and all(r.reason for r in convs) and by_size:
         first = by_size[0]
         raise UsageError(f"--input-size {' '.join(map(str, input_size))}: none of the "
-                         f"{len(convs)} conv layers can be analysed in operator mode "
+                         f"{len(convs)} conv layers can be analysed in {mode} mode "
                          f"({first.name}: {first.reason})")
 
 

@@ -1,9 +1,21 @@
 """Load a model to analyse offline: a torchvision model name, a saved ``nn.Module``, a Lightning
-checkpoint (with its LightningModule class, or weights only), or a plain state dict."""
+checkpoint (with its LightningModule class, or weights only), or a plain state dict.
+
+Files are read with ``torch.load(weights_only=True)``: the unpickler builds tensors, containers
+and plain values only, and the classes of ``torch.nn`` (a saved ``nn.Sequential`` of them), so a
+file cannot run code while it is read. A file that needs any other class (a model saved whole
+with its own class, a checkpoint whose hyper-parameters hold objects) is refused with a message
+naming those classes; ``trust_pickle=True`` (``svd-callback analyze --unsafe-load``) unpickles it
+in full, which runs whatever code the file holds.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
+import pickle
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,8 +28,13 @@ class ModelLoadError(ValueError):
     """The model or checkpoint could not be loaded; the message says why, in one line."""
 
 
+UNSAFE_LOAD_OPTION = "--unsafe-load"
+"""The command-line option that unpickles a file in full (``trust_pickle=True``)."""
+
+
 def load_model(source: str, model_class: str | None = None, num_classes: int | None = None,
-               map_location: str = "cpu") -> tuple[nn.Module, str | None]:
+               map_location: str = "cpu", trust_pickle: bool = False,
+               ) -> tuple[nn.Module, str | None]:
     """Return ``(model, note)``; ``note`` says what could not be recovered (or None).
 
     Args:
@@ -27,6 +44,8 @@ def load_model(source: str, model_class: str | None = None, num_classes: int | N
             checkpoint; without it a checkpoint's weights are analysed as bare layers.
         num_classes: for torchvision models.
         map_location: device to load tensors on.
+        trust_pickle: unpickle the file in full (``torch.load(weights_only=False)``): this runs
+            any code the file holds; only for files from a trusted source.
     """
     path = Path(source)
     if not path.exists():
@@ -35,14 +54,13 @@ def load_model(source: str, model_class: str | None = None, num_classes: int | N
         return _torchvision(source, num_classes), None
     if path.is_dir():
         raise ModelLoadError(f"{source} is a directory, not a model file")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ModelLoadError(f"cannot read {source}: {type(error).__name__}: {first}") from None
+    obj = load_file(path, map_location, trust_pickle)
     if isinstance(obj, nn.Module):
         return obj, None
     if isinstance(obj, dict) and "state_dict" in obj:
+        if not isinstance(obj["state_dict"], Mapping):
+            raise ModelLoadError(f"{source} holds a 'state_dict' that is a "
+                                 f"{type(obj['state_dict']).__name__}, not a mapping of tensors")
         if model_class is not None:
             return _rebuild(source, obj, model_class), None
         return weights_only_model(obj["state_dict"]), _WEIGHTS_ONLY_NOTE
@@ -50,6 +68,85 @@ def load_model(source: str, model_class: str | None = None, num_classes: int | N
         return weights_only_model(obj), _WEIGHTS_ONLY_NOTE
     raise ModelLoadError(f"{source} holds a {type(obj).__name__}, not a model, checkpoint or "
                          "state dict")
+
+
+def load_file(path: str | Path, map_location: str = "cpu", trust_pickle: bool = False) -> object:
+    """The object saved in ``path``, read with ``torch.load(weights_only=True)`` and the
+    :func:`safe_classes` allowed (a full unpickle with ``trust_pickle``).
+
+    Raises:
+        ModelLoadError: the file cannot be read, or needs classes the safe load refuses (the
+            message names them and :data:`UNSAFE_LOAD_OPTION`, in one line).
+    """
+    try:
+        if trust_pickle:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        with _allowed(safe_classes()), warnings.catch_warnings():
+            # a file pickled outside torch.save: its protocol is no reason to warn
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not trust_pickle and "weights only load failed" in str(error).lower():
+            raise ModelLoadError(_refusal(path, error)) from None
+        raise ModelLoadError(f"cannot read {path}: {type(error).__name__}: "
+                             f"{_first_line(error)}") from None
+    except Exception as error:
+        raise ModelLoadError(f"cannot read {path}: {type(error).__name__}: "
+                             f"{_first_line(error)}") from None
+
+
+def safe_classes() -> list[type]:
+    """The classes a safe load may build besides tensors and plain containers: every
+    ``nn.Module`` class of ``torch.nn.modules`` (their state is data: tensors, numbers, strings
+    and other such modules) and Lightning's ``AttributeDict`` (a ``dict`` of hyper-parameters)."""
+    classes = [cls for _, cls in inspect.getmembers(nn.modules, inspect.isclass)
+               if issubclass(cls, nn.Module) and cls.__module__.startswith("torch.nn.modules")]
+    with contextlib.suppress(ImportError):
+        from lightning.fabric.utilities.data import AttributeDict
+
+        classes.append(AttributeDict)
+    return classes
+
+
+def _allowed(classes: list[type]) -> contextlib.AbstractContextManager:
+    """``torch.serialization.safe_globals(classes)`` (torch >= 2.5), else the same classes added
+    to the process-wide allow-list (torch 2.4)."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        return serialization.safe_globals(classes)
+    serialization.add_safe_globals(classes)
+    return contextlib.nullcontext()
+
+
+def _refusal(path: str | Path, error: BaseException) -> str:
+    """Why a safe load refused ``path``, and the option that would unpickle it in full: the
+    classes it needs (read from the pickle without running it), or what the safe unpickler
+    could not read (a damaged file, a pickle not written by ``torch.save``)."""
+    text = str(error)
+    if "Unsupported global" in text:
+        names: list[str] = []
+        find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+        if find is not None:
+            with contextlib.suppress(Exception):
+                allowed = {f"{c.__module__}.{c.__qualname__}" for c in safe_classes()}
+                names = [name for name in find(path) if name not in allowed]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        what = (f"{path} needs classes that a safe load (torch.load weights_only=True) refuses"
+                + (f" ({shown})" if shown else ""))
+        instead = ", or save its state_dict instead"
+    else:
+        reason = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
+        what = (f"cannot read {path} with a safe load (torch.load weights_only=True: "
+                f"{reason[0] if reason else 'refused'}): the file is damaged or is a pickle not "
+                f"written by torch.save")
+        instead = ""
+    return (f"{what}; loading it in full can run arbitrary code from the file: pass "
+            f"{UNSAFE_LOAD_OPTION} only if you trust its source{instead}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 _WEIGHTS_ONLY_NOTE = ("weights only: layer geometry (groups, stride, dilation) is unknown, so "
@@ -63,7 +160,8 @@ def weights_only_model(state_dict: dict[str, torch.Tensor]) -> nn.Module:
     builders = {2: nn.Linear, 3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     for key, tensor in state_dict.items():
-        if not key.endswith(".weight") or tensor.dim() not in builders:
+        if (not isinstance(key, str) or not key.endswith(".weight")
+                or not isinstance(tensor, torch.Tensor) or tensor.dim() not in builders):
             continue
         name = key[: -len(".weight")]
         if tensor.dim() == 2:

@@ -31,6 +31,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from svd_callback.layers import original_name
+
 NORMALIZER_TYPES: tuple[type[nn.Module], ...] = (_BatchNorm, nn.GroupNorm)
 _LAYER_TYPES = (nn.Linear, _ConvNd)
 _NAME = re.compile(r"^(?P<prefix>.*?)(?:conv|fc|linear)(?P<index>\d*)$")
@@ -45,8 +47,14 @@ def _outputs(layer: nn.Module) -> int | None:
 
 
 def _qualified(parent: str, child: str) -> str:
-    return f"{parent}.{child}" if parent else child
+    """The child's qualified name, as :func:`~svd_callback.layers.find_layers` names layers
+    (without ``torch.compile``'s ``_orig_mod``)."""
+    return original_name(f"{parent}.{child}" if parent else child)
 
+
+__all__ = [
+    "output_normalizers",
+]
 
 def output_normalizers(model: nn.Module) -> dict[str, str]:
     """Map the qualified name of each conv/linear layer whose output feeds a normalisation

@@ -3,26 +3,34 @@
 A run directory is searched for ``spectral_history.jsonl`` (every record the callback wrote) and,
 failing that, for TensorBoard event files whose tags follow the fixed patterns
 ``spectral/<metric>[.<mode>]/<layer>`` and ``spectral_summary/<metric>[.<mode>]``.
+
+Damaged input is skipped and named in :attr:`Run.problems` (lines of a history file that are not
+rows, rows of other runs in the same file, event files whose records are not events); a run
+with nothing readable left is a :class:`RunReadError`, one line.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import os
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-HISTORY_FILE = "spectral_history.jsonl"
+from svd_callback.config import DEFAULT_HISTORY_FILE as HISTORY_FILE
+from svd_callback.monitor.text import primary_mode_in
+from svd_callback.sinks.history import scan_history
+from svd_callback.sinks.tags import (
+    ALERT_COUNT_TAG,
+    CONVENTIONS_TAG,
+    EPOCH_TAG,
+    SUMMARY_LAYER,
+    parse_tag,
+)
+
 COLUMNS = ["epoch", "step", "layer", "mode", "metric", "value"]
-SUMMARY_LAYER = "<model>"
-"""The ``layer`` of model-level aggregates (``spectral_summary/*``)."""
-CONVENTIONS_TAG = "spectral/conventions"
-"""The callback's text describing its conv modes (``SummaryWriter.add_text`` appends
-``/text_summary`` to the tag)."""
-_PRIMARY_IN_TEXT = re.compile(r"\*\*(\w+)\*\* \(primary\)")
 
 
 class RunReadError(ValueError):
@@ -150,20 +158,38 @@ def _several(root: Path, what: str, paths: list[Path], action: str) -> str:
 
 
 def _from_history(root: Path, history: Path) -> Run:
+    """The rows of one run in ``history``: lines that are not rows and malformed rows are
+    skipped, and of several runs writing one file (told apart by ``run_id``) the last started
+    is read; ``problems`` says what was skipped."""
     rows, alerts, problems = [], [], []
-    with history.open() as f:
-        lines = f.readlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines) and not line.endswith("\n"):
-                problems.append(f"{history} ends in a partial line ({number}), skipped "
-                                "(the run stopped while writing it)")
-                continue
-            raise RunReadError(f"{history}:{number} is not valid JSON") from None
+    try:
+        scan = scan_history(history)
+    except OSError as error:
+        raise RunReadError(f"cannot read {history}: {error}") from None
+    bad_lines = scan.describe()
+    if scan.partial_end:
+        last = max(number for lines in scan.skipped.values() for number in lines)
+        problems.append(f"{history} ends in a partial line ({last}), skipped (the run stopped "
+                        "while writing it)")
+        if scan.n_skipped > 1:
+            problems.append(f"{history}: {bad_lines}")
+    elif bad_lines is not None:
+        problems.append(f"{history}: {bad_lines}")
+    items, malformed = [], 0
+    for item in scan.rows:
+        if _row_problem(item) is None:
+            items.append(item)
+        else:
+            malformed += 1
+    if malformed:
+        problems.append(f"{history}: {malformed} row{'s' * (malformed > 1)} with fields of the "
+                        "wrong type skipped")
+    items, others = _one_run(items)
+    if others:
+        problems.append(f"{history} holds rows of {others[0]} runs (run_id); read the last "
+                        f"started, {items[0].get('run_id') if items else None}, and skipped the "
+                        f"{others[1]} rows of the others")
+    for item in items:
         kind = item.get("type", "layer")
         if kind == "alert":
             alerts.append(item)
@@ -172,15 +198,44 @@ def _from_history(root: Path, history: Path) -> Run:
             continue
         layer = item.get("layer", SUMMARY_LAYER) if kind != "summary" else SUMMARY_LAYER
         for metric, value in (item.get("metrics") or {}).items():
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 rows.append((item.get("epoch"), item.get("step"), layer, item.get("mode"),
                              metric, float(value)))
     records = pd.DataFrame(rows, columns=COLUMNS)
     if records.empty:
-        raise RunReadError(f"{history} holds no spectral records")
+        skipped = "; ".join(problems)
+        raise RunReadError(f"{history} holds no spectral records"
+                           + (f" ({skipped})" if skipped else ""))
     primary = records["mode"].dropna()
     return Run(root.name or str(root), root, str(history), records, alerts,
                primary_mode=str(primary.iloc[0]) if len(primary) else None, problems=problems)
+
+
+def _row_problem(item: dict) -> str | None:
+    """Why a history row cannot be read (a field of the wrong type), or None."""
+    for key in ("epoch", "step"):
+        value = item.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"{key} is not a number"
+    for key in ("type", "layer", "mode", "run_id"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            return f"{key} is not a string"
+    if item.get("metrics") is not None and not isinstance(item["metrics"], dict):
+        return "metrics is not an object"
+    return None
+
+
+def _one_run(items: list[dict]) -> tuple[list[dict], tuple[int, int] | None]:
+    """The rows of the last started run (the ``run_id`` of the last ``run`` row, else of the
+    last row), and (runs in the file, rows skipped) when the file holds several; rows without a
+    ``run_id`` (written before ids) count as one run."""
+    ids = list(dict.fromkeys(item.get("run_id") for item in items))
+    if len(ids) < 2:
+        return items, None
+    starts = [item.get("run_id") for item in items if item.get("type") == "run"]
+    chosen = starts[-1] if starts else items[-1].get("run_id")
+    kept = [item for item in items if item.get("run_id") == chosen]
+    return kept, (len(ids), len(items) - len(kept))
 
 
 def _from_events(root: Path, events: list[Path]) -> Run:
@@ -188,19 +243,17 @@ def _from_events(root: Path, events: list[Path]) -> Run:
     with the values an interrupted run wrote after its checkpoint purged at the resumed run's
     restart marker (``SessionLog.START``, TensorBoard's ``purge_step``), so that every step has
     one value."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     rows, alerts, problems, primary = [], [], [], None
     problems.extend(p for p in map(event_file_problem, events) if p is not None)
     for folder in sorted({event.parent for event in events}):
-        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0},
-                               purge_orphaned_data=True)
-        acc.Reload()
+        acc = _accumulate(folder, [e for e in events if e.parent == folder], problems)
+        if acc is None:
+            continue
         for text_tag in acc.Tags().get("tensors", []):
             if text_tag in (CONVENTIONS_TAG, f"{CONVENTIONS_TAG}/text_summary"):
                 primary = primary or _primary_mode(acc.Tensors(text_tag))
         tags = acc.Tags().get("scalars", [])
-        epoch_at = completed_epochs(acc.Scalars("epoch")) if "epoch" in tags else {}
+        epoch_at = completed_epochs(acc.Scalars(EPOCH_TAG)) if EPOCH_TAG in tags else {}
         for tag in tags:
             parsed = parse_tag(tag)
             if parsed is None:
@@ -209,11 +262,13 @@ def _from_events(root: Path, events: list[Path]) -> Run:
             for event in acc.Scalars(tag):
                 rows.append((epoch_at.get(event.step), event.step, layer, mode, metric,
                              float(event.value)))
-        if "alerts/count" in tags:
-            alerts.extend({"step": e.step, "count": e.value} for e in acc.Scalars("alerts/count")
-                          if e.value > 0)
+        if ALERT_COUNT_TAG in tags:
+            alerts.extend({"step": e.step, "count": e.value}
+                          for e in acc.Scalars(ALERT_COUNT_TAG) if e.value > 0)
     records = pd.DataFrame(rows, columns=COLUMNS)
     if records.empty:
+        if problems:
+            raise RunReadError(f"{root} has no readable spectral/ tags: {'; '.join(problems)}")
         raise RunReadError(f"{root} has TensorBoard events but no spectral/ tags "
                            "(was the run logged with SpectralMonitor?)")
     if primary is not None:  # name the primary mode's unnamed tags
@@ -222,14 +277,64 @@ def _from_events(root: Path, events: list[Path]) -> Run:
                primary_mode=primary, problems=problems)
 
 
-def _primary_mode(text_events) -> str | None:
-    """The mode marked ``(primary)`` in the callback's conventions text (None: not found)."""
-    for event in text_events:
-        for value in event.tensor_proto.string_val:
-            found = _PRIMARY_IN_TEXT.search(value.decode("utf-8", "replace"))
-            if found:
-                return found.group(1)
+def _accumulate(folder: Path, files: list[Path], problems: list[str]):
+    """TensorBoard's ``EventAccumulator`` over ``folder``, loaded. An event file holding a record
+    that is not an event (valid framing, a payload that does not decode) stops TensorBoard's
+    reader with an error; such files are named in ``problems`` and the folder is read without
+    them (None: no file left)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def load(path: Path) -> EventAccumulator:
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0},
+                               purge_orphaned_data=True)
+        acc.Reload()
+        return acc
+
+    try:
+        return load(folder)
+    except Exception:  # noqa: BLE001 - a damaged file: find it and read the others
+        pass
+    bad = {}
+    for path in files:
+        reason = undecodable_record(path)
+        if reason is not None:
+            bad[path] = reason
+            problems.append(f"{path}: {reason}; the file is skipped")
+    good = [path for path in files if path not in bad]
+    if not good:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as linked:  # the good files, as one folder
+            for path in good:
+                os.symlink(path.resolve(), Path(linked) / path.name)
+            return load(Path(linked))
+    except Exception as error:  # noqa: BLE001
+        problems.append(f"cannot read the event files in {folder} ({type(error).__name__}: "
+                        f"{' '.join(str(error).split())}); the folder is skipped")
+        return None
+
+
+def undecodable_record(path: Path) -> str | None:
+    """The first record of the event file ``path`` whose payload is not a TensorBoard
+    ``Event`` (e.g. ``record 3 is not an event (DecodeError: ...)``), or None."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+
+    read = 0
+    try:
+        for record in RawEventFileLoader(str(path)).Load():
+            event_pb2.Event.FromString(record)
+            read += 1
+    except Exception as error:  # noqa: BLE001 - the reason is the answer
+        return (f"record {read + 1} is not an event ({type(error).__name__}: "
+                f"{' '.join(str(error).split())})")
     return None
+
+
+def _primary_mode(text_events) -> str | None:
+    """The mode marked primary in the callback's conventions text (None: not found)."""
+    return primary_mode_in(value.decode("utf-8", "replace") for event in text_events
+                           for value in event.tensor_proto.string_val)
 
 
 def event_file_problem(path: Path) -> str | None:
@@ -272,20 +377,3 @@ def completed_epochs(epoch_events) -> dict[int, int]:
         value = int(event.value)
         smallest[event.step] = min(value, smallest.get(event.step, value))
     return {step: 0 if step == 0 else value + 1 for step, value in smallest.items()}
-
-
-def parse_tag(tag: str) -> tuple[str, str, str | None] | None:
-    """``spectral/alpha.operator/conv1`` -> ("conv1", "alpha", "operator");
-    ``spectral_summary/alpha_mean`` -> ("<model>", "alpha_mean", None); other tags -> None.
-    A missing ``.mode`` suffix means the run's primary mode."""
-    head, _, rest = tag.partition("/")
-    if head == "spectral":
-        metric, _, layer = rest.partition("/")
-        if not layer:
-            return None
-    elif head == "spectral_summary":
-        metric, layer = rest, SUMMARY_LAYER
-    else:
-        return None
-    metric, _, mode = metric.partition(".")
-    return layer, metric, mode or None

@@ -14,7 +14,8 @@ batch of an epoch), the sanity check is never analysed, and the initial analysis
 when a run resumes from a checkpoint: :meth:`Schedule.state_dict` goes into the callback's
 checkpointed state. ``setup()`` resolves an epoch hook left as None with
 :func:`resolve_check_on`, from the trainer's validation settings
-(:func:`validation_settings`): ``schedule.resolve(**validation_settings(trainer))``.
+(:func:`svd_callback.monitor.trainer_access.validation_settings`):
+``schedule.resolve(**validation_settings(trainer))``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from svd_callback.checks import check_bool, check_choice, check_count
 from svd_callback.config import EPOCH_HOOKS, EpochHook, MonitorConfig
 
-__all__ = ["Schedule", "epochs_trained", "resolve_check_on", "validation_settings"]
+__all__ = ["Schedule", "epochs_trained", "resolve_check_on"]
 
 FIT_START = "fit_start"
 TRAIN_STEP = "train_step"
@@ -81,40 +82,29 @@ def resolve_check_on(
     return "train_epoch_end" if once_per_epoch else "validation_epoch_end"
 
 
-def trainer_epochs_trained(trainer: Any, trigger: str) -> float:
-    """:func:`epochs_trained` read from a Lightning ``Trainer`` at the hook ``trigger``."""
-    done = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "batch_idx", None)
-    return epochs_trained(trigger, trainer.current_epoch, None if done is None else done + 1,
-                          trainer.num_training_batches)
-
-
-def validation_settings(trainer: Any) -> dict[str, Any]:
-    """The keyword arguments of :func:`resolve_check_on` read from a Lightning ``Trainer`` in
-    ``setup()`` of a fit (the dataloaders are attached by then, so ``enable_validation`` is
-    known); ``time_based`` is Lightning's own test, ``_val_check_time_interval`` set, as
-    ``ModelCheckpoint`` reads it."""
-    return {
-        "val_check_interval": getattr(trainer, "val_check_interval", None),  # unset on a clock
-        "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
-        "validates": bool(trainer.enable_validation),
-        "time_based": getattr(trainer, "_val_check_time_interval", None) is not None,
-    }
-
-
-def epochs_trained(trigger: str, epoch: int, batches_done: int | None, batches: float) -> float:
+def epochs_trained(
+    trigger: str,
+    epoch: int,
+    batches_done: int | None,
+    batches: float,
+    epoch_finished: bool | None = None,
+) -> float:
     """Training epochs done when the weights were read: 0 at initialisation, ``epoch + 1`` at
-    the end of a training epoch, ``epoch + batches_done / batches`` in between (the fraction
-    clipped to [0, 1]); ``epoch`` when the batch count is unknown or infinite.
+    the end of a training epoch that ran to its end, ``epoch + batches_done / batches`` in
+    between and at the end of an epoch cut short (the fraction clipped to [0, 1]); ``epoch``
+    when the batch count is unknown or infinite.
 
     Args:
         trigger: ``"fit_start"``, ``"train_step"`` or an :data:`EpochHook`.
         epoch: ``trainer.current_epoch``.
         batches_done: batches of this epoch done (``batch_idx + 1``), None if unknown.
         batches: ``trainer.num_training_batches``.
+        epoch_finished: at ``"train_epoch_end"``, whether the epoch ran to its last batch
+            (False: ``max_steps`` or a stop ended it early); None: assumed so.
     """
     if trigger == FIT_START:
         return 0.0
-    if trigger == "train_epoch_end":
+    if trigger == "train_epoch_end" and epoch_finished is not False:
         return float(epoch + 1)
     if batches_done is None or isinstance(batches, bool) or not isinstance(batches, int | float):
         return float(epoch)

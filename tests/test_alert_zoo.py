@@ -32,8 +32,9 @@ from experiments.alert_zoo.recording import (
 from experiments.alert_zoo.switches import MidRunSwitch, Switch, scale_learning_rates
 from experiments.alert_zoo.train import load_cached
 from experiments.alert_zoo.zoo import BROKEN, HEALTHY, PAIRS, TUNING, build_model
-from experiments.common import replay_alerts, trainer_for
+from experiments.common import trainer_for
 from svd_callback.examples.data import FASHION_MNIST_ROOT
+from svd_callback.sinks.history_rows import read_analyses, recorded_rules, replay_alerts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -375,15 +376,20 @@ def test_bootstrap_and_precision():
 
 
 def test_masked_history_keeps_only_the_norms():
-    analyses = [{"epoch": 0, "step": 0, "alerts": [], "layers": [
-        {"layer": "a", "mode": "unfold", "metrics": {"spectral_norm": 2.0, "alpha": 3.0}},
-        {"layer": "a", "mode": "classes", "metrics": {"jaccard_mean": 0.5}}],
-        "summary": {"unfold": {"alpha_mean": 3.0, "spectral_norm_mean": 2.0},
-                    "training": {"val_loss": 1.0}}}]
-    got = sc.masked(analyses, sc.NORM_METRICS)[0]
-    assert [row["metrics"] for row in got["layers"]] == [{"spectral_norm": 2.0}]
-    assert got["summary"] == {"unfold": {"spectral_norm_mean": 2.0},
-                              "training": {"val_loss": 1.0}}
+    rows = [{"type": "layer", "epoch": 0, "step": 0, "layer": "a", "kind": "linear",
+             "mode": "unfold", "metrics": {"spectral_norm": 2.0, "alpha": 3.0}},
+            {"type": "class", "epoch": 0, "step": 0, "layer": "a", "reason": None,
+             "metrics": {"jaccard_mean": 0.5}},
+            {"type": "summary", "epoch": 0, "step": 0, "mode": "unfold",
+             "metrics": {"alpha_mean": 3.0, "spectral_norm_mean": 2.0, "n_layers": 1}},
+            {"type": "training", "epoch": 0, "step": 0, "metrics": {"val_loss": 1.0}}]
+    analysis = read_analyses(rows)[0]
+    assert analysis.class_metrics and analysis.report[0].metrics["alpha"] == 3.0
+    got = sc.masked([analysis], sc.NORM_METRICS)[0]
+    assert [record.metrics for record in got.report] == [{"spectral_norm": 2.0}]
+    assert got.summary == {"unfold": {"spectral_norm_mean": 2.0}}
+    assert got.training == {"val_loss": 1.0} and got.class_metrics == {}
+    assert analysis.report[0].metrics["alpha"] == 3.0  # the input is left as it was
 
 
 def test_class_rows_replayed_as_the_engine_read_them():
@@ -398,12 +404,10 @@ def test_class_rows_replayed_as_the_engine_read_them():
                 {"type": "class_summary", **common, "feature_layer": "fc",
                  "feature_fraction": fractions}]
     history = rows(1, [2, 3], None, [0.1, 0.0]) + rows(2, [0, 3], [0, 3], [0.1, 0.0])
-    converted = sc.class_layer_rows(history)
-    assert converted[0]["mode"] == "classes"
-    assert converted[0]["metrics"]["feature_count/0"] == pytest.approx(6.4)  # 0.1 x 64
-    assert converted[1]["metrics"]["specific_retained/0"] == 0.0
-    analyses = sc.zoo_analyses(history)
-    alerts = replay_alerts(analyses, sc.default_rule_set(analyses))
+    analyses = read_analyses(history)
+    assert analyses[0].class_metrics["fc"]["feature_count/0"] == pytest.approx(6.4)  # 0.1 x 64
+    assert analyses[1].class_metrics["fc"]["specific_retained/0"] == 0.0
+    alerts = replay_alerts(analyses, recorded_rules(history))
     assert [(a.rule, a.layer, a.metric, a.epoch) for a in alerts] == [
         ("ClassLostSpecificNeurons", "fc", "specific_neurons/0", 2)]
 
@@ -440,8 +444,8 @@ def test_quick_zoo_trains_caches_and_replays(tmp_path):
     # the replay of each cached history raises exactly the alerts the callback raised online
     for path in sorted(tmp_path.rglob("*.json.gz")):
         record = load_cached(path)
-        analyses = sc.zoo_analyses(record["history"])
-        replayed = replay_alerts(analyses, sc.default_rule_set(analyses))
+        replayed = replay_alerts(read_analyses(record["history"]),
+                                 recorded_rules(record["history"]))
         key = ("rule", "layer", "mode", "epoch", "severity")
         assert [tuple(a.to_dict()[k] for k in key) for a in replayed] == \
             [tuple(a[k] for k in key) for a in record["online_alerts"]], path.name
@@ -458,14 +462,19 @@ def test_zoo_stops_with_data_instruction(tmp_path):
     assert "apt-get install" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_trap_and_class_rules_replayed_only_where_the_history_holds_them():
+def test_trap_rule_replayed_only_where_the_history_holds_trap_metrics():
     def names(rows):
-        analyses = [{"layers": rows}]
-        return {type(rule).__name__ for rule in sc.default_rule_set(analyses)}
-    plain = {"layer": "a", "mode": "unfold", "metrics": {"alpha": 2.5}}
-    assert "TrapsAppeared" in names([{**plain, "metrics": {"alpha": 2.5, "num_traps": 0.0}}])
-    assert "TrapsAppeared" not in names([plain])
-    assert "ClassOverlapRising" not in names([plain])
-    assert "ClassOverlapRising" in names([plain, {"layer": "a", "mode": "classes",
-                                                  "metrics": {"jaccard_mean": 0.4}}])
+        return {type(rule).__name__ for rule in recorded_rules(rows)}
 
+    def layer(metrics):
+        return {"type": "layer", "epoch": 0, "step": 0, "layer": "a", "metrics": metrics}
+
+    def run(groups):
+        return {"type": "run", "step": 0, "epoch": 0, "metric_groups": groups}
+
+    assert "TrapsAppeared" in names([layer({"alpha": 2.5, "num_traps": 0.0})])
+    assert "TrapsAppeared" not in names([layer({"alpha": 2.5})])
+    # the run row's groups decide where there is one (as the callback decided)
+    assert "TrapsAppeared" in names([run(["norms", "traps"]), layer({"alpha": 2.5})])
+    assert "TrapsAppeared" not in names([run(["norms"]), layer({"num_traps": 0.0})])
+    assert "ClassFeaturesEmpty" in names([run(["norms"]), {"type": "class", "layer": "a"}])

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from svd_callback.alerts import (
-    TRAINING,
     Alert,
     AlertEngine,
     AlphaAbove,
@@ -314,15 +313,17 @@ def test_mean_alpha_level_and_trend_per_mode():
     per = run(AlertEngine([rule]), [[]] * len(levels), [summary(*lv) for lv in levels])
     got = [(i, a.mode, a.metric) for i, alerts in enumerate(per) for a in alerts]
     assert got == [
-        (2, "unfold", "alpha_mean_slope"),  # slope of 5, 4, 3 = -1 per epoch
-        (2, "operator", "alpha_mean_slope"),  # 5, 3, 1.9: -1.55
+        # slope of 5, 4, 3 = -1 per epoch (unfold) and of 5, 3, 1.9 = -1.55 (operator): one
+        # alert for the two conditions that started together
+        (2, "unfold,operator", "alpha_mean_slope"),
         (3, "operator", "alpha_mean"),  # 1.9, 1.8: second analysis below 2
     ]
+    assert per[2][0].values == pytest.approx((-1.0, -1.55))
+    assert "2 conditions" in per[2][0].message
     assert per[3][0].values == (1.9, 1.8)
-    # a flat summary with the mode in the key is read the same way, other modes are ignored
+    # another mode's aggregate is ignored
     rule = MeanAlphaTrend(modes=["operator"])
-    flat = [{"alpha_mean/unfold": u, "alpha_mean/operator": o} for u, o in levels]
-    per = run(AlertEngine([rule]), [[]] * len(levels), flat)
+    per = run(AlertEngine([rule]), [[]] * len(levels), [summary(*lv) for lv in levels])
     assert [(i, a.mode) for i, alerts in enumerate(per) for a in alerts] == [(3, "operator")]
 
 
@@ -390,21 +391,18 @@ def test_history_state_is_plain_and_round_trips():
 
 
 @pytest.mark.parametrize(
-    ("summary", "mode"),
+    ("summary", "key"),
     [
-        ({"alpha_mean": 2.5}, None),
-        ({"alpha_mean/unfold": 2.5}, "unfold"),
-        ({"operator/alpha_mean": 2.5}, "operator"),
-        ({"alpha_mean.slices": 2.5}, "slices"),
-        ({"unfold": {"alpha_mean": 2.5}}, "unfold"),
+        ({"alpha_mean": 2.5}, ("alpha_mean", None)),
+        ({"alpha_mean/unfold": 2.5}, ("alpha_mean/unfold", None)),  # taken as it is
+        ({"unfold": {"alpha_mean": 2.5}}, ("alpha_mean", "unfold")),
     ],
 )
-def test_summary_key_forms(summary, mode):
+def test_summary_keys_are_taken_as_given_never_parsed(summary, key):
     h = MetricHistory()
     h.append(0, 0, Report(), summary)
-    assert h.summary_series("alpha_mean") == [(0, 0, 2.5)]
-    assert h.summary_series("alpha_mean", mode) == [(0, 0, 2.5)]
-    assert list(h.latest.summary) == [("alpha_mean", mode)]
+    assert list(h.latest.summary) == [key]
+    assert h.summary_series(*key) == [(0, 0, 2.5)]
 
 
 def test_duplicate_update_is_ignored_by_the_engine():
@@ -531,8 +529,9 @@ def test_callable_rule_and_callable_action():
     messages = [(i, a.rule, a.message, a.epoch, a.severity) for i, al in enumerate(per) for a in al]
     assert messages[0] == (1, "note", "2 analyses so far", 1, "warning")
     assert messages[1][:2] == (1, "AlphaBelow") and messages[1][4] == "warning"
-    assert messages[2] == (2, "note", "first", 2, "warning")
-    assert messages[3][:4] == (2, "note", "custom", 2)
+    # the two alerts the rule returned at epoch 2 are one (one rule, one analysis)
+    assert messages[2] == (2, "note", "note: 2 conditions: first; custom", 2, "warning")
+    assert per[2][0].layers == ("fc",)
     assert [(i, sev) for i, r, _, _, sev in messages if r == "AlphaBelow"] == [
         (1, "warning"),
         (4, "stop"),
@@ -575,7 +574,7 @@ def test_only_non_finite_weights_stops_by_default():
     assert {type(r).__name__: r.action for r in default_rules()} == {
         "NonFiniteWeights": "stop",
         "AlphaBelow": "log",
-        "AlphaAbove": "log",
+        "AlphaAbove": "info",
         "SpectralNormGrowth": "log",
         "RankCollapse": "log",
         "TrapsAppeared": "log",
@@ -583,41 +582,79 @@ def test_only_non_finite_weights_stops_by_default():
         "GeneralizationGap": "log",
         "TrainingStalled": "log",
         "LayerFrozen": "log",
+        "VanishingUpdates": "log",
+        "WeightCollapse": "log",
     }
 
 
-def _training(val: float | None, train: float | None) -> dict:
-    scalars = {k: v for k, v in (("val_loss", val), ("train_loss", train)) if v is not None}
-    return {"unfold": {"alpha_mean": 3.0}, TRAINING: scalars}
+def _scalars(**values: float | None) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
 
 
-def test_generalization_gap_fires_once_per_episode_and_needs_both_scalars():
-    engine = AlertEngine([GeneralizationGap(threshold=0.5, patience=2)])
+def test_generalization_gap_on_losses_needs_a_stalled_validation_loss_and_a_scale_free_rise():
+    """Without accuracies: the validation loss must stop improving (patience 2) and rise above
+    ``1 + loss_rise`` times its best while the training loss falls; the loss's units do not
+    matter."""
+    engine = AlertEngine([GeneralizationGap(loss_rise=0.5, patience=2)])
     fired = []
-    series = [(2.3, 2.3), (1.2, 0.9), (1.1, 0.5), (1.2, 0.4), (1.3, 0.3), (0.6, 0.4),
-              (None, 0.1), (1.4, 0.2), (1.5, 0.1)]
+    series = [(2.3, 2.3), (1.2, 0.9), (1.0, 0.5), (1.2, 0.4), (1.6, 0.3), (1.7, 0.25),
+              (None, 0.1), (0.9, 0.2), (1.4, 0.15), (1.6, 0.1)]
     for epoch, (val, train) in enumerate(series):
-        for alert in engine.update(epoch, epoch * 10, [], _training(val, train)):
+        for alert in engine.update(epoch, epoch * 10, [],
+                                   training=_scalars(val_loss=val, train_loss=train)):
             fired.append((epoch, alert))
-    # gap > 0.5 at epochs 2, 3, 4 (fires at 3: patience 2), clears at 5, missing at 6 (no
-    # evidence), holds at 7, 8 (fires again at 8)
-    assert [e for e, _ in fired] == [3, 8]
+    # best 1.0 at epoch 2; 1.6 = 1.6x at epoch 4 after two analyses without improvement and a
+    # falling train loss: fires; 1.7 holds; epoch 6 is missing (no evidence); a new best 0.9 at
+    # 7 clears; 1.6 / 0.9 = 1.78x at 9 after two analyses without improvement: fires again
+    assert [e for e, _ in fired] == [4, 9]
     epoch, alert = fired[0]
-    assert alert.metric == "val_loss - train_loss" and alert.layer is None
-    assert alert.value == pytest.approx(0.8) and alert.values == pytest.approx((0.6, 0.8))
-    assert alert.severity == "warning" and "over-fitting" in alert.message
+    assert alert.metric == "val_loss / best - 1" and alert.layer is None and alert.layers == ()
+    assert alert.value == pytest.approx(0.6) and alert.threshold == 0.5
+    assert alert.severity == "warning" and "1.6x its best 1" in alert.message
+    assert "over-fitting" in alert.meaning and alert.advice
+    scaled = AlertEngine([GeneralizationGap(loss_rise=0.5, patience=2)])
+    got = [e for e, (val, train) in enumerate(series)
+           if scaled.update(e, e * 10, [], training=_scalars(
+               val_loss=None if val is None else 1000 * val, train_loss=1000 * train))]
+    assert got == [4, 9]  # the same in other units
     silent = AlertEngine([GeneralizationGap()])
     for epoch in range(1, 4):  # no validation data: nothing to compare
-        assert silent.update(epoch, epoch, [], _training(None, 0.01)) == []
+        assert silent.update(epoch, epoch, [], training={"train_loss": 0.01}) == []
+
+
+def test_generalization_gap_is_silent_while_the_validation_loss_keeps_falling():
+    """A VAE: validation loss ~260 nats, 0.5 above the training loss, falling every epoch."""
+    engine = AlertEngine([GeneralizationGap()])
+    for epoch in range(1, 12):
+        val = 300.0 - 4 * epoch
+        assert engine.update(epoch, epoch, [], training={"val_loss": val,
+                                                         "train_loss": val - 0.5}) == []
+
+
+def test_generalization_gap_prefers_the_accuracy_gap_when_both_accuracies_are_logged():
+    engine = AlertEngine([GeneralizationGap(acc_gap=0.15, patience=2)])
+    train = [0.5, 0.8, 0.95, 0.99, 1.0, 1.0]
+    val = [0.45, 0.62, 0.70, 0.69, 0.70, 0.70]
+    fired = [e for e, (t, v) in enumerate(zip(train, val, strict=True), start=1)
+             if engine.update(e, e, [], training={"train_acc": t, "val_acc": v,
+                                                  "val_loss": 1.0, "train_loss": 0.1})]
+    # val_acc best 0.70 at epoch 3, not improved at 4 and 5 with a gap 0.30 > 0.15: epoch 5
+    assert fired == [5]
+    healthy = AlertEngine([GeneralizationGap()])
+    for e in range(1, 10):  # a 3-point gap at a plateau is generalisation, not over-fitting
+        assert healthy.update(e, e, [], training={"train_acc": 1.0, "val_acc": 0.97}) == []
 
 
 def test_generalization_gap_state_survives_a_resume():
-    rule = GeneralizationGap(threshold=0.1)
+    rule = GeneralizationGap(acc_gap=0.1, patience=1)
     engine = AlertEngine([rule])
-    assert len(engine.update(1, 1, [], _training(1.0, 0.5))) == 1
-    resumed = AlertEngine([GeneralizationGap(threshold=0.1)])
+    for e, (t, v) in enumerate([(0.9, 0.8), (1.0, 0.8)], start=1):
+        raised = engine.update(e, e, [], training={"train_acc": t, "val_acc": v})
+    assert len(raised) == 1
+    resumed = AlertEngine([GeneralizationGap(acc_gap=0.1, patience=1)])
     resumed.load_state_dict(engine.state_dict())
-    assert resumed.update(2, 2, [], _training(1.0, 0.4)) == []  # still the same episode
+    # still the same episode
+    assert resumed.update(3, 3, [], training={"train_acc": 1.0, "val_acc": 0.8}) == []
 
 
 # --------------------------------------------------------------------------- robustness

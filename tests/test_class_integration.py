@@ -36,7 +36,6 @@ from svd_callback.classes.analysis import (
     ClassTracker,
     ProbeError,
     analyze_classes,
-    class_records,
     probe_from_loader,
     split_batch,
 )
@@ -391,7 +390,7 @@ def test_resume_restores_the_probe_and_the_previous_edges(tmp_path, digits):
     trainer_for(tmp_path, [first, checkpoints], TensorBoardLogger(**logger), max_epochs=2,
                 enable_checkpointing=True).fit(SmallCNN(), digits)
     saved = torch.load(tmp_path / "ckpt" / "epoch=0.ckpt", weights_only=True)
-    state = saved["callbacks"][first.state_key]["classes"]
+    state = saved["callbacks"][first.state_key]["runner"]["classes"]
     assert state["probe"]["indices"] == first.classes.probe.indices.tolist()
     assert state["tracker"]["analyses"] == 2 and set(state["tracker"]["edges"]) == set(LAYERS)
 
@@ -414,7 +413,7 @@ def test_resume_restores_the_probe_and_the_previous_edges(tmp_path, digits):
 def _feed(engine: AlertEngine, sequence: list[dict[str, dict[str, float]]]) -> list[list[str]]:
     fired = []
     for epoch, metrics in enumerate(sequence):
-        alerts = engine.update(epoch, 10 * epoch, class_records(metrics))
+        alerts = engine.update(epoch, 10 * epoch, [], classes=metrics)
         fired.append([f"{a.rule}:{a.layer}:{a.metric}" for a in alerts])
     return fired
 
@@ -427,7 +426,7 @@ def test_overlap_rising_fires_after_patience_rises_and_rearms():
     expected[4] = expected[10] = ["ClassOverlapRising:hidden:jaccard_mean"]
     assert fired == expected
     alert = engine.alerts_so_far[0]
-    assert alert.values == pytest.approx((0.5, 0.52, 0.54, 0.56)) and alert.mode == "classes"
+    assert alert.values == pytest.approx((0.5, 0.52, 0.54, 0.56)) and alert.mode is None
     # a rise smaller than min_rise is no rise
     engine = AlertEngine([ClassOverlapRising(patience=2, min_rise=0.05)])
     assert not any(_feed(engine, [{"h": {"jaccard_mean": v}} for v in values[:6]]))
@@ -476,13 +475,13 @@ def test_factorization_rank_collapse_and_the_default_set():
     fired = _feed(engine, [{"features.5": {"factorization_rank": r}} for r in ranks])
     assert [bool(f) for f in fired] == [False, False, False, True, False, False, False, True]
     assert engine.alerts_so_far[0].threshold == 2.5
-    names = [r.name for r in default_class_rules()]
-    assert names == ["ClassOverlapRising", "ClassLostSpecificNeurons", "ClassFeaturesEmpty",
-                     "FactorizationRankCollapse"]
-    assert all(r.action == "log" for r in default_class_rules())
+    actions = {r.name: r.action for r in default_class_rules()}
+    assert actions == {"ClassLostSpecificNeurons": "log", "ClassFeaturesEmpty": "log",
+                       "FactorizationRankCollapse": "info"}  # ClassOverlapRising: opt-in
     monitor = SpectralMonitor(class_analysis=True)
-    assert set(names) <= {r.name for r in monitor.alert_engine.rules}
-    assert "ClassOverlapRising" not in {r.name for r in SpectralMonitor().alert_engine.rules}
+    assert set(actions) <= {r.name for r in monitor.alert_engine.rules}
+    assert "ClassOverlapRising" not in {r.name for r in monitor.alert_engine.rules}
+    assert "ClassLostSpecificNeurons" not in {r.name for r in SpectralMonitor().alert_engine.rules}
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ from svd_callback.alerts import AlertEngine, ClassLostSpecificNeurons
 from svd_callback.classes import ClassAnalysisConfig, ClassTracker, analyze_classes
 from svd_callback.classes.identity import component_cosines, match_neurons
 from svd_callback.classes.probe import ProbeSet
-from svd_callback.classes.records import class_records
 from svd_callback.report import Report
 from svd_callback.spectra import unfold_svd
 
@@ -123,7 +122,6 @@ def test_lost_specific_neurons_follows_vectors():
         {"specific_neurons/0": 1.0, "specific_retained/0": 1.0},  # no evidence
         {"specific_neurons/0": 0.0, "specific_retained/0": 0.0},  # lost
     ]):
-        records = class_records({"hidden": metrics})
-        alerts = engine.update(epoch, epoch, Report(records), {})
+        alerts = engine.update(epoch, epoch, Report(), classes={"hidden": metrics})
         fired.append([a.metric for a in alerts])
     assert fired == [[], [], ["specific_neurons/0"], [], [], ["specific_neurons/0"]]

@@ -12,7 +12,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from svd_callback.examples import SmallCNN
 from svd_callback.loading import weights_only_model
-from svd_callback.runs import parse_tag, read_run
+from svd_callback.runs import read_run
+from svd_callback.sinks.tags import parse_tag
 
 
 def test_analyze_saved_module_writes_csv_and_json(capsys, saved_module, tmp_path):
@@ -31,10 +32,10 @@ def test_analyze_saved_module_writes_csv_and_json(capsys, saved_module, tmp_path
 
 
 def test_analyze_svd_method_option(capsys, saved_module, tmp_path):
-    from svd_callback.cli import SVD_METHOD_CHOICES
+    from svd_callback.config import SVD_METHODS as CHOICES
     from svd_callback.spectra import SVD_METHODS
 
-    assert SVD_METHOD_CHOICES == SVD_METHODS
+    assert CHOICES == SVD_METHODS
     tables = {}
     for method in ("gram32", "svd"):
         js = tmp_path / f"{method}.json"
@@ -241,3 +242,50 @@ def test_analyze_embeddings_option(capsys, tmp_path):
     assert not rows["0"]["reason"] and not rows["1"]["reason"]
     expected = torch.linalg.matrix_norm(model[0].weight.detach().double(), 2).item()
     assert abs(rows["0"]["spectral_norm"] - expected) <= 1e-5 * expected
+
+
+def test_analyze_writes_one_esd_figure_per_analysed_record(capsys, saved_module, tmp_path):
+    """``--figures`` once crashed with a TypeError after printing the table."""
+    from PIL import Image
+
+    out_dir = tmp_path / "figs"
+    code, out, err = run_cli(capsys, "analyze", str(saved_module), "--mode", "unfold", "slices",
+                             "--figures", str(out_dir), "--no-progress")
+    assert code == 0, err
+    assert f"wrote figures to {out_dir}" in out
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == ["esd_slices_0.png", "esd_slices_3.png", "esd_unfold_0.png",
+                     "esd_unfold_3.png"]
+    with Image.open(out_dir / "esd_unfold_0.png") as image:
+        assert image.size[0] >= 800  # a real figure, not an empty file
+
+
+def test_help_texts_are_plain_and_complete(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and "``" not in out and "Exit status" in out
+    for command, options in (("demo", ("--epochs", "--seed", "--out", "--mode")),
+                             ("analyze", ("--figures", "--mode", "--unsafe-load")),
+                             ("compare", ("--metric", "--no-plots"))):
+        code, out, _ = run_cli(capsys, command, "--help")
+        assert code == 0 and "``" not in out
+        text = " ".join(out.split())
+        for option in options:  # every option explained, defaults shown
+            assert option in text, (command, option)
+        assert text.count("default:") >= 2, command
+    _, out, _ = run_cli(capsys, "demo", "--help")
+    assert "training epochs (default: 8)" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("entry", ["experiments/train.py", "experiments/alert_zoo/run.py"])
+def test_an_experiment_run_as_a_file_says_how_to_run_it_in_one_line(entry):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, entry, "--help"], cwd=root, capture_output=True,
+                            text=True, timeout=60, env={"PATH": "", "PYTHONPATH": ""})
+    module = entry.removesuffix(".py").replace("/", ".")
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("run it from the repository root as a module: "
+                                     f"python -m {module}")

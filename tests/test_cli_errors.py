@@ -294,10 +294,11 @@ def test_compare_a_partial_last_history_line_warns(capsys, tmp_path):
                              "--metric", "alpha_mean")
     assert code == 1 and "ends in a partial line (4)" in err
     assert ["2", "1"] in [line.split() for line in out.splitlines()]
-    write_history(tmp_path / "bad", rows, tail="")  # a broken line inside the file: an error
+    write_history(tmp_path / "bad", rows, tail="")  # a broken line and no record: an error
     (tmp_path / "bad" / "spectral_history.jsonl").write_text('{"type": \n{}\n')
     code, _, err = run_cli(capsys, "compare", tmp_path / "bad", "--no-plots")
-    assert_one_line_error(code, err, "spectral_history.jsonl:1 is not valid JSON")
+    assert_one_line_error(code, err, "spectral_history.jsonl holds no spectral records",
+                          "1 line skipped: 1 not JSON (line 1)")
 
 
 def test_demo_does_not_import_the_command_line():

@@ -9,6 +9,7 @@ from experiments import common
 from experiments.factorization_rank import run as fr
 from svd_callback import LayerReport, Report
 from svd_callback.alerts import AlertEngine, default_rules
+from svd_callback.sinks.history_rows import read_analyses, replay_alerts
 
 
 def _report(alpha: float, norm: float) -> Report:
@@ -34,9 +35,9 @@ def test_replay_matches_a_live_engine():
     expected = []
     for epoch, (alpha, norm) in enumerate(series):
         expected += live.update(epoch, 10 * epoch, _report(alpha, norm), {"alpha_mean": alpha})
-    analyses = common.history_analyses(_history_rows(series))
-    assert [a["epoch"] for a in analyses] == [0, 1, 2, 3]
-    replayed = common.replay_alerts(analyses, default_rules())
+    analyses = read_analyses(_history_rows(series))
+    assert [a.epoch for a in analyses] == [0, 1, 2, 3]
+    replayed = replay_alerts(analyses, default_rules())
     assert [(a.rule, a.epoch) for a in replayed] == [(a.rule, a.epoch) for a in expected]
     assert {a.rule for a in replayed} == {"AlphaBelow", "MeanAlphaTrend"}
 
@@ -76,17 +77,14 @@ def test_chosen_rank_matches_the_library():
     assert fr.chosen_rank(fits, curve, 101.0) is None
 
 
-def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
-    from experiments.arguments import experiment_parser, parse_with_config
+def test_the_seeded_parser_gives_the_shared_flags_and_their_defaults(tmp_path):
+    from experiments.arguments import seeded_parser
 
-    config = tmp_path / "c.yaml"
-    config.write_text("epochs: 9\ntrain-size: 17\nruns: {good: {}}\n")
-    parser = experiment_parser("d", tmp_path, train_size=1, val_size=2, epochs=3)
-    args, extra = parse_with_config(parser, ["--config", str(config), "--epochs", "4"],
-                                    extra=("runs",))
-    assert (args.epochs, args.train_size, args.val_size) == (4, 17, 2)
-    assert extra == {"runs": {"good": {}}}
-    assert args.out == str(tmp_path / "runs") and args.results == str(tmp_path / "RESULTS.md")
+    parser = seeded_parser("d", tmp_path, (0, 1), tmp_path / "derived")
+    args = parser.parse_args(["--seeds", "2", "--root", "/data"])
+    assert args.seeds == [2] and args.root == "/data"
+    assert args.derived == str(tmp_path / "derived")
+    assert args.results == str(tmp_path / "RESULTS.md")
 
 
 def test_command_line_names_an_experiment_by_its_module(monkeypatch):

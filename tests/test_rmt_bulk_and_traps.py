@@ -9,7 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
+from svd_callback import Report, analyze
 from svd_callback.rmt import (
     esd_metrics,
     fit_mp_bulk,
@@ -250,3 +252,37 @@ def test_quality_label_needs_alpha_beyond_its_limit_by_two_standard_errors():
     assert quality_label(fit(7.9, 0.5)) == "under-trained"
     assert quality_label(fit(1.998, 0.17), QualityThresholds(confidence=0.0)) == "over-trained"
     assert quality_label(fit(1.998, math.nan)) == "over-trained"  # no error known: plain rule
+    # labels are judged on matrices of >= 100 eigenvalues only, as the alpha rules
+    assert quality_label(fit(1.5, 0.1), n_eigs=64) == "undetermined"
+    assert quality_label(fit(1.5, 0.1), n_eigs=100) == "over-trained"
+    assert quality_label(fit(1.5, 0.1), QualityThresholds(min_eigs=0), n_eigs=8) == "over-trained"
+
+
+def test_small_layers_get_no_alpha_label_and_say_why():
+    model = nn.Sequential(nn.Linear(300, 64), nn.ReLU(), nn.Linear(64, 1), nn.Linear(1, 300),
+                          nn.Linear(300, 120))
+    report = analyze(model)
+    small, large = report.get("0"), report.get("4")
+    assert small.quality == "undetermined" and "64 eigenvalues per analysed matrix" in \
+        small.notes["quality"]
+    assert large.quality != "undetermined" and "quality" not in large.notes
+    assert report.quality_reasons() == [f"0 [unfold] quality undetermined: "
+                                        f"{small.notes['quality']}"]
+
+
+def test_a_random_network_looks_untrained_and_a_low_rank_one_does_not():
+    """The stable-rank ratio against sampled matrices: Gaussian and Kaiming-uniform weights
+    sit at 1.0-1.3 x N M / (sqrt N + sqrt M)^2; a rank-3 weight far below."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128),
+                          nn.Conv2d(3, 64, 3))
+    report = analyze(model, conv_mode=("unfold", "operator"), input_size=8)
+    ratios = report.stable_rank_ratios()
+    assert set(ratios) == {"0", "2", "3"}
+    assert all(0.95 < r < 1.35 for r in ratios.values()), ratios
+    assert report.looks_untrained() is True
+    with torch.no_grad():
+        model[2].weight.copy_(torch.randn(128, 3) @ torch.randn(3, 256))
+    trained = analyze(model)
+    assert trained.stable_rank_ratios()["2"] < 0.2 and trained.looks_untrained() is False
+    assert Report().looks_untrained() is None  # nothing to read

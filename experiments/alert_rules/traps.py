@@ -7,6 +7,10 @@ made by the weights' mean alone.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.alert_rules.traps")
+
 import sys
 
 import lightning.pytorch as pl

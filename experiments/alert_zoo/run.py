@@ -13,6 +13,10 @@ definitions, the rule freeze) is in RESULTS.md, above the generated tables.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.alert_zoo.run")
+
 import argparse
 import sys
 import time

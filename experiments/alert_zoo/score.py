@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,10 +23,16 @@ import numpy as np
 from experiments.alert_zoo import detectors
 from experiments.alert_zoo.detectors import Firing, at
 from experiments.alert_zoo.zoo import HEALTHY, PAIRS
-from experiments.common import history_analyses, replay_alerts
-from svd_callback.alerts import default_class_rules, default_rules
+from svd_callback.aggregates import aggregate
+from svd_callback.alerts import COUNTED_SEVERITIES
 from svd_callback.metric_groups import METRIC_GROUPS
-from svd_callback.monitor.values import ACTIVE_SEVERITIES
+from svd_callback.report import Report
+from svd_callback.sinks.history_rows import (
+    RecordedAnalysis,
+    read_analyses,
+    recorded_rules,
+    replay_alerts,
+)
 
 MONITOR = "monitor"
 NORMS_MOTION = "monitor, norms + motion"
@@ -34,9 +40,7 @@ NORMS_ONLY = "monitor, norms only"
 NORM_METRICS = ("spectral_norm", "frobenius_norm", "log_norm", "log_spectral_norm")
 """What the norm-only ablation lets the rules read: sigma_max, the Frobenius norm and their
 logarithms."""
-MOTION_METRICS = tuple(METRIC_GROUPS.get("motion", ("weight_motion", "weight_rotation",
-                                                    "weight_drift")))
-CLASS_MODE = "classes"
+MOTION_METRICS = tuple(METRIC_GROUPS["motion"])
 BASE_RATE = 0.1
 """Share of broken runs at which precision is stated."""
 BOOTSTRAP = 2000
@@ -44,76 +48,28 @@ ANY_LOSS = "any loss baseline"
 ANY_BASELINE = "any baseline"
 
 RuleSet = Callable[[Sequence[dict[str, Any]]], list[Any]]
+"""History rows -> a fresh rule set (rules keep state: one set per replay)."""
 
 
-def default_rule_set(analyses: Sequence[dict[str, Any]]) -> list[Any]:
-    """The library's ``default_rules()``, with :class:`TrapsAppeared` only where the history
-    holds the ``traps`` metric group and the class rules where it holds class records (as the
-    callback does)."""
-    trap_metrics = set(METRIC_GROUPS["traps"])
-    rows = [row for entry in analyses for row in entry["layers"]]
-    traps = any(trap_metrics & set(row.get("metrics") or {}) for row in rows)
-    rules = default_rules(traps=traps)
-    if any(row.get("mode") == CLASS_MODE for row in rows):
-        rules += default_class_rules()
-    return rules
-
-
-def class_layer_rows(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The class analysis's ``class`` rows of a history as the records its alert engine read
-    online (mode ``"classes"``): each layer's statistics plus ``specific_neurons/<c>``,
-    ``specific_retained/<c>`` and, at the feature layer, ``feature_count/<c>`` = |S_c|
-    (the ``class_summary`` row's fraction times D = ``feature_count_mean /
-    feature_fraction_mean``), as :meth:`ClassReport.record_metrics` builds them."""
-    summaries = {(int(r["epoch"]), int(r["step"])): r for r in history
-                 if r.get("type") == "class_summary"}
-    out = []
-    for row in history:
-        if row.get("type") != "class":
-            continue
-        key = (int(row["epoch"]), int(row["step"]))
-        metrics = {k: (math.nan if v is None else float(v))
-                   for k, v in (row.get("metrics") or {}).items()}
-        for name in ("specific_neurons", "specific_retained"):
-            values = row.get(name)
-            if values is not None:
-                metrics.update({f"{name}/{c}": math.nan if v is None else float(v)
-                                for c, v in enumerate(values)})
-        summary = summaries.get(key)
-        if summary is not None and summary.get("feature_layer") == row["layer"]:
-            fraction = metrics.get("feature_fraction_mean", math.nan)
-            count = metrics.get("feature_count_mean", math.nan)
-            if math.isfinite(fraction) and fraction > 0 and math.isfinite(count):
-                n_features = round(count / fraction)
-                metrics.update({f"feature_count/{c}": float(v) * n_features
-                                for c, v in enumerate(summary.get("feature_fraction") or [])})
-        out.append({"type": "layer", "epoch": row["epoch"], "step": row["step"],
-                    "layer": row["layer"], "kind": CLASS_MODE, "mode": CLASS_MODE,
-                    "metrics": metrics, "reason": row.get("reason")})
-    return out
-
-
-def zoo_analyses(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The analyses of a cached history as the callback's alert engine saw them: its layer,
-    summary and training rows, and its class records (:func:`class_layer_rows`)."""
-    return history_analyses([*history, *class_layer_rows(history)])
-
-
-def masked(analyses: Sequence[dict[str, Any]], keep: Iterable[str]) -> list[dict[str, Any]]:
-    """The analyses with every layer's metrics restricted to ``keep`` (class records dropped)
-    and the model aggregates restricted to the trainer's scalars (mode ``"training"``) and to
-    aggregates of kept metrics (``<metric>_mean`` ...): what a rule set reading only those
-    metrics sees. Skip reasons (NaN weights) are kept."""
+def masked(analyses: Sequence[RecordedAnalysis], keep: Iterable[str]) -> list[RecordedAnalysis]:
+    """The analyses with every layer's metrics restricted to ``keep``, the class statistics
+    dropped and the model aggregates restricted to statistics of kept metrics
+    (:func:`svd_callback.aggregates.aggregate`); the trainer's scalars and skip reasons are
+    kept: what a rule set reading only those metrics sees."""
     keep = set(keep)
+
+    def kept(key: str) -> bool:
+        found = aggregate(key)
+        return found is not None and found.metric in keep
+
     out = []
     for entry in analyses:
-        layers = [{**row, "metrics": {k: v for k, v in (row.get("metrics") or {}).items()
-                                      if k in keep}}
-                  for row in entry["layers"] if row.get("mode") != CLASS_MODE]
-        summary = {mode: (values if mode == "training" else
-                          {k: v for k, v in values.items() if k.rsplit("_", 1)[0] in keep})
-                   for mode, values in entry["summary"].items()}
-        out.append({**entry, "layers": layers, "summary": summary})
+        report = Report(replace(record, metrics={k: v for k, v in record.metrics.items()
+                                                 if k in keep})
+                        for record in entry.report)
+        summary = {mode: {k: v for k, v in values.items() if kept(k)}
+                   for mode, values in entry.summary.items()}
+        out.append(replace(entry, report=report, summary=summary, class_metrics={}))
     return out
 
 
@@ -128,17 +84,19 @@ class MonitorReplay:
     levels: list[tuple[int, int]]
 
 
-def replay(analyses: Sequence[dict[str, Any]], rule_set: RuleSet) -> MonitorReplay:
+def replay(analyses: Sequence[RecordedAnalysis], rules: Sequence[Any]) -> MonitorReplay:
+    """:func:`svd_callback.sinks.history_rows.replay_alerts` of ``rules`` over ``analyses``,
+    its warning and stop alerts as a :class:`Firing`."""
     levels: list[tuple[int, int]] = []
-    alerts = [a for a in replay_alerts(analyses, rule_set(analyses), levels)
-              if a.severity in ACTIVE_SEVERITIES]
+    alerts = [a for a in replay_alerts(analyses, rules, levels)
+              if a.severity in COUNTED_SEVERITIES]
     said: dict[int, str] = {}
-    rules: dict[str, int] = {}
+    rules_first: dict[str, int] = {}
     for alert in alerts:
-        rules[alert.rule] = min(rules.get(alert.rule, alert.epoch), alert.epoch)
+        rules_first[alert.rule] = min(rules_first.get(alert.rule, alert.epoch), alert.epoch)
         said[alert.epoch] = said.get(alert.epoch, "") + ("; " if alert.epoch in said else "") \
             + alert.rule
-    return MonitorReplay(at(list(said), said), alerts, rules, levels)
+    return MonitorReplay(at(list(said), said), alerts, rules_first, levels)
 
 
 @dataclass
@@ -202,19 +160,23 @@ class RunScore:
         return self.firings.get(detector) is not None
 
 
-def score_run(record: dict[str, Any], rule_set: RuleSet = default_rule_set) -> RunScore:
-    """Replay the monitor variants and every baseline on one cached run."""
+def score_run(record: dict[str, Any], rule_set: RuleSet = recorded_rules) -> RunScore:
+    """Replay the monitor variants and every baseline on one cached run; ``rule_set(history
+    rows)`` gives the rules replayed (default: the callback's own choice for the run,
+    :func:`~svd_callback.sinks.history_rows.recorded_rules`)."""
     rows = record["epochs"]
     pair = PAIRS.get(record["pair"])
     chance = detectors.CHANCE if pair is None else pair.chance
     onset = int(record.get("onset", 0) or 0)
     midrun = record.get("switch") is not None
-    analyses = zoo_analyses(record["history"])
-    main = replay(analyses, rule_set)
+    history = record["history"]
+    analyses = read_analyses(history)
+    main = replay(analyses, rule_set(history))
     firings: dict[str, Firing | None] = {
         MONITOR: main.firing,
-        NORMS_MOTION: replay(masked(analyses, NORM_METRICS + MOTION_METRICS), rule_set).firing,
-        NORMS_ONLY: replay(masked(analyses, NORM_METRICS), rule_set).firing,
+        NORMS_MOTION: replay(masked(analyses, NORM_METRICS + MOTION_METRICS),
+                             rule_set(history)).firing,
+        NORMS_ONLY: replay(masked(analyses, NORM_METRICS), rule_set(history)).firing,
     }
     has_probe = bool(record.get("probe"))
     for name, fn in detectors.baselines(chance).items():

@@ -15,6 +15,10 @@ Run under the shared lock::
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.benchmarks.bench_powerlaw")
+
 import argparse
 import contextlib
 import logging

@@ -29,6 +29,10 @@ and MP fit.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.benchmarks.bench_rmt")
+
 import argparse
 import logging
 import warnings

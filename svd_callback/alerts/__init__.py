@@ -50,6 +50,7 @@ from svd_callback.alerts.class_rules import (
     FactorizationRankCollapse,
     default_class_rules,
 )
+from svd_callback.alerts.defaults import monitor_default_rules
 from svd_callback.alerts.engine import AlertEngine, default_rules
 from svd_callback.alerts.history import LayerSnapshot, MetricHistory, Snapshot
 from svd_callback.alerts.layer_rules import (
@@ -62,14 +63,18 @@ from svd_callback.alerts.layer_rules import (
     TrapsAppeared,
 )
 from svd_callback.alerts.level import Condition
-from svd_callback.alerts.model_rules import TRAINING, GeneralizationGap, MeanAlphaTrend
-from svd_callback.alerts.stall_rules import LayerFrozen, TrainingStalled
+from svd_callback.alerts.model_rules import GeneralizationGap, MeanAlphaTrend
+from svd_callback.alerts.stall_rules import (
+    LayerFrozen,
+    TrainingStalled,
+    VanishingUpdates,
+    WeightCollapse,
+)
 
 __all__ = [
     "ACTIONS",
     "COUNTED_SEVERITIES",
     "SEVERITIES",
-    "TRAINING",
     "Alert",
     "AlertEngine",
     "AlphaAbove",
@@ -94,6 +99,9 @@ __all__ = [
     "SpectralNormGrowth",
     "TrainingStalled",
     "TrapsAppeared",
+    "VanishingUpdates",
+    "WeightCollapse",
     "default_class_rules",
     "default_rules",
+    "monitor_default_rules",
 ]

@@ -32,12 +32,18 @@ def fmt(value: float | None) -> str:
 
 @dataclass(frozen=True)
 class Alert:
-    """One alert: which rule, where (layer and mode; layer None for model-level), which metric,
-    the value(s) that triggered it, the threshold, when, and how severe.
+    """One alert: which rule, where (layers and mode; none for a model-level condition), which
+    metric, the value(s) that triggered it, the threshold, when, how severe, and what it
+    usually means and what to try.
 
-    ``value`` None is stored as NaN. ``values`` holds the values behind the decision (for
-    example the ``patience`` consecutive values), oldest first. An empty ``message`` is filled
-    with a generic one-line description.
+    A rule raises one alert per analysis for one cause: when its condition starts to hold in
+    several layers at once they are named together in ``layers`` (``layer`` is then None; with
+    one layer, ``layer`` is that layer).
+    ``value`` None is stored as NaN. ``values`` holds the values behind the decision, oldest
+    first: the ``patience`` consecutive values of one layer, or the value of each of
+    ``layers`` in their order. ``message`` states the condition that held with its numbers
+    against their limits (an empty one is filled with a generic line); ``meaning`` the likely
+    causes the evidence supports and ``advice`` what to try (see :meth:`text`).
     """
 
     rule: str
@@ -51,19 +57,37 @@ class Alert:
     step: int | None = None
     severity: str = "warning"
     message: str = ""
+    layers: tuple[str, ...] = ()
+    meaning: str = ""
+    advice: str = ""
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
         object.__setattr__(self, "value", math.nan if self.value is None else float(self.value))
+        layers = tuple(str(n) for n in self.layers)
+        if not layers and self.layer is not None:
+            layers = (self.layer,)
+        object.__setattr__(self, "layers", layers)
+        if self.layer is None and len(layers) == 1:
+            object.__setattr__(self, "layer", layers[0])
         if self.threshold is not None:
             object.__setattr__(self, "threshold", float(self.threshold))
         if not self.message:
             object.__setattr__(self, "message", self._default_message())
 
+    def text(self) -> str:
+        """The message, then ``Likely: <meaning>.`` and ``Try: <advice>.`` when given."""
+        out = self.message
+        for label, part in (("Likely", self.meaning), ("Try", self.advice)):
+            if part:
+                out = f"{out.rstrip('.')}. {label}: {part.rstrip('.')}."
+        return out
+
     def _default_message(self) -> str:
-        where = "model" if self.layer is None else f"layer {self.layer!r}"
+        where = ("model" if not self.layers else f"layer {self.layers[0]!r}"
+                 if len(self.layers) == 1 else f"layers {', '.join(map(repr, self.layers))}")
         if self.mode:
             where += f" [{self.mode}]"
         what = f" {self.metric} = {fmt(self.value)}" if self.metric else ""
@@ -71,14 +95,20 @@ class Alert:
         return f"{self.rule}: {where}{what}{limit}{when(self.epoch, self.step)}"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain Python types (``values`` as a list)."""
+        """Plain Python types (``values`` and ``layers`` as lists)."""
         out = asdict(self)
         out["values"] = list(self.values)
+        out["layers"] = list(self.layers)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Alert:
-        return cls(**{**data, "values": tuple(data.get("values", ()))})
+        """Restore :meth:`to_dict` output (also of alerts written before ``layers``,
+        ``meaning`` and ``advice`` existed; unknown keys are ignored)."""
+        known = {f for f in cls.__dataclass_fields__}
+        fields = {k: v for k, v in data.items() if k in known}
+        return cls(**{**fields, "values": tuple(data.get("values", ())),
+                      "layers": tuple(data.get("layers", ()))})
 
     def __str__(self) -> str:
         return self.message
@@ -140,6 +170,10 @@ class Rule:
 
     name: str = ""
     action: Action = "log"
+    meaning: str = ""
+    """The likely causes of the rule's condition (an alert's ``meaning`` by default)."""
+    advice: str = ""
+    """What to try (an alert's ``advice`` by default)."""
 
     def __init__(
         self,
@@ -174,9 +208,12 @@ class Rule:
         return pattern is None or layer is None or pattern.search(layer) is not None
 
     def make_alert(self, **fields: Any) -> Alert:
-        """An :class:`Alert` with this rule's name and the severity its action implies."""
+        """An :class:`Alert` with this rule's name, the severity its action implies and its
+        ``meaning`` and ``advice``."""
         fields.setdefault("rule", rule_name(self))
         fields.setdefault("severity", severity_of(getattr(self, "action", "log")))
+        fields.setdefault("meaning", getattr(self, "meaning", ""))
+        fields.setdefault("advice", getattr(self, "advice", ""))
         return Alert(**fields)
 
     def state_dict(self) -> dict[str, Any]:
@@ -184,6 +221,12 @@ class Rule:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (stateless rules ignore it)."""
+
+    def hysteresis_states(self) -> dict[str, Hysteresis]:
+        """The :class:`Hysteresis` states whose fired keys are this rule's conditions in force
+        (``alerts/active``, :mod:`svd_callback.alerts.level`), by name. Default: the rule's
+        attributes that are one; a rule that keeps them elsewhere overrides this."""
+        return {n: v for n, v in sorted(vars(self).items()) if isinstance(v, Hysteresis)}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={rule_name(self)!r}, action={self.action!r})"

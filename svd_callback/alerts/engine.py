@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from svd_callback.alerts.base import (
+    SEVERITIES,
     Alert,
     CallableRule,
     Rule,
@@ -27,12 +28,19 @@ from svd_callback.alerts.layer_rules import (
 )
 from svd_callback.alerts.level import Condition, alert_condition, rule_conditions
 from svd_callback.alerts.model_rules import GeneralizationGap, MeanAlphaTrend
-from svd_callback.alerts.stall_rules import LayerFrozen, TrainingStalled
+from svd_callback.alerts.stall_rules import (
+    LayerFrozen,
+    TrainingStalled,
+    VanishingUpdates,
+    WeightCollapse,
+)
+from svd_callback.spectra.modes import MODES
 
 ENGINE_STATE_VERSION = 1
-WEIGHT_MATRIX_MODES = ("unfold", "slices")
+WEIGHT_MATRIX_MODES = tuple(name for name, mode in MODES.items() if mode.weight_matrix)
 """Conv modes whose ESD is that of the weight matrix itself (linear layers appear under every
-mode with the same spectrum), the matrices Martin & Mahoney's alpha scale was calibrated on."""
+mode with the same spectrum), the matrices Martin & Mahoney's alpha scale was calibrated on
+(:attr:`svd_callback.spectra.modes.ModeSpec.weight_matrix`: ``unfold``, ``slices``)."""
 ALPHA_MIN_EIGS = 100
 """Smallest ESD judged by the default "alpha < 2" rules: layers of 64 eigenvalues fitted alpha
 1.65-1.89 (alpha_sigma 0.10-0.15, n_tail 38-48) in seven healthy digits runs at val accuracy
@@ -71,17 +79,19 @@ def default_rules(traps: bool = True) -> list[Rule]:
     rules: list[Rule] = [
         NonFiniteWeights(),
         AlphaBelow(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
-        AlphaAbove(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
+        AlphaAbove(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS, action="info"),
         SpectralNormGrowth(),
         SpectralNormGrowth(factor=10.0, min_epoch=0, name="SpectralNormBlowUp"),
         RankCollapse(metric="matrix_rank"),
         MeanAlphaTrend(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
-        GeneralizationGap(patience=2),
+        GeneralizationGap(),
         TrainingStalled(),
         LayerFrozen(),
+        VanishingUpdates(),
+        WeightCollapse(),
     ]
     if traps:
-        rules.insert(-4, TrapsAppeared())
+        rules.insert(-6, TrapsAppeared())
     return rules
 
 
@@ -90,7 +100,9 @@ class AlertEngine:
 
     ``update`` appends the analysis to the history (an analysis whose (epoch, step) is not
     later than the last one is ignored and yields no alerts, so a resumed run does not repeat
-    itself), then runs every rule. :meth:`active` lists the conditions in force afterwards
+    itself), then runs every rule; each rule raises at most one alert per analysis (the alerts
+    of a rule whose condition started in several places at once are merged,
+    :func:`merge_alerts`). :meth:`active` lists the conditions in force afterwards
     (``alerts/active``): a rule's alert is an event, raised once per episode; its condition
     stays in force until it clears. A rule or a callable action that raises becomes a warning
     alert naming the rule and the exception (once per distinct error until the rule runs
@@ -110,7 +122,8 @@ class AlertEngine:
         >>> engine = AlertEngine()
         >>> for epoch, alpha in enumerate([3.0, 1.8, 1.7, 1.6]):
         ...     report = Report([LayerReport("fc", "linear", "unfold", metrics={"alpha": alpha})])
-        ...     alerts = engine.update(epoch, 100 * epoch, report, {"alpha_mean": alpha})
+        ...     summary = {"unfold": {"alpha_mean": alpha}}
+        ...     alerts = engine.update(epoch, 100 * epoch, report, summary)
         ...     print(epoch, [a.rule for a in alerts], engine.should_stop(alerts))
         0 [] False
         1 [] False
@@ -155,11 +168,23 @@ class AlertEngine:
         step: int,
         report: Iterable[Any],
         summary: Mapping[str, Any] | None = None,
+        *,
+        training: Mapping[str, Any] | None = None,
+        classes: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> list[Alert]:
         """Record one analysis and return the alerts it raised (severity set by each rule's
-        action). Returns [] for an analysis already recorded."""
+        action). Returns [] for an analysis already recorded.
+
+        Args:
+            report: the per-(layer, mode) records (a :class:`~svd_callback.report.Report`).
+            summary: the aggregates per mode (:func:`svd_callback.analysis.summarize`).
+            training: the trainer's own scalars (``val_loss``, ``train_loss``, ...).
+            classes: the class statistics per layer
+                (:meth:`~svd_callback.classes.report.ClassReport.record_metrics`).
+        """
         self._raised_by = {}
-        if not self.history.append(epoch, step, report, summary):
+        if not self.history.append(epoch, step, report, summary, training=training,
+                                   classes=classes):
             self.last_alerts = []
             return []
         epoch, step = int(epoch), int(step)
@@ -173,7 +198,7 @@ class AlertEngine:
                 continue
             self._errors.pop(name, None)
             own = self._raised_by.setdefault(name, [])
-            for alert in produced:
+            for alert in merge_alerts(produced):
                 acted = self._act(rule, name, alert, epoch, step)  # the alert, then any error
                 own.append(acted[0])
                 alerts.extend(acted)
@@ -269,6 +294,25 @@ class AlertEngine:
         self._errors = dict(state.get("errors", {}))
         self.last_alerts = []
         self._raised_by = {}
+
+
+def merge_alerts(alerts: list[Alert]) -> list[Alert]:
+    """One alert for the alerts one rule raised at one analysis: a rule's condition that starts
+    in several places at once is one cause (its layers, values and messages joined; the most
+    severe severity). A single alert is returned as it is."""
+    if len(alerts) <= 1:
+        return alerts
+    first = alerts[0]
+    prefix = f"{first.rule}: "
+    parts = [a.message.removeprefix(prefix) for a in alerts]
+    layers = tuple(dict.fromkeys(n for a in alerts for n in a.layers))
+    modes = list(dict.fromkeys(a.mode for a in alerts if a.mode))
+    severity = max((a.severity for a in alerts), key=SEVERITIES.index)
+    return [replace(
+        first, layer=layers[0] if len(layers) == 1 else None, layers=layers,
+        mode=",".join(modes) or None, values=tuple(a.value for a in alerts), severity=severity,
+        message=f"{prefix}{len(alerts)} conditions: " + "; ".join(parts),
+    )]
 
 
 def _as_alerts(result: Any, name: str, epoch: int, step: int) -> list[Alert]:

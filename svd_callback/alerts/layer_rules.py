@@ -11,21 +11,32 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
-from svd_callback.alerts.history import MetricHistory, Snapshot
+from svd_callback.alerts.history import LayerSnapshot, MetricHistory, Snapshot
+
+MAX_LISTED = 8
+"""Layers named one by one in a grouped alert's message; the rest are counted."""
 
 
 class LayerMetricRule(Rule):
     """A condition on one metric of every selected (layer, mode), with hysteresis.
 
     Each analysis, for every (layer, mode) whose ``metric`` is finite, :meth:`condition` says
-    whether the condition holds (True), clears (False) or cannot be told (None). The rule
-    fires once when the condition has held for ``patience`` consecutive analyses and re-arms
+    whether the condition holds (True), clears (False) or cannot be told (None). A layer's
+    condition fires once when it has held for ``patience`` consecutive analyses and re-arms
     when it clears. NaN/Inf values, absent metrics and skipped layers are no evidence: they
-    neither extend nor break a streak.
+    neither extend nor break a streak. The layers that fire at one analysis make one alert,
+    naming each with its value (one cause, one alert: a learning-rate spike that grows every
+    layer's norm is one event).
+
+    ``source = "classes"`` (class attribute) reads the layers' class statistics instead of
+    their spectral records (``mode`` None).
     """
+
+    source = "layers"
 
     def __init__(
         self, metric: str, *, patience: int = 1, start_armed: bool = True, **kwargs: Any
@@ -35,49 +46,69 @@ class LayerMetricRule(Rule):
         self.patience = patience
         self._hysteresis = Hysteresis(patience, start_armed)
 
-    def condition(self, history: MetricHistory, layer: str, mode: str, value: float) -> bool | None:
+    def condition(self, history: MetricHistory, layer: str, mode: str | None,
+                  value: float) -> bool | None:
         raise NotImplementedError
 
     def describe(
-        self, history: MetricHistory, layer: str, mode: str, value: float
+        self, history: MetricHistory, layer: str, mode: str | None, value: float
     ) -> tuple[str, float | None]:
-        """Text after ``<metric> = <value>`` in the message, and the alert's threshold."""
+        """Text after ``<metric> = <value>`` in the message (the condition against its limit),
+        and the alert's threshold."""
         raise NotImplementedError
 
-    def observe(self, layer: str, mode: str, value: float) -> None:
+    def observe(self, layer: str, mode: str | None, value: float) -> None:
         """Hook run after each finite value has been checked (reference tracking)."""
+
+    def phrase(self, history: MetricHistory, layer: str, mode: str | None,
+               value: float) -> tuple[str, float | None]:
+        """``<metric> = <value> <condition against its limit>`` for one layer, and the
+        threshold."""
+        detail, threshold = self.describe(history, layer, mode, value)
+        return f"{self.metric} = {fmt(value)} {detail}", threshold
+
+    def records(self, snap: Snapshot) -> list[tuple[tuple[str, str | None], LayerSnapshot]]:
+        """The ((layer, mode), record) pairs this rule reads in one analysis."""
+        if self.source == "classes":
+            return [((layer, None), record) for layer, record in snap.classes.items()]
+        return list(snap.layers.items())
 
     def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
         snap = history.latest
         if snap is None or snap.epoch < self.min_epoch:
             return []
-        alerts = []
-        for (layer, mode), record in snap.layers.items():
+        fired = []
+        for (layer, mode), record in self.records(snap):
             if not self.selects(layer, mode):
                 continue
             value = record.get(self.metric)
             if value is None or not math.isfinite(value):
                 continue
             if self._hysteresis.update((layer, mode), self.condition(history, layer, mode, value)):
-                alerts.append(self._alert(history, snap, layer, mode, value))
+                fired.append((layer, mode, value))
             self.observe(layer, mode, value)
-        return alerts
+        if not fired:
+            return []
+        if len(fired) == 1:
+            return [self._alert(history, snap, *fired[0])]
+        return [self._grouped_alert(history, snap, fired)]
+
+    def _where(self, layer: str, mode: str | None) -> str:
+        return f"layer {layer!r}" + (f" [{mode}]" if mode else "")
 
     def _alert(
-        self, history: MetricHistory, snap: Snapshot, layer: str, mode: str, value: float
+        self, history: MetricHistory, snap: Snapshot, layer: str, mode: str | None, value: float
     ) -> Alert:
         values = history.last_values(
             layer, self.metric, mode, self.patience, min_epoch=self.min_epoch
         )
-        detail, threshold = self.describe(history, layer, mode, value)
+        text, threshold = self.phrase(history, layer, mode, value)
         streak = ""
         if self.patience > 1:
             listed = ", ".join(map(fmt, values))
             streak = f" for {self.patience} consecutive analyses ({listed})"
-        message = (
-            f"{self.name}: layer {layer!r} [{mode}] {self.metric} = {fmt(value)} {detail}{streak}"
-            f"{when(snap.epoch, snap.step)}"
-        )
+        message = (f"{self.name}: {self._where(layer, mode)} {text}{streak}"
+                   f"{when(snap.epoch, snap.step)}")
         return self.make_alert(
             layer=layer,
             mode=mode,
@@ -88,6 +119,31 @@ class LayerMetricRule(Rule):
             epoch=snap.epoch,
             step=snap.step,
             message=message,
+        )
+
+    def _grouped_alert(self, history: MetricHistory, snap: Snapshot,
+                       fired: list[tuple[str, str | None, float]]) -> Alert:
+        """One alert naming every layer that fired at this analysis (the first
+        :data:`MAX_LISTED` with their values and conditions)."""
+        parts, threshold = [], None
+        for layer, mode, value in fired[:MAX_LISTED]:
+            text, threshold = self.phrase(history, layer, mode, value)
+            parts.append(f"{self._where(layer, mode)} {text}")
+        more = len(fired) - MAX_LISTED
+        listed = "; ".join(parts) + (f"; and {more} more layers" if more > 0 else "")
+        streak = f" for {self.patience} consecutive analyses" if self.patience > 1 else ""
+        modes = list(dict.fromkeys(m for _, m, _ in fired if m))
+        return self.make_alert(
+            layers=tuple(layer for layer, _, _ in fired),
+            mode=",".join(modes) or None,
+            metric=self.metric,
+            value=fired[0][2],
+            values=tuple(value for _, _, value in fired),
+            threshold=threshold,
+            epoch=snap.epoch,
+            step=snap.step,
+            message=(f"{self.name}: {len(fired)} layers{streak}{when(snap.epoch, snap.step)}: "
+                     f"{listed}"),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -149,7 +205,50 @@ def confidence_margin(confidence: float, error: float) -> str:
     return f" by more than {fmt(confidence)} x its standard error {fmt(error)}"
 
 
-class AlphaBelow(LayerMetricRule):
+def recent_jump(history: MetricHistory, layer: str, mode: str | None, window: int = 2,
+                factor: float = 3.0) -> tuple[float, int] | None:
+    """The largest growth of the layer's ``spectral_norm`` between consecutive analyses among
+    the last ``window`` ones, with the epoch it reached, when it is at least ``factor``."""
+    if mode is None:
+        return None
+    values = [(e.epoch, e.get(layer, "spectral_norm", mode)) for e in list(history)[-(window + 1):]]
+    best = None
+    for (_, a), (epoch, b) in zip(values, values[1:], strict=False):
+        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or a <= 0:
+            continue
+        if b / a >= factor and (best is None or b / a > best[0]):
+            best = (b / a, epoch)
+    return best
+
+
+AFTER_A_JUMP = ("the layer's spectral norm jumped {ratio}x at epoch {epoch}: a learning rate "
+                "too high (a spike, a warm-up overshoot) makes a few singular values large, "
+                "which lowers alpha without over-training")
+
+
+class AlphaHeavyTail(LayerMetricRule):
+    """Shared by the alpha rules: when a layer judged low-alpha had its spectral norm jump
+    just before (:func:`recent_jump`), the alert says so in its ``meaning``."""
+
+    def _with_jump(self, history: MetricHistory, alert: Alert,
+                   fired: list[tuple[str, str | None]]) -> Alert:
+        for layer, mode in fired:
+            jump = recent_jump(history, layer, mode)
+            if jump is not None:
+                return replace(alert, meaning=AFTER_A_JUMP.format(ratio=fmt(jump[0]),
+                                                                  epoch=jump[1]))
+        return alert
+
+    def _alert(self, history, snap, layer, mode, value):
+        return self._with_jump(history, super()._alert(history, snap, layer, mode, value),
+                               [(layer, mode)])
+
+    def _grouped_alert(self, history, snap, fired):
+        return self._with_jump(history, super()._grouped_alert(history, snap, fired),
+                               [(layer, mode) for layer, mode, _ in fired])
+
+
+class AlphaBelow(AlphaHeavyTail):
     """Over-trained layer: ``alpha + confidence * sigma < threshold`` for ``patience``
     consecutive analyses, on layers of at least ``min_eigs`` eigenvalues.
 
@@ -170,6 +269,12 @@ class AlphaBelow(LayerMetricRule):
         confidence: standard errors (``<metric>_sigma``) by which alpha must clear the limit.
         **kwargs: ``name``, ``action``, ``modes``, ``layers``, ``min_epoch`` (see :class:`Rule`).
     """
+
+    meaning = ("Martin & Mahoney read alpha < 2 as over-training (a heavier tail than "
+               "well-trained layers show); strongly regularised layers also sit there while "
+               "the validation loss still improves")
+    advice = ("compare with the validation loss: if it stopped improving, stop early or "
+              "regularise more; if it still improves, this alone is no reason to act")
 
     def __init__(
         self,
@@ -217,6 +322,11 @@ class AlphaAbove(LayerMetricRule):
         confidence: standard errors (``<metric>_sigma``) by which alpha must clear the limit.
         **kwargs: ``name``, ``action``, ``modes``, ``layers`` (see :class:`Rule`).
     """
+
+    meaning = ("under-training: the layer's spectrum is still close to that of random weights "
+               "(Martin & Mahoney: alpha > 6), a layer that learns little")
+    advice = ("check that the layer trains (its weight_rotation), its learning rate, and "
+              "whether training was long enough")
 
     def __init__(
         self,
@@ -275,6 +385,11 @@ class SpectralNormGrowth(LayerMetricRule):
     Raises:
         ValueError: ``factor <= 0`` or ``window < 1``.
     """
+
+    meaning = ("a learning rate too high (or a spike of it), exploding gradients, or a layer "
+               "without normalisation whose weights grow unchecked")
+    advice = ("lower the learning rate or warm it up, clip gradients (e.g. "
+              "Trainer(gradient_clip_val=1.0)), or add normalisation")
 
     def __init__(
         self,
@@ -343,29 +458,23 @@ class SpectralNormGrowth(LayerMetricRule):
             self.factor,
         )
 
-    def _alert(self, history, snap, layer, mode, value):
+    def phrase(self, history, layer, mode, value):
         normalizer = self._normalizer(history, layer, mode)
         if normalizer is None:
-            return super()._alert(history, snap, layer, mode, value)
+            return super().phrase(history, layer, mode, value)
         values = self._values(history, layer, mode)
         detail, threshold = self.describe(history, layer, mode, value)
-        metric = f"{self.metric}/frobenius_norm"
-        return self.make_alert(
-            layer=layer,
-            mode=mode,
-            metric=metric,
-            value=values[-1],
-            values=tuple(values),
-            threshold=threshold,
-            epoch=snap.epoch,
-            step=snap.step,
-            message=(
-                f"{self.name}: layer {layer!r} [{mode}] spectral_norm / frobenius_norm = "
-                f"{fmt(values[-1])} {detail}{when(snap.epoch, snap.step)} (scale-free: the "
+        return (f"spectral_norm / frobenius_norm = {fmt(values[-1])} {detail} (scale-free: the "
                 f"output is normalised by {normalizer!r}, so the absolute norm is not judged; "
-                f"the layer's energy concentrated in its top direction)"
-            ),
-        )
+                f"the layer's energy concentrated in its top direction)", threshold)
+
+    def _alert(self, history, snap, layer, mode, value):
+        alert = super()._alert(history, snap, layer, mode, value)
+        if self._normalizer(history, layer, mode) is None:
+            return alert
+        values = self._values(history, layer, mode)
+        return replace(alert, metric=f"{self.metric}/frobenius_norm", value=values[-1],
+                       values=tuple(values))
 
 
 def scale_free_ratio(snap: Snapshot, layer: str, mode: str) -> float | None:
@@ -399,6 +508,11 @@ class RankCollapse(LayerMetricRule):
     Raises:
         ValueError: ``drop_fraction`` outside (0, 1) or an unknown ``reference``.
     """
+
+    meaning = ("the layer lost rank: rows or columns of zeros (dead units), or weights pushed "
+               "into a few directions by a too-high learning rate or too strong "
+               "regularisation")
+    advice = "lower the learning rate or the regularisation; look for dead units"
 
     def __init__(
         self,
@@ -461,6 +575,10 @@ class TrapsAppeared(LayerMetricRule):
         **kwargs: ``name``, ``action``, ``modes``, ``layers``, ``min_epoch`` (see :class:`Rule`).
     """
 
+    meaning = ("a few large weight entries carry correlations that random weights do not "
+               "(Martin & Mahoney: often a learning rate too high, or over-fitting)")
+    advice = "lower the learning rate; compare with the validation loss"
+
     def __init__(
         self,
         min_traps: int = 1,
@@ -498,6 +616,10 @@ class NonFiniteWeights(Rule):
     """
 
     action = "stop"
+    meaning = ("the run diverged: a learning rate too high, no gradient clipping, or NaN/Inf "
+               "in the inputs or the loss (a log of 0, a division by 0)")
+    advice = ("restart from the last finite checkpoint with a lower learning rate and gradient "
+              "clipping; check the data and the loss for NaN")
 
     def __init__(self, pattern: str = r"non-?finite", **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -48,6 +48,10 @@ class MeanAlphaTrend(Rule):
         ValueError: ``slope_window < 2``.
     """
 
+    meaning = ("the model's mean alpha below 2, Martin & Mahoney's proposed early-stopping "
+               "signal of over-training (experimental)")
+    advice = "compare with the validation loss before stopping"
+
     def __init__(
         self,
         summary: str = "alpha_mean",
@@ -212,78 +216,135 @@ def _slope(points: list[tuple[int, float]]) -> float | None:
     return slope if math.isfinite(slope) else None
 
 
-TRAINING = "training"
-"""Pseudo-mode under which the callback records the trainer's own logged scalars
-(``trainer.callback_metrics``: ``val_loss``, ``train_loss``, ...) in the alert history."""
-
-
 class GeneralizationGap(Rule):
-    """Over-fitting: the validation loss exceeds the training loss by more than ``threshold``
-    for ``patience`` consecutive analyses.
+    """Over-fitting, judged on the scale of the trainer's own metrics, only once the
+    validation result stops improving.
 
-    Reads the trainer's logged scalars (``val`` and ``train``, recorded under the mode
-    :data:`TRAINING`), not the spectra: no spectral rule flagged the zoo's nets memorising 100
-    or 300 images, while this gap opened at epochs 3-11, before their outcome was decided
-    (``experiments/alert_zoo``). ``train``
-    should be an epoch mean (``self.log(..., on_epoch=True)``); a last-batch value is noisy.
-    The threshold is in the loss's own units (nats for cross-entropy). Silent when either
-    scalar is missing (no validation data, other names).
+    Reads the trainer's logged scalars (``Snapshot.training``), not the spectra. The condition
+    holds at an analysis when the validation result has not improved on its best for the last
+    ``patience`` analyses and either
+
+    - *accuracies* (when both ``train_acc`` and ``val_acc`` are logged): the training accuracy
+      exceeds the validation accuracy by more than ``acc_gap`` (a fraction: 0.15 is 15 points);
+      the validation result is ``val_acc``, improving means rising by more than
+      ``min_delta``; or
+    - *losses* (otherwise): the validation loss is more than ``1 + loss_rise`` times its best
+      while the training loss fell (by more than ``min_delta``, relative) over the same
+      analyses; improving means falling by more than ``min_delta`` relative to the best.
+
+    Both are free of the loss's units: a VAE whose validation loss of ~260 nats per image sits
+    0.5 nats above its training loss and falls every epoch is healthy, and is silent here.
+    Silent when the scalars are missing (no validation data, other names: set ``val_loss``,
+    ``train_loss``, ``val_acc``, ``train_acc``). Thresholds and their evidence:
+    docs/methods.md#alert-rules.
 
     Args:
-        threshold: largest tolerated ``val - train``.
-        patience: consecutive analyses the gap must exceed it.
-        val, train: names of the logged scalars.
+        acc_gap: largest tolerated ``train_acc - val_acc``.
+        loss_rise: largest tolerated relative rise of the validation loss above its best.
+        patience: analyses without improvement before the condition can hold.
+        min_delta: smallest change that counts as an improvement (absolute for accuracies,
+            relative for losses).
+        val_loss, train_loss, val_acc, train_acc: names of the logged scalars (None: not read).
         **kwargs: ``name``, ``action``, ``min_epoch`` (see :class:`Rule`).
     """
 
+    meaning = ("over-fitting (the network memorises its training set), or training labels that "
+               "do not match the validation labels (label noise, a shifted label mapping, a "
+               "class imbalance, a different preprocessing of the two sets)")
+    advice = ("check the validation pipeline against the training one; then more data or "
+              "augmentation, stronger regularisation (weight decay, dropout), or stop at the "
+              "best validation checkpoint")
+
     def __init__(
         self,
-        threshold: float = 0.5,
-        patience: int = 1,
+        acc_gap: float = 0.15,
+        loss_rise: float = 1.0,
+        patience: int = 2,
         *,
-        val: str = "val_loss",
-        train: str = "train_loss",
+        min_delta: float = 0.005,
+        val_loss: str | None = "val_loss",
+        train_loss: str | None = "train_loss",
+        val_acc: str | None = "val_acc",
+        train_acc: str | None = "train_acc",
         min_epoch: int = 1,
         **kwargs: Any,
     ) -> None:
+        for label, value in (("acc_gap", acc_gap), ("loss_rise", loss_rise),
+                             ("min_delta", min_delta)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
         super().__init__(min_epoch=min_epoch, **kwargs)
-        self.threshold = float(threshold)
-        self.patience = patience
-        self.val, self.train = val, train
-        self._gap = Hysteresis(patience)
+        self.acc_gap, self.loss_rise = float(acc_gap), float(loss_rise)
+        self.patience, self.min_delta = patience, float(min_delta)
+        self.val_loss, self.train_loss = val_loss, train_loss
+        self.val_acc, self.train_acc = val_acc, train_acc
+        self._gap = Hysteresis(1)
 
-    def _gap_at(self, snap) -> float | None:
-        val = snap.summary.get((self.val, TRAINING))
-        train = snap.summary.get((self.train, TRAINING))
-        if val is None or train is None or not (math.isfinite(val) and math.isfinite(train)):
+    def _series(self, history: MetricHistory, name: str | None) -> list[float]:
+        """The scalar's finite values at the analyses from ``min_epoch`` on (an analysis
+        without it, e.g. between two validations, is left out)."""
+        if name is None:
+            return []
+        values = (e.training.get(name, math.nan) for e in history if e.epoch >= self.min_epoch)
+        return [v for v in values if math.isfinite(v)]
+
+    def _stalled(self, values: list[float], higher_is_better: bool) -> bool | None:
+        """Whether the last ``patience`` values did not improve on the best before them by
+        ``min_delta`` (None: too few finite values)."""
+        if len(values) <= self.patience:
             return None
-        return val - train
+        before, recent = values[:-self.patience], values[-self.patience:]
+        if higher_is_better:
+            return max(recent) <= max(before) + self.min_delta
+        best = min(before)
+        return min(recent) >= best - self.min_delta * abs(best)
+
+    def _evidence(self, history: MetricHistory) -> tuple[bool | None, str, str, float, float]:
+        """(condition, text with the numbers against their limits, metric, value, threshold)."""
+        snap = history.latest
+        train_acc, val_acc = self._series(history, self.train_acc), self._series(
+            history, self.val_acc)
+        latest = [snap.training.get(n, math.nan) if n else math.nan
+                  for n in (self.train_acc, self.val_acc)]
+        if all(math.isfinite(v) for v in latest):
+            gap = train_acc[-1] - val_acc[-1]
+            stalled = self._stalled(val_acc, higher_is_better=True)
+            holds = None if stalled is None else stalled and gap > self.acc_gap
+            text = (f"{self.train_acc} - {self.val_acc} = {fmt(train_acc[-1])} - "
+                    f"{fmt(val_acc[-1])} = {fmt(gap)} > {fmt(self.acc_gap)} while {self.val_acc} "
+                    f"has not improved (best {fmt(max(val_acc))}) for {self.patience} "
+                    f"analyses")
+            return holds, text, f"{self.train_acc} - {self.val_acc}", gap, self.acc_gap
+        val, train = self._series(history, self.val_loss), self._series(history, self.train_loss)
+        if self.val_loss is None or not math.isfinite(snap.training.get(self.val_loss, math.nan)) \
+                or len(train) <= self.patience:
+            return None, "", "", math.nan, math.nan
+        recent_train = train[-self.patience - 1:]
+        best = min(val)
+        rise = val[-1] / best - 1.0 if best > 0 else math.nan
+        falling = recent_train[0] > 0 and \
+            (recent_train[0] - recent_train[-1]) / recent_train[0] > self.min_delta
+        stalled = self._stalled(val, higher_is_better=False)
+        holds = None if stalled is None or not math.isfinite(rise) else \
+            stalled and falling and rise > self.loss_rise
+        text = (f"{self.val_loss} = {fmt(val[-1])} is {fmt(1 + rise)}x its best {fmt(best)} "
+                f"(limit {fmt(1 + self.loss_rise)}x) while {self.train_loss} fell "
+                f"{fmt(recent_train[0])} -> {fmt(recent_train[-1])} over {self.patience} analyses")
+        return holds, text, f"{self.val_loss} / best - 1", rise, self.loss_rise
 
     def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
         snap = history.latest
         if snap is None or snap.epoch < self.min_epoch:
             return []
-        gap = self._gap_at(snap)
-        if not self._gap.update((), None if gap is None else gap > self.threshold):
+        holds, text, metric, value, threshold = self._evidence(history)
+        if not self._gap.update((), holds):
             return []
-        gaps = [g for e in list(history)[-self.patience:] if (g := self._gap_at(e)) is not None]
-        return [
-            self.make_alert(
-                metric=f"{self.val} - {self.train}",
-                value=gap,
-                values=tuple(gaps),
-                threshold=self.threshold,
-                epoch=snap.epoch,
-                step=snap.step,
-                message=(
-                    f"{self.name}: model {self.val} - {self.train} = {fmt(gap)} > "
-                    f"{fmt(self.threshold)}"
-                    + (f" for {self.patience} consecutive analyses" if self.patience > 1 else "")
-                    + f"{when(snap.epoch, snap.step)} (over-fitting: the training loss falls "
-                    f"faster than the validation loss)"
-                ),
-            )
-        ]
+        return [self.make_alert(
+            metric=metric, value=value, threshold=threshold, epoch=snap.epoch, step=snap.step,
+            message=f"{self.name}: model {text}{when(snap.epoch, snap.step)}",
+        )]
 
     def state_dict(self) -> dict[str, Any]:
         return {"gap": self._gap.state_dict()}

@@ -1,26 +1,34 @@
-"""Rules on how much the weights still move: a stalled network and a frozen layer.
+"""Rules on how the weights move: a network that does not learn, frozen layers, layers left
+behind by the others (vanishing gradients) and weights collapsing to zero.
 
-Both read the relative change of a layer's norms between consecutive analyses,
+They read the ``"motion"`` metrics (:mod:`svd_callback.motion`): a layer's *movement* at an
+analysis is its ``weight_rotation``, the angle between its weights now and at the previous
+analysis, which sees a weight that turns at constant norm (plain SGD) and is blind to a
+rescaling (weight decay, or a BatchNorm-followed layer's free scale). Histories without the
+motion group fall back to the relative change of the norms,
 
     change_t = max over m in (spectral_norm, frobenius_norm), over the layer's modes of
                |m_t / m_{t-1} - 1|,
 
-which is exactly 0 for a layer whose weights did not move and decays geometrically (by the
-optimiser's momentum factor per step, 0.9^23 ~ 0.1 per epoch for Adam on 23 steps) once the
-gradients vanish, as in a network whose ReLUs all died (docs/methods.md#alert-rules).
+which misses rotations (docs/methods.md#alert-rules). Thresholds and their evidence are in
+docs/methods.md.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from svd_callback.alerts.base import Alert, Hysteresis, Rule, fmt, when
 from svd_callback.alerts.history import MetricHistory, Snapshot
-from svd_callback.alerts.model_rules import TRAINING
+from svd_callback.alerts.layer_rules import MAX_LISTED, LayerMetricRule
+from svd_callback.rmt.mp import random_stable_rank
 
 NORMS = ("spectral_norm", "frobenius_norm")
+ROTATION = "weight_rotation"
+MOTION = "weight_motion"
 
 
 def relative_change(before: Snapshot, after: Snapshot, layer: str,
@@ -40,144 +48,141 @@ def relative_change(before: Snapshot, after: Snapshot, layer: str,
     return max(changes) if changes else None
 
 
-def shape_change(before: Snapshot, after: Snapshot, layer: str) -> float | None:
-    """max over the layer's modes of |r_after / r_before - 1| with r = spectral_norm /
-    frobenius_norm = 1 / sqrt(stable_rank): how much the shape of the spectrum changed, blind
-    to a rescaling of the weights (weight decay, or a BatchNorm-followed layer's free scale);
-    None when no mode has both norms finite and positive in both analyses."""
-    changes = []
-    for name, mode in after.layers:
-        if name != layer:
-            continue
-        values = [(snap.get(layer, "spectral_norm", mode), snap.get(layer, "frobenius_norm", mode))
-                  for snap in (before, after)]
-        if all(s is not None and f is not None and math.isfinite(s) and math.isfinite(f)
-               and s > 0 and f > 0 for s, f in values):
-            (s0, f0), (s1, f1) = values
-            changes.append(abs((s1 / f1) / (s0 / f0) - 1.0))
-    return max(changes) if changes else None
-
-
-def change_series(history: MetricHistory, layer: str, n: int,
-                  metrics: tuple[str, ...] = NORMS) -> list[float | None]:
-    """The layer's relative changes over the last ``n`` pairs of consecutive analyses, oldest
-    first (shorter when the history is shorter)."""
-    entries = list(history)[-(n + 1):]
-    pairs = zip(entries, entries[1:], strict=False)
-    return [relative_change(a, b, layer, metrics) for a, b in pairs]
-
-
-def _layers(snap: Snapshot, rule: Rule, normalized: bool = True) -> list[str]:
-    """The analysed layers of ``snap`` selected by ``rule`` (without those whose output feeds a
-    normaliser unless ``normalized``)."""
-    return list(dict.fromkeys(
-        name for (name, mode), record in snap.layers.items()
-        if rule.selects(name, mode) and not record.skipped
-        and (normalized or record.normalized_by is None)
-    ))
-
-
-def moved_since_start(history: MetricHistory, layer: str,
-                      change_of: Callable[[Snapshot, Snapshot, str], float | None]
-                      = relative_change) -> float | None:
-    """The layer's change (``change_of``: :func:`relative_change` of the norms, or
-    :func:`shape_change`) from the oldest kept analysis that has it to the latest."""
-    latest = history.latest
-    for snap in history:
-        if snap is latest:
-            return None
-        change = change_of(snap, latest, layer)
-        if change is not None:
-            return change
+def _layer_metric(snap: Snapshot, layer: str, metric: str) -> float | None:
+    """The layer's ``metric`` in any of its modes (the motion metrics are the same in all);
+    None when absent or not finite."""
+    for (name, _), record in snap.layers.items():
+        if name == layer:
+            value = record.get(metric)
+            if value is not None and math.isfinite(value):
+                return value
     return None
 
 
+def movement(history: MetricHistory, index: int, layer: str,
+             metric: str = ROTATION) -> float | None:
+    """The layer's movement at analysis ``index`` of ``history``: its ``metric``
+    (``weight_rotation``, or ``weight_motion`` for a frozen layer's exact 0), else the relative
+    norm change from the analysis before; None when neither can be read."""
+    snap = history[index]
+    value = _layer_metric(snap, layer, metric)
+    if value is not None:
+        return value
+    if any(name == layer and record.get(metric) is not None
+           for (name, _), record in snap.layers.items()):
+        return None  # the motion metric is there but NaN (a first analysis, a zero weight)
+    position = index % len(history)
+    return None if position == 0 else relative_change(history[position - 1], snap, layer)
+
+
+def movement_series(history: MetricHistory, layer: str, n: int,
+                    metric: str = ROTATION) -> list[float | None]:
+    """The layer's movements at the last ``n`` analyses after the first kept one, oldest
+    first (shorter when the history is shorter)."""
+    count = min(n, len(history) - 1)
+    return [movement(history, i, layer, metric) for i in range(-count, 0)]
+
+
+def analysed_layers(snap: Snapshot, rule: Rule) -> list[str]:
+    """The analysed (not skipped) layers of ``snap`` that ``rule`` selects, in order."""
+    return list(dict.fromkeys(
+        name for (name, mode), record in snap.layers.items()
+        if rule.selects(name, mode) and not record.skipped
+    ))
+
+
+def randomness(snap: Snapshot, layer: str) -> float | None:
+    """The layer's stable rank in ``unfold`` mode (the weight matrix itself; a linear layer's
+    too) over that of a random matrix of its shape (:func:`random_stable_rank`): about 1
+    (1.0-1.3 for the small layers of the zoo) at a random initialisation, lower once training
+    concentrates the spectrum in a few directions; None without an ``unfold`` record with
+    ``stable_rank`` and ``matrix_shape``."""
+    record = snap.layers.get((layer, "unfold"))
+    if record is None or record.matrix_shape is None or min(record.matrix_shape) < 2:
+        return None
+    value = record.get("stable_rank")
+    if value is None or not math.isfinite(value):
+        return None
+    return value / random_stable_rank(*record.matrix_shape)
+
+
 class TrainingStalled(Rule):
-    """The spectra of most layers stopped changing: a dead, frozen or not-learning network.
+    """Most layers' weights stopped moving while the network has not learned, or their motion
+    collapsed at once: a network that does not learn, or one that died.
 
-    A layer is *stalled* at an analysis when either
+    A layer's movement is its ``weight_rotation`` (module docstring); a layer that does not
+    move at all (exactly 0: frozen) is :class:`LayerFrozen`'s, not judged here. The rule fires
+    (once, re-arming when it clears) when at least ``fraction`` of the judged layers show one
+    of:
 
-    - its relative norm change (module docstring) stayed below ``tolerance`` for ``patience``
-      consecutive analyses while it has moved by less than ``max_moved`` since the oldest kept
-      analysis (a learning rate far too low, a frozen network; a layer that moved and then
-      settled has converged, it is not stalled), or
-    - its change fell by more than ``1 / deceleration`` times in each of the last
-      ``decelerations`` analyses and is now below ``slow`` (updates dying out geometrically:
-      the gradients vanished and only the optimiser's momentum still moves the weights, as in a
-      net killed by a too-high learning rate); one fall fewer suffices when the trainer's
-      ``train_loss`` (recorded under the mode ``"training"``) fell by less than ``flat_loss``
-      (relative) over the same analyses.
+    - *not learning*: movement below ``tolerance`` (radians per analysis) for ``patience``
+      consecutive analyses, or movement falling in each of them while the layer's spectrum
+      stays where it started (stable rank within ``shape_tolerance`` of its first value:
+      steps that shrink while the weights take no shape, as with weights initialised far too
+      large), while the weights still look random: every layer's stable rank is
+      at least ``random_like`` times that of a random matrix of its shape (:func:`randomness`).
+      A trained network (fine-tuning, a converged run at a small learning rate) has at least
+      one layer whose spectrum training concentrated, and is not judged by this condition;
+      when no layer can be read that way, a flat ``train_loss`` (relative fall below
+      ``flat_loss`` over the same analyses) is asked for instead, if it is logged;
+    - *collapse*: movement fell more than ``1 / collapse`` times in one analysis (and has not
+      risen since) while the validation loss (``val_loss``; ``train_loss`` when there is
+      none) did not improve by ``flat_loss`` (relative): the gradients vanished at once, as in a
+      network that a too-high learning rate killed;
+    - *dying out*: movement fell more than ``1 / deceleration`` times in each of the last
+      ``decelerations`` analyses and is now below ``slow`` (one fall fewer with a flat
+      ``train_loss``): only the optimiser's momentum still moves the weights.
 
-    The rule fires (once, re-arming when it clears) when at least ``fraction`` of the judged
-    layers are stalled; or when at least ``fraction`` of all analysed layers (BatchNorm-followed
-    ones included) kept their spectrum's *shape* (:func:`shape_change` below
-    ``shape_tolerance`` for ``patience`` analyses, less than ``max_moved`` since the oldest kept
-    analysis), which catches a network whose weights only shrink under weight decay while the
-    gradients are too small to matter (weights initialised 100x too large behind BatchNorm);
-    or when at least ``fraction`` of all analysed layers *collapsed*: their change fell by more
-    than ``1 / collapse`` times in one analysis while the validation loss (``val_loss``;
-    ``train_loss`` when there is none) did not improve by ``flat_loss`` (relative). A collapse
-    is the gradients vanishing at once, as in a network that a too-high learning rate killed or
-    blew up in its first epoch: flagged one analysis later, at epoch 2, where dying out needs
-    three. From epoch ``min_epoch`` on.
-    Layers whose output feeds a BatchNorm (``normalized_by``) are not judged stalled by their
-    norms (they count for the shape and the collapse): their gradient is orthogonal to the
-    weight (scale invariance), so the weight rotates while its norms change only at second
-    order (1e-4 per epoch in a healthy BatchNorm CNN at val accuracy 0.99).
-
-    Defaults (``experiments/alert_rules/RESULTS.md``, digits SmallCNN with Adam, 3 healthy
-    seeds and the demo, and a BatchNorm variant with Adam and SGD): healthy SmallCNN layers
-    changed by 3.8e-3 to 1.0 per epoch; at lr 1e-6 every layer changed by 2e-6 to 2e-5 per
-    epoch; at lr 0.03 (dead ReLUs, train loss flat at 2.30) the changes went 6 -> 0.1 -> 0.01
-    -> 1e-3 (x0.1 per epoch, Adam's beta1 = 0.9 over 23 steps) and reached exactly 0 by epoch
-    9. ``tolerance = 1e-3`` sits 3.8x below the slowest healthy change. A healthy SGD run
-    (lr 0.1, momentum 0.9, BatchNorm) settled 1.5 -> 0.39 -> 0.061 -> 0.012 -> 0.0057 (two
-    falls below 0.2, then 0.47) while its train loss fell 1.47 -> 0.03: hence three falls
-    without the loss, two with a flat loss (the dead net: flagged at epoch 3). A cosine decay to
-    zero shrinks the last epochs' changes by ~9x once (over 20 epochs: lr ratios 0.36 then
-    0.11), not three times.
-
-    A healthy BatchNorm CNN at Adam lr 0.03 converged (val accuracy 0.98) with its linear
-    layers changing < 1e-3 per epoch from epoch 15 on, after moving > 30% since init: hence
-    ``max_moved = 0.1`` (the lr 1e-6 run had moved 4e-4 by epoch 20).
-
-    Limits: a dead network trained with weight decay shrinks uniformly (no deceleration,
-    change ~ lr * wd * steps per epoch); it is flagged only once that falls below
-    ``tolerance`` and only if it had not moved before. A network of BatchNorm-followed layers
-    is judged on its other layers only (often just the classifier).
+    From epoch ``min_epoch`` on.
 
     Args:
-        tolerance: relative norm change per analysis below which a layer is not moving.
-        patience: consecutive analyses a layer's change must stay below ``tolerance``.
-        fraction: share of the judged layers that must be stalled.
-        max_moved: largest change since the oldest kept analysis for which a layer below
-            ``tolerance`` is stalled rather than converged.
-        slow: largest change that counts as dying out.
-        deceleration: largest ratio change_t / change_{t-1} that counts as dying out.
-        decelerations: consecutive such falls that count as dying out (>= 2).
-        collapse: largest ratio change_t / change_{t-1} that counts as a collapse.
-        shape_tolerance: shape change per analysis below which a layer's spectrum is frozen
-            (0: the shape condition is off).
-        train_loss: name of the trainer's logged training loss (None: not read).
-        val_loss: name of the trainer's logged validation loss (None: not read).
-        flat_loss: relative decrease of a loss below which it counts as flat.
-        min_epoch: first epoch judged (default 1: the change from the init analysis is
-            judged at epoch 1).
+        tolerance: movement per analysis (radians) below which a layer does not move.
+        patience: consecutive analyses below ``tolerance``.
+        fraction: share of the judged layers that must show the condition.
+        random_like: smallest stable-rank ratio to a random matrix for which every layer still
+            looks untrained (0: the untrained check is off, motion alone decides).
+        shape_tolerance: largest relative change of a layer's stable rank since its first
+            analysis for which its spectrum has not formed (0: that variant is off).
+        collapse: largest ratio movement_t / movement_{t-1} that counts as a collapse.
+        deceleration: largest ratio that counts as one fall when dying out.
+        decelerations: consecutive falls that count as dying out (>= 2).
+        slow: largest movement that counts as dying out.
+        train_loss, val_loss: names of the trainer's logged losses (None: not read).
+        flat_loss: relative improvement of a loss below which it counts as flat.
+        min_epoch: first epoch judged.
         **kwargs: ``name``, ``action`` (``"stop"`` ends the run), ``modes``, ``layers``.
     """
 
+    MEANINGS = {
+        "not learning": (
+            "a learning rate far too low, or updates that do not reach the weights (a "
+            "scheduler or warm-up stuck near 0, weights initialised far too large behind a "
+            "normalisation layer, so that each step turns them by almost nothing)",
+            "raise the learning rate (a learning-rate range test finds the usable range), "
+            "check the scheduler, and that the optimiser holds the model's parameters"),
+        "collapse": (
+            "the network died: a learning rate too high blew the weights up and killed or "
+            "saturated its units (dead ReLUs), so no gradient reaches the weights any more",
+            "restart from an earlier checkpoint with a lower learning rate or a warm-up, and "
+            "gradient clipping"),
+        "dying out": (
+            "the gradients vanished and only the optimiser's momentum still moves the "
+            "weights (dead units after a blow-up, or a loss that no longer depends on them)",
+            "restart with a lower learning rate or a warm-up; check for dead ReLUs"),
+    }
+
     def __init__(
         self,
-        tolerance: float = 1e-3,
+        tolerance: float = 5e-4,
         patience: int = 2,
         *,
         fraction: float = 0.5,
-        max_moved: float = 0.1,
-        slow: float = 0.02,
+        random_like: float = 0.8,
+        shape_tolerance: float = 0.02,
+        collapse: float = 0.05,
         deceleration: float = 0.2,
         decelerations: int = 3,
-        collapse: float = 0.05,
-        shape_tolerance: float = 2e-4,
+        slow: float = 0.02,
         train_loss: str | None = "train_loss",
         val_loss: str | None = "val_loss",
         flat_loss: float = 0.01,
@@ -188,8 +193,9 @@ class TrainingStalled(Rule):
                 or decelerations < 2:
             raise ValueError(f"decelerations must be an integer >= 2, got {decelerations!r}")
         for label, value in (("tolerance", tolerance), ("slow", slow), ("flat_loss", flat_loss),
-                             ("deceleration", deceleration), ("max_moved", max_moved),
-                             ("collapse", collapse), ("shape_tolerance", shape_tolerance)):
+                             ("deceleration", deceleration), ("collapse", collapse),
+                             ("random_like", random_like),
+                             ("shape_tolerance", shape_tolerance)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
         if not 0 < fraction <= 1:
@@ -198,142 +204,188 @@ class TrainingStalled(Rule):
             raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
         super().__init__(min_epoch=min_epoch, **kwargs)
         self.tolerance, self.patience, self.fraction = float(tolerance), patience, fraction
-        self.slow, self.deceleration = float(slow), float(deceleration)
-        self.max_moved = float(max_moved)
-        self.decelerations, self.train_loss = decelerations, train_loss
-        self.val_loss, self.collapse = val_loss, float(collapse)
+        self.random_like, self.collapse = float(random_like), float(collapse)
         self.shape_tolerance = float(shape_tolerance)
-        self.flat_loss = float(flat_loss)
+        self.deceleration, self.decelerations = float(deceleration), decelerations
+        self.slow, self.flat_loss = float(slow), float(flat_loss)
+        self.train_loss, self.val_loss = train_loss, val_loss
         self._hysteresis = Hysteresis(1)
 
-    def stalled(self, changes: list[float | None], moved: float | None = None,
-                flat: bool = False) -> bool | None:
-        """Whether one layer's recent changes (oldest first), its change since the start
-        (``moved``; None: unknown, not checked) and a flat training loss say it is stalled;
-        None when there are too few to tell."""
-        recent = changes[-self.patience:]
-        settled = moved is not None and moved >= self.max_moved
-        if len(recent) == self.patience and not settled and all(
-                c is not None and c < self.tolerance for c in recent):
-            return True
-        falls = self.decelerations - 1 if flat else self.decelerations
-        last = changes[-(falls + 1):]
-        if len(last) == falls + 1 and all(c is not None for c in last) and last[-1] < self.slow \
-                and all(b < self.deceleration * a for a, b in zip(last, last[1:], strict=False)):
-            return True
-        if not changes or changes[-1] is None:
+    # ------------------------------------------------------------------ conditions
+    def not_moving(self, series: Sequence[float | None]) -> bool | None:
+        """The last ``patience`` movements are all below ``tolerance``."""
+        recent = list(series[-self.patience:])
+        if len(recent) < self.patience or any(v is None for v in recent):
             return None
+        return all(v < self.tolerance for v in recent)  # type: ignore[operator]
+
+    def slowing_unformed(self, history: MetricHistory, layer: str,
+                         series: Sequence[float | None]) -> bool | None:
+        """The layer's spectrum is where it started (stable rank within ``shape_tolerance`` of
+        its first analysis's, relative) and its movement fell in each of the last
+        ``patience`` analyses: steps that shrink while the weights take no shape, as when they
+        were initialised far too large for the learning rate."""
+        recent = list(series[-(self.patience + 1):])
+        first, now = randomness(history[0], layer), randomness(history.latest, layer)
+        if len(recent) < self.patience + 1 or any(v is None for v in recent) or first is None \
+                or now is None or self.shape_tolerance <= 0:
+            return None
+        unformed = abs(now / first - 1.0) < self.shape_tolerance
+        return unformed and all(b < a for a, b in zip(recent, recent[1:], strict=False))
+
+    def not_learning(self, history: MetricHistory, layer: str,
+                     series: Sequence[float | None]) -> bool | None:
+        """:meth:`not_moving` or :meth:`slowing_unformed` (None when neither can tell)."""
+        verdicts = [self.not_moving(series), self.slowing_unformed(history, layer, series)]
+        if any(verdicts):
+            return True
+        return None if all(v is None for v in verdicts) else False
+
+    def collapsed(self, series: Sequence[float | None]) -> bool | None:
+        """Some movement_i < ``collapse`` movement_{i-1} in the window and every later one
+        kept falling (by ``deceleration``) or is below ``tolerance``, so that a collapse that
+        goes on dying out stays one episode."""
+        if len(series) < 2 or series[-1] is None or series[-2] is None:
+            return None
+        for i in range(len(series) - 1, 0, -1):
+            before, now = series[i - 1], series[i]
+            if before is None or now is None:
+                return False
+            if now < self.collapse * before:
+                return True
+            if not (now < self.deceleration * before or now < self.tolerance):
+                return False
         return False
+
+    def dying(self, series: Sequence[float | None], flat: bool) -> bool | None:
+        """``decelerations`` falls by ``deceleration`` ending below ``slow`` (one fewer when
+        the training loss is flat)."""
+        falls = self.decelerations - 1 if flat else self.decelerations
+        last = list(series[-(falls + 1):])
+        if len(last) < falls + 1 or any(v is None for v in last):
+            return None
+        return last[-1] < self.slow and all(  # type: ignore[operator]
+            b < self.deceleration * a for a, b in zip(last, last[1:], strict=False))
 
     def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
         snap = history.latest
         if snap is None or snap.epoch < self.min_epoch or len(history) < 2:
             return []
         window = max(self.patience, self.decelerations + 1)
-        flat, still = self._flat_loss(history), self._still_loss(history)
-        series = {layer: change_series(history, layer, window) for layer in _layers(snap, self)}
-        verdicts: dict[str, tuple[bool, float | None]] = {}
-        for layer in _layers(snap, self, normalized=False):
-            changes = series[layer]
-            verdict = self.stalled(changes, moved_since_start(history, layer), flat)
-            if verdict is not None:
-                verdicts[layer] = (verdict, changes[-1])
-        candidates = [verdicts, self._frozen_shapes(history),
-                      self._collapses(series) if still else {}]
-        if not any(candidates):
+        series = {layer: movement_series(history, layer, window)
+                  for layer in analysed_layers(snap, self)}
+        judged = {layer: s for layer, s in series.items()
+                  if s and s[-1] is not None and _layer_metric(snap, layer, MOTION) != 0.0}
+        flat = self._flat(history, self.train_loss, self.decelerations - 1)
+        untrained = self._untrained(history)
+        candidates = {
+            "not learning": {layer: self.not_learning(history, layer, s)
+                             for layer, s in judged.items()} if untrained else {},
+            "collapse": {layer: self.collapsed(s) for layer, s in judged.items()}
+            if self._still(history) else {},
+            "dying out": {layer: self.dying(s, flat) for layer, s in judged.items()},
+        }
+        shares: dict[str, tuple[float, dict[str, bool]]] = {}
+        for kind, found in candidates.items():
+            known = {layer: bool(v) for layer, v in found.items() if v is not None}
+            if known:
+                shares[kind] = (sum(known.values()) / len(known), known)
+        if not shares:
+            self._hysteresis.update((), None)
             return []
-        shares = [(sum(v for v, _ in c.values()) / len(c) if c else 0.0, c) for c in candidates]
-        share, verdicts = max(shares, key=lambda pair: pair[0])
-        stalled = [layer for layer, (verdict, _) in verdicts.items() if verdict]
+        kind, (share, verdicts) = max(shares.items(), key=lambda item: item[1][0])
         if not self._hysteresis.update((), share >= self.fraction):
             return []
-        listed = ", ".join(f"{layer} ({fmt(verdicts[layer][1])})" for layer in stalled)
-        return [
-            self.make_alert(
-                metric="stalled_fraction",
-                value=share,
-                values=tuple(c for _, c in verdicts.values() if c is not None),
-                threshold=self.fraction,
-                epoch=snap.epoch,
-                step=snap.step,
-                message=(
-                    f"{self.name}: model: {len(stalled)} of {len(verdicts)} layers stopped "
-                    f"changing (relative change of spectral/Frobenius norm < "
-                    f"{fmt(self.tolerance)} for {self.patience} analyses, dying out "
-                    f"x{fmt(self.deceleration)} per analysis below {fmt(self.slow)}, or "
-                    f"collapsing x{fmt(self.collapse)} in one analysis while the loss stayed "
-                    f"flat, or a spectrum shape changing < {fmt(self.shape_tolerance)}): "
-                    f"{listed}{when(snap.epoch, snap.step)}; the network is dead, frozen or "
-                    f"not learning"
-                ),
-            )
-        ]
+        return [self._alert(history, snap, kind, share, verdicts, judged, untrained)]
 
-    def _flat_loss(self, history: MetricHistory) -> bool:
-        """Whether ``train_loss`` fell by less than ``flat_loss`` (relative) over the last
-        ``decelerations - 1`` analyses; False when it was not recorded in each of them."""
-        if self.train_loss is None:
+    def _alert(self, history: MetricHistory, snap: Snapshot, kind: str, share: float,
+               verdicts: Mapping[str, bool], series: Mapping[str, list[float | None]],
+               untrained: bool) -> Alert:
+        stalled = [layer for layer, verdict in verdicts.items() if verdict]
+        listed = ", ".join(f"{layer} {self._trace(kind, series[layer])}"
+                           for layer in stalled[:MAX_LISTED])
+        more = len(stalled) - MAX_LISTED
+        listed += f", and {more} more" if more > 0 else ""
+        what = {
+            "not learning": (f"moved less than {fmt(self.tolerance)} rad per analysis, or "
+                             f"slowed down with a spectrum unchanged since the start (stable "
+                             f"rank within {fmt(100 * self.shape_tolerance)}%), for "
+                             f"{self.patience} analyses"),
+            "collapse": (f"slowed more than {fmt(1 / self.collapse)}x in one analysis while "
+                         f"{self._loss_text(history)} did not improve"),
+            "dying out": (f"slowed more than {fmt(1 / self.deceleration)}x per analysis for "
+                          f"{self.decelerations} analyses, now below {fmt(self.slow)} rad"),
+        }[kind]
+        extra = ""
+        if kind == "not learning" and untrained:
+            extra = (f"; the weights still look random (every layer's stable rank >= "
+                     f"{fmt(self.random_like)} x a random matrix's, lowest "
+                     f"{fmt(self._lowest_randomness(snap))})")
+        meaning, advice = self.MEANINGS[kind]
+        return self.make_alert(
+            metric=f"{kind} fraction",
+            value=share,
+            values=tuple(s[-1] for layer in stalled if (s := series[layer]) and s[-1] is not None),
+            threshold=self.fraction,
+            epoch=snap.epoch,
+            step=snap.step,
+            layers=tuple(stalled),
+            meaning=meaning,
+            advice=advice,
+            message=(f"{self.name}: model: {kind}: {len(stalled)} of {len(verdicts)} layers' "
+                     f"weights {what} (weight_rotation per analysis, oldest first: {listed})"
+                     f"{extra}{when(snap.epoch, snap.step)}"),
+        )
+
+    def _trace(self, kind: str, series: Sequence[float | None]) -> str:
+        n = self.patience if kind == "not learning" else min(len(series), 3)
+        return "(" + " -> ".join(fmt(v) for v in series[-n:]) + ")"
+
+    # ------------------------------------------------------------------ evidence
+    def _lowest_randomness(self, snap: Snapshot) -> float | None:
+        values = [v for layer in analysed_layers(snap, self)
+                  if (v := randomness(snap, layer)) is not None]
+        return min(values) if values else None
+
+    def _untrained(self, history: MetricHistory) -> bool:
+        """Whether the network still looks untrained: every readable layer's
+        :func:`randomness` >= ``random_like``; without a readable layer, whether the training
+        loss is flat (True when it is not logged either: motion alone decides)."""
+        if self.random_like <= 0:
+            return True
+        lowest = self._lowest_randomness(history.latest)
+        if lowest is not None:
+            return lowest >= self.random_like
+        if self.train_loss is None or not history.latest.training:
+            return True
+        return self._flat(history, self.train_loss, self.patience)
+
+    def _loss_text(self, history: MetricHistory) -> str:
+        for name in (self.val_loss, self.train_loss):
+            if name is not None and name in history.latest.training:
+                return name
+        return "the loss"
+
+    def _flat(self, history: MetricHistory, name: str | None, analyses: int) -> bool:
+        """Whether loss ``name`` fell by less than ``flat_loss`` (relative) over the last
+        ``analyses`` analyses; False when it was not recorded in each of them."""
+        if name is None:
             return False
-        entries = list(history)[-self.decelerations:]
-        losses = [e.summary.get((self.train_loss, TRAINING)) for e in entries]
-        if len(losses) < self.decelerations or any(
-                v is None or not math.isfinite(v) for v in losses):
+        entries = list(history)[-(analyses + 1):]
+        losses = [e.training.get(name) for e in entries]
+        if len(losses) < analyses + 1 or any(v is None or not math.isfinite(v) for v in losses):
             return False
         first, last = losses[0], losses[-1]
         return first > 0 and (first - last) / first < self.flat_loss
 
-    def _frozen_shapes(self, history: MetricHistory) -> dict[str, tuple[bool, float | None]]:
-        """Layer -> (shape frozen, latest shape change) for every analysed layer with
-        ``patience`` known shape changes (none when ``shape_tolerance`` is 0)."""
-        if self.shape_tolerance <= 0:
-            return {}
-        entries = list(history)[-(self.patience + 1):]
-        out: dict[str, tuple[bool, float | None]] = {}
-        for layer in _layers(history.latest, self, normalized=True):
-            series = [shape_change(a, b, layer) for a, b in zip(entries, entries[1:],
-                                                                 strict=False)]
-            if len(series) < self.patience or any(c is None for c in series):
-                continue
-            moved = moved_since_start(history, layer, shape_change)
-            frozen = all(c < self.shape_tolerance for c in series) and moved is not None \
-                and moved < self.max_moved
-            out[layer] = (frozen, series[-1])
-        return out
-
-    def _collapses(self, changes: Mapping[str, list[float | None]]
-                   ) -> dict[str, tuple[bool, float | None]]:
-        """Layer -> (collapsed, latest change) for every layer of ``changes`` (its recent
-        :func:`change_series`) with two known changes: collapsed when some change_i <
-        ``collapse`` * change_{i-1} in the window and every later change kept falling (by
-        ``deceleration``) or is below ``tolerance``, so that a collapse that goes on dying out
-        stays one episode."""
-        out: dict[str, tuple[bool, float | None]] = {}
-        for layer, series in changes.items():
-            if len(series) < 2 or series[-1] is None or series[-2] is None:
-                continue
-            verdict = False
-            for i in range(len(series) - 1, 0, -1):
-                before, now = series[i - 1], series[i]
-                if before is None or now is None:
-                    break
-                if now < self.collapse * before:
-                    verdict = True
-                    break
-                if not (now < self.deceleration * before or now < self.tolerance):
-                    break
-            out[layer] = (verdict, series[-1])
-        return out
-
-    def _still_loss(self, history: MetricHistory) -> bool:
+    def _still(self, history: MetricHistory) -> bool:
         """Whether the validation loss (else the training loss) did not improve by
         ``flat_loss`` (relative) between the last two analyses (a rise, or a non-finite value,
         counts as not improving); False when neither was recorded in both."""
-        if len(history) < 2:
-            return False
         for name in (self.val_loss, self.train_loss):
             if name is None:
                 continue
-            before, now = (history[i].summary.get((name, TRAINING)) for i in (-2, -1))
+            before, now = (history[i].training.get(name) for i in (-2, -1))
             if before is None or now is None or not math.isfinite(before) or before <= 0:
                 continue
             return not math.isfinite(now) or (before - now) / before < self.flat_loss
@@ -347,21 +399,27 @@ class TrainingStalled(Rule):
 
 
 class LayerFrozen(Rule):
-    """One layer's weights did not move: relative norm change below ``tolerance`` for
-    ``patience`` consecutive analyses (a layer left out of the optimiser, ``requires_grad``
-    False, or a dead layer).
+    """Layers whose weights did not move at all: ``weight_motion`` (else the relative norm
+    change) at most ``tolerance`` for ``patience`` consecutive analyses: left out of the
+    optimiser, ``requires_grad`` False, a learning rate of 0, or no gradient reaching them
+    (inputs that are all zero, a detached graph).
 
-    ``tolerance = 1e-7`` is float32 round-off (machine epsilon 1.2e-7): a trained layer moves
-    far more (the slowest measured, at lr 1e-6: 2e-6 per epoch), a frozen one exactly 0
-    (``experiments/alert_rules/RESULTS.md``). Losses cannot show this: the digits SmallCNN with
-    one conv frozen still reached val accuracy 0.94.
+    ``tolerance = 1e-7`` is float32 round-off (machine epsilon 1.2e-7): a layer that trains
+    moves far more, a frozen one reads exactly 0. The layers that start to hold at one analysis
+    make one alert; when every layer holds, it says the optimiser updates nothing.
 
     Args:
-        tolerance: largest relative norm change that counts as not moving.
+        tolerance: largest movement that counts as not moving.
         patience: consecutive analyses it must hold.
         min_epoch: first epoch judged (default 1).
         **kwargs: ``name``, ``action``, ``modes``, ``layers``.
     """
+
+    meaning = ("the layers are not trained: left out of the optimiser, requires_grad=False, a "
+               "learning rate of 0 for their parameter group, or no gradient reaches them "
+               "(inputs that are all zero, a detached or unused branch)")
+    advice = ("if the freeze is not intended, check the optimiser's parameter groups, the "
+              "scheduler, requires_grad, and that the layers' outputs reach the loss")
 
     def __init__(self, tolerance: float = 1e-7, patience: int = 2, *, min_epoch: int = 1,
                  **kwargs: Any) -> None:
@@ -376,29 +434,203 @@ class LayerFrozen(Rule):
         snap = history.latest
         if snap is None or snap.epoch < self.min_epoch or len(history) < 2:
             return []
-        alerts = []
-        for layer in _layers(snap, self):
-            change = relative_change(history[-2], snap, layer)
-            if self._hysteresis.update((layer,), None if change is None
-                                       else change <= self.tolerance):
-                alerts.append(self.make_alert(
-                    layer=layer,
-                    metric="relative_norm_change",
-                    value=change,
-                    threshold=self.tolerance,
-                    epoch=snap.epoch,
-                    step=snap.step,
-                    message=(
-                        f"{self.name}: layer {layer!r} spectral/Frobenius norms changed by "
-                        f"{fmt(change)} <= {fmt(self.tolerance)} for {self.patience} "
-                        f"consecutive analyses{when(snap.epoch, snap.step)}: its weights are "
-                        f"not being trained (frozen, not in the optimiser, or dead)"
-                    ),
-                ))
-        return alerts
+        layers = analysed_layers(snap, self)
+        fired, held = [], 0
+        for layer in layers:
+            moved = movement(history, -1, layer, MOTION)
+            if self._hysteresis.update((layer,), None if moved is None
+                                       else moved <= self.tolerance):
+                fired.append((layer, moved))
+            held += self._hysteresis.streak((layer,)) >= self.patience
+        if not fired:
+            return []
+        names = [layer for layer, _ in fired]
+        listed = ", ".join(f"{layer} ({fmt(moved)})" for layer, moved in fired[:MAX_LISTED])
+        listed += f", and {len(fired) - MAX_LISTED} more" if len(fired) > MAX_LISTED else ""
+        every = held == len(layers) and len(layers) > 1
+        subject = f"all {len(layers)} layers" if every else (
+            f"layer {names[0]!r}" if len(names) == 1 else f"{len(names)} layers")
+        message = (f"{self.name}: {subject}: weights moved by at most {fmt(self.tolerance)} "
+                   f"(weight_motion) for {self.patience} consecutive analyses: {listed}"
+                   f"{when(snap.epoch, snap.step)}")
+        if every:
+            message += "; the optimiser updates nothing"
+        return [self.make_alert(
+            layers=tuple(names), metric=MOTION, value=fired[0][1],
+            values=tuple(moved for _, moved in fired), threshold=self.tolerance,
+            epoch=snap.epoch, step=snap.step, message=message,
+        )]
 
     def state_dict(self) -> dict[str, Any]:
         return {"hysteresis": self._hysteresis.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._hysteresis.load_state_dict(state.get("hysteresis", []))
+
+
+class VanishingUpdates(Rule):
+    """Layers left behind: a layer's movement stayed below ``lag`` times the median movement
+    of the model's layers for ``patience`` consecutive analyses while that median is above
+    ``tolerance`` (the rest of the network learns): the gradients vanish before they reach it.
+
+    Layers that do not move at all are :class:`LayerFrozen`'s. The layers that start to hold at
+    one analysis make one alert.
+
+    Args:
+        lag: largest ratio of a layer's movement to the median that counts as left behind.
+        patience: consecutive analyses it must hold.
+        tolerance: smallest median movement (radians per analysis) for which the model counts
+            as moving.
+        min_layers: fewest moving layers for a median to mean something.
+        min_epoch: first epoch judged (default 1).
+        **kwargs: ``name``, ``action``, ``modes``, ``layers``.
+    """
+
+    meaning = ("vanishing gradients: a deep stack of saturating activations (sigmoid, tanh), a "
+               "deep network without normalisation or residual connections, or a too-small "
+               "initialisation, so that the layers far from the loss barely learn")
+    advice = ("ReLU-family activations, normalisation layers, residual connections, or a "
+              "Kaiming/Xavier initialisation; per-layer learning rates help too")
+
+    def __init__(self, lag: float = 0.01, patience: int = 2, *, tolerance: float = 5e-4,
+                 min_layers: int = 3, min_epoch: int = 1, **kwargs: Any) -> None:
+        for label, value in (("lag", lag), ("tolerance", tolerance)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+        if isinstance(min_layers, bool) or not isinstance(min_layers, int) or min_layers < 2:
+            raise ValueError(f"min_layers must be an integer >= 2, got {min_layers!r}")
+        super().__init__(min_epoch=min_epoch, **kwargs)
+        self.lag, self.patience, self.tolerance = float(lag), patience, float(tolerance)
+        self.min_layers = min_layers
+        self._hysteresis = Hysteresis(patience)
+
+    def check(self, history: MetricHistory, epoch: int, step: int) -> list[Alert]:
+        snap = history.latest
+        if snap is None or snap.epoch < self.min_epoch or len(history) < 2:
+            return []
+        moves = {layer: m for layer in analysed_layers(snap, self)
+                 if (m := movement(history, -1, layer)) is not None
+                 and _layer_metric(snap, layer, MOTION) != 0.0}
+        if len(moves) < self.min_layers:
+            for layer in moves:
+                self._hysteresis.update((layer,), None)
+            return []
+        median = statistics.median(moves.values())
+        fired = []
+        for layer, moved in moves.items():
+            holds = None if median <= self.tolerance else moved < self.lag * median
+            if self._hysteresis.update((layer,), holds):
+                fired.append((layer, moved))
+        if not fired:
+            return []
+        listed = ", ".join(f"{layer} {fmt(moved)}" for layer, moved in fired[:MAX_LISTED])
+        listed += f", and {len(fired) - MAX_LISTED} more" if len(fired) > MAX_LISTED else ""
+        subject = f"layer {fired[0][0]!r}" if len(fired) == 1 else f"{len(fired)} layers"
+        return [self.make_alert(
+            layers=tuple(layer for layer, _ in fired), metric=ROTATION, value=fired[0][1],
+            values=tuple(moved for _, moved in fired), threshold=self.lag * median,
+            epoch=snap.epoch, step=snap.step,
+            message=(f"{self.name}: {subject}: weights turned less than {fmt(self.lag)} x the "
+                     f"median layer's {fmt(median)} rad (weight_rotation) for {self.patience} "
+                     f"consecutive analyses: {listed}{when(snap.epoch, snap.step)}"),
+        )]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"hysteresis": self._hysteresis.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._hysteresis.load_state_dict(state.get("hysteresis", []))
+
+
+class WeightCollapse(LayerMetricRule):
+    """Weights collapsing to zero: a layer's ``frobenius_norm`` fell below ``1 / factor`` of
+    its value at its first analysis, more than ``drop`` times in one analysis, or more than
+    ``rate`` times in each of the last ``falls`` analyses (a geometric collapse under way). The
+    first values are rule state, kept in checkpoints.
+
+    Weight decay too strong for the learning rate shrinks every weight geometrically (SGD with
+    ``weight_decay=0.2`` shrank the digits CNN's norms 2.7x per epoch, 133x by epoch 5; Adam
+    with a coupled L2 of 1.0 kept it at chance with norms 130-300x below their start), while
+    healthy weight decay moves norms by a few percent per epoch. A layer followed by a
+    normalisation computes the same function at any scale, but 100x below its start its
+    effective learning rate is 10^4 times larger: the rule judges every layer.
+
+    Args:
+        factor: how many times below its first value a norm must fall.
+        rate: the fall per analysis that counts as collapsing (0: off).
+        falls: consecutive analyses falling by ``rate``.
+        drop: the fall in one analysis that counts as collapsing (0: off).
+        patience: consecutive analyses the condition must hold (default 1).
+        min_epoch: first epoch read (default 0: the initial weights are the reference).
+        **kwargs: ``name``, ``action``, ``modes``, ``layers`` (see :class:`Rule`).
+    """
+
+    meaning = ("weight decay too strong for the learning rate (a coupled L2 penalty with Adam, "
+               "or SGD with a large weight_decay), or a loss term that drives the weights to "
+               "zero")
+    advice = ("lower weight_decay (SGD: 1e-4 to 5e-4; decoupled AdamW: 0.01 to 0.1), or check "
+              "the regulariser's scale")
+
+    def __init__(self, factor: float = 100.0, rate: float = 2.0, falls: int = 2,
+                 drop: float = 5.0, *, patience: int = 1, min_epoch: int = 0,
+                 **kwargs: Any) -> None:
+        if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 1):
+            raise ValueError(f"factor must be a finite number > 1, got {factor!r}")
+        if not (isinstance(rate, int | float) and math.isfinite(rate) and (rate == 0
+                                                                           or rate > 1)):
+            raise ValueError(f"rate must be 0 or a finite number > 1, got {rate!r}")
+        if isinstance(falls, bool) or not isinstance(falls, int) or falls < 1:
+            raise ValueError(f"falls must be an integer >= 1, got {falls!r}")
+        if not (isinstance(drop, int | float) and math.isfinite(drop) and (drop == 0
+                                                                           or drop > 1)):
+            raise ValueError(f"drop must be 0 or a finite number > 1, got {drop!r}")
+        super().__init__("frobenius_norm", patience=patience, min_epoch=min_epoch, **kwargs)
+        self.factor, self.rate, self.falls = float(factor), float(rate), falls
+        self.drop = float(drop)
+        self._first: dict[tuple[str, str | None], float] = {}
+
+    def _recent(self, history: MetricHistory, layer: str, mode: str | None) -> list[float]:
+        return history.last_values(layer, self.metric, mode, self.falls + 1)
+
+    def _falling(self, history: MetricHistory, layer: str, mode: str | None) -> bool:
+        recent = self._recent(history, layer, mode)
+        return self.rate > 0 and len(recent) == self.falls + 1 and all(
+            b > 0 and a / b > self.rate for a, b in zip(recent, recent[1:], strict=False))
+
+    def _dropped(self, history: MetricHistory, layer: str, mode: str | None) -> bool:
+        recent = history.last_values(layer, self.metric, mode, 2)
+        return self.drop > 0 and len(recent) == 2 and recent[1] > 0 \
+            and recent[0] / recent[1] > self.drop
+
+    def condition(self, history, layer, mode, value):
+        first = self._first.get((layer, mode))
+        if first is None:
+            return None
+        return value < first / self.factor or self._falling(history, layer, mode) \
+            or self._dropped(history, layer, mode)
+
+    def describe(self, history, layer, mode, value):
+        first = self._first[(layer, mode)]
+        below = first / value if value > 0 else math.inf
+        if value < first / self.factor:
+            return (f"< {fmt(first)} / {fmt(self.factor)}: {fmt(below)}x below its first "
+                    f"value", first / self.factor)
+        if self._dropped(history, layer, mode):
+            before = history.last_values(layer, self.metric, mode, 2)[0]
+            return (f"fell {fmt(before / value)}x in one analysis (from {fmt(before)}; limit "
+                    f"{fmt(self.drop)}x)", self.drop)
+        recent = " -> ".join(fmt(v) for v in self._recent(history, layer, mode))
+        return (f"fell more than {fmt(self.rate)}x in each of {self.falls} analyses ({recent}; "
+                f"{fmt(below)}x below its first value)", self.rate)
+
+    def observe(self, layer, mode, value):
+        if value > 0:
+            self._first.setdefault((layer, mode), value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(),
+                "first": [[layer, mode, v] for (layer, mode), v in self._first.items()]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._first = {(layer, mode): float(v) for layer, mode, v in state.get("first", [])}

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from svd_callback.classes.hypergraph import jaccard
+from svd_callback.layers import named_modules
 
 _SLACK = 1e-6
 """Relative slack on mass thresholds, so that a share reaching k up to rounding counts."""
@@ -208,7 +209,7 @@ def find_penultimate_layer(model: nn.Module) -> tuple[str | None, str | None]:
     Registration order need not be execution order: pass the layer explicitly for exotic models.
     """
     last: tuple[str, nn.Linear] | None = None
-    for name, module in model.named_modules():
+    for name, module in named_modules(model):
         if isinstance(module, nn.Linear):
             last = (name, module)
     if last is None:

@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from svd_callback.layers import named_modules
+
 
 def select_probe(labels: torch.Tensor, size: int = 256, seed: int = 0) -> torch.Tensor:
     """Indices of a class-stratified probe of ``size`` examples (int64, on the CPU).
@@ -218,7 +220,7 @@ def capture_activations(
         raise ValueError(f"keep must be 'both', 'input' or 'output', got {keep!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    modules = dict(model.named_modules())
+    modules = dict(named_modules(model))
     missing = [name for name in layer_names if name not in modules]
     if missing:
         raise ValueError(f"unknown layer names: {missing}")

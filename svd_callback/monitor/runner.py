@@ -5,8 +5,12 @@ Path of one analysis (every rank): the conv input sizes are recorded once (``ope
 the layers are split over the ranks by cost (:func:`svd_callback.distributed.split_work`); each
 rank runs :func:`svd_callback.analysis.analyze` on its share and the reports are gathered; the
 class statistics are computed on rank 0 and broadcast. On a sharded (FSDP2) model reading a full
-weight is a collective (:func:`svd_callback.sharding.full_weight`), so every rank analyses every
-layer, in the same order, one gathered weight at a time, and nothing is gathered afterwards; the
+weight is a collective: the layers are split by parameter
+(:func:`svd_callback.distributed.split_units`), every rank takes part in the gather of every
+analysed weight, each delivered to the rank that analyses it
+(:func:`svd_callback.sharding.gather_shares`), then each rank analyses its share from its copies
+with no collective in between, and the reports are gathered (a model whose weights live on a
+mesh smaller than the world is analysed whole on every rank, one gathered weight at a time); the
 class analysis runs on every rank, each on its slice of the probe (its forward needs every rank,
 :mod:`svd_callback.classes.sharded`), and rank 0's statistics are broadcast; the aggregates
 (:func:`svd_callback.analysis.summarize`) and the alert rules run on every rank, and the alerts
@@ -19,37 +23,32 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from svd_callback.alerts import TRAINING, Alert, AlertEngine, Condition
+from svd_callback.alerts import Alert, AlertEngine, Condition
+from svd_callback.alerts.base import rule_name
 from svd_callback.analysis import add_motion, analyze, summarize
-from svd_callback.classes.records import class_records
 from svd_callback.classes.sharded import ProbeSplit
 from svd_callback.config import AnalysisConfig
-from svd_callback.distributed import (
-    gather_alerts,
-    gather_conditions,
-    gather_reports,
-    is_distributed,
-    split_work,
-)
+from svd_callback.distributed import gather_reports, is_distributed, split_units, split_work
 from svd_callback.layers import estimate_cost, example_input_for, find_layers, record_input_sizes
 from svd_callback.monitor.class_stage import ClassStage
+from svd_callback.monitor.gather import gather_alerts, gather_conditions
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.inputs import Forward, forward_for, has_uninitialised_lazy
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.motion import DEFAULT_SKETCH_SIZE, MotionTracker
 from svd_callback.report import LayerReport, Report
-from svd_callback.sharding import is_sharded
+from svd_callback.sharding import divisible, gather_shares, gathered_weights, is_sharded
+from svd_callback.sinks.tags import OWN_TAG_PREFIXES
 
-__all__ = ["OWN_TAG_PREFIXES", "AnalysisRunner", "training_scalars"]
-
-OWN_TAG_PREFIXES = ("spectral/", "spectral_summary/", "spectra/", "classes/", "alerts/")
-"""Tags the callback logs (left out of the training scalars read from ``callback_metrics``)."""
+__all__ = ["AnalysisRunner", "training_scalars"]
 
 InputSource = Callable[[], tuple[Any, str | None]]
 """Returns the inputs of one training sample and their key in a dict batch (or None)."""
@@ -57,7 +56,8 @@ InputSource = Callable[[], tuple[Any, str | None]]
 
 def training_scalars(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
     """The trainer's own logged scalars (``val_loss``, ``train_loss``, ...; not the callback's
-    tags), for rules such as :class:`~svd_callback.alerts.GeneralizationGap`."""
+    tags, :data:`~svd_callback.sinks.tags.OWN_TAG_PREFIXES`), for rules such as
+    :class:`~svd_callback.alerts.GeneralizationGap`."""
     out: dict[str, float] = {}
     try:
         for key, value in dict(callback_metrics).items():
@@ -75,7 +75,9 @@ def training_scalars(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class AnalysisRunner:
-    """Runs one analysis and keeps what later analyses need (input sizes, training scalars).
+    """Runs one analysis and keeps what later analyses need: the conv input sizes, the trainer's
+    scalars, the alert engine's state and the alerts counted so far, the class stage's probe and
+    tracker, the motion sketches (:meth:`state_dict`, :meth:`reset`).
 
     Args:
         config: what is computed.
@@ -107,15 +109,55 @@ class AnalysisRunner:
         self.forward_fn = forward_fn
         self.motion = (MotionTracker(motion_sketch, config.generator_seed)
                        if "motion" in config.metrics else None)
+        self._initial_engine = alert_engine.state_dict()
         self.reset()
-        self.sizes_tried = False
+        self.start_fit()
+
+    # ------------------------------------------------------------------ state
+    input_sizes = property(lambda self: dict(self._input_sizes),
+                           doc="The recorded conv input sizes (``operator`` mode), by layer.")
 
     def reset(self) -> None:
-        """Forget the run state (a new run)."""
-        self.input_sizes: dict[str, tuple[int, ...]] = {}
-        self.training: dict[str, float] = {}
+        """Forget the run (a new run): input sizes, trainer scalars, the alert engine's history
+        and rule states with the alerts counted so far, the class probe and tracker, the
+        motion sketches."""
+        self._input_sizes: dict[str, tuple[int, ...]] = {}
+        self._training: dict[str, float] = {}
+        self._alert_totals: Counter[str] = Counter()
+        self.alert_engine.load_state_dict(self._initial_engine)
+        self.classes.reset()
         if self.motion is not None:
             self.motion.reset()
+
+    def start_fit(self) -> None:
+        """At the start of each ``fit``: the input sizes are probed again if none were
+        recorded."""
+        self._sizes_tried = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """What later analyses need, plain types and CPU tensors (checkpointed)."""
+        return {
+            "input_sizes": {k: list(v) for k, v in self._input_sizes.items()},
+            "training": dict(self._training),
+            "alert_engine": self.alert_engine.state_dict(),
+            "alert_totals": dict(self._alert_totals),
+            "classes": self.classes.state_dict(),
+            "motion": None if self.motion is None else self.motion.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output. Without ``alert_totals`` (a state written before
+        they were kept) the alerts the engine kept are counted."""
+        self._input_sizes = {k: tuple(v) for k, v in state["input_sizes"].items()}
+        self._training = {str(k): float(v) for k, v in (state.get("training") or {}).items()}
+        self.alert_engine.load_state_dict(state["alert_engine"])
+        totals = state.get("alert_totals")
+        self._alert_totals = Counter(
+            {str(k): int(v) for k, v in totals.items()} if totals is not None
+            else (a.rule for a in self.alert_engine.alerts_so_far))
+        for part, key in ((self.classes, "classes"), (self.motion, "motion")):
+            if state.get(key) is not None and part is not None:
+                part.load_state_dict(state[key])
 
     # ------------------------------------------------------------------ input sizes
     def maybe_record_input_sizes(
@@ -124,23 +166,23 @@ class AnalysisRunner:
         """Record the conv input sizes once (``operator`` mode), never before the model's own
         first forward has materialised its lazy modules: a probe pass would initialise them
         from a different random state than the training would."""
-        if "operator" not in self.config.conv_mode or self.input_sizes or self.sizes_tried:
+        if not self.config.needs_input_size or self._input_sizes or self._sizes_tried:
             return
         if has_uninitialised_lazy(module):
             self.guard.note_once("lazy-sizes", "the model has lazy modules not materialised "
                                  "yet; the conv input sizes (operator mode) are recorded after "
                                  "its first forward")
             return
-        self.sizes_tried = True
+        self._sizes_tried = True
         try:
             example, key, source = self._example(module, training_input)
             specs, _ = find_layers(module, self.config.include, self.config.exclude,
                                    self.config.embeddings)
             with torch.no_grad():
-                self.input_sizes = record_input_sizes(module, example, specs,
-                                                      forward_for(key, self.forward_fn))
+                self._input_sizes = record_input_sizes(module, example, specs,
+                                                       forward_for(key, self.forward_fn))
             rank_zero_info(f"SpectralMonitor: recorded the input sizes of "
-                           f"{len(self.input_sizes)} conv layers from {source}.")
+                           f"{len(self._input_sizes)} conv layers from {source}.")
         except Exception as error:  # noqa: BLE001 - operator mode then skips convs with a reason
             self.guard.warn(f"could not record conv input sizes ({type(error).__name__}: "
                             f"{error}); operator mode will skip conv layers")
@@ -178,31 +220,30 @@ class AnalysisRunner:
         started = time.perf_counter()
         owners: dict[str, int] = {}
         sharded = is_distributed(world) and is_sharded(module)
-        local, order = self._local_report(module, world, rank, owners, sharded)
-        report = local if sharded else gather_reports(local, world, order,
-                                                      self.config.conv_mode)  # collective
+        local, order, whole = self._local_report(module, world, rank, owners, sharded)
+        report = local if whole else gather_reports(local, world, order,
+                                                    self.config.conv_mode)  # collective
         self._add_motion(module, report)  # collective on a sharded model
         class_report, class_metrics = self.classes.run(
             module, self._class_layers(module), rank == 0,
             broadcast if is_distributed(world) else None,
             ProbeSplit(rank, world) if sharded else None,
         )
-        self.training = {**self.training, **(training or {})}
-        training = dict(self.training)
+        self._training = {**self._training, **(training or {})}
+        training = dict(self._training)
         epoch = int(math.floor(epochs_trained))
         summary: dict[str, dict[str, float]] = {}
         alerts: list[Alert] = []
         try:
             summary = summarize(report)
-            alerts = self.alert_engine.update(
-                epoch, step, [*report, *class_records(class_metrics)],
-                {**summary, TRAINING: training} if training else summary,
-            )
+            alerts = self.alert_engine.update(epoch, step, report, summary, training=training,
+                                              classes=class_metrics)
         except Exception as error:  # noqa: BLE001 - never crash training
             self.guard.warn(f"computing aggregates and alerts failed: "
                             f"{type(error).__name__}: {error}")
         merged = self._gather_alerts(alerts, world, rank)  # collective
         active = self._gather_active(world, rank)  # collective
+        self._alert_totals.update(alert.rule for alert, _ in merged)
         return AnalysisResult(
             step=int(step), epoch=epoch, epochs_trained=float(epochs_trained), trigger=trigger,
             seconds=time.perf_counter() - started, report=report, summary=summary,
@@ -210,7 +251,15 @@ class AnalysisRunner:
             active=tuple(active),
             world_size=int(world), owners=owners, training=training,
             class_report=class_report, class_metrics=class_metrics,
+            alert_totals=self._totals(),
         )
+
+    def _totals(self) -> dict[str, int]:
+        """Alerts raised so far in this run by rule: every rule of the engine (0 until it
+        fires), then any other name that raised, sorted."""
+        names = [rule_name(r) for r in self.alert_engine.rules]
+        return {name: self._alert_totals.get(name, 0)
+                for name in dict.fromkeys([*names, *sorted(self._alert_totals)])}
 
     def _add_motion(self, module: torch.nn.Module, report: Report) -> None:
         """Add the ``"motion"`` metrics of every analysed layer to its records (every mode).
@@ -239,30 +288,40 @@ class AnalysisRunner:
     def _local_report(
         self, module: torch.nn.Module, world: int, rank: int, owners: dict[str, int],
         sharded: bool = False,
-    ) -> tuple[Report, list[str]]:
-        """This rank's share of the layers, analysed (every layer when ``sharded``); errors
-        become records with a reason. Returns the report and every layer name (the gather
-        order)."""
+    ) -> tuple[Report, list[str], bool]:
+        """This rank's share of the layers, analysed; errors become records with a reason.
+        Returns the report, every layer name (the gather order) and whether the report is
+        already whole (a sharded model whose weights cannot be divided: every layer here)."""
         config = self.config
         names: list[str] = []
         share: list[str] | None = None
+        whole = sharded
         try:
             specs, skipped = find_layers(module, config.include, config.exclude,
                                           config.embeddings)
             names = [s.name for s in specs] + [s.name for s in skipped]
-            if is_distributed(world) and not sharded:
+            if sharded:
+                whole = not divisible((s.matrix.stored(s.module) for s in specs), world)
+            if is_distributed(world) and not whole:
                 for spec in specs:
-                    if spec.name in self.input_sizes:
-                        spec.input_size = tuple(self.input_sizes[spec.name])
+                    if spec.name in self._input_sizes:
+                        spec.input_size = tuple(self._input_sizes[spec.name])
                 costs = {s.name: sum(estimate_cost(s, m) for m in config.conv_mode)
                          for s in specs}
                 costs.update({s.name: 0.0 for s in skipped})
-                shares = split_work(costs, world)
+                units = {s.name: (id(s.module), s.matrix.param) for s in specs}
+                shares = split_units(costs, units, world) if sharded else split_work(costs,
+                                                                                     world)
                 owners.update({n: r for r, part in enumerate(shares) for n in part})
                 share = shares[rank]
+            if sharded and not whole:
+                copies = gather_shares(specs, owners, rank)  # collective, no SVD in between
+                with torch.no_grad(), gathered_weights(copies):
+                    report = self._analyze(module, share, probe=False)
+                return report, names, whole
             with torch.no_grad():
                 report = self._analyze(module, share)
-            return report, names
+            return report, names, whole
         except Exception as error:  # noqa: BLE001 - never crash training
             reason = f"analysis failed on rank {rank}: {type(error).__name__}: {error}"
             warnings.warn(f"SpectralMonitor: {reason}", stacklevel=2)
@@ -273,11 +332,15 @@ class AnalysisRunner:
                 for mode in config.conv_mode
                 for name in failed
             )
-            return report, names
+            return report, names, whole
 
-    def _analyze(self, module: torch.nn.Module, share: list[str] | None) -> Report:
-        """:func:`~svd_callback.analysis.analyze` with this runner's configuration."""
-        return analyze(module, config=self.config, input_sizes=dict(self.input_sizes) or None,
+    def _analyze(self, module: torch.nn.Module, share: list[str] | None,
+                 probe: bool = True) -> Report:
+        """:func:`~svd_callback.analysis.analyze` with this runner's configuration; without
+        ``probe``, no forward pass for missing conv input sizes (on a divided sharded model a
+        forward is a collective that the other ranks, busy with their own share, never join)."""
+        config = self.config if probe else replace(self.config, input_size=None)
+        return analyze(module, config=config, input_sizes=dict(self._input_sizes) or None,
                        layer_names=share, keep_svals=self.keep_svals)
 
     def _gather_alerts(

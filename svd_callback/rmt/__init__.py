@@ -7,7 +7,13 @@ from svd_callback.rmt.metrics import (
     esd_metrics,
     quality_label,
 )
-from svd_callback.rmt.mp import MPFit, fit_mp_bulk, mp_edges, tracy_widom_margin
+from svd_callback.rmt.mp import (
+    MPFit,
+    fit_mp_bulk,
+    mp_edges,
+    random_stable_rank,
+    tracy_widom_margin,
+)
 from svd_callback.rmt.powerlaw import PowerLawFit, fit_power_law, fit_power_law_many, hill_alpha
 from svd_callback.rmt.traps import js_distance, shuffle_matrix, trap_matrix, trap_metrics
 
@@ -25,6 +31,7 @@ __all__ = [
     "js_distance",
     "mp_edges",
     "quality_label",
+    "random_stable_rank",
     "shuffle_matrix",
     "tracy_widom_margin",
     "trap_matrix",

@@ -47,7 +47,9 @@ class QualityThresholds:
     alpha + confidence * sigma < over_trained: over-trained; alpha - confidence * sigma >
     under_trained: under-trained (sigma = (alpha - 1) / sqrt(n_tail), the fit's standard
     error, as the alpha alert rules judge it; ``confidence=0`` gives the plain published
-    labels); alpha > suspicious_alpha or D > suspicious_D: the fit itself is suspect.
+    labels); alpha > suspicious_alpha or D > suspicious_D: the fit itself is suspect. A matrix
+    of fewer than ``min_eigs`` eigenvalues (its smaller side) is ``undetermined``, as the alpha
+    rules do not judge it either (``min_eigs=0``: every size).
     """
 
     over_trained: float = 2.0
@@ -55,17 +57,23 @@ class QualityThresholds:
     suspicious_alpha: float = 8.0
     suspicious_D: float = 0.3
     confidence: float = 2.0
+    min_eigs: int = 100
 
 
 QUALITY_LABELS = ("ok", "over-trained", "under-trained", "suspicious-fit", "undetermined")
 
 
-def quality_label(fit: PowerLawFit, thresholds: QualityThresholds = QualityThresholds()) -> str:
-    """One of :data:`QUALITY_LABELS` from a fit's alpha, its standard error and D: the demo's
-    hidden layer (alpha 1.998 +- 0.17 on 64 eigenvalues, a healthy net at val accuracy 0.94)
-    is ``ok``, not over-trained."""
+def quality_label(fit: PowerLawFit, thresholds: QualityThresholds = QualityThresholds(),
+                  n_eigs: int | None = None) -> str:
+    """One of :data:`QUALITY_LABELS` from a fit's alpha, its standard error sigma and D, for a
+    matrix of ``n_eigs`` eigenvalues (None: any size): ``over-trained`` when
+    alpha + confidence sigma < over_trained, ``under-trained`` when
+    alpha - confidence sigma > under_trained (docs/methods.md#measurements-behind-the-choices:
+    why the margin)."""
     alpha, D = fit.alpha, fit.D
     if fit.reason is not None or not math.isfinite(alpha) or alpha <= 1:
+        return "undetermined"
+    if n_eigs is not None and n_eigs < thresholds.min_eigs:
         return "undetermined"
     if alpha > thresholds.suspicious_alpha or (math.isfinite(D) and thresholds.suspicious_D < D):
         return "suspicious-fit"
@@ -141,7 +149,11 @@ def esd_metrics(
     elif fit is not None:
         power = fit_power_law(x, ww_compat=ww_compat, method=fit)
         out.fit = power
-        out.quality = quality_label(power, thresholds)
+        out.quality = quality_label(power, thresholds, M)
+        if thresholds.min_eigs > M and out.quality == "undetermined" and power.reason is None:
+            out.notes["quality"] = (f"{M} eigenvalues per analysed matrix (< "
+                                    f"{thresholds.min_eigs}): the alpha labels are not judged "
+                                    f"on a tail this short")
     if ww_compat:
         out.values.update(_ww_norms(x, power, N))
     else:

@@ -478,3 +478,13 @@ def test_trap_rule_replayed_only_where_the_history_holds_trap_metrics():
     assert "TrapsAppeared" in names([run(["norms", "traps"]), layer({"alpha": 2.5})])
     assert "TrapsAppeared" not in names([run(["norms"]), layer({"num_traps": 0.0})])
     assert "ClassFeaturesEmpty" in names([run(["norms"]), {"type": "class", "layer": "a"}])
+
+
+def test_frozen_rules_log_the_alpha_rules_as_they_did_at_the_freeze():
+    rows = [{"type": "run", "step": 0, "epoch": 0, "metric_groups": ["norms", "heavy_tail"]}]
+    current = {type(r).__name__: r.action for r in recorded_rules(rows)}
+    frozen = {type(r).__name__: r.action for r in sc.frozen_rules(rows)}
+    assert frozen["AlphaBelow"] == frozen["MeanAlphaTrend"] == "log"
+    assert frozen["AlphaAbove"] == "info" and frozen["NonFiniteWeights"] == "stop"
+    assert {k: v for k, v in frozen.items() if k not in ("AlphaBelow", "MeanAlphaTrend")} == \
+        {k: v for k, v in current.items() if k not in ("AlphaBelow", "MeanAlphaTrend")}

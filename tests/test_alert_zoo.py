@@ -480,11 +480,12 @@ def test_trap_rule_replayed_only_where_the_history_holds_trap_metrics():
     assert "ClassFeaturesEmpty" in names([run(["norms"]), {"type": "class", "layer": "a"}])
 
 
-def test_frozen_rules_log_the_alpha_rules_as_they_did_at_the_freeze():
+def test_frozen_rules_log_the_rules_as_they_did_at_the_freeze():
     rows = [{"type": "run", "step": 0, "epoch": 0, "metric_groups": ["norms", "heavy_tail"]}]
-    current = {type(r).__name__: r.action for r in recorded_rules(rows)}
-    frozen = {type(r).__name__: r.action for r in sc.frozen_rules(rows)}
-    assert frozen["AlphaBelow"] == frozen["MeanAlphaTrend"] == "log"
+    current = {r.name: r.action for r in recorded_rules(rows)}
+    frozen = {r.name: r.action for r in sc.frozen_rules(rows)}
+    assert all(frozen[name] == "log" for name in sc.WARNING_AT_FREEZE)
     assert frozen["AlphaAbove"] == "info" and frozen["NonFiniteWeights"] == "stop"
-    assert {k: v for k, v in frozen.items() if k not in ("AlphaBelow", "MeanAlphaTrend")} == \
-        {k: v for k, v in current.items() if k not in ("AlphaBelow", "MeanAlphaTrend")}
+    assert frozen["SpectralNormBlowUp"] == "log"
+    assert {k: v for k, v in frozen.items() if k not in sc.WARNING_AT_FREEZE} == \
+        {k: v for k, v in current.items() if k not in sc.WARNING_AT_FREEZE}

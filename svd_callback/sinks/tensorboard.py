@@ -20,12 +20,27 @@ import numpy as np
 from svd_callback.sinks import tags
 
 
+def histogram_buckets(values: np.ndarray, most: int = 64) -> int:
+    """Buckets for a histogram of the finite ``values`` (n of them): numpy's ``"auto"`` rule,
+    the larger count of Sturges' ``ceil(log2 n) + 1`` and Freedman-Diaconis'
+    ``ceil(range / (2 IQR n^(-1/3)))`` (Sturges alone when the IQR is 0), then at most n and
+    ``most``, at least 1. Ten singular values get 5 buckets instead of a picket fence of 64."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    n = values.size
+    if n < 2 or values.max() == values.min():
+        return 1
+    count = len(np.histogram_bin_edges(values, bins="auto")) - 1
+    return int(max(1, min(count, n, most)))
+
+
 class TensorBoardSink:
     """Thin wrapper around a ``SummaryWriter`` (e.g. ``TensorBoardLogger.experiment``).
 
     Args:
         writer: a ``torch.utils.tensorboard.SummaryWriter`` or a compatible writer.
-        histogram_buckets: number of buckets of each singular-value histogram.
+        histogram_buckets: the most buckets of a singular-value histogram (fewer for few
+            values: :func:`histogram_buckets`).
     """
 
     def __init__(self, writer: Any, histogram_buckets: int = 64) -> None:
@@ -60,18 +75,21 @@ class TensorBoardSink:
     def histogram(
         self, tag: str, values: np.ndarray, step: int, description: str | None = None
     ) -> None:
-        """Histogram of ``values`` (finite entries only) at ``step``."""
+        """Histogram of ``values`` (finite entries only) at ``step`` in
+        :func:`histogram_buckets` equal-width buckets."""
         values = np.asarray(values, dtype=np.float64).ravel()
         values = values[np.isfinite(values)]
         if values.size == 0:
             return
         if not self._native:
-            self.writer.add_histogram(tag, values, step)
+            self.writer.add_histogram(tag, values, step,
+                                      bins=histogram_buckets(values, self.histogram_buckets))
             return
         from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 
         described = self._describe(tag, {tag: description} if description else {})
-        summary = histogram_pb(tag, values, buckets=self.histogram_buckets, description=described)
+        buckets = histogram_buckets(values, self.histogram_buckets)
+        summary = histogram_pb(tag, values, buckets=buckets, description=described)
         self._add(summary, step)
 
     def text(self, tag: str, markdown: str, step: int, description: str | None = None) -> None:

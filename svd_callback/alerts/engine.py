@@ -26,7 +26,12 @@ from svd_callback.alerts.layer_rules import (
     SpectralNormGrowth,
     TrapsAppeared,
 )
-from svd_callback.alerts.level import Condition, alert_condition, rule_conditions
+from svd_callback.alerts.level import (
+    Condition,
+    alert_condition,
+    alerts_in_force,
+    rule_conditions,
+)
 from svd_callback.alerts.model_rules import GeneralizationGap, MeanAlphaTrend
 from svd_callback.alerts.stall_rules import (
     LayerFrozen,
@@ -220,6 +225,12 @@ class AlertEngine:
         conditions += [alert_condition(a) for a in self.last_alerts
                        if id(a) not in known and a.severity != "info"]
         return list(dict.fromkeys(conditions))
+
+    def in_force(self) -> list[Alert]:
+        """The alerts that raised the conditions in force (:meth:`active`), oldest first, each
+        narrowed to the layers still in force (:func:`~svd_callback.alerts.level.alerts_in_force`):
+        what holds now, since which epoch, with the numbers and limits that made it fire."""
+        return alerts_in_force(self.active(), self.alerts_so_far)
 
     def should_stop(self, alerts: Iterable[Alert] | None = None) -> bool:
         """Whether any alert (default: those of the last update) has severity ``"stop"``."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Unpack
 
 import torch
 from torch import nn
+from typing_extensions import Unpack  # typing.Unpack needs Python 3.11
 
 from svd_callback import config as config_types
 from svd_callback.classes.analysis import analyze_classes
@@ -29,11 +29,11 @@ from svd_callback.layers import (
     find_layers,
     record_input_sizes,
 )
-from svd_callback.motion import MotionTracker
+from svd_callback.motion import MotionTracker, sketch_rows
 from svd_callback.normalizers import output_normalizers
 from svd_callback.report import LayerReport, Report, eig_scale
 from svd_callback.rmt import QualityThresholds, esd_metrics, trap_matrix, trap_metrics
-from svd_callback.sharding import full_weight
+from svd_callback.sharding import full_weight, sketch_row_block
 from svd_callback.spectra import (
     GRAM32_NOISE,
     stacked_operator_svdvals,
@@ -255,13 +255,31 @@ def _analyze(
 def add_motion(report: Report, specs: Sequence[LayerSpec], tracker: MotionTracker) -> None:
     """Add the ``"motion"`` metrics (:mod:`svd_callback.motion`) of every layer of ``specs``
     analysed in ``report`` to its records, in every mode (with a note for each NaN); the
-    tracker keeps the sketches for the next call. A sharded weight is gathered
-    (:func:`~svd_callback.sharding.full_weight`, a collective), one at a time in the order of
-    ``specs``."""
+    tracker keeps the sketches for the next call. A weight sharded by rows (FSDP2) is sketched
+    where its rows live and only the sketches are all-gathered
+    (:func:`~svd_callback.sharding.sketch_row_block`, a collective, one layer at a time in the
+    order of ``specs``); another sharded weight is gathered whole
+    (:func:`~svd_callback.sharding.full_weight`)."""
     analysed = {r.name for r in report if not r.skipped}
-    weights = ((s.name, full_weight(s.weight.detach())) for s in specs
-               if not s.is_meta and s.name in analysed)
-    motion = tracker.update(weights)
+
+    def sketches() -> Iterator[tuple[str, tuple[int, ...], torch.Tensor]]:
+        for spec in specs:
+            if spec.is_meta or spec.name not in analysed:
+                continue
+            columns = math.prod(spec.weight_shape[1:])
+
+            def sketch(rows: torch.Tensor, name: str = spec.name,
+                       columns: int = columns) -> torch.Tensor:
+                return sketch_rows(rows, tracker.omega(name, columns, rows.device))
+
+            stored = spec.matrix.stored(spec.module).detach()
+            sketched = None if spec.matrix.transpose else sketch_row_block(
+                stored, spec.matrix.rows, sketch)
+            if sketched is None:
+                sketched = sketch(full_weight(spec.weight.detach()))
+            yield spec.name, spec.weight_shape, sketched.cpu()
+
+    motion = tracker.update_sketches(sketches())
     for record in report:
         if not record.skipped and record.name in motion:
             values, notes = motion[record.name]

@@ -14,7 +14,7 @@ every rank receives every rank's alerts, so rank 0 records a rule that fired on 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import replace
 
 import torch
@@ -39,6 +39,23 @@ def split_work(costs: Mapping[str, float], world_size: int) -> list[list[str]]:
         shares[rank].append(name)
         loads[rank] += float(costs[name])
     return [sorted(share, key=order.__getitem__) for share in shares]
+
+
+def split_units(
+    costs: Mapping[str, float], unit: Mapping[str, Hashable], world_size: int
+) -> list[list[str]]:
+    """:func:`split_work` over units: the names with the same ``unit[name]`` (the records read
+    from one parameter, e.g. the gates of one ``weight_hh``) go to one rank together, priced at
+    their summed cost; a name without a unit is a unit of its own. Each rank's list keeps the
+    order of ``costs``."""
+    members: dict[Hashable, list[str]] = {}
+    for name in costs:
+        members.setdefault(unit.get(name, ("name", name)), []).append(name)
+    leads = {group[0]: sum(float(costs[n]) for n in group) for group in members.values()}
+    by_lead = {group[0]: group for group in members.values()}
+    order = {name: i for i, name in enumerate(costs)}
+    return [sorted((n for lead in share for n in by_lead[lead]), key=order.__getitem__)
+            for share in split_work(leads, world_size)]
 
 
 def is_distributed(world_size: int) -> bool:

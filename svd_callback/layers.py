@@ -15,6 +15,11 @@ Analysable:
   (``out = 3 * in``, ``query, key, value = c_attn(x).split(in, dim=-1)``) gives the records
   ``<module>.q``, ``.k``, ``.v``. Detected by type when ``transformers`` is loaded (a model built
   with it has loaded it), so there is no dependency on the package;
+- recurrent layers, ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` (every layer and direction) and
+  ``nn.LSTMCell``, ``nn.GRUCell``, ``nn.RNNCell``: each ``weight_ih`` / ``weight_hh`` matrix as
+  its gates' row blocks, records ``<module>.<param>.<gate>`` with the gates ``i f g o`` (LSTM)
+  or ``r z n`` (GRU) in torch's stacking order, the whole matrix ``<module>.<param>`` for a
+  plain RNN and for an LSTM's projection ``weight_hr_l{k}`` (kind ``linear``);
 - ``nn.Embedding`` / ``nn.EmbeddingBag`` (kind ``embedding``, the ``(num_embeddings, dim)``
   table as a matrix) only with ``embeddings=True``.
 
@@ -31,7 +36,7 @@ import fnmatch
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -41,7 +46,7 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as _HookWeightNorm
 
-from svd_callback.sharding import full_weight
+from svd_callback.sharding import full_weight, gathered_copy
 
 _CONV_KINDS: dict[type, str] = {
     nn.Conv1d: "conv1d",
@@ -57,6 +62,21 @@ EMBEDDING_TYPES: tuple[type, ...] = (nn.Embedding, nn.EmbeddingBag)
 MATRIX_KINDS = ("linear", "embedding")
 QKV = ("q", "k", "v")
 
+RECURRENT_GATES: dict[str, tuple[str, ...]] = {
+    "LSTM": ("i", "f", "g", "o"),
+    "GRU": ("r", "z", "n"),
+    "RNN_TANH": (),
+    "RNN_RELU": (),
+}
+"""The gates stacked along the rows of a recurrent ``weight_ih`` / ``weight_hh``, by the
+module's ``mode``, in torch's order (``nn.LSTM``: ``W_ii|W_if|W_ig|W_io``; ``nn.GRU``:
+``W_ir|W_iz|W_in``); a plain RNN has one block, analysed whole."""
+
+GATE_NAMES = {"i": "input gate i", "f": "forget gate f", "g": "cell candidate g",
+              "o": "output gate o", "r": "reset gate r", "z": "update gate z",
+              "n": "new gate n"}
+"""What each gate record is (its record's ``matrix`` note)."""
+
 
 @dataclass(frozen=True)
 class MatrixView:
@@ -66,16 +86,21 @@ class MatrixView:
         param: the parameter's attribute name on the module.
         transpose: the parameter is stored ``(in, out)`` (``transformers``' ``Conv1D``).
         rows: ``(start, stop)``: the block of output rows of a packed projection, or None.
+        label: what the block is (``input gate i``), for the record's note; not part of the
+            view's identity.
     """
 
     param: str = "weight"
     transpose: bool = False
     rows: tuple[int, int] | None = None
+    label: str = field(default="", compare=False)
 
     def describe(self) -> str:
-        """``in_proj_weight[0:64]``, ``weight.T[128:192]``, ``weight.T`` (the record's note)."""
+        """``in_proj_weight[0:64]``, ``weight.T[128:192]``, ``weight.T``,
+        ``weight_ih_l0[0:32] (input gate i)`` (the record's note)."""
         text = self.param + (".T" if self.transpose else "")
-        return text + (f"[{self.rows[0]}:{self.rows[1]}]" if self.rows is not None else "")
+        text += f"[{self.rows[0]}:{self.rows[1]}]" if self.rows is not None else ""
+        return text + (f" ({self.label})" if self.label else "")
 
     def stored(self, module: nn.Module) -> torch.Tensor:
         """The parameter as stored (a ``DTensor`` shard on a sharded model, never gathered)."""
@@ -91,7 +116,9 @@ class MatrixView:
         return shape
 
     def __call__(self, module: nn.Module) -> torch.Tensor:
-        weight = full_weight(self.stored(module))  # a sharded (FSDP2) weight: gathered whole
+        weight = gathered_copy(module, self.param)  # gathered for this rank beforehand
+        if weight is None:
+            weight = full_weight(self.stored(module))  # a sharded (FSDP2) weight: gathered whole
         if self.transpose:
             weight = weight.t()
         if self.rows is not None:
@@ -105,7 +132,8 @@ class LayerSpec:
 
     Attributes:
         name: the record's name: the qualified name from ``model.named_modules()``, plus
-            ``.q`` / ``.k`` / ``.v`` for a block of a packed attention projection.
+            ``.q`` / ``.k`` / ``.v`` for a block of a packed attention projection, or
+            ``.<param>[.<gate>]`` for a recurrent layer's matrix (``lstm.weight_ih_l0.f``).
         module: the module itself (its weight is read, never written).
         kind: ``linear``, ``embedding``, ``conv1d`` ... ``conv_transpose3d``.
         weight_shape: shape of the analysed weight, ``tuple(spec.weight.shape)``; ``(out, in)``
@@ -117,7 +145,7 @@ class LayerSpec:
             user), None until known. For transposed convs, the adjoint's input size (this layer's
             output size), which is what ``operator_svdvals`` needs.
         matrix: where the weight is read from (``module.weight`` itself by default).
-        module_name: the module's qualified name (``name`` without a ``.q``/``.k``/``.v``).
+        module_name: the module's qualified name (``name`` without its block's suffix).
     """
 
     name: str
@@ -163,7 +191,8 @@ class LayerSpec:
 
 
 def read_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    """``module.<name>`` as the module's next forward would use it, read without side effects.
+    """``module.<name>`` (``weight`` by default) as the module's next forward would use it, read
+    without side effects.
 
     A parametrized weight (``torch.nn.utils.parametrizations.spectral_norm``, ``weight_norm``,
     ``orthogonal``...) is computed with its parametrizations in eval mode: in train mode
@@ -221,10 +250,11 @@ def _is_compiled_wrapper(module: nn.Module) -> bool:
         getattr(module, COMPILED_MODULE_ATTRIBUTE, None), nn.Module)
 
 
-def has_weight(module: nn.Module) -> bool:
-    """Whether ``module`` has a ``weight`` tensor, without computing a parametrized one."""
-    return parametrize.is_parametrized(module, "weight") or isinstance(
-        getattr(module, "weight", None), torch.Tensor)
+def has_weight(module: nn.Module, name: str = "weight") -> bool:
+    """Whether ``module`` has a ``<name>`` tensor (``weight`` by default), without computing a
+    parametrized one."""
+    return parametrize.is_parametrized(module, name) or isinstance(
+        getattr(module, name, None), torch.Tensor)
 
 
 def _parametrization_modules(model: nn.Module) -> set[nn.Module]:
@@ -264,10 +294,12 @@ def _as_patterns(patterns: str | Sequence[str] | None) -> list[str] | None:
 def layer_kind(module: nn.Module) -> str | None:
     """``linear`` / ``conv2d`` / ... for analysable module types, None otherwise.
 
-    ``transformers``' ``Conv1D`` and ``nn.MultiheadAttention`` are ``linear``; embeddings
-    (analysed on request only) are ``embedding``.
+    ``transformers``' ``Conv1D``, ``nn.MultiheadAttention`` and the recurrent layers
+    (:func:`recurrent_gates`) are ``linear``; embeddings (analysed on request only) are
+    ``embedding``.
     """
-    if isinstance(module, (nn.Linear, nn.MultiheadAttention)) or is_hf_conv1d(module):
+    if (isinstance(module, (nn.Linear, nn.MultiheadAttention)) or is_hf_conv1d(module)
+            or recurrent_gates(module) is not None):
         return "linear"
     if isinstance(module, EMBEDDING_TYPES):
         return "embedding"
@@ -275,6 +307,30 @@ def layer_kind(module: nn.Module) -> str | None:
         if isinstance(module, cls):
             return kind
     return None
+
+
+def recurrent_gates(module: nn.Module) -> tuple[str, ...] | None:
+    """The gates stacked in ``module``'s ``weight_ih`` / ``weight_hh`` (:data:`RECURRENT_GATES`;
+    ``()`` for a plain RNN), or None when ``module`` is no ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``
+    or one of their cells."""
+    if isinstance(module, nn.RNNBase):
+        return RECURRENT_GATES.get(module.mode)
+    for cell, mode in ((nn.LSTMCell, "LSTM"), (nn.GRUCell, "GRU"), (nn.RNNCell, "RNN_TANH")):
+        if isinstance(module, cell):
+            return RECURRENT_GATES[mode]
+    return None
+
+
+def recurrent_params(module: nn.Module) -> list[str]:
+    """The weight matrices of a recurrent module, in ``named_parameters`` order: ``weight_ih``,
+    ``weight_hh`` of a cell; ``weight_ih_l{k}``, ``weight_hh_l{k}`` (and ``weight_hr_l{k}`` with
+    ``proj_size > 0``), then the same with ``_reverse`` when bidirectional, layer by layer."""
+    if not isinstance(module, nn.RNNBase):
+        return ["weight_ih", "weight_hh"]
+    suffixes = ("", "_reverse") if module.bidirectional else ("",)
+    kinds = ("ih", "hh", "hr") if module.proj_size > 0 else ("ih", "hh")
+    return [f"weight_{kind}_l{layer}{suffix}" for layer in range(module.num_layers)
+            for suffix in suffixes for kind in kinds]
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
@@ -294,7 +350,8 @@ def find_layers(
     """Every analysable layer of ``model`` (in ``named_modules`` order) and the skipped ones.
 
     ``include`` / ``exclude`` are glob patterns on record names (a packed attention projection's
-    blocks are ``<module>.q`` ...; its module's own name matches them too); a layer filtered out
+    blocks are ``<module>.q`` ..., a recurrent layer's ``<module>.<param>.<gate>``; the names
+    above a block, ``<module>.<param>`` and ``<module>``, match them too); a layer filtered out
     by them is neither analysed nor reported. ``embeddings``: analyse ``nn.Embedding`` tables
     (otherwise they are reported as skipped).
     """
@@ -310,7 +367,7 @@ def find_layers(
         kind = layer_kind(module)
         if kind is not None and not isinstance(module, LazyModuleMixin):
             parts = _split(qualified, name, module, kind)
-            if parts:  # a packed projection: filtered block by block
+            if parts:  # a packed projection, a recurrent layer: filtered block by block
                 for spec in parts:
                     if _block_selected(spec.name, name, include_p, exclude_p):
                         _add(spec, specs, skipped, owners)
@@ -352,10 +409,15 @@ def find_layers(
 def _block_selected(
     name: str, module_name: str, include: list[str] | None, exclude: list[str] | None
 ) -> bool:
-    """A block of a packed projection is kept when its own name or its module's name is
-    included and neither is excluded."""
-    included = not include or matches(name, include, None) or matches(module_name, include, None)
-    return included and matches(name, None, exclude) and matches(module_name, None, exclude)
+    """A block of a packed projection or recurrent layer is kept when one of the names above it
+    (its own, ``<module>.<param>`` for a gate, its module's) is included and none is
+    excluded."""
+    scopes = [name, module_name]
+    while "." in name and len(name) > len(module_name):
+        name = name.rpartition(".")[0]
+        scopes.append(name)
+    included = not include or any(matches(s, include, None) for s in scopes)
+    return included and all(matches(s, None, exclude) for s in scopes)
 
 
 def _add(
@@ -377,7 +439,42 @@ def _add(
 
 
 def _split(qualified: str, name: str, module: nn.Module, kind: str) -> list[LayerSpec]:
-    """The query, key and value records of a packed attention projection ([] for other layers).
+    """The records of a packed attention projection (:func:`_qkv_views`) or of a recurrent
+    layer (:func:`_recurrent_views`), ``[]`` for other layers. Records are named
+    ``<qualified>.<part>``, or ``<part>`` for the model itself, like its children."""
+    views = _recurrent_views(module) if recurrent_gates(module) is not None else (
+        _qkv_views(name, module))
+    return [LayerSpec(f"{qualified}.{part}" if qualified else part, module, kind,
+                      view.shape(module), matrix=view, module_name=name)
+            for part, view in views]
+
+
+def _recurrent_views(module: nn.Module) -> list[tuple[str, MatrixView]]:
+    """``(<param>.<gate>, rows [j H, (j + 1) H) of <param>)`` for every gate j of every
+    ``weight_ih`` / ``weight_hh`` matrix (H = ``hidden_size``: the layout of
+    ``torch._VF.lstm`` / ``gru`` and of ``nn.LSTMCell``'s ``gates.chunk(4, 1)``), and
+    ``(<param>, the whole matrix)`` for a plain RNN's and for ``weight_hr_l{k}`` (an LSTM's
+    projection, ``h_t = W_hr (o_t * tanh(c_t))``). A matrix whose rows are not the gates times
+    ``hidden_size`` is analysed whole."""
+    gates = recurrent_gates(module) or ()
+    hidden = int(module.hidden_size)
+    views: list[tuple[str, MatrixView]] = []
+    for param in recurrent_params(module):
+        if not has_weight(module, param) or read_weight(module, param).dim() != 2:
+            continue
+        rows = read_weight(module, param).shape[0]
+        if gates and not param.startswith("weight_hr") and rows == len(gates) * hidden:
+            views.extend((f"{param}.{gate}", MatrixView(param, rows=(j * hidden, (j + 1) * hidden),
+                                                        label=GATE_NAMES[gate]))
+                         for j, gate in enumerate(gates))
+        else:
+            label = "projection" if param.startswith("weight_hr") else ""
+            views.append((param, MatrixView(param, label=label)))
+    return views
+
+
+def _qkv_views(name: str, module: nn.Module) -> list[tuple[str, MatrixView]]:
+    """The query, key and value blocks of a packed attention projection ([] for other layers).
 
     ``nn.MultiheadAttention``: rows ``[0, E)``, ``[E, 2E)``, ``[2E, 3E)`` of ``in_proj_weight``
     (``F.multi_head_attention_forward`` / ``_in_projection_packed``), or the separate
@@ -387,8 +484,6 @@ def _split(qualified: str, name: str, module: nn.Module, kind: str) -> list[Laye
     ``c_attn`` with ``nf = 3 * nx``: the three column
     blocks of its ``(nx, 3 nx)`` weight, GPT-2's ``c_attn(x).split(nx, dim=2)``; with
     ``nf = 2 * nx`` (GPT-2's cross-attention, whose query is ``q_attn``) the key and value.
-    Records are named ``<qualified>.q`` ..., or ``q`` ... for the model itself, like its
-    children (``out_proj``).
     """
     if isinstance(module, nn.MultiheadAttention):
         if getattr(module, "_qkv_same_embed_dim", True):
@@ -410,11 +505,7 @@ def _split(qualified: str, name: str, module: nn.Module, kind: str) -> list[Laye
         views = [MatrixView(transpose=True, rows=(i * nx, (i + 1) * nx)) for i in range(nf // nx)]
     else:
         return []
-    out = []
-    for part, view in zip(QKV[-len(views) :], views, strict=True):
-        out.append(LayerSpec(f"{qualified}.{part}" if qualified else part, module, kind,
-                             view.shape(module), matrix=view, module_name=name))
-    return out
+    return list(zip(QKV[-len(views) :], views, strict=True))
 
 
 def _spec(name: str, module: nn.Module, kind: str) -> LayerSpec:

@@ -40,6 +40,8 @@ __all__ = [
     "MOTION_METRICS",
     "MotionTracker",
     "motion_metrics",
+    "sketch_omega",
+    "sketch_rows",
     "sketch_seed",
     "weight_sketch",
 ]
@@ -61,33 +63,50 @@ def sketch_seed(name: str, columns: int, seed: int = 0) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def sketch_omega(columns: int, k: int = DEFAULT_SKETCH_SIZE, seed: int = 0,
+                 device: torch.device | str | None = None) -> torch.Tensor | None:
+    """Omega = sqrt(M / k) Q for a matrix of M = ``columns`` columns, Q the orthonormal factor
+    of an M x k Gaussian drawn on the CPU from ``seed`` (the same on every device and rank),
+    float64 on ``device``; None when M <= k (the sketch is the matrix itself).
+
+    Raises:
+        ValueError: ``k`` < 1.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"the sketch size k must be a positive integer, got {k!r}")
+    if columns <= k:
+        return None
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    gaussian = torch.randn(columns, k, generator=generator, dtype=torch.float64)
+    return (torch.linalg.qr(gaussian).Q * math.sqrt(columns / k)).to(device)
+
+
+def sketch_rows(rows: torch.Tensor, omega: torch.Tensor | None) -> torch.Tensor:
+    """``rows.flatten(1) @ omega`` formed in float64 on ``rows``' device, in blocks of rows
+    (:data:`_ROW_CHUNK_ELEMS`) to bound the float64 copy, returned in float32 on that device
+    (``rows`` itself in float32 when ``omega`` is None)."""
+    w = rows.detach().flatten(1)
+    if omega is None:
+        return w.to(torch.float32, copy=True)
+    step = max(1, _ROW_CHUNK_ELEMS // max(1, w.shape[1]))
+    blocks = [(w[i:i + step].to(torch.float64) @ omega).to(torch.float32)
+              for i in range(0, w.shape[0], step)]
+    return torch.cat(blocks) if blocks else w.new_zeros((0, omega.shape[1]), dtype=torch.float32)
+
+
 def weight_sketch(matrix: torch.Tensor, k: int = DEFAULT_SKETCH_SIZE, seed: int = 0
                   ) -> torch.Tensor:
-    """S = W Omega, float32 on the host (W itself when it has at most ``k`` columns).
-
-    ``matrix`` is read as ``matrix.flatten(1)`` (N rows, M columns). Omega = sqrt(M / k) Q, Q
-    the orthonormal factor of an M x k Gaussian drawn on the CPU from ``seed`` (the same on
-    every device), moved to W's device; the product is formed in float64, rows in blocks
-    (:data:`_ROW_CHUNK_ELEMS`) to bound the float64 copy.
+    """S = W Omega, float32 on the host (W itself when it has at most ``k`` columns):
+    :func:`sketch_rows` with :func:`sketch_omega`. ``matrix`` is read as
+    ``matrix.flatten(1)`` (N rows, M columns).
 
     Raises:
         ValueError: ``k`` < 1 or a weight with fewer than 2 dimensions.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"the sketch size k must be a positive integer, got {k!r}")
     if matrix.dim() < 2:
         raise ValueError(f"a weight matrix needs at least 2 dimensions, got {tuple(matrix.shape)}")
-    w = matrix.detach().flatten(1)
-    rows, columns = w.shape
-    if columns <= k:
-        return w.to(device="cpu", dtype=torch.float32, copy=True)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    gaussian = torch.randn(columns, k, generator=generator, dtype=torch.float64)
-    omega = (torch.linalg.qr(gaussian).Q * math.sqrt(columns / k)).to(w.device)
-    step = max(1, _ROW_CHUNK_ELEMS // columns)
-    blocks = [(w[i:i + step].to(torch.float64) @ omega).to("cpu", torch.float32)
-              for i in range(0, rows, step)]
-    return torch.cat(blocks)
+    omega = sketch_omega(math.prod(matrix.shape[1:]), k, seed, matrix.device)
+    return sketch_rows(matrix, omega).cpu()
 
 
 def _norm(x: torch.Tensor) -> float:
@@ -181,16 +200,31 @@ class MotionTracker:
         """Forget every layer (a new run)."""
         self._kept.clear()
 
+    def omega(self, name: str, columns: int,
+              device: torch.device | str | None = None) -> torch.Tensor | None:
+        """The layer's Omega (:func:`sketch_omega`) for a matrix of ``columns`` columns."""
+        return sketch_omega(columns, self.k, sketch_seed(name, columns, self.seed), device)
+
     def update(
         self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
     ) -> dict[str, tuple[dict[str, float], dict[str, str]]]:
         """The motion metrics and notes of each named weight; keeps their sketches."""
         items = weights.items() if isinstance(weights, Mapping) else weights
+        return self.update_sketches(
+            (name, tuple(weight.shape),
+             sketch_rows(weight, self.omega(name, math.prod(weight.shape[1:]),
+                                            weight.device)).cpu())
+            for name, weight in items)
+
+    def update_sketches(
+        self, sketches: Iterable[tuple[str, tuple[int, ...], torch.Tensor]]
+    ) -> dict[str, tuple[dict[str, float], dict[str, str]]]:
+        """:meth:`update` from sketches already made with :meth:`omega` (name, the weight's
+        shape, its float32 host sketch), as a sharded model's rows are sketched where they
+        live."""
         out: dict[str, tuple[dict[str, float], dict[str, str]]] = {}
-        for name, weight in items:
-            shape = tuple(weight.shape)
-            columns = math.prod(shape[1:])
-            sketch = weight_sketch(weight, self.k, sketch_seed(name, columns, self.seed))
+        for name, shape, sketch in sketches:
+            shape = tuple(int(d) for d in shape)
             kept = self._kept.get(name)
             if kept is not None and kept.shape != shape:
                 kept = None

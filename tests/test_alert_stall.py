@@ -29,9 +29,11 @@ RANDOM_SR = random_stable_rank(*SHAPE)
 
 def motion_run(rotations: dict[str, list[float]], *, randomness_ratio: float = 1.05,
                motion: dict[str, list[float]] | None = None,
-               norms: dict[str, list[float]] | None = None) -> list[list[LayerReport]]:
+               norms: dict[str, list[float]] | None = None,
+               forming: tuple[str, ...] = ()) -> list[list[LayerReport]]:
     """Analyses 0..T: each layer's weight_rotation (and weight_motion, equal unless given) at
-    analyses 1..T, NaN at 0, a stable rank of ``randomness_ratio`` times a random matrix's."""
+    analyses 1..T, NaN at 0, a stable rank of ``randomness_ratio`` times a random matrix's
+    (falling by 2% per analysis, to at least 0.85 x, for the layers in ``forming``)."""
     steps = len(next(iter(rotations.values())))
     out = []
     for t in range(steps + 1):
@@ -40,9 +42,11 @@ def motion_run(rotations: dict[str, list[float]], *, randomness_ratio: float = 1
             rot = math.nan if t == 0 else seq[t - 1]
             moved = rot if motion is None or t == 0 else motion[layer][t - 1]
             frob = 3.0 if norms is None else norms[layer][t]
+            ratio = max(0.85, randomness_ratio - 0.02 * t) if layer in forming \
+                else randomness_ratio
             records.append(LayerReport(layer, "linear", "unfold", matrix_shape=SHAPE, metrics={
                 "weight_rotation": rot, "weight_motion": moved, "frobenius_norm": frob,
-                "spectral_norm": frob / 4, "stable_rank": randomness_ratio * RANDOM_SR}))
+                "spectral_norm": frob / 4, "stable_rank": ratio * RANDOM_SR}))
         out.append(records)
     return out
 
@@ -82,7 +86,10 @@ def test_the_random_stable_rank_is_that_of_sampled_random_matrices():
 
 
 def test_a_healthy_slowing_run_is_silent():
-    assert fired(TrainingStalled(), motion_run({n: HEALTHY for n in LAYERS})) == []
+    assert fired(TrainingStalled(), motion_run({n: HEALTHY for n in LAYERS},
+                                               forming=LAYERS)) == []
+    # its spectra taking shape is what tells it from weights that cannot learn
+    assert fired(TrainingStalled(), motion_run({n: HEALTHY for n in LAYERS})) == [(4, LAYERS)]
 
 
 def test_too_low_a_learning_rate_is_not_learning_while_the_weights_look_random():
@@ -94,6 +101,22 @@ def test_too_low_a_learning_rate_is_not_learning_while_the_weights_look_random()
     messages = [a for e, rep in enumerate(reports) for a in alert.update(e, e, Report(rep))]
     assert "not learning: 4 of 4 layers" in messages[0].message
     assert "still look random" in messages[0].message and "learning rate" in messages[0].meaning
+
+
+def test_steps_that_shrink_while_the_spectra_keep_their_random_shape_are_not_learning():
+    """Weights initialised 30x too large for Adam (digits CNN): every layer turned 7e-3 to
+    3e-2 rad in epoch 1, less each epoch after, at an unchanged stable rank; a healthy SGD run
+    sat at chance for three epochs turning 1e-2 to 7e-2 rad, more each epoch, then learned."""
+    shrinking = {n: [0.02, 0.015, 0.011, 0.008, 0.006] for n in LAYERS}
+    assert fired(TrainingStalled(), motion_run(shrinking)) == [(3, LAYERS)]
+    assert fired(TrainingStalled(shape_tolerance=0.0), motion_run(shrinking)) == []
+    slow_start = {n: [0.014, 0.022, 0.05, 0.25, 0.29] for n in LAYERS}
+    assert fired(TrainingStalled(), motion_run(slow_start)) == []
+    forming = motion_run(shrinking)  # the same steps while the spectra concentrate: learning
+    for t, analysis in enumerate(forming):
+        for record in analysis:
+            record.metrics["stable_rank"] = (1.05 - 0.03 * t) * RANDOM_SR
+    assert fired(TrainingStalled(), forming) == []
 
 
 def test_fine_tuning_a_trained_network_slowly_is_not_stalled():
@@ -154,9 +177,9 @@ def test_dying_out_needs_three_falls_or_two_with_a_flat_training_loss():
 
 def test_fraction_of_layers_and_rearming():
     one = {"a": [1e-4] * 5, **{n: HEALTHY[:5] for n in LAYERS[1:]}}
-    assert fired(TrainingStalled(), motion_run(one)) == []
+    assert fired(TrainingStalled(), motion_run(one, forming=LAYERS[1:])) == []
     two = {"a": [1e-4] * 5, "b": [1e-4] * 5, "c": HEALTHY[:5], "d": HEALTHY[:5]}
-    assert fired(TrainingStalled(), motion_run(two)) == [(2, ("a", "b"))]
+    assert fired(TrainingStalled(), motion_run(two, forming=("c", "d"))) == [(2, ("a", "b"))]
     seq = [1e-4, 1e-4, 0.02, 0.02, 1e-4, 1e-4]  # stalls, recovers (re-arms), stalls again
     assert epochs(TrainingStalled(), motion_run({n: seq for n in LAYERS})) == [2, 6]
 
@@ -252,6 +275,12 @@ def test_weight_collapse_far_below_the_first_norm_or_falling_geometrically():
     reports = motion_run({n: [0.1] * 5 for n in LAYERS}, norms=falling)
     assert fired(WeightCollapse(), reports) == [(2, LAYERS)]
     assert fired(WeightCollapse(rate=0), reports) == [(5, LAYERS)]  # 143x below at epoch 5
+    # one fall of 9x (SGD weight_decay 0.2 on the wide MLP, epoch 1, then flat at 1/9)
+    once = {n: [13.0] + [1.45] * 5 for n in LAYERS}
+    assert fired(WeightCollapse(), motion_run({n: [0.1] * 5 for n in LAYERS},
+                                              norms=once)) == [(1, LAYERS)]
+    assert fired(WeightCollapse(drop=0), motion_run({n: [0.1] * 5 for n in LAYERS},
+                                                    norms=once)) == []
     # healthy weight decay: 5% per epoch for 10 epochs
     decay = {n: [3.0 * 0.95 ** t for t in range(11)] for n in LAYERS}
     assert fired(WeightCollapse(), motion_run({n: [0.1] * 10 for n in LAYERS},
@@ -267,7 +296,7 @@ def test_weight_collapse_far_below_the_first_norm_or_falling_geometrically():
     second.load_state_dict(first.state_dict())
     assert [a.epoch for e, rep in enumerate(reports) if e >= 2
             for a in second.update(e, e, Report(rep))] == [5]
-    for bad in ({"factor": 1.0}, {"rate": 0.5}, {"falls": 0}):
+    for bad in ({"factor": 1.0}, {"rate": 0.5}, {"falls": 0}, {"drop": 1.0}):
         with pytest.raises(ValueError):
             WeightCollapse(**bad)
 

@@ -574,7 +574,7 @@ def test_only_non_finite_weights_stops_by_default():
     assert {type(r).__name__: r.action for r in default_rules()} == {
         "NonFiniteWeights": "stop",
         "AlphaBelow": "log",
-        "AlphaAbove": "log",
+        "AlphaAbove": "info",
         "SpectralNormGrowth": "log",
         "RankCollapse": "log",
         "TrapsAppeared": "log",

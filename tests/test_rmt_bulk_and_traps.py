@@ -227,7 +227,7 @@ def test_every_spectrum_reports_the_same_metric_keys(fit, mp):
 def test_analyze_centres_before_shuffling_unless_ww_compat():
     """The same shifted-mean i.i.d. layer through :func:`svd_callback.analyze`: no trap by
     default, the mean's spike with ``ww_compat=True``."""
-    from svd_callback import Report, analyze
+    from svd_callback import analyze
 
     layer = torch.nn.Linear(288, 64, bias=False)
     with torch.no_grad():

@@ -187,6 +187,9 @@ def test_real_layer_spectra_are_bit_identical(watcher, models, which):
             assert ours.values[key] == float(row[key]), (layer["name"], key)
 
 
+@pytest.mark.skipif(int(np.__version__.split(".")[0]) < 2, reason=(
+    "under NumPy 1.x value-based promotion (before NEP 50) a float32 array times a float64 "
+    "scalar stays float32, so WeightWatcher 0.7.7's ESD carries float32 rounding"))
 def test_how_weightwatcher_builds_its_esd(models):
     """Linear: lambda = svd(W.double())^2, W as stored (out x in; transposition does not change
     singular values), N = max, M = min. Conv2d (pooled, the default): the kh*kw slices

@@ -82,7 +82,7 @@ def default_rules(traps: bool = True) -> list[Rule]:
     rules: list[Rule] = [
         NonFiniteWeights(),
         AlphaBelow(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
-        AlphaAbove(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
+        AlphaAbove(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS, action="info"),
         SpectralNormGrowth(),
         SpectralNormGrowth(factor=10.0, min_epoch=0, name="SpectralNormBlowUp"),
         RankCollapse(metric="matrix_rank"),

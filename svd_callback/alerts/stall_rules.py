@@ -116,7 +116,10 @@ class TrainingStalled(Rule):
     of:
 
     - *not learning*: movement below ``tolerance`` (radians per analysis) for ``patience``
-      consecutive analyses, while the weights still look random: every layer's stable rank is
+      consecutive analyses, or movement falling in each of them while the layer's spectrum
+      stays where it started (stable rank within ``shape_tolerance`` of its first value:
+      steps that shrink while the weights take no shape, as with weights initialised far too
+      large), while the weights still look random: every layer's stable rank is
       at least ``random_like`` times that of a random matrix of its shape (:func:`randomness`).
       A trained network (fine-tuning, a converged run at a small learning rate) has at least
       one layer whose spectrum training concentrated, and is not judged by this condition;
@@ -138,6 +141,8 @@ class TrainingStalled(Rule):
         fraction: share of the judged layers that must show the condition.
         random_like: smallest stable-rank ratio to a random matrix for which every layer still
             looks untrained (0: the untrained check is off, motion alone decides).
+        shape_tolerance: largest relative change of a layer's stable rank since its first
+            analysis for which its spectrum has not formed (0: that variant is off).
         collapse: largest ratio movement_t / movement_{t-1} that counts as a collapse.
         deceleration: largest ratio that counts as one fall when dying out.
         decelerations: consecutive falls that count as dying out (>= 2).
@@ -173,6 +178,7 @@ class TrainingStalled(Rule):
         *,
         fraction: float = 0.5,
         random_like: float = 0.8,
+        shape_tolerance: float = 0.02,
         collapse: float = 0.05,
         deceleration: float = 0.2,
         decelerations: int = 3,
@@ -188,7 +194,8 @@ class TrainingStalled(Rule):
             raise ValueError(f"decelerations must be an integer >= 2, got {decelerations!r}")
         for label, value in (("tolerance", tolerance), ("slow", slow), ("flat_loss", flat_loss),
                              ("deceleration", deceleration), ("collapse", collapse),
-                             ("random_like", random_like)):
+                             ("random_like", random_like),
+                             ("shape_tolerance", shape_tolerance)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
         if not 0 < fraction <= 1:
@@ -198,6 +205,7 @@ class TrainingStalled(Rule):
         super().__init__(min_epoch=min_epoch, **kwargs)
         self.tolerance, self.patience, self.fraction = float(tolerance), patience, fraction
         self.random_like, self.collapse = float(random_like), float(collapse)
+        self.shape_tolerance = float(shape_tolerance)
         self.deceleration, self.decelerations = float(deceleration), decelerations
         self.slow, self.flat_loss = float(slow), float(flat_loss)
         self.train_loss, self.val_loss = train_loss, val_loss
@@ -210,6 +218,28 @@ class TrainingStalled(Rule):
         if len(recent) < self.patience or any(v is None for v in recent):
             return None
         return all(v < self.tolerance for v in recent)  # type: ignore[operator]
+
+    def slowing_unformed(self, history: MetricHistory, layer: str,
+                         series: Sequence[float | None]) -> bool | None:
+        """The layer's spectrum is where it started (stable rank within ``shape_tolerance`` of
+        its first analysis's, relative) and its movement fell in each of the last
+        ``patience`` analyses: steps that shrink while the weights take no shape, as when they
+        were initialised far too large for the learning rate."""
+        recent = list(series[-(self.patience + 1):])
+        first, now = randomness(history[0], layer), randomness(history.latest, layer)
+        if len(recent) < self.patience + 1 or any(v is None for v in recent) or first is None \
+                or now is None or self.shape_tolerance <= 0:
+            return None
+        unformed = abs(now / first - 1.0) < self.shape_tolerance
+        return unformed and all(b < a for a, b in zip(recent, recent[1:], strict=False))
+
+    def not_learning(self, history: MetricHistory, layer: str,
+                     series: Sequence[float | None]) -> bool | None:
+        """:meth:`not_moving` or :meth:`slowing_unformed` (None when neither can tell)."""
+        verdicts = [self.not_moving(series), self.slowing_unformed(history, layer, series)]
+        if any(verdicts):
+            return True
+        return None if all(v is None for v in verdicts) else False
 
     def collapsed(self, series: Sequence[float | None]) -> bool | None:
         """Some movement_i < ``collapse`` movement_{i-1} in the window and every later one
@@ -249,8 +279,8 @@ class TrainingStalled(Rule):
         flat = self._flat(history, self.train_loss, self.decelerations - 1)
         untrained = self._untrained(history)
         candidates = {
-            "not learning": {layer: self.not_moving(s) for layer, s in judged.items()}
-            if untrained else {},
+            "not learning": {layer: self.not_learning(history, layer, s)
+                             for layer, s in judged.items()} if untrained else {},
             "collapse": {layer: self.collapsed(s) for layer, s in judged.items()}
             if self._still(history) else {},
             "dying out": {layer: self.dying(s, flat) for layer, s in judged.items()},
@@ -277,7 +307,9 @@ class TrainingStalled(Rule):
         more = len(stalled) - MAX_LISTED
         listed += f", and {more} more" if more > 0 else ""
         what = {
-            "not learning": (f"moved less than {fmt(self.tolerance)} rad per analysis for "
+            "not learning": (f"moved less than {fmt(self.tolerance)} rad per analysis, or "
+                             f"slowed down with a spectrum unchanged since the start (stable "
+                             f"rank within {fmt(100 * self.shape_tolerance)}%), for "
                              f"{self.patience} analyses"),
             "collapse": (f"slowed more than {fmt(1 / self.collapse)}x in one analysis while "
                          f"{self._loss_text(history)} did not improve"),
@@ -512,9 +544,9 @@ class VanishingUpdates(Rule):
 
 class WeightCollapse(LayerMetricRule):
     """Weights collapsing to zero: a layer's ``frobenius_norm`` fell below ``1 / factor`` of
-    its value at its first analysis, or it fell more than ``rate`` times in each of the last
-    ``falls`` analyses (a geometric collapse under way). The first values are rule state, kept
-    in checkpoints.
+    its value at its first analysis, more than ``drop`` times in one analysis, or more than
+    ``rate`` times in each of the last ``falls`` analyses (a geometric collapse under way). The
+    first values are rule state, kept in checkpoints.
 
     Weight decay too strong for the learning rate shrinks every weight geometrically (SGD with
     ``weight_decay=0.2`` shrank the digits CNN's norms 2.7x per epoch, 133x by epoch 5; Adam
@@ -527,6 +559,7 @@ class WeightCollapse(LayerMetricRule):
         factor: how many times below its first value a norm must fall.
         rate: the fall per analysis that counts as collapsing (0: off).
         falls: consecutive analyses falling by ``rate``.
+        drop: the fall in one analysis that counts as collapsing (0: off).
         patience: consecutive analyses the condition must hold (default 1).
         min_epoch: first epoch read (default 0: the initial weights are the reference).
         **kwargs: ``name``, ``action``, ``modes``, ``layers`` (see :class:`Rule`).
@@ -538,8 +571,9 @@ class WeightCollapse(LayerMetricRule):
     advice = ("lower weight_decay (SGD: 1e-4 to 5e-4; decoupled AdamW: 0.01 to 0.1), or check "
               "the regulariser's scale")
 
-    def __init__(self, factor: float = 100.0, rate: float = 2.0, falls: int = 2, *,
-                 patience: int = 1, min_epoch: int = 0, **kwargs: Any) -> None:
+    def __init__(self, factor: float = 100.0, rate: float = 2.0, falls: int = 2,
+                 drop: float = 5.0, *, patience: int = 1, min_epoch: int = 0,
+                 **kwargs: Any) -> None:
         if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 1):
             raise ValueError(f"factor must be a finite number > 1, got {factor!r}")
         if not (isinstance(rate, int | float) and math.isfinite(rate) and (rate == 0
@@ -547,8 +581,12 @@ class WeightCollapse(LayerMetricRule):
             raise ValueError(f"rate must be 0 or a finite number > 1, got {rate!r}")
         if isinstance(falls, bool) or not isinstance(falls, int) or falls < 1:
             raise ValueError(f"falls must be an integer >= 1, got {falls!r}")
+        if not (isinstance(drop, int | float) and math.isfinite(drop) and (drop == 0
+                                                                           or drop > 1)):
+            raise ValueError(f"drop must be 0 or a finite number > 1, got {drop!r}")
         super().__init__("frobenius_norm", patience=patience, min_epoch=min_epoch, **kwargs)
         self.factor, self.rate, self.falls = float(factor), float(rate), falls
+        self.drop = float(drop)
         self._first: dict[tuple[str, str | None], float] = {}
 
     def _recent(self, history: MetricHistory, layer: str, mode: str | None) -> list[float]:
@@ -559,11 +597,17 @@ class WeightCollapse(LayerMetricRule):
         return self.rate > 0 and len(recent) == self.falls + 1 and all(
             b > 0 and a / b > self.rate for a, b in zip(recent, recent[1:], strict=False))
 
+    def _dropped(self, history: MetricHistory, layer: str, mode: str | None) -> bool:
+        recent = history.last_values(layer, self.metric, mode, 2)
+        return self.drop > 0 and len(recent) == 2 and recent[1] > 0 \
+            and recent[0] / recent[1] > self.drop
+
     def condition(self, history, layer, mode, value):
         first = self._first.get((layer, mode))
         if first is None:
             return None
-        return value < first / self.factor or self._falling(history, layer, mode)
+        return value < first / self.factor or self._falling(history, layer, mode) \
+            or self._dropped(history, layer, mode)
 
     def describe(self, history, layer, mode, value):
         first = self._first[(layer, mode)]
@@ -571,6 +615,10 @@ class WeightCollapse(LayerMetricRule):
         if value < first / self.factor:
             return (f"< {fmt(first)} / {fmt(self.factor)}: {fmt(below)}x below its first "
                     f"value", first / self.factor)
+        if self._dropped(history, layer, mode):
+            before = history.last_values(layer, self.metric, mode, 2)[0]
+            return (f"fell {fmt(before / value)}x in one analysis (from {fmt(before)}; limit "
+                    f"{fmt(self.drop)}x)", self.drop)
         recent = " -> ".join(fmt(v) for v in self._recent(history, layer, mode))
         return (f"fell more than {fmt(self.rate)}x in each of {self.falls} analyses ({recent}; "
                 f"{fmt(below)}x below its first value)", self.rate)

@@ -230,10 +230,20 @@ class Publisher:
                                 f"those steps")
 
     def _warn_skipped(self, report: Report) -> None:
+        """A warning per skipped layer (once per fit each); the embedding tables left out by
+        ``embeddings=False``, a choice rather than a problem, in one info line per fit."""
+        tables: dict[str, None] = {}
         for record in report.skipped():
+            if record.reason_code == "embeddings_off":
+                tables[record.name] = None
+                continue
             self.guard.warn_once(f"skip:{record.name}:{record.mode}:{record.reason}",
                                  f"layer {record.name!r} [{record.mode}] not analysed: "
                                  f"{record.reason}")
+        if tables:
+            self.guard.note_once("embeddings_off", (
+                f"{len(tables)} embedding table(s) not analysed, embeddings are off "
+                f"({', '.join(tables)}); embeddings=True analyses them"))
 
     # ------------------------------------------------------------------ TensorBoard
     def tensorboard_sinks(self, loggers: Sequence[Any]) -> dict[int, TensorBoardSink]:

@@ -5,8 +5,12 @@ Path of one analysis (every rank): the conv input sizes are recorded once (``ope
 the layers are split over the ranks by cost (:func:`svd_callback.distributed.split_work`); each
 rank runs :func:`svd_callback.analysis.analyze` on its share and the reports are gathered; the
 class statistics are computed on rank 0 and broadcast. On a sharded (FSDP2) model reading a full
-weight is a collective (:func:`svd_callback.sharding.full_weight`), so every rank analyses every
-layer, in the same order, one gathered weight at a time, and nothing is gathered afterwards; the
+weight is a collective: the layers are split by parameter
+(:func:`svd_callback.distributed.split_units`), every rank takes part in the gather of every
+analysed weight, each delivered to the rank that analyses it
+(:func:`svd_callback.sharding.gather_shares`), then each rank analyses its share from its copies
+with no collective in between, and the reports are gathered (a model whose weights live on a
+mesh smaller than the world is analysed whole on every rank, one gathered weight at a time); the
 class analysis runs on every rank, each on its slice of the probe (its forward needs every rank,
 :mod:`svd_callback.classes.sharded`), and rank 0's statistics are broadcast; the aggregates
 (:func:`svd_callback.analysis.summarize`) and the alert rules run on every rank, and the alerts
@@ -20,6 +24,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -34,6 +39,7 @@ from svd_callback.distributed import (
     gather_conditions,
     gather_reports,
     is_distributed,
+    split_units,
     split_work,
 )
 from svd_callback.layers import estimate_cost, example_input_for, find_layers, record_input_sizes
@@ -43,7 +49,7 @@ from svd_callback.monitor.inputs import Forward, forward_for, has_uninitialised_
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.motion import DEFAULT_SKETCH_SIZE, MotionTracker
 from svd_callback.report import LayerReport, Report
-from svd_callback.sharding import is_sharded
+from svd_callback.sharding import divisible, gather_shares, gathered_weights, is_sharded
 
 __all__ = ["OWN_TAG_PREFIXES", "AnalysisRunner", "training_scalars"]
 
@@ -177,9 +183,9 @@ class AnalysisRunner:
         started = time.perf_counter()
         owners: dict[str, int] = {}
         sharded = is_distributed(world) and is_sharded(module)
-        local, order = self._local_report(module, world, rank, owners, sharded)
-        report = local if sharded else gather_reports(local, world, order,
-                                                      self.config.conv_mode)  # collective
+        local, order, whole = self._local_report(module, world, rank, owners, sharded)
+        report = local if whole else gather_reports(local, world, order,
+                                                    self.config.conv_mode)  # collective
         self._add_motion(module, report)  # collective on a sharded model
         class_report, class_metrics = self.classes.run(
             module, self._class_layers(module), rank == 0,
@@ -236,30 +242,40 @@ class AnalysisRunner:
     def _local_report(
         self, module: torch.nn.Module, world: int, rank: int, owners: dict[str, int],
         sharded: bool = False,
-    ) -> tuple[Report, list[str]]:
-        """This rank's share of the layers, analysed (every layer when ``sharded``); errors
-        become records with a reason. Returns the report and every layer name (the gather
-        order)."""
+    ) -> tuple[Report, list[str], bool]:
+        """This rank's share of the layers, analysed; errors become records with a reason.
+        Returns the report, every layer name (the gather order) and whether the report is
+        already whole (a sharded model whose weights cannot be divided: every layer here)."""
         config = self.config
         names: list[str] = []
         share: list[str] | None = None
+        whole = sharded
         try:
             specs, skipped = find_layers(module, config.include, config.exclude,
                                           config.embeddings)
             names = [s.name for s in specs] + [s.name for s in skipped]
-            if is_distributed(world) and not sharded:
+            if sharded:
+                whole = not divisible((s.matrix.stored(s.module) for s in specs), world)
+            if is_distributed(world) and not whole:
                 for spec in specs:
                     if spec.name in self.input_sizes:
                         spec.input_size = tuple(self.input_sizes[spec.name])
                 costs = {s.name: sum(estimate_cost(s, m) for m in config.conv_mode)
                          for s in specs}
                 costs.update({s.name: 0.0 for s in skipped})
-                shares = split_work(costs, world)
+                units = {s.name: (id(s.module), s.matrix.param) for s in specs}
+                shares = split_units(costs, units, world) if sharded else split_work(costs,
+                                                                                     world)
                 owners.update({n: r for r, part in enumerate(shares) for n in part})
                 share = shares[rank]
+            if sharded and not whole:
+                copies = gather_shares(specs, owners, rank)  # collective, no SVD in between
+                with torch.no_grad(), gathered_weights(copies):
+                    report = self._analyze(module, share, probe=False)
+                return report, names, whole
             with torch.no_grad():
                 report = self._analyze(module, share)
-            return report, names
+            return report, names, whole
         except Exception as error:  # noqa: BLE001 - never crash training
             reason = f"analysis failed on rank {rank}: {type(error).__name__}: {error}"
             warnings.warn(f"SpectralMonitor: {reason}", stacklevel=2)
@@ -270,11 +286,15 @@ class AnalysisRunner:
                 for mode in config.conv_mode
                 for name in failed
             )
-            return report, names
+            return report, names, whole
 
-    def _analyze(self, module: torch.nn.Module, share: list[str] | None) -> Report:
-        """:func:`~svd_callback.analysis.analyze` with this runner's configuration."""
-        return analyze(module, config=self.config, input_sizes=dict(self.input_sizes) or None,
+    def _analyze(self, module: torch.nn.Module, share: list[str] | None,
+                 probe: bool = True) -> Report:
+        """:func:`~svd_callback.analysis.analyze` with this runner's configuration; without
+        ``probe``, no forward pass for missing conv input sizes (on a divided sharded model a
+        forward is a collective that the other ranks, busy with their own share, never join)."""
+        config = self.config if probe else replace(self.config, input_size=None)
+        return analyze(module, config=config, input_sizes=dict(self.input_sizes) or None,
                        layer_names=share, keep_svals=self.keep_svals)
 
     def _gather_alerts(

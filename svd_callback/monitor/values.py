@@ -92,7 +92,7 @@ def scalars(result: AnalysisResult, config: AnalysisConfig, class_conventions: s
             values[tag] = float(value)
             descriptions[tag] = tags.metric_description(
                 metric, record.mode, record.normalization, config.fit, config.ww_compat
-            )
+            ) + (f"; matrix: {record.notes['matrix']}" if "matrix" in record.notes else "")
     for mode, aggregates in result.summary.items():
         for key, value in aggregates.items():
             base = key.rsplit("_", 1)[0] if key.endswith(("_mean", "_median")) else None

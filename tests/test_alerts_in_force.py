@@ -59,3 +59,33 @@ def test_a_model_level_condition_takes_the_rules_latest_alert_of_its_mode():
     other = Alert("Trend", mode="operator", epoch=2, step=20)
     (found,) = alerts_in_force([Condition("Trend", "_trend", ("unfold",))], [older, other])
     assert found is older
+
+
+def test_the_alerts_text_starts_with_the_state_and_says_what_cleared():
+    from svd_callback.monitor.alert_text import cleared_conditions, state_text
+
+    states = _run([
+        {"a": 3.0, "b": 3.0}, {"a": 1.5, "b": 1.6}, {"a": 1.5, "b": 1.6}, {"a": 3.0, "b": 1.6},
+    ])
+    firing, later = states[2], states[3]
+    text = state_text(firing, firing, [], {"AlphaBelow": 1}, epoch=2, step=20,
+                      rules=[AlphaBelow()])
+    head, *rest = text.splitlines()
+    assert head == "**1 alert rule in force: AlphaBelow** at epoch 2 (step 20)"
+    entry = next(line for line in rest if line.startswith("- **AlphaBelow**"))
+    assert "in force since epoch 2 (step 20)" in entry and "2 layers a, b [unfold]" in entry
+    assert "alpha = 1.5 < 2" in entry  # the numbers against the limit, from the message
+    assert "*Likely:* Martin" in text and "*Try:* compare" in text  # meaning and advice
+    assert "This analysis: raised AlphaBelow (warning)." in text
+    assert "| rule | metric | threshold | patience | action |" in text
+
+    cleared = cleared_conditions(firing, later)
+    assert cleared == ["AlphaBelow (a)"]
+    text = state_text(later, [], cleared, {"AlphaBelow": 1}, epoch=3, step=30)
+    assert "layer b [unfold]" in text and "since epoch 2" in text
+    assert "This analysis: cleared AlphaBelow (a)." in text
+    assert "| rule |" not in text  # the rules table is given once, at the first analysis
+
+    healthy = state_text([], [], cleared_conditions(later, []), {"AlphaBelow": 1}, 4, 40)
+    assert healthy.startswith("**Healthy**: no alert condition in force at epoch 4 (step 40)")
+    assert "cleared AlphaBelow (b)" in healthy and "Raised so far: 1 (AlphaBelow 1)." in healthy

@@ -145,10 +145,11 @@ def state_text(
 ) -> str:
     """The ``alerts`` text of one analysis, the state first.
 
-    1. ``**Healthy**`` when no condition is in force, else ``**N alert rules in force: <rules>**``
-       (N is ``alerts/active``) and one entry per alert in force (:meth:`~svd_callback.alerts.AlertEngine.in_force`): rule,
-       severity, since which epoch, where (layers and mode), the message that made it fire (the
-       condition with its numbers against their limits), what it usually means and what to try;
+    1. ``**Healthy**`` when no condition is in force, else ``**N alert rules in force:
+       <rules>**`` (N is ``alerts/active``) and one entry per alert in force
+       (:meth:`~svd_callback.alerts.AlertEngine.in_force`): rule, severity, since which epoch,
+       where (layers and mode), the message that made it fire (the condition with its numbers
+       against their limits), what it usually means and what to try;
     2. what this analysis raised and cleared;
     3. the alerts raised so far, by rule;
     4. ``rules`` (given at the first analysis only): the table of the rules that run.

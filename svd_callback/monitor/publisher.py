@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from svd_callback.alerts import AlertEngine
 from svd_callback.alerts.base import rule_name
 from svd_callback.config import MonitorConfig
+from svd_callback.monitor import console
 from svd_callback.monitor.alert_text import alert_totals, alerts_text, reasons_text
 from svd_callback.monitor.class_stage import ClassStage
 from svd_callback.monitor.guard import Guard
@@ -166,10 +166,9 @@ class Publisher:
     ) -> None:
         step = result.step
         self._warn_skipped(result.report)
-        for alert in result.alerts:  # an "info" alert as information, not as a warning
-            say = rank_zero_info if alert.severity == "info" else rank_zero_warn
-            say(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
-                f"{result.raised_on(alert)}")
+        for alert in result.alerts:  # one line each; an "info" alert as information
+            console.alert(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
+                          f"{result.raised_on(alert)}", alert.severity)
         self.guard.call("writing the history file", self.history.write, result)
         if result.class_report is not None:
             self.guard.call("writing the class history", self.history.write_classes, result,

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import re
+import textwrap
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -12,32 +14,38 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 HERE = Path(__file__).resolve().parent
 
-LAYERS = [  # (title, modules), top = faces, bottom = functional core; imports point down only
-    ("faces", "callback.SpectralMonitor: hooks, checkpointed state, stop vote  ·  monitor: Guard, "
-     "AnalysisRunner -> AnalysisResult, Publisher  ·  config, schedule  ·  cli (analyze, compare, "
-     "demo), runs, loading"),
-    ("alerts  |  sinks", "alerts: rules, AlertEngine, MetricHistory   |   sinks: tags, "
-     "tensorboard, layout, figures, history"),
-    ("analysis", "analysis.analyze / summarize  ·  report.LayerReport / Report  ·  distributed"),
-    ("functional core", "layers  ·  spectra (solver, unfold, slices, operator)  ·  rmt  ·  "
-     "classes  ·  batch_parallel"),
-]
+ARCHITECTURE = HERE / "architecture.md"
+_LAYER_ROW = re.compile(r"^\| (\d+) \| ([\w ]+) \| ([^|]+) \|")
+
+
+def layers(text: str) -> list[tuple[str, str]]:
+    """(title, modules) of each row of architecture.md's layer table, top layer first (the
+    table ``tests/test_imports.py`` holds the imports to)."""
+    rows = []
+    for line in text.splitlines():
+        row = _LAYER_ROW.match(line)
+        if row:
+            units = re.findall(r"`(\w+)`", row.group(3))
+            rows.append((int(row.group(1)), f"{row.group(1)}. {row.group(2).strip()}",
+                         "  ·  ".join(units)))
+    return [(title, body) for _, title, body in sorted(rows, reverse=True)]
+
 
 PATH = [  # one analysis, in order
     ("hook", "on_train_start (epoch 0) / end of check_on hook /\non_train_batch_end: "
      "Schedule due? -> AnalysisRunner.run"),
     ("select", "layers.find_layers -> LayerSpec list;\nunder DDP distributed.split_work "
-     "(LPT by estimated cost)"),
-    ("decompose", "analysis.analyze: same-shape layers stacked ->\nspectra.stacked_*_svdvals "
-     "(one batched solver call)"),
+     "(LPT by ModeSpec.cost)"),
+    ("decompose", "analysis.analyze: per ModeSpec, same-shape layers stacked ->\n"
+     "ModeSpec.spectrum (one batched solver call)"),
     ("measure", "rmt.esd_metrics per layer and mode: norms, power-law fit,\nMP bulk, traps "
      "-> LayerReport (mode, normalisation, fit)"),
     ("gather", "distributed.gather_reports (all ranks) -> Report;\nclasses.analyze_classes "
      "on rank 0 (probe), broadcast"),
-    ("judge", "analysis.summarize -> aggregates; AlertEngine.update;\ngather_alerts -> "
+    ("judge", "analysis.summarize -> aggregates; AlertEngine.update;\nmonitor.gather -> "
      "frozen AnalysisResult"),
-    ("publish", "Publisher.publish: callback_metrics (every rank); rank 0:\nloggers, "
-     "TensorBoard extras and figures, history file"),
+    ("publish", "monitor.scalars -> typed Scalars; Publisher: callback_metrics\n(every rank); "
+     "rank 0: loggers, TensorBoard, history file"),
     ("stop vote", "on_alert per alert; a stop alert agreed on all ranks\n"
      "(reduce_boolean_decision) -> trainer.should_stop"),
 ]
@@ -58,7 +66,8 @@ def _arrow(axes, start, end):
 
 
 def architecture_figure() -> Figure:
-    """Left: the four layers (imports only point down). Right: the path of one analysis."""
+    """Left: the layers of architecture.md (imports only point down). Right: the path of one
+    analysis."""
     figure = Figure(figsize=(13, 7.2), dpi=110)
     axes = figure.add_axes((0, 0, 1, 1))
     axes.set_xlim(0, 1)
@@ -69,16 +78,19 @@ def architecture_figure() -> Figure:
     axes.text(0.50, 0.975, "The path of one analysis (SpectralMonitor)", fontsize=12,
               fontweight="bold", va="top")
 
-    colours = ["#f6d5c9", "#f9ecc0", "#d6e8d0", "#cfe0f3"]
-    height, gap, top = 0.15, 0.07, 0.93
-    for i, ((title, body), colour) in enumerate(zip(LAYERS, colours, strict=True)):
+    rows = layers(ARCHITECTURE.read_text())
+    colours = ["#f6d5c9", "#f9e3c0", "#f9ecc0", "#e3edc8", "#d6e8d0", "#d2e6e6", "#cfe0f3",
+               "#dcd6f0"]
+    gap, top, bottom = 0.025, 0.93, 0.07
+    height = (top - bottom - gap * (len(rows) - 1)) / len(rows)
+    for i, (title, body) in enumerate(rows):
         y = top - (i + 1) * height - i * gap
-        wrapped = body.replace("   |   ", "\n").replace("  ·  ", "\n", 2) if i != 2 else body
-        _box(axes, 0.02, y, 0.44, height, title, wrapped, colour)
+        _box(axes, 0.02, y, 0.44, height, title, "\n".join(textwrap.wrap(body, 80)),
+             colours[i % len(colours)])
         if i:
             _arrow(axes, (0.24, y + height + gap - 0.003), (0.24, y + height + 0.003))
-    axes.text(0.02, 0.03, "experiments/ and configs/ sit outside the package and use its "
-              "public API only.", fontsize=8, style="italic")
+    axes.text(0.02, 0.03, "experiments/ and configs/ sit outside the package and import only "
+              "names in a module's __all__, nothing from monitor.", fontsize=8, style="italic")
 
     step_h, step_gap, y = 0.084, 0.029, 0.93
     for i, (title, body) in enumerate(PATH):

@@ -1,5 +1,6 @@
-"""Shared helpers of the experiments: data, per-epoch validation records, probes, alert replay
-from a history file, and Markdown tables.
+"""Shared helpers of the experiments: data, per-epoch validation records, probes and Markdown
+tables (a history file's analyses and their alert replay are the library's:
+:mod:`svd_callback.sinks.history_rows`).
 
 Only the public API of ``svd_callback`` is used. Every experiment writes its logs under
 ``experiments/<name>/runs/`` (git-ignored) and its findings to ``experiments/<name>/RESULTS.md``.
@@ -177,88 +178,6 @@ def stratified_probe(datamodule: pl.LightningDataModule, size: int = 256, seed: 
 
     datamodule.setup("fit")
     return ProbeSet.from_dataset(datamodule.val_set, size=size, seed=seed)
-
-
-# ---------------------------------------------------------------------- alert replay
-def history_analyses(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Group the rows of a ``spectral_history.jsonl`` into analyses, in the order written:
-    ``{"epoch", "step", "layers": [row...], "summary": {mode: metrics}, "training": {name:
-    value}, "classes": {layer: stats}, "alerts": [row...]}``, as the callback's alert engine saw
-    them.
-
-    Raises:
-        ValueError: the rows carry several ``run_id`` (runs that appended to one file): their
-            analyses would mix; pass one run's rows.
-    """
-    analyses: dict[tuple[int, int], dict[str, Any]] = {}
-    run_ids: set[str] = set()
-    for row in rows:
-        if row.get("run_id") is not None:
-            run_ids.add(row["run_id"])
-            if len(run_ids) > 1:
-                raise ValueError(f"the rows come from several runs (run_id {sorted(run_ids)}); "
-                                 "pass the rows of one run")
-        kind = row.get("type")
-        if kind not in ("layer", "summary", "training", "class", "alert"):
-            continue
-        key = (int(row["epoch"]), int(row["step"]))
-        entry = analyses.setdefault(key, {"epoch": key[0], "step": key[1], "layers": [],
-                                          "summary": {}, "training": {}, "classes": {},
-                                          "alerts": []})
-        values = {k: (math.nan if v is None else float(v))
-                  for k, v in (row.get("metrics") or {}).items()}
-        if kind == "layer":
-            entry["layers"].append(row)
-        elif kind == "summary":
-            entry["summary"][row["mode"]] = values
-        elif kind == "training":
-            entry["training"] = values
-        elif kind == "class":
-            entry["classes"][row["layer"]] = values
-        else:
-            entry["alerts"].append(row)
-    return [analyses[k] for k in sorted(analyses)]
-
-
-def read_history_file(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a callback's ``spectral_history.jsonl``."""
-    from svd_callback.sinks.history import read_history
-
-    return read_history(path)
-
-
-def replay_alerts(
-    analyses: Sequence[Mapping[str, Any]], rules: Sequence[Any],
-    levels: list[tuple[int, int]] | None = None,
-) -> list[Any]:
-    """Run an :class:`~svd_callback.alerts.AlertEngine` with ``rules`` over recorded analyses
-    (as the callback would have, analysis by analysis) and return every alert raised; with a
-    ``levels`` list, append (epoch, number of conditions in force, ``alerts/active``) after
-    each analysis."""
-    from svd_callback import LayerReport, Report
-    from svd_callback.alerts import AlertEngine
-
-    engine = AlertEngine(rules)
-    alerts = []
-    for entry in analyses:
-        report = Report(
-            LayerReport(
-                name=row["layer"], kind=row["kind"], mode=row["mode"],
-                normalization=row.get("normalization", "raw"),
-                metrics={k: (math.nan if v is None else float(v))
-                         for k, v in (row.get("metrics") or {}).items()},
-                quality=row.get("quality"), reason=row.get("reason"),
-                normalized_by=row.get("normalized_by"),
-                matrix_shape=tuple(row["matrix_shape"]) if row.get("matrix_shape") else None,
-            )
-            for row in entry["layers"]
-        )
-        alerts.extend(engine.update(entry["epoch"], entry["step"], report, entry["summary"],
-                                    training=entry.get("training"),
-                                    classes=entry.get("classes")))
-        if levels is not None:
-            levels.append((entry["epoch"], len(engine.active())))
-    return alerts
 
 
 # ---------------------------------------------------------------------- tables

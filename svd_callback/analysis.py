@@ -17,7 +17,15 @@ import torch
 from torch import nn
 from typing_extensions import Unpack  # typing.Unpack needs Python 3.11
 
-from svd_callback import config as config_types
+from svd_callback.aggregates import (
+    FRACTION_LABELS,
+    N_LAYERS,
+    N_SKIPPED,
+    SUMMARY_METRICS,
+    SUMMARY_STATS,
+    fraction_of,
+    statistic,
+)
 from svd_callback.classes.analysis import analyze_classes
 from svd_callback.classes.config import ClassAnalysisConfig
 from svd_callback.classes.probe import ProbeSet
@@ -34,16 +42,11 @@ from svd_callback.normalizers import output_normalizers
 from svd_callback.report import LayerReport, Report, eig_scale
 from svd_callback.rmt import QualityThresholds, esd_metrics, trap_matrix, trap_metrics
 from svd_callback.sharding import full_weight, sketch_row_block
-from svd_callback.spectra import (
-    GRAM32_NOISE,
-    stacked_operator_svdvals,
-    stacked_slice_svdvals,
-    stacked_unfold_svdvals,
-)
+from svd_callback.spectra import GRAM32_NOISE
+from svd_callback.spectra.modes import ModeSpec, kernel_volume
 from svd_callback.transfer import to_host
 
-FITS = (*config_types.FITS, None)
-"""The values of ``fit``: :data:`svd_callback.config.FITS` and None (no power-law fit)."""
+__all__ = ["CALL_ARGUMENTS", "add_motion", "analyze", "summarize"]
 
 CALL_ARGUMENTS = ("config", "input_sizes", "example_input", "layer_names", "thresholds",
                   "keep_svals", "progress", "probe", "class_options", "motion")
@@ -53,24 +56,9 @@ WW_MIN_EVALS, WW_MAX_EVALS, WW_MAX_N = 8, 15000, 50000
 """WeightWatcher 0.7.7's layer skip rules (``layer_supported``): M * kh * kw outside [8, 15000]
 or N > 50000."""
 
-SUMMARY_METRICS = (
-    "alpha",
-    "alpha_weighted",
-    "log_alpha_norm",
-    "log_norm",
-    "log_spectral_norm",
-    "stable_rank",
-    "entropy",
-    "spectral_norm",
-    "rank_loss",
-    "mp_softrank",
-    "num_spikes",
-    "num_traps",
-    "rand_distance",
-    "weight_motion",
-    "weight_rotation",
-)
 
+_STATISTICS = {"mean": statistics.fmean, "median": statistics.median}
+"""How each of :data:`~svd_callback.aggregates.SUMMARY_STATS` is computed."""
 
 META_REASON = ("weight is on the meta device (shapes only, no values): materialise it first, "
                "e.g. model.to_empty(device='cpu') then load_state_dict")
@@ -180,7 +168,7 @@ def _analyze(
     probe: ProbeSet | None,
     class_options: ClassAnalysisConfig | None,
 ) -> Report:
-    modes = config.conv_mode
+    modes = config.modes
     normalization = config.normalization
     specs, skipped_modules = find_layers(model, include=config.include, exclude=config.exclude,
                                          embeddings=config.embeddings)
@@ -202,14 +190,14 @@ def _analyze(
     for module in skipped_modules:
         for mode in modes:
             report.append(
-                LayerReport(module.name, module.kind, mode, normalization, reason=module.reason,
-                            reason_code=module.code)
+                LayerReport(module.name, module.kind, mode.name, normalization,
+                            reason=module.reason, reason_code=module.code)
             )
     if not specs:
         return report
 
     probe_error = None
-    if "operator" in modes:
+    if config.needs_input_size:
         probe_error = _attach_input_sizes(model, specs, config.input_size, input_sizes,
                                           example_input)
 
@@ -226,8 +214,9 @@ def _analyze(
                 records[spec.name] = _record(spec, mode, context, reason=bad[spec.name],
                                              reason_code="nonfinite_weight")
             elif not spec.is_conv and spec.name in linear_done:
-                records[spec.name] = _relabel(linear_done[spec.name], mode)
-            elif skip := _skip_reason(spec, mode, config.ww_compat, probe_error):
+                records[spec.name] = _relabel(linear_done[spec.name], mode.name)
+            elif skip := _skip_reason(spec, mode.reading(spec.is_conv), config.ww_compat,
+                                      probe_error):
                 records[spec.name] = _record(spec, mode, context, reason=skip[1],
                                              reason_code=skip[0])
             else:
@@ -296,18 +285,18 @@ def summarize(report: Report) -> dict[str, dict[str, float]]:
         records = report.by_mode(mode)
         analysed = records.analysed()
         agg: dict[str, float] = {
-            "n_layers": float(len(analysed)),
-            "n_skipped": float(len(records) - len(analysed)),
+            N_LAYERS.key: float(len(analysed)),
+            N_SKIPPED.key: float(len(records) - len(analysed)),
         }
         for metric in SUMMARY_METRICS:
             values = [v for r in analysed if math.isfinite(v := r.metrics.get(metric, math.nan))]
             if values:
-                agg[f"{metric}_mean"] = float(statistics.fmean(values))
-                agg[f"{metric}_median"] = float(statistics.median(values))
+                for stat in SUMMARY_STATS:
+                    agg[statistic(metric, stat).key] = float(_STATISTICS[stat](values))
         labelled = [r.quality for r in analysed if r.quality]
         if labelled:
-            for label in ("over-trained", "under-trained"):
-                agg[f"frac_{label.replace('-', '_')}"] = labelled.count(label) / len(labelled)
+            for label in FRACTION_LABELS:
+                agg[fraction_of(label).key] = labelled.count(label) / len(labelled)
         out[mode] = agg
     return out
 
@@ -319,12 +308,6 @@ class _Context:
     config: AnalysisConfig
     thresholds: QualityThresholds
     keep_svals: bool
-
-
-def resolve_svd_method(svd_method: str, ww_compat: bool) -> str:
-    """``"auto"`` -> ``"gram32"`` under ``ww_compat``, else as given (the spectra's float64 Gram
-    for ``"auto"``): the resolution of :class:`~svd_callback.config.AnalysisConfig`."""
-    return AnalysisConfig(svd_method=svd_method, ww_compat=ww_compat).svd_method  # type: ignore[arg-type]
 
 
 def _attach_input_sizes(
@@ -375,22 +358,17 @@ def _nonfinite_reasons(specs: list[LayerSpec]) -> dict[str, str]:
 
 
 def _skip_reason(
-    spec: LayerSpec, mode: str, ww_compat: bool, probe_error: str | None = None
+    spec: LayerSpec, how: ModeSpec, ww_compat: bool, probe_error: str | None = None
 ) -> tuple[str, str] | None:
-    """(reason code, reason) of a layer this mode cannot analyse, else None."""
-    if spec.is_conv and mode == "operator":
-        if spec.input_size is None:
-            return "input_size_missing", probe_error or (
-                "operator mode needs the layer's input size: pass input_size=, example_input= "
-                "or input_sizes=")
-        if any(n % s for n, s in zip(spec.input_size, spec.stride, strict=True)):
-            return "input_size_stride", (f"operator mode needs input size {spec.input_size} "
-                                         f"divisible by stride {spec.stride}")
-    n_rows, n_cols = _matrix_shape(spec, mode)
+    """(reason code, reason) of a layer that ``how`` (its mode's reading) cannot analyse, an
+    empty matrix, or one outside WeightWatcher's size limits under ``ww_compat``; else None."""
+    if skip := how.skip(spec, probe_error):
+        return skip
+    n_rows, n_cols = how.matrix_shape(spec)
     if min(n_rows, n_cols) == 0:
         return "empty_weight", "empty weight"
     if ww_compat:
-        n_evals = n_cols * (_kernel_volume(spec) if spec.is_conv else 1)
+        n_evals = n_cols * kernel_volume(spec)
         if n_evals < WW_MIN_EVALS or n_evals > WW_MAX_EVALS or n_rows > WW_MAX_N:
             return "ww_size_limit", (
                 f"skipped as WeightWatcher 0.7.7 does: {n_evals} eigenvalues outside "
@@ -398,67 +376,21 @@ def _skip_reason(
     return None
 
 
-def _kernel_volume(spec: LayerSpec) -> int:
-    return math.prod(spec.weight_shape[2:])
-
-
-def _matrix_shape(spec: LayerSpec, mode: str) -> tuple[int, int]:
-    """(N, M), N >= M, of the matrix whose singular values the mode computes."""
-    shape = spec.weight_shape
-    if not spec.is_conv:
-        rows, cols = shape
-    elif mode == "unfold":
-        rows, cols = shape[0] // spec.groups, shape[1] * _kernel_volume(spec)
-    elif mode == "slices":
-        rows, cols = shape[0], shape[1]
-    else:  # operator: one frequency block per group, polyphase columns
-        rows, cols = shape[0] // spec.groups, shape[1] * math.prod(spec.stride)
-    return (max(rows, cols), min(rows, cols))
-
-
-def _weight_rows(spec: LayerSpec, mode: str) -> int:
-    """Rows of the stored weight in one analysed matrix (``per_row``'s N, DeepDataProfiler's
-    ``len(W.flatten(1))``): weight.shape[0] / groups for a conv's ``unfold`` and ``operator``
-    (one group's block), weight.shape[0] for ``slices`` and linear layers."""
-    if spec.is_conv and mode in ("unfold", "operator"):
-        return spec.weight_shape[0] // spec.groups
-    return spec.weight_shape[0]
-
-
-def _group_key(spec: LayerSpec, mode: str) -> tuple:
+def _group_key(spec: LayerSpec, how: ModeSpec) -> tuple:
     weight = spec.weight
-    geometry: tuple = (spec.groups,)
-    if mode == "operator" and spec.is_conv:
-        geometry = (spec.groups, spec.stride, spec.dilation, spec.input_size)
-    return (spec.kind if spec.is_conv else "linear", spec.weight_shape, geometry,
+    return (spec.kind if spec.is_conv else "linear", spec.weight_shape, how.batch_key(spec),
             weight.device, weight.dtype)
 
 
-def _spectrum_fn(
-    spec: LayerSpec, mode: str, method: str, chunk_elems: int
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The batched solver of ``mode``; the weights reaching it were proved finite by
-    :func:`_nonfinite_reasons`, so the solver's own check (a host synchronisation per batch)
-    is skipped."""
-    if not spec.is_conv or mode == "unfold":
-        return lambda w: stacked_unfold_svdvals(w, groups=spec.groups, method=method,
-                                                chunk_elems=chunk_elems, finite_checked=True)
-    if mode == "slices":
-        return lambda w: stacked_slice_svdvals(w, method=method, chunk_elems=chunk_elems,
-                                               finite_checked=True)
-    return lambda w: stacked_operator_svdvals(
-        w, spec.input_size, stride=spec.stride, dilation=spec.dilation, groups=spec.groups,
-        method=method, chunk_elems=chunk_elems, finite_checked=True,
-    )
-
-
-def _spectra(specs: list[LayerSpec], mode: str, ctx: _Context):
+def _spectra(specs: list[LayerSpec], mode: ModeSpec, ctx: _Context):
     """Yield (spec, svals, shuffled_svals, reason) with one batched call per group of layers."""
     groups: dict[tuple, list[LayerSpec]] = {}
     for spec in specs:
-        groups.setdefault(_group_key(spec, mode), []).append(spec)
+        groups.setdefault(_group_key(spec, mode.reading(spec.is_conv)), []).append(spec)
     for members in groups.values():
-        fn = _spectrum_fn(members[0], mode, ctx.config.svd_method, ctx.config.chunk_elems)
+        first = members[0]
+        fn = mode.reading(first.is_conv).spectrum(first, ctx.config.svd_method,
+                                                  ctx.config.chunk_elems)
         try:
             yield from _decompose(members, fn, ctx)
         except Exception:  # isolate the layer that fails
@@ -487,7 +419,7 @@ def _decompose(members: list[LayerSpec], fn, ctx: _Context):
 
 def _record(
     spec: LayerSpec,
-    mode: str,
+    mode: ModeSpec,
     ctx: _Context,
     svals: torch.Tensor | None = None,
     shuffled: torch.Tensor | None = None,
@@ -499,16 +431,17 @@ def _record(
     CPU copy of ``svals`` made by :func:`svd_callback.transfer.to_host`; default ``svals``) and
     ``shuffled`` (on the CPU), so no per-layer host synchronisation is needed; ``record.svals``
     stays on its device."""
-    matrix_shape = _matrix_shape(spec, mode)
+    how = mode.reading(spec.is_conv)
+    matrix_shape = how.matrix_shape(spec)
     record = LayerReport(
         name=spec.name,
         kind=spec.kind,
-        mode=mode,
+        mode=mode.name,
         normalization=ctx.config.normalization,
         shape=spec.weight_shape,
         matrix_shape=matrix_shape,
-        rows=_weight_rows(spec, mode),
-        input_size=spec.input_size if (mode == "operator" and spec.is_conv) else None,
+        rows=how.weight_rows(spec),
+        input_size=how.input_size(spec),
         reason=reason,
         reason_code=reason_code,
     )

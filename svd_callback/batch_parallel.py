@@ -2,10 +2,9 @@
 
 On CPU, ``torch.linalg.eigvalsh`` and ``torch.linalg.svdvals`` of a ``(B, n, n)`` batch call
 LAPACK once per matrix, one after the other, and LAPACK's own threading gains next to nothing
-for the small and medium matrices of conv slices and frequency blocks (measured on 2 cores:
-2 threads = 1 thread). Splitting the batch into one contiguous part per thread, each solved with
-one LAPACK thread, uses every core: 1.4-1.9x on 2 cores for 64..512-square batches
-(``experiments/benchmarks/bench_rmt.py``).
+for the small and medium matrices of conv slices and frequency blocks. Splitting the batch into
+one contiguous part per thread, each solved with one LAPACK thread, uses every core (speed-ups
+in docs/methods.md#measurements-behind-the-choices).
 
 While the parts run, torch's intra-op thread count is set to 1 (so that p threads each running
 LAPACK do not start p x p threads) and restored afterwards. Every matrix is thus solved alone by
@@ -24,6 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
+
+__all__ = [
+    "MIN_PARALLEL_WORK",
+    "map_batch",
+    "parallel_workers",
+]
 
 MIN_PARALLEL_WORK = 1 << 21
 """Smallest batch work (B * n^3 for the smaller side n) worth splitting: about a millisecond of

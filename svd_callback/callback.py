@@ -7,6 +7,7 @@ analysis: ``docs/architecture.md``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,31 +19,26 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from svd_callback import config as cfg
-from svd_callback.alerts import Alert, AlertEngine, Rule, default_class_rules, default_rules
+from svd_callback.alerts import Alert, AlertEngine, Rule, monitor_default_rules
+from svd_callback.checks import check_callable
 from svd_callback.classes.config import ClassAnalysisConfig
 from svd_callback.classes.probe import ProbeSet
 from svd_callback.layers import find_layers
+from svd_callback.monitor.checkpoint import STATE_VERSION, upgrade
 from svd_callback.monitor.class_stage import ClassStage
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.history_writer import distinct_path, trainer_path
 from svd_callback.monitor.inputs import first_training_input
 from svd_callback.monitor.publisher import Publisher
 from svd_callback.monitor.runner import AnalysisRunner, training_scalars
-from svd_callback.schedule import FIT_START, TRAIN_STEP, Schedule, trainer_epochs_trained
-from svd_callback.schedule import validation_settings as trainer_settings
+from svd_callback.monitor.trainer_access import epochs_trained_at, validation_settings
+from svd_callback.schedule import FIT_START, TRAIN_STEP, Schedule
 from svd_callback.sharding import refusal
 
 __all__ = ["SpectralMonitor"]
 
-_STATE_VERSION = 1
-_CONFIG_OPTIONS = (
-    "every_n_epochs", "every_n_steps", "check_on", "log_init", "conv_mode", "include", "exclude",
-    "metrics", "normalization", "fit", "ww_compat", "svd_method", "input_size", "histograms",
-    "figures_every_n", "figure_layers", "stop_on_alert", "history_file", "generator_seed",
-    "embeddings", "motion_sketch")
-"""The arguments that go into :class:`~svd_callback.config.MonitorConfig`."""
-_DEFAULTS = {"conv_mode": (("unfold",), ["unfold"], "unfold"), "check_on": (None,)}
-"""Values of the current names that count as not given when the legacy name is given."""
+_UNSET_MODE = (("unfold",), ["unfold"], "unfold")
+"""Values of ``conv_mode`` that count as not given beside its legacy name ``conv_modes``."""
 
 
 class SpectralMonitor(Callback):
@@ -62,15 +58,15 @@ class SpectralMonitor(Callback):
     of the layers and the results are gathered.
 
     Args:
-        every_n_epochs, every_n_steps, check_on, log_init, conv_mode, include, exclude,
-        metrics, normalization, fit, ww_compat, svd_method, input_size, generator_seed,
-        histograms, figures_every_n, figure_layers, stop_on_alert, history_file: the options
-            of :class:`~svd_callback.config.MonitorConfig` (also ``summary_stats`` and
-            ``constant_metrics``, as keywords) and :class:`~svd_callback.config.AnalysisConfig`
+        every_n_epochs, every_n_steps, check_on, log_init, histograms, figures_every_n,
+        figure_layers, stop_on_alert, history_file, summary_stats, constant_metrics,
+        motion_sketch: the fields of :class:`~svd_callback.config.MonitorConfig`
             (``docs/configuration.md``). ``check_on=None`` is chosen in ``setup()`` as
             ``EarlyStopping`` chooses its hook (:func:`~svd_callback.schedule.resolve_check_on`);
             ``figure_layers`` names are checked against the model in ``setup()``.
-        embeddings: also analyse ``nn.Embedding`` tables (a table tied to the output layer once).
+        conv_mode, include, exclude, embeddings, metrics, normalization, fit, ww_compat,
+        svd_method, input_size, generator_seed, chunk_elems: the fields of
+            :class:`~svd_callback.config.AnalysisConfig`, shared with ``analyze()``.
         alert_rules: the alert rules (None: ``default_rules()``, with the traps rule when
             ``"traps"`` is computed, plus the class rules with ``class_analysis``; ``[]``: none).
         on_alert: called as ``on_alert(alert, trainer, pl_module)`` on every rank for each alert
@@ -84,6 +80,8 @@ class SpectralMonitor(Callback):
             operator input-size probe, the class probe); None: ``model(inputs)``.
         conv_modes, on: the deprecated names of ``conv_mode`` and ``check_on`` (a
             ``DeprecationWarning``; kept as arguments so that older YAML configs still load).
+        **legacy: the other deprecated names (``max_batch_elems``, ``mp_fit``, ``traps``,
+            boolean ``metrics``), mapped by :func:`~svd_callback.config.legacy_options`.
 
     Raises:
         ValueError: an invalid value (named, with the valid ones); TypeError: an unknown name.
@@ -124,30 +122,36 @@ class SpectralMonitor(Callback):
         forward_fn: Callable[[torch.nn.Module, Any], Any] | None = None,
         svd_method: cfg.SvdMethod = "auto",
         motion_sketch: int = cfg.DEFAULT_SKETCH_SIZE,
+        summary_stats: str | Sequence[str] = ("mean",),
+        constant_metrics: bool = False,
+        chunk_elems: int = cfg.DEFAULT_CHUNK_ELEMS,
         conv_modes: cfg.ConvMode | Sequence[cfg.ConvMode] | None = None,
         on: cfg.EpochHook | None = None,
-        **unknown: Any,
+        **legacy: Any,
     ) -> None:
         super().__init__()
-        given = locals()
-        options = {name: given[name] for name in _CONFIG_OPTIONS}
-        legacy = {k: v for k, v in (("conv_modes", conv_modes), ("on", on)) if v is not None}
-        for old, new in (("conv_modes", "conv_mode"), ("on", "check_on")):
-            if old in legacy and options[new] in _DEFAULTS[new]:
-                del options[new]
-        self._config = cfg.MonitorConfig.from_arguments(options | legacy | unknown, stacklevel=2)
-        for name, value in (("on_alert", on_alert), ("forward_fn", forward_fn)):
-            if value is not None and not callable(value):
-                raise ValueError(f"{name} must be callable or None, got {value!r}")
+        owner = "SpectralMonitor"
+        conv_mode = cfg.legacy_value(owner, "conv_mode", conv_mode, "conv_modes", conv_modes,
+                                     _UNSET_MODE)
+        check_on = cfg.legacy_value(owner, "check_on", check_on, "on", on, (None,))
+        metrics, fit, chunk_elems = cfg.legacy_options(owner, metrics, fit, chunk_elems, legacy)
+        analysis = cfg.AnalysisConfig(
+            conv_mode=conv_mode, include=include, exclude=exclude, metrics=metrics,
+            normalization=normalization, fit=fit, ww_compat=ww_compat, svd_method=svd_method,
+            input_size=input_size, generator_seed=generator_seed, chunk_elems=chunk_elems,
+            embeddings=embeddings)
+        self._config = cfg.MonitorConfig(
+            analysis, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
+            check_on=check_on, log_init=log_init, histograms=histograms,
+            figures_every_n=figures_every_n, figure_layers=figure_layers,
+            stop_on_alert=stop_on_alert, history_file=history_file, summary_stats=summary_stats,
+            constant_metrics=constant_metrics, motion_sketch=motion_sketch)
+        self.on_alert = check_callable("on_alert", on_alert)
+        check_callable("forward_fn", forward_fn)
         class_config = ClassStage.options(class_analysis, class_probe)
-        self.on_alert = on_alert
-        self.embeddings = self._config.analysis.embeddings
-        if alert_rules is None:
-            alert_rules = default_rules(traps=self._config.analysis.traps)
-            if class_config is not None:
-                alert_rules += default_class_rules()
-        self._engine = AlertEngine(alert_rules)
-        self._initial_engine_state = self._engine.state_dict()
+        self._engine = AlertEngine(monitor_default_rules(
+            self._config.analysis.metrics, class_config is not None) if alert_rules is None
+            else alert_rules)
         self._guard = Guard()
         self._refused: str | None = None  # why the trainer's strategy is refused, see setup
         self._schedule = Schedule.from_config(self._config)
@@ -157,7 +161,8 @@ class SpectralMonitor(Callback):
                                       self._guard, keep_svals=keep_svals, forward_fn=forward_fn,
                                       motion_sketch=self._config.motion_sketch)
         self._publisher = Publisher(self._config, self._classes, self._guard,
-                                    bool(per_layer_callback_metrics), engine=self._engine)
+                                    bool(per_layer_callback_metrics), engine=self._engine,
+                                    schedule=self._schedule)
         self._summaries: list[dict[str, Any]] = []
         self._loaded = False
 
@@ -169,21 +174,21 @@ class SpectralMonitor(Callback):
     classes = property(lambda self: self._classes, doc="The class analysis: probe, tracker.")
     runner = property(lambda self: self._runner, doc="The analysis runner.")
     publisher = property(lambda self: self._publisher, doc="The publisher of each analysis.")
-    heatmaps = property(lambda self: self._publisher.store, doc="The spectra kept for the "
+    heatmaps = property(lambda self: self._publisher.heatmaps, doc="The spectra kept for the "
                         "heat-map figures (a ``SpectrumStore``).")
     last_result = property(lambda self: self._publisher.last_result, doc="The "
                            "``AnalysisResult`` of the last analysis of this fit, or None.")
+    input_sizes = property(lambda self: dict(self._runner.input_sizes),
+                           doc="The recorded conv input sizes (``operator`` mode), by layer.")
+    summaries = property(lambda self: [dict(e) for e in self._summaries], doc="One entry per "
+                         "analysis: epoch, epochs_trained, step, trigger, seconds, training, "
+                         "alerts, summary per mode.")
 
     @property
-    def input_sizes(self) -> dict[str, tuple[int, ...]]:
-        """The recorded conv input sizes (``operator`` mode), by layer."""
-        return dict(self._runner.input_sizes)
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One entry per analysis: ``epoch``, ``epochs_trained``, ``step``, ``trigger``,
-        ``seconds``, ``training``, ``alerts`` and the ``summary`` per mode."""
-        return [dict(entry) for entry in self._summaries]
+    def history(self) -> list[dict[str, Any]]:  # the deprecated name of summaries
+        warnings.warn("SpectralMonitor.history is deprecated; use .summaries", DeprecationWarning,
+                      stacklevel=2)
+        return self.summaries
 
     @property
     @override
@@ -192,50 +197,33 @@ class SpectralMonitor(Callback):
         return self._generate_state_key(
             conv_modes=self._config.analysis.conv_mode, on=self._schedule.check_on,
             every_n_epochs=self._config.every_n_epochs, every_n_steps=self._config.every_n_steps)
-
     # ------------------------------------------------------------------ checkpoint state
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": _STATE_VERSION,
-            **self._schedule.state_dict(),
-            "input_sizes": {k: list(v) for k, v in self._runner.input_sizes.items()},
-            "summaries": [dict(s) for s in self._summaries],
-            **self._publisher.store.state_dict(),
-            **self._publisher.history.state_dict(),
-            "alert_engine": self._engine.state_dict(),
-            "training": dict(self._runner.training),
-            "classes": self._classes.state_dict(),
-            "motion": None if self._runner.motion is None else self._runner.motion.state_dict(),
-        }
+        """One entry per part (``monitor.checkpoint``: the layout, and the loader of the
+        layout written before)."""
+        return {"version": STATE_VERSION, "schedule": self._schedule.state_dict(),
+                "runner": self._runner.state_dict(), "publisher": self._publisher.state_dict(),
+                "summaries": [dict(s) for s in self._summaries]}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("version") != _STATE_VERSION:
+        state = upgrade(state_dict)
+        if state is None:
             rank_zero_warn(f"SpectralMonitor: ignoring checkpoint state of unknown version "
                            f"{state_dict.get('version')!r}; the spectral history starts afresh.")
             return
-        self._schedule.load_state_dict(state_dict)
-        self._runner.input_sizes = {k: tuple(v) for k, v in state_dict["input_sizes"].items()}
-        self._summaries = [dict(s) for s in state_dict["summaries"]]
-        self._publisher.store.load_state_dict(state_dict)
-        self._publisher.history.load_state_dict(state_dict)
-        self._engine.load_state_dict(state_dict["alert_engine"])
-        self._runner.training = {str(k): float(v)
-                                 for k, v in state_dict.get("training", {}).items()}
-        for part, key in ((self._classes, "classes"), (self._runner.motion, "motion")):
-            if state_dict.get(key) is not None and part is not None:
-                part.load_state_dict(state_dict[key])
+        self._schedule.load_state_dict(state["schedule"])
+        self._runner.load_state_dict(state["runner"])
+        self._publisher.load_state_dict(state["publisher"])
+        self._summaries = [dict(s) for s in state["summaries"]]
         self._loaded = True
 
     def _reset_run(self) -> None:
         """The same object fitted again from scratch: forget the previous run."""
-        self._schedule.reset()
-        self._runner.reset()
-        self._classes.reset()
-        self._publisher.reset_run()
+        for part in (self._schedule, self._runner, self._publisher):
+            part.reset()
         self._summaries = []
-        self._engine.load_state_dict(self._initial_engine_state)
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -244,18 +232,18 @@ class SpectralMonitor(Callback):
         if self._refused is not None:
             return self._guard.warn(self._refused)
         if stage == TrainerFn.FITTING:
-            self._publisher.check_on = self._schedule.resolve(**trainer_settings(trainer))
-        names = self._config.figure_layers
+            self._schedule.resolve(**validation_settings(trainer))
+        names, analysis = self._config.figure_layers, self._config.analysis
         if not isinstance(names, int):
-            specs, skipped = find_layers(pl_module, self._config.analysis.include,
-                                         self._config.analysis.exclude, self.embeddings)
+            specs, skipped = find_layers(pl_module, analysis.include, analysis.exclude,
+                                         analysis.embeddings)
             cfg.check_layer_names("figure_layers", names, [s.name for s in [*specs, *skipped]])
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._guard.reset()
         self._publisher.start_fit(trainer)
-        self._runner.sizes_tried = False
+        self._runner.start_fit()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -311,7 +299,7 @@ class SpectralMonitor(Callback):
         self._runner.maybe_record_input_sizes(pl_module, lambda: first_training_input(trainer))
         result = self._runner.run(
             pl_module, step=int(trainer.global_step),
-            epochs_trained=trainer_epochs_trained(trainer, trigger), trigger=trigger,
+            epochs_trained=epochs_trained_at(trainer, trigger), trigger=trigger,
             training=training_scalars(trainer.callback_metrics), world=int(trainer.world_size),
             rank=int(trainer.global_rank),
             broadcast=lambda metrics: trainer.strategy.broadcast(metrics, src=0),
@@ -329,9 +317,7 @@ class SpectralMonitor(Callback):
         stop = self._config.stop_on_alert and self._engine.should_stop(list(result.alerts))
         if trainer.strategy.reduce_boolean_decision(stop, all=False):
             trainer.should_stop = True
-            reasons = "; ".join(a.message + result.raised_on(a) for a in result.alerts
-                                if a.severity == "stop")
-            rank_zero_info(f"SpectralMonitor: stopping the training: {reasons or 'stop alert'}")
+            rank_zero_info(f"SpectralMonitor: stopping the training: {result.stop_reasons()}")
 
     # ------------------------------------------------------------------ history file
     def _start_history(self, trainer: pl.Trainer, resumed: bool) -> None:
@@ -339,12 +325,10 @@ class SpectralMonitor(Callback):
         Trainer, and write its ``run`` row."""
         monitors = [cb for cb in trainer.callbacks if isinstance(cb, SpectralMonitor)]
         position = next((i for i, m in enumerate(monitors) if m is self), 0)
-        paths = [trainer_path(m._config.history_file, trainer)
-                 for m in [*monitors[:position], self]]
+        paths = [trainer_path(m.config.history_file, trainer) for m in [*monitors[:position], self]]
         path = distinct_path(paths[-1], paths[:-1], position, self._guard,
-                             f"conv_mode={self._config.analysis.conv_mode}",
-                             bool(trainer.loggers))
-        self._publisher.history.start(path, resumed=resumed, step=int(trainer.global_step),
+                             f"conv_mode={self._config.analysis.conv_mode}", bool(trainer.loggers))
+        self._publisher.start_history(path, resumed=resumed, step=int(trainer.global_step),
                                       epoch=int(trainer.current_epoch),
                                       world_size=int(trainer.world_size),
                                       last_analysed=self._schedule.last_step)

@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "as_tuple",
     "check_bool",
+    "check_callable",
     "check_choice",
     "check_count",
     "check_figure_layers",
@@ -27,6 +28,13 @@ __all__ = [
 def listing(values: Sequence[Any]) -> str:
     """``'a', 'b'``: the values as a user types them, for error messages."""
     return ", ".join(repr(v) for v in values)
+
+
+def check_callable(option: str, value: Any) -> Any:
+    """``value`` if it is callable or None."""
+    if value is not None and not callable(value):
+        raise ValueError(f"{option} must be callable or None, got {value!r}")
+    return value
 
 
 def check_choice(option: str, value: Any, valid: Sequence[str], none_ok: bool = False) -> Any:

@@ -16,12 +16,7 @@ from pathlib import Path
 
 from svd_callback import cli_args
 from svd_callback.cli_args import OneLineParser, warn
-
-SVD_METHOD_CHOICES = ("auto", "svd", "gram", "gram32")
-"""``svd_callback.spectra.SVD_METHODS``, spelled out so ``--help`` does not import torch."""
-
-CONV_MODE_CHOICES = ("unfold", "operator", "slices")
-"""``svd_callback.report.CONV_MODES``, spelled out for the same reason."""
+from svd_callback.config import CONV_MODES, SVD_METHODS
 
 MAX_SPATIAL_DIMS = 3
 """Conv1d to Conv3d: ``--input-size`` takes one to three numbers."""
@@ -74,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                     "label.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a.add_argument("model", help="torchvision model name, Lightning .ckpt, saved nn.Module or "
                                  "state dict")
-    a.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODE_CHOICES,
+    a.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODES,
                    help="conv mode(s)")
     a.add_argument("--input-size", type=cli_args.input_side, nargs="+", default=None,
                    help="spatial input size of the model (operator mode): 1 to 3 numbers, "
@@ -88,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                         "any code hidden in the file; only for files from a source you trust "
                         "(default: a safe load of tensors, plain values and torch.nn layers)")
     a.add_argument("--ww-compat", action="store_true", help="reproduce WeightWatcher 0.7.7")
-    a.add_argument("--svd-method", choices=SVD_METHOD_CHOICES, default="auto",
+    a.add_argument("--svd-method", choices=SVD_METHODS, default="auto",
                    help="auto: float32 Gram with --ww-compat, float64 Gram otherwise")
     a.add_argument("--mp-fit", action="store_true", help="fit the Marchenko-Pastur bulk")
     a.add_argument("--traps", action="store_true", help="correlation traps (shuffled weights)")
@@ -114,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--metric", nargs="+", default=None,
                    help="summary metrics to compare (default: alpha_mean, alpha_weighted_mean, "
                         "stable_rank_mean, log_spectral_norm_mean)")
-    c.add_argument("--mode", default=None, choices=CONV_MODE_CHOICES,
+    c.add_argument("--mode", default=None, choices=CONV_MODES,
                    help="conv mode (default: each run's primary mode)")
     c.add_argument("--out", type=cli_args.output_dir, default=Path("comparison"),
                    help="folder for comparison plots")
@@ -133,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="TensorBoard log root")
     d.add_argument("--seed", type=cli_args.seed, default=0,
                    help="seed of the weights, the data split and the batches")
-    d.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODE_CHOICES,
+    d.add_argument("--mode", nargs="+", default=["unfold"], choices=CONV_MODES,
                    help="conv mode(s); the first is the primary mode")
     d.set_defaults(func=_cmd_demo)
     return parser
@@ -154,7 +149,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if args.device:
         model = model.to(args.device)
-    input_sizes = _operator_input_sizes(model, args, note) if "operator" in args.mode else None
+    sized = _modes_needing_input_size(args.mode)
+    input_sizes = _input_sizes(model, args, note, sized[0]) if sized else None
     progress = None if args.no_progress else _progress_bar()
     groups = ("norms", "powerlaw") + ("mp",) * args.mp_fit + ("traps",) * args.traps
     config = AnalysisConfig(conv_mode=tuple(args.mode), metrics=groups,
@@ -166,8 +162,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     frame = report.to_dataframe()
     if frame.empty:
         raise UsageError(f"{args.model} has no conv or linear layer")
-    if args.input_size and "operator" in args.mode:
-        _check_operator_convs(report.by_mode("operator"), args.input_size)
+    for mode in sized if args.input_size else ():
+        _check_sized_convs(report.by_mode(mode), mode, args.input_size)
     print(format_table(frame))
     if report.looks_untrained():
         ratios = report.stable_rank_ratios()
@@ -203,30 +199,37 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _operator_input_sizes(model, args: argparse.Namespace,
-                          note: str | None) -> dict[str, tuple[int, ...]] | None:
+def _modes_needing_input_size(modes: Sequence[str]) -> list[str]:
+    """The modes of ``--mode`` that need each conv's input size (``operator``)."""
+    from svd_callback.spectra.modes import MODES
+
+    return [m for m in modes if MODES[m].needs_input_size]
+
+
+def _input_sizes(model, args: argparse.Namespace, note: str | None,
+                 mode: str) -> dict[str, tuple[int, ...]] | None:
     """Each conv's spatial input size from one probe pass (``--input-size`` or the model's
-    ``example_input_array``); a model that rejects the probe is a usage error."""
+    ``example_input_array``), for ``mode``; a model that rejects the probe is a usage error."""
     from svd_callback.layers import example_input_for, record_input_sizes
 
     if note is not None:  # weights only: no forward pass to learn the convs' input sizes from
-        raise UsageError(f"operator mode needs the model's forward pass and {args.model} holds "
-                         "weights only: pass --model-class, or leave operator out of --mode")
+        raise UsageError(f"{mode} mode needs the model's forward pass and {args.model} holds "
+                         f"weights only: pass --model-class, or leave {mode} out of --mode")
     example = None if args.input_size else getattr(model, "example_input_array", None)
     if not args.input_size and example is None:
-        raise UsageError("operator mode needs --input-size (the model's spatial input size)")
+        raise UsageError(f"{mode} mode needs --input-size (the model's spatial input size)")
     what = ("--input-size " + " ".join(map(str, args.input_size)) if args.input_size
             else "the model's example_input_array")
     try:
         probe = example if example is not None else example_input_for(model, args.input_size)
         return record_input_sizes(model, probe)
     except Exception as error:  # the model's own forward rejects the probe input
-        raise UsageError(f"operator mode: the model rejects a probe input of {what}: "
+        raise UsageError(f"{mode} mode: the model rejects a probe input of {what}: "
                          f"{type(error).__name__}: {one_line(error)}") from None
 
 
-def _check_operator_convs(records, input_size: Sequence[int]) -> None:
-    """No conv analysed in operator mode because of the input size: a usage error."""
+def _check_sized_convs(records, mode: str, input_size: Sequence[int]) -> None:
+    """No conv analysed in ``mode`` because of the input size: a usage error."""
     from svd_callback.report import INPUT_SIZE_CODES
 
     convs = [r for r in records if r.kind != "linear"]
@@ -234,7 +237,7 @@ def _check_operator_convs(records, input_size: Sequence[int]) -> None:
     if convs and all(r.reason for r in convs) and by_size:
         first = by_size[0]
         raise UsageError(f"--input-size {' '.join(map(str, input_size))}: none of the "
-                         f"{len(convs)} conv layers can be analysed in operator mode "
+                         f"{len(convs)} conv layers can be analysed in {mode} mode "
                          f"({first.name}: {first.reason})")
 
 

@@ -33,6 +33,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict, get_args
 
+from svd_callback.aggregates import SUMMARY_STATS
 from svd_callback.checks import (
     check_bool,
     check_choice,
@@ -47,9 +48,14 @@ from svd_callback.checks import (
 from svd_callback.metric_groups import METRIC_GROUPS, expand_metric_groups
 from svd_callback.motion import DEFAULT_SKETCH_SIZE
 from svd_callback.spectra import DEFAULT_CHUNK_ELEMS
+from svd_callback.spectra.modes import MODES, ModeSpec
 
 __all__ = [
     "CONV_MODES",
+    "DEFAULT_CHUNK_ELEMS",
+    "DEFAULT_HISTORY_FILE",
+    "DEFAULT_METRICS",
+    "DEFAULT_SKETCH_SIZE",
     "EPOCH_HOOKS",
     "FITS",
     "LEGACY_NAMES",
@@ -67,6 +73,8 @@ __all__ = [
     "Normalization",
     "SvdMethod",
     "check_layer_names",
+    "legacy_options",
+    "legacy_value",
     "rename_legacy",
 ]
 
@@ -227,6 +235,17 @@ class AnalysisConfig:
         return self.conv_mode[0]  # type: ignore[index, return-value]
 
     @property
+    def modes(self) -> tuple[ModeSpec, ...]:
+        """The conv modes as objects (:class:`~svd_callback.spectra.modes.ModeSpec`), in the
+        order of :attr:`conv_mode`."""
+        return tuple(MODES[name] for name in self.conv_mode)
+
+    @property
+    def needs_input_size(self) -> bool:
+        """Whether a mode needs each conv's input size (``operator``)."""
+        return any(mode.needs_input_size for mode in self.modes)
+
+    @property
     def mp_fit(self) -> bool:
         """Whether the Marchenko-Pastur bulk is fitted (group ``"mp"``)."""
         return "mp" in self.metrics
@@ -344,7 +363,7 @@ def _check_summary_stats(value: Any) -> tuple[str, ...]:
         ValueError: on an empty selection or an unknown statistic.
     """
     stats = (value,) if isinstance(value, str) else value
-    valid = ("mean", "median")
+    valid = SUMMARY_STATS
     if (not isinstance(stats, Sequence) or not stats
             or any(s not in valid for s in stats)):
         raise ValueError(f"summary_stats must be a non-empty selection of {valid}, got {value!r}")
@@ -389,6 +408,55 @@ def rename_legacy(
             f"groups: metrics={out['metrics']!r}", stacklevel,
         )
     return out
+
+
+def legacy_value(
+    owner: str, name: str, value: Any, old: str, old_value: Any, defaults: Collection[Any],
+    stacklevel: int = 2,
+) -> Any:
+    """``value`` of option ``name``, or the value given under its deprecated name ``old``
+    (``old_value`` not None) with a ``DeprecationWarning`` naming the new spelling
+    (``stacklevel`` as in :func:`rename_legacy`).
+
+    Raises:
+        TypeError: both names given (``value`` not one of its ``defaults``).
+    """
+    if old_value is None:
+        return value
+    if value not in tuple(defaults):
+        raise TypeError(f"{owner} got both {name!r} and its deprecated name {old!r}; "
+                        f"pass {name!r} only")
+    _deprecated(f"{owner}({old}=...) is deprecated; use {name}=...", stacklevel)
+    return old_value
+
+
+def legacy_options(
+    owner: str, metrics: Any, fit: Any, chunk_elems: int, legacy: Mapping[str, Any],
+    stacklevel: int = 2,
+) -> tuple[Any, Any, int]:
+    """``(metrics, fit, chunk_elems)`` after the deprecated keyword arguments ``legacy`` of
+    :func:`rename_legacy` (``max_batch_elems``, ``analyze``'s boolean ``metrics`` with
+    ``mp_fit`` / ``traps``), each with a ``DeprecationWarning``.
+
+    Raises:
+        TypeError: a name in ``legacy`` that is none of these (the message lists the valid
+            options, as :meth:`MonitorConfig.from_arguments` does), or a legacy name beside its
+            current name.
+    """
+    unknown = sorted(set(legacy) - {"max_batch_elems", *_LEGACY_ANALYZE_FLAGS})
+    if unknown:
+        names = {f.name for f in fields(AnalysisConfig)} | {f.name for f in fields(MonitorConfig)}
+        raise TypeError(f"{owner} got unexpected argument(s) {', '.join(unknown)}; valid: "
+                        f"{', '.join(sorted(names - {'analysis'}))}")
+    chunk_elems = legacy_value(owner, "chunk_elems", chunk_elems, "max_batch_elems",
+                               legacy.get("max_batch_elems"), (DEFAULT_CHUNK_ELEMS,),
+                               stacklevel + 1)
+    flags = {name: legacy[name] for name in _LEGACY_ANALYZE_FLAGS if name in legacy}
+    if isinstance(metrics, bool) or flags:
+        metrics, fit = _legacy_groups(metrics, fit, flags)
+        _deprecated(f"{owner}(metrics=True/False, mp_fit=..., traps=...) is deprecated; pass the "
+                    f"metric groups: metrics={metrics!r}", stacklevel)
+    return metrics, fit, chunk_elems
 
 
 def check_layer_names(option: str, names: Sequence[str], known: Collection[str]) -> tuple[str, ...]:

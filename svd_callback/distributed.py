@@ -5,11 +5,11 @@ decreasing estimated cost (:func:`svd_callback.layers.estimate_cost`) each go to
 smallest load so far; its makespan is at most 4/3 of the optimum. Ties break on rank then name,
 so every rank computes the same split without communicating.
 
-Gathering (layer reports, then alerts) uses ``torch.distributed.all_gather_object`` on the
-default (``WORLD``) process group that the Lightning strategy initialised, the group its own
+Gathering the layer reports uses ``torch.distributed.all_gather_object`` on the default
+(``WORLD``) process group that the Lightning strategy initialised, the group its own
 ``broadcast`` uses; no group is created here. Every rank receives the full report, so every rank
-can put the same aggregates into ``trainer.callback_metrics`` and reach the same alert decisions;
-every rank receives every rank's alerts, so rank 0 records a rule that fired on another rank.
+can put the same aggregates into ``trainer.callback_metrics`` and reach the same alert decisions
+(the alerts and conditions of every rank: :mod:`svd_callback.monitor.gather`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import replace
 
 import torch
 
-from svd_callback.alerts import Alert, Condition
 from svd_callback.report import LayerReport, Report
 from svd_callback.transfer import to_host
 
@@ -100,40 +99,3 @@ def _to_cpu(report: Report) -> list[LayerReport]:
     host = to_host(on_device)
     return [record if moved is None else replace(record, svals=moved.clone())
             for record, moved in zip(report, host, strict=True)]
-
-
-def gather_alerts(
-    alerts: Sequence[Alert], world_size: int, rank: int = 0
-) -> list[tuple[Alert, tuple[int, ...]]]:
-    """Every rank's alerts, on every rank, each with the ranks that raised it.
-
-    Every rank runs the rules on the same gathered report, so most alerts come from all ranks;
-    a rule that reads rank-local state (a user's callable, a rank's own losses) may fire on one
-    rank only. Alerts are merged by (rule, layer, mode, metric, message), in rank order. Without
-    a process group, ``alerts`` with ``(rank,)``.
-    """
-    if not is_distributed(world_size):
-        return [(alert, (rank,)) for alert in alerts]
-    gathered: list[list[Alert] | None] = [None] * world_size
-    torch.distributed.all_gather_object(gathered, list(alerts),
-                                        group=torch.distributed.group.WORLD)
-    merged: dict[tuple, tuple[Alert, list[int]]] = {}
-    for source, part in enumerate(gathered):
-        for alert in part or []:
-            key = (alert.rule, alert.layer, alert.mode, alert.metric, alert.message)
-            merged.setdefault(key, (alert, []))[1].append(source)
-    return [(alert, tuple(ranks)) for alert, ranks in merged.values()]
-
-
-def gather_conditions(conditions: Sequence[Condition], world_size: int) -> list[Condition]:
-    """The union of every rank's conditions in force, the same list on every rank (rank order,
-    then each rank's order). A rule that reads rank-local state (a user's callable, a rank's
-    own losses) can hold on some ranks only; ``alerts/active`` must read the same on every rank,
-    or ``EarlyStopping``/``ModelCheckpoint`` decide differently per rank. Without a process
-    group, ``conditions`` themselves."""
-    if not is_distributed(world_size):
-        return list(dict.fromkeys(conditions))
-    gathered: list[list[Condition] | None] = [None] * world_size
-    torch.distributed.all_gather_object(gathered, list(conditions),
-                                        group=torch.distributed.group.WORLD)
-    return list(dict.fromkeys(Condition(*c) for part in gathered for c in part or []))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,33 @@ from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as _HookWeightNorm
 
 from svd_callback.sharding import full_weight, gathered_copy
+from svd_callback.spectra.modes import mode_for
+
+__all__ = [
+    "COMPILED_MODULE_ATTRIBUTE",
+    "EMBEDDING_TYPES",
+    "GATE_NAMES",
+    "MATRIX_KINDS",
+    "QKV",
+    "LayerSpec",
+    "MatrixView",
+    "SkippedModule",
+    "estimate_cost",
+    "example_input_for",
+    "find_layers",
+    "frozen_forward",
+    "has_weight",
+    "is_conv_kind",
+    "is_hf_conv1d",
+    "layer_kind",
+    "matches",
+    "named_modules",
+    "original_name",
+    "read_weight",
+    "record_input_sizes",
+    "recurrent_gates",
+    "recurrent_params",
+]
 
 _CONV_KINDS: dict[type, str] = {
     nn.Conv1d: "conv1d",
@@ -166,7 +192,7 @@ class LayerSpec:
 
     @property
     def is_conv(self) -> bool:
-        return self.kind.startswith("conv")
+        return is_conv_kind(self.kind)
 
     @property
     def is_module_weight(self) -> bool:
@@ -289,6 +315,12 @@ def _as_patterns(patterns: str | Sequence[str] | None) -> list[str] | None:
     if patterns is None:
         return None
     return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+def is_conv_kind(kind: str) -> bool:
+    """A convolution's kind (``conv1d`` ... ``conv_transpose3d``): its matrices depend on the
+    conv mode, every other kind's do not."""
+    return kind.startswith("conv")
 
 
 def layer_kind(module: nn.Module) -> str | None:
@@ -656,26 +688,15 @@ def example_input_for(model: nn.Module, input_size: int | Sequence[int]) -> torc
 
 
 def estimate_cost(spec: LayerSpec, mode: str) -> float:
-    """Relative cost (flops of the dense SVDs) of decomposing ``spec`` in ``mode``.
+    """Relative cost (flops of the dense SVDs) of decomposing ``spec`` in ``mode``
+    (:meth:`svd_callback.spectra.modes.ModeSpec.cost`).
 
     Used to balance layers across ranks; only ratios matter.
+
+    Raises:
+        ValueError: an unknown mode.
     """
-    d, c, *kernel = spec.weight_shape  # a transposed conv's weight is its adjoint's weight
-    k = math.prod(kernel) if kernel else 1
-    g = spec.groups
-    if not spec.is_conv or mode == "unfold":
-        m, n = d // g if spec.is_conv else d, (c * k) if spec.is_conv else c
-        return float(g * m * n * min(m, n))
-    if mode == "slices":
-        return float(k * d * c * min(d, c))
-    if mode == "operator":
-        size = spec.input_size or tuple([8] * len(kernel))
-        stride = spec.stride or (1,) * len(kernel)
-        freqs = math.prod(max(1, n // s) for n, s in zip(size, stride, strict=False))
-        cols = c * math.prod(stride)
-        rows = d // g
-        return float(freqs * g * rows * cols * min(rows, cols))
-    raise ValueError(f"unknown conv mode {mode!r}")
+    return mode_for(mode, spec.is_conv).cost(spec)
 
 
 def _forward(model: nn.Module, example_input: object) -> None:

@@ -52,6 +52,10 @@ def _qualified(parent: str, child: str) -> str:
     return original_name(f"{parent}.{child}" if parent else child)
 
 
+__all__ = [
+    "output_normalizers",
+]
+
 def output_normalizers(model: nn.Module) -> dict[str, str]:
     """Map the qualified name of each conv/linear layer whose output feeds a normalisation
     layer (see the module docstring for the rules) to the qualified name of that normaliser.

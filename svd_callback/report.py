@@ -10,7 +10,7 @@ the same call in its field ``classes``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 
 from svd_callback.classes.report import ClassReport
 from svd_callback.config import CONV_MODES, NORMALIZATIONS
+from svd_callback.layers import is_conv_kind
 from svd_callback.rmt.mp import random_stable_rank
 
 # CONV_MODES: the three conv SVD conventions (docs/conventions.md#conv-modes); NORMALIZATIONS:
@@ -116,23 +117,68 @@ class LayerReport:
         scale = eig_scale(self.kind, self.normalization, self.rows)
         return self.svals.double() ** 2 * scale
 
-    def as_row(self) -> dict[str, Any]:
-        """Flat dict for a DataFrame / JSON row (spectrum summarised, not included)."""
-        row: dict[str, Any] = {
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON values, in the order of the history file's ``layer`` row
+        (docs/conventions.md#history-file), which adds the analysis's context; the spectrum is
+        left out (its length is ``n_svals``), as is ``rows``. Non-finite metrics stay floats
+        here (the file writes them as ``null``)."""
+        return {
             "layer": self.name,
             "kind": self.kind,
             "mode": self.mode,
             "normalization": self.normalization,
-            "shape": "x".join(map(str, self.shape)),
-            "matrix_shape": "x".join(map(str, self.matrix_shape)) if self.matrix_shape else "",
-            "input_size": "x".join(map(str, self.input_size)) if self.input_size else "",
-            "rows": self.rows if self.rows is not None else "",
-            "n_svals": 0 if self.svals is None else int(self.svals.numel()),
-            "quality": self.quality or "",
-            "reason": self.reason or "",
-            "reason_code": self.reason_code or "",
+            "shape": list(self.shape),
+            "matrix_shape": self.matrix_shape,
+            "input_size": self.input_size,
+            "n_svals": None if self.svals is None else int(self.svals.numel()),
+            "metrics": dict(self.metrics),
+            "quality": self.quality,
+            "reason": self.reason,
+            "reason_code": self.reason_code,
+            "notes": dict(self.notes),
+            "normalized_by": self.normalized_by,
         }
-        row.update({k: _as_float(v) for k, v in self.metrics.items()})
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> LayerReport:
+        """The record of a :meth:`to_json` dict or a history file's ``layer`` row (``null``
+        metrics read as NaN; no spectrum). Rows written before a field existed read it as its
+        default."""
+        def pair(value: Any) -> tuple[int, ...] | None:
+            return tuple(int(v) for v in value) if value else None
+
+        return cls(
+            name=row["layer"], kind=row["kind"], mode=row["mode"],
+            normalization=row.get("normalization", "raw"),
+            shape=tuple(int(v) for v in row.get("shape") or ()),
+            matrix_shape=pair(row.get("matrix_shape")),  # type: ignore[arg-type]
+            input_size=pair(row.get("input_size")),
+            metrics={str(k): math.nan if v is None else float(v)
+                     for k, v in (row.get("metrics") or {}).items()},
+            quality=row.get("quality"), reason=row.get("reason"),
+            reason_code=row.get("reason_code") if row.get("reason_code") in REASON_CODES
+            else None, notes=dict(row.get("notes") or {}),
+            normalized_by=row.get("normalized_by"),
+        )
+
+    def as_row(self) -> dict[str, Any]:
+        """The flat table view of :meth:`to_json` (a DataFrame row: shapes as ``8x1x3x3``,
+        missing values as ``""``, one column per metric, ``rows`` added; no notes)."""
+        data = self.to_json()
+
+        def joined(value: Any) -> str:
+            return "x".join(map(str, value)) if value else ""
+
+        row: dict[str, Any] = {
+            **{k: data[k] for k in ("layer", "kind", "mode", "normalization")},
+            "shape": joined(data["shape"]),
+            "matrix_shape": joined(data["matrix_shape"]),
+            "input_size": joined(data["input_size"]),
+            "rows": self.rows if self.rows is not None else "",
+            "n_svals": data["n_svals"] or 0,
+            **{k: data[k] or "" for k in ("quality", "reason", "reason_code")},
+        }
+        row.update({k: _as_float(v) for k, v in data["metrics"].items()})
         return row
 
 
@@ -151,7 +197,7 @@ def eig_scale(kind: str, normalization: str, rows: int | None = None) -> float:
     if normalization == "raw":
         return 1.0
     if normalization == "ww":
-        return 0.5 if kind.startswith("conv") else 1.0
+        return 0.5 if is_conv_kind(kind) else 1.0
     if normalization == "per_row":
         if rows is None or rows < 1:
             raise ValueError(f"per_row needs the rows of the analysed matrix, got {rows!r}")

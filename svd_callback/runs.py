@@ -12,7 +12,6 @@ with nothing readable left is a :class:`RunReadError`, one line.
 from __future__ import annotations
 
 import os
-import re
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -20,16 +19,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from svd_callback.config import DEFAULT_HISTORY_FILE as HISTORY_FILE
+from svd_callback.monitor.text import primary_mode_in
 from svd_callback.sinks.history import scan_history
+from svd_callback.sinks.tags import (
+    ALERT_COUNT_TAG,
+    CONVENTIONS_TAG,
+    EPOCH_TAG,
+    SUMMARY_LAYER,
+    parse_tag,
+)
 
-HISTORY_FILE = "spectral_history.jsonl"
 COLUMNS = ["epoch", "step", "layer", "mode", "metric", "value"]
-SUMMARY_LAYER = "<model>"
-"""The ``layer`` of model-level aggregates (``spectral_summary/*``)."""
-CONVENTIONS_TAG = "spectral/conventions"
-"""The callback's text describing its conv modes (``SummaryWriter.add_text`` appends
-``/text_summary`` to the tag)."""
-_PRIMARY_IN_TEXT = re.compile(r"\*\*(\w+)\*\* \(primary\)")
 
 
 class RunReadError(ValueError):
@@ -252,7 +253,7 @@ def _from_events(root: Path, events: list[Path]) -> Run:
             if text_tag in (CONVENTIONS_TAG, f"{CONVENTIONS_TAG}/text_summary"):
                 primary = primary or _primary_mode(acc.Tensors(text_tag))
         tags = acc.Tags().get("scalars", [])
-        epoch_at = completed_epochs(acc.Scalars("epoch")) if "epoch" in tags else {}
+        epoch_at = completed_epochs(acc.Scalars(EPOCH_TAG)) if EPOCH_TAG in tags else {}
         for tag in tags:
             parsed = parse_tag(tag)
             if parsed is None:
@@ -261,9 +262,9 @@ def _from_events(root: Path, events: list[Path]) -> Run:
             for event in acc.Scalars(tag):
                 rows.append((epoch_at.get(event.step), event.step, layer, mode, metric,
                              float(event.value)))
-        if "alerts/count" in tags:
-            alerts.extend({"step": e.step, "count": e.value} for e in acc.Scalars("alerts/count")
-                          if e.value > 0)
+        if ALERT_COUNT_TAG in tags:
+            alerts.extend({"step": e.step, "count": e.value}
+                          for e in acc.Scalars(ALERT_COUNT_TAG) if e.value > 0)
     records = pd.DataFrame(rows, columns=COLUMNS)
     if records.empty:
         if problems:
@@ -331,13 +332,9 @@ def undecodable_record(path: Path) -> str | None:
 
 
 def _primary_mode(text_events) -> str | None:
-    """The mode marked ``(primary)`` in the callback's conventions text (None: not found)."""
-    for event in text_events:
-        for value in event.tensor_proto.string_val:
-            found = _PRIMARY_IN_TEXT.search(value.decode("utf-8", "replace"))
-            if found:
-                return found.group(1)
-    return None
+    """The mode marked primary in the callback's conventions text (None: not found)."""
+    return primary_mode_in(value.decode("utf-8", "replace") for event in text_events
+                           for value in event.tensor_proto.string_val)
 
 
 def event_file_problem(path: Path) -> str | None:
@@ -380,20 +377,3 @@ def completed_epochs(epoch_events) -> dict[int, int]:
         value = int(event.value)
         smallest[event.step] = min(value, smallest.get(event.step, value))
     return {step: 0 if step == 0 else value + 1 for step, value in smallest.items()}
-
-
-def parse_tag(tag: str) -> tuple[str, str, str | None] | None:
-    """``spectral/alpha.operator/conv1`` -> ("conv1", "alpha", "operator");
-    ``spectral_summary/alpha_mean`` -> ("<model>", "alpha_mean", None); other tags -> None.
-    A missing ``.mode`` suffix means the run's primary mode."""
-    head, _, rest = tag.partition("/")
-    if head == "spectral":
-        metric, _, layer = rest.partition("/")
-        if not layer:
-            return None
-    elif head == "spectral_summary":
-        metric, layer = rest, SUMMARY_LAYER
-    else:
-        return None
-    metric, _, mode = metric.partition(".")
-    return layer, metric, mode or None

@@ -14,7 +14,8 @@ batch of an epoch), the sanity check is never analysed, and the initial analysis
 when a run resumes from a checkpoint: :meth:`Schedule.state_dict` goes into the callback's
 checkpointed state. ``setup()`` resolves an epoch hook left as None with
 :func:`resolve_check_on`, from the trainer's validation settings
-(:func:`validation_settings`): ``schedule.resolve(**validation_settings(trainer))``.
+(:func:`svd_callback.monitor.trainer_access.validation_settings`):
+``schedule.resolve(**validation_settings(trainer))``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from svd_callback.checks import check_bool, check_choice, check_count
 from svd_callback.config import EPOCH_HOOKS, EpochHook, MonitorConfig
 
-__all__ = ["Schedule", "epochs_trained", "resolve_check_on", "validation_settings"]
+__all__ = ["Schedule", "epochs_trained", "resolve_check_on"]
 
 FIT_START = "fit_start"
 TRAIN_STEP = "train_step"
@@ -79,34 +80,6 @@ def resolve_check_on(
         and check_val_every_n_epoch == 1
     )
     return "train_epoch_end" if once_per_epoch else "validation_epoch_end"
-
-
-def trainer_epochs_trained(trainer: Any, trigger: str) -> float:
-    """:func:`epochs_trained` read from a Lightning ``Trainer`` at the hook ``trigger``: the
-    batches of this epoch done (``batch_idx + 1``) and whether the epoch ran to its end (its
-    last batch, or ``num_training_batches`` of them; ``max_steps``, a stop or ``max_time`` can
-    end it early), from the fit loop's progress."""
-    loop = getattr(trainer.fit_loop, "epoch_loop", None)
-    done = getattr(loop, "batch_idx", None)
-    progress = getattr(loop, "batch_progress", None)
-    finished = None
-    if progress is not None and done is not None:
-        finished = bool(progress.is_last_batch) or done + 1 == trainer.num_training_batches
-    return epochs_trained(trigger, trainer.current_epoch, None if done is None else done + 1,
-                          trainer.num_training_batches, epoch_finished=finished)
-
-
-def validation_settings(trainer: Any) -> dict[str, Any]:
-    """The keyword arguments of :func:`resolve_check_on` read from a Lightning ``Trainer`` in
-    ``setup()`` of a fit (the dataloaders are attached by then, so ``enable_validation`` is
-    known); ``time_based`` is Lightning's own test, ``_val_check_time_interval`` set, as
-    ``ModelCheckpoint`` reads it."""
-    return {
-        "val_check_interval": getattr(trainer, "val_check_interval", None),  # unset on a clock
-        "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
-        "validates": bool(trainer.enable_validation),
-        "time_based": getattr(trainer, "_val_check_time_interval", None) is not None,
-    }
 
 
 def epochs_trained(

@@ -18,8 +18,8 @@ def test_healthy_runs_raise_no_alert(run):
 
 
 def test_batchnorm_runs_replay_with_their_normalizers():
-    rows = [r for a in load("bn_sgd_wd") for r in a["layers"]]
-    assert {r["layer"]: r["normalized_by"] for r in rows} == {
+    records = [r for a in load("bn_sgd_wd") for r in a.report]
+    assert {r.name: r.normalized_by for r in records} == {
         "features.0": "features.1", "features.3": "features.4", "features.7": "features.8",
         "hidden": None, "classifier": None}
 
@@ -39,8 +39,8 @@ def test_a_network_that_does_not_learn_is_flagged_at_epoch_2():
 
 def test_a_frozen_layer_is_named_although_the_losses_look_fine():
     assert val_accuracies("frozen")[-1] > 0.9
-    from experiments.common import replay_alerts
     from svd_callback.alerts import default_rules
+    from svd_callback.sinks.history_rows import replay_alerts
 
     frozen = [a for a in replay_alerts(load("frozen"), default_rules(traps=False))
               if a.rule == "LayerFrozen"]
@@ -51,12 +51,12 @@ def test_the_replay_reproduces_the_online_alerts_of_the_rules_it_ran_with():
     """The histories were written by the callback with the rules of their time; replaying the
     rules that did not change (SpectralNormBlowUp) gives the same alerts (the replay is
     faithful)."""
-    from experiments.common import replay_alerts
     from svd_callback.alerts import SpectralNormGrowth
+    from svd_callback.sinks.history_rows import replay_alerts
 
     analyses = load("lr_10x")
-    online = [(r["layer"], r["epoch"]) for a in analyses for r in a["alerts"]
-              if r["rule"] == "SpectralNormBlowUp"]
+    online = [(alert.layer, alert.epoch) for a in analyses for alert in a.alerts
+              if alert.rule == "SpectralNormBlowUp"]
     rule = SpectralNormGrowth(factor=10.0, min_epoch=0, name="SpectralNormBlowUp")
     # the online rules raised one alert per layer; one alert now names the layers together
     replayed = [(layer, a.epoch) for a in replay_alerts(analyses, [rule]) for layer in a.layers]

@@ -5,6 +5,7 @@ the ``spectral/reasons`` text and the fixed custom-scalar category order."""
 from __future__ import annotations
 
 import torch
+from helpers import layout_of
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.util import tensor_util
 
@@ -18,7 +19,6 @@ from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.publisher import Publisher
 from svd_callback.monitor.runner import AnalysisRunner
 from svd_callback.report import LayerReport, Report
-from svd_callback.sinks.layout import custom_scalar_layout
 
 FIRES_AT = {1, 3}  # epochs at which the test rule raises one alert
 
@@ -31,10 +31,12 @@ def _rules():
     return [CallableRule(_odd, name="Odd"), AlphaAbove(threshold=60.0, patience=4)]
 
 
-def _run(tmp_path, engine, publisher, epochs, version):
+def _run(tmp_path, engine, publisher, epochs, version, state=None):
     guard = Guard()
     runner = AnalysisRunner(publisher.config.analysis, engine, ClassStage(None, None, guard),
                             guard, keep_svals=False)
+    if state is not None:  # a resumed run
+        runner.load_state_dict(state)
     logger = TensorBoardLogger(tmp_path, name="tb", version=version)
     torch.manual_seed(0)
     model = SmallCNN()
@@ -45,7 +47,7 @@ def _run(tmp_path, engine, publisher, epochs, version):
         publisher.publish(result, loggers=[logger], callback_metrics=metrics,
                           current_epoch=epoch, index=index)
     publisher.finish([logger], len(epochs) - 1)
-    return logger, metrics
+    return logger, metrics, runner
 
 
 def _publisher(engine):
@@ -62,7 +64,7 @@ def _text(acc, tag):
 
 def test_cumulative_alert_series_text_from_the_first_analysis_and_resume(tmp_path, read_events):
     engine = AlertEngine(_rules())
-    logger, metrics = _run(tmp_path, engine, _publisher(engine), [0, 1, 2, 3], 0)
+    logger, metrics, runner = _run(tmp_path, engine, _publisher(engine), [0, 1, 2, 3], 0)
     acc = read_events(logger.log_dir)
     # oracle: the rule fires at epochs 1 and 3 -> per analysis 0 1 0 1, cumulative 0 1 1 2
     assert [e.value for e in acc.Scalars("alerts/count")] == [0, 1, 0, 1]
@@ -80,17 +82,21 @@ def test_cumulative_alert_series_text_from_the_first_analysis_and_resume(tmp_pat
     assert "**warning** test alert" in second and "Odd: 1" in second
     assert "no alert at this analysis (1 so far)" in third
 
-    # a resumed run (engine restored from the checkpoint) continues the cumulative count
-    restored = AlertEngine(_rules())
-    restored.load_state_dict(engine.state_dict())
-    logger, _ = _run(tmp_path, restored, _publisher(restored), [4, 5], 1)
-    acc = read_events(logger.log_dir)
-    assert [e.value for e in acc.Scalars("alerts/total")] == [2, 2]
+    # a resumed run (the runner's state restored from the checkpoint) continues the cumulative
+    # count; a state written before the counts were kept counts the engine's alerts
+    state = runner.state_dict()
+    assert state["alert_totals"] == {"Odd": 2}
+    for version, saved in ((1, state), (2, {k: v for k, v in state.items()
+                                            if k != "alert_totals"})):
+        restored = AlertEngine(_rules())
+        logger, _, _ = _run(tmp_path, restored, _publisher(restored), [4, 5], version, saved)
+        acc = read_events(logger.log_dir)
+        assert [e.value for e in acc.Scalars("alerts/total")] == [2, 2]
 
 
 def test_reasons_text_names_the_missing_metric_and_why(tmp_path, read_events):
     engine = AlertEngine([])
-    logger, _ = _run(tmp_path, engine, _publisher(engine), [0], 0)
+    logger, _, _ = _run(tmp_path, engine, _publisher(engine), [0], 0)
     acc = read_events(logger.log_dir)
     ((step, text),) = _text(acc, "spectral/reasons")
     assert step == 0
@@ -118,10 +124,11 @@ def test_rules_table_escapes_markdown_and_marks_missing_settings():
 
 
 def test_layout_categories_are_in_a_fixed_order_summary_alerts_then_modes():
-    layout = custom_scalar_layout(["alpha"], ["unfold", "operator"], ["alpha_mean"], ["jac"])
+    layout = layout_of(["alpha"], ["unfold", "operator"], ["alpha_mean"], ["jac"])
     assert list(layout) == ["spectral summary", "alerts", "spectral (unfold)",
                             "spectral (operator)", "classes"]
     charts = layout["alerts"]
     assert [pattern for _, (pattern,) in charts.values()] == [
         r"^alerts/active$", r"^alerts/raised$", r"^alerts/total$", r"^alerts/rule/.*",
         r"^alerts/count$"]
+

@@ -17,11 +17,10 @@ from hypothesis import strategies as st
 from lightning.pytorch.callbacks import EarlyStopping
 
 from experiments.alert_zoo import detectors
-from experiments.alert_zoo.score import default_rule_set
 from experiments.alert_zoo.train import load_cached
 from experiments.alert_zoo.zoo import BROKEN, HEALTHY, PAIRS, build_model
-from experiments.common import history_analyses, replay_alerts
 from svd_callback.examples.data import FASHION_MNIST_ROOT
+from svd_callback.sinks.history_rows import read_analyses, recorded_rules, replay_alerts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,8 +134,8 @@ def test_quick_zoo_trains_caches_and_replays(tmp_path):
     # the replay of each cached history raises exactly the alerts the callback raised online
     for path in sorted(tmp_path.rglob("*.json.gz")):
         record = load_cached(path)
-        analyses = history_analyses(record["history"])
-        replayed = replay_alerts(analyses, default_rule_set(analyses))
+        replayed = replay_alerts(read_analyses(record["history"]),
+                                 recorded_rules(record["history"]))
         key = ("rule", "layer", "mode", "epoch", "severity")
         assert [tuple(a.to_dict()[k] for k in key) for a in replayed] == \
             [tuple(a[k] for k in key) for a in record["online_alerts"]], path.name
@@ -154,8 +153,18 @@ def test_zoo_stops_with_data_instruction(tmp_path):
 
 
 def test_trap_rule_replayed_only_where_the_history_holds_trap_metrics():
-    def names(metrics):
-        analyses = [{"layers": [{"layer": "a", "metrics": metrics}]}]
-        return {type(rule).__name__ for rule in default_rule_set(analyses)}
-    assert "TrapsAppeared" in names({"alpha": 2.5, "num_traps": 0.0})
-    assert "TrapsAppeared" not in names({"alpha": 2.5})
+    def names(rows):
+        return {type(rule).__name__ for rule in recorded_rules(rows)}
+
+    def layer(metrics):
+        return {"type": "layer", "epoch": 0, "step": 0, "layer": "a", "metrics": metrics}
+
+    def run(groups):
+        return {"type": "run", "step": 0, "epoch": 0, "metric_groups": groups}
+
+    assert "TrapsAppeared" in names([layer({"alpha": 2.5, "num_traps": 0.0})])
+    assert "TrapsAppeared" not in names([layer({"alpha": 2.5})])
+    # the run row's groups decide where there is one (as the callback decided)
+    assert "TrapsAppeared" in names([run(["norms", "traps"]), layer({"alpha": 2.5})])
+    assert "TrapsAppeared" not in names([run(["norms"]), layer({"num_traps": 0.0})])
+    assert "ClassOverlapRising" in names([run(["norms"]), {"type": "class", "layer": "a"}])

@@ -19,19 +19,17 @@ from svd_callback.alerts import (
     CallableRule,
     Condition,
     Hysteresis,
+    Rule,
     TrainingStalled,
     TrapsAppeared,
 )
-from svd_callback.distributed import gather_conditions
 from svd_callback.examples import DigitsDataModule, SmallCNN
+from svd_callback.monitor.gather import gather_conditions
 from svd_callback.monitor.result import AnalysisResult
-from svd_callback.monitor.values import (
-    ALERT_ACTIVE_TAG,
-    ALERT_RAISED_TAG,
-    HEALTHY_STEP_TAG,
-    is_model_level,
-)
+from svd_callback.monitor.scalars import ACTIVE, HEALTHY_STEP, RAISED
 from svd_callback.report import LayerReport, Report
+
+ALERT_ACTIVE_TAG, ALERT_RAISED_TAG, HEALTHY_STEP_TAG = ACTIVE.tag, RAISED.tag, HEALTHY_STEP.tag
 
 
 def _report(metric: str, value: float) -> Report:
@@ -40,9 +38,9 @@ def _report(metric: str, value: float) -> Report:
 
 def _replay(engine: AlertEngine, metric: str, series, start: int = 0):
     """(level, raised, healthy_step) after each analysis of a planted one-layer series, through
-    the tag values the monitor logs (``monitor.values.scalars``)."""
-    from svd_callback.config import AnalysisConfig
-    from svd_callback.monitor.values import scalars
+    the tag values the monitor logs (``monitor.scalars.analysis_scalars``)."""
+    from svd_callback.config import AnalysisConfig, MonitorConfig
+    from svd_callback.monitor.scalars import analysis_scalars
 
     out = []
     for epoch, value in enumerate(series, start):
@@ -51,7 +49,10 @@ def _replay(engine: AlertEngine, metric: str, series, start: int = 0):
                                 trigger="train_epoch_end", seconds=0.0,
                                 report=_report(metric, value), summary={}, alerts=tuple(alerts),
                                 active=tuple(engine.active()))
-        values, _ = scalars(result, AnalysisConfig(metrics=("norms",)), "")
+        records = analysis_scalars(result, MonitorConfig(AnalysisConfig(metrics=("norms",))), "")
+        assert all(s.model_level for s in records if s.name in ("active", "raised",
+                                                                  "healthy_step"))
+        values = {s.tag: s.value for s in records}
         out.append((values[ALERT_ACTIVE_TAG], values[ALERT_RAISED_TAG],
                     values[HEALTHY_STEP_TAG]))
     return out
@@ -66,7 +67,8 @@ def test_a_condition_holding_three_analyses_reads_a_level_not_an_event():
     rows = _replay(engine, "alpha", [3.0, 7.0, 7.5, 8.0, 3.0])
     assert _levels(rows) == ([0, 1, 1, 1, 0], [0, 1, 0, 0, 0])
     assert [row[2] for row in rows] == [0, -1, -1, -1, 40]
-    assert all(map(is_model_level, (ALERT_ACTIVE_TAG, ALERT_RAISED_TAG, HEALTHY_STEP_TAG)))
+    assert (ALERT_ACTIVE_TAG, ALERT_RAISED_TAG, HEALTHY_STEP_TAG) == (
+        "alerts/active", "alerts/raised", "alerts/healthy_step")
 
 
 def test_the_level_rises_only_once_the_rule_fired_after_its_patience():
@@ -104,6 +106,30 @@ def test_a_rule_without_hysteresis_counts_while_it_raises():
     engine = AlertEngine([CallableRule(above_six)])
     rows = _replay(engine, "alpha", [3.0, 7.0, 7.0, 7.0, 3.0])
     assert _levels(rows) == ([0, 1, 1, 1, 0], [0, 1, 1, 1, 0])
+
+
+class PerMetricHysteresis(Rule):
+    """Keeps its hysteresis in a dict (no attribute is one) and names it explicitly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states = {"alpha": Hysteresis(1)}
+
+    def hysteresis_states(self):
+        return {f"states[{k}]": v for k, v in self.states.items()}
+
+    def check(self, history, epoch, step):
+        holds = history.latest.get("fc", "alpha", "unfold") > 6
+        fired = self.states["alpha"].update(("fc", "unfold"), holds)
+        return [self.make_alert(layer="fc", epoch=epoch, step=step)] if fired else []
+
+
+def test_a_rule_names_its_hysteresis_states_through_the_interface():
+    engine = AlertEngine([PerMetricHysteresis()])
+    rows = _replay(engine, "alpha", [3.0, 7.0, 7.0])
+    assert _levels(rows) == ([0, 1, 1], [0, 1, 0])  # a level, not an event
+    assert [(c.source, c.key) for c in engine.active()] == [("states[alpha]", ("fc", "unfold"))]
+    assert _levels(_replay(engine, "alpha", [3.0], start=3)) == ([0], [0])
 
 
 def test_an_error_of_a_rule_counts_at_the_analysis_that_reports_it():

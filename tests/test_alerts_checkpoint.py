@@ -19,7 +19,9 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from svd_callback import SpectralMonitor
 from svd_callback.alerts import Hysteresis, Rule
-from svd_callback.monitor.values import ALERT_ACTIVE_TAG, ALERT_RAISED_TAG, HEALTHY_STEP_TAG
+from svd_callback.monitor.scalars import ACTIVE, HEALTHY_STEP, RAISED
+
+ALERT_ACTIVE_TAG, ALERT_RAISED_TAG, HEALTHY_STEP_TAG = ACTIVE.tag, RAISED.tag, HEALTHY_STEP.tag
 
 
 class HoldsFrom(Rule):

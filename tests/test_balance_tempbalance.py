@@ -430,13 +430,21 @@ def test_notes_name_every_option_fit_function_list_and_state_key():
     from dataclasses import fields
     from pathlib import Path
 
-    from svd_callback.balance import ASSIGN_FUNCS, FITS, SpectralLRBalancer
+    from svd_callback.balance import ASSIGN_FUNCS, TEMPBALANCE_FITS, SpectralLRBalancer
     from svd_callback.balance.groups import SCHEDULER_GROUP_LISTS
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "balance.md").read_text("utf-8")
     named = set(re.findall(r"`([^`\s(]+)", text))
-    wanted = ({f.name for f in fields(BalanceOptions)} | set(FITS) | set(ASSIGN_FUNCS)
+    wanted = ({f.name for f in fields(BalanceOptions)} | set(TEMPBALANCE_FITS) | set(ASSIGN_FUNCS)
               | set(SCHEDULER_GROUP_LISTS) | set(SpectralLRBalancer().state_dict())
               | {"balance/lr/<module>", "balance/factor/<module>"})
     missing = wanted - named
     assert not missing, f"docs/balance.md does not name {sorted(missing)}"
+
+
+def test_the_former_name_of_the_tempbalance_fits_warns():
+    import svd_callback.balance as balance
+
+    with pytest.warns(DeprecationWarning, match="TEMPBALANCE_FITS"):
+        assert balance.FITS == balance.TEMPBALANCE_FITS == ("median", "goodness-of-fit",
+                                                             "fix-finger")

@@ -104,8 +104,8 @@ def test_state_dict_survives_a_weights_only_checkpoint_load(tmp_path):
     torch.save(monitor.state_dict(), path)
     restored = SpectralMonitor(conv_mode=("unfold", "operator"), figures_every_n=1)
     restored.load_state_dict(torch.load(path, weights_only=True))
-    assert restored.state_dict()["analyses"] == 2
-    assert restored.history == monitor.history
+    assert restored.state_dict()["schedule"]["analyses"] == 2
+    assert restored.summaries == monitor.summaries
     assert restored.input_sizes == monitor.input_sizes == {
         "features.0": (8, 8), "features.2": (8, 8), "features.5": (4, 4)}
     assert torch.equal(restored.heatmaps.spectra["unfold/hidden"]["quantiles"],
@@ -294,7 +294,7 @@ def test_early_stopping_and_checkpointing_on_a_spectral_aggregate(tmp_path):
                            mode="max", save_top_k=1, save_on_train_epoch_end=True)
     trainer, _ = fit(tmp_path, [monitor, stop, best], max_epochs=5, enable_checkpointing=True)
     assert trainer.current_epoch == 1 and stop.stopped_epoch == 0
-    entry = monitor.history[-1]
+    entry = monitor.summaries[-1]
     assert entry["step"] == BATCHES
     expected = entry["summary"]["unfold"]["log_norm_mean"]
     assert float(best.best_model_score) == pytest.approx(expected)
@@ -370,18 +370,18 @@ def test_without_a_logger_the_history_goes_to_the_root_dir_and_one_info_is_given
 def test_validation_schedule_skips_the_sanity_check_and_odd_epochs(tmp_path):
     monitor = SpectralMonitor(check_on="validation_epoch_end", every_n_epochs=2)
     fit(tmp_path, [monitor], max_epochs=4, num_sanity_val_steps=2)
-    assert [(e["step"], e["trigger"]) for e in monitor.history] == [
+    assert [(e["step"], e["trigger"]) for e in monitor.summaries] == [
         (0, "fit_start"), (2 * BATCHES, "validation_epoch_end"),
         (4 * BATCHES, "validation_epoch_end")]
-    assert [e["epochs_trained"] for e in monitor.history] == [0.0, 2.0, 4.0]
+    assert [e["epochs_trained"] for e in monitor.summaries] == [0.0, 2.0, 4.0]
 
 
 def test_step_schedule_never_analyses_one_step_twice(tmp_path):
     monitor = SpectralMonitor(every_n_steps=3, every_n_epochs=1, log_init=False)
     fit(tmp_path, [monitor], max_epochs=2)
-    assert [e["step"] for e in monitor.history] == [3, 6, 9, 12]
-    assert [e["trigger"] for e in monitor.history] == ["train_step"] * 4
-    assert [e["epochs_trained"] for e in monitor.history] == [0.5, 1.0, 1.5, 2.0]
+    assert [e["step"] for e in monitor.summaries] == [3, 6, 9, 12]
+    assert [e["trigger"] for e in monitor.summaries] == ["train_step"] * 4
+    assert [e["epochs_trained"] for e in monitor.summaries] == [0.5, 1.0, 1.5, 2.0]
 
 
 # ---------------------------------------------------------------------------- alerts
@@ -494,7 +494,7 @@ def test_resume_continues_curves_history_and_alerts_without_gap_or_duplicate(tmp
     assert [r["trigger"] for r in rows].count("fit_start") == 5 * 2
     runs = [r["event"] for r in read_history(history) if r["type"] == "run"]
     assert runs == ["start", "resume"]
-    assert [e["step"] for e in second.history] == [0, 6, 12, 18, 24]
+    assert [e["step"] for e in second.summaries] == [0, 6, 12, 18, 24]
     assert [s.step for s in second.alert_engine.history] == [0, 6, 12, 18, 24]
 
     # TensorBoard: the resumed run's event file continues after the checkpoint's step, with no
@@ -521,3 +521,36 @@ def test_heatmap_history_stays_bounded_and_spans_the_whole_run():
     assert epochs[0] == 0 and epochs[-1] == 3 * _HEATMAP_COLUMNS - 1
     assert epochs == sorted(epochs)
     assert store["quantiles"][-1, 0] == 3 * _HEATMAP_COLUMNS  # the newest spectrum, top value
+
+
+def test_the_former_name_of_the_summaries_warns():
+    monitor = SpectralMonitor()
+    with pytest.warns(DeprecationWarning, match="summaries"):
+        assert monitor.history == monitor.summaries == []
+
+
+def test_every_config_field_is_a_documented_constructor_argument():
+    import dataclasses
+    import inspect
+
+    from svd_callback.config import AnalysisConfig, MonitorConfig
+
+    fields = ({f.name for f in dataclasses.fields(AnalysisConfig)}
+              | {f.name for f in dataclasses.fields(MonitorConfig)}) - {"analysis"}
+    assert fields <= set(inspect.signature(SpectralMonitor).parameters)
+    assert [f for f in fields if f not in SpectralMonitor.__doc__] == []
+    monitor = SpectralMonitor(summary_stats=("mean", "median"), constant_metrics=True,
+                              chunk_elems=1024, motion_sketch=4)
+    config = monitor.config
+    assert (config.summary_stats, config.constant_metrics, config.motion_sketch) == (
+        ("mean", "median"), True, 4)
+    assert config.analysis.chunk_elems == 1024
+
+
+def test_the_other_legacy_keywords_still_map_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="max_batch_elems"):
+        assert SpectralMonitor(max_batch_elems=2048).config.analysis.chunk_elems == 2048
+    with pytest.warns(DeprecationWarning, match="metric groups"):
+        assert "traps" in SpectralMonitor(traps=True).config.analysis.metrics
+    with pytest.raises(TypeError, match="both 'chunk_elems' and its deprecated name"):
+        SpectralMonitor(chunk_elems=8, max_batch_elems=16)

@@ -57,7 +57,7 @@ def test_digits_config_trains_with_the_monitor(tmp_path):
     monitor = monitor_of(cli)
     assert monitor.config.analysis.conv_mode == ("unfold", "operator")
     assert monitor.schedule.check_on == "train_epoch_end" and monitor.config.figures_every_n == 0
-    assert [e["step"] for e in monitor.history] == [0, 3, 6]
+    assert [e["step"] for e in monitor.summaries] == [0, 3, 6]
     history = Path(cli.trainer.logger.log_dir) / "spectral_history.jsonl"
     modes = {r["mode"] for r in read_history(history) if r["type"] == "layer"}
     assert modes == {"unfold", "operator"}
@@ -69,7 +69,7 @@ def test_a_config_with_the_legacy_names_still_trains_with_a_deprecation_warning(
                          renamed={"conv_mode": "conv_modes", "check_on": "on"})
     monitor = monitor_of(cli)
     assert monitor.config.analysis.conv_mode == ("unfold", "operator")
-    assert monitor.schedule.check_on == "train_epoch_end" and len(monitor.history) == 3
+    assert monitor.schedule.check_on == "train_epoch_end" and len(monitor.summaries) == 3
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -95,4 +95,4 @@ def test_fashion_config_takes_a_data_root(tmp_path):
     assert monitor.config.analysis.conv_mode == ("unfold", "operator", "slices")
     assert monitor.input_sizes == {"features.0": (28, 28), "features.2": (28, 28),
                                     "features.5": (14, 14)}
-    assert len(monitor.history) == 3
+    assert len(monitor.summaries) == 3

@@ -64,8 +64,8 @@ def main(out: Path) -> None:
                if k.startswith(("spectral", "alerts"))}
     (out / f"rank{rank}.json").write_text(json.dumps({
         "shares": shares, "callback_metrics": metrics, "epoch": trainer.current_epoch,
-        "history": monitor.history,
-        "motion_layers": sorted(monitor.state_dict()["motion"]["layers"]),
+        "history": monitor.summaries,
+        "motion_layers": sorted(monitor.state_dict()["runner"]["motion"]["layers"]),
     }))
 
 

@@ -17,11 +17,11 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn.utils import prune
 
-from experiments.common import history_analyses
 from svd_callback.callback import SpectralMonitor
 from svd_callback.examples import SmallCNN
 from svd_callback.layers import find_layers, frozen_forward, named_modules
 from svd_callback.sinks.history import read_history
+from svd_callback.sinks.history_rows import read_analyses
 
 LAYERS = ["features.0", "features.2", "features.5", "hidden", "classifier"]
 
@@ -211,9 +211,9 @@ def test_each_run_has_its_own_id_in_every_row(tmp_path):
     starts = [r["run_id"] for r in rows if r["type"] == "run"]
     assert len(starts) == 2 and starts[0] != starts[1]
     assert ids == sorted(ids, key=starts.index)  # the first run's rows, then the second's
-    # the experiments' replay reads one run: mixing two would merge their analyses
+    # the library's reader of analyses reads one run: mixing two would merge their analyses
     with pytest.raises(ValueError, match="several runs"):
-        history_analyses(rows)
-    second = history_analyses(r for r in rows if r["run_id"] == starts[1])
-    assert [(a["epoch"], a["step"], len(a["layers"])) for a in second] == [
+        read_analyses(rows)
+    second = read_analyses(r for r in rows if r["run_id"] == starts[1])
+    assert [(a.epoch, a.step, len(a.report)) for a in second] == [
         (0, 0, len(LAYERS)), (1, 4, len(LAYERS))]

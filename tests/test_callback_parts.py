@@ -119,7 +119,7 @@ def test_publisher_writes_callback_metrics_logger_and_history_without_a_trainer(
     guard = Guard()
     publisher = Publisher(config, ClassStage(None, None, guard), guard)
     history = tmp_path / "history.jsonl"
-    publisher.history.start(history, resumed=False, step=0, epoch=0, world_size=1)
+    publisher.start_history(history, resumed=False, step=0, epoch=0, world_size=1)
     logger = CSVLogger(tmp_path, name="csv", version=0)
     metrics: dict[str, torch.Tensor] = {}
     publisher.publish(result, loggers=[logger], callback_metrics=metrics, current_epoch=0,
@@ -210,8 +210,8 @@ def test_check_on_none_is_resolved_in_setup_as_early_stopping_does(
     assert monitor.schedule.check_on is None
     fit(tmp_path, monitor, **trainer_kwargs)
     assert monitor.schedule.check_on == hook
-    assert [entry["step"] for entry in monitor.history] == steps
-    assert {e["trigger"] for e in monitor.history[1:]} == {hook}
+    assert [entry["step"] for entry in monitor.summaries] == steps
+    assert {e["trigger"] for e in monitor.summaries[1:]} == {hook}
 
 
 def test_state_key_keeps_the_names_of_old_checkpoints():

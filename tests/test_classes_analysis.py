@@ -95,3 +95,18 @@ def test_the_split_modules_keep_every_public_name_where_callers_import_it():
     }
     for name, home in homes.items():  # the old import path gives the same object
         assert getattr(analysis, name) is getattr(home, name), name
+
+
+def test_reasons_are_keyed_by_typed_places_that_read_as_the_history_text():
+    import json
+    import pickle
+
+    from svd_callback.classes.report import Part, Where
+    from svd_callback.sinks.history import to_json
+
+    where = Where.layer("features.0")
+    assert (where.part, where.name) == (Part.LAYER, "features.0") and where == "layer features.0"
+    copy = pickle.loads(pickle.dumps(where))  # gathered across ranks
+    assert (copy.part, copy.name, str(copy)) == (Part.LAYER, "features.0", "layer features.0")
+    assert Where(Part.CLASS, 3) == "class 3" and Where(Part.PROBE) == "probe"
+    assert json.dumps(to_json({where: "x"})) == '{"layer features.0": "x"}'

@@ -12,7 +12,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from svd_callback.examples import SmallCNN
 from svd_callback.loading import weights_only_model
-from svd_callback.runs import parse_tag, read_run
+from svd_callback.runs import read_run
+from svd_callback.sinks.tags import parse_tag
 
 
 def test_analyze_saved_module_writes_csv_and_json(capsys, saved_module, tmp_path):
@@ -31,10 +32,10 @@ def test_analyze_saved_module_writes_csv_and_json(capsys, saved_module, tmp_path
 
 
 def test_analyze_svd_method_option(capsys, saved_module, tmp_path):
-    from svd_callback.cli import SVD_METHOD_CHOICES
+    from svd_callback.config import SVD_METHODS as CHOICES
     from svd_callback.spectra import SVD_METHODS
 
-    assert SVD_METHOD_CHOICES == SVD_METHODS
+    assert CHOICES == SVD_METHODS
     tables = {}
     for method in ("gram32", "svd"):
         js = tmp_path / f"{method}.json"

@@ -40,14 +40,13 @@ def assert_lists(error: pytest.ExceptionInfo, option: str, bad: object, valid) -
 
 # ---------------------------------------------------------------------------- option types
 def test_literal_types_name_the_values_the_package_accepts_today():
-    from svd_callback.analysis import FITS as ANALYZE_FITS
     from svd_callback.report import CONV_MODES as REPORT_MODES
     from svd_callback.report import NORMALIZATIONS as REPORT_NORMALIZATIONS
     from svd_callback.spectra import SVD_METHODS as SPECTRA_METHODS
 
     assert CONV_MODES == REPORT_MODES == ("unfold", "operator", "slices")
     assert NORMALIZATIONS == REPORT_NORMALIZATIONS == ("raw", "ww", "per_row")
-    assert (*FITS, None) == ANALYZE_FITS == ("ks", "hill", None)
+    assert FITS == ("ks", "hill")
     assert SVD_METHODS == SPECTRA_METHODS == ("auto", "svd", "gram", "gram32")
     assert EPOCH_HOOKS == ("train_epoch_end", "validation_epoch_end")
 
@@ -138,13 +137,10 @@ def test_ww_compat_with_another_normalization_is_an_error(normalization):
 @pytest.mark.parametrize("svd_method", SVD_METHODS)
 @pytest.mark.parametrize("ww_compat", [False, True])
 def test_svd_method_resolves_as_analyze_resolves_it(svd_method, ww_compat):
-    from svd_callback.analysis import resolve_svd_method
-
     # "auto" is WeightWatcher's float32 Gram under ww_compat, every other choice stays as given
     expected = "gram32" if svd_method == "auto" and ww_compat else svd_method
     config = AnalysisConfig(svd_method=svd_method, ww_compat=ww_compat)
     assert config.svd_method == expected
-    assert resolve_svd_method(svd_method, ww_compat) == expected
 
 
 @pytest.mark.parametrize(

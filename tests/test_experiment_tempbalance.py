@@ -1,30 +1,52 @@
-"""experiments/tempbalance: one-epoch runs of both pairs and their report, the run cache, and
-the statistics against textbook values."""
+"""experiments/tempbalance: one-epoch runs of every arm and their tables, the rates of the
+balanced and control arms, the run cache and the decision rule."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import pytest
 
-from experiments.tempbalance import run
+from experiments.derived import write_json
+from experiments.tempbalance import run, tables
 from svd_callback.examples.data import FASHION_MNIST_ROOT
 
 TINY_RESNET = {"train_size": 256, "val_size": 256}
 
 
-def test_digits_runs_and_report():
-    rows = [run.run_one("digits", arm, seed, epochs=1) for seed in (0, 1) for arm in run.ARMS]
+def test_digits_arms_and_their_tables(tmp_path):
+    balanced = run.run_one("digits", "tempbalance", 0, epochs=1)
+    m = run.mean_factor(balanced)
+    factors = [f for e in balanced["factor_epochs"] for f in e["factors"].values()]
+    assert len(factors) == 3 and m == pytest.approx(sum(factors) / 3)
+    rows = [run.run_one("digits", "baseline", 0, epochs=1), balanced,
+            run.run_one("digits", "global_m", 0, epochs=1, lr_factor=m),
+            run.run_one("digits", "global_hi", 0, epochs=1, lr_factor=2 - m)]
     assert all(0.0 <= r["final_acc"] <= r["best_acc"] <= 1.0 for r in rows)
-    assert rows[0]["factors"] is None
-    assert sorted(rows[1]["factors"]) == ["features.2", "features.5", "hidden"]
-    assert len(rows[1]["train_epoch_seconds"]) == 1 and rows[1]["refit_seconds"][0] > 0
-    text = run.report(rows)
-    assert "Decision rule (protocol): **" in text and "digits-only version" in text
-    assert "| baseline |" in text and "| tempbalance |" in text
-    assert "Trained by: `" in text and "ratio of min" in text
+    assert rows[0]["factors"] is None and rows[2]["factor_epochs"] is None
+    assert sorted(balanced["factors"]) == ["features.2", "features.5", "hidden"]
+    for row, factor in zip(rows[2:], (m, 2 - m), strict=True):
+        # the control trains every parameter at lr x factor x cosine, nothing balanced
+        epoch = row["checks"]["epochs"][0]
+        assert epoch["scheduled"] == pytest.approx(0.05 * factor)
+        assert epoch["max_rel_error_untuned"] < 1e-12 and epoch["tuned_min"] == epoch["tuned_max"]
+    write_json(tmp_path / "runs.json", [{k: r.get(k) for k in run.DERIVED_KEYS} for r in rows])
+    blocks = tables.build(tmp_path)
+    text = blocks["digits"]
+    for arm in run.ARMS:
+        assert f"| {arm} |" in text
+    assert "| tempbalance - global_m |" in text and "**Against the control:**" in text
+    assert "Trained by: `" in blocks["provenance"]
+
+
+def test_decision_rule_and_cosine():
+    assert tables.decision([0.1, 0.2, 0.01]) == "higher"
+    assert tables.decision([-0.1, -0.2]) == "lower"
+    assert tables.decision([0.1, -0.2, 0.3]) == "no evidence either way"
+    assert tables.decision([0.0, 0.1]) == "no evidence either way"
+    assert run.cosine_lr(0.05, 6, 12) == pytest.approx(0.025)
+    assert run.cosine_lr(0.05, 12, 12) == pytest.approx(0.0, abs=1e-18)
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_ROOT), reason="Fashion-MNIST not installed")
@@ -57,14 +79,3 @@ def test_cache_is_used_only_for_the_same_settings(tmp_path, monkeypatch):
     assert again == json.loads(json.dumps(first))
     assert run.cached_or_run(tmp_path, "digits", "baseline", 0, 2, {}, retrain=False,
                              train=False) is None
-
-
-def test_t_interval_and_verdict_match_textbook_values():
-    # t_{0.975, 2} = 4.303 (Student-t tables); mean 2, s = 1, n = 3
-    mean, low, high = run.t_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and high - mean == pytest.approx(4.3027 / math.sqrt(3), rel=1e-4)
-    assert mean - low == pytest.approx(high - mean)
-    assert run.verdict(0.1, 0.3) == "helps" and run.verdict(-0.3, -0.1) == "hurts"
-    assert run.verdict(-0.1, 0.3) == "no evidence either way"
-    assert run.cosine_lr(0.05, 6, 12) == pytest.approx(0.025)
-    assert run.cosine_lr(0.05, 12, 12) == pytest.approx(0.0, abs=1e-18)

@@ -9,6 +9,7 @@ from experiments import common
 from experiments.factorization_rank import run as fr
 from svd_callback import LayerReport, Report
 from svd_callback.alerts import AlertEngine, default_rules
+from svd_callback.sinks.history_rows import read_analyses, replay_alerts
 
 
 def _report(alpha: float, norm: float) -> Report:
@@ -34,9 +35,9 @@ def test_replay_matches_a_live_engine():
     expected = []
     for epoch, (alpha, norm) in enumerate(series):
         expected += live.update(epoch, 10 * epoch, _report(alpha, norm), {"alpha_mean": alpha})
-    analyses = common.history_analyses(_history_rows(series))
-    assert [a["epoch"] for a in analyses] == [0, 1, 2, 3]
-    replayed = common.replay_alerts(analyses, default_rules())
+    analyses = read_analyses(_history_rows(series))
+    assert [a.epoch for a in analyses] == [0, 1, 2, 3]
+    replayed = replay_alerts(analyses, default_rules())
     assert [(a.rule, a.epoch) for a in replayed] == [(a.rule, a.epoch) for a in expected]
     assert {a.rule for a in replayed} == {"AlphaBelow", "MeanAlphaTrend"}
 

@@ -1,4 +1,5 @@
-"""The package's modules import each other without a circle.
+"""The package's modules import each other without a circle and only down the layers of
+``docs/architecture.md``; experiments import only public names.
 
 The import graph is read from the source (``ast``), not from ``sys.modules``: an edge A -> B for
 every ``import B`` / ``from B import name`` in module A (``from P import m`` with ``m`` a
@@ -10,12 +11,16 @@ A package's ``__init__`` is the node of the package's name.
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = "svd_callback"
-ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO / PACKAGE
+ARCHITECTURE = REPO / "docs" / "architecture.md"
 
 
 def module_names(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:
@@ -153,3 +158,106 @@ def test_relative_imports_resolve_from_the_package(tmp_path):
     assert graph["pkg"] == {"pkg.inner.mod"}
     assert graph["pkg.inner"] == {"pkg.inner.mod", "pkg.top"}
     assert graph["pkg.inner.mod"] == {"pkg.top"}
+
+
+# ---------------------------------------------------------------------- layers
+_LAYER_ROW = re.compile(r"^\| (\d+) \| ([\w ]+) \| ([^|]+) \|")
+
+
+def documented_layers(text: str) -> dict[str, int]:
+    """Unit -> layer number from the table of ``docs/architecture.md`` (rows
+    ``| n | name | `unit`, `unit` | job |``); a unit is a top-level module or package of the
+    package, or the package itself."""
+    layers: dict[str, int] = {}
+    for line in text.splitlines():
+        row = _LAYER_ROW.match(line)
+        if row:
+            for unit in re.findall(r"`(\w+)`", row.group(3)):
+                assert unit not in layers, f"{unit} is in two layers"
+                layers[unit] = int(row.group(1))
+    return layers
+
+
+def unit_of(module: str, package: str = PACKAGE) -> str:
+    """``svd_callback.sinks.tags`` -> ``sinks``; the package itself is its own unit."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else package
+
+
+def upward_imports(graph: dict[str, set[str]], layers: dict[str, int],
+                   package: str = PACKAGE) -> list[str]:
+    """Every import of a module from a higher layer than its own, as ``a (n) -> b (m)``."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        mine = layers[unit_of(module, package)]
+        for target in sorted(targets):
+            theirs = layers[unit_of(target, package)]
+            if theirs > mine:
+                found.append(f"{module} ({mine}) -> {target} ({theirs})")
+    return found
+
+
+def test_every_module_has_a_documented_layer():
+    layers = documented_layers(ARCHITECTURE.read_text())
+    units = {unit_of(m) for m in module_names()}
+    assert units - set(layers) == set(), "modules missing from docs/architecture.md's layers"
+    assert set(layers) - units == set(), "docs/architecture.md names modules that do not exist"
+
+
+def test_imports_point_down_the_documented_layers():
+    layers = documented_layers(ARCHITECTURE.read_text())
+    assert len(set(layers.values())) >= 6  # the table was read
+    assert upward_imports(import_graph(module_names()), layers) == []
+
+
+def test_the_layer_check_sees_an_upward_deferred_import(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "low").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "low" / "__init__.py").write_text("")
+    (package / "low" / "a.py").write_text("def f():\n    from pkg.high import g\n")
+    (package / "high.py").write_text("from pkg.low import a\n")
+    (package / "typing_only.py").write_text("from typing import TYPE_CHECKING\n"
+                                            "if TYPE_CHECKING:\n    from pkg import high\n")
+    table = ("| 1 | low | `low`, `typing_only` | x |\n| 2 | high | `high`, `pkg` | y |\n")
+    layers = documented_layers(table)
+    assert layers == {"low": 1, "typing_only": 1, "high": 2, "pkg": 2}
+    graph = import_graph(module_names(package, "pkg"))
+    assert upward_imports(graph, layers, "pkg") == ["pkg.low.a (1) -> pkg.high (2)"]
+
+
+# ---------------------------------------------------------------------- experiments
+def experiment_imports(root: Path = REPO / "experiments") -> list[tuple[str, str, str]]:
+    """(file, module, name) of every ``from svd_callback... import name`` of the experiments
+    (deferred ones included); ``import svd_callback.x`` gives the name ``*``."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in _imports(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE):
+                found += [(str(path.relative_to(REPO)), node.module, a.name) for a in node.names]
+            elif isinstance(node, ast.Import):
+                found += [(str(path.relative_to(REPO)), a.name, "*") for a in node.names
+                          if a.name.startswith(PACKAGE)]
+    return found
+
+
+def test_experiments_use_the_public_api_only():
+    private = []
+    for path, module, name in experiment_imports():
+        timing = path.startswith("experiments/benchmarks/")  # may patch the path it times
+        if not timing and (module == f"{PACKAGE}.monitor"
+                           or module.startswith(f"{PACKAGE}.monitor.")):
+            private.append(f"{path}: {module} (the callback's parts)")
+            continue
+        if name == "*" or f"{module}.{name}" in module_names():
+            continue  # a module itself
+        public = getattr(importlib.import_module(module), "__all__", ())
+        if name not in public:
+            private.append(f"{path}: {module}.{name} is not in its __all__")
+    assert private == []
+
+
+def test_the_experiments_have_no_import_circle():
+    """No experiment imports private helpers from a ``run.py`` that imports it back."""
+    graph = import_graph(module_names(REPO / "experiments", "experiments"))
+    assert len(graph) > 20 and cycles(graph) == []

@@ -4,17 +4,19 @@ reads Fashion-MNIST or trains a ResNet."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import subprocess
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 
 from experiments import common
 from experiments.data_check import FASHION_MNIST_FILES, missing_fashion_mnist
-from experiments.seed_stats import spread
+from experiments.seed_stats import cluster_interval, proportion, spread, wilson_interval
 
 
 def _stops(capsys, main, argv) -> None:
@@ -31,6 +33,7 @@ def test_experiments_stop_at_start_when_the_data_is_missing(tmp_path, capsys, mo
     from experiments.class_structure import run as cs
     from experiments.factorization_rank import run as fr
     from experiments.rmt_validation import run as rmt
+    from experiments.rmt_validation import wide
 
     def no_training(*args, **kwargs):  # the stop must come before any data or training
         raise AssertionError("reached training")
@@ -38,12 +41,12 @@ def test_experiments_stop_at_start_when_the_data_is_missing(tmp_path, capsys, mo
     monkeypatch.setattr(resnet_checkpoints, "trained_run", no_training)
     monkeypatch.setattr(pl, "seed_everything", no_training)
     empty = str(tmp_path)
-    out = ["--out", str(tmp_path / "out"), "--results", str(tmp_path / "R.md")]
+    out = ["--derived", str(tmp_path / "derived"), "--results", str(tmp_path / "R.md")]
     _stops(capsys, resnet_checkpoints.main, ["--root", empty])
+    _stops(capsys, wide.main, ["--root", empty])
     for main in (rmt.main, cs.main, fr.main):
-        _stops(capsys, main, ["--root", empty, "--model", "resnet", *out])
-        _stops(capsys, main, ["--root", empty, "--dataset", "fashion", *out])
-    assert not (tmp_path / "R.md").exists()
+        _stops(capsys, main, ["--root", empty, *out])
+    assert not (tmp_path / "R.md").exists() and not (tmp_path / "derived").exists()
 
 
 def test_the_training_cli_stops_when_the_data_is_missing(tmp_path, capsys, monkeypatch):
@@ -64,26 +67,53 @@ def test_missing_files_are_named_and_root_is_honoured(tmp_path):
     assert missing_fashion_mnist(tmp_path) == []
 
 
-def test_digits_runs_do_not_ask_for_fashion_mnist(tmp_path):
-    from experiments.class_structure import run as cs
-
-    args = cs.parse_args(["--dataset", "digits", "--root", str(tmp_path)])
-    assert args.dataset == "digits" and args.model == "smallcnn"
-
-
-def test_spread_matches_the_textbook_t_interval():
-    # t_{0.975, 2} = 4.303 (Student-t table); mean 2, sample std 1 for (1, 2, 3)
+def test_spread_bootstraps_the_mean_over_seeds_exactly():
+    # three seeds: the resample of three copies of the smallest value has probability 1/27 >
+    # 2.5%, so the exact 95% percentile interval is the range of the values
     s = spread([3.0, 1.0, float("nan"), 2.0])
     assert s.n == 3 and s.mean == pytest.approx(2.0) and s.std == pytest.approx(1.0)
-    assert (s.low, s.high) == (1.0, 3.0)
-    half = 4.302652729911275 / math.sqrt(3)
-    assert (s.ci_low, s.ci_high) == (pytest.approx(2 - half), pytest.approx(2 + half))
-    # t_{0.975, 4} = 2.776 for five values 0, 2, 4, 6, 8 (mean 4, std sqrt(10))
-    s = spread([0, 2, 4, 6, 8])
-    assert s.ci_high - s.mean == pytest.approx(2.7764451051977987 * math.sqrt(10 / 5))
+    assert (s.low, s.high) == (1.0, 3.0) and (s.ci_low, s.ci_high) == (1.0, 3.0)
+    # five seeds: brute force over all 5^5 ordered resamples
+    values = [0.0, 2.0, 4.0, 6.0, 9.0]
+    means = sorted(sum(values[i] for i in idx) / 5
+                   for idx in itertools.product(range(5), repeat=5))
+    low = means[math.ceil(0.025 * len(means)) - 1]
+    high = means[math.ceil(0.975 * len(means)) - 1]
+    s = spread(values)
+    assert (s.ci_low, s.ci_high) == (pytest.approx(low), pytest.approx(high))
+    assert s.low < s.ci_low < s.ci_high < s.high
     one = spread([0.5])
     assert one.n == 1 and math.isnan(one.std) and "one seed" in one.text()
     assert spread([]).text() == "no finite value"
+    assert "bootstrap 95% [1, 3]" in spread([1, 2, 3]).text()
+
+
+def test_cluster_interval_resamples_whole_clusters():
+    # two clusters of different sizes: resamples (a, a), (a, b), (b, a), (b, b) -> pooled means
+    a, b = [0.0, 0.0, 0.0], [1.0]
+    assert cluster_interval([a, b]) == (0.0, 1.0)
+    # brute force for three clusters and the median as the statistic
+    clusters = [[1.0, 2.0], [5.0], [3.0, 8.0, 9.0]]
+    values = sorted(float(np.median(np.concatenate([clusters[i] for i in idx])))
+                    for idx in itertools.product(range(3), repeat=3))
+    assert cluster_interval(clusters, lambda x: float(np.median(x)), level=0.5) == (
+        values[math.ceil(0.25 * 27) - 1], values[math.ceil(0.75 * 27) - 1])
+
+
+def test_wilson_interval_against_scipy_and_textbook_values():
+    from scipy.stats import binomtest
+
+    for k, n in [(0, 3), (3, 3), (2, 3), (13, 15), (0, 1), (7, 20)]:
+        ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+        assert wilson_interval(k, n) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    # Agresti & Coull (1998): 0 of 10 -> [0, 0.2775]
+    assert wilson_interval(0, 10)[1] == pytest.approx(0.27753, abs=1e-5)
+    p = proportion(15, 15)
+    assert p.fraction == 1.0 and p.high == 1.0 and p.low == pytest.approx(0.7961, abs=1e-4)
+    assert p.text() == "15/15 (Wilson 95% [0.80, 1.00])"
+    assert math.isnan(wilson_interval(0, 0)[0])
+    with pytest.raises(ValueError):
+        wilson_interval(4, 3)
 
 
 def test_named_results_block_is_appended_then_replaced_in_place(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from svd_callback.analysis import analyze
-from svd_callback.cli import UsageError, _check_operator_convs
+from svd_callback.cli import UsageError, _check_sized_convs
 from svd_callback.config import AnalysisConfig
 from svd_callback.report import REASON_CODES, LayerReport
 
@@ -64,12 +64,12 @@ def test_lazy_meta_empty_and_weightwatcher_limits():
 
 
 def test_solver_failure_code(monkeypatch):
-    import svd_callback.analysis as analysis
+    import svd_callback.spectra.modes as modes
 
     def broken(*args, **kwargs):
         raise RuntimeError("solver broke")
 
-    monkeypatch.setattr(analysis, "stacked_unfold_svdvals", broken)
+    monkeypatch.setattr(modes, "stacked_unfold_svdvals", broken)
     report = analyze(nn.Sequential(nn.Linear(5, 5)))
     assert _codes(report, "unfold") == {"0": "svd_failed"}
 
@@ -86,7 +86,8 @@ def _conv(reason, code):
 def test_cli_operator_error_reads_the_code_not_the_wording():
     # the code decides: a conv skipped for its input size, whatever the words
     with pytest.raises(UsageError, match="none of the 1 conv layers"):
-        _check_operator_convs([_conv("stride does not divide", "input_size_stride")], (5,))
+        _check_sized_convs([_conv("stride does not divide", "input_size_stride")], "operator", (5,))
     # a solver failure whose message happens to say "input size" is not an input-size error
-    _check_operator_convs([_conv("SVD failed: bad input size in kernel", "svd_failed")], (5,))
-    _check_operator_convs([_conv(None, None)], (5,))
+    _check_sized_convs([_conv("SVD failed: bad input size in kernel", "svd_failed")], "operator",
+                       (5,))
+    _check_sized_convs([_conv(None, None)], "operator", (5,))

@@ -24,7 +24,7 @@ from torch.nn.utils import parametrizations
 from svd_callback.analysis import analyze
 from svd_callback.callback import SpectralMonitor
 from svd_callback.layers import find_layers
-from svd_callback.monitor.values import scalars
+from svd_callback.monitor.scalars import analysis_scalars
 from svd_callback.sinks.history import read_history
 
 GATES = {"LSTM": "ifgo", "GRU": "rzn", "RNN": ""}
@@ -248,7 +248,8 @@ def test_an_lstm_fit_is_bit_identical_with_and_without_the_monitor(tmp_path):
         float(expected[0]), rel=1e-6)
     assert "(forget gate f)" in last["lstm.weight_ih_l0.f"]["notes"]["matrix"]
     # the TensorBoard description of a gate's scalars names the block it was read from
-    _, descriptions = scalars(monitor.last_result, monitor.runner.config, "")
+    descriptions = {s.tag: s.description
+                    for s in analysis_scalars(monitor.last_result, monitor.config, "")}
     text = descriptions["spectral/spectral_norm/lstm.weight_hh_l0_reverse.g"]
     assert text.endswith("; matrix: LSTM lstm.weight_hh_l0_reverse[32:48] (cell candidate g) "
                          "as an (out, in) matrix")

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svd_callback.schedule import Schedule, epochs_trained, resolve_check_on, validation_settings
+from svd_callback.monitor.trainer_access import validation_settings
+from svd_callback.schedule import Schedule, epochs_trained, resolve_check_on
 
 FS, TS, TE, VE = "fit_start", "train_step", "train_epoch_end", "validation_epoch_end"
 
@@ -285,23 +286,6 @@ def test_epochs_trained(trigger, epoch, done, batches, expected):
 def test_resolve_check_on(check_on, interval, every, validates, time_based, expected):
     assert resolve_check_on(check_on, val_check_interval=interval, check_val_every_n_epoch=every,
                             validates=validates, time_based=time_based) == expected
-
-
-def test_validation_settings_read_from_trainers():
-    import lightning.pytorch as pl
-
-    def settings_of(**kwargs):
-        trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, accelerator="cpu", **kwargs)
-        settings = validation_settings(trainer)
-        assert settings.pop("validates") is False  # no data attached (the fits above attach)
-        return settings
-
-    assert settings_of() == {"val_check_interval": 1.0, "check_val_every_n_epoch": 1,
-                             "time_based": False}
-    clock = settings_of(val_check_interval="00:00:00:05")
-    assert clock["time_based"] and clock["val_check_interval"] is None  # Lightning sets none
-    assert resolve_check_on(None, **clock, validates=True) == VE
 
 
 def test_resolve_check_on_refuses_an_unknown_hook():

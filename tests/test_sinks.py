@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import layout_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate
@@ -27,7 +28,6 @@ from svd_callback.sinks.figures import (
     spectrum_quantiles,
 )
 from svd_callback.sinks.history import HistoryFile, read_history, to_json
-from svd_callback.sinks.layout import custom_scalar_layout
 from svd_callback.sinks.tensorboard import TensorBoardSink
 
 
@@ -135,7 +135,7 @@ def test_tensorboard_sink_histogram_text_figure_and_layout(tmp_path, read_events
     sink.histogram("spectra/unfold/empty", np.array([np.nan]), 3)
     sink.text("alerts", "| a | b |\n|---|---|\n| 1 | 2 |", 3, description="alerts")
     sink.figure("spectral_figures/esd/unfold/fc", esd_figure(np.arange(1.0, 50.0)), 3)
-    layout = custom_scalar_layout(["alpha"], ["unfold", "operator"], ["alpha_mean"])
+    layout = layout_of(["alpha"], ["unfold", "operator"], ["alpha_mean"])
     sink.layout(layout)
     writer.close()
     acc = read_events(tmp_path)
@@ -161,7 +161,7 @@ def test_tensorboard_sink_histogram_text_figure_and_layout(tmp_path, read_events
 
 
 def test_layout_summary_regex_overlays_modes():
-    layout = custom_scalar_layout(["alpha"], ["unfold", "slices"], ["alpha_mean"])
+    layout = layout_of(["alpha"], ["unfold", "slices"], ["alpha_mean"])
     (pattern,) = layout["spectral summary"]["alpha_mean"][1]
     regex = re.compile(pattern)
     assert regex.search("spectral_summary/alpha_mean")

@@ -14,11 +14,9 @@ if __name__ == "__main__" and not __package__:  # run as a file: say how instead
 import gzip
 import json
 from pathlib import Path
-from typing import Any
 
-from experiments.common import history_analyses, replay_alerts
-from svd_callback.alerts import default_rules
-from svd_callback.monitor.values import ACTIVE_SEVERITIES
+from svd_callback.alerts import COUNTED_SEVERITIES, default_rules
+from svd_callback.sinks.history_rows import RecordedAnalysis, read_analyses, replay_alerts
 
 HISTORIES = Path(__file__).parent / "histories"
 RUNS = {
@@ -50,16 +48,16 @@ def normalizers_of(run: str) -> dict[str, str]:
     return output_normalizers(BatchNormCNN())
 
 
-def load(run: str) -> list[dict[str, Any]]:
-    """The analyses of one saved history (as :func:`experiments.common.history_analyses`),
-    layer rows completed with ``normalized_by``."""
+def load(run: str) -> list[RecordedAnalysis]:
+    """The analyses of one saved history (:func:`svd_callback.sinks.history_rows.read_analyses`),
+    layer rows without ``normalized_by`` completed with it."""
     normalizers = normalizers_of(run)
     with gzip.open(HISTORIES / f"{run}.jsonl.gz", "rt") as f:
-        analyses = history_analyses(json.loads(line) for line in f if line.strip())
-    for analysis in analyses:
-        for row in analysis["layers"]:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for row in rows:
+        if row.get("type") == "layer":
             row.setdefault("normalized_by", normalizers.get(row["layer"]))
-    return analyses
+    return read_analyses(rows)
 
 
 def first_alerts(run: str, rules=None) -> dict[str, tuple[int, str]]:
@@ -84,9 +82,9 @@ def raised_counts(run: str, rules=None) -> list[tuple[int, int]]:
     warning or stop raised by that analysis."""
     analyses = load(run)
     alerts = replay_alerts(analyses, default_rules(traps=False) if rules is None else rules)
-    counts: dict[tuple[int, int], int] = {(a["epoch"], a["step"]): 0 for a in analyses}
+    counts: dict[tuple[int, int], int] = {(a.epoch, a.step): 0 for a in analyses}
     for alert in alerts:
-        if alert.severity in ACTIVE_SEVERITIES:
+        if alert.severity in COUNTED_SEVERITIES:
             counts[(alert.epoch, alert.step)] = counts.get((alert.epoch, alert.step), 0) + 1
     return [(epoch, n) for (epoch, _), n in sorted(counts.items())]
 
@@ -103,7 +101,7 @@ def spans(counts: list[tuple[int, int]]) -> str:
 
 
 def val_accuracies(run: str) -> list[float]:
-    return [a["training"]["val_acc"] for a in load(run) if "val_acc" in a["training"]]
+    return [a.training["val_acc"] for a in load(run) if "val_acc" in a.training]
 
 
 def main() -> None:

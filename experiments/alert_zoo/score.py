@@ -12,19 +12,8 @@ from typing import Any
 
 from experiments.alert_zoo import detectors
 from experiments.alert_zoo.zoo import HEALTHY
-from experiments.common import history_analyses, replay_alerts
-from svd_callback.alerts import default_rules
-from svd_callback.metric_groups import METRIC_GROUPS
-from svd_callback.monitor.values import ACTIVE_SEVERITIES
-
-
-def default_rule_set(analyses: Sequence[dict[str, Any]]) -> list[Any]:
-    """The library's ``default_rules()``, with :class:`TrapsAppeared` only where the history
-    holds the ``traps`` metric group (as the callback does)."""
-    trap_metrics = set(METRIC_GROUPS["traps"])
-    traps = any(trap_metrics & set(row.get("metrics") or {})
-                for entry in analyses for row in entry["layers"])
-    return default_rules(traps=traps)
+from svd_callback.alerts import COUNTED_SEVERITIES
+from svd_callback.sinks.history_rows import read_analyses, recorded_rules, replay_alerts
 
 
 @dataclass
@@ -63,12 +52,14 @@ class RunScore:
 
 
 def score_run(record: dict[str, Any], rule_set: Callable[[Sequence[dict]], list[Any]]
-              = default_rule_set) -> RunScore:
+              = recorded_rules) -> RunScore:
+    """One cached run scored: ``rule_set(history rows)`` gives the rules replayed (default:
+    the callback's own choice for the run, :func:`recorded_rules`)."""
     rows = record["epochs"]
-    analyses = history_analyses(record["history"])
+    analyses = read_analyses(record["history"])
     levels: list[tuple[int, int]] = []
-    alerts = [a for a in replay_alerts(analyses, rule_set(analyses), levels)
-              if a.severity in ACTIVE_SEVERITIES]
+    alerts = [a for a in replay_alerts(analyses, rule_set(record["history"]), levels)
+              if a.severity in COUNTED_SEVERITIES]
     firsts: dict[str, int] = {}
     for alert in alerts:
         firsts[alert.rule] = min(firsts.get(alert.rule, alert.epoch), alert.epoch)

@@ -29,10 +29,8 @@ Run (one heavy job at a time on a shared machine):
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
@@ -40,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from experiments.benchmarks.timing import median_time
 from svd_callback.callback import SpectralMonitor
 from svd_callback.classes import (
     ConvParams,
@@ -58,15 +57,6 @@ from svd_callback.examples import DigitsDataModule, SmallCNN
 
 NUM_CLASSES = 10
 TOP_K = 32
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> float:

@@ -17,33 +17,15 @@ it); the numbers then say nothing about the full models.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
-from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
 
+from experiments.benchmarks.timing import median_time
 from svd_callback.analysis import analyze
 from svd_callback.config import AnalysisConfig
 from svd_callback.spectra.solver import auto_method
-
-
-def median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
-    def synced() -> None:
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    synced()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        synced()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def models(smoke: bool) -> dict[str, tuple[torch.nn.Module, int]]:
@@ -97,9 +79,10 @@ def main() -> None:
             with torch.no_grad():
                 analyze(model, config=AnalysisConfig(metrics="norms"))
 
-        t_step = median_time(step, repeats, device)
-        t_full = median_time(full, repeats, device)
-        t_norms = median_time(norms, repeats, device)
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+        t_step, _ = median_time(step, repeats, warmup=True, sync=sync)
+        t_full, _ = median_time(full, repeats, warmup=True, sync=sync)
+        t_norms, _ = median_time(norms, repeats, warmup=True, sync=sync)
         print(f"{label:<16} {t_step:>8.3f} {t_full:>11.3f} {t_norms:>8.3f} "
               f"{t_full / t_step:>14.1f} {records[-1]:>8}")
 

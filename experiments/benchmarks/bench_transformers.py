@@ -26,26 +26,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
 
+from experiments.benchmarks.timing import median_time
 from svd_callback.analysis import analyze
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def gpt2_small(batch: int, seq: int) -> tuple[torch.nn.Module, Callable[[], object]]:
@@ -93,9 +81,11 @@ def measure(name: str, model: torch.nn.Module, step: Callable[[], object], repea
     for record in report:
         if record.reason is not None:
             print(f"    skipped {record.name}: {record.reason}")
-    t_step = median_time(step, repeats)
-    t_analysis = median_time(lambda: analyze(model, embeddings=embeddings), repeats)
-    t_spectra = median_time(lambda: analyze(model, embeddings=embeddings, metrics="norms"), repeats)
+    t_step, _ = median_time(step, repeats, warmup=True)
+    t_analysis, _ = median_time(lambda: analyze(model, embeddings=embeddings), repeats,
+                                warmup=True)
+    t_spectra, _ = median_time(lambda: analyze(model, embeddings=embeddings, metrics="norms"),
+                               repeats, warmup=True)
     print(f"    step {t_step:7.3f} s   analysis {t_analysis:7.3f} s (spectra and norms alone, "
           f"metrics=norms: {t_spectra:7.3f} s)   analysis / step = {t_analysis / t_step:5.2f}")
 

@@ -1,8 +1,9 @@
-"""Shared timing helper for the benchmarks (run as scripts from this folder)."""
+"""Shared timing helpers of the benchmarks (imported by them; not a script)."""
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 
@@ -30,3 +31,29 @@ def interleaved_best(fns: dict[str, Callable[[], object]],
             out[name] = fn()
             best[name] = min(best[name], time.perf_counter() - start)
     return best, out
+
+
+def median_time(
+    fn: Callable[[], object],
+    repeats: int,
+    *,
+    warmup: bool = False,
+    sync: Callable[[], object] | None = None,
+) -> tuple[float, object]:
+    """Median wall time of ``repeats`` calls of ``fn`` (after one untimed call with
+    ``warmup``), each timed up to the return of ``sync()`` when given (e.g.
+    ``torch.cuda.synchronize``: an accelerator's queued work), and the last call's result."""
+    def call() -> object:
+        out = fn()
+        if sync is not None:
+            sync()
+        return out
+
+    if warmup:
+        call()
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out

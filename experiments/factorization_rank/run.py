@@ -1,26 +1,13 @@
-"""CP factorization rank of hidden activations for well and poorly trained versions of one net.
+"""CP structure of hidden activations for well and poorly trained ResNet-8 runs, beside
+sparsity-matched permutation controls. The protocol is in RESULTS.md.
 
-Saini & Papalexakis (2018; docs/methods.md#class-statistics) link the rank of a non-negative CP
-factorization of a hidden layer's activations on test inputs to how well the network was trained,
-direction unconfirmed. Here one SmallCNN is taken in four states, all from the same seeded init:
+    OMP_NUM_THREADS=1 .venv/bin/python -m experiments.factorization_rank.run
 
-- ``init``: the initial weights (0 epochs);
-- ``1 epoch``: after one epoch of Adam on a Fashion-MNIST subset;
-- ``N epochs``: after ``epochs`` epochs (the well-trained version);
-- ``random labels``: after ``epochs`` epochs on the same images with 100% random labels
-  (memorised, not learned).
-
-For each state and each watched layer (post-ReLU maps of the 2nd and 3rd conv), the activations
-on a class-stratified validation probe go through
-:func:`svd_callback.classes.factorization_rank` (non-negative CP by HALS for F = 1..max_rank,
-CORCONDIA, the largest F with CORCONDIA >= threshold and an acceptable fit), repeated for
-several seeds (each seed draws its own probe images and its own CP starts).
-
-    flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python \
-        -m experiments.factorization_rank.run --config configs/experiments/factorization_rank.yaml
-
-``--model resnet`` factorises the block outputs of the cached BatchNorm ResNet-8 runs on
-Fashion-MNIST, per training seed (``experiments/factorization_rank/resnet.py``).
+reads (or trains) the cached runs of ``experiments.resnet_checkpoints`` (healthy
+``sgd_cosine_wd``, ``labels_100``, ``lr_tiny``; seeds 0-2), factorises the post-ReLU outputs of
+the blocks ``stage2.0`` and ``stage3.0`` on three probes per state, writes every fit and
+CORCONDIA curve to ``experiments/factorization_rank/derived/`` and rebuilds the tables of
+RESULTS.md from it (``experiments.factorization_rank.tables``).
 """
 
 from __future__ import annotations
@@ -30,127 +17,42 @@ if __name__ == "__main__" and not __package__:  # run as a file: say how instead
                      "python -m experiments.factorization_rank.run")
 
 import argparse
-import copy
-import json
 import math
-import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 
-from experiments.arguments import (
-    add_resnet_arguments,
-    experiment_parser,
-    parse_with_config,
-    require_data,
-)
-from experiments.common import (
-    EpochRecorder,
-    command_line,
-    fmt,
-    image_size_of,
-    machine_line,
-    make_datamodule,
-    markdown_table,
-    stratified_probe,
-    trainer_for,
-    write_results,
-)
-from svd_callback.classes import capture_activations, factorization_rank
-from svd_callback.examples import SmallCNN
+from experiments.data_check import require_fashion_mnist
+from experiments.derived import write_json, write_rows
+from experiments.resnet_checkpoints import RESNET, run_kind, trained_run
+from svd_callback.classes import ProbeSet, capture_activations, factorization_rank
+from svd_callback.classes.factorization import bound_tensor
+from svd_callback.examples.data import FASHION_MNIST_ROOT
 
 HERE = Path(__file__).resolve().parent
-
-LAYERS = {"conv2 (features.3)": "features.3", "conv3 (features.6)": "features.6"}
-"""Table name -> ReLU module whose output is the post-ReLU map of a hidden conv."""
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = experiment_parser(__doc__.splitlines()[0], HERE, train_size=4000, val_size=2000,
-                               epochs=6)
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--probe-size", type=int, default=256)
-    parser.add_argument("--rank-seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="one probe draw and one set of CP starts per seed")
-    parser.add_argument("--max-rank", type=int, default=6)
-    parser.add_argument("--threshold", type=float, default=80.0, help="CORCONDIA threshold")
-    parser.add_argument("--other-thresholds", type=float, nargs="*", default=[50.0],
-                        help="also report the rank these thresholds choose on the same curves")
-    parser.add_argument("--n-starts", type=int, default=3)
-    parser.add_argument("--max-images", type=int, default=64)
-    add_resnet_arguments(parser, "at init, the middle and the last epoch")
-    return require_data(parse_with_config(parser, argv)[0])
+DERIVED = HERE / "derived"
+STATES = (("init", "sgd_cosine_wd", 0), ("epoch 6", "sgd_cosine_wd", 6),
+          ("epoch 12", "sgd_cosine_wd", 12), ("random labels", "labels_100", 12),
+          ("tiny lr", "lr_tiny", 12))
+"""(state, recipe, epoch) of every factorised network."""
+LAYERS = {"block2 (stage2.0)": "stage2.0", "block3 (stage3.0)": "stage3.0"}
+VARIANTS = ("activations", "permuted", "channel-permuted")
+SEEDS = (0, 1, 2)
+RANK_SEEDS = (0, 1, 2)
+PROBE_SIZE = 256
+MAX_RANK = 6
+THRESHOLD = 80.0
+LOW_THRESHOLD = 50.0
+N_STARTS = 3
+COLUMNS = ["seed", "state", "layer", "rank_seed", "variant", "zero_raw", "zero_bounded", "rank",
+           "rank_at_50", *(f"fit{f}" for f in range(1, MAX_RANK + 1)),
+           *(f"corcondia{f}" for f in range(1, MAX_RANK + 1)), "seconds"]
 
 
-class Snapshots(Callback):
-    """Copies of the model's state dict after the listed numbers of training epochs."""
-
-    def __init__(self, epochs: set[int]) -> None:
-        super().__init__()
-        self.epochs = epochs
-        self.states: dict[int, dict[str, torch.Tensor]] = {}
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if 0 in self.epochs:
-            self.states[0] = copy.deepcopy(pl_module.state_dict())
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        done = trainer.current_epoch + 1
-        if done in self.epochs:
-            self.states[done] = copy.deepcopy(pl_module.state_dict())
-
-
-def train(args: argparse.Namespace, label_noise: float, keep: set[int]):
-    pl.seed_everything(args.seed, workers=True, verbose=False)
-    datamodule = make_datamodule(args.dataset, args.root, args.batch_size, args.train_size,
-                                 args.val_size, args.seed, label_noise=label_noise)
-    model = SmallCNN(width=args.width, hidden=args.hidden, image_size=image_size_of(args.dataset),
-                     lr=args.lr)
-    snapshots, recorder = Snapshots(keep), EpochRecorder()
-    trainer_for(args.epochs, [snapshots, recorder]).fit(model, datamodule=datamodule)
-    return model, datamodule, snapshots.states, recorder.rows
-
-
-@torch.no_grad()
-def ranks_for(model: torch.nn.Module, datamodule, args: argparse.Namespace,
-              layers: Mapping[str, str] = LAYERS) -> dict:
-    """layer -> list over rank seeds of (rank, fits, corcondia, reason, seconds); ``layers``
-    maps a table name to the module whose (post-ReLU) output is factorised."""
-    out: dict[str, list[dict]] = {name: [] for name in layers}
-    model.eval()
-    for seed in args.rank_seeds:
-        probe = stratified_probe(datamodule, args.probe_size, seed=seed)
-        captured = capture_activations(model, probe.inputs, list(layers.values()), keep="output")
-        for name, layer in layers.items():
-            started = time.perf_counter()
-            result = factorization_rank(
-                captured[layer][1], max_rank=args.max_rank, threshold=args.threshold,
-                n_starts=args.n_starts, seed=seed, max_images=args.max_images,
-            )
-            out[name].append({
-                "seed": seed,
-                "rank": result.rank,
-                "fits": [float(v) for v in result.fits],
-                "corcondia": [float(v) for v in result.corcondia],
-                "shape": list(result.shape),
-                "reason": result.reason,
-                "notes": list(result.notes),
-                "seconds": time.perf_counter() - started,
-            })
-            entry = out[name][-1]
-            again = chosen_rank(entry["fits"], entry["corcondia"], args.threshold)
-            if again != result.rank:
-                raise RuntimeError(f"choice rule mismatch: {again} vs {result.rank}")
-            for other in args.other_thresholds:
-                entry[f"rank@{other:g}"] = chosen_rank(entry["fits"], entry["corcondia"], other)
-    return out
-
-
-def chosen_rank(fits: list[float], curve: list[float], threshold: float,
+def chosen_rank(fits: Sequence[float], curve: Sequence[float], threshold: float,
                 fit_tolerance: float = 0.01) -> int | None:
     """The choice rule of ``factorization_rank`` applied to its curves at another threshold:
     the largest F with CORCONDIA(F) >= threshold whose fit is not more than ``fit_tolerance``
@@ -165,140 +67,90 @@ def chosen_rank(fits: list[float], curve: list[float], threshold: float,
     return chosen
 
 
-def rank_text(entries: list[dict], max_rank: int, key: str = "rank") -> str:
-    ranks = [e[key] for e in entries]
-    shown = ", ".join("none" if r is None else (f"{r}" + ("*" if r == max_rank else ""))
-                      for r in ranks)
-    finite = [r for r in ranks if r is not None]
-    median = statistics.median(finite) if finite else math.nan
-    return f"{shown} (median {fmt(float(median))})"
+def permuted(x: torch.Tensor, seed: int, per_channel: bool) -> torch.Tensor:
+    """``x`` (I, C, P) with its entries permuted at random (a private generator seeded
+    ``seed``): all of them, or each channel's I x P entries among themselves."""
+    generator = torch.Generator().manual_seed(int(seed))
+    if not per_channel:
+        flat = x.reshape(-1)
+        return flat[torch.randperm(flat.numel(), generator=generator)].reshape(x.shape)
+    out = torch.empty_like(x)
+    for c in range(x.shape[1]):
+        block = x[:, c].reshape(-1)
+        out[:, c] = block[torch.randperm(block.numel(), generator=generator)].reshape(
+            x[:, c].shape)
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.model == "resnet":
-        from experiments.factorization_rank import resnet
+def factorise_state(model: torch.nn.Module, test_set, key: dict[str, Any]) -> list[dict]:
+    """Rows of every layer, rank seed and variant of one network."""
+    rows = []
+    for rank_seed in RANK_SEEDS:
+        probe = ProbeSet.from_dataset(test_set, size=PROBE_SIZE, seed=rank_seed)
+        captured = capture_activations(model, probe.inputs, list(LAYERS.values()), keep="output")
+        for name, module in LAYERS.items():
+            raw = captured[module][1]
+            bounded, _ = bound_tensor(raw)
+            tensors = {"activations": bounded,
+                       "permuted": permuted(bounded, rank_seed, per_channel=False),
+                       "channel-permuted": permuted(bounded, rank_seed, per_channel=True)}
+            for variant, tensor in tensors.items():
+                started = time.perf_counter()
+                result = factorization_rank(tensor, max_rank=MAX_RANK, threshold=THRESHOLD,
+                                            n_starts=N_STARTS, seed=rank_seed)
+                fits = [float(v) for v in result.fits]
+                curve = [float(v) for v in result.corcondia]
+                if chosen_rank(fits, curve, THRESHOLD) != result.rank:
+                    raise RuntimeError("the choice rule differs from factorization_rank's")
+                rows.append({
+                    **key, "layer": name, "rank_seed": rank_seed, "variant": variant,
+                    "zero_raw": float((raw == 0).double().mean()),
+                    "zero_bounded": float((bounded == 0).double().mean()),
+                    "rank": result.rank, "rank_at_50": chosen_rank(fits, curve, LOW_THRESHOLD),
+                    **{f"fit{f + 1}": v for f, v in enumerate(fits)},
+                    **{f"corcondia{f + 1}": v for f, v in enumerate(curve)},
+                    "seconds": time.perf_counter() - started,
+                })
+    return rows
 
-        return resnet.main(args)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=FASHION_MNIST_ROOT,
+                        help="folder of the Fashion-MNIST IDX files")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--derived", default=str(DERIVED))
+    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    require_fashion_mnist(args.root)
+    torch.set_num_threads(1)
     started = time.perf_counter()
-    model, datamodule, states, rows = train(args, 0.0, {0, 1, args.epochs})
-    noisy_model, _, noisy_states, noisy_rows = train(args, 1.0, {args.epochs})
-    train_seconds = time.perf_counter() - started
-    variants = {
-        "init": (states[0], rows[0]),
-        "1 epoch": (states[1], rows[1]),
-        f"{args.epochs} epochs": (states[args.epochs], rows[args.epochs]),
-        "random labels": (noisy_states[args.epochs], noisy_rows[args.epochs]),
-    }
-    results = {}
-    t0 = time.perf_counter()
-    for variant, (state, _) in variants.items():
-        model.load_state_dict(state)
-        results[variant] = ranks_for(model, datamodule, args)
-        print(variant, {k: [e["rank"] for e in v] for k, v in results[variant].items()},
-              flush=True)
-    rank_seconds = time.perf_counter() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "factorization_rank.json").write_text(json.dumps(results, indent=1))
+    datamodule = RESNET.datamodule(RESNET.kind("sgd_cosine_wd"), 0, root=args.root)
+    datamodule.setup("fit")
+    rows, runs = [], {}
+    for seed in args.seeds:
+        for state, kind, epoch in STATES:
+            run = trained_run(seed, kind=kind, root=args.root)
+            runs[(kind, seed)] = {"kind": kind, "seed": seed, "recipe": run_kind(kind).what,
+                                  "train_seconds": run.seconds, "machine": run.machine,
+                                  "test_acc": {str(e["epoch"]): e["val_acc"]
+                                               for e in run.epochs}}
+            t0 = time.perf_counter()
+            rows += factorise_state(run.model(epoch), datamodule.val_set,
+                                    {"seed": seed, "state": state})
+            print(f"seed {seed} {state}: {time.perf_counter() - t0:.0f} s", flush=True)
+    derived = Path(args.derived)
+    write_rows(derived / "factorizations.csv", rows, COLUMNS)
+    write_json(derived / "meta.json", {
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python -m experiments.factorization_rank.run",
+        "runs": list(runs.values()), "wall_seconds": time.perf_counter() - started,
+        "settings": {"probe_size": PROBE_SIZE, "max_rank": MAX_RANK, "threshold": THRESHOLD,
+                     "n_starts": N_STARTS, "rank_seeds": list(RANK_SEEDS)},
+    })
+    from experiments.factorization_rank import tables
 
-    keys = ["rank", *(f"rank@{t:g}" for t in args.other_thresholds)]
-    summary = [[variant, f"{row['val_acc']:.3f}", f"{row['val_loss']:.3f}",
-                *[rank_text(results[variant][name], args.max_rank, key)
-                  for key in keys for name in LAYERS]]
-               for variant, (_, row) in variants.items()]
-    summary_header = ["state", "val acc", "val loss"] + [
-        f"{name}, CORCONDIA >= {t:g}" for t in [args.threshold, *args.other_thresholds]
-        for name in LAYERS]
-    curves = []
-    for variant in variants:
-        for name in LAYERS:
-            for entry in results[variant][name]:
-                curves.append([variant, name, entry["seed"], entry["rank"],
-                               " ".join(f"{v:.0f}" for v in entry["corcondia"]),
-                               " ".join(f"{v:.3f}" for v in entry["fits"]),
-                               "x".join(map(str, entry["shape"])), entry["reason"] or ""])
-    well = f"{args.epochs} epochs"
-    direction = []
-    for key, threshold in zip(keys, [args.threshold, *args.other_thresholds], strict=True):
-        for name in LAYERS:
-            medians = {v: _median_rank(results[v][name], key) for v in variants}
-            direction.append(
-                f"- {name}, CORCONDIA >= {threshold:g}: median chosen rank "
-                + ", ".join(f"{v} {fmt(float(medians[v]))}" for v in variants)
-                + f". Well trained ({well}) vs 1 epoch: "
-                f"{_compare(medians[well], medians['1 epoch'])}; vs init: "
-                f"{_compare(medians[well], medians['init'])}; vs random labels: "
-                f"{_compare(medians[well], medians['random labels'])}."
-            )
-    fit_rows = []
-    for name in LAYERS:
-        means = {v: _mean_fits(results[v][name]) for v in variants}
-        fit_rows += [[name, v, *means[v]] for v in variants]
-        order = sorted(variants, key=lambda v: means[v][0])
-        direction.append(
-            f"- {name}, CP fit at F = 1 (mean over rank seeds; lower = the activations need more "
-            f"components): " + ", ".join(f"{v} {means[v][0]:.3f}" for v in variants)
-            + f"; order from most to least components needed: {' < '.join(order)}."
-        )
-    notes = sorted({n for v in results.values() for es in v.values() for e in es
-                    for n in e["notes"]})
-    generated = "\n".join([
-        f"Command: `{command_line()}`",
-        "",
-        f"Machine: {machine_line()}. Wall time {time.perf_counter() - started:.0f} s (training "
-        f"{train_seconds:.0f} s, factorization ranks {rank_seconds:.0f} s).",
-        "",
-        f"Model: SmallCNN(width={args.width}, hidden={args.hidden}) on {args.dataset} (train "
-        f"{args.train_size}, validation {args.val_size}), Adam lr {args.lr}, seed {args.seed}. "
-        f"`factorization_rank(max_rank={args.max_rank}, threshold={args.threshold}, "
-        f"n_starts={args.n_starts}, max_images={args.max_images})` on a {args.probe_size}-image "
-        f"stratified validation probe per rank seed ({', '.join(map(str, args.rank_seeds))}). "
-        "A rank marked * sits at max_rank (censored: the true choice may be higher).",
-        "",
-        "### Direction observed (computed)",
-        "",
-        *direction,
-        "",
-        "### Chosen rank per state (one value per rank seed)",
-        "",
-        markdown_table(summary_header, summary),
-        "",
-        "### Mean CP fit 1 - ||X - Xhat|| / ||X|| per number of components F",
-        "",
-        markdown_table(["layer", "state", *(f"F={f}" for f in range(1, args.max_rank + 1))],
-                       fit_rows),
-        "",
-        "### CORCONDIA and fit curves (F = 1..max_rank)",
-        "",
-        markdown_table(["state", "layer", "seed", "rank", "CORCONDIA", "fit", "tensor",
-                        "reason"], curves),
-        "",
-        "Notes from `factorization_rank`: " + ("; ".join(notes) if notes else "none"),
-    ])
-    path = write_results(args.results, "factorization_rank: CP rank of hidden activations, well "
-                         "vs poorly trained", generated)
-    print(generated)
-    print(f"\nwrote {path}")
-    del noisy_model
+    tables.main(["--derived", str(derived), "--results", args.results])
     return 0
-
-
-def _mean_fits(entries: list[dict]) -> list[float]:
-    """Mean fit per F over the rank seeds."""
-    curves = [e["fits"] for e in entries if e["fits"]]
-    return [statistics.fmean(c[f] for c in curves) for f in range(len(curves[0]))]
-
-
-def _median_rank(entries: list[dict], key: str) -> float:
-    ranks = [e[key] for e in entries if e[key] is not None]
-    return float(statistics.median(ranks)) if ranks else math.nan
-
-
-def _compare(a: float, b: float) -> str:
-    if math.isnan(a) or math.isnan(b):
-        return "undetermined"
-    return "higher" if a > b else "lower" if a < b else "equal"
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from svd_callback.alerts.class_rules import (
     FactorizationRankCollapse,
     default_class_rules,
 )
+from svd_callback.alerts.defaults import monitor_default_rules
 from svd_callback.alerts.engine import AlertEngine, default_rules
 from svd_callback.alerts.history import LayerSnapshot, MetricHistory, Snapshot
 from svd_callback.alerts.layer_rules import (
@@ -102,4 +103,5 @@ __all__ = [
     "WeightCollapse",
     "default_class_rules",
     "default_rules",
+    "monitor_default_rules",
 ]

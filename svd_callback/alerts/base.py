@@ -222,6 +222,12 @@ class Rule:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (stateless rules ignore it)."""
 
+    def hysteresis_states(self) -> dict[str, Hysteresis]:
+        """The :class:`Hysteresis` states whose fired keys are this rule's conditions in force
+        (``alerts/active``, :mod:`svd_callback.alerts.level`), by name. Default: the rule's
+        attributes that are one; a rule that keeps them elsewhere overrides this."""
+        return {n: v for n, v in sorted(vars(self).items()) if isinstance(v, Hysteresis)}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={rule_name(self)!r}, action={self.action!r})"
 

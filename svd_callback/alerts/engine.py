@@ -39,11 +39,13 @@ from svd_callback.alerts.stall_rules import (
     VanishingUpdates,
     WeightCollapse,
 )
+from svd_callback.spectra.modes import MODES
 
 ENGINE_STATE_VERSION = 1
-WEIGHT_MATRIX_MODES = ("unfold", "slices")
+WEIGHT_MATRIX_MODES = tuple(name for name, mode in MODES.items() if mode.weight_matrix)
 """Conv modes whose ESD is that of the weight matrix itself (linear layers appear under every
-mode with the same spectrum), the matrices Martin & Mahoney's alpha scale was calibrated on."""
+mode with the same spectrum), the matrices Martin & Mahoney's alpha scale was calibrated on
+(:attr:`svd_callback.spectra.modes.ModeSpec.weight_matrix`: ``unfold``, ``slices``)."""
 ALPHA_MIN_EIGS = 100
 """Smallest ESD judged by the default "alpha < 2" rules: layers of 64 eigenvalues fitted alpha
 1.65-1.89 (alpha_sigma 0.10-0.15, n_tail 38-48) in seven healthy digits runs at val accuracy

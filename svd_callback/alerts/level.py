@@ -2,9 +2,9 @@
 
 A rule fires once per episode (:class:`~svd_callback.alerts.base.Hysteresis`), so the alerts of
 one analysis are events. The level is read from the rules' own state instead: every key of every
-:class:`Hysteresis` a rule holds (found among its attributes) that fired and has not cleared, and
-for a rule that keeps no hysteresis, the alerts it raised at the latest analysis. Rules with
-``action="info"`` never count.
+:class:`Hysteresis` a rule names (:meth:`~svd_callback.alerts.base.Rule.hysteresis_states`) that
+fired and has not cleared, and for a rule that keeps no hysteresis, the alerts it raised at the
+latest analysis. Rules with ``action="info"`` never count.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from svd_callback.alerts.base import COUNTED_SEVERITIES, Alert, Hysteresis
+from svd_callback.alerts.base import COUNTED_SEVERITIES, Alert, Hysteresis, Rule
 
 __all__ = [
     "ALERT_SOURCE",
@@ -45,9 +45,12 @@ class Condition(NamedTuple):
 
 
 def hysteresis_of(rule: Any) -> list[tuple[str, Hysteresis]]:
-    """The :class:`Hysteresis` attributes of ``rule`` by name, sorted by name."""
-    found = getattr(rule, "__dict__", {})
-    return sorted((n, v) for n, v in found.items() if isinstance(v, Hysteresis))
+    """The :class:`Hysteresis` states of ``rule`` by name, sorted by name
+    (:meth:`Rule.hysteresis_states`; an object with ``check`` that is no :class:`Rule` is read
+    as a :class:`Rule` would read itself)."""
+    states = rule.hysteresis_states() if isinstance(rule, Rule) else (
+        Rule.hysteresis_states(rule) if hasattr(rule, "__dict__") else {})
+    return sorted(states.items())
 
 
 def alert_condition(alert: Alert) -> Condition:

@@ -6,10 +6,11 @@ Lightning callback that sets them every epoch on top of the user's optimizer and
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from svd_callback.balance.assign import ASSIGN_FUNCS, assign_lrs
-from svd_callback.balance.esd import FITS, LayerESD, fit_alpha, layer_esd
+from svd_callback.balance.esd import TEMPBALANCE_FITS, LayerESD, fit_alpha, layer_esd
 from svd_callback.balance.groups import balanced_param_groups, split_optimizer_groups
 from svd_callback.balance.tempbalance import (
     Balance,
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASSIGN_FUNCS",
-    "FITS",
+    "TEMPBALANCE_FITS",
     "Balance",
     "BalanceError",
     "BalanceOptions",
@@ -45,7 +46,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Import the callback (and Lightning) only when it is asked for."""
+    """Import the callback (and Lightning) only when it is asked for; ``FITS``, the former name
+    of :data:`TEMPBALANCE_FITS`, with a ``DeprecationWarning``."""
+    if name == "FITS":
+        warnings.warn("svd_callback.balance.FITS is deprecated; use TEMPBALANCE_FITS",
+                      DeprecationWarning, stacklevel=2)
+        return TEMPBALANCE_FITS
     if name == "SpectralLRBalancer":
         from svd_callback.balance.callback import SpectralLRBalancer
 

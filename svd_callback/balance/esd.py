@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-FITS = ("median", "goodness-of-fit", "fix-finger")
+TEMPBALANCE_FITS = ("median", "goodness-of-fit", "fix-finger")
+"""TempBalance's ways of choosing xmin for its Hill fit (``fit=`` of :func:`fit_alpha`); the
+monitor's own power-law fits are :data:`svd_callback.config.FITS`."""
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,8 @@ def fit_alpha(
 
     ``filter_zeros`` drops eigenvalues ``<= evals_thresh`` (all are kept if none is left).
     """
-    if fit not in FITS:
-        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    if fit not in TEMPBALANCE_FITS:
+        raise ValueError(f"fit must be one of {TEMPBALANCE_FITS}, got {fit!r}")
     if filter_zeros:
         nz_eigs = eigs[eigs > evals_thresh]
         if len(nz_eigs) == 0:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from svd_callback.balance.assign import ASSIGN_FUNCS, assign_lrs
-from svd_callback.balance.esd import FITS, LayerESD, layer_esd
+from svd_callback.balance.esd import TEMPBALANCE_FITS, LayerESD, layer_esd
 from svd_callback.layers import read_weight
 
 NORM_PAIRINGS = ("name", "order")
@@ -68,8 +68,8 @@ class BalanceOptions:
     layernorm: bool = False
 
     def __post_init__(self) -> None:
-        if self.fit not in FITS:
-            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
+        if self.fit not in TEMPBALANCE_FITS:
+            raise ValueError(f"fit must be one of {TEMPBALANCE_FITS}, got {self.fit!r}")
         if self.assign_func not in ASSIGN_FUNCS:
             raise ValueError(f"assign_func must be one of {ASSIGN_FUNCS}, got {self.assign_func!r}")
         if self.batchnorm is not None and self.batchnorm not in NORM_PAIRINGS:

@@ -17,7 +17,8 @@ per layer, so every conv and linear layer of a large network can be watched):
    Badola et al.'s class-specific feature sets S_c, |S_c| / D per class and the functional test
    of S_c through the head (:func:`functional_test`);
 4. optionally, the non-negative CP factorization rank of chosen layers' rectified outputs
-   (:func:`factorization_rank`; about 0.8 s per layer on 2 CPU threads, off by default).
+   (:func:`factorization_rank`; off by default, its cost in
+   docs/methods.md#measurements-behind-the-choices).
 
 Neurons keep their identity across analyses by their singular vectors (:func:`match_neurons`,
 Hungarian assignment on the |cosine| of the rank-one components), not by the rank of their
@@ -69,7 +70,7 @@ from svd_callback.classes.probe import (
     probe_from_loader,
     split_batch,
 )
-from svd_callback.classes.report import ClassReport, ClassTracker
+from svd_callback.classes.report import ClassReport, ClassTracker, Part, Where
 from svd_callback.classes.sharded import ProbeSplit, merge_captured
 from svd_callback.classes.signals import (
     class_mean_signals,
@@ -80,6 +81,8 @@ from svd_callback.layers import frozen_forward, has_weight, named_modules, read_
 from svd_callback.sharding import full_weight
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+ANALYSIS, PROBE, FORWARD = Where(Part.ANALYSIS), Where(Part.PROBE), Where(Part.FORWARD)
+FEATURES, FUNCTIONAL = Where(Part.FEATURES), Where(Part.FUNCTIONAL)
 _FACTORIZATION_IMAGES = 64
 """Images kept per factorization layer (``factorization_rank``'s default ``max_images``)."""
 
@@ -122,7 +125,7 @@ def analyze_classes(
     try:
         _analyze(model, probe, config, layers, tracker, factorize, report, forward, split)
     except Exception as error:  # noqa: BLE001 - bad input becomes a reason, never an exception
-        report.reasons["analysis"] = f"class analysis failed: {type(error).__name__}: {error}"
+        report.reasons[ANALYSIS] = f"class analysis failed: {type(error).__name__}: {error}"
     report.seconds = time.perf_counter() - started
     if tracker is not None:
         tracker.update(report)
@@ -142,7 +145,7 @@ def _analyze(
 ) -> None:
     labels, reason = _probe_labels(probe)
     if reason is not None:
-        report.reasons["probe"] = reason
+        report.reasons[PROBE] = reason
         return
     modules = dict(named_modules(model))
     signal_layers = _signal_layers(model, modules, config, layers, report)
@@ -156,14 +159,14 @@ def _analyze(
     num_classes = int(labels.max()) + 1  # from the labels, never from the model's modules
     if config.num_classes is not None:
         if num_classes > config.num_classes:
-            report.reasons["probe"] = (f"probe label {num_classes - 1} >= num_classes = "
+            report.reasons[PROBE] = (f"probe label {num_classes - 1} >= num_classes = "
                                        f"{config.num_classes}: no class statistics")
             return
         num_classes = config.num_classes
     report.num_classes = num_classes
     report.class_counts = torch.bincount(labels, minlength=num_classes)
     for c in torch.nonzero(report.class_counts == 0).flatten().tolist():
-        report.reasons[f"class {c}"] = "class absent from the probe set"
+        report.reasons[Where(Part.CLASS, c)] = "class absent from the probe set"
 
     inputs, real = (probe.inputs, len(probe.inputs)) if split is None else split.slice(
         probe.inputs)
@@ -173,8 +176,8 @@ def _analyze(
         merge_captured(captured, split, real)
         captured.outputs = {n: [torch.cat(p)[:_FACTORIZATION_IMAGES]]
                             for n, p in captured.outputs.items()}
-    if "forward" in captured.errors:
-        report.reasons["probe"] = captured.errors["forward"]
+    if FORWARD in captured.errors:
+        report.reasons[PROBE] = captured.errors[FORWARD]
         for name in signal_layers:
             report.layers.setdefault(name, {})
         return
@@ -218,10 +221,10 @@ def _signal_layers(
     for name in names:
         module = modules.get(name)
         if module is None:
-            report.reasons[f"layer {name}"] = "no module of this name in the model"
+            report.reasons[Where.layer(name)] = "no module of this name in the model"
             report.layers[name] = {}
         elif not has_weight(module):
-            report.reasons[f"layer {name}"] = f"{type(module).__name__} has no weight tensor"
+            report.reasons[Where.layer(name)] = f"{type(module).__name__} has no weight tensor"
             report.layers[name] = {}
         else:
             kept.append(name)
@@ -234,13 +237,13 @@ def _feature_layer(
 ) -> str | None:
     if config.feature_layer is not None:
         if config.feature_layer not in modules:
-            report.reasons["features"] = f"feature_layer {config.feature_layer!r} not found"
+            report.reasons[FEATURES] = f"feature_layer {config.feature_layer!r} not found"
             return None
         name = config.feature_layer
     else:
         name, reason = find_penultimate_layer(model)
         if name is None:
-            report.reasons["features"] = f"penultimate layer not found: {reason}"
+            report.reasons[FEATURES] = f"penultimate layer not found: {reason}"
             return None
     report.feature_layer = name
     return name
@@ -256,11 +259,11 @@ def _factorization_layers(
             if name in modules:
                 names.append(name)
             else:
-                report.reasons[f"factorization {name}"] = "no module of this name in the model"
+                report.reasons[Where.factorization(name)] = "no module of this name in the model"
         return names
     convs = [n for n in signal_layers if isinstance(modules[n], _CONV_TYPES)]
     if not convs:
-        report.reasons["factorization"] = "no conv layer analysed: give factorization_layers"
+        report.reasons[Where.factorization()] = "no conv layer analysed: give factorization_layers"
         return []
     return convs[-1:]
 
@@ -273,7 +276,7 @@ class _Captured:
     basis: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     features: list[torch.Tensor] = field(default_factory=list)
     outputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
+    errors: dict[Where, str] = field(default_factory=dict)
 
 
 def _capture(
@@ -287,32 +290,93 @@ def _capture(
     forward: Callable[[nn.Module, torch.Tensor], Any] | None = None,
 ) -> _Captured:
     """One forward pass; hooks reduce each batch to neuron signals, pooled features and (for
-    factorization) the first outputs. A hook that fails records an error for its layer only."""
-    out = _Captured()
-    seen: set[tuple[str, str]] = set()  # (role, layer) recorded in the current batch
-    kept_outputs: dict[str, int] = dict.fromkeys(factor_layers, 0)
+    factorization) the first outputs (:class:`_Recorder`). A hook that fails records an error
+    for its layer only; a forward pass that fails, under :data:`FORWARD`."""
+    recorder = _Recorder(config, factor_layers)
+    handles = [modules[n].register_forward_hook(recorder.signal_hook(n, modules[n]))
+               for n in signal_layers]
+    if feature_layer is not None:
+        handles.append(modules[feature_layer].register_forward_hook(recorder.feature_hook))
+    handles += [modules[n].register_forward_hook(recorder.output_hook(n)) for n in factor_layers]
+    try:
+        _probe_forward(model, inputs, config.batch_size, forward, recorder.next_batch)
+    except Exception as error:  # noqa: BLE001 - a model that rejects the probe
+        recorder.out.errors[FORWARD] = (f"probe forward pass failed: {type(error).__name__}: "
+                                        f"{error}")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorder.out
 
-    def signal_hook(name: str):
-        module = modules[name]
+
+def _probe_forward(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    batch_size: int,
+    forward: Callable[[nn.Module, torch.Tensor], Any] | None,
+    next_batch: Callable[[], None],
+) -> None:
+    """The model in eval mode (:func:`frozen_forward`) on ``inputs`` in chunks of
+    ``batch_size``, each moved to the model's device and floating dtype; ``next_batch`` is
+    called before each chunk."""
+    parameter = next(model.parameters(), None)
+    with frozen_forward(model):
+        for start in range(0, len(inputs), batch_size):
+            next_batch()
+            batch = inputs[start : start + batch_size]
+            if parameter is not None:
+                dtype = parameter.dtype if (
+                    batch.is_floating_point() and parameter.is_floating_point()
+                ) else batch.dtype
+                batch = batch.to(device=parameter.device, dtype=dtype)
+            if forward is None:
+                model(batch)
+            else:
+                forward(model, batch)
+
+
+class _Recorder:
+    """The forward hooks of one probe pass and what they keep (:attr:`out`): each hook records
+    once per batch (a module called twice in one forward counts once) and an error under its
+    own :class:`Where`."""
+
+    def __init__(self, config: ClassAnalysisConfig, factor_layers: Sequence[str]) -> None:
+        self.config = config
+        self.out = _Captured()
+        self.seen: set[tuple[str, str]] = set()  # (role, layer) recorded in the current batch
+        self.kept_outputs: dict[str, int] = dict.fromkeys(factor_layers, 0)
+
+    def next_batch(self) -> None:
+        self.seen.clear()
+
+    def _first(self, role: str, name: str) -> bool:
+        """Whether (role, name) has not recorded in this batch yet (and mark it)."""
+        if (role, name) in self.seen:
+            return False
+        self.seen.add((role, name))
+        return True
+
+    def signal_hook(self, name: str, module: nn.Module) -> Callable[..., None]:
+        """Neuron signals of layer ``name`` (:func:`neuron_signals`)."""
+        out, where = self.out, Where.layer(name)
         params = None if isinstance(module, nn.Linear) else module  # other kinds: a reason
+        top_k = self.config.top_k if self.config.edge_rule == "mean_share" else None
 
         def hook(mod: nn.Module, args: tuple, output: Any) -> None:
-            if ("signal", name) in seen:
+            if not self._first("signal", name):
                 return
-            seen.add(("signal", name))
             try:  # a sharded weight is gathered on every rank, before any per-rank return
                 weight = full_weight(read_weight(mod))
             except Exception as error:  # noqa: BLE001
-                out.errors.setdefault(f"layer {name}", f"{type(error).__name__}: {error}")
+                out.errors.setdefault(where, f"{type(error).__name__}: {error}")
                 return
-            if f"layer {name}" in out.errors:
+            if where in out.errors:
                 return
-            top_k = config.top_k if config.edge_rule == "mean_share" else None
             try:
                 signals = neuron_signals(weight, first_tensor(args), params, top_k,
                                          return_basis=name not in out.basis)
             except Exception as error:  # noqa: BLE001
-                out.errors[f"layer {name}"] = f"{type(error).__name__}: {error}"
+                out.errors[where] = f"{type(error).__name__}: {error}"
                 return
             out.signals.setdefault(name, []).append(signals.values)
             out.sigma.setdefault(name, signals.sigma)
@@ -320,63 +384,39 @@ def _capture(
             if signals.basis is not None:
                 out.basis[name] = signals.basis
             if signals.reason is not None:
-                out.errors.setdefault(f"layer {name}", signals.reason)
+                out.errors.setdefault(where, signals.reason)
 
         return hook
 
-    def feature_hook(mod: nn.Module, args: tuple, output: Any) -> None:
-        if ("feature", "") in seen or "features" in out.errors:
+    def feature_hook(self, mod: nn.Module, args: tuple, output: Any) -> None:
+        """Pooled penultimate features (:func:`pool_features`)."""
+        if FEATURES in self.out.errors or not self._first("feature", ""):
             return
-        seen.add(("feature", ""))
         try:
             channel_dim = -1 if isinstance(mod, nn.Linear) else 1
-            out.features.append(pool_features(first_tensor(args), channel_dim))
+            self.out.features.append(pool_features(first_tensor(args), channel_dim))
         except Exception as error:  # noqa: BLE001
-            out.errors["features"] = f"{type(error).__name__}: {error}"
+            self.out.errors[FEATURES] = f"{type(error).__name__}: {error}"
 
-    def output_hook(name: str):
+    def output_hook(self, name: str) -> Callable[..., None]:
+        """The first outputs of layer ``name`` for its factorization rank."""
+        out, where = self.out, Where.factorization(name)
+
         def hook(mod: nn.Module, args: tuple, output: Any) -> None:
-            if ("output", name) in seen or f"factorization {name}" in out.errors:
+            if where in out.errors or not self._first("output", name):
                 return
-            seen.add(("output", name))
-            room = _FACTORIZATION_IMAGES - kept_outputs[name]
+            room = _FACTORIZATION_IMAGES - self.kept_outputs[name]
             if room <= 0:
                 return
             try:
                 tensor = first_tensor(output)[:room].detach().clone()
             except Exception as error:  # noqa: BLE001
-                out.errors[f"factorization {name}"] = f"{type(error).__name__}: {error}"
+                out.errors[where] = f"{type(error).__name__}: {error}"
                 return
-            kept_outputs[name] += tensor.shape[0]
+            self.kept_outputs[name] += tensor.shape[0]
             out.outputs.setdefault(name, []).append(tensor)
 
         return hook
-
-    handles = [modules[n].register_forward_hook(signal_hook(n)) for n in signal_layers]
-    if feature_layer is not None:
-        handles.append(modules[feature_layer].register_forward_hook(feature_hook))
-    handles += [modules[n].register_forward_hook(output_hook(n)) for n in factor_layers]
-    parameter = next(model.parameters(), None)
-    try:
-        with frozen_forward(model):
-            for start in range(0, len(inputs), config.batch_size):
-                seen.clear()
-                batch = inputs[start : start + config.batch_size]
-                if parameter is not None:
-                    dtype = parameter.dtype if (
-                        batch.is_floating_point() and parameter.is_floating_point()
-                    ) else batch.dtype
-                    batch = batch.to(device=parameter.device, dtype=dtype)
-                if forward is None:
-                    model(batch)
-                else:
-                    forward(model, batch)
-    except Exception as error:  # noqa: BLE001 - a model that rejects the probe
-        out.errors["forward"] = f"probe forward pass failed: {type(error).__name__}: {error}"
-    finally:
-        for handle in handles:
-            handle.remove()
-    return out
 
 
 def _hypergraph_of_layer(
@@ -388,14 +428,14 @@ def _hypergraph_of_layer(
     report: ClassReport,
 ) -> None:
     num_classes = report.num_classes
-    error = captured.errors.get(f"layer {name}")
+    error = captured.errors.get(Where.layer(name))
     pieces = captured.signals.get(name)
     if pieces is None:
-        report.reasons[f"layer {name}"] = error or "the layer was not called by the forward pass"
+        report.reasons[Where.layer(name)] = error or "the layer was not called by the forward pass"
         report.layers[name] = {}
         return
     if error is not None:
-        report.reasons[f"layer {name}"] = error
+        report.reasons[Where.layer(name)] = error
     values = torch.cat(pieces)
     n_nodes = int(values.shape[1])
     if config.edge_rule == "mean_share":
@@ -434,8 +474,8 @@ def _hypergraph_of_layer(
     for c, edge in edges.items():
         specific[c] = float(sum(single[i] for i in edge))
     report.specific_neurons[name] = specific
-    if not edges and f"layer {name}" not in report.reasons:
-        report.reasons[f"layer {name}"] = "no class has a non-zero finite signal"
+    if not edges and Where.layer(name) not in report.reasons:
+        report.reasons[Where.layer(name)] = "no class has a non-zero finite signal"
 
 
 def _carried_edges(
@@ -500,9 +540,9 @@ def _features(
 ) -> None:
     num_classes = report.num_classes
     report.feature_fraction = torch.full((num_classes,), math.nan, dtype=torch.float64)
-    if "features" in captured.errors or not captured.features:
-        report.reasons["features"] = captured.errors.get(
-            "features", f"feature layer {name!r} was not called by the forward pass")
+    if FEATURES in captured.errors or not captured.features:
+        report.reasons[FEATURES] = captured.errors.get(
+            FEATURES, f"feature layer {name!r} was not called by the forward pass")
         report.layers.setdefault(name, {})
         return
     features = torch.cat(captured.features)
@@ -531,7 +571,7 @@ def _functional(
             "functional_gain")
     if not isinstance(head, nn.Linear) or not has_weight(head):
         stats.update(dict.fromkeys(keys, math.nan))
-        report.reasons["functional"] = ("the feature layer is not an nn.Linear head: no "
+        report.reasons[FUNCTIONAL] = ("the feature layer is not an nn.Linear head: no "
                                         "functional test")
     else:
         try:
@@ -541,7 +581,7 @@ def _functional(
                                          config.seed))
         except ValueError as error:
             stats.update(dict.fromkeys(keys, math.nan))
-            report.reasons["functional"] = f"functional test failed: {error}"
+            report.reasons[FUNCTIONAL] = f"functional test failed: {error}"
     first = tracker.first_functional if tracker is not None else None
     first = first if first is not None else {k: stats[k] for k in keys}
     for key in ("functional_acc_specific", "functional_gain"):
@@ -551,7 +591,7 @@ def _functional(
 def _factorize(
     name: str, captured: _Captured, config: ClassAnalysisConfig, report: ClassReport
 ) -> None:
-    key = f"factorization {name}"
+    key = Where.factorization(name)
     pieces = captured.outputs.get(name)
     stats = report.layers.setdefault(name, {})
     if key in captured.errors or not pieces:

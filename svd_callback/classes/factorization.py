@@ -19,9 +19,7 @@ Cost: the tensor is first bounded (spatial positions average-pooled to at most `
 the first ``max_images`` images kept, then the channels of largest energy until at most
 ``max_elements`` entries), so one HALS sweep costs O(S * F * max_elements) flops for S starts,
 and at these sizes the time is dominated by per-operation overhead, i.e. proportional to
-sum_F F * n_iter_max. Measured (experiments/benchmarks/bench_classes.py, one CPU thread, a
-64 x 32 x 16 tensor of real CNN activations, defaults F <= 6, 3 starts, 100 iterations): 1.1 s
-with the torch engine, 5.3 s with TensorLy's.
+sum_F F * n_iter_max (timings: docs/methods.md#measurements-behind-the-choices).
 """
 
 from __future__ import annotations
@@ -31,6 +29,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+__all__ = [
+    "FactorizationResult",
+    "bound_tensor",
+    "corcondia",
+    "factorization_rank",
+]
 
 
 @dataclass

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,54 @@ import torch
 from svd_callback.classes.factorization import FactorizationResult
 from svd_callback.classes.hypergraph import Edges
 
-__all__ = ["ClassReport", "ClassTracker"]
+__all__ = ["ClassReport", "ClassTracker", "Part", "Where"]
+
+
+class Part(str, enum.Enum):
+    """The parts of the class analysis that can fail or be left out."""
+
+    ANALYSIS = "analysis"
+    """The whole analysis."""
+    PROBE = "probe"
+    """The probe set, its labels and the forward pass over it."""
+    FORWARD = "forward"
+    """The forward pass itself (while capturing; reported under :attr:`PROBE`)."""
+    LAYER = "layer"
+    """One layer's hypergraph (named)."""
+    FEATURES = "features"
+    """The class-specific penultimate features."""
+    FUNCTIONAL = "functional"
+    """The functional test of the features through the head."""
+    FACTORIZATION = "factorization"
+    """The factorization rank (of one named layer, or the choice of the layers)."""
+    CLASS = "class"
+    """One class of the probe (numbered)."""
+
+
+class Where(str):
+    """Where a reason of the class analysis applies: a :class:`Part` and, for per-layer and
+    per-class parts, the layer or class (:attr:`name`). It reads as the text the history file's
+    ``class_summary`` row and the warnings write (``probe``, ``layer fc``, ``class 3``), so it
+    is also the key a reader of those finds."""
+
+    part: Part
+    name: str | int | None
+
+    def __new__(cls, part: Part, name: str | int | None = None) -> Where:
+        self = super().__new__(cls, part.value if name is None else f"{part.value} {name}")
+        self.part, self.name = part, name
+        return self
+
+    def __reduce__(self) -> tuple:  # pickled (gathered across ranks) as its fields
+        return Where, (self.part, self.name)
+
+    @classmethod
+    def layer(cls, name: str) -> Where:
+        return cls(Part.LAYER, name)
+
+    @classmethod
+    def factorization(cls, name: str | None = None) -> Where:
+        return cls(Part.FACTORIZATION, name)
 
 
 @dataclass
@@ -46,8 +94,9 @@ class ClassReport:
         factorization: layer -> :class:`FactorizationResult`.
         num_classes: C.
         class_counts: (C,) probe images per class.
-        reasons: what could not be computed and why (keys ``probe``, ``features``,
-            ``factorization``, ``layer <name>``, ``factorization <name>``, ``class <c>``).
+        reasons: what could not be computed and why, by :class:`Where` (``probe``,
+            ``features``, ``functional``, ``factorization``, ``layer <name>``,
+            ``factorization <name>``, ``class <c>``, ``analysis``).
         notes: remarks that did not prevent a value.
         seconds: wall time of the analysis.
     """
@@ -67,7 +116,7 @@ class ClassReport:
     factorization: dict[str, FactorizationResult] = field(default_factory=dict)
     num_classes: int = 0
     class_counts: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    reasons: dict[str, str] = field(default_factory=dict)
+    reasons: dict[Where, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = math.nan
 
@@ -101,6 +150,33 @@ class ClassReport:
             out[layer] = metrics
         return out
 
+    @staticmethod
+    def metrics_from_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+        """:meth:`record_metrics` read back from the ``class`` and ``class_summary`` rows of one
+        analysis (:meth:`rows`; ``null`` as NaN): each layer's statistics, its
+        ``specific_neurons/<c>`` and ``specific_retained/<c>``, and at the feature layer
+        ``feature_count/<c>`` = ``feature_fraction[c]`` D, with D = ``feature_count_mean`` /
+        ``feature_fraction_mean`` (the rows do not hold D itself; a class whose fraction is 0
+        has a count of 0 even where D is unknown)."""
+        rows = list(rows)
+        summary = next((r for r in rows if r.get("type") == "class_summary"), {})
+        out: dict[str, dict[str, float]] = {}
+        for row in rows:
+            if row.get("type") != "class":
+                continue
+            metrics = {str(k): _float(v) for k, v in (row.get("metrics") or {}).items()}
+            for key in ("specific_neurons", "specific_retained"):
+                if row.get(key) is not None:
+                    metrics.update({f"{key}/{c}": _float(v) for c, v in enumerate(row[key])})
+            fractions = summary.get("feature_fraction") or []
+            if row.get("layer") == summary.get("feature_layer") and fractions:
+                width = _feature_width(metrics)
+                metrics.update({f"feature_count/{c}": _float(v) * width if width is not None
+                                else (0.0 if v == 0 else math.nan)
+                                for c, v in enumerate(fractions)})
+            out[str(row["layer"])] = metrics
+        return out
+
     def rows(self) -> list[dict[str, Any]]:
         """JSON-ready rows for the history file: one ``class`` row per layer (its statistics,
         per-class values and Jaccard matrix) and one ``class_summary`` row."""
@@ -124,7 +200,7 @@ class ClassReport:
                                         "corcondia": result.corcondia.tolist(),
                                         "shape": list(result.shape), "reason": result.reason,
                                         "notes": list(result.notes)}
-            row["reason"] = self.reasons.get(f"layer {layer}")
+            row["reason"] = self.reasons.get(Where.layer(layer))
             rows.append(row)
         rows.append({
             "type": "class_summary",
@@ -137,6 +213,20 @@ class ClassReport:
             "seconds": self.seconds,
         })
         return rows
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _feature_width(metrics: Mapping[str, float]) -> int | None:
+    """D, the penultimate features, from ``feature_count_mean`` = mean |S_c| and
+    ``feature_fraction_mean`` = mean |S_c| / D (None when the fraction is 0 or unknown)."""
+    count = metrics.get("feature_count_mean", math.nan)
+    fraction = metrics.get("feature_fraction_mean", math.nan)
+    if not (math.isfinite(count) and math.isfinite(fraction)) or fraction <= 0:
+        return None
+    return round(count / fraction)
 
 
 class ClassTracker:
@@ -166,7 +256,7 @@ class ClassTracker:
             else:  # edges without vectors cannot be matched next time
                 self.bases.pop(layer, None)
                 self.neurons.pop(layer, None)
-        if report.feature_layer is not None and "features" not in report.reasons:
+        if report.feature_layer is not None and Where(Part.FEATURES) not in report.reasons:
             self.feature_sets = dict(report.feature_sets)
         stats = report.layers.get(report.feature_layer or "", {})
         if self.first_functional is None and math.isfinite(

@@ -12,6 +12,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+__all__ = [
+    "FASHION_MNIST_ROOT",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "ImageFolderDataModule",
+    "read_idx",
+    "stratified_split",
+]
+
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 """Where Debian's ``dataset-fashion-mnist`` package puts the IDX files."""
 

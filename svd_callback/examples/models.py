@@ -11,6 +11,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "BasicBlock",
+    "Classifier",
+    "ResNet",
+    "SmallCNN",
+]
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 

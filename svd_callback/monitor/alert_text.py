@@ -1,5 +1,5 @@
-"""What the ``alerts`` and ``spectral/reasons`` text tags say, and the cumulative alert counts
-behind ``alerts/total`` and ``alerts/rule/<rule>``.
+"""What the ``alerts`` and ``spectral/reasons`` text tags say (the cumulative counts per rule
+come with each result, :attr:`~svd_callback.monitor.result.AnalysisResult.alert_totals`).
 
 The ``alerts`` text is written at every analysis, so that a monitored run without alerts reads
 "no alerts so far" instead of having no entry.
@@ -8,16 +8,15 @@ The ``alerts`` text is written at every analysis, so that a monitored run withou
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from svd_callback.alerts import Alert
 from svd_callback.alerts.base import fmt, rule_name
-from svd_callback.monitor.text import md
 from svd_callback.report import Report
+from svd_callback.sinks.tags import escape_markdown
 
-__all__ = ["alert_totals", "alerts_text", "reasons_text", "rules_markdown"]
+__all__ = ["alerts_text", "reasons_text", "rules_markdown"]
 
 
 def _action_name(action: Any) -> str:
@@ -42,7 +41,7 @@ def rules_markdown(rules: Sequence[Any]) -> str:
             str(patience) if isinstance(patience, int) else "-",
             _action_name(getattr(rule, "action", "log")),
         ]
-        lines.append("| " + " | ".join(md(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(escape_markdown(c, table=True) for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -60,22 +59,19 @@ def alerts_text(
     head = f"**Spectral alerts** at epoch {epoch}, step {step}"
     if alerts:
         body = [f"{len(alerts)} alert(s) at this analysis:", ""]
-        body += [f"- **{a.severity}** {md(a.message + where(a))}" for a in alerts]
+        body += [f"- **{a.severity}** {escape_markdown(a.message + where(a), table=True)}"
+                 for a in alerts]
     elif total:
         body = [f"no alert at this analysis ({total} so far)"]
     else:
         body = ["no alerts so far"]
     lines = [head, "", *body]
     if total:
-        counts = ", ".join(f"{md(name)}: {count}" for name, count in sorted(totals.items()))
+        counts = ", ".join(f"{escape_markdown(name, table=True)}: {count}"
+                           for name, count in sorted(totals.items()))
         lines += ["", f"alerts so far by rule: {counts}"]
     lines += ["", "**Active rules**", "", rules_markdown(rules)]
     return "\n".join(lines)
-
-
-def alert_totals(before: Iterable[Alert], current: Iterable[Alert]) -> Counter[str]:
-    """Alerts per rule: those raised ``before`` this analysis plus the ``current`` ones."""
-    return Counter(a.rule for a in before) + Counter(a.rule for a in current)
 
 
 def reasons_text(report: Report, metrics: Sequence[str]) -> str:
@@ -85,7 +81,8 @@ def reasons_text(report: Report, metrics: Sequence[str]) -> str:
     for record in report:
         where = f"{record.name} [{record.mode}]"
         if record.skipped:
-            lines.append(f"- {md(where)} not analysed: {md(str(record.reason))}")
+            lines.append(f"- {escape_markdown(where, table=True)} not analysed: "
+                         f"{escape_markdown(str(record.reason), table=True)}")
             continue
         for metric in metrics:
             value = record.metrics.get(metric)
@@ -94,10 +91,17 @@ def reasons_text(report: Report, metrics: Sequence[str]) -> str:
             if value is not None and math.isfinite(float(value)):
                 continue
             reason = record.notes.get(metric, "no reason recorded")
-            lines.append(f"- {md(where)} {md(metric)} missing: {md(reason)}")
+            lines.append(f"- {escape_markdown(where, table=True)} "
+                         f"{escape_markdown(metric, table=True)} missing: "
+                         f"{escape_markdown(reason, table=True)}")
     if not lines:
         return "every logged metric has a value at every analysed layer"
     return "\n".join(["**Why metrics are missing**", "", *lines])
+
+
+def md(text: str) -> str:
+    """``text`` escaped for TensorBoard's markdown (emphasis, code and table characters)."""
+    return escape_markdown(text, table=True)
 
 
 def _where(alert: Alert) -> str:

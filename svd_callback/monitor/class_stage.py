@@ -23,8 +23,8 @@ from svd_callback.monitor.inputs import (
     KeyRecorder,
     forward_for,
     has_uninitialised_lazy,
-    validation_loader,
 )
+from svd_callback.monitor.trainer_access import validation_loader
 
 __all__ = ["ClassStage"]
 

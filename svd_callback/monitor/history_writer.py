@@ -1,7 +1,7 @@
 """The callback's JSON-lines history file: where it lives, the ``run`` row at each start, one
 ``layer`` row per record, ``summary``, ``training``, ``alert`` and ``class`` rows per analysis,
-each with the run's id, and the cut back to the checkpoint's last analysis on resume. Formats:
-``docs/conventions.md``."""
+each with the run's id, and the cut back to the checkpoint's last analysis on resume. The rows
+themselves are :mod:`svd_callback.sinks.history_rows`'s (``docs/conventions.md``)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from svd_callback.config import MonitorConfig
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.result import AnalysisResult
-from svd_callback.sinks import tags
 from svd_callback.sinks.history import HistoryFile, scan_history
+from svd_callback.sinks.history_rows import (
+    alert_row,
+    layer_row,
+    run_row,
+    summary_row,
+    training_row,
+)
 
 __all__ = ["HistoryWriter", "configured_path", "distinct_path"]
 
@@ -138,25 +144,9 @@ class HistoryWriter:
             elif owned_by_id or same_file or source != path:
                 self._cut(history, source, step, last_analysed, owned_by_id)
         self.path = str(path)
-        analysis = self.config.analysis
-        self._append([{
-            "type": "run",
-            "event": "resume" if resumed else "start",
-            "step": int(step),
-            "epoch": int(epoch),
-            "run_id": self.run_id,
-            "time": time.time(),
-            "mode": analysis.primary_mode,
-            "modes": list(analysis.conv_mode),
-            "normalization": analysis.normalization,
-            "fit": analysis.fit,
-            "ww_compat": analysis.ww_compat,
-            "metric_groups": list(analysis.metrics),
-            "conventions": {m: tags.conventions(m, analysis.normalization, analysis.fit,
-                                                analysis.ww_compat)
-                            for m in analysis.conv_mode},
-            "world_size": int(world_size),
-        }], f"the run row of step {step}")
+        self._append([run_row("resume" if resumed else "start", step, epoch, self.run_id,
+                              self.config.analysis, world_size, time.time())],
+                     f"the run row of step {step}")
 
     def _cut(self, history: HistoryFile, source: Path, step: int, last_analysed: int | None,
              owned_by_id: bool) -> None:
@@ -204,39 +194,14 @@ class HistoryWriter:
             return
         analysis = self.config.analysis
         common = self._common(result)
-        conventions = {"normalization": analysis.normalization, "fit": analysis.fit,
-                       "ww_compat": analysis.ww_compat}
-        rows: list[dict[str, Any]] = []
-        for record in result.report:
-            rows.append({
-                "type": "layer",
-                **common,
-                "layer": record.name,
-                "kind": record.kind,
-                "mode": record.mode,
-                "normalization": record.normalization,
-                "fit": analysis.fit,
-                "ww_compat": analysis.ww_compat,
-                "shape": list(record.shape),
-                "matrix_shape": record.matrix_shape,
-                "input_size": record.input_size,
-                "n_svals": None if record.svals is None else int(record.svals.numel()),
-                "metrics": dict(record.metrics),
-                "quality": record.quality,
-                "reason": record.reason,
-                "reason_code": record.reason_code,
-                "notes": dict(record.notes),
-                "normalized_by": record.normalized_by,
-                "rank": result.owners.get(record.name, 0),
-            })
-        for mode, aggregates in result.summary.items():
-            rows.append({"type": "summary", **common, "mode": mode, **conventions,
-                         "metrics": dict(aggregates), "seconds": result.seconds})
+        rows = [layer_row(record, common, fit=analysis.fit, ww_compat=analysis.ww_compat,
+                          rank=result.owners.get(record.name, 0)) for record in result.report]
+        rows += [summary_row(mode, aggregates, common, analysis, result.seconds)
+                 for mode, aggregates in result.summary.items()]
         if result.training:
-            rows.append({"type": "training", **common, "metrics": dict(result.training)})
-        for alert, ranks in zip(result.alerts, result.alert_ranks, strict=False):
-            rows.append({**alert.to_dict(), "type": "alert", **common, "mode": alert.mode,
-                         **conventions, "ranks": list(ranks)})
+            rows.append(training_row(result.training, common))
+        rows += [alert_row(alert, ranks, common, analysis)
+                 for alert, ranks in zip(result.alerts, result.alert_ranks, strict=False)]
         self._append(rows, f"the rows of step {result.step}")
 
     def write_classes(self, result: AnalysisResult, settings: dict[str, Any]) -> None:

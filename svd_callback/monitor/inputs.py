@@ -1,5 +1,6 @@
 """Reading inputs from a Trainer's data for the callback's own forward passes: the conv
-input-size probe (``operator`` mode) and the class probe.
+input-size probe (``operator`` mode) and the class probe (whose validation loader comes from
+:func:`svd_callback.monitor.trainer_access.validation_loader`).
 
 A batch is read by :func:`svd_callback.classes.probe.read_batch` (dict batches: the inputs
 under the first of its ``INPUT_KEYS`` present, else the first key; sequences: the first item).
@@ -21,10 +22,10 @@ from svd_callback.classes.probe import read_batch
 
 __all__ = [
     "KeyRecorder",
+    "first_loader",
     "first_training_input",
     "forward_for",
     "has_uninitialised_lazy",
-    "validation_loader",
 ]
 
 Forward = Callable[[torch.nn.Module, Any], Any]
@@ -55,7 +56,7 @@ def forward_for(key: str | None, forward_fn: Forward | None) -> Forward | None:
     return None if key is None else functools.partial(_tensor_or_dict_forward, key=key)
 
 
-def _first_loader(loader: Any) -> Any:
+def first_loader(loader: Any) -> Any:
     if isinstance(loader, Mapping):
         return next(iter(loader.values()), None)
     if isinstance(loader, (list, tuple)):
@@ -67,7 +68,7 @@ def first_training_input(trainer: Any) -> tuple[Any, str | None]:
     """The inputs of a one-sample batch from the training data, and their key when the batch
     is a dict: read through the dataset (``dataset[0]`` and the loader's ``collate_fn``), or
     the loader's first batch when the dataset is not indexable."""
-    loader = _first_loader(trainer.train_dataloader)
+    loader = first_loader(trainer.train_dataloader)
     if loader is None:
         return None, None
     with isolate_rng():
@@ -80,22 +81,6 @@ def first_training_input(trainer: Any) -> tuple[Any, str | None]:
             batch = next(iter(loader))
     parts = read_batch(batch)
     return parts.inputs, parts.key
-
-
-def validation_loader(trainer: Any) -> Any:
-    """The (first) validation dataloader as its source gives it (datamodule, module hook or the
-    loader passed to ``fit``), without Lightning's distributed sampler; None without one."""
-    loader = None
-    source = getattr(getattr(trainer.fit_loop.epoch_loop, "val_loop", None), "_data_source", None)
-    try:
-        if source is not None and source.instance is not None and source.is_defined():
-            with isolate_rng():
-                loader = source.dataloader()
-    except Exception:  # noqa: BLE001 - fall back to the loaders Lightning already built
-        loader = None
-    if loader is None:
-        loader = trainer.val_dataloaders
-    return _first_loader(loader)
 
 
 class KeyRecorder:

@@ -8,7 +8,6 @@ Nothing here needs a ``Trainer``: :meth:`Publisher.publish` takes the loggers, t
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -17,24 +16,31 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from svd_callback.alerts import AlertEngine
-from svd_callback.alerts.base import rule_name
 from svd_callback.config import MonitorConfig
 from svd_callback.monitor import console
-from svd_callback.monitor.alert_text import alert_totals, alerts_text, reasons_text
+from svd_callback.monitor.alert_text import alerts_text, reasons_text
 from svd_callback.monitor.class_stage import ClassStage
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.heatmaps import SpectrumStore
 from svd_callback.monitor.history_writer import HistoryWriter
 from svd_callback.monitor.result import AnalysisResult
-from svd_callback.monitor.selection import drop_redundant, mode_independent
+from svd_callback.monitor.scalars import (
+    ALERT_CHARTS,
+    analysis_scalars,
+    hparam_tags,
+    layout_charts,
+    layout_sections,
+    mode_independent,
+)
 from svd_callback.monitor.text import conventions_markdown
-from svd_callback.monitor.values import HEALTHY_STEP_TAG, is_model_level, scalars
 from svd_callback.report import Report
+from svd_callback.schedule import Schedule
 from svd_callback.sinks import hparams as hp
 from svd_callback.sinks import tags
 from svd_callback.sinks.class_figures import hypergraph_figure, overlap_matrix_figure
 from svd_callback.sinks.figures import esd_figure_for, spectrum_heatmap_grid
 from svd_callback.sinks.layout import custom_scalar_layout
+from svd_callback.sinks.tags import Chart, Scalar
 from svd_callback.sinks.tensorboard import TensorBoardSink
 
 __all__ = ["Publisher"]
@@ -48,8 +54,11 @@ class Publisher:
         classes: the class stage (its conventions and history settings).
         guard: the callback's guard.
         per_layer_callback_metrics: also put per-layer values into ``callback_metrics``.
-        engine: the alert engine: its rules are listed in the ``alerts`` text and its alerts so
-            far (restored from a checkpoint on resume) start the cumulative alert counts.
+        engine: the alert engine, whose rules the ``alerts`` text lists.
+        schedule: the schedule, whose hook (resolved in ``setup()``) the conventions text names.
+
+    Its run state (the heat-map store and the history file's path and run id) is checkpointed
+    through :meth:`state_dict`; :meth:`reset` forgets it for a new run.
     """
 
     def __init__(
@@ -59,25 +68,28 @@ class Publisher:
         guard: Guard,
         per_layer_callback_metrics: bool = False,
         engine: AlertEngine | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         self.config = config
         self.classes = classes
         self.guard = guard
         self.per_layer_callback_metrics = per_layer_callback_metrics
         self.engine = engine
-        self.history = HistoryWriter(config, guard)
-        self.store = SpectrumStore()
-        self.check_on: str | None = config.check_on
+        self.schedule = schedule
+        self.history_writer = HistoryWriter(config, guard)
+        self._store = SpectrumStore()
         self.reset_fit()
+
+    heatmaps = property(lambda self: self._store,
+                        doc="The spectra kept for the heat-map figures (a ``SpectrumStore``).")
 
     def reset_fit(self) -> None:
         """Forget the writers and what was written in a previous ``fit``."""
         self._sinks: dict[int, TensorBoardSink] = {}
-        self._layouts: dict[int, tuple[set[str], set[str], set[str]]] = {}
+        self._layouts: dict[int, set[Chart]] = {}
         self._started_logging = False
         self.last_result: AnalysisResult | None = None
         self._last_figure_index = -1
-        self._alert_totals: Counter[str] | None = None
 
     def start_fit(self, trainer: Any) -> None:
         """At the start of ``fit``: :meth:`reset_fit`, then (rank 0) :meth:`write_hparams` with
@@ -89,11 +101,25 @@ class Publisher:
             self.guard.call("writing the HPARAMS records", self.write_hparams, trainer.loggers,
                             model)
 
-    def reset_run(self) -> None:
-        """Forget the run state (heat maps, history path and run id)."""
-        self.store = SpectrumStore()
-        self.history.reset()
-        self._alert_totals = None
+    def reset(self) -> None:
+        """Forget the run (heat maps, history path and run id): a new run."""
+        self._store = SpectrumStore()
+        self.history_writer.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The heat-map store and the history file's path and run id."""
+        return {"heatmaps": self._store.state_dict(), "history": self.history_writer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self._store.load_state_dict(state["heatmaps"])
+        self.history_writer.load_state_dict(state["history"])
+
+    def start_history(self, path: Any, **run: Any) -> None:
+        """Open the history file at ``path`` for this fit and write its ``run`` row
+        (:meth:`HistoryWriter.start <svd_callback.monitor.history_writer.HistoryWriter.start>`
+        with ``run``: resumed, step, epoch, world size, last analysed step)."""
+        self.history_writer.start(path, **run)
 
     # ------------------------------------------------------------------ publish
     def publish(
@@ -108,49 +134,20 @@ class Publisher:
     ) -> None:
         """``callback_metrics`` and the heat-map store (every rank); loggers, TensorBoard and
         the history file (rank 0). ``index``: the analysis's 0-based number in this run."""
-        values, descriptions = scalars(result, self.config.analysis, self.classes.conventions())
-        self._add_alert_totals(result, values, descriptions)
-        callback_metrics.update({  # float64 for the step: float32 rounds steps above 2**24
-            tag: torch.tensor(value, dtype=torch.float64 if tag == HEALTHY_STEP_TAG else
-                              torch.float32) for tag, value in values.items()
-            if self.per_layer_callback_metrics or is_model_level(tag) or tag.startswith("alerts/")
+        records = analysis_scalars(result, self.config, self.classes.conventions())
+        callback_metrics.update({
+            s.tag: torch.tensor(s.value, dtype=torch.float64 if s.float64 else torch.float32)
+            for s in records if self.per_layer_callback_metrics or s.model_level
         })
-        drop_redundant(values, descriptions, result, self.config)  # the loggers get fewer
+        logged = [s for s in records if s.logged]  # the loggers get fewer
         self.last_result = result
         if self.config.figures_every_n:
-            self.guard.call("storing spectra for the heat maps", self.store.add, result.report,
+            self.guard.call("storing spectra for the heat maps", self._store.add, result.report,
                             result.epochs_trained, self.config.analysis.primary_mode,
                             self.config.figure_layers)
         if is_zero:
-            self.guard.call("logging the analysis", self._log, result, values, descriptions,
-                            loggers, current_epoch, index)
-
-    def _add_alert_totals(
-        self, result: AnalysisResult, values: dict[str, float], descriptions: dict[str, str]
-    ) -> None:
-        """``alerts/total`` and ``alerts/rule/<rule>``: alerts raised so far in this run, in all
-        and per rule (every active rule, 0 until it fires)."""
-        if self._alert_totals is None:
-            before: list[Any] = []
-            if self.engine is not None:
-                before = list(self.engine.alerts_so_far)
-                for alert in self.engine.last_alerts:
-                    if alert in before:
-                        before.remove(alert)
-            self._alert_totals = alert_totals(before, result.alerts)
-        else:
-            self._alert_totals.update(a.rule for a in result.alerts)
-        totals = self._alert_totals
-        values[tags.ALERT_TOTAL_TAG] = float(sum(totals.values()))
-        descriptions[tags.ALERT_TOTAL_TAG] = (
-            "cumulative number of spectral alerts raised in this run up to this analysis "
-            "(alerts/count: the number raised by each analysis)")
-        names = [rule_name(r) for r in self._rules()]
-        for name in dict.fromkeys([*names, *sorted(totals)]):
-            tag = tags.alert_rule_tag(name)
-            values[tag] = float(totals.get(name, 0))
-            descriptions[tag] = (f"cumulative number of alerts rule {name} raised in this run "
-                                 f"up to this analysis")
+            self.guard.call("logging the analysis", self._log, result, logged, loggers,
+                            current_epoch, index)
 
     def _rules(self) -> list[Any]:
         return list(self.engine.rules) if self.engine is not None else []
@@ -158,8 +155,7 @@ class Publisher:
     def _log(
         self,
         result: AnalysisResult,
-        values: dict[str, float],
-        descriptions: dict[str, str],
+        scalars: list[Scalar],
         loggers: Sequence[Any],
         current_epoch: int,
         index: int,
@@ -169,25 +165,25 @@ class Publisher:
         for alert in result.alerts:  # one line each; an "info" alert as information
             console.alert(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
                           f"{result.raised_on(alert)}", alert.severity)
-        self.guard.call("writing the history file", self.history.write, result)
+        self.guard.call("writing the history file", self.history_writer.write, result)
         if result.class_report is not None:
-            self.guard.call("writing the class history", self.history.write_classes, result,
+            self.guard.call("writing the class history", self.history_writer.write_classes, result,
                             self.classes.history_fields())
         sinks = self.tensorboard_sinks(loggers)
         epoch = {tags.EPOCH_TAG: float(current_epoch)}
         for logger in loggers:
             if id(logger) not in sinks:
                 self.guard.call(f"logging to {type(logger).__name__}", _log_to_logger, logger,
-                                {**values, **epoch}, step)
+                                {**{s.tag: s.value for s in scalars}, **epoch}, step)
         if not loggers:
             self.guard.note_once(
                 "no-logger", "the trainer has no logger; the spectral history goes to "
-                f"{self.history.path or 'nowhere (history_file=None)'} and "
+                f"{self.history_writer.path or 'nowhere (history_file=None)'} and "
                 "trainer.callback_metrics only")
         for key, sink in sinks.items():
             logger = next(lg for lg in loggers if id(lg) == key)
             self.guard.call("writing TensorBoard scalars", self._write_tensorboard, logger, sink,
-                            result, values, descriptions, epoch)
+                            result, scalars, epoch)
         every = self.config.figures_every_n
         if every and index % every == 0 and sinks:
             self.guard.call("writing figures", self._write_figures, sinks, result)
@@ -213,9 +209,9 @@ class Publisher:
         final summary metrics in TensorBoard's HPARAMS tab (:mod:`svd_callback.sinks.hparams`);
         called at the start of ``fit``, before Lightning logs the model's hyperparameters."""
         merged = {**hp.model_hparams(model), **hp.monitor_hparams(self.config)}
-        metrics = hp.metric_tags(self.config)
+        metrics = hparam_tags(self.config)
         for sink in self.tensorboard_sinks(loggers).values():
-            if not hp.write_hparams(sink.writer, merged, metrics):
+            if not sink.summaries(hp.hparams_summaries(merged, metrics)):
                 self.guard.warn_once("hparams", f"{type(sink.writer).__name__} cannot write the "
                                      "HPARAMS records; the settings are in the text tab only")
 
@@ -257,18 +253,19 @@ class Publisher:
         logger: TensorBoardLogger,
         sink: TensorBoardSink,
         result: AnalysisResult,
-        values: dict[str, float],
-        descriptions: dict[str, str],
+        scalars: list[Scalar],
         epoch: dict[str, float],
     ) -> None:
         step = result.step
         if not self._started_logging:
-            text = conventions_markdown(self.config, self.check_on, self.history.path,
+            check_on = self.config.check_on if self.schedule is None else self.schedule.check_on
+            text = conventions_markdown(self.config, check_on, self.history_writer.path,
                                         self.classes.conventions())
             sink.text(tags.CONVENTIONS_TAG, text, step,
                       description="how the spectral metrics of this run were computed")
-        self._update_layout(sink, values)
-        sink.scalars(values, step, descriptions)
+        self._update_layout(sink, scalars)
+        sink.scalars({s.tag: s.value for s in scalars}, step,
+                     {s.tag: s.description for s in scalars})
         logger.log_metrics(epoch, step)
         if self.config.histograms:
             for record in result.report:
@@ -279,8 +276,9 @@ class Publisher:
                     tags.spectrum_tag(record.mode, record.name), log10_sigma(record.svals), step,
                     description=tags.spectrum_description(record.mode, record.normalization),
                 )
-        text = alerts_text(result.alerts, result.raised_on, self._alert_totals or {},
-                           self._rules(), result.epoch, step)
+        so_far = {rule: count for rule, count in result.alert_totals.items() if count}
+        text = alerts_text(result.alerts, result.raised_on, so_far, self._rules(), result.epoch,
+                           step)
         sink.text(tags.ALERT_TEXT_TAG, text, step,
                   description="spectral alerts of this analysis, the count so far per rule and "
                   "the active rules (threshold, patience, action)")
@@ -288,32 +286,23 @@ class Publisher:
                   reasons_text(result.report, self.config.analysis.metric_names), step,
                   description="why a layer or a logged metric has no value at this analysis")
 
-    def _update_layout(self, sink: TensorBoardSink, values: Mapping[str, float]) -> None:
-        """(Re)write the custom-scalar layout when metrics appear that it does not chart yet:
-        one chart per metric present, never an empty one."""
-        metrics = {t.split("/")[1].split(".")[0] for t in values if t.startswith("spectral/")}
-        summary = {t.split("/", 1)[1].split(".")[0] for t in values
-                   if t.startswith("spectral_summary/")}
-        classes = {t.split("/")[1] for t in values if t.startswith("classes/")}
-        known = self._layouts.setdefault(id(sink), (set(), set(), set()))
-        if metrics <= known[0] and summary <= known[1] and classes <= known[2]:
+    def _update_layout(self, sink: TensorBoardSink, scalars: list[Scalar]) -> None:
+        """(Re)write the custom-scalar layout when scalars appear that it does not chart yet
+        (:func:`~svd_callback.monitor.scalars.layout_charts`), never an empty chart; the
+        ``alerts`` charts are there from the first layout on."""
+        charts = layout_charts(scalars, self.config)
+        known = self._layouts.setdefault(id(sink), set(ALERT_CHARTS))  # shown from the start
+        if charts <= known:
             return
-        known[0].update(metrics)
-        known[1].update(summary)
-        known[2].update(classes)
-        analysis = self.config.analysis
-        charted = [m for m in analysis.metric_names if m in known[0]]
-        class_stats = [s for s in tags.CLASS_STAT_DESCRIPTIONS if s in known[2]]
-        class_stats += sorted(known[2] - set(class_stats))
-        sink.layout(custom_scalar_layout(charted, analysis.conv_mode, sorted(known[1]),
-                                         class_stats))
+        known.update(charts)
+        sink.layout(custom_scalar_layout(known, layout_sections(self.config)))
 
     def _write_figures(self, sinks: Mapping[int, TensorBoardSink], result: AnalysisResult) -> None:
         """ESD figures of the figure layers and one spectrum heat-map grid per mode."""
         analysis = self.config.analysis
         report, step = result.report, result.step
         for mode in analysis.conv_mode:
-            for name in self.store.figure_names or []:
+            for name in self._store.figure_names or []:
                 record = report.get(name, mode)
                 if record is None or record.svals is None:
                     continue
@@ -322,10 +311,10 @@ class Publisher:
                 for sink in sinks.values():
                     sink.figure(tags.figure_tag("esd", mode, name), figure, step)
             names = [r.name for r in report.by_mode(mode)
-                     if self.store.columns(mode, r.name) is not None]
+                     if self._store.columns(mode, r.name) is not None]
             if not names:
                 continue
-            stores = [self.store.columns(mode, name) for name in names]
+            stores = [self._store.columns(mode, name) for name in names]
             figure = spectrum_heatmap_grid(
                 names,
                 [store["epochs"] for store in stores],

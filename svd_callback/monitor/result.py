@@ -36,6 +36,8 @@ class AnalysisResult:
         training: the trainer's own scalars (losses, accuracies) the rules saw.
         class_report: the class analysis (rank 0; None elsewhere or when off).
         class_metrics: the class statistics per layer (every rank, broadcast from rank 0).
+        alert_totals: alerts raised so far in this run by rule, this analysis's included (every
+            rank's, merged): every configured rule (0 until it fires), then any other name.
     """
 
     step: int
@@ -53,6 +55,7 @@ class AnalysisResult:
     training: Mapping[str, float] = field(default_factory=dict)
     class_report: ClassReport | None = None
     class_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    alert_totals: Mapping[str, int] = field(default_factory=dict)
 
     def ranks_of(self, alert: Alert) -> tuple[int, ...]:
         """The ranks that raised ``alert`` (``(0,)`` when unknown)."""
@@ -68,6 +71,12 @@ class AnalysisResult:
         if not known or self.world_size <= 1 or len(ranks) == self.world_size:
             return ""
         return f" (rank {', '.join(map(str, ranks))})"
+
+    def stop_reasons(self) -> str:
+        """The messages of the ``stop`` alerts, with the ranks that raised them."""
+        reasons = "; ".join(a.message + self.raised_on(a) for a in self.alerts
+                            if a.severity == "stop")
+        return reasons or "stop alert"
 
     def entry(self) -> dict[str, Any]:
         """The model-level entry kept in the callback's history and checkpointed state."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -31,30 +32,23 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from svd_callback.alerts import Alert, AlertEngine, Condition
+from svd_callback.alerts.base import rule_name
 from svd_callback.analysis import add_motion, analyze, summarize
 from svd_callback.classes.sharded import ProbeSplit
 from svd_callback.config import AnalysisConfig
-from svd_callback.distributed import (
-    gather_alerts,
-    gather_conditions,
-    gather_reports,
-    is_distributed,
-    split_units,
-    split_work,
-)
+from svd_callback.distributed import gather_reports, is_distributed, split_units, split_work
 from svd_callback.layers import estimate_cost, example_input_for, find_layers, record_input_sizes
 from svd_callback.monitor.class_stage import ClassStage
+from svd_callback.monitor.gather import gather_alerts, gather_conditions
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.inputs import Forward, forward_for, has_uninitialised_lazy
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.motion import DEFAULT_SKETCH_SIZE, MotionTracker
 from svd_callback.report import LayerReport, Report
 from svd_callback.sharding import divisible, gather_shares, gathered_weights, is_sharded
+from svd_callback.sinks.tags import OWN_TAG_PREFIXES
 
-__all__ = ["OWN_TAG_PREFIXES", "AnalysisRunner", "training_scalars"]
-
-OWN_TAG_PREFIXES = ("spectral/", "spectral_summary/", "spectra/", "classes/", "alerts/")
-"""Tags the callback logs (left out of the training scalars read from ``callback_metrics``)."""
+__all__ = ["AnalysisRunner", "training_scalars"]
 
 InputSource = Callable[[], tuple[Any, str | None]]
 """Returns the inputs of one training sample and their key in a dict batch (or None)."""
@@ -62,7 +56,8 @@ InputSource = Callable[[], tuple[Any, str | None]]
 
 def training_scalars(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
     """The trainer's own logged scalars (``val_loss``, ``train_loss``, ...; not the callback's
-    tags), for rules such as :class:`~svd_callback.alerts.GeneralizationGap`."""
+    tags, :data:`~svd_callback.sinks.tags.OWN_TAG_PREFIXES`), for rules such as
+    :class:`~svd_callback.alerts.GeneralizationGap`."""
     out: dict[str, float] = {}
     try:
         for key, value in dict(callback_metrics).items():
@@ -80,7 +75,9 @@ def training_scalars(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class AnalysisRunner:
-    """Runs one analysis and keeps what later analyses need (input sizes, training scalars).
+    """Runs one analysis and keeps what later analyses need: the conv input sizes, the trainer's
+    scalars, the alert engine's state and the alerts counted so far, the class stage's probe and
+    tracker, the motion sketches (:meth:`state_dict`, :meth:`reset`).
 
     Args:
         config: what is computed.
@@ -112,15 +109,55 @@ class AnalysisRunner:
         self.forward_fn = forward_fn
         self.motion = (MotionTracker(motion_sketch, config.generator_seed)
                        if "motion" in config.metrics else None)
+        self._initial_engine = alert_engine.state_dict()
         self.reset()
-        self.sizes_tried = False
+        self.start_fit()
+
+    # ------------------------------------------------------------------ state
+    input_sizes = property(lambda self: dict(self._input_sizes),
+                           doc="The recorded conv input sizes (``operator`` mode), by layer.")
 
     def reset(self) -> None:
-        """Forget the run state (a new run)."""
-        self.input_sizes: dict[str, tuple[int, ...]] = {}
-        self.training: dict[str, float] = {}
+        """Forget the run (a new run): input sizes, trainer scalars, the alert engine's history
+        and rule states with the alerts counted so far, the class probe and tracker, the
+        motion sketches."""
+        self._input_sizes: dict[str, tuple[int, ...]] = {}
+        self._training: dict[str, float] = {}
+        self._alert_totals: Counter[str] = Counter()
+        self.alert_engine.load_state_dict(self._initial_engine)
+        self.classes.reset()
         if self.motion is not None:
             self.motion.reset()
+
+    def start_fit(self) -> None:
+        """At the start of each ``fit``: the input sizes are probed again if none were
+        recorded."""
+        self._sizes_tried = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """What later analyses need, plain types and CPU tensors (checkpointed)."""
+        return {
+            "input_sizes": {k: list(v) for k, v in self._input_sizes.items()},
+            "training": dict(self._training),
+            "alert_engine": self.alert_engine.state_dict(),
+            "alert_totals": dict(self._alert_totals),
+            "classes": self.classes.state_dict(),
+            "motion": None if self.motion is None else self.motion.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output. Without ``alert_totals`` (a state written before
+        they were kept) the alerts the engine kept are counted."""
+        self._input_sizes = {k: tuple(v) for k, v in state["input_sizes"].items()}
+        self._training = {str(k): float(v) for k, v in (state.get("training") or {}).items()}
+        self.alert_engine.load_state_dict(state["alert_engine"])
+        totals = state.get("alert_totals")
+        self._alert_totals = Counter(
+            {str(k): int(v) for k, v in totals.items()} if totals is not None
+            else (a.rule for a in self.alert_engine.alerts_so_far))
+        for part, key in ((self.classes, "classes"), (self.motion, "motion")):
+            if state.get(key) is not None and part is not None:
+                part.load_state_dict(state[key])
 
     # ------------------------------------------------------------------ input sizes
     def maybe_record_input_sizes(
@@ -129,23 +166,23 @@ class AnalysisRunner:
         """Record the conv input sizes once (``operator`` mode), never before the model's own
         first forward has materialised its lazy modules: a probe pass would initialise them
         from a different random state than the training would."""
-        if "operator" not in self.config.conv_mode or self.input_sizes or self.sizes_tried:
+        if not self.config.needs_input_size or self._input_sizes or self._sizes_tried:
             return
         if has_uninitialised_lazy(module):
             self.guard.note_once("lazy-sizes", "the model has lazy modules not materialised "
                                  "yet; the conv input sizes (operator mode) are recorded after "
                                  "its first forward")
             return
-        self.sizes_tried = True
+        self._sizes_tried = True
         try:
             example, key, source = self._example(module, training_input)
             specs, _ = find_layers(module, self.config.include, self.config.exclude,
                                    self.config.embeddings)
             with torch.no_grad():
-                self.input_sizes = record_input_sizes(module, example, specs,
-                                                      forward_for(key, self.forward_fn))
+                self._input_sizes = record_input_sizes(module, example, specs,
+                                                       forward_for(key, self.forward_fn))
             rank_zero_info(f"SpectralMonitor: recorded the input sizes of "
-                           f"{len(self.input_sizes)} conv layers from {source}.")
+                           f"{len(self._input_sizes)} conv layers from {source}.")
         except Exception as error:  # noqa: BLE001 - operator mode then skips convs with a reason
             self.guard.warn(f"could not record conv input sizes ({type(error).__name__}: "
                             f"{error}); operator mode will skip conv layers")
@@ -192,8 +229,8 @@ class AnalysisRunner:
             broadcast if is_distributed(world) else None,
             ProbeSplit(rank, world) if sharded else None,
         )
-        self.training = {**self.training, **(training or {})}
-        training = dict(self.training)
+        self._training = {**self._training, **(training or {})}
+        training = dict(self._training)
         epoch = int(math.floor(epochs_trained))
         summary: dict[str, dict[str, float]] = {}
         alerts: list[Alert] = []
@@ -206,6 +243,7 @@ class AnalysisRunner:
                             f"{type(error).__name__}: {error}")
         merged = self._gather_alerts(alerts, world, rank)  # collective
         active = self._gather_active(world, rank)  # collective
+        self._alert_totals.update(alert.rule for alert, _ in merged)
         return AnalysisResult(
             step=int(step), epoch=epoch, epochs_trained=float(epochs_trained), trigger=trigger,
             seconds=time.perf_counter() - started, report=report, summary=summary,
@@ -213,7 +251,15 @@ class AnalysisRunner:
             active=tuple(active),
             world_size=int(world), owners=owners, training=training,
             class_report=class_report, class_metrics=class_metrics,
+            alert_totals=self._totals(),
         )
+
+    def _totals(self) -> dict[str, int]:
+        """Alerts raised so far in this run by rule: every rule of the engine (0 until it
+        fires), then any other name that raised, sorted."""
+        names = [rule_name(r) for r in self.alert_engine.rules]
+        return {name: self._alert_totals.get(name, 0)
+                for name in dict.fromkeys([*names, *sorted(self._alert_totals)])}
 
     def _add_motion(self, module: torch.nn.Module, report: Report) -> None:
         """Add the ``"motion"`` metrics of every analysed layer to its records (every mode).
@@ -258,8 +304,8 @@ class AnalysisRunner:
                 whole = not divisible((s.matrix.stored(s.module) for s in specs), world)
             if is_distributed(world) and not whole:
                 for spec in specs:
-                    if spec.name in self.input_sizes:
-                        spec.input_size = tuple(self.input_sizes[spec.name])
+                    if spec.name in self._input_sizes:
+                        spec.input_size = tuple(self._input_sizes[spec.name])
                 costs = {s.name: sum(estimate_cost(s, m) for m in config.conv_mode)
                          for s in specs}
                 costs.update({s.name: 0.0 for s in skipped})
@@ -294,7 +340,7 @@ class AnalysisRunner:
         ``probe``, no forward pass for missing conv input sizes (on a divided sharded model a
         forward is a collective that the other ranks, busy with their own share, never join)."""
         config = self.config if probe else replace(self.config, input_size=None)
-        return analyze(module, config=config, input_sizes=dict(self.input_sizes) or None,
+        return analyze(module, config=config, input_sizes=dict(self._input_sizes) or None,
                        layer_names=share, keep_svals=self.keep_svals)
 
     def _gather_alerts(

@@ -1,19 +1,31 @@
-"""The markdown the callback writes to TensorBoard: the conventions of the run and the alerts."""
+"""The markdown the callback writes to TensorBoard: the conventions of the run, and the reader
+of its primary mode (:func:`primary_mode_in`, for runs read back from their event files)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 from svd_callback.config import MonitorConfig
-from svd_callback.monitor.selection import logged_metric_names
+from svd_callback.monitor.scalars import logged_metric_names
 from svd_callback.sinks import tags
+from svd_callback.sinks.tags import escape_markdown
 
-__all__ = ["conventions_markdown", "md", "schedule_text"]
+__all__ = ["conventions_markdown", "primary_mode_in", "schedule_text"]
+
+PRIMARY_MARK = " (primary)"
+"""Written after the primary mode's name, ``- **unfold** (primary): ...``."""
+_PRIMARY_IN_TEXT = re.compile(r"\*\*(\w+)\*\*" + re.escape(PRIMARY_MARK))
 
 
-def md(text: str) -> str:
-    """``text`` with markdown's emphasis and table characters escaped."""
-    for char in ("\\", "*", "_", "|", "`"):
-        text = text.replace(char, "\\" + char)
-    return text
+def primary_mode_in(texts: Iterable[str]) -> str | None:
+    """The mode marked primary in a ``spectral/conventions`` text of
+    :func:`conventions_markdown` (None: not found)."""
+    for text in texts:
+        found = _PRIMARY_IN_TEXT.search(text)
+        if found:
+            return found.group(1)
+    return None
 
 
 def schedule_text(config: MonitorConfig, check_on: str | None) -> str:
@@ -41,12 +53,12 @@ def conventions_markdown(
         where = ("`spectral/<metric>/<layer>`" if mode == primary
                  else f"`spectral/<metric>.{mode}/<layer>`")
         how = tags.conventions(mode, analysis.normalization, analysis.fit, analysis.ww_compat)
-        primary_note = " (primary)" if mode == primary else ""
-        lines.append(f"- **{mode}**{primary_note}: {where}; {md(how)}")
+        primary_note = PRIMARY_MARK if mode == primary else ""
+        lines.append(f"- **{mode}**{primary_note}: {where}; {escape_markdown(how, table=True)}")
     lines += [
         "",
         f"- metric groups: {', '.join(analysis.metrics)}; logged: "
-        f"{md(', '.join(logged_metric_names(config)))}",
+        f"{escape_markdown(', '.join(logged_metric_names(config)), table=True)}",
         f"- aggregates: `spectral_summary/<metric>_{'|_'.join(config.summary_stats)}"
         "[.<mode>]` over analysed layers; layers that are not convolutions are logged under "
         "the primary mode only; histograms `spectra/<mode>/<layer>` hold log10 of the raw "
@@ -55,5 +67,6 @@ def conventions_markdown(
         f"- history file: `{history_path or 'disabled'}`",
     ]
     if class_text:
-        lines.append(f"- class statistics `classes/<stat>/<layer>`: {md(class_text)}")
+        lines.append("- class statistics `classes/<stat>/<layer>`: "
+                     f"{escape_markdown(class_text, table=True)}")
     return "\n".join(lines)

@@ -65,8 +65,11 @@ QUALITY_LABELS = ("ok", "over-trained", "under-trained", "suspicious-fit", "unde
 
 def quality_label(fit: PowerLawFit, thresholds: QualityThresholds = QualityThresholds(),
                   n_eigs: int | None = None) -> str:
-    """One of :data:`QUALITY_LABELS` from a fit's alpha, its standard error and D, for a
-    matrix of ``n_eigs`` eigenvalues (None: any size)."""
+    """One of :data:`QUALITY_LABELS` from a fit's alpha, its standard error sigma and D, for a
+    matrix of ``n_eigs`` eigenvalues (None: any size): ``over-trained`` when
+    alpha + confidence sigma < over_trained, ``under-trained`` when
+    alpha - confidence sigma > under_trained (docs/methods.md#measurements-behind-the-choices:
+    why the margin)."""
     alpha, D = fit.alpha, fit.D
     if fit.reason is not None or not math.isfinite(alpha) or alpha <= 1:
         return "undetermined"

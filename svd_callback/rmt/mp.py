@@ -42,6 +42,21 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+__all__ = [
+    "CENTRAL",
+    "MAX_ITERATIONS",
+    "TW_SIGMAS",
+    "MPFit",
+    "fit_mp_bulk",
+    "mp_edges",
+    "mp_median",
+    "mp_quantiles",
+    "mp_softrank",
+    "num_spikes",
+    "random_stable_rank",
+    "tracy_widom_margin",
+]
+
 MAX_ITERATIONS = 50
 TW_SIGMAS = 4.0
 """Spike margin above lambda_plus, in Tracy-Widom units."""

@@ -5,8 +5,8 @@
   right, a line from each class to every neuron of its hyperedge; class-specific neurons (in
   exactly one edge) are drawn in the colour of their class, shared ones in grey with their degree.
   HyperNetX's rubber-band drawing was not used: with ten heavily overlapping edges it is
-  unreadable, costs about 0.4 s, and its spring layout draws from numpy's global generator
-  (which the monitor must not touch). This drawing is deterministic.
+  unreadable and slow, and its spring layout draws from numpy's global generator (which the
+  monitor must not touch). This drawing is deterministic.
 - :func:`overlap_matrix_figure`: the class x class Jaccard matrix of the hyperedges.
 """
 

@@ -30,6 +30,13 @@ import torch
 
 from svd_callback.config import DEFAULT_HISTORY_FILE
 
+__all__ = [
+    "HISTORY_FILENAME",
+    "HistoryFile",
+    "read_history",
+    "to_json",
+]
+
 HISTORY_FILENAME = DEFAULT_HISTORY_FILE
 """The history file's default name, defined once in :mod:`svd_callback.config`."""
 

@@ -4,8 +4,10 @@ TensorBoard's hparams plugin treats every run holding a ``_hparams_/session_star
 a session, takes the hyperparameter columns and metric names from an ``_hparams_/experiment``
 tag (the first run that has one) and reads a metric's value as the last point of the scalar
 series with the metric's tag in the session's run. The records are written with
-``torch.utils.tensorboard.summary.hparams`` straight to the writer's file writer, with the
-existing ``spectral_summary/*`` and ``alerts/total`` tags as metrics, so that no scalar point is
+``torch.utils.tensorboard.summary.hparams`` straight to the event file
+(:meth:`svd_callback.sinks.tensorboard.TensorBoardSink.summaries`), with the
+existing ``spectral_summary/*`` and ``alerts/total`` tags as metrics (the caller's list,
+:func:`svd_callback.monitor.scalars.hparam_tags`), so that no scalar point is
 added (``TensorBoardLogger.log_hyperparams(params, metrics)`` would write the metric values at
 step 0). The loaders keep the first metadata of a tag per run: written at ``on_fit_start``,
 before Lightning logs the model's ``save_hyperparameters()``, these records, which hold the
@@ -19,8 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from svd_callback.config import MonitorConfig
-from svd_callback.monitor.selection import logged_metric_names
-from svd_callback.sinks import tags
 
 PREFIX = "svd/"
 """Prefix of the monitor's hyperparameter names (apart from the model's own)."""
@@ -66,26 +66,9 @@ def model_hparams(*sources: Mapping[str, Any] | None) -> dict[str, HParam]:
     return flat
 
 
-def metric_tags(config: MonitorConfig) -> list[str]:
-    """The metrics of the HPARAMS table: ``spectral_summary/<metric>_<stat>`` of the primary
-    conv mode for every logged metric and summary statistic, and ``alerts/total``."""
-    primary = config.analysis.primary_mode
-    summary = [tags.summary_tag(f"{metric}_{stat}", primary, primary)
-               for metric in logged_metric_names(config) for stat in config.summary_stats]
-    return [*summary, "alerts/total"]
+def hparams_summaries(hparams: Mapping[str, HParam], metrics: list[str]) -> list[Any]:
+    """The experiment and session-start records (``Summary`` protos) of the HPARAMS tab."""
+    from torch.utils.tensorboard.summary import hparams as hparams_records
 
-
-def write_hparams(writer: Any, hparams: Mapping[str, HParam], metrics: list[str]) -> bool:
-    """Write the experiment and session-start records to a ``SummaryWriter``; no scalar.
-
-    Returns False (nothing written) for a writer other than
-    ``torch.utils.tensorboard.SummaryWriter``."""
-    if not type(writer).__module__.startswith("torch.utils.tensorboard"):
-        return False
-    from torch.utils.tensorboard.summary import hparams as hparams_summaries
-
-    experiment, start, _ = hparams_summaries(dict(hparams), dict.fromkeys(metrics, 0.0))
-    file_writer = writer._get_file_writer()
-    file_writer.add_summary(experiment)
-    file_writer.add_summary(start)
-    return True
+    experiment, start, _ = hparams_records(dict(hparams), dict.fromkeys(metrics, 0.0))
+    return [experiment, start]

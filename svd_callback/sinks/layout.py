@@ -1,56 +1,26 @@
-"""TensorBoard custom-scalar layout: one chart per metric holding every layer.
+"""TensorBoard custom-scalar layout: the ``layout`` dict of ``SummaryWriter.add_custom_scalars``
+from typed charts (:class:`~svd_callback.sinks.tags.Chart`).
 
-Categories in a fixed order: ``spectral summary`` (one chart per aggregate overlaying the
-modes), ``alerts`` (the conditions in force and the alerts raised per analysis, the cumulative
-total, the cumulative count per rule and the count per analysis), then one category per conv
-mode (``spectral (unfold)``, ``spectral (operator)``, ...) with one multiline chart per metric
-whose regex ``^spectral/<metric>/.*`` (``^spectral/<metric>\\.<mode>/`` for a secondary mode)
-collects all layers (the ``"motion"`` metrics, the weight's own, under the primary mode only),
-and (when class statistics are logged) a ``classes`` category with one chart per statistic
-``^classes/<stat>/`` holding every layer. TensorBoard shows the categories in this order
-whichever run it reads first.
+Each chart is a ``Multiline`` chart of the tags its pattern matches; the sections come in the
+order of their rank and the charts of a section in theirs, whichever run TensorBoard reads first.
+Which charts a run gets is :func:`svd_callback.monitor.scalars.layout_charts`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from svd_callback.metric_groups import METRIC_GROUPS
-from svd_callback.sinks.tags import custom_scalar_regex
+from svd_callback.sinks.tags import Chart, Section
 
 
 def custom_scalar_layout(
-    metrics: Iterable[str],
-    modes: Sequence[str],
-    summary_keys: Iterable[str] = (),
-    class_stats: Iterable[str] = (),
+    charts: Iterable[Chart], sections: Iterable[Section] = ()
 ) -> dict[str, dict[str, list]]:
-    """The ``layout`` dict for ``SummaryWriter.add_custom_scalars``; ``modes[0]`` is primary."""
-    metrics = list(metrics)
-    primary = modes[0]
+    """The ``layout`` dict of ``charts``; ``sections`` are shown even without a chart."""
+    charts = set(charts)
+    ordered = sorted({*sections, *(c.section for c in charts)}, key=lambda s: s.rank)
     layout: dict[str, dict[str, list]] = {}
-    summary = {
-        key: ["Multiline", [rf"^spectral_summary/{re.escape(key)}(\.[a-z_]+)?$"]]
-        for key in summary_keys
-    }
-    if summary:
-        layout["spectral summary"] = summary
-    layout["alerts"] = {
-        "alerts/active (conditions in force, per analysis)": ["Multiline", [r"^alerts/active$"]],
-        "alerts/raised (warning or stop, raised per analysis)": [
-            "Multiline", [r"^alerts/raised$"]],
-        "alerts/total (cumulative)": ["Multiline", [r"^alerts/total$"]],
-        "alerts/rule (cumulative, per rule)": ["Multiline", [r"^alerts/rule/.*"]],
-        "alerts/count (per analysis)": ["Multiline", [r"^alerts/count$"]],
-    }
-    weight_only = set(METRIC_GROUPS["motion"])  # the weight's own: primary mode only
-    for mode in modes:
-        layout[f"spectral ({mode})"] = {
-            metric: ["Multiline", [custom_scalar_regex(metric, mode, primary)]]
-            for metric in metrics if mode == primary or metric not in weight_only
-        }
-    classes = {stat: ["Multiline", [rf"^classes/{re.escape(stat)}/.*"]] for stat in class_stats}
-    if classes:
-        layout["classes"] = classes
+    for section in ordered:
+        mine = sorted((c for c in charts if c.section == section), key=lambda c: c.rank)
+        layout[section.name] = {c.title: ["Multiline", [c.pattern]] for c in mine}
     return layout

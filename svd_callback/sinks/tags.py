@@ -12,36 +12,156 @@ fit (or which probe and hyperedge rule) produced the number.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
+from svd_callback.aggregates import aggregate
 from svd_callback.metric_groups import METRIC_GROUPS
+from svd_callback.spectra.modes import MODES
 
-ALERT_COUNT_TAG = "alerts/count"
+
+class Family(enum.Enum):
+    """The families of scalars; the value is the first part of the tag."""
+
+    LAYER = "spectral"
+    """``spectral/<metric>[.<mode>]/<layer>``: a per-layer metric."""
+    SUMMARY = "spectral_summary"
+    """``spectral_summary/<key>[.<mode>]``: a model-level aggregate
+    (:mod:`svd_callback.aggregates`)."""
+    ALERTS = "alerts"
+    """``alerts/<name>``: alert counts and levels."""
+    CLASSES = "classes"
+    """``classes/<stat>/<layer>``: a class statistic of a layer."""
+
+
 ALERT_TEXT_TAG = "alerts"
-ALERT_TOTAL_TAG = "alerts/total"
-ALERT_RULE_PREFIX = "alerts/rule/"
 REASONS_TAG = "spectral/reasons"
 CONVENTIONS_TAG = "spectral/conventions"
+"""The text describing a run's conventions (``SummaryWriter.add_text`` appends
+``/text_summary`` to the tag)."""
 EPOCH_TAG = "epoch"
+SPECTRA_PREFIX = "spectra/"
+OWN_TAG_PREFIXES: tuple[str, ...] = (*(f"{f.value}/" for f in Family), SPECTRA_PREFIX)
+"""The prefixes of every tag the callback logs (the trainer's own scalars have none of them)."""
+SUMMARY_LAYER = "<model>"
+"""The ``layer`` of a model-level aggregate read back by :func:`parse_tag`."""
 
+
+@dataclass(frozen=True)
+class Section:
+    """A category of TensorBoard's custom-scalar layout.
+
+    Attributes:
+        name: its title (``spectral summary``, ``alerts``, ``spectral (unfold)``, ...).
+        rank: its place among the sections (compared as a tuple).
+    """
+
+    name: str
+    rank: tuple = ()
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One chart of TensorBoard's custom-scalar layout.
+
+    Attributes:
+        section: the category it is shown in.
+        title: its title, unique within the section.
+        pattern: the regular expression of the tags it overlays.
+        rank: its place within the section (compared as a tuple).
+    """
+
+    section: Section
+    title: str
+    pattern: str
+    rank: tuple = ()
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """One logged scalar of one analysis: its value, what it is and where it is shown.
+
+    Attributes:
+        family: which kind of scalar (the first part of the tag).
+        name: the metric (``alpha``), aggregate key (``alpha_mean``), alert scalar
+            (``active``, ``rule/AlphaBelow``) or class statistic (``jaccard_mean``).
+        value: the value (finite).
+        description: how the number was made (shown in TensorBoard's tooltip).
+        chart: the custom-scalar chart that shows it (None: none).
+        layer: the layer of a per-layer or class scalar (None: model level).
+        mode: the conv mode that made it (None: mode-less, e.g. alerts and classes).
+        primary: whether ``mode`` is the run's primary mode (its tags carry no ``.<mode>``).
+        metric: the per-layer metric it is or aggregates (None: neither).
+        stat: the statistic over layers of an aggregate (``mean``, ``median``; None otherwise).
+        model_level: a model-level value, put into ``trainer.callback_metrics`` (per-layer
+            values only on request).
+        logged: whether it reaches the loggers (False: redundant or constant, kept for
+            ``callback_metrics``, the rules and the history file).
+        float64: kept as float64 in ``callback_metrics`` (steps above 2**24).
+    """
+
+    family: Family
+    name: str
+    value: float
+    description: str
+    chart: Chart | None = None
+    layer: str | None = None
+    mode: str | None = None
+    primary: bool = True
+    metric: str | None = None
+    stat: str | None = None
+    model_level: bool = False
+    logged: bool = True
+    float64: bool = False
+
+    @property
+    def tag(self) -> str:
+        """The TensorBoard tag, from the patterns of this module."""
+        name = self.name if self.primary or self.mode is None else f"{self.name}.{self.mode}"
+        if self.layer is None:
+            return f"{self.family.value}/{name}"
+        return f"{self.family.value}/{name}/{clean_layer_name(self.layer)}"
 
 
 MARKDOWN_SPECIAL = ("\\", "`", "*", "_")
-"""Characters TensorBoard's markdown would read as emphasis or code in a description."""
+"""Characters TensorBoard's markdown would read as emphasis or code."""
+TABLE_SPECIAL = ("|",)
+"""Characters that would also end a cell of a markdown table."""
 
 
-def escape_markdown(text: str) -> str:
-    """``text`` with :data:`MARKDOWN_SPECIAL` backslash-escaped: TensorBoard renders
-    descriptions as markdown, where ``c*kh*kw`` would turn to italics."""
-    for char in MARKDOWN_SPECIAL:
+def escape_markdown(text: str, *, table: bool = False) -> str:
+    """``text`` with :data:`MARKDOWN_SPECIAL` (and, with ``table``, :data:`TABLE_SPECIAL`)
+    backslash-escaped: TensorBoard renders descriptions and text as markdown, where ``c*kh*kw``
+    would turn to italics. The one escaper of every text the callback writes."""
+    for char in (*MARKDOWN_SPECIAL, *(TABLE_SPECIAL if table else ())):
         text = text.replace(char, "\\" + char)
     return text
 
 
+def alert_tag(name: str) -> str:
+    """``alerts/<name>``."""
+    return f"{Family.ALERTS.value}/{name}"
+
+
+ALERT_RULE_NAME = "rule/"
+"""The name of an ``alerts/rule/<rule>`` scalar is this followed by the rule's name."""
+
+
+def alert_rule_name(rule: str) -> str:
+    """``rule/<rule>``: the name of the cumulative count of alerts ``rule`` raised."""
+    return ALERT_RULE_NAME + rule
+
+
 def alert_rule_tag(rule: str) -> str:
     """``alerts/rule/<rule>``: the cumulative number of alerts ``rule`` raised."""
-    return ALERT_RULE_PREFIX + rule
+    return alert_tag(alert_rule_name(rule))
+
+
+ALERT_COUNT_TAG = alert_tag("count")
+ALERT_TOTAL_TAG = alert_tag("total")
+ALERT_RULE_PREFIX = alert_tag(ALERT_RULE_NAME)
 
 
 METRIC_DESCRIPTIONS: dict[str, str] = {
@@ -89,15 +209,6 @@ MOTION_TEXT = ("of the weight tensor itself, the same in every conv mode (a conv
                "out_channels x (in_channels kh kw) unfolding), estimated from a fixed Gaussian "
                "sketch W Omega of k columns (exact when the weight has at most k columns)")
 """How the ``"motion"`` metrics were made (their tags carry no conv mode or normalisation)."""
-
-_MODE_TEXT = {
-    "unfold": "conv mode unfold (the conv weight reshaped to out_channels x "
-    "(in_channels kh kw), kh x kw the kernel size; Praggastis et al. 2022)",
-    "operator": "conv mode operator (exact spectrum of the circular conv operator on the "
-    "layer's real input size, Sedghi et al. 2019)",
-    "slices": "conv mode slices (WeightWatcher's kh x kw kernel-position slices W[:, :, i, j] "
-    "of out_channels x in_channels each, their spectra pooled)",
-}
 
 _NORMALIZATION_TEXT = {
     "raw": "normalization raw (lambda = sigma^2)",
@@ -180,17 +291,36 @@ def metric_name(metric: str, mode: str, primary_mode: str) -> str:
 
 def layer_tag(metric: str, layer: str, mode: str, primary_mode: str) -> str:
     """``spectral/<metric>/<layer>`` (primary mode) or ``spectral/<metric>.<mode>/<layer>``."""
-    return f"spectral/{metric_name(metric, mode, primary_mode)}/{clean_layer_name(layer)}"
+    return Scalar(Family.LAYER, metric, 0.0, "", layer=layer, mode=mode,
+                  primary=mode == primary_mode).tag
 
 
 def summary_tag(key: str, mode: str, primary_mode: str) -> str:
     """``spectral_summary/<key>`` (primary mode) or ``spectral_summary/<key>.<mode>``."""
-    return f"spectral_summary/{metric_name(key, mode, primary_mode)}"
+    return Scalar(Family.SUMMARY, key, 0.0, "", mode=mode, primary=mode == primary_mode).tag
+
+
+def parse_tag(tag: str) -> tuple[str, str, str | None] | None:
+    """The inverse of :func:`layer_tag` and :func:`summary_tag`, for runs read back from their
+    event files: ``spectral/alpha.operator/conv1`` -> ("conv1", "alpha", "operator");
+    ``spectral_summary/alpha_mean`` -> (:data:`SUMMARY_LAYER`, "alpha_mean", None); other tags
+    -> None. A missing ``.mode`` suffix means the run's primary mode."""
+    head, _, rest = tag.partition("/")
+    if head == Family.LAYER.value:
+        metric, _, layer = rest.partition("/")
+        if not layer:
+            return None
+    elif head == Family.SUMMARY.value:
+        metric, layer = rest, SUMMARY_LAYER
+    else:
+        return None
+    metric, _, mode = metric.partition(".")
+    return layer, metric, mode or None
 
 
 def spectrum_tag(mode: str, layer: str) -> str:
     """``spectra/<mode>/<layer>``: histogram of the layer's singular values."""
-    return f"spectra/{mode}/{clean_layer_name(layer)}"
+    return f"{SPECTRA_PREFIX}{mode}/{clean_layer_name(layer)}"
 
 
 def figure_tag(figure: str, mode: str, layer: str | None = None) -> str:
@@ -201,7 +331,7 @@ def figure_tag(figure: str, mode: str, layer: str | None = None) -> str:
 
 def class_tag(stat: str, layer: str) -> str:
     """``classes/<stat>/<layer>``: a class-level statistic of one layer."""
-    return f"classes/{stat}/{clean_layer_name(layer)}"
+    return Scalar(Family.CLASSES, stat, 0.0, "", layer=layer).tag
 
 
 def class_figure_tag(figure: str, layer: str) -> str:
@@ -220,6 +350,11 @@ def clean_layer_name(layer: str) -> str:
     return _SAFE.sub("_", layer)
 
 
+def _mode_text(mode: str) -> str:
+    """What ``mode`` computes (:attr:`svd_callback.spectra.modes.ModeSpec.text`)."""
+    return MODES[mode].text if mode in MODES else f"conv mode {mode}"
+
+
 def conventions(mode: str, normalization: str, fit: str | None, ww_compat: bool = False) -> str:
     """``conv mode ...; normalization ...; fit ...`` for one mode."""
     fit_text = _FIT_TEXT.get(fit, f"fit {fit}")
@@ -227,7 +362,7 @@ def conventions(mode: str, normalization: str, fit: str | None, ww_compat: bool 
         fit_text += " (WeightWatcher 0.7.7 compatible)"
     return "; ".join(
         (
-            _MODE_TEXT.get(mode, f"conv mode {mode}"),
+            _mode_text(mode),
             _NORMALIZATION_TEXT.get(normalization, f"normalization {normalization}"),
             fit_text,
         )
@@ -265,32 +400,29 @@ def summary_description(
 ) -> str:
     """Description of a model-level aggregate such as ``alpha_mean`` or ``n_skipped``."""
     how = conventions(mode, normalization, fit, ww_compat)
-    for suffix, word in (("_mean", "mean"), ("_median", "median")):
-        if key.endswith(suffix):
-            metric = key[: -len(suffix)]
-            what = METRIC_DESCRIPTIONS.get(metric, metric)
-            if metric in METRIC_GROUPS["motion"]:
-                how = MOTION_TEXT
-            return f"{word} over analysed layers (finite values) of: {what}; {how}"
-    if key == "n_layers":
-        return f"number of layers analysed; {how}"
-    if key == "n_skipped":
-        return f"number of layers skipped (reasons in the history file); {how}"
-    if key.startswith("frac_"):
-        label = key[len("frac_") :].replace("_", "-")
-        return f"fraction of fitted layers labelled {label} by the alpha thresholds; {how}"
-    return f"{key}; {how}"
+    found = aggregate(key)
+    if found is None:
+        return f"{key}; {how}"
+    if found.kind == "statistic":
+        what = METRIC_DESCRIPTIONS.get(found.metric, found.metric)
+        if found.metric in METRIC_GROUPS["motion"]:
+            how = MOTION_TEXT
+        return f"{found.stat} over analysed layers (finite values) of: {what}; {how}"
+    if found.kind == "fraction":
+        return (f"fraction of fitted layers labelled {found.label} by the alpha thresholds; "
+                f"{how}")
+    return f"{found.text}; {how}"
 
 
 def spectrum_description(mode: str, normalization: str) -> str:
     """The description of the ``spectra/<mode>/<layer>`` histogram: log10 sigma."""
     what = ("log10 of the layer's singular values sigma (before normalisation; zero singular "
             "values left out), so that the bulk and the heavy tail both show")
+    how = MODES[mode].text if mode in MODES else mode
     return (
-        f"{what}; {_MODE_TEXT.get(mode, mode)}; the ESD metrics use "
-        f"{_NORMALIZATION_TEXT[normalization]}"
+        f"{what}; {how}; the ESD metrics use {_NORMALIZATION_TEXT[normalization]}"
         if normalization in _NORMALIZATION_TEXT
-        else f"{what}; {_MODE_TEXT.get(mode, mode)}"
+        else f"{what}; {how}"
     )
 
 

@@ -115,6 +115,16 @@ class TensorBoardSink:
         """A custom-scalar layout (``SummaryWriter.add_custom_scalars`` format)."""
         self.writer.add_custom_scalars(dict(layout))
 
+    def summaries(self, summaries: list[Any], step: int = 0) -> bool:
+        """Write ready-made ``Summary`` protos (e.g. the HPARAMS records) at ``step``, adding
+        no scalar point. Returns False for a writer other than
+        ``torch.utils.tensorboard.SummaryWriter`` (nothing written)."""
+        if not self._native:
+            return False
+        for summary in summaries:
+            self._add(summary, step)
+        return True
+
     def purge_from(self, step: int) -> bool:
         """Hide every event at ``step`` or later written before this call (a resumed run).
 

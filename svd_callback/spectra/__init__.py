@@ -30,9 +30,11 @@ Conventions shared by every function here:
 
 Modules: :mod:`~svd_callback.spectra.solver` (the batched solver, dtype and finiteness checks),
 :mod:`~svd_callback.spectra.unfold`, :mod:`~svd_callback.spectra.slices`,
-:mod:`~svd_callback.spectra.operator` (one per mode).
+:mod:`~svd_callback.spectra.operator` (one per mode), :mod:`~svd_callback.spectra.modes` (each
+mode as a :class:`ModeSpec` object: matrix shape, rows, batching, spectrum, skip reasons, cost).
 """
 
+from svd_callback.spectra.modes import MODES, PLAIN, ModeSpec, conv_mode, mode_for
 from svd_callback.spectra.operator import operator_svdvals, stacked_operator_svdvals
 from svd_callback.spectra.slices import (
     slice_matrices,
@@ -60,10 +62,15 @@ from svd_callback.spectra.unfold import (
 __all__ = [
     "DEFAULT_CHUNK_ELEMS",
     "GRAM32_NOISE",
+    "MODES",
+    "PLAIN",
     "SVD_METHODS",
+    "ModeSpec",
     "NonFiniteWeightError",
     "SpectralError",
     "batched_svdvals",
+    "conv_mode",
+    "mode_for",
     "operator_svdvals",
     "slice_matrices",
     "slice_svdvals",

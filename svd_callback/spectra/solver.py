@@ -32,8 +32,9 @@ path holds about four times that at its peak)."""
 SVD_METHODS = ("auto", "svd", "gram", "gram32")
 
 GRAM32_NOISE = 64
-"""Measured absolute error of ``"gram32"`` eigenvalues, in units of ``eps32 * lambda_max``:
-at most ~45 on ResNet-18's 512 x 512 slices, ~10 on 128 x 128 ones (float64 reference)."""
+"""Bound on the absolute error of ``"gram32"`` eigenvalues, in units of ``eps32 * lambda_max``,
+above the largest error measured against a float64 reference
+(docs/methods.md#measurements-behind-the-choices)."""
 
 
 class SpectralError(RuntimeError):
@@ -134,12 +135,12 @@ def _resolve_method(method: str, mats: Tensor) -> str:
 def auto_method(dtype: torch.dtype, device_type: str) -> str:
     """The solver ``"auto"`` picks for matrices of ``dtype`` on a ``device_type`` device.
 
-    ``"gram"`` (float64 Gram) for float32 on the CPU: measured on a 2-core CPU, it beats float32
-    SVD by 1.35-1.5x on square and 4-15x on 1:9 matrices. ``"svd"`` elsewhere: complex input
-    (complex128 Gram + eigvalsh is 0.7-1.3x of complex64 SVD), float64 input (a Gram would lose
-    accuracy against a float64 SVD), and every accelerator (CUDA, MPS, XPU ...), whose float64
-    runs at 1/2-1/64 of float32 speed (1/32-1/64 on consumer GPUs; MPS has none): there float32
-    ``svdvals``, whose error is ~ eps32 * sigma_max (see :func:`batched_svdvals`).
+    ``"gram"`` (float64 Gram) for float32 on the CPU, where it is faster than a float32 SVD.
+    ``"svd"`` elsewhere: complex input (a complex128 Gram is not faster than a complex64 SVD),
+    float64 input (a Gram would lose accuracy against a float64 SVD), and every accelerator
+    (CUDA, MPS, XPU ...), whose float64 runs at a fraction of float32 speed (MPS has none):
+    there float32 ``svdvals``, whose error is ~ eps32 * sigma_max (see :func:`batched_svdvals`).
+    The timings behind the choice: docs/methods.md#measurements-behind-the-choices.
     """
     return "gram" if dtype == torch.float32 and device_type == "cpu" else "svd"
 
@@ -280,10 +281,8 @@ def batched_svdvals(
         method: ``"svd"``: ``torch.linalg.svdvals``. ``"gram"``: ``sqrt(eigvalsh(G))`` of the
             smaller Gram matrix ``G = X^H X`` or ``X X^H``, formed and solved in double
             precision (float64 / complex128), cast back. ``"auto"``: ``"gram"`` for float32
-            input on the CPU, where it is as accurate and faster (measured 1.35-1.5x on square
-            and 4-15x on 1:9 matrices); ``"svd"`` for complex input (a complex128 Gram is not
-            faster than complex64 SVD), for float64 input, and on every accelerator (float64
-            at 1/32-1/64 speed on consumer GPUs), see :func:`auto_method`.
+            input on the CPU, where it is as accurate and faster; ``"svd"`` for complex input,
+            for float64 input, and on every accelerator, see :func:`auto_method`.
             ``"gram32"``: the same Gram path in the input's own precision (float32), the fastest
             exact-arithmetic route (the bare floor: ``eigvalsh`` of the float32 Gram), at lower
             accuracy for small values, see below.

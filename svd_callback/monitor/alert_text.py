@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from svd_callback.alerts import Alert
-from svd_callback.alerts.base import fmt, rule_name
+from svd_callback.alerts.base import fmt, rule_name, when
 from svd_callback.report import Report
 from svd_callback.sinks.tags import escape_markdown
 
@@ -158,20 +158,21 @@ def state_text(
     3. the alerts raised so far, by rule;
     4. ``rules`` (given at the first analysis only): the table of the rules that run.
     """
-    when = f"at epoch {epoch} (step {step})"
+    now = f"at epoch {epoch} (step {step})"
     if in_force:
         names = list(dict.fromkeys(a.rule for a in in_force))
         noun = "rule" if len(names) == 1 else "rules"
-        lines = [f"**{len(names)} alert {noun} in force: {md(', '.join(names))}** {when}", ""]
+        lines = [f"**{len(names)} alert {noun} in force: {md(', '.join(names))}** {now}", ""]
         for alert in in_force:
-            message = alert.message.removeprefix(f"{alert.rule}: ")
+            message = alert.message.removeprefix(f"{alert.rule}: ").removesuffix(
+                when(alert.epoch, alert.step))  # both said by the entry's head
             entry = [f"- **{md(alert.rule)}** ({alert.severity}), {_since(alert)}, "
                      f"{md(_where(alert))}{md(where(alert))}: {md(message)}"]
             entry += [f"  *{label}:* {md(part)}" for label, part in
                       (("Likely", alert.meaning), ("Try", alert.advice)) if part]
             lines += ["  \n".join(entry), ""]
     else:
-        lines = [f"**Healthy**: no alert condition in force {when}", ""]
+        lines = [f"**Healthy**: no alert condition in force {now}", ""]
     news = [f"raised {md(a.rule)} ({a.severity})" for a in raised]
     news += [f"cleared {md(c)}" for c in cleared]
     lines += [f"This analysis: {'; '.join(news) if news else 'nothing raised or cleared'}.", ""]

@@ -38,6 +38,9 @@ class AnalysisResult:
         class_metrics: the class statistics per layer (every rank, broadcast from rank 0).
         alert_totals: alerts raised so far in this run by rule, this analysis's included (every
             rank's, merged): every configured rule (0 until it fires), then any other name.
+        in_force: the alerts behind the conditions in force, each narrowed to the layers still
+            in force (:meth:`~svd_callback.alerts.AlertEngine.in_force`, every rank's, merged):
+            what the ``alerts`` text states first.
     """
 
     step: int
@@ -56,6 +59,7 @@ class AnalysisResult:
     class_report: ClassReport | None = None
     class_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     alert_totals: Mapping[str, int] = field(default_factory=dict)
+    in_force: tuple[Alert, ...] = ()
 
     def ranks_of(self, alert: Alert) -> tuple[int, ...]:
         """The ranks that raised ``alert`` (``(0,)`` when unknown)."""

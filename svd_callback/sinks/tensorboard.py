@@ -111,9 +111,25 @@ class TensorBoardSink:
         image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
         self.writer.add_image(tag, image, step, dataformats="HWC")
 
-    def layout(self, layout: Mapping[str, Mapping[str, list]]) -> None:
-        """A custom-scalar layout (``SummaryWriter.add_custom_scalars`` format)."""
-        self.writer.add_custom_scalars(dict(layout))
+    def layout(self, layout: Any) -> None:
+        """A custom-scalar layout (a ``tensorboard.Layout`` proto,
+        :func:`~svd_callback.sinks.layout.custom_scalar_layout`); another writer gets it through
+        ``add_custom_scalars`` (without closed sections)."""
+        if not self._native:
+            from svd_callback.sinks.layout import layout_dict
+
+            self.writer.add_custom_scalars(layout_dict(layout))
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.plugins.custom_scalar import metadata
+
+        tensor = TensorProto(dtype="DT_STRING", string_val=[layout.SerializeToString()])
+        tensor.tensor_shape.SetInParent()
+        smd = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+            plugin_name=metadata.PLUGIN_NAME))
+        self._add(Summary(value=[Summary.Value(tag=metadata.CONFIG_SUMMARY_TAG, tensor=tensor,
+                                               metadata=smd)]), 0)
 
     def summaries(self, summaries: list[Any], step: int = 0) -> bool:
         """Write ready-made ``Summary`` protos (e.g. the HPARAMS records) at ``step``, adding

@@ -2,9 +2,10 @@
 
 Trains ``SmallCNN`` on scikit-learn's digits twice with :class:`svd_callback.SpectralMonitor`
 (Adam, lr 3e-3: healthy, about 0.94 validation accuracy; lr 0.1: the spectral norms blow up,
-the ReLUs die and the net stops learning), serves both runs with ``tensorboard --logdir`` on a free local port, and takes
-headless-Chromium screenshots of its dashboards at TensorBoard's default settings (a fresh
-browser profile each time, so no smoothing, outlier or run selection is remembered)::
+the ReLUs die and the net stops learning), serves both runs with ``tensorboard --logdir`` on a
+free local port, and takes headless-Chromium screenshots of its dashboards at TensorBoard's
+default settings (a fresh browser profile each time, so no smoothing, outlier or run selection
+is remembered)::
 
     PYTHONPATH=$PWD .venv/bin/python scripts/tensorboard_screenshots.py --out /tmp/tb_shots
     PYTHONPATH=$PWD .venv/bin/python scripts/tensorboard_screenshots.py --out /tmp/tb_shots \

@@ -292,7 +292,7 @@ class SpectralMonitor(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:  # the last analysis's figures, unless drawn already
             self._publisher.finish(trainer.loggers, self._schedule.analyses - 1,
-                                   trainer_metrics=list(trainer.logged_metrics))
+                                   trainer_metrics=list(getattr(trainer, "logged_metrics", {})))
 
     # ------------------------------------------------------------------ one analysis
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: str) -> None:
@@ -314,7 +314,7 @@ class SpectralMonitor(Callback):
                          loggers=trainer.loggers, callback_metrics=trainer.callback_metrics,
                          current_epoch=trainer.current_epoch, index=index,
                          is_zero=trainer.is_global_zero,
-                         trainer_metrics=list(trainer.logged_metrics))
+                         trainer_metrics=list(getattr(trainer, "logged_metrics", {})))
         if self.on_alert is not None:
             for alert in result.alerts:
                 self._guard.call("calling on_alert", self.on_alert, alert, trainer, pl_module)

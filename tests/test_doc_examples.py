@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 NOT_RUN = re.compile(r"#\s*not run:\s*(\S.*)")
-MONITOR_TAGS = ("spectral/", "spectral_summary/", "alerts/", "classes/", "spectra/")
+MONITOR_TAGS = ("spectral/", "all_layers/", "alerts/", "classes/", "spectra/")
 TOLERANCE = 0.02
 OPTED_OUT: dict[str, str] = {}
 """``file:line`` -> the reason its first line gives, for the blocks that are not run."""

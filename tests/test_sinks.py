@@ -38,9 +38,13 @@ def test_tags_follow_the_fixed_patterns():
         tags.layer_tag("alpha", "features.0", "operator", "unfold")
         == "spectral/alpha.operator/features.0"
     )
-    assert tags.summary_tag("alpha_mean", "unfold", "unfold") == "spectral_summary/alpha_mean"
+    assert tags.summary_tag("alpha_mean", "unfold", "unfold") == "all_layers/alpha_mean"
     secondary = tags.summary_tag("alpha_mean", "slices", "unfold")
-    assert secondary == "spectral_summary/alpha_mean.slices"
+    assert secondary == "all_layers/alpha_mean.slices"
+    # the aggregates' tags of runs logged before still read back
+    assert tags.parse_tag("spectral_summary/alpha_mean.slices") == (
+        tags.SUMMARY_LAYER, "alpha_mean", "slices")
+    assert tags.parse_tag("all_layers/alpha_mean") == (tags.SUMMARY_LAYER, "alpha_mean", None)
     assert tags.spectrum_tag("operator", "fc") == "spectra/operator/fc"
     assert tags.clean_layer_name("a b/c:1") == "a_b/c_1"
 
@@ -153,20 +157,29 @@ def test_tensorboard_sink_histogram_text_figure_and_layout(tmp_path, read_events
     (config,) = acc.Tensors("custom_scalars__config__")
     parsed = layout_pb2.Layout()
     parsed.ParseFromString(tensor_util.make_ndarray(config.tensor_proto).item())
-    titles = [c.title for c in parsed.category]
-    assert titles == ["spectral summary", "alerts", "spectral (unfold)", "spectral (operator)"]
-    chart = parsed.category[3].chart[0]
-    assert chart.title == "alpha"
-    assert list(chart.multiline.tag) == [r"^spectral/alpha\.operator/.*"]
+    assert parsed == layout  # closed sections and margin charts kept
+    assert [(c.title, c.closed) for c in parsed.category] == [
+        ("alerts", False), ("all layers [unfold]", False), ("all layers [operator]", True),
+        ("alpha [unfold]", True), ("alpha [operator]", True)]
+    chart = parsed.category[4].chart[0]
+    assert chart.title == "alpha [operator]: x"
+    assert list(chart.multiline.tag) == [r"^spectral/alpha\.operator/(x)$"]
 
 
-def test_layout_summary_regex_overlays_modes():
-    layout = layout_of(["alpha"], ["unfold", "slices"], ["alpha_mean"])
-    (pattern,) = layout["spectral summary"]["alpha_mean"][1]
-    regex = re.compile(pattern)
-    assert regex.search("spectral_summary/alpha_mean")
-    assert regex.search("spectral_summary/alpha_mean.slices")
-    assert not regex.search("spectral_summary/alpha_median")
+def test_layout_charts_one_mode_each_and_margin_charts_reversed():
+    """One mode per chart; TensorBoard shows a category's margin charts in reverse, so they are
+    written in reverse rank order (key metrics shown first)."""
+    from svd_callback.sinks.layout import layout_dict
+
+    layout = layout_of(["alpha"], ["unfold", "slices"], ["n_layers", "alpha_mean",
+                                                         "stable_rank_mean"])
+    charts = layout_dict(layout)
+    assert list(charts["all layers [unfold]"]) == ["n_layers", "stable_rank_mean", "alpha_mean"]
+    assert charts["all layers [slices]"]["alpha_mean"] == [
+        "Margin", ["all_layers/alpha_mean.slices"] * 3]
+    assert charts["alerts"][
+        "alerts/active: rules in force now (line); alerts/total: raised so far (top of the band)"
+    ] == ["Margin", ["alerts/active", "alerts/active", "alerts/total"]]
 
 
 # ---------------------------------------------------------------------------- figures

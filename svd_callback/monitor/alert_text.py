@@ -144,7 +144,7 @@ def state_text(
     epoch: int,
     step: int,
     *,
-    rules: Sequence[Any] = (),
+    rules: Sequence[Any] | None = None,
     where: Callable[[Alert], str] = lambda alert: "",
 ) -> str:
     """The ``alerts`` text of one analysis, the state first.
@@ -156,7 +156,8 @@ def state_text(
        against their limits), what it usually means and what to try;
     2. what this analysis raised and cleared;
     3. the alerts raised so far, by rule;
-    4. ``rules`` (given at the first analysis only): the table of the rules that run.
+    4. ``rules`` (given at the first analysis only; None: left out): the table of the rules
+       that run.
     """
     now = f"at epoch {epoch} (step {step})"
     if in_force:
@@ -182,6 +183,6 @@ def state_text(
         lines += [f"Raised so far: {total} ({counts}).", ""]
     else:
         lines += ["Raised so far: none.", ""]
-    if rules:
+    if rules is not None:
         lines += ["**Rules** (checked at every analysis)", "", rules_markdown(rules)]
     return "\n".join(lines).rstrip() + "\n"

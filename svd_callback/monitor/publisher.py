@@ -199,7 +199,7 @@ class Publisher:
         alerts_markdown = state_text(
             result.in_force, result.alerts, cleared_conditions(self._in_force, result.in_force),
             {rule: count for rule, count in result.alert_totals.items() if count},
-            result.epoch, step, rules=[] if self._started_logging else self._rules(),
+            result.epoch, step, rules=None if self._started_logging else self._rules(),
             where=result.raised_on)
         self._in_force = tuple(result.in_force)
         for key, sink in sinks.items():

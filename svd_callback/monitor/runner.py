@@ -252,7 +252,8 @@ class AnalysisRunner:
             active=tuple(active),
             world_size=int(world), owners=owners, training=training,
             class_report=class_report, class_metrics=class_metrics,
-            alert_totals=self._totals(), in_force=tuple(in_force),
+            alert_totals=self._totals(), in_force=tuple(a for a, _ in in_force),
+            in_force_ranks=tuple(r for _, r in in_force),
         )
 
     def _totals(self) -> dict[str, int]:
@@ -355,15 +356,18 @@ class AnalysisRunner:
                             f"{type(error).__name__}: {error}; rank {rank} records its own")
             return [(alert, (rank,)) for alert in alerts]
 
-    def _gather_in_force(self, world: int, rank: int) -> list[Alert]:
-        """The alerts behind the conditions in force on any rank, on every rank."""
+    def _gather_in_force(
+        self, world: int, rank: int
+    ) -> list[tuple[Alert, tuple[int, ...]]]:
+        """The alerts behind the conditions in force on any rank, on every rank, each with the
+        ranks where it is in force."""
         try:
             local = self.alert_engine.in_force()
         except Exception as error:  # noqa: BLE001 - never crash training
             self.guard.warn(f"reading the alerts in force failed: "
                             f"{type(error).__name__}: {error}")
             local = []
-        return [alert for alert, _ in self._gather_alerts(local, world, rank)]
+        return self._gather_alerts(local, world, rank)
 
     def _gather_active(self, world: int, rank: int) -> list[Condition]:
         """The conditions in force on any rank, on every rank (``alerts/active``)."""

@@ -91,6 +91,13 @@ class Chart:
     rank: tuple = ()
     margin: tuple[str, str, str] | None = None
 
+    def shows(self, tag: str) -> bool:
+        """Whether the chart draws ``tag``: one of its margin tags, or a match of its
+        pattern."""
+        if self.margin is not None:
+            return tag in self.margin
+        return re.search(self.pattern, tag) is not None
+
 
 @dataclass(frozen=True)
 class Scalar:

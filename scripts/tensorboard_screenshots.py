@@ -45,6 +45,9 @@ DASHBOARDS = {
     "hparams": "#hparams",
     "images": "#images",
 }
+SIZES = {"hparams": "1900,560"}
+"""Window sizes other than ``--size``: the HPARAMS table is wide (its metric columns come after
+the settings)."""
 DOCS_IMAGES = {  # screenshot -> docs/images file (used by docs/guide.md)
     "timeseries": "tensorboard_timeseries.png",
     "custom_scalars": "tensorboard_custom_scalars.png",
@@ -74,7 +77,7 @@ def train(root: Path, epochs: int = EPOCHS, seed: int = SEED) -> None:
         pl.seed_everything(seed, workers=True, verbose=False)
         trainer = pl.Trainer(
             max_epochs=epochs, logger=TensorBoardLogger(str(root), name=name, version=""),
-            callbacks=[SpectralMonitor(history_file=None)], accelerator="cpu", devices=1,
+            callbacks=[SpectralMonitor()], accelerator="cpu", devices=1,
             deterministic=True, enable_checkpointing=False, enable_model_summary=False,
             enable_progress_bar=False, log_every_n_steps=5,
         )
@@ -198,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true",
                         help="use the runs already under OUT/runs")
     parser.add_argument("--chromium", default="chromium", help="browser binary (chromium)")
-    parser.add_argument("--size", default="1400,1000",
-                        help="browser window WIDTH,HEIGHT in pixels (1400,1000)")
+    parser.add_argument("--size", default=None,
+                        help="browser window WIDTH,HEIGHT in pixels (default 1400,1000; "
+                        "HPARAMS 1900,560)")
     parser.add_argument("--wait", type=float, default=12.0,
                         help="seconds each page gets to load and draw its data (12)")
     parser.add_argument("--only", nargs="*", choices=sorted(DASHBOARDS),
@@ -215,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         train(runs)
     port = free_port()
     server = serve(runs, port)
-    width, height = (int(v) for v in args.size.split(","))
-    browser = Browser(args.chromium, args.size)
+    browser = Browser(args.chromium, args.size or "1400,1000")
     try:
         for name in args.only or DASHBOARDS:
             path = args.out / f"{name}.png"
+            size = args.size or SIZES.get(name, "1400,1000")
+            width, height = (int(v) for v in size.split(","))
             browser.screenshot(f"http://127.0.0.1:{port}/{DASHBOARDS[name]}", path, args.wait,
                                width, height)
             print(f"wrote {path}")

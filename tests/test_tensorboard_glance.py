@@ -191,3 +191,18 @@ def test_hparams_lead_with_the_state_and_the_models_metrics(server, runs):
     active = {g["hparams"]["lr"]: [m["value"] for m in g["metricValues"]
                                    if m["name"]["tag"] == "alerts/active"] for g in groups}
     assert active == {0.05: [1.0], 0.003: [0.0]}
+
+
+def test_compare_reads_the_new_runs_event_files(runs):
+    """``svd-callback compare`` reads ``all_layers/`` runs as it read ``spectral_summary/`` ones
+    (tests/test_compare_readable.py), the alerts from the rises of ``alerts/total``."""
+    from svd_callback.runs import read_run
+
+    _, dirs = runs
+    for run in RUNS:  # the event files only: the fits wrote no history file
+        read = read_run(dirs[run])
+        assert read.source == "tensorboard"
+        assert "stable_rank_mean" in read.summary_metrics()
+        assert len(read.series("stable_rank_mean")) == 4  # epochs 0 to 3
+    assert read_run(dirs["broken"]).alert_epochs() == [1]
+    assert read_run(dirs["healthy"]).alert_epochs() == []

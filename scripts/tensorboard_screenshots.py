@@ -10,6 +10,8 @@ is remembered)::
     PYTHONPATH=$PWD .venv/bin/python scripts/tensorboard_screenshots.py --out /tmp/tb_shots
     PYTHONPATH=$PWD .venv/bin/python scripts/tensorboard_screenshots.py --out /tmp/tb_shots \
         --skip-training          # new screenshots of the runs trained before
+    PYTHONPATH=$PWD .venv/bin/python scripts/tensorboard_screenshots.py --out /tmp/demo_shots \
+        --logdir /tmp/demo_runs       # screenshots of any log directory (e.g. the demo's)
 
 Needs Debian's ``chromium`` (``apt-get install -y chromium``; ``--chromium`` names another
 binary). Writes ``<out>/runs/{healthy,broken}`` and ``<out>/<dashboard>.png``; ``--docs`` also
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 RUNS = {"healthy": 3e-3, "broken": 0.1}
@@ -92,8 +95,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve(logdir: Path, port: int) -> subprocess.Popen:
-    """``tensorboard --logdir`` on ``127.0.0.1:port``; returns once it lists every run."""
+def serve(logdir: Path, port: int, runs: Sequence[str] = tuple(RUNS)) -> subprocess.Popen:
+    """``tensorboard --logdir`` on ``127.0.0.1:port``; returns once it lists ``runs`` (empty:
+    any run)."""
     exe = Path(sys.executable).with_name("tensorboard")
     command = [str(exe) if exe.exists() else "tensorboard", "--logdir", str(logdir),
                "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"]
@@ -102,14 +106,15 @@ def serve(logdir: Path, port: int) -> subprocess.Popen:
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=2) as r:
-                if set(RUNS) <= set(json.load(r)):
+                listed = set(json.load(r))
+                if listed and set(runs) <= listed:
                     time.sleep(3)  # let every plugin read the runs' events
                     return process
         except OSError:
             pass
         time.sleep(0.5)
     process.terminate()
-    raise RuntimeError(f"TensorBoard did not list the runs {sorted(RUNS)} within 120 s")
+    raise RuntimeError(f"TensorBoard did not list the runs {sorted(runs)} within 120 s")
 
 
 class Browser:
@@ -200,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for the runs and the screenshots (default /tmp/tb_shots)")
     parser.add_argument("--skip-training", action="store_true",
                         help="use the runs already under OUT/runs")
+    parser.add_argument("--logdir", type=Path, default=None,
+                        help="shoot this log directory instead (no training)")
     parser.add_argument("--chromium", default="chromium", help="browser binary (chromium)")
     parser.add_argument("--size", default=None,
                         help="browser window WIDTH,HEIGHT in pixels (default 1400,1000; "
@@ -213,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which(args.chromium) is None:
         parser.error(f"{args.chromium!r} not found (apt-get install -y chromium)")
-    runs = args.out / "runs"
-    if not args.skip_training:
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = args.logdir or args.out / "runs"
+    if not args.skip_training and args.logdir is None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         train(runs)
     port = free_port()
-    server = serve(runs, port)
+    server = serve(runs, port, () if args.logdir else tuple(RUNS))
     browser = Browser(args.chromium, args.size or "1400,1000")
     try:
         for name in args.only or DASHBOARDS:

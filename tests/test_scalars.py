@@ -120,14 +120,14 @@ def test_hparams_metrics_lead_with_the_state_and_the_models_metrics():
     config = _config(summary_stats=("median",))
     records = [s for s in sc.analysis_scalars(_result(), config, "") if s.logged]
     metrics = [tag for tag, _ in sc.hparam_metrics(
-        records, config, ["train_loss", "val_acc", "epoch", "hp_metric", "val_loss",
+        records, config, ["train_loss", "val_acc", "epoch", "val_loss",
                           "all_layers/alpha_median"])]
     assert metrics[:5] == ["alerts/active", "val_acc", "val_loss", "train_loss",
                            "alerts/total"]
     assert "all_layers/alpha_median" in metrics and metrics.count("all_layers/alpha_median") == 1
     assert metrics.index("all_layers/alpha_median") < metrics.index("all_layers/log_norm_median")
     assert not [m for m in metrics if m.endswith((".operator", "_mean", "matrix_rank_median"))]
-    assert not {"epoch", "hp_metric"} & set(metrics)
+    assert "epoch" not in metrics
     assert set(metrics) <= {s.tag for s in records} | {"val_acc", "val_loss", "train_loss"}
 
 

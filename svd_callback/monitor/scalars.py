@@ -416,9 +416,10 @@ def hparam_metrics(
     (five) first: ``alerts/active``, the model's own validation metrics among
     ``trainer_metrics`` (the names the trainer logged, ``trainer.logged_metrics``), its other
     metrics, ``alerts/total``, then the primary mode's aggregates logged in ``scalars`` (key
-    metrics first). Only tags that exist: ``epoch``, ``hp_metric`` and the monitor's own tags
-    are no model metrics."""
-    own = {tags.EPOCH_TAG, "hp_metric"}
+    metrics first). Only tags that exist: ``epoch`` and the monitor's own tags are no model
+    metrics (Lightning's placeholder ``hp_metric`` is no logged metric of the trainer; a model
+    that logs its own is kept)."""
+    own = {tags.EPOCH_TAG}
     model = [m for m in dict.fromkeys(map(str, trainer_metrics))
              if m not in own and not m.startswith(tags.OWN_TAG_PREFIXES)]
     model.sort(key=lambda m: (not m.startswith("val"), m))

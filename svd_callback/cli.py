@@ -170,7 +170,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(f"  every layer's spectrum is that of random weights: stable rank >= 0.8 x a "
               f"random matrix's of its shape in all {len(ratios)} layers (lowest "
               f"{min(ratios.values()):.2f}): the weights look untrained")
-    for line in report.nan_reasons("alpha"):
+    for line in [*report.nan_reasons("alpha"), *report.quality_reasons()]:
         print(f"  {line}")
     for record in report:  # the table cuts long reasons short
         if record.reason:

@@ -46,7 +46,7 @@ def run_demo(epochs: int = 8, root: str | Path = "runs", seed: int = 0,
     print("\nper-layer spectra after training (lambda = sigma^2, power-law fit with "
           "KS-optimal xmin):")
     print(format_table(report.to_dataframe(), SUMMARY_COLUMNS))
-    for line in report.nan_reasons("alpha"):
+    for line in [*report.nan_reasons("alpha"), *report.quality_reasons()]:
         print(f"  {line}")
     alerts = monitor.alert_engine.alerts_so_far
     print(f"\nalerts: {len(alerts)}")

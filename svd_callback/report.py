@@ -279,6 +279,12 @@ class Report(list[LayerReport]):
             lines.append(f"{record.name} [{record.mode}] {metric} = nan: {reason}")
         return lines
 
+    def quality_reasons(self) -> list[str]:
+        """One line per analysed record whose quality label was not judged although its alpha
+        was fitted (``notes["quality"]``: a matrix of fewer than 100 eigenvalues)."""
+        return [f"{r.name} [{r.mode}] quality {r.quality}: {r.notes['quality']}"
+                for r in self.analysed() if "quality" in r.notes]
+
     def to_dataframe(self):
         """One row per (layer, mode); needs pandas."""
         import pandas as pd

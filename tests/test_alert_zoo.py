@@ -167,4 +167,4 @@ def test_trap_rule_replayed_only_where_the_history_holds_trap_metrics():
     # the run row's groups decide where there is one (as the callback decided)
     assert "TrapsAppeared" in names([run(["norms", "traps"]), layer({"alpha": 2.5})])
     assert "TrapsAppeared" not in names([run(["norms"]), layer({"num_traps": 0.0})])
-    assert "ClassOverlapRising" in names([run(["norms"]), {"type": "class", "layer": "a"}])
+    assert "ClassFeaturesEmpty" in names([run(["norms"]), {"type": "class", "layer": "a"}])

@@ -77,17 +77,14 @@ def test_chosen_rank_matches_the_library():
     assert fr.chosen_rank(fits, curve, 101.0) is None
 
 
-def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
-    from experiments.arguments import experiment_parser, parse_with_config
+def test_the_seeded_parser_gives_the_shared_flags_and_their_defaults(tmp_path):
+    from experiments.arguments import seeded_parser
 
-    config = tmp_path / "c.yaml"
-    config.write_text("epochs: 9\ntrain-size: 17\nruns: {good: {}}\n")
-    parser = experiment_parser("d", tmp_path, train_size=1, val_size=2, epochs=3)
-    args, extra = parse_with_config(parser, ["--config", str(config), "--epochs", "4"],
-                                    extra=("runs",))
-    assert (args.epochs, args.train_size, args.val_size) == (4, 17, 2)
-    assert extra == {"runs": {"good": {}}}
-    assert args.out == str(tmp_path / "runs") and args.results == str(tmp_path / "RESULTS.md")
+    parser = seeded_parser("d", tmp_path, (0, 1), tmp_path / "derived")
+    args = parser.parse_args(["--seeds", "2", "--root", "/data"])
+    assert args.seeds == [2] and args.root == "/data"
+    assert args.derived == str(tmp_path / "derived")
+    assert args.results == str(tmp_path / "RESULTS.md")
 
 
 def test_command_line_names_an_experiment_by_its_module(monkeypatch):

@@ -266,6 +266,8 @@ def test_small_layers_get_no_alpha_label_and_say_why():
     assert small.quality == "undetermined" and "64 eigenvalues per analysed matrix" in \
         small.notes["quality"]
     assert large.quality != "undetermined" and "quality" not in large.notes
+    assert report.quality_reasons() == [f"0 [unfold] quality undetermined: "
+                                        f"{small.notes['quality']}"]
 
 
 def test_a_random_network_looks_untrained_and_a_low_rank_one_does_not():

@@ -16,7 +16,6 @@ if __name__ == "__main__" and not __package__:  # run as a file: say how instead
     raise SystemExit("run it from the repository root as a module: "
                      "python -m experiments.factorization_rank.run")
 
-import argparse
 import math
 import time
 from collections.abc import Sequence
@@ -25,12 +24,12 @@ from typing import Any
 
 import torch
 
+from experiments.arguments import seeded_parser
 from experiments.data_check import require_fashion_mnist
 from experiments.derived import write_json, write_rows
 from experiments.resnet_checkpoints import RESNET, run_kind, trained_run
 from svd_callback.classes import ProbeSet, capture_activations, factorization_rank
 from svd_callback.classes.factorization import bound_tensor
-from svd_callback.examples.data import FASHION_MNIST_ROOT
 
 HERE = Path(__file__).resolve().parent
 DERIVED = HERE / "derived"
@@ -115,13 +114,7 @@ def factorise_state(model: torch.nn.Module, test_set, key: dict[str, Any]) -> li
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=FASHION_MNIST_ROOT,
-                        help="folder of the Fashion-MNIST IDX files")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--derived", default=str(DERIVED))
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    args = parser.parse_args(argv)
+    args = seeded_parser(__doc__.splitlines()[0], HERE, SEEDS, DERIVED).parse_args(argv)
     require_fashion_mnist(args.root)
     torch.set_num_threads(1)
     started = time.perf_counter()

@@ -17,7 +17,6 @@ if __name__ == "__main__" and not __package__:  # run as a file: say how instead
     raise SystemExit("run it from the repository root as a module: "
                      "python -m experiments.rmt_validation.run")
 
-import argparse
 import copy
 import math
 import time
@@ -27,12 +26,12 @@ from typing import Any
 
 import torch
 
+from experiments.arguments import seeded_parser
 from experiments.data_check import require_fashion_mnist
 from experiments.derived import write_json, write_rows
 from experiments.resnet_checkpoints import trained_run
 from experiments.rmt_validation.wide import trained_mlp
 from svd_callback import analyze
-from svd_callback.examples.data import FASHION_MNIST_ROOT
 from svd_callback.rmt.mp import fit_mp_bulk
 from svd_callback.rmt.tail_tests import ALTERNATIVES, compare_tail
 
@@ -107,13 +106,7 @@ def analyse_model(model: torch.nn.Module, modes: Sequence[str], key: dict[str, A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=FASHION_MNIST_ROOT,
-                        help="folder of the Fashion-MNIST IDX files")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--derived", default=str(DERIVED))
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    args = parser.parse_args(argv)
+    args = seeded_parser(__doc__.splitlines()[0], HERE, SEEDS, DERIVED).parse_args(argv)
     require_fashion_mnist(args.root)
     torch.set_num_threads(1)
     started = time.perf_counter()

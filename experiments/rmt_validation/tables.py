@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 from collections import Counter
@@ -13,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.common import fmt, markdown_table
-from experiments.derived import group_by, read_json, read_rows, write_blocks
+from experiments.derived import group_by, read_json, read_rows, rebuild_tables
 from experiments.seed_stats import proportion
 
 HERE = Path(__file__).resolve().parent
@@ -219,14 +218,7 @@ def build(derived: Path = HERE / "derived") -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--derived", default=str(HERE / "derived"))
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    args = parser.parse_args(argv)
-    blocks = build(Path(args.derived))
-    write_blocks(args.results, blocks, before="## Reading (written after the runs)")
-    print("\n\n".join(blocks.values()))
-    return 0
+    return rebuild_tables(build, HERE, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

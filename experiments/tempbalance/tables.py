@@ -5,14 +5,13 @@
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from experiments.common import markdown_table
-from experiments.derived import read_json, write_blocks
+from experiments.derived import read_json, rebuild_tables
 from experiments.seed_stats import spread
 
 HERE = Path(__file__).resolve().parent
@@ -185,14 +184,7 @@ def build(derived: Path = HERE / "derived") -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--derived", default=str(HERE / "derived"))
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    args = parser.parse_args(argv)
-    blocks = build(Path(args.derived))
-    write_blocks(args.results, blocks, before="## Reading (written after the runs)")
-    print("\n\n".join(blocks.values()))
-    return 0
+    return rebuild_tables(build, HERE, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

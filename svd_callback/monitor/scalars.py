@@ -38,6 +38,7 @@ take it from there. Adding an aggregate over layers: its metric in
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,6 +48,7 @@ from svd_callback.aggregates import aggregate
 from svd_callback.alerts import COUNTED_SEVERITIES
 from svd_callback.config import MonitorConfig
 from svd_callback.layers import is_conv_kind
+from svd_callback.metric_groups import METRIC_GROUPS
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.motion import MOTION_METRICS
 from svd_callback.sinks import tags
@@ -387,6 +389,7 @@ def summary_chart(key: str, mode: str, config: MonitorConfig) -> Chart:
                  margin=(tag, tag, tag))
 
 
+@functools.lru_cache(maxsize=4096)
 def class_chart(stat: str) -> Chart:
     """One chart per class statistic over every layer, in the order of
     :data:`~svd_callback.sinks.tags.CLASS_STAT_DESCRIPTIONS`."""

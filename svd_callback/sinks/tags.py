@@ -14,6 +14,7 @@ fit (or which probe and hyperedge rule) produced the number.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ class Scalar:
     logged: bool = True
     float64: bool = False
 
-    @property
+    @functools.cached_property
     def tag(self) -> str:
         """The TensorBoard tag, from the patterns of this module."""
         name = self.name if self.primary or self.mode is None else f"{self.name}.{self.mode}"

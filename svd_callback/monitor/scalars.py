@@ -48,7 +48,6 @@ from svd_callback.aggregates import aggregate
 from svd_callback.alerts import COUNTED_SEVERITIES
 from svd_callback.config import MonitorConfig
 from svd_callback.layers import is_conv_kind
-from svd_callback.metric_groups import METRIC_GROUPS
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.motion import MOTION_METRICS
 from svd_callback.sinks import tags

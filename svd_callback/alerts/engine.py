@@ -47,39 +47,24 @@ WEIGHT_MATRIX_MODES = tuple(name for name, mode in MODES.items() if mode.weight_
 mode with the same spectrum), the matrices Martin & Mahoney's alpha scale was calibrated on
 (:attr:`svd_callback.spectra.modes.ModeSpec.weight_matrix`: ``unfold``, ``slices``)."""
 ALPHA_MIN_EIGS = 100
-"""Smallest ESD judged by the default "alpha < 2" rules: layers of 64 eigenvalues fitted alpha
-1.65-1.89 (alpha_sigma 0.10-0.15, n_tail 38-48) in seven healthy digits runs at val accuracy
-0.94-0.99 (``experiments/alert_rules/RESULTS.md``); TempBalance's 50 is not enough here."""
+"""Smallest ESD judged by the default alpha rules (eigenvalues per analysed matrix): on smaller
+ones the fitted alpha of healthy layers sits below 2 (TempBalance's 50 is not enough; the
+measurements are in ``docs/methods.md``, "Which spectra the alpha rules judge")."""
 
 
 def default_rules(traps: bool = True) -> list[Rule]:
-    """The built-in rules with their default thresholds.
+    """The built-in rules with their default thresholds (``docs/methods.md``, "Alert rules",
+    gives the condition of each and the measurements behind it).
 
-    Only :class:`NonFiniteWeights` stops training (NaN/Inf weights: the run is lost); all the
-    others log, since the RMT thresholds are heuristics. Rank collapse is watched on
-    ``matrix_rank`` (numerical rank), not ``stable_rank``, which falls by more than half in
-    healthy training. ``SpectralNormBlowUp`` watches the first epoch too, where the ordinary
-    growth rule does not look: a learning rate that killed or blew up the network grew
-    sigma_max 27x to 1e8x in epoch 1, healthy runs at most 4x (``experiments/alert_zoo``).
-    :class:`TrainingStalled` logs rather than stops: it raised no alarm on a healthy zoo run,
-    but a fine-tuning run at a tiny learning rate looks like one that does not learn.
-    ``traps=False`` leaves out :class:`TrapsAppeared` (for analyses that do not compute
-    correlation traps, where it could never fire).
-    :class:`AlphaBelow` and :class:`MeanAlphaTrend` ask alpha to be below 2 by two standard
-    errors and judge layers of at least :data:`ALPHA_MIN_EIGS` eigenvalues: the plain
-    "alpha < 2" fired on healthy small nets, whose fitted alphas are uncertain and low.
-    :class:`GeneralizationGap` needs two analyses: a healthy SGD run had one epoch at 0.51.
-    AlphaBelow, MeanAlphaTrend and AlphaAbove judge only :data:`WEIGHT_MATRIX_MODES`: the
-    operator spectrum of a conv (every frequency's matrix together, n^2 times the
-    eigenvalues) has no published alpha scale; on the healthy digits CNN (val accuracy
-    0.95-0.98) its alphas of 1.78-1.9 with standard errors of ~0.05 raised four AlphaBelow
-    warnings, and a 16 x 1 first conv's operator alpha jumped 5 -> 52 -> 15 (one AlphaAbove
-    warning) (``experiments/alert_rules/RESULTS.md``).
-    :class:`TrainingStalled` and :class:`LayerFrozen` watch the relative change of each
-    layer's norms between analyses: a dead, frozen or not-learning network.
-    :class:`GeneralizationGap` reads the trainer's ``val_loss`` and ``train_loss`` (silent
-    without them): the weight spectra alone did not flag a net memorising 200 images before its
-    validation loss turned.
+    Only :class:`NonFiniteWeights` stops training (NaN/Inf weights: the run is lost); the motion,
+    norm, rank, loss and over-training alpha rules log warnings; :class:`AlphaAbove` reports as
+    information (a fitted power-law exponent is a heuristic, and an under-trained layer is no
+    failure). Rank collapse is watched on ``matrix_rank`` (numerical rank), not ``stable_rank``,
+    which halves in healthy training. ``SpectralNormBlowUp`` also watches the first epoch, where the ordinary
+    growth rule does not look. The alpha rules judge only :data:`WEIGHT_MATRIX_MODES` and layers
+    of at least :data:`ALPHA_MIN_EIGS` eigenvalues. ``traps=False`` leaves out
+    :class:`TrapsAppeared` (for analyses that do not compute correlation traps, where it could
+    never fire).
     """
     rules: list[Rule] = [
         NonFiniteWeights(),

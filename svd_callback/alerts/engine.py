@@ -60,9 +60,10 @@ def default_rules(traps: bool = True) -> list[Rule]:
     norm, rank, loss and over-training alpha rules log warnings; :class:`AlphaAbove` reports as
     information (a fitted power-law exponent is a heuristic, and an under-trained layer is no
     failure). Rank collapse is watched on ``matrix_rank`` (numerical rank), not ``stable_rank``,
-    which halves in healthy training. ``SpectralNormBlowUp`` also watches the first epoch, where the ordinary
-    growth rule does not look. The alpha rules judge only :data:`WEIGHT_MATRIX_MODES` and layers
-    of at least :data:`ALPHA_MIN_EIGS` eigenvalues. ``traps=False`` leaves out
+    which halves in healthy training. ``SpectralNormBlowUp`` also watches the first epoch, where
+    the ordinary growth rule does not look. The alpha rules judge only
+    :data:`WEIGHT_MATRIX_MODES` and layers of at least :data:`ALPHA_MIN_EIGS` eigenvalues.
+    ``traps=False`` leaves out
     :class:`TrapsAppeared` (for analyses that do not compute correlation traps, where it could
     never fire).
     """

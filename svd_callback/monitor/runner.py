@@ -361,22 +361,20 @@ class AnalysisRunner:
     ) -> list[tuple[Alert, tuple[int, ...]]]:
         """The alerts behind the conditions in force on any rank, on every rank, each with the
         ranks where it is in force."""
-        try:
-            local = self.alert_engine.in_force()
-        except Exception as error:  # noqa: BLE001 - never crash training
-            self.guard.warn(f"reading the alerts in force failed: "
-                            f"{type(error).__name__}: {error}")
-            local = []
+        local = self._read_engine(self.alert_engine.in_force, "the alerts in force")
         return self._gather_alerts(local, world, rank)
+
+    def _read_engine(self, read: Callable[[], list[Any]], what: str) -> list[Any]:
+        """``read()`` of the alert engine; on failure a warning naming ``what`` and []."""
+        try:
+            return read()
+        except Exception as error:  # noqa: BLE001 - never crash training
+            self.guard.warn(f"reading {what} failed: {type(error).__name__}: {error}")
+            return []
 
     def _gather_active(self, world: int, rank: int) -> list[Condition]:
         """The conditions in force on any rank, on every rank (``alerts/active``)."""
-        try:
-            local = self.alert_engine.active()
-        except Exception as error:  # noqa: BLE001 - never crash training
-            self.guard.warn(f"reading the alert conditions in force failed: "
-                            f"{type(error).__name__}: {error}")
-            local = []
+        local = self._read_engine(self.alert_engine.active, "the alert conditions in force")
         try:
             return gather_conditions(local, world)
         except Exception as error:  # noqa: BLE001 - never crash training

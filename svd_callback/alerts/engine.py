@@ -57,9 +57,10 @@ def default_rules(traps: bool = True) -> list[Rule]:
     gives the condition of each and the measurements behind it).
 
     Only :class:`NonFiniteWeights` stops training (NaN/Inf weights: the run is lost); the motion,
-    norm, rank, loss and over-training alpha rules log warnings; :class:`AlphaAbove` reports as
-    information (a fitted power-law exponent is a heuristic, and an under-trained layer is no
-    failure). Rank collapse is watched on ``matrix_rank`` (numerical rank), not ``stable_rank``,
+    blow-up, rank, collapse and loss rules log warnings; the alpha rules (:class:`AlphaBelow`,
+    :class:`MeanAlphaTrend`, :class:`AlphaAbove`) and the 3x :class:`SpectralNormGrowth` report
+    as information: on healthy runs nobody tuned them on they fired while adding no detection
+    the warnings did not make (``docs/methods.md``, "Verdicts from the alert zoo"). Rank collapse is watched on ``matrix_rank`` (numerical rank), not ``stable_rank``,
     which halves in healthy training. ``SpectralNormBlowUp`` also watches the first epoch, where
     the ordinary growth rule does not look. The alpha rules judge only
     :data:`WEIGHT_MATRIX_MODES` and layers of at least :data:`ALPHA_MIN_EIGS` eigenvalues.
@@ -69,12 +70,12 @@ def default_rules(traps: bool = True) -> list[Rule]:
     """
     rules: list[Rule] = [
         NonFiniteWeights(),
-        AlphaBelow(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
+        AlphaBelow(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS, action="info"),
         AlphaAbove(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS, action="info"),
-        SpectralNormGrowth(),
+        SpectralNormGrowth(action="info"),
         SpectralNormGrowth(factor=10.0, min_epoch=0, name="SpectralNormBlowUp"),
         RankCollapse(metric="matrix_rank"),
-        MeanAlphaTrend(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
+        MeanAlphaTrend(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS, action="info"),
         GeneralizationGap(),
         TrainingStalled(),
         LayerFrozen(),

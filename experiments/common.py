@@ -42,7 +42,7 @@ def command_line() -> str:
         argv[0] = str(script)
         if script.parts[0] == EXPERIMENTS.name and script.suffix == ".py":
             argv[0:1] = ["-m", ".".join(script.with_suffix("").parts)]
-    return "flock /tmp/bench.lock env OMP_NUM_THREADS=2 .venv/bin/python " + shlex.join(argv)
+    return ".venv/bin/python " + shlex.join(argv)
 
 
 def machine_line() -> str:

@@ -59,8 +59,8 @@ class SpectralMonitor(Callback):
 
     Args:
         every_n_epochs, every_n_steps, check_on, log_init, histograms, figures_every_n,
-        figure_layers, stop_on_alert, history_file, summary_stats, constant_metrics,
-        motion_sketch: the fields of :class:`~svd_callback.config.MonitorConfig`
+        figure_layers, heatmap_decades, stop_on_alert, history_file, summary_stats,
+        constant_metrics, motion_sketch: the fields of :class:`~svd_callback.config.MonitorConfig`
             (``docs/configuration.md``). ``check_on=None`` is chosen in ``setup()`` as
             ``EarlyStopping`` chooses its hook (:func:`~svd_callback.schedule.resolve_check_on`);
             ``figure_layers`` names are checked against the model in ``setup()``.
@@ -89,7 +89,7 @@ class SpectralMonitor(Callback):
     Example::
 
         monitor = SpectralMonitor(conv_mode=("unfold", "operator"), metrics=("norms", "powerlaw"))
-        stop = EarlyStopping(monitor="spectral_summary/alpha_mean", mode="max", patience=3)
+        stop = EarlyStopping(monitor="all_layers/alpha_mean", mode="max", patience=3)
         Trainer(max_epochs=5, callbacks=[monitor, stop]).fit(SmallCNN(), DigitsDataModule())
     """
 
@@ -111,6 +111,7 @@ class SpectralMonitor(Callback):
         histograms: bool = True,
         figures_every_n: int = 10,
         figure_layers: int | str | Sequence[str] = 3,
+        heatmap_decades: float | None = 2.0,
         alert_rules: Sequence[Rule | Callable[..., Any]] | None = None,
         stop_on_alert: bool = True,
         on_alert: Callable[[Alert, pl.Trainer, pl.LightningModule], Any] | None = None,
@@ -144,7 +145,8 @@ class SpectralMonitor(Callback):
             analysis, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
             check_on=check_on, log_init=log_init, histograms=histograms,
             figures_every_n=figures_every_n, figure_layers=figure_layers,
-            stop_on_alert=stop_on_alert, history_file=history_file, summary_stats=summary_stats,
+            heatmap_decades=heatmap_decades, stop_on_alert=stop_on_alert,
+            history_file=history_file, summary_stats=summary_stats,
             constant_metrics=constant_metrics, motion_sketch=motion_sketch)
         self.on_alert = check_callable("on_alert", on_alert)
         check_callable("forward_fn", forward_fn)
@@ -289,7 +291,8 @@ class SpectralMonitor(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:  # the last analysis's figures, unless drawn already
-            self._publisher.finish(trainer.loggers, self._schedule.analyses - 1)
+            self._publisher.finish(trainer.loggers, self._schedule.analyses - 1,
+                                   trainer_metrics=list(getattr(trainer, "logged_metrics", {})))
 
     # ------------------------------------------------------------------ one analysis
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: str) -> None:
@@ -310,7 +313,8 @@ class SpectralMonitor(Callback):
         self._guard.call("recording the analysis", self._publisher.publish, result,
                          loggers=trainer.loggers, callback_metrics=trainer.callback_metrics,
                          current_epoch=trainer.current_epoch, index=index,
-                         is_zero=trainer.is_global_zero)
+                         is_zero=trainer.is_global_zero,
+                         trainer_metrics=list(getattr(trainer, "logged_metrics", {})))
         if self.on_alert is not None:
             for alert in result.alerts:
                 self._guard.call("calling on_alert", self.on_alert, alert, trainer, pl_module)

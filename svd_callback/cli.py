@@ -193,7 +193,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         for record in report.analysed():
             fig = esd_figure_for(record, short_conventions(
                 record.mode, record.normalization, config.fit))
-            fig.savefig(args.figures / f"esd_{record.mode}_{record.name}.png", dpi=90)
+            fig.savefig(args.figures / f"esd_{record.mode}_{record.name}.png", dpi=150)
             plt.close(fig)
         print(f"wrote figures to {args.figures}")
     return 0

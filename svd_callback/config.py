@@ -28,6 +28,7 @@ and ``traps``) to the current ones with a ``DeprecationWarning``. The options ar
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -278,10 +279,13 @@ class MonitorConfig:
         figures_every_n: write figures every n analyses and at the end of training (0: never).
         figure_layers: how many layers get an ESD figure (spread over the model), or their
             names (checked against the model by :func:`check_layer_names`).
+        heatmap_decades: colour scale of the spectrum heat maps, log10(sigma / max sigma) from
+            ``-heatmap_decades`` to 0, the same for every run so that runs compare; None: fitted
+            to the run's own spectra (at most 3 decades).
         stop_on_alert: honour alerts of severity ``"stop"`` by stopping the training.
         history_file: file name (relative to the log directory) or absolute path of the
             JSON-lines history; None: no history file.
-        summary_stats: the aggregates over layers logged as ``spectral_summary/<metric>_<stat>``
+        summary_stats: the aggregates over layers logged as ``all_layers/<metric>_<stat>``
             (``"mean"``, ``"median"``); the history file keeps both.
         constant_metrics: also log ``matrix_rank`` and ``rank_loss`` (constant in ordinary
             training; the alert rules and the history file see them regardless).
@@ -301,6 +305,7 @@ class MonitorConfig:
     histograms: bool = True
     figures_every_n: int = 10
     figure_layers: int | str | tuple[str, ...] = 3
+    heatmap_decades: float | None = 2.0
     stop_on_alert: bool = True
     history_file: str | None = DEFAULT_HISTORY_FILE
     summary_stats: tuple[str, ...] = ("mean",)
@@ -325,6 +330,7 @@ class MonitorConfig:
             "figures_every_n": check_count("figures_every_n", self.figures_every_n,
                                             none_ok=False),
             "figure_layers": check_figure_layers(self.figure_layers),
+            "heatmap_decades": _check_decades(self.heatmap_decades),
             "stop_on_alert": check_bool("stop_on_alert", self.stop_on_alert),
             "summary_stats": _check_summary_stats(self.summary_stats),
             "constant_metrics": check_bool("constant_metrics", self.constant_metrics),
@@ -354,6 +360,16 @@ class MonitorConfig:
             )
         analysis = AnalysisConfig(**{k: v for k, v in options.items() if k in analysis_names})
         return cls(analysis, **{k: v for k, v in options.items() if k in monitor_names})
+
+
+def _check_decades(value: Any) -> float | None:
+    """``heatmap_decades`` as a float (a positive finite number) or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"heatmap_decades must be a positive number or None, got {value!r}")
+    return float(value)
 
 
 def _check_summary_stats(value: Any) -> tuple[str, ...]:

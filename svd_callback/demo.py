@@ -54,6 +54,7 @@ def run_demo(epochs: int = 8, root: str | Path = "runs", seed: int = 0,
         print(f"  [{alert.severity}] {alert.message}")
     print(f"\nlogs: {logger.log_dir}")
     print(f"open TensorBoard with:  .venv/bin/tensorboard --logdir {root} --host 127.0.0.1\n"
-          "then browse http://127.0.0.1:6006 (SCALARS: spectral/*, spectral_summary/*; "
-          "CUSTOM SCALARS: one chart per metric; HISTOGRAMS: spectra/*; IMAGES: figures)")
+          "then browse http://127.0.0.1:6006/?smoothing=0 (unsmoothed curves; first: "
+          "alerts/active and the all_layers/ aggregates; TEXT: the alerts state; CUSTOM "
+          "SCALARS: the same never smoothed, per-layer charts; IMAGES: figures)")
     return monitor

@@ -2,7 +2,8 @@
 
 A run directory is searched for ``spectral_history.jsonl`` (every record the callback wrote) and,
 failing that, for TensorBoard event files whose tags follow the fixed patterns
-``spectral/<metric>[.<mode>]/<layer>`` and ``spectral_summary/<metric>[.<mode>]``.
+``spectral/<metric>[.<mode>]/<layer>`` and ``all_layers/<metric>[.<mode>]``
+(``spectral_summary/<metric>[.<mode>]`` in runs logged before).
 
 Damaged input is skipped and named in :attr:`Run.problems` (lines of a history file that are not
 rows, rows of other runs in the same file, event files whose records are not events); a run
@@ -16,6 +17,7 @@ import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -24,6 +26,7 @@ from svd_callback.monitor.text import primary_mode_in
 from svd_callback.sinks.history import scan_history
 from svd_callback.sinks.tags import (
     ALERT_COUNT_TAG,
+    ALERT_TOTAL_TAG,
     CONVENTIONS_TAG,
     EPOCH_TAG,
     SUMMARY_LAYER,
@@ -262,9 +265,7 @@ def _from_events(root: Path, events: list[Path]) -> Run:
             for event in acc.Scalars(tag):
                 rows.append((epoch_at.get(event.step), event.step, layer, mode, metric,
                              float(event.value)))
-        if ALERT_COUNT_TAG in tags:
-            alerts.extend({"step": e.step, "count": e.value}
-                          for e in acc.Scalars(ALERT_COUNT_TAG) if e.value > 0)
+        alerts.extend(_alert_counts(acc, tags))
     records = pd.DataFrame(rows, columns=COLUMNS)
     if records.empty:
         if problems:
@@ -275,6 +276,23 @@ def _from_events(root: Path, events: list[Path]) -> Run:
         records["mode"] = records["mode"].fillna(primary)
     return Run(root.name or str(root), root, "tensorboard", records, alerts,
                primary_mode=primary, problems=problems)
+
+
+def _alert_counts(acc: Any, tags: list[str]) -> list[dict]:
+    """The analyses that raised alerts, ``{"step", "count"}``: from ``alerts/count`` (runs
+    logged before it left the loggers) or else from the rises of the cumulative
+    ``alerts/total``."""
+    if ALERT_COUNT_TAG in tags:
+        return [{"step": e.step, "count": e.value}
+                for e in acc.Scalars(ALERT_COUNT_TAG) if e.value > 0]
+    if ALERT_TOTAL_TAG not in tags:
+        return []
+    out, before = [], 0.0
+    for event in sorted(acc.Scalars(ALERT_TOTAL_TAG), key=lambda e: e.step):
+        if event.value > before:
+            out.append({"step": event.step, "count": event.value - before})
+        before = event.value
+    return out
 
 
 def _accumulate(folder: Path, files: list[Path], problems: list[str]):

@@ -188,17 +188,19 @@ def ww_frame(model: Any, **options: Any):
 
 
 def layout_of(metrics, modes, summary=(), class_stats=()):
-    """The custom-scalar layout of a run that logged ``metrics`` (primary mode), the
-    aggregates ``summary`` and the class statistics ``class_stats``, through the typed scalars
+    """The custom-scalar layout (a ``tensorboard.Layout`` proto) of a run that logged
+    ``metrics`` of layer ``x`` in every mode of ``modes``, the aggregates ``summary`` of every
+    mode and the class statistics ``class_stats``, through the typed scalars
     (:func:`svd_callback.monitor.scalars.layout_charts`)."""
     from svd_callback.config import AnalysisConfig, MonitorConfig
     from svd_callback.monitor import scalars as sc
     from svd_callback.sinks.tags import Family, Scalar
 
     config = MonitorConfig(AnalysisConfig(conv_mode=tuple(modes)))
-    records = [Scalar(Family.LAYER, m, 1.0, "", chart=sc.layer_chart(m, modes[0], config),
-                      layer="x", mode=modes[0]) for m in metrics]
-    records += [Scalar(Family.SUMMARY, k, 1.0, "", chart=sc.summary_chart(k)) for k in summary]
+    records = [Scalar(Family.LAYER, m, 1.0, "", chart=sc.layer_chart(m, mode, config, ["x"]),
+                      layer="x", mode=mode) for m in metrics for mode in modes]
+    records += [Scalar(Family.SUMMARY, k, 1.0, "", chart=sc.summary_chart(k, mode, config))
+                for k in summary for mode in modes]
     records += [Scalar(Family.CLASSES, k, 1.0, "", chart=sc.class_chart(k), layer="x")
                 for k in class_stats]
     charts = sc.layout_charts(records, config) | set(sc.ALERT_CHARTS)

@@ -1,6 +1,7 @@
 """Alerts a reader sees in TensorBoard: the cumulative ``alerts/total`` and ``alerts/rule/<rule>``
-series, the ``alerts`` text written from the first analysis (active rules, "no alerts so far"),
-the ``spectral/reasons`` text and the fixed custom-scalar category order."""
+series (a rule's from its first alert on), the ``alerts`` text written from the first analysis
+(the state first, the rules table once), the ``spectral/reasons`` text and the fixed
+custom-scalar category order."""
 
 from __future__ import annotations
 
@@ -67,20 +68,26 @@ def test_cumulative_alert_series_text_from_the_first_analysis_and_resume(tmp_pat
     logger, metrics, runner = _run(tmp_path, engine, _publisher(engine), [0, 1, 2, 3], 0)
     acc = read_events(logger.log_dir)
     # oracle: the rule fires at epochs 1 and 3 -> per analysis 0 1 0 1, cumulative 0 1 1 2
-    assert [e.value for e in acc.Scalars("alerts/count")] == [0, 1, 0, 1]
     assert [e.value for e in acc.Scalars("alerts/total")] == [0, 1, 1, 2]
-    assert [e.value for e in acc.Scalars("alerts/rule/Odd")] == [0, 1, 1, 2]
-    assert [e.value for e in acc.Scalars("alerts/rule/AlphaAbove")] == [0, 0, 0, 0]
+    assert [(e.step, e.value) for e in acc.Scalars("alerts/rule/Odd")] == [
+        (10, 1), (20, 1), (30, 2)]  # from its first alert on
+    scalars = acc.Tags()["scalars"]
+    assert "alerts/rule/AlphaAbove" not in scalars  # never fired: no flat chart
+    assert "alerts/count" not in scalars and float(metrics["alerts/count"]) == 1.0
     assert float(metrics["alerts/total"]) == 2.0 and float(metrics["alerts/rule/Odd"]) == 2.0
+    assert float(metrics["alerts/rule/AlphaAbove"]) == 0.0
     assert "cumulative" in acc.SummaryMetadata("alerts/total").summary_description
 
     texts = _text(acc, "alerts")
     assert [step for step, _ in texts] == [0, 10, 20, 30]  # present from the first analysis
     first, second, third, _ = (text for _, text in texts)
-    assert "no alerts so far" in first and "test alert" not in first
+    assert first.startswith("**Healthy**") and "test alert" not in first
     assert "AlphaAbove" in first and "| alpha | 60 | 4 | log |" in first
-    assert "**warning** test alert" in second and "Odd: 1" in second
-    assert "no alert at this analysis (1 so far)" in third
+    assert second.startswith("**1 alert rule in force: Odd** at epoch 1 (step 10)")
+    assert "test alert" in second and "raised Odd (warning)" in second
+    assert "Raised so far: 1 (Odd 1)." in second and "| rule |" not in second
+    assert third.startswith("**Healthy**") and "cleared Odd" in third
+    assert "Raised so far: 1 (Odd 1)." in third
 
     # a resumed run (the runner's state restored from the checkpoint) continues the cumulative
     # count; a state written before the counts were kept counts the engine's alerts
@@ -103,7 +110,7 @@ def test_reasons_text_names_the_missing_metric_and_why(tmp_path, read_events):
     # SmallCNN's classifier has 10 singular values: no tail fit below 20 eigenvalues
     assert "classifier [unfold] alpha missing: too few eigenvalues for a tail fit " \
            "(10 < 20)" in text
-    assert "no alerts so far" in _text(acc, "alerts")[0][1]
+    assert _text(acc, "alerts")[0][1].startswith("**Healthy**")
     assert "no alert rules are active" in _text(acc, "alerts")[0][1]
 
 
@@ -123,12 +130,19 @@ def test_rules_table_escapes_markdown_and_marks_missing_settings():
     assert "| odd\\_\\*rule | - | - | - | log |" in table
 
 
-def test_layout_categories_are_in_a_fixed_order_summary_alerts_then_modes():
-    layout = layout_of(["alpha"], ["unfold", "operator"], ["alpha_mean"], ["jac"])
-    assert list(layout) == ["spectral summary", "alerts", "spectral (unfold)",
-                            "spectral (operator)", "classes"]
-    charts = layout["alerts"]
-    assert [pattern for _, (pattern,) in charts.values()] == [
-        r"^alerts/active$", r"^alerts/raised$", r"^alerts/total$", r"^alerts/rule/.*",
-        r"^alerts/count$"]
+def test_layout_categories_are_in_a_fixed_order_alerts_aggregates_then_layers():
+    layout = layout_of(["alpha", "log_norm"], ["unfold", "operator"], ["alpha_mean"], ["jac"])
+    assert [(c.title, c.closed) for c in layout.category] == [
+        ("alerts", False), ("all layers [unfold]", False), ("all layers [operator]", True),
+        ("alpha [unfold]", True), ("log_norm [unfold]", True), ("alpha [operator]", True),
+        ("log_norm [operator]", True), ("classes", True)]
+    (active,) = layout.category[0].chart
+    series = active.margin.series[0]
+    assert (series.value, series.lower, series.upper) == (
+        "alerts/active", "alerts/active", "alerts/total")
+    (alpha,) = layout.category[1].chart
+    assert alpha.margin.series[0].value == "all_layers/alpha_mean"
+    assert layout.category[2].chart[0].margin.series[0].value == "all_layers/alpha_mean.operator"
+    assert list(layout.category[5].chart[0].multiline.tag) == [
+        r"^spectral/alpha\.operator/(x)$"]
 

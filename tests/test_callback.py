@@ -161,9 +161,9 @@ def test_end_to_end_tensorboard_matches_analyze_on_the_saved_weights(tmp_path):
         assert buckets[-1, 1] == pytest.approx(math.log10(record.svals.max()))
     assert checked > 40
 
-    assert [e.step for e in acc.Scalars("spectral_summary/alpha_mean")] == steps
-    assert [e.step for e in acc.Scalars("spectral_summary/alpha_mean.operator")] == steps
-    assert acc.Scalars("alerts/count")[0].step == 0
+    assert [e.step for e in acc.Scalars("all_layers/alpha_mean")] == steps
+    assert [e.step for e in acc.Scalars("all_layers/alpha_mean.operator")] == steps
+    assert acc.Scalars("alerts/total")[0].step == 0
     description = acc.SummaryMetadata("spectral/alpha.operator/features.2").summary_description
     assert "conv mode operator" in description and "normalization raw" in description
     assert "KS" in description
@@ -172,10 +172,13 @@ def test_end_to_end_tensorboard_matches_analyze_on_the_saved_weights(tmp_path):
     layout = layout_pb2.Layout()
     config = acc.Tensors("custom_scalars__config__")[-1].tensor_proto
     layout.ParseFromString(tensor_util.make_ndarray(config).item())
-    assert [c.title for c in layout.category][:4] == [
-        "spectral summary", "alerts", "spectral (unfold)", "spectral (operator)"]
+    assert [c.title for c in layout.category][:3] == [
+        "alerts", "all layers [unfold]", "all layers [operator]"]
     for category in layout.category:  # every chart shows something
         for chart in category.chart:
+            if chart.HasField("margin"):
+                assert chart.margin.series[0].value in scalars, chart.title
+                continue
             (pattern,) = chart.multiline.tag
             assert any(re.search(pattern, tag) for tag in scalars), chart.title
     images = set(acc.Tags()["images"])
@@ -288,9 +291,9 @@ def test_weights_are_bit_identical_with_and_without_the_monitor(tmp_path):
 # ---------------------------------------------------------------------------- other loggers
 def test_early_stopping_and_checkpointing_on_a_spectral_aggregate(tmp_path):
     monitor = SpectralMonitor()
-    stop = EarlyStopping(monitor="spectral_summary/alpha_mean", mode="min",
+    stop = EarlyStopping(monitor="all_layers/alpha_mean", mode="min",
                          stopping_threshold=1e6, check_on_train_epoch_end=True)
-    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="spectral_summary/log_norm_mean",
+    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="all_layers/log_norm_mean",
                            mode="max", save_top_k=1, save_on_train_epoch_end=True)
     trainer, _ = fit(tmp_path, [monitor, stop, best], max_epochs=5, enable_checkpointing=True)
     assert trainer.current_epoch == 1 and stop.stopped_epoch == 0
@@ -305,10 +308,10 @@ def test_csv_logger_gets_the_scalars_and_the_history_goes_to_its_directory(tmp_p
     logger = CSVLogger(tmp_path, name="csv", version=0)
     fit(tmp_path, [SpectralMonitor(figures_every_n=1)], logger, max_epochs=2)
     frame = pd.read_csv(Path(logger.log_dir) / "metrics.csv")
-    rows = frame[frame["spectral_summary/alpha_mean"].notna()]
+    rows = frame[frame["all_layers/alpha_mean"].notna()]
     assert rows["step"].tolist() == [0, BATCHES, 2 * BATCHES]
     assert rows["spectral/log_norm/features.0"].notna().all()
-    assert rows["alerts/count"].notna().all()
+    assert rows["alerts/total"].notna().all()
     assert rows["epoch"].tolist() == [0, 0, 1]
     assert len(layer_rows(Path(logger.log_dir) / "spectral_history.jsonl")) == 3 * 5
 
@@ -336,7 +339,8 @@ def test_training_scalars_reach_the_rules_and_the_history(tmp_path):
     assert [r["epoch"] for r in training] == [1, 2] and seen[0] == {}
     for row, online in zip(training, seen[1:], strict=True):
         assert row["metrics"] == pytest.approx(online)
-        assert not any(k.startswith(("spectral", "classes/", "alerts/")) for k in online)
+        assert not any(k.startswith(("spectral", "all_layers/", "classes/", "alerts/"))
+                       for k in online)
     last = training[-1]["metrics"]
     assert last["train_loss"] == pytest.approx(float(trainer.callback_metrics["train_loss"]))
     assert last["val_loss"] == pytest.approx(float(trainer.callback_metrics["val_loss"]))
@@ -357,7 +361,7 @@ def test_without_a_logger_the_history_goes_to_the_root_dir_and_one_info_is_given
         lightning_logger.removeHandler(handler)
     assert sum("has no logger" in m for m in messages) == 1
     assert len(layer_rows(tmp_path / "spectral_history.jsonl")) == 3 * 5
-    assert "spectral_summary/alpha_mean" in trainer.callback_metrics
+    assert "all_layers/alpha_mean" in trainer.callback_metrics
     assert "alerts/count" in trainer.callback_metrics
     # per-layer values go to the loggers and the history file only, unless asked for
     assert not [k for k in trainer.callback_metrics if k.startswith("spectral/")]
@@ -402,7 +406,7 @@ def test_exploding_learning_rate_raises_the_stop_alert_and_stops(tmp_path):
     acc = accumulator(logger.log_dir)
     text = tensor_util.make_ndarray(acc.Tensors("alerts")[-1].tensor_proto).item().decode()
     assert "NonFiniteWeights" in text
-    assert max(e.value for e in acc.Scalars("alerts/count")) >= 1
+    assert max(e.value for e in acc.Scalars("alerts/total")) >= 1
 
 
 class _RankOne(Callback):

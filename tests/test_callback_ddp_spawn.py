@@ -84,7 +84,7 @@ def test_ddp_spawn_full_config_returns(tmp_path):
     run_script_in_own_group(__file__, tmp_path)
     metrics = json.loads((tmp_path / "parent.json").read_text())["callback_metrics"]
     # the model-level values reach the launching process; the per-layer ones stay out
-    assert "spectral_summary/alpha_mean" in metrics and "alerts/count" in metrics
+    assert "all_layers/alpha_mean" in metrics and "alerts/count" in metrics
     assert not [k for k in metrics if k.startswith(("spectral/", "classes/"))]
     rows = [json.loads(line) for line in (tmp_path / "spectral_history.jsonl").open()]
     layers = [r for r in rows if r["type"] == "layer"]

@@ -125,10 +125,10 @@ def test_publisher_writes_callback_metrics_logger_and_history_without_a_trainer(
     publisher.publish(result, loggers=[logger], callback_metrics=metrics, current_epoch=0,
                       index=0)
     # callback_metrics: model-level values only, equal to the summary
-    assert metrics and all(k.startswith(("spectral_summary/", "alerts/")) for k in metrics)
+    assert metrics and all(k.startswith(("all_layers/", "alerts/")) for k in metrics)
     for key, value in result.summary["unfold"].items():
-        if f"spectral_summary/{key}" in metrics:
-            assert math.isclose(float(metrics[f"spectral_summary/{key}"]), value, rel_tol=1e-6)
+        if f"all_layers/{key}" in metrics:
+            assert math.isclose(float(metrics[f"all_layers/{key}"]), value, rel_tol=1e-6)
     # the logger: per-layer values under spectral/<metric>/<layer>, at the analysis's step
     frame = pd.read_csv(Path(logger.log_dir) / "metrics.csv")
     row = frame[frame["step"] == 6].iloc[0]

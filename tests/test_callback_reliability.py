@@ -162,7 +162,7 @@ def test_resume_in_the_same_log_dir_purges_orphans_and_keeps_training_rows(tmp_p
     fit(tmp_path, [monitor()], max_epochs=3, logger=logger(),
         ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
     acc = accumulator(log_dir)
-    for tag in ("spectral/alpha/hidden", "spectral_summary/alpha_mean", "alerts/count"):
+    for tag in ("spectral/alpha/hidden", "all_layers/alpha_mean", "alerts/total"):
         assert [e.step for e in acc.Tensors(tag)] == steps, tag
     assert [e.step for e in acc.Tensors("spectra/unfold/hidden")] == steps
     resumed = [(r["step"], sorted(r["metrics"])) for r in read_history(history)
@@ -303,7 +303,7 @@ def test_resume_after_a_sigkill_shows_one_value_per_step(tmp_path):
         ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
     acc = accumulator(log_dir)
     steps = [0, 3, 4, 6, 8, 9, 12]
-    for tag in ("spectral/alpha/hidden", "alerts/count", "spectra/unfold/hidden"):
+    for tag in ("spectral/alpha/hidden", "alerts/total", "spectra/unfold/hidden"):
         assert [e.step for e in acc.Tensors(tag)] == steps, tag
     rows = read_history(log_dir / "spectral_history.jsonl")
     keys = [(r["step"], r["layer"]) for r in rows if r["type"] == "layer"]

@@ -1,7 +1,7 @@
 """TensorBoard's HPARAMS tab over two tiny monitored runs that differ in ``conv_mode``, read
 through a real TensorBoard server's hparams HTTP API (POST JSON, as its frontend does): two
 sessions with the monitor's settings merged with the model's ``save_hyperparameters()`` and the
-final ``spectral_summary/alpha_mean`` as the last point of that scalar series (read
+final ``all_layers/alpha_mean`` as the last point of that scalar series (read
 independently with TensorBoard's ``EventAccumulator``); the records add no scalar point."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from svd_callback import SpectralMonitor
 from svd_callback.examples import DigitsDataModule, SmallCNN
 
 START_TIMEOUT_S = 90
-ALPHA = "spectral_summary/alpha_mean"
+ALPHA = "all_layers/alpha_mean"
 CONV_MODE = "svd/analysis/conv_mode"
 
 

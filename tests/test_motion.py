@@ -228,7 +228,7 @@ def test_the_callback_logs_motion_under_the_primary_mode_and_sees_rotation(tmp_p
     for name in MOTION_METRICS:
         assert f"spectral/{name}/features.0" in tags and f"spectral/{name}/hidden" in tags
         assert not any(t.startswith(f"spectral/{name}.operator/") for t in tags)
-    assert "spectral_summary/weight_motion_mean" in tags
+    assert "all_layers/weight_motion_mean" in tags
     state = monitor.state_dict()["runner"]["motion"]
     assert set(state["layers"]) == {"features.0", "features.2", "features.5", "hidden",
                                     "classifier"}

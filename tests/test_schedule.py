@@ -307,7 +307,7 @@ def test_resolution_agrees_with_early_stopping_on_real_trainers(trainer_kwargs):
 
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", **trainer_kwargs)
-    stopping = EarlyStopping(monitor="spectral_summary/alpha_mean")
+    stopping = EarlyStopping(monitor="all_layers/alpha_mean")
     stopping.setup(trainer, None, "fit")  # type: ignore[arg-type]
     lightning_hook = TE if stopping._check_on_train_epoch_end else VE
     ours = resolve_check_on(None, val_check_interval=trainer.val_check_interval,

@@ -154,6 +154,7 @@ def worker(rank: int, out: str, port: int) -> None:
     else:
         Path(out, "checks1.json").write_text(json.dumps(checks))
         Path(out, "motion1.json").write_text(json.dumps(motion_rows))
+    dist.barrier()  # rank 0 computes the oracles alone: the ranks tear down together
     dist.destroy_process_group()
 
 

@@ -38,9 +38,13 @@ def test_tags_follow_the_fixed_patterns():
         tags.layer_tag("alpha", "features.0", "operator", "unfold")
         == "spectral/alpha.operator/features.0"
     )
-    assert tags.summary_tag("alpha_mean", "unfold", "unfold") == "spectral_summary/alpha_mean"
+    assert tags.summary_tag("alpha_mean", "unfold", "unfold") == "all_layers/alpha_mean"
     secondary = tags.summary_tag("alpha_mean", "slices", "unfold")
-    assert secondary == "spectral_summary/alpha_mean.slices"
+    assert secondary == "all_layers/alpha_mean.slices"
+    # the aggregates' tags of runs logged before still read back
+    assert tags.parse_tag("spectral_summary/alpha_mean.slices") == (
+        tags.SUMMARY_LAYER, "alpha_mean", "slices")
+    assert tags.parse_tag("all_layers/alpha_mean") == (tags.SUMMARY_LAYER, "alpha_mean", None)
     assert tags.spectrum_tag("operator", "fc") == "spectra/operator/fc"
     assert tags.clean_layer_name("a b/c:1") == "a_b/c_1"
 
@@ -141,7 +145,7 @@ def test_tensorboard_sink_histogram_text_figure_and_layout(tmp_path, read_events
     acc = read_events(tmp_path)
     (hist,) = acc.Tensors("spectra/unfold/fc")
     buckets = tensor_util.make_ndarray(hist.tensor_proto)
-    assert buckets.shape == (16, 3)
+    assert buckets.shape == (5, 3)  # 5 values: at most 5 buckets (histogram_buckets)
     assert buckets[:, 2].sum() == 5  # the NaN is dropped
     assert buckets[0, 0] == 0.5 and buckets[-1, 1] == 8.0
     assert acc.SummaryMetadata("spectra/unfold/fc").plugin_data.plugin_name == "histograms"
@@ -153,20 +157,29 @@ def test_tensorboard_sink_histogram_text_figure_and_layout(tmp_path, read_events
     (config,) = acc.Tensors("custom_scalars__config__")
     parsed = layout_pb2.Layout()
     parsed.ParseFromString(tensor_util.make_ndarray(config.tensor_proto).item())
-    titles = [c.title for c in parsed.category]
-    assert titles == ["spectral summary", "alerts", "spectral (unfold)", "spectral (operator)"]
-    chart = parsed.category[3].chart[0]
-    assert chart.title == "alpha"
-    assert list(chart.multiline.tag) == [r"^spectral/alpha\.operator/.*"]
+    assert parsed == layout  # closed sections and margin charts kept
+    assert [(c.title, c.closed) for c in parsed.category] == [
+        ("alerts", False), ("all layers [unfold]", False), ("all layers [operator]", True),
+        ("alpha [unfold]", True), ("alpha [operator]", True)]
+    chart = parsed.category[4].chart[0]
+    assert chart.title == "alpha [operator]: x"
+    assert list(chart.multiline.tag) == [r"^spectral/alpha\.operator/(x)$"]
 
 
-def test_layout_summary_regex_overlays_modes():
-    layout = layout_of(["alpha"], ["unfold", "slices"], ["alpha_mean"])
-    (pattern,) = layout["spectral summary"]["alpha_mean"][1]
-    regex = re.compile(pattern)
-    assert regex.search("spectral_summary/alpha_mean")
-    assert regex.search("spectral_summary/alpha_mean.slices")
-    assert not regex.search("spectral_summary/alpha_median")
+def test_layout_charts_one_mode_each_and_margin_charts_reversed():
+    """One mode per chart; TensorBoard shows a category's margin charts in reverse, so they are
+    written in reverse rank order (key metrics shown first)."""
+    from svd_callback.sinks.layout import layout_dict
+
+    layout = layout_of(["alpha"], ["unfold", "slices"], ["n_layers", "alpha_mean",
+                                                         "stable_rank_mean"])
+    charts = layout_dict(layout)
+    assert list(charts["all layers [unfold]"]) == ["n_layers", "stable_rank_mean", "alpha_mean"]
+    assert charts["all layers [slices]"]["alpha_mean"] == [
+        "Margin", ["all_layers/alpha_mean.slices"] * 3]
+    assert charts["alerts"][
+        "alerts/active: rules in force now (line); alerts/total: raised so far (top of the band)"
+    ] == ["Margin", ["alerts/active", "alerts/active", "alerts/total"]]
 
 
 # ---------------------------------------------------------------------------- figures
@@ -194,11 +207,11 @@ def test_esd_figure_draws_the_fits_it_is_given():
     eigs = np.random.default_rng(0).pareto(2.5, 400) + 1.0
     figure = esd_figure(eigs, alpha=3.5, xmin=1.5, mp_s2=1.0, q=2.0, title="t")
     labels = [line.get_label() for line in figure.axes[0].get_lines()]
-    assert any(label.startswith("power law alpha=3.50") for label in labels)
+    assert any(label.startswith("power law, alpha 3.50") for label in labels)
     assert any(label.startswith("MP bulk") for label in labels)
     assert figure.axes[0].get_xscale() == "log" and figure.axes[0].get_yscale() == "log"
     bare = esd_figure(eigs, alpha=math.nan, xmin=None)
-    assert [line.get_label() for line in bare.axes[0].get_lines()] == ["ESD (400 eigenvalues)"]
+    assert [line.get_label() for line in bare.axes[0].get_lines()] == ["ESD, 400 eigenvalues"]
     empty = esd_figure(np.array([0.0, -1.0, np.nan]))
     assert "no positive eigenvalues" in empty.axes[0].texts[0].get_text()
 
@@ -258,10 +271,82 @@ def test_spectrum_heatmap_grid_shares_one_colour_scale_from_the_data():
     from svd_callback.sinks.figures import spectrum_heatmap_grid
 
     spectra = [[np.array([4.0, 2.0]), np.array([8.0, 1.0])], [np.array([1.0, 0.5])]]
-    figure = spectrum_heatmap_grid(["a", "b"], [[0.0, 1.0], [0.0]], spectra, floor=-3.0)
+    figure = spectrum_heatmap_grid(["a", "b"], [[0.0, 1.0], [0.0]], spectra, decades=None)
     meshes = [axes.collections[0] for axes in figure.axes[:2]]
     assert [m.get_clim() for m in meshes] == [(math.log10(1 / 8), 0.0)] * 2
     np.testing.assert_allclose(np.asarray(meshes[1].get_array()).ravel(), [0.0, math.log10(0.5)])
-    deep = spectrum_heatmap_grid(["a"], [[0.0]], [[np.array([1.0, 1e-6])]], floor=-3.0)
+    deep = spectrum_heatmap_grid(["a"], [[0.0]], [[np.array([1.0, 1e-6])]], decades=None)
     assert deep.axes[0].collections[0].get_clim() == (-3.0, 0.0)
 
+
+def test_spectrum_heatmaps_of_two_runs_share_the_fixed_default_scale():
+    """Two runs whose spectra span -1.2 and -1.6 decades get the same colour for the same
+    ratio: the default scale is -2..0 for every run (a scale fitted to each run drew them with
+    -1.2 and -1.6 as the darkest colour)."""
+    from svd_callback.sinks.figures import HEATMAP_DECADES, spectrum_heatmap_grid
+
+    run_a = [[np.array([1.0, 10 ** -1.2])]]
+    run_b = [[np.array([1.0, 10 ** -1.6])]]
+    limits = [spectrum_heatmap_grid(["fc"], [[0.0]], run).axes[0].collections[0].get_clim()
+              for run in (run_a, run_b)]
+    assert limits == [(-HEATMAP_DECADES, 0.0)] * 2
+    deep = spectrum_heatmap_grid(["fc"], [[0.0]], [[np.array([1.0, 1e-5])]])
+    assert deep.axes[0].collections[0].get_clim() == (-2.0, 0.0)
+    # values below the scale are drawn in the lowest colour and the bar says so with an arrow
+    assert np.asarray(deep.axes[0].collections[0].get_array()).min() == -2.0
+    assert deep.axes[-1]._colorbar.extend == "min"
+    shallow = spectrum_heatmap_grid(["fc"], [[0.0]], run_a)
+    assert shallow.axes[-1]._colorbar.extend == "neither"
+    wide = spectrum_heatmap_grid(["fc"], [[0.0]], [[np.array([1.0, 1e-5])]], decades=4.0)
+    assert wide.axes[0].collections[0].get_clim() == (-4.0, 0.0)
+    with pytest.raises(ValueError, match="decades"):
+        spectrum_heatmap_grid(["fc"], [[0.0]], run_a, decades=0.0)
+
+
+def test_heatmap_grid_title_is_wrapped_inside_the_image():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from svd_callback.sinks.figures import spectrum_heatmap_grid
+
+    title = ("singular values across training [unfold] up to epoch 8, step 184: log10(sigma / "
+             "layer max) vs epochs trained, rows = rank fraction")
+    figure = spectrum_heatmap_grid(["a", "b"], [[0.0, 1.0]] * 2,
+                                   [[np.array([2.0, 1.0]), np.array([3.0, 1.0])]] * 2,
+                                   title=title)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    box = figure._suptitle.get_window_extent(canvas.get_renderer())
+    width, height = figure.get_size_inches() * figure.dpi
+    assert box.x0 >= 0 and box.x1 <= width and box.y1 <= height
+    assert " ".join(figure._suptitle.get_text().split()) == title
+
+
+def test_histogram_buckets_follow_sturges_and_freedman_diaconis_capped_by_n():
+    """Closed forms (numpy's "auto": the larger count of the two rules), at most n."""
+    from svd_callback.sinks.tensorboard import histogram_buckets
+
+    def expected(values, most=64):
+        n = values.size
+        span = values.max() - values.min()
+        sturges = math.ceil(math.log2(n) + 1)
+        q75, q25 = np.percentile(values, [75, 25])
+        fd = math.ceil(span / (2 * (q75 - q25) * n ** (-1 / 3))) if q75 > q25 else 0
+        return min(max(sturges, fd), n, most)
+
+    rng = np.random.default_rng(0)
+    for n in (3, 10, 16, 64, 500, 5000):
+        values = np.log10(np.sort(rng.gamma(2.0, size=n)))
+        assert histogram_buckets(values) == expected(values), n
+    assert histogram_buckets(np.log10(np.linspace(1, 2, 10))) <= 10  # not 64 buckets
+    assert histogram_buckets(np.array([1.0, 1.0, 1.0])) == 1
+    assert histogram_buckets(np.array([2.0])) == 1
+    assert histogram_buckets(rng.standard_normal(100_000), most=64) == 64
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-6, 6, allow_nan=False), min_size=1, max_size=300))
+def test_histogram_buckets_are_between_one_and_n(values):
+    from svd_callback.sinks.tensorboard import histogram_buckets
+
+    count = histogram_buckets(np.array(values), most=64)
+    assert 1 <= count <= min(len(values), 64)

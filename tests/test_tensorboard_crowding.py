@@ -56,22 +56,22 @@ def test_linear_layers_once_mean_only_and_no_constant_charts_by_default(tmp_path
         assert f"spectra/unfold/{name}" in acc.Tags()["tensors"]
         assert f"spectra/operator/{name}" not in acc.Tags()["tensors"]
     assert not any("matrix_rank" in t or "rank_loss" in t for t in scalars)
-    summary = {t for t in scalars if t.startswith("spectral_summary/")}
-    assert "spectral_summary/stable_rank_mean" in summary
-    assert "spectral_summary/stable_rank_mean.operator" in summary
+    summary = {t for t in scalars if t.startswith("all_layers/")}
+    assert "all_layers/stable_rank_mean" in summary
+    assert "all_layers/stable_rank_mean.operator" in summary
     assert not any("_median" in t for t in summary)
     # the linear layer's operator values equal its unfold ones: nothing was lost
     for name in LINEARS:
         assert result.report.get(name, "operator").metrics["stable_rank"] == pytest.approx(
             result.report.get(name, "unfold").metrics["stable_rank"])
     # callback_metrics keep every model-level value (EarlyStopping may watch the median)
-    assert "spectral_summary/stable_rank_median" in metrics
+    assert "all_layers/stable_rank_median" in metrics
 
 
 def test_median_and_constant_metrics_on_request(tmp_path, read_events):
     logger, _, _ = _publish(tmp_path, summary_stats=("mean", "median"), constant_metrics=True)
     scalars = set(read_events(logger.log_dir).Tags()["scalars"])
-    assert {"spectral_summary/stable_rank_median", "spectral/matrix_rank/hidden",
+    assert {"all_layers/stable_rank_median", "spectral/matrix_rank/hidden",
             "spectral/rank_loss.operator/features.0"} <= scalars
 
 

@@ -47,17 +47,18 @@ def test_tensorboard_serves_alert_series_layout_and_alerts_text(server):
     tags = _get(server, "/data/plugin/scalars/tags")
     (run,) = tags
     scalars = tags[run]
-    assert {"alerts/count", "alerts/total", "alerts/rule/AlphaBelow",
-            "spectral_summary/alpha_mean", "spectral/alpha/hidden"} <= set(scalars)
+    assert {"alerts/active", "alerts/total", "all_layers/alpha_mean",
+            "spectral/alpha/hidden"} <= set(scalars)
+    assert not [t for t in scalars if t.startswith("alerts/rule/")]  # no rule fired
     assert "cumulative" in scalars["alerts/total"]["description"]
     assert not any(t.endswith("_median") or "rank_loss" in t for t in scalars)
 
     layout = _get(server, "/data/plugin/custom_scalars/layout")
     titles = [category["title"] for category in layout["category"]]
-    assert titles[:3] == ["spectral summary", "alerts", "spectral (unfold)"]
+    assert titles[:3] == ["alerts", "all layers [unfold]", "alpha [unfold]"]
 
     query = urllib.parse.urlencode({"run": run, "tag": "alerts"})
     texts = _get(server, f"/data/plugin/text/text?{query}")
     assert [entry["step"] for entry in texts][0] == 0  # present from the first analysis
     first = texts[0]["text"]
-    assert "no alerts so far" in first and "AlphaBelow" in first and "<table>" in first
+    assert "<strong>Healthy</strong>" in first and "AlphaBelow" in first and "<table>" in first

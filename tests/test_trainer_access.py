@@ -72,3 +72,34 @@ def test_no_validation_data_gives_no_loader():
     x, y = data.train_set[0]
     train = DataLoader(TensorDataset(x.unsqueeze(0), torch.as_tensor([y])), batch_size=1)
     assert _fit(train_dataloaders=train).loader is None
+
+
+def test_suppress_hp_metric_keeps_lightning_from_writing_its_hparams_record(tmp_path):
+    """``TensorBoardLogger._default_hp_metric``: with it off, ``log_hyperparams`` without
+    metrics writes no ``hp_metric`` scalar and no HPARAMS record (``hparams.yaml`` stays)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from svd_callback.monitor.trainer_access import suppress_hp_metric
+
+    def written(logger):
+        logger.log_hyperparams({"lr": 0.1})
+        logger.save()
+        logger.experiment.flush()
+        acc = EventAccumulator(logger.log_dir)
+        acc.Reload()
+        try:
+            records = sorted(acc.PluginTagToContent("hparams"))
+        except KeyError:  # no record of the hparams plugin at all
+            records = []
+        return acc.Tags()["scalars"], records
+
+    plain = TensorBoardLogger(str(tmp_path), name="plain", version=0)
+    assert written(plain) == (["hp_metric"], ["_hparams_/experiment",
+                                              "_hparams_/session_end_info",
+                                              "_hparams_/session_start_info"])
+    quiet = TensorBoardLogger(str(tmp_path), name="quiet", version=0)
+    assert suppress_hp_metric(quiet) is True and suppress_hp_metric(quiet) is False
+    assert written(quiet) == ([], [])
+    assert (tmp_path / "quiet" / "version_0" / "hparams.yaml").is_file()
+    assert suppress_hp_metric(object()) is False  # another logger: nothing to do

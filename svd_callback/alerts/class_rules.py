@@ -234,9 +234,8 @@ def default_class_rules() -> list[Rule]:
     """The class rules of the class analysis, with their default thresholds:
     :class:`ClassLostSpecificNeurons` and :class:`ClassFeaturesEmpty` log,
     :class:`FactorizationRankCollapse` reports as info (the factorization fit hardly separates
-    poorly trained nets from healthy ones). :class:`ClassOverlapRising` is opt-in: it fired on
-    3 of 3 healthy ResNet-8 runs and on shuffled-label ones alike
-    (``experiments/class_structure``), so it separates nothing by default."""
+    poorly trained nets from healthy ones). :class:`ClassOverlapRising` is opt-in: it fires
+    on healthy and shuffled-label runs alike (``docs/methods.md``)."""
     return [
         ClassLostSpecificNeurons(),
         ClassFeaturesEmpty(),

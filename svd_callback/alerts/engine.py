@@ -26,7 +26,12 @@ from svd_callback.alerts.layer_rules import (
     SpectralNormGrowth,
     TrapsAppeared,
 )
-from svd_callback.alerts.level import Condition, alert_condition, rule_conditions
+from svd_callback.alerts.level import (
+    Condition,
+    alert_condition,
+    alerts_in_force,
+    rule_conditions,
+)
 from svd_callback.alerts.model_rules import GeneralizationGap, MeanAlphaTrend
 from svd_callback.alerts.stall_rules import (
     LayerFrozen,
@@ -42,48 +47,35 @@ WEIGHT_MATRIX_MODES = tuple(name for name, mode in MODES.items() if mode.weight_
 mode with the same spectrum), the matrices Martin & Mahoney's alpha scale was calibrated on
 (:attr:`svd_callback.spectra.modes.ModeSpec.weight_matrix`: ``unfold``, ``slices``)."""
 ALPHA_MIN_EIGS = 100
-"""Smallest ESD judged by the default "alpha < 2" rules: layers of 64 eigenvalues fitted alpha
-1.65-1.89 (alpha_sigma 0.10-0.15, n_tail 38-48) in seven healthy digits runs at val accuracy
-0.94-0.99 (``experiments/alert_rules/RESULTS.md``); TempBalance's 50 is not enough here."""
+"""Smallest ESD judged by the default alpha rules (eigenvalues per analysed matrix): on smaller
+ones the fitted alpha of healthy layers sits below 2 (TempBalance's 50 is not enough; the
+measurements are in ``docs/methods.md``, "Which spectra the alpha rules judge")."""
 
 
 def default_rules(traps: bool = True) -> list[Rule]:
-    """The built-in rules with their default thresholds.
+    """The built-in rules with their default thresholds (``docs/methods.md``, "Alert rules",
+    gives the condition of each and the measurements behind it).
 
-    Only :class:`NonFiniteWeights` stops training (NaN/Inf weights: the run is lost); all the
-    others log, since the RMT thresholds are heuristics. Rank collapse is watched on
-    ``matrix_rank`` (numerical rank), not ``stable_rank``, which falls by more than half in
-    healthy training. ``SpectralNormBlowUp`` watches the first epoch too, where the ordinary
-    growth rule does not look: a learning rate that killed or blew up the network grew
-    sigma_max 27x to 1e8x in epoch 1, healthy runs at most 4x (``experiments/alert_zoo``).
-    :class:`TrainingStalled` logs rather than stops: it raised no alarm on a healthy zoo run,
-    but a fine-tuning run at a tiny learning rate looks like one that does not learn.
-    ``traps=False`` leaves out :class:`TrapsAppeared` (for analyses that do not compute
-    correlation traps, where it could never fire).
-    :class:`AlphaBelow` and :class:`MeanAlphaTrend` ask alpha to be below 2 by two standard
-    errors and judge layers of at least :data:`ALPHA_MIN_EIGS` eigenvalues: the plain
-    "alpha < 2" fired on healthy small nets, whose fitted alphas are uncertain and low.
-    :class:`GeneralizationGap` needs two analyses: a healthy SGD run had one epoch at 0.51.
-    AlphaBelow, MeanAlphaTrend and AlphaAbove judge only :data:`WEIGHT_MATRIX_MODES`: the
-    operator spectrum of a conv (every frequency's matrix together, n^2 times the
-    eigenvalues) has no published alpha scale; on the healthy digits CNN (val accuracy
-    0.95-0.98) its alphas of 1.78-1.9 with standard errors of ~0.05 raised four AlphaBelow
-    warnings, and a 16 x 1 first conv's operator alpha jumped 5 -> 52 -> 15 (one AlphaAbove
-    warning) (``experiments/alert_rules/RESULTS.md``).
-    :class:`TrainingStalled` and :class:`LayerFrozen` watch the relative change of each
-    layer's norms between analyses: a dead, frozen or not-learning network.
-    :class:`GeneralizationGap` reads the trainer's ``val_loss`` and ``train_loss`` (silent
-    without them): the weight spectra alone did not flag a net memorising 200 images before its
-    validation loss turned.
+    Only :class:`NonFiniteWeights` stops training (NaN/Inf weights: the run is lost); the motion,
+    blow-up, rank, collapse and loss rules log warnings; the alpha rules (:class:`AlphaBelow`,
+    :class:`MeanAlphaTrend`, :class:`AlphaAbove`) and the 3x :class:`SpectralNormGrowth` report
+    as information: on healthy runs nobody tuned them on they fired while adding no detection
+    the warnings did not make (``docs/methods.md``, "Verdicts from the alert zoo"). Rank collapse is watched on ``matrix_rank`` (numerical rank), not ``stable_rank``,
+    which halves in healthy training. ``SpectralNormBlowUp`` also watches the first epoch, where
+    the ordinary growth rule does not look. The alpha rules judge only
+    :data:`WEIGHT_MATRIX_MODES` and layers of at least :data:`ALPHA_MIN_EIGS` eigenvalues.
+    ``traps=False`` leaves out
+    :class:`TrapsAppeared` (for analyses that do not compute correlation traps, where it could
+    never fire).
     """
     rules: list[Rule] = [
         NonFiniteWeights(),
-        AlphaBelow(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
+        AlphaBelow(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS, action="info"),
         AlphaAbove(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS, action="info"),
-        SpectralNormGrowth(),
+        SpectralNormGrowth(action="info"),
         SpectralNormGrowth(factor=10.0, min_epoch=0, name="SpectralNormBlowUp"),
         RankCollapse(metric="matrix_rank"),
-        MeanAlphaTrend(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS),
+        MeanAlphaTrend(modes=WEIGHT_MATRIX_MODES, min_eigs=ALPHA_MIN_EIGS, action="info"),
         GeneralizationGap(),
         TrainingStalled(),
         LayerFrozen(),
@@ -222,6 +214,12 @@ class AlertEngine:
         conditions += [alert_condition(a) for a in self.last_alerts
                        if id(a) not in known and a.severity != "info"]
         return list(dict.fromkeys(conditions))
+
+    def in_force(self) -> list[Alert]:
+        """The alerts that raised the conditions in force (:meth:`active`), oldest first, each
+        narrowed to the layers still in force (:func:`~svd_callback.alerts.level.alerts_in_force`):
+        what holds now, since which epoch, with the numbers and limits that made it fire."""
+        return alerts_in_force(self.active(), self.alerts_so_far)
 
     def should_stop(self, alerts: Iterable[Alert] | None = None) -> bool:
         """Whether any alert (default: those of the last update) has severity ``"stop"``."""

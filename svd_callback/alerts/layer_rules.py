@@ -254,11 +254,10 @@ class AlphaBelow(AlphaHeavyTail):
 
     Martin & Mahoney's "alpha < 2 is over-trained" was calibrated on large layers. On small ones
     the fitted alpha is both uncertain (sigma = (alpha - 1) / sqrt(n_tail): 0.15 for a tail of
-    40) and biased low in healthy training (experiments/rmt_validation: 1.75-1.96 on 32-64
-    eigenvalue conv layers of a net still improving). The alert therefore asks that alpha be
-    below the threshold by ``confidence`` standard errors, and skips layers with fewer than
-    ``min_eigs`` eigenvalues (TempBalance's rule: 50). ``confidence=0, min_eigs=0`` gives the
-    plain published rule.
+    40) and biased low in healthy training (``docs/methods.md``). The alert therefore asks that
+    alpha be below the threshold by ``confidence`` standard errors, and skips layers with fewer
+    than ``min_eigs`` eigenvalues (TempBalance's rule: 50). ``confidence=0, min_eigs=0`` gives
+    the plain published rule.
 
     Args:
         threshold: alpha limit (Martin & Mahoney: alpha < 2 is over-trained).
@@ -309,9 +308,7 @@ class AlphaAbove(LayerMetricRule):
 
     The mirror of :class:`AlphaBelow`: large fitted alphas are the most uncertain (sigma =
     (alpha - 1) / sqrt(n_tail)), so alpha must clear the limit by ``confidence`` standard
-    errors. A healthy BatchNorm ResNet-8 on Fashion-MNIST (val accuracy 0.909) fitted alpha
-    6.13-6.50 with sigma 1.6-1.7 on a 32-eigenvalue conv for three epochs
-    (``experiments/alert_zoo``). ``confidence=0, min_eigs=0`` gives the plain published rule.
+    errors. ``confidence=0, min_eigs=0`` gives the plain published rule.
 
     Args:
         threshold: alpha limit (Martin & Mahoney: alpha > 6 is under-trained).

@@ -1,12 +1,16 @@
 """The callback's one guard: an exception in the analysis or the logging becomes a warning and
-training goes on; messages that would repeat at every analysis are given once."""
+training goes on; messages that would repeat at every analysis are given once. Warnings are
+issued at the first caller outside the package (:func:`svd_callback.monitor.console.warn`):
+one line on the console in a Lightning fit."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
+
+from svd_callback.monitor import console
 
 __all__ = ["Guard"]
 
@@ -32,12 +36,12 @@ class Guard:
 
     def warn(self, message: str) -> None:
         """A warning that says training continues."""
-        rank_zero_warn(f"{PREFIX}: {message}; training continues.")
+        console.warn(f"{PREFIX}: {message}; training continues.")
 
     def warn_once(self, key: str, message: str) -> None:
         """``message`` as a plain warning, the first time ``key`` is seen."""
         if self.first(key):
-            rank_zero_warn(f"{PREFIX}: {message}")
+            console.warn(f"{PREFIX}: {message}")
 
     def note_once(self, key: str, message: str) -> None:
         """``message`` as information, the first time ``key`` is seen."""

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from svd_callback.alerts import AlertEngine
+from svd_callback.alerts import Alert, AlertEngine
 from svd_callback.config import MonitorConfig
-from svd_callback.monitor.alert_text import alerts_text, reasons_text
+from svd_callback.monitor import console
+from svd_callback.monitor.alert_text import cleared_conditions, reasons_text, state_text
 from svd_callback.monitor.class_stage import ClassStage
 from svd_callback.monitor.guard import Guard
 from svd_callback.monitor.heatmaps import SpectrumStore
@@ -27,12 +27,13 @@ from svd_callback.monitor.result import AnalysisResult
 from svd_callback.monitor.scalars import (
     ALERT_CHARTS,
     analysis_scalars,
-    hparam_tags,
+    hparam_metrics,
     layout_charts,
     layout_sections,
     mode_independent,
 )
 from svd_callback.monitor.text import conventions_markdown
+from svd_callback.monitor.trainer_access import suppress_hp_metric
 from svd_callback.report import Report
 from svd_callback.schedule import Schedule
 from svd_callback.sinks import hparams as hp
@@ -90,16 +91,25 @@ class Publisher:
         self._started_logging = False
         self.last_result: AnalysisResult | None = None
         self._last_figure_index = -1
+        self._in_force: tuple[Alert, ...] = ()  # the alerts in force at the last analysis
+        self._hparams: tuple[dict, set[str]] | None = None  # written once metrics exist
 
     def start_fit(self, trainer: Any) -> None:
-        """At the start of ``fit``: :meth:`reset_fit`, then (rank 0) :meth:`write_hparams` with
-        the LightningModule's and DataModule's hyperparameters."""
+        """At the start of ``fit``: :meth:`reset_fit`, then (rank 0) keep the hyperparameters
+        of the LightningModule and DataModule (and which differ from their constructors'
+        defaults) for the HPARAMS record, written once the trainer has logged validation
+        metrics (:meth:`write_hparams`), and keep each ``TensorBoardLogger`` from writing its
+        own record with the placeholder ``hp_metric`` (:func:`suppress_hp_metric`)."""
         self.reset_fit()
         if trainer.is_global_zero:
             datamodule = getattr(trainer, "datamodule", None)
-            model = {**getattr(datamodule, "hparams", {}), **trainer.lightning_module.hparams}
-            self.guard.call("writing the HPARAMS records", self.write_hparams, trainer.loggers,
-                            model)
+            module = trainer.lightning_module
+            model = hp.model_hparams(getattr(datamodule, "hparams", {}), module.hparams)
+            defaults = hp.constructor_defaults(
+                None if datamodule is None else type(datamodule), type(module))
+            self._hparams = (model, hp.changed_settings(model, defaults))
+            for logger in self.tensorboard_loggers(trainer.loggers):
+                suppress_hp_metric(logger)
 
     def reset(self) -> None:
         """Forget the run (heat maps, history path and run id): a new run."""
@@ -131,9 +141,12 @@ class Publisher:
         current_epoch: int,
         index: int,
         is_zero: bool = True,
+        trainer_metrics: Sequence[str] = (),
     ) -> None:
         """``callback_metrics`` and the heat-map store (every rank); loggers, TensorBoard and
-        the history file (rank 0). ``index``: the analysis's 0-based number in this run."""
+        the history file (rank 0). ``index``: the analysis's 0-based number in this run;
+        ``trainer_metrics``: the names of the metrics the trainer logged so far
+        (``trainer.logged_metrics``), the model's own metrics of the HPARAMS record."""
         records = analysis_scalars(result, self.config, self.classes.conventions())
         callback_metrics.update({
             s.tag: torch.tensor(s.value, dtype=torch.float64 if s.float64 else torch.float32)
@@ -148,6 +161,9 @@ class Publisher:
         if is_zero:
             self.guard.call("logging the analysis", self._log, result, logged, loggers,
                             current_epoch, index)
+            if self._hparams is not None and any(m.startswith("val") for m in trainer_metrics):
+                self.guard.call("writing the HPARAMS records", self.write_hparams, loggers,
+                                logged, trainer_metrics)
 
     def _rules(self) -> list[Any]:
         return list(self.engine.rules) if self.engine is not None else []
@@ -162,10 +178,9 @@ class Publisher:
     ) -> None:
         step = result.step
         self._warn_skipped(result.report)
-        for alert in result.alerts:  # an "info" alert as information, not as a warning
-            say = rank_zero_info if alert.severity == "info" else rank_zero_warn
-            say(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
-                f"{result.raised_on(alert)}")
+        for alert in result.alerts:  # one line each; an "info" alert as information
+            console.alert(f"SpectralMonitor alert [{alert.severity}] {alert.message}"
+                          f"{result.raised_on(alert)}", alert.severity)
         self.guard.call("writing the history file", self.history_writer.write, result)
         if result.class_report is not None:
             self.guard.call("writing the class history", self.history_writer.write_classes, result,
@@ -181,10 +196,16 @@ class Publisher:
                 "no-logger", "the trainer has no logger; the spectral history goes to "
                 f"{self.history_writer.path or 'nowhere (history_file=None)'} and "
                 "trainer.callback_metrics only")
+        alerts_markdown = state_text(
+            result.in_force, result.alerts, cleared_conditions(self._in_force, result.in_force),
+            {rule: count for rule, count in result.alert_totals.items() if count},
+            result.epoch, step, rules=None if self._started_logging else self._rules(),
+            where=result.raised_on)
+        self._in_force = tuple(result.in_force)
         for key, sink in sinks.items():
             logger = next(lg for lg in loggers if id(lg) == key)
             self.guard.call("writing TensorBoard scalars", self._write_tensorboard, logger, sink,
-                            result, scalars, epoch)
+                            result, scalars, epoch, alerts_markdown)
         every = self.config.figures_every_n
         if every and index % every == 0 and sinks:
             self.guard.call("writing figures", self._write_figures, sinks, result)
@@ -193,11 +214,17 @@ class Publisher:
             self.guard.call("flushing TensorBoard", sink.flush)
         self._started_logging = True
 
-    def finish(self, loggers: Sequence[Any], index: int) -> None:
-        """At the end of training: the figures of the last analysis (``index``) unless written
+    def finish(self, loggers: Sequence[Any], index: int,
+               trainer_metrics: Sequence[str] = ()) -> None:
+        """At the end of training: the HPARAMS record unless written already (a run without
+        validation metrics), the figures of the last analysis (``index``) unless written
         already, and a flush (rank 0)."""
         sinks = self.tensorboard_sinks(loggers)
         last = self.last_result
+        if self._hparams is not None and last is not None:
+            records = analysis_scalars(last, self.config, self.classes.conventions())
+            self.guard.call("writing the HPARAMS records", self.write_hparams, loggers,
+                            [s for s in records if s.logged], trainer_metrics)
         if (self.config.figures_every_n and last is not None and sinks
                 and self._last_figure_index != index):
             self.guard.call("writing the final figures", self._write_figures, sinks, last)
@@ -205,14 +232,23 @@ class Publisher:
         for sink in self._sinks.values():
             self.guard.call("flushing TensorBoard", sink.flush)
 
-    def write_hparams(self, loggers: Sequence[Any], model: Mapping[str, Any]) -> None:
-        """The monitor's settings, the model's hyperparameters ``model`` and the names of the
-        final summary metrics in TensorBoard's HPARAMS tab (:mod:`svd_callback.sinks.hparams`);
-        called at the start of ``fit``, before Lightning logs the model's hyperparameters."""
-        merged = {**hp.model_hparams(model), **hp.monitor_hparams(self.config)}
-        metrics = hparam_tags(self.config)
+    def write_hparams(self, loggers: Sequence[Any], scalars: Sequence[Scalar],
+                      trainer_metrics: Sequence[str]) -> None:
+        """The HPARAMS record of the run (:mod:`svd_callback.sinks.hparams`), once per fit:
+        the model's hyperparameters kept by :meth:`start_fit` and the monitor's settings
+        (those changed from their defaults first), and as metrics ``alerts/active``, the
+        model's logged metrics and the aggregates logged in ``scalars``
+        (:func:`~svd_callback.monitor.scalars.hparam_metrics`), all of which exist."""
+        if self._hparams is None:
+            return
+        model, changed = self._hparams
+        self._hparams = None
+        settings = hp.monitor_hparams(self.config)
+        changed |= hp.changed_settings(settings, hp.monitor_hparams(MonitorConfig()))
+        metrics = hparam_metrics(scalars, self.config, trainer_metrics)
+        records = hp.hparams_summaries({**model, **settings}, metrics, changed)
         for sink in self.tensorboard_sinks(loggers).values():
-            if not sink.summaries(hp.hparams_summaries(merged, metrics)):
+            if not sink.summaries(records):
                 self.guard.warn_once("hparams", f"{type(sink.writer).__name__} cannot write the "
                                      "HPARAMS records; the settings are in the text tab only")
 
@@ -242,6 +278,11 @@ class Publisher:
                 f"({', '.join(tables)}); embeddings=True analyses them"))
 
     # ------------------------------------------------------------------ TensorBoard
+    @staticmethod
+    def tensorboard_loggers(loggers: Sequence[Any]) -> list[TensorBoardLogger]:
+        """The ``TensorBoardLogger`` s among ``loggers``."""
+        return [logger for logger in loggers if isinstance(logger, TensorBoardLogger)]
+
     def tensorboard_sinks(self, loggers: Sequence[Any]) -> dict[int, TensorBoardSink]:
         """One sink per ``TensorBoardLogger`` among ``loggers``, by the logger's id."""
         for logger in loggers:
@@ -256,6 +297,7 @@ class Publisher:
         result: AnalysisResult,
         scalars: list[Scalar],
         epoch: dict[str, float],
+        alerts_markdown: str,
     ) -> None:
         step = result.step
         if not self._started_logging:
@@ -277,12 +319,11 @@ class Publisher:
                     tags.spectrum_tag(record.mode, record.name), log10_sigma(record.svals), step,
                     description=tags.spectrum_description(record.mode, record.normalization),
                 )
-        so_far = {rule: count for rule, count in result.alert_totals.items() if count}
-        text = alerts_text(result.alerts, result.raised_on, so_far, self._rules(), result.epoch,
-                           step)
-        sink.text(tags.ALERT_TEXT_TAG, text, step,
-                  description="spectral alerts of this analysis, the count so far per rule and "
-                  "the active rules (threshold, patience, action)")
+        sink.text(tags.ALERT_TEXT_TAG, alerts_markdown, step,
+                  description="the state first: healthy, or the alert rules in force (since "
+                  "when, where, the numbers against their limits, what it usually means and "
+                  "what to try); then what this analysis raised and cleared, the count so far, "
+                  "and at the first analysis the rules")
         sink.text(tags.REASONS_TAG,
                   reasons_text(result.report, self.config.analysis.metric_names), step,
                   description="why a layer or a logged metric has no value at this analysis")
@@ -320,9 +361,9 @@ class Publisher:
                 names,
                 [store["epochs"] for store in stores],
                 [list(store["quantiles"].numpy()) for store in stores],
-                title=f"singular values across training [{mode}] up to epoch "
-                f"{result.epochs_trained:g}, step {step}: log10(sigma / layer max) vs epochs "
-                f"trained, rows = rank fraction",
+                title=f"singular values across training [{mode}], epoch "
+                f"{result.epochs_trained:g} (step {step})",
+                decades=self.config.heatmap_decades,
             )
             for sink in sinks.values():
                 sink.figure(tags.figure_tag("heatmap", mode), figure, step)

@@ -38,6 +38,10 @@ class AnalysisResult:
         class_metrics: the class statistics per layer (every rank, broadcast from rank 0).
         alert_totals: alerts raised so far in this run by rule, this analysis's included (every
             rank's, merged): every configured rule (0 until it fires), then any other name.
+        in_force: the alerts behind the conditions in force, each narrowed to the layers still
+            in force (:meth:`~svd_callback.alerts.AlertEngine.in_force`, every rank's, merged):
+            what the ``alerts`` text states first.
+        in_force_ranks: for each of ``in_force``, the ranks where it is in force.
     """
 
     step: int
@@ -56,17 +60,22 @@ class AnalysisResult:
     class_report: ClassReport | None = None
     class_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     alert_totals: Mapping[str, int] = field(default_factory=dict)
+    in_force: tuple[Alert, ...] = ()
+    in_force_ranks: tuple[tuple[int, ...], ...] = ()
 
     def ranks_of(self, alert: Alert) -> tuple[int, ...]:
-        """The ranks that raised ``alert`` (``(0,)`` when unknown)."""
-        for candidate, ranks in zip(self.alerts, self.alert_ranks, strict=False):
+        """The ranks that raised ``alert``, one of :attr:`alerts` or :attr:`in_force` (``(0,)``
+        when unknown)."""
+        pairs = [*zip(self.alerts, self.alert_ranks, strict=False),
+                 *zip(self.in_force, self.in_force_ranks, strict=False)]
+        for candidate, ranks in pairs:
             if candidate is alert:
                 return ranks
         return (0,)
 
     def raised_on(self, alert: Alert) -> str:
         """`` (rank r)`` for an alert raised on some ranks only of a multi-process run."""
-        known = any(candidate is alert for candidate in self.alerts)
+        known = any(candidate is alert for candidate in (*self.alerts, *self.in_force))
         ranks = self.ranks_of(alert)
         if not known or self.world_size <= 1 or len(ranks) == self.world_size:
             return ""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -38,6 +37,7 @@ from svd_callback.classes.sharded import ProbeSplit
 from svd_callback.config import AnalysisConfig
 from svd_callback.distributed import gather_reports, is_distributed, split_units, split_work
 from svd_callback.layers import estimate_cost, example_input_for, find_layers, record_input_sizes
+from svd_callback.monitor import console
 from svd_callback.monitor.class_stage import ClassStage
 from svd_callback.monitor.gather import gather_alerts, gather_conditions
 from svd_callback.monitor.guard import Guard
@@ -243,6 +243,7 @@ class AnalysisRunner:
                             f"{type(error).__name__}: {error}")
         merged = self._gather_alerts(alerts, world, rank)  # collective
         active = self._gather_active(world, rank)  # collective
+        in_force = self._gather_in_force(world, rank)  # collective
         self._alert_totals.update(alert.rule for alert, _ in merged)
         return AnalysisResult(
             step=int(step), epoch=epoch, epochs_trained=float(epochs_trained), trigger=trigger,
@@ -251,7 +252,8 @@ class AnalysisRunner:
             active=tuple(active),
             world_size=int(world), owners=owners, training=training,
             class_report=class_report, class_metrics=class_metrics,
-            alert_totals=self._totals(),
+            alert_totals=self._totals(), in_force=tuple(a for a, _ in in_force),
+            in_force_ranks=tuple(r for _, r in in_force),
         )
 
     def _totals(self) -> dict[str, int]:
@@ -324,7 +326,7 @@ class AnalysisRunner:
             return report, names, whole
         except Exception as error:  # noqa: BLE001 - never crash training
             reason = f"analysis failed on rank {rank}: {type(error).__name__}: {error}"
-            warnings.warn(f"SpectralMonitor: {reason}", stacklevel=2)
+            console.warn(f"SpectralMonitor: {reason}")
             failed = names if share is None else share
             report = Report(
                 LayerReport(name, "unknown", mode, config.normalization, reason=reason,
@@ -354,14 +356,25 @@ class AnalysisRunner:
                             f"{type(error).__name__}: {error}; rank {rank} records its own")
             return [(alert, (rank,)) for alert in alerts]
 
+    def _gather_in_force(
+        self, world: int, rank: int
+    ) -> list[tuple[Alert, tuple[int, ...]]]:
+        """The alerts behind the conditions in force on any rank, on every rank, each with the
+        ranks where it is in force."""
+        local = self._read_engine(self.alert_engine.in_force, "the alerts in force")
+        return self._gather_alerts(local, world, rank)
+
+    def _read_engine(self, read: Callable[[], list[Any]], what: str) -> list[Any]:
+        """``read()`` of the alert engine; on failure a warning naming ``what`` and []."""
+        try:
+            return read()
+        except Exception as error:  # noqa: BLE001 - never crash training
+            self.guard.warn(f"reading {what} failed: {type(error).__name__}: {error}")
+            return []
+
     def _gather_active(self, world: int, rank: int) -> list[Condition]:
         """The conditions in force on any rank, on every rank (``alerts/active``)."""
-        try:
-            local = self.alert_engine.active()
-        except Exception as error:  # noqa: BLE001 - never crash training
-            self.guard.warn(f"reading the alert conditions in force failed: "
-                            f"{type(error).__name__}: {error}")
-            local = []
+        local = self._read_engine(self.alert_engine.active, "the alert conditions in force")
         try:
             return gather_conditions(local, world)
         except Exception as error:  # noqa: BLE001 - never crash training

@@ -5,14 +5,14 @@
 The readers work on the records' fields, never on tag strings: ``trainer.callback_metrics``
 takes the model-level ones (:attr:`Scalar.model_level`), the loggers the ``logged`` ones, the
 custom-scalar layout their charts (:func:`layout_charts`), the HPARAMS tab
-:func:`hparam_tags`. Families (tag patterns: ``docs/conventions.md``):
+:func:`hparam_metrics`. Families (tag patterns: ``docs/conventions.md``):
 
 - per layer, ``spectral/<metric>[.<mode>]/<layer>``: every metric of the selected groups;
-- model level, ``spectral_summary/<key>[.<mode>]``: the aggregates
+- model level, ``all_layers/<key>[.<mode>]``: the aggregates
   (:mod:`svd_callback.aggregates`) of the selected metrics and the counts;
-- model level, :data:`MODEL_SCALARS` (``alerts/count``, ``alerts/active``, ``alerts/raised``,
-  ``alerts/healthy_step``) and the cumulative counts ``alerts/total`` and
-  ``alerts/rule/<rule>``;
+- model level, :data:`MODEL_SCALARS` (``alerts/active``; ``alerts/count``, ``alerts/raised``
+  and ``alerts/healthy_step`` for ``callback_metrics`` only) and the cumulative counts
+  ``alerts/total`` and ``alerts/rule/<rule>`` (logged from the rule's first alert on);
 - per layer, ``classes/<stat>/<layer>``: the class statistics (per-class values are left out).
 
 Fewer, non-redundant charts reach the loggers (``logged``): a layer without a conv mode (every
@@ -22,6 +22,13 @@ under the primary mode only, as are the weight's own metrics (:data:`MODE_FREE_M
 ``MonitorConfig.summary_stats``; :data:`CONSTANT_METRICS` (a flat chart each) only with
 ``MonitorConfig.constant_metrics``. ``callback_metrics``, the rules and the history file see
 every value.
+
+The custom-scalar layout (what each record's ``chart`` says): ``alerts`` first (a margin
+chart, which TensorBoard never smooths: ``alerts/active`` within ``alerts/total``), ``alerts by
+rule`` (one chart per rule that fired), ``all layers [<mode>]`` (one margin chart per
+aggregate, the key metrics first; open for the primary mode), then one closed section
+``<metric> [<mode>]`` per per-layer metric with one chart per :data:`LAYERS_PER_CHART` layers,
+and ``classes`` (closed).
 
 Adding a model-level scalar: one :class:`ModelScalar` in :data:`MODEL_SCALARS` (tag, value,
 description and chart together) and its test; ``callback_metrics``, the loggers and the layout
@@ -37,11 +44,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from svd_callback.aggregates import aggregate, statistic
+from svd_callback.aggregates import aggregate
 from svd_callback.alerts import COUNTED_SEVERITIES
 from svd_callback.config import MonitorConfig
 from svd_callback.layers import is_conv_kind
-from svd_callback.metric_groups import METRIC_GROUPS
 from svd_callback.monitor.result import AnalysisResult
 from svd_callback.motion import MOTION_METRICS
 from svd_callback.sinks import tags
@@ -55,7 +61,7 @@ __all__ = [
     "active_alerts",
     "analysis_scalars",
     "healthy_step",
-    "hparam_tags",
+    "hparam_metrics",
     "layout_charts",
     "logged_metric_names",
     "mode_independent",
@@ -68,18 +74,43 @@ MODE_FREE_METRICS = frozenset(MOTION_METRICS)
 """Metrics of the weight itself, the same in every conv mode (logged and charted under the
 primary mode only)."""
 
-SUMMARY_SECTION = Section("spectral summary", (0,))
-ALERTS_SECTION = Section("alerts", (1,))
-CLASSES_SECTION = Section("classes", (3,))
+ALERTS_SECTION = Section("alerts", (0,))
+RULES_SECTION = Section("alerts by rule", (0, 1))
+"""The rules that fired, one chart each: a section of its own, so that ``alerts/active`` stays
+the first chart whichever run's charts TensorBoard merges first."""
+CLASSES_SECTION = Section("classes", (3,), closed=True)
+LAYERS_PER_CHART = 5
+"""Layers on one per-layer chart: TensorBoard marks the tags of a chart with five symbols
+(square, diamond, triangle, star, cross) and colours the runs, so five layers are told apart."""
+KEY_METRICS = ("alpha", "stable_rank", "spectral_norm")
+"""The metrics whose charts come first in a section (docs/guide.md reads these first)."""
 
 
-def mode_section(mode: str, modes: Sequence[str]) -> Section:
-    """``spectral (<mode>)``, after the alerts, in the order of ``conv_mode``."""
-    return Section(f"spectral ({mode})", (2, list(modes).index(mode)))
+def summary_section(mode: str, modes: Sequence[str]) -> Section:
+    """``all layers [<mode>]``, after the alerts in the order of ``conv_mode``; open for the
+    primary mode only."""
+    index = list(modes).index(mode) if mode in modes else len(modes)
+    return Section(f"all layers [{mode}]", (1, index), closed=index > 0)
 
 
-def _alert_chart(title: str, pattern: str, rank: int) -> Chart:
-    return Chart(ALERTS_SECTION, title, pattern, (rank,))
+def layer_section(metric: str, mode: str, config: MonitorConfig) -> Section:
+    """``<metric> [<mode>]``: one closed section per per-layer metric and mode (mode, then the
+    metric's place in the selected groups)."""
+    modes = config.analysis.conv_mode
+    names = config.analysis.metric_names
+    return Section(f"{metric} [{mode}]",
+                   (2, modes.index(mode) if mode in modes else len(modes),
+                    *_metric_rank(metric, names)), closed=True)
+
+
+def _metric_rank(metric: str, names: Sequence[str]) -> tuple[int, int, str]:
+    key = KEY_METRICS.index(metric) if metric in KEY_METRICS else len(KEY_METRICS)
+    return key, names.index(metric) if metric in names else len(names), metric
+
+
+def _alert_chart(title: str, tags: tuple[str, str, str], rank: tuple,
+                 section: Section = ALERTS_SECTION) -> Chart:
+    return Chart(section, title, rank=rank, margin=tags)
 
 
 # ---------------------------------------------------------------------- alert levels
@@ -117,6 +148,7 @@ class ModelScalar:
         chart: its custom-scalar chart (None: none).
         float64: kept as float64 in ``callback_metrics``.
         family: the tag's family.
+        logged: whether it reaches the loggers (False: ``callback_metrics`` only).
     """
 
     name: str
@@ -125,61 +157,80 @@ class ModelScalar:
     chart: Chart | None = None
     float64: bool = False
     family: Family = Family.ALERTS
+    logged: bool = True
 
     def scalar(self, result: AnalysisResult) -> Scalar:
         return Scalar(self.family, self.name, float(self.value(result)), self.description,
-                      chart=self.chart, model_level=True, float64=self.float64)
+                      chart=self.chart, model_level=True, float64=self.float64,
+                      logged=self.logged)
 
     @property
     def tag(self) -> str:
         return Scalar(self.family, self.name, 0.0, "").tag
 
 
+ACTIVE_TAG = tags.alert_tag("active")
+ACTIVE_CHART = _alert_chart(
+    "alerts/active: rules in force now (line); alerts/total: raised so far (top of the band)",
+    (ACTIVE_TAG, ACTIVE_TAG, tags.ALERT_TOTAL_TAG), (0,))
+"""The first chart of the layout: a margin chart, never smoothed; the band up to
+``alerts/total`` (never below the level) also keeps the level's peak inside TensorBoard's
+outlier-trimmed scale."""
 COUNT = ModelScalar(
-    "count", "number of spectral alerts raised by this analysis", lambda r: len(r.alerts),
-    _alert_chart("alerts/count (per analysis)", r"^alerts/count$", 4))
+    "count", "number of spectral alerts raised by this analysis, info ones included (kept in "
+    "trainer.callback_metrics for older setups; not logged: alerts/total counts them)",
+    lambda r: len(r.alerts), logged=False)
 ACTIVE = ModelScalar(
     "active",
     "level: number of alert rules with a condition of severity warning or stop in force "
     "after this analysis (fired and not cleared, any layer, any rank; 0 while training is "
-    "healthy)",
-    active_alerts, _alert_chart("alerts/active (conditions in force, per analysis)",
-                                r"^alerts/active$", 0))
+    "healthy; which ones: the alerts text)",
+    active_alerts, ACTIVE_CHART)
 RAISED = ModelScalar(
     "raised",
     "event: number of alerts of severity warning or stop raised by this analysis (each rule "
     "fires once its condition held for its patience, again only after it cleared)",
-    raised_alerts, _alert_chart("alerts/raised (warning or stop, raised per analysis)",
-                                r"^alerts/raised$", 1))
+    raised_alerts, logged=False)
 HEALTHY_STEP = ModelScalar(
     "healthy_step",
     "trainer.global_step of this analysis if no alert condition is in force "
     "(alerts/active == 0), else -1",
-    healthy_step, float64=True)  # float32 rounds steps above 2**24
+    healthy_step, float64=True, logged=False)  # float32 rounds steps above 2**24
 
 MODEL_SCALARS: tuple[ModelScalar, ...] = (COUNT, ACTIVE, RAISED, HEALTHY_STEP)
 """The model-level scalars computed from each analysis, in logging order (the aggregates over
-layers are :mod:`svd_callback.aggregates`'; the cumulative alert counts :func:`total_scalars`)."""
+layers are :mod:`svd_callback.aggregates`'; the cumulative alert counts :func:`total_scalars`).
+``alerts/count``, ``alerts/raised`` and ``alerts/healthy_step`` go to ``callback_metrics``
+only: an event count drawn as a chart is what TensorBoard's smoothing and outlier trimming
+bend most, and ``alerts/total`` and the alerts text say the same."""
 
-TOTAL_CHART = _alert_chart("alerts/total (cumulative)", r"^alerts/total$", 2)
-RULE_CHART = _alert_chart("alerts/rule (cumulative, per rule)", r"^alerts/rule/.*", 3)
-ALERT_CHARTS = tuple(sorted({*(s.chart for s in MODEL_SCALARS if s.chart), TOTAL_CHART,
-                             RULE_CHART}, key=lambda c: c.rank))
-"""The charts of the ``alerts`` section, shown from the first layout on."""
+ALERT_CHARTS = (ACTIVE_CHART,)
+"""The charts of the ``alerts`` section shown from the first layout on."""
 TOTAL_DESCRIPTION = ("cumulative number of spectral alerts raised in this run up to this "
-                     "analysis (alerts/count: the number raised by each analysis)")
+                     "analysis, info ones included")
+
+
+def rule_chart(rule: str) -> Chart:
+    """``<rule>: alerts raised so far``: a margin chart (never smoothed) of
+    ``alerts/rule/<rule>``, one per rule that fired, in section ``alerts by rule``."""
+    tag = tags.alert_rule_tag(rule)
+    return _alert_chart(f"{rule}: alerts raised so far", (tag, tag, tag), (rule,),
+                        RULES_SECTION)
 
 
 def total_scalars(totals: Mapping[str, int]) -> list[Scalar]:
     """``alerts/total`` and ``alerts/rule/<rule>``: alerts raised so far in this run, in all
     and per rule of ``totals`` (:attr:`AnalysisResult.alert_totals`: every configured rule, 0
-    until it fires)."""
+    until it fires). Every rule's count goes to ``callback_metrics``; the loggers get a rule's
+    series from its first alert on, so that TensorBoard shows one chart per rule that fired
+    instead of a flat 0 for every rule configured."""
     out = [Scalar(Family.ALERTS, "total", float(sum(totals.values())), TOTAL_DESCRIPTION,
-                  chart=TOTAL_CHART, model_level=True)]
+                  chart=ACTIVE_CHART, model_level=True)]
     for name, count in totals.items():
         out.append(Scalar(Family.ALERTS, tags.alert_rule_name(name), float(count),
                           f"cumulative number of alerts rule {name} raised in this run up to "
-                          f"this analysis", chart=RULE_CHART, model_level=True))
+                          f"this analysis (logged from its first alert on)",
+                          chart=rule_chart(name), model_level=True, logged=count > 0))
     return out
 
 
@@ -218,10 +269,13 @@ def analysis_scalars(
 
 
 def layer_scalars(result: AnalysisResult, config: MonitorConfig) -> list[Scalar]:
-    """``spectral/<metric>[.<mode>]/<layer>`` of every analysed record and selected metric."""
+    """``spectral/<metric>[.<mode>]/<layer>`` of every analysed record and selected metric; a
+    logged one on the chart of its metric, mode and group of :data:`LAYERS_PER_CHART` layers
+    (:func:`layer_chart`)."""
     analysis = config.analysis
     primary = analysis.primary_mode
     hidden = _hidden_constants(config)
+    groups = _layer_groups(result, primary)
     out = []
     for record in result.report:
         if record.skipped:
@@ -232,22 +286,43 @@ def layer_scalars(result: AnalysisResult, config: MonitorConfig) -> list[Scalar]
             value = record.metrics.get(metric)
             if value is None or not math.isfinite(value):
                 continue
+            logged = not (repeated or metric in hidden
+                          or (secondary and metric in MODE_FREE_METRICS))
             out.append(Scalar(
                 Family.LAYER, metric, float(value),
                 tags.metric_description(metric, record.mode, record.normalization,
                                         analysis.fit, analysis.ww_compat)
                 + (f"; matrix: {record.notes['matrix']}" if "matrix" in record.notes else ""),
-                chart=layer_chart(metric, record.mode, config), layer=record.name,
-                mode=record.mode, primary=record.mode == primary, metric=metric,
-                logged=not (repeated or metric in hidden
-                            or (secondary and metric in MODE_FREE_METRICS)),
+                chart=layer_chart(metric, record.mode, config, *groups[record.mode, record.name])
+                if logged else None,
+                layer=record.name, mode=record.mode, primary=record.mode == primary,
+                metric=metric, logged=logged,
             ))
     return out
 
 
+def _layer_groups(result: AnalysisResult, primary: str) -> dict[tuple[str, str], tuple]:
+    """(mode, layer) -> (the layers of its chart, the chart's number): each mode's logged layers
+    in the report's (model) order, :data:`LAYERS_PER_CHART` a chart."""
+    names: dict[str, list[str]] = {}
+    for record in result.report:
+        if record.skipped or (record.mode != primary and mode_independent(record.kind)):
+            continue
+        names.setdefault(record.mode, [])
+        if record.name not in names[record.mode]:
+            names[record.mode].append(record.name)
+    out = {}
+    for mode, layers in names.items():
+        for start in range(0, len(layers), LAYERS_PER_CHART):
+            group = tuple(layers[start:start + LAYERS_PER_CHART])
+            for layer in group:
+                out[mode, layer] = (group, start // LAYERS_PER_CHART)
+    return out
+
+
 def summary_scalars(result: AnalysisResult, config: MonitorConfig) -> list[Scalar]:
-    """``spectral_summary/<key>[.<mode>]``: the finite aggregates of the selected metrics and
-    the counts."""
+    """``all_layers/<key>[.<mode>]``: the finite aggregates of the selected metrics and the
+    counts."""
     analysis = config.analysis
     primary = analysis.primary_mode
     selected = set(analysis.metric_names)
@@ -265,7 +340,8 @@ def summary_scalars(result: AnalysisResult, config: MonitorConfig) -> list[Scala
                 Family.SUMMARY, key, float(value),
                 tags.summary_description(key, mode, analysis.normalization, analysis.fit,
                                          analysis.ww_compat),
-                chart=summary_chart(key), mode=mode, primary=mode == primary, metric=metric,
+                chart=summary_chart(key, mode, config) if logged else None, mode=mode,
+                primary=mode == primary, metric=metric,
                 stat=stat, model_level=True, logged=logged,
             ))
     return out
@@ -286,26 +362,30 @@ def class_scalars(metrics: Mapping[str, Mapping[str, float]], how: str) -> list[
 
 
 # ---------------------------------------------------------------------- charts
-def layer_chart(metric: str, mode: str, config: MonitorConfig) -> Chart:
-    """One chart per metric and mode over every layer (``^spectral/<metric>[.<mode>]/``)."""
+def layer_chart(metric: str, mode: str, config: MonitorConfig, layers: Sequence[str] = (),
+                number: int = 0) -> Chart:
+    """The chart of ``metric`` in ``mode`` for ``layers`` (at most :data:`LAYERS_PER_CHART`,
+    the ``number``-th group of the mode's layers), in the closed section ``<metric> [<mode>]``:
+    ``^spectral/<metric>[.<mode>]/(<layer>|...)$``, titled with its layers."""
     analysis = config.analysis
-    return _layer_chart(metric, mode, analysis.conv_mode, analysis.metrics)
+    head = "^" + re.escape(f"{Family.LAYER.value}/"
+                           f"{tags.metric_name(metric, mode, analysis.primary_mode)}/")
+    names = [tags.clean_layer_name(layer) for layer in layers]
+    pattern = head + "(" + "|".join(map(re.escape, names)) + ")$" if names else head + ".*"
+    title = f"{metric} [{mode}]" + (f": {', '.join(layers)}" if layers else "")
+    return Chart(layer_section(metric, mode, config), title, pattern, (number,))
 
 
-@functools.lru_cache(maxsize=4096)  # the same charts at every analysis: one object each
-def _layer_chart(metric: str, mode: str, modes: tuple[str, ...],
-                 groups: tuple[str, ...]) -> Chart:
-    names = [m for group in groups for m in METRIC_GROUPS[group]]
-    rank = names.index(metric) if metric in names else len(names)
-    return Chart(mode_section(mode, modes), metric,
-                 tags.custom_scalar_regex(metric, mode, modes[0]), (rank, metric))
-
-
-@functools.lru_cache(maxsize=4096)
-def summary_chart(key: str) -> Chart:
-    """One chart per aggregate overlaying the modes."""
-    return Chart(SUMMARY_SECTION, key, rf"^spectral_summary/{re.escape(key)}(\.[a-z_]+)?$",
-                 (key,))
+def summary_chart(key: str, mode: str, config: MonitorConfig) -> Chart:
+    """The aggregate ``key`` of ``mode`` in section ``all layers [<mode>]``: a margin chart of
+    the one tag (never smoothed), the key metrics' first."""
+    analysis = config.analysis
+    tag = tags.summary_tag(key, mode, analysis.primary_mode)
+    found = aggregate(key)
+    metric = found.metric if found is not None and found.metric else key
+    rank = (*_metric_rank(metric, analysis.metric_names), key)
+    return Chart(summary_section(mode, analysis.conv_mode), key, rank=rank,
+                 margin=(tag, tag, tag))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -318,30 +398,38 @@ def class_chart(stat: str) -> Chart:
 
 
 def layout_charts(scalars: Iterable[Scalar], config: MonitorConfig) -> set[Chart]:
-    """The charts that show ``scalars``: each one's own, and a per-layer metric's chart in
-    every conv mode (each mode's section charts the same metrics; a metric of
-    :data:`MODE_FREE_METRICS` in the primary mode's only)."""
-    analysis = config.analysis
-    own = {id(s.chart): s.chart for s in scalars if s.chart is not None}  # cached: shared
-    metrics = {s.name for s in scalars if s.family is Family.LAYER}
-    charts = set(own.values())
-    for metric in metrics:
-        modes = (analysis.primary_mode,) if metric in MODE_FREE_METRICS else analysis.conv_mode
-        charts.update(layer_chart(metric, m, config) for m in modes)
-    return charts
+    """The charts that show ``scalars``: each one's own."""
+    return {scalar.chart for scalar in scalars if scalar.chart is not None}
 
 
 def layout_sections(config: MonitorConfig) -> tuple[Section, ...]:
-    """The sections shown even when empty: ``alerts`` and one per conv mode."""
-    modes = config.analysis.conv_mode
-    return (ALERTS_SECTION, *(mode_section(m, modes) for m in modes))
+    """The sections shown even when empty: ``alerts``."""
+    return (ALERTS_SECTION,)
 
 
 # ---------------------------------------------------------------------- HPARAMS
-def hparam_tags(config: MonitorConfig) -> list[str]:
-    """The metrics of the HPARAMS table: ``spectral_summary/<metric>_<stat>`` of the primary
-    conv mode for every logged metric and summary statistic, and ``alerts/total``."""
-    primary = config.analysis.primary_mode
-    summary = [tags.summary_tag(statistic(metric, stat).key, primary, primary)
-               for metric in logged_metric_names(config) for stat in config.summary_stats]
-    return [*summary, tags.ALERT_TOTAL_TAG]
+TRAINER_METRIC_DESCRIPTION = "logged by the model (its last value)"
+
+
+def hparam_metrics(
+    scalars: Iterable[Scalar], config: MonitorConfig, trainer_metrics: Iterable[str] = ()
+) -> list[tuple[str, str]]:
+    """The metrics of the HPARAMS table as (tag, description), those TensorBoard shows first
+    (five) first: ``alerts/active``, the model's own validation metrics among
+    ``trainer_metrics`` (the names the trainer logged, ``trainer.logged_metrics``), its other
+    metrics, ``alerts/total``, then the primary mode's aggregates logged in ``scalars`` (key
+    metrics first). Only tags that exist: ``epoch`` and the monitor's own tags are no model
+    metrics (Lightning's placeholder ``hp_metric`` is no logged metric of the trainer; a model
+    that logs its own is kept)."""
+    own = {tags.EPOCH_TAG}
+    model = [m for m in dict.fromkeys(map(str, trainer_metrics))
+             if m not in own and not m.startswith(tags.OWN_TAG_PREFIXES)]
+    model.sort(key=lambda m: (not m.startswith("val"), m))
+    out = [(ACTIVE.tag, ACTIVE.description)]
+    out += [(m, TRAINER_METRIC_DESCRIPTION) for m in model]
+    out.append((tags.ALERT_TOTAL_TAG, TOTAL_DESCRIPTION))
+    primary = [s for s in scalars if s.family is Family.SUMMARY and s.logged and s.primary]
+    primary.sort(key=lambda s: (*_metric_rank(s.metric or s.name,
+                                              config.analysis.metric_names), s.name))
+    out += [(s.tag, s.description) for s in dict.fromkeys(primary)]
+    return list(dict(out).items())

@@ -59,7 +59,7 @@ def conventions_markdown(
         "",
         f"- metric groups: {', '.join(analysis.metrics)}; logged: "
         f"{escape_markdown(', '.join(logged_metric_names(config)), table=True)}",
-        f"- aggregates: `spectral_summary/<metric>_{'|_'.join(config.summary_stats)}"
+        f"- aggregates: `all_layers/<metric>_{'|_'.join(config.summary_stats)}"
         "[.<mode>]` over analysed layers; layers that are not convolutions are logged under "
         "the primary mode only; histograms `spectra/<mode>/<layer>` hold log10 of the raw "
         "singular values",

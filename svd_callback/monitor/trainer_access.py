@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from svd_callback.monitor.inputs import first_loader
 from svd_callback.schedule import epochs_trained
 
-__all__ = ["epochs_trained_at", "validation_loader", "validation_settings"]
+__all__ = ["epochs_trained_at", "suppress_hp_metric", "validation_loader", "validation_settings"]
 
 
 def validation_settings(trainer: Any) -> dict[str, Any]:
@@ -64,3 +64,17 @@ def epochs_trained_at(trainer: Any, trigger: str) -> float:
         finished = bool(progress.is_last_batch) or done + 1 == trainer.num_training_batches
     return epochs_trained(trigger, trainer.current_epoch, None if done is None else done + 1,
                           trainer.num_training_batches, epoch_finished=finished)
+
+
+def suppress_hp_metric(logger: Any) -> bool:
+    """Keep a ``TensorBoardLogger`` from writing its placeholder ``hp_metric`` (-1) and its own
+    HPARAMS record when Lightning logs the model's hyperparameters after ``on_fit_start``
+    (``log_hyperparams`` without metrics then writes nothing to TensorBoard; ``hparams.yaml``
+    is still saved): the monitor writes the run's HPARAMS record, with real metrics. Sets the
+    logger's private ``_default_hp_metric``; returns whether it was set before (False for a
+    logger without it)."""
+    if not hasattr(logger, "_default_hp_metric"):
+        return False
+    before = bool(logger._default_hp_metric)
+    logger._default_hp_metric = False
+    return before

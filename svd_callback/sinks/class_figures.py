@@ -19,7 +19,14 @@ import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from svd_callback.sinks.figures import FIG_DPI, LABEL_PT, TICK_PT, TITLE_PT, note_empty
+from svd_callback.sinks.figures import (
+    FIG_DPI,
+    LABEL_PT,
+    TICK_PT,
+    TITLE_PT,
+    fit_title,
+    note_empty,
+)
 
 OVERLAP_LABEL = "Jaccard overlap |E_a & E_b| / |E_a | E_b| (0 to 1, no unit)"
 """Colour-bar label of the class overlap heat map."""
@@ -45,7 +52,7 @@ def hypergraph_figure(
     height = max(5.0, 0.22 * max(n_nodes, num_classes) + 1.6)
     figure = Figure(figsize=(10.0, height), dpi=FIG_DPI)
     axes = figure.add_subplot()
-    axes.set_title(title, fontsize=TITLE_PT)
+    axes.set_title(fit_title(title, 10.0 * 0.75, TITLE_PT), fontsize=TITLE_PT)
     axes.set_axis_off()
     if n_nodes == 0 or num_classes == 0:
         note_empty(axes, "nothing to draw: no hyperedges (no classes or no neurons)")
@@ -103,9 +110,10 @@ def overlap_matrix_figure(jaccard: np.ndarray, *, title: str = "") -> Figure:
     matrix = np.asarray(jaccard, dtype=np.float64)
     n = matrix.shape[0] if matrix.ndim == 2 else 0
     side = max(6.0, 0.5 * n + 2.0)
-    figure = Figure(figsize=(min(side + 1.6, 10.0), min(side, 10.0)), dpi=FIG_DPI)
+    width = min(side + 1.6, 10.0)
+    figure = Figure(figsize=(width, min(side, 10.0)), dpi=FIG_DPI)
     axes = figure.add_subplot()
-    axes.set_title(title, fontsize=TITLE_PT)
+    axes.set_title(fit_title(title, width * 0.7, TITLE_PT), fontsize=TITLE_PT)
     if n == 0:
         note_empty(axes, "nothing to draw: no classes")
         return figure

@@ -5,26 +5,60 @@
   rho(x) = Q / (2 pi s^2 x) sqrt((lambda_+ - x)(x - lambda_-)), lambda_+- = s^2 (1 +- 1/sqrt Q)^2
   (Martin & Mahoney 2021).
 - :func:`spectrum_heatmap`: one layer's spectrum across analyses: column = one analysis,
-  row = rank fraction i / n, colour = log10(sigma_i / the layer's max sigma over all analyses);
-  :func:`spectrum_heatmap_grid` draws every layer so, one small panel each.
+  row = rank fraction i / n, colour = log10(sigma_i / the layer's max sigma over all analyses)
+  on a fixed scale of :data:`HEATMAP_DECADES` decades by default, so that two runs' heat maps
+  compare; :func:`spectrum_heatmap_grid` draws every layer so, one small panel each.
+
+TensorBoard shows an image :data:`GRID_PX` pixels wide in its IMAGES and Time Series grids,
+whatever its own width: the ESD figures are drawn small (600 x 400 px) with text that stays
+at least :data:`MIN_GRID_TEXT_PX` pixels high there; titles are wrapped to the figure's width
+(:func:`fit_title`).
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogFormatterSciNotation,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
 
 from svd_callback.report import LayerReport
 
-FIGSIZE = (10.0, 6.0)
+GRID_PX = 350
+"""Width in pixels at which TensorBoard (2.21) shows an image in its IMAGES grid (Time Series:
+323 to 375), whatever the image's own width: a 1000 px figure is shrunk to 35 %."""
+MIN_GRID_TEXT_PX = 9.0
+"""Smallest text height (font size in pixels) a figure's text keeps when shown GRID_PX wide."""
+FIGSIZE = (6.0, 4.0)
 FIG_DPI = 100
-"""ESD figures: 1000 x 600 px."""
-TITLE_PT, LABEL_PT, TICK_PT = 15, 14, 12
-"""Font sizes of the ESD figures (points at FIG_DPI)."""
+"""ESD figures: 600 x 400 px, shown at 58 % in TensorBoard's grid."""
+TITLE_PT, LABEL_PT, TICK_PT = 13, 13, 12
+"""Font sizes of the ESD figures (points at FIG_DPI): 12 pt is 16.7 px, 9.7 px at GRID_PX."""
+
+
+def grid_text_px(fontsize_pt: float, figure_width_px: float, dpi: float = FIG_DPI) -> float:
+    """Height in screen pixels of ``fontsize_pt`` text in a figure ``figure_width_px`` wide
+    when TensorBoard shows it :data:`GRID_PX` wide (it scales a narrower image up, too):
+    ``pt * dpi / 72 * GRID_PX / width``."""
+    return fontsize_pt * dpi / 72.0 * GRID_PX / figure_width_px
+
+
+def fit_title(text: str, width_in: float, fontsize_pt: float) -> str:
+    """``text`` wrapped at spaces (existing line breaks kept) so that each line fits a figure
+    ``width_in`` inches wide: at most ``width_in * 72 / (0.6 * fontsize_pt)`` characters a line
+    (0.6 em: a wide average character of DejaVu Sans, matplotlib's default font)."""
+    chars = max(10, int(width_in * 72.0 / (0.6 * fontsize_pt)))
+    return "\n".join(textwrap.fill(line, chars) if line else line
+                     for line in text.split("\n"))
 
 
 def spectrum_quantiles(svals: np.ndarray, n_points: int = 128) -> np.ndarray:
@@ -64,7 +98,8 @@ def esd_figure(
     no_fit: str = "",
 ) -> Figure:
     """ESD histogram (density, log-spaced bins) on log-log axes with the power-law and MP fits,
-    1000 x 600 px with 12-15 pt text; ``no_fit``: why there is no power-law fit (shown)."""
+    600 x 400 px with 12-13 pt text (legible in TensorBoard's grid); ``no_fit``: why there is no
+    power-law fit (shown)."""
     eigs = np.asarray(eigenvalues, dtype=np.float64).ravel()
     eigs = eigs[np.isfinite(eigs) & (eigs > 0)]
     figure = Figure(figsize=FIGSIZE, dpi=FIG_DPI)
@@ -74,7 +109,8 @@ def esd_figure(
     axes.set_xlabel("eigenvalue lambda", fontsize=LABEL_PT)
     axes.set_ylabel("density", fontsize=LABEL_PT)
     axes.tick_params(which="both", labelsize=TICK_PT)
-    axes.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=TITLE_PT)
+    axes.set_title(fit_title(title + (f"\n{subtitle}" if subtitle else ""), FIGSIZE[0],
+                             TITLE_PT), fontsize=TITLE_PT)
     if eigs.size == 0:
         axes.text(0.5, 0.5, "no positive eigenvalues", transform=axes.transAxes, ha="center",
                   fontsize=LABEL_PT)
@@ -87,23 +123,27 @@ def esd_figure(
     centres = np.sqrt(edges[:-1] * edges[1:])
     shown = density > 0
     axes.plot(centres[shown], density[shown], "o", markersize=3.5, color="tab:blue",
-              label=f"ESD ({eigs.size} eigenvalues)")
+              label=f"ESD, {eigs.size} eigenvalues")
     grid = np.geomspace(lo, hi, 400)
     if _finite(alpha) and _finite(xmin) and xmin > 0 and alpha > 1:
         tail = grid[grid >= xmin]
         frac = float(np.mean(eigs >= xmin))
         pdf = frac * (alpha - 1.0) / xmin * (tail / xmin) ** (-alpha)
-        axes.plot(tail, pdf, color="tab:red", label=f"power law alpha={alpha:.2f}")
-        axes.axvline(xmin, color="tab:red", linestyle=":", linewidth=1, label=f"xmin={xmin:.3g}")
+        axes.plot(tail, pdf, color="tab:red", label=f"power law, alpha {alpha:.2f}")
+        axes.axvline(xmin, color="tab:red", linestyle=":", linewidth=1, label=f"xmin {xmin:.3g}")
     elif no_fit:
-        axes.text(0.98, 0.98, f"no power-law fit: {no_fit}", transform=axes.transAxes,
-                  ha="right", va="top", fontsize=TICK_PT, color="tab:red", wrap=True)
+        axes.text(0.98, 0.98, fit_title(f"no power-law fit: {no_fit}", FIGSIZE[0] * 0.8,
+                                        TICK_PT),
+                  transform=axes.transAxes, ha="right", va="top", fontsize=TICK_PT,
+                  color="tab:red")
     if _finite(mp_s2) and _finite(q) and mp_s2 > 0 and q >= 1:
         mp = mp_density(grid, mp_s2, q)
-        axes.plot(grid[mp > 0], mp[mp > 0], color="tab:green", label=f"MP bulk Q={q:.2f}")
+        axes.plot(grid[mp > 0], mp[mp > 0], color="tab:green", label=f"MP bulk, Q {q:.2f}")
     log_ticks(axes.xaxis, lo, hi)
     log_ticks(axes.yaxis, *_positive_range(density))
-    axes.legend(fontsize=TICK_PT, loc="lower left")
+    axes.legend(fontsize=TICK_PT, loc="best", handlelength=1.2, borderpad=0.3,
+                labelspacing=0.25, framealpha=0.8)
+    figure.tight_layout(pad=0.3)
     return figure
 
 
@@ -159,7 +199,25 @@ HEATMAP_LABEL = "log10(sigma / max sigma) [decades; 0 = largest]"
 HEATMAP_X, HEATMAP_Y = "epoch (epochs trained)", "rank fraction i / n"
 """Axis labels of the spectrum heat maps."""
 HEATMAP_WIDTH_IN = 10.0
-"""Width of a heat-map figure (1000 px at FIG_DPI, TensorBoard's image card width or less)."""
+"""Width of a heat-map figure (1000 px at FIG_DPI)."""
+HEATMAP_TITLE_PT, HEATMAP_LABEL_PT, HEATMAP_TICK_PT = 15, 14, 12
+"""Font sizes of the heat maps (points at FIG_DPI)."""
+HEATMAP_DECADES = 2.0
+"""Default colour scale of the heat maps: log10(sigma / max sigma) from -2 (1 % of the
+largest singular value; smaller values take the lowest colour) to 0, the same in every run."""
+
+
+def heatmap_floor(panels: Sequence[np.ndarray | None], decades: float | None,
+                  data_floor: float = -3.0) -> float:
+    """The lowest value of a heat map's colour scale: ``-decades`` (a fixed scale, the same for
+    every run), or with ``decades`` None the smallest finite value of ``panels`` but not below
+    ``data_floor`` (a scale fitted to this run)."""
+    if decades is not None:
+        if not math.isfinite(decades) or decades <= 0:
+            raise ValueError(f"decades must be a positive number or None, got {decades!r}")
+        return -float(decades)
+    lows = [float(np.nanmin(p)) for p in panels if p is not None and np.isfinite(p).any()]
+    return min(max(data_floor, min(lows)) if lows else data_floor, -1e-3)
 
 
 def note_empty(axes, reason: str) -> None:
@@ -174,22 +232,26 @@ def spectrum_heatmap(
     *,
     title: str = "",
     xlabel: str = HEATMAP_X,
+    decades: float | None = HEATMAP_DECADES,
 ) -> Figure:
-    """Heat map of one layer's resampled spectra (:func:`spectrum_quantiles`) across analyses."""
+    """Heat map of one layer's resampled spectra (:func:`spectrum_quantiles`) across analyses,
+    coloured from ``-decades`` to 0 (:func:`heatmap_floor`)."""
     figure = Figure(figsize=(HEATMAP_WIDTH_IN, 6.0), dpi=FIG_DPI)
     axes = figure.add_subplot()
-    axes.set_title(title, fontsize=TITLE_PT)
-    axes.set_xlabel(xlabel, fontsize=LABEL_PT)
-    axes.set_ylabel(HEATMAP_Y, fontsize=LABEL_PT)
-    axes.tick_params(labelsize=TICK_PT)
+    axes.set_title(fit_title(title, HEATMAP_WIDTH_IN * 0.8, HEATMAP_TITLE_PT),
+                   fontsize=HEATMAP_TITLE_PT)
+    axes.set_xlabel(xlabel, fontsize=HEATMAP_LABEL_PT)
+    axes.set_ylabel(HEATMAP_Y, fontsize=HEATMAP_LABEL_PT)
+    axes.tick_params(labelsize=HEATMAP_TICK_PT)
     logs = _log_ratios(spectra) if len(spectra) else None
     if logs is None or not np.isfinite(logs).any():
         note_empty(axes, "nothing to draw: no analysis has a finite nonzero singular value")
         return figure
-    mesh = _heatmap_panel(axes, epochs, logs)
-    colorbar = figure.colorbar(mesh, ax=axes)
-    colorbar.set_label(HEATMAP_LABEL, fontsize=LABEL_PT)
-    colorbar.ax.tick_params(labelsize=TICK_PT)
+    vmin = heatmap_floor([logs], decades)
+    mesh = _heatmap_panel(axes, epochs, logs, vmin=vmin)
+    colorbar = figure.colorbar(mesh, ax=axes, extend=_extend(logs, vmin))
+    colorbar.set_label(HEATMAP_LABEL, fontsize=HEATMAP_LABEL_PT)
+    colorbar.ax.tick_params(labelsize=HEATMAP_TICK_PT)
     return figure
 
 
@@ -199,35 +261,38 @@ def spectrum_heatmap_grid(
     spectra: Sequence[Sequence[np.ndarray]],
     *,
     title: str = "",
-    floor: float = -3.0,
+    decades: float | None = HEATMAP_DECADES,
 ) -> Figure:
     """Every layer's spectrum across analyses, one panel per layer (:func:`spectrum_heatmap`
-    layout), on one colour scale log10(sigma / layer's max sigma) from the smallest value shown
-    (but not below ``floor``) to 0. Axis labels on the outer panels, one colour bar; a panel or
-    a figure with nothing to draw says why."""
+    layout), on one colour scale log10(sigma / layer's max sigma) from ``-decades`` to 0 (with
+    ``decades`` None: from the smallest value shown, but not below -3; :func:`heatmap_floor`).
+    Axis labels on the outer panels, one colour bar (an arrow at its foot when values lie below
+    the scale); the title wrapped to the width; a panel or a figure with nothing to draw says
+    why."""
     n = max(1, len(layers))
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    figure = Figure(figsize=(HEATMAP_WIDTH_IN, 2.9 * rows + 1.1), dpi=FIG_DPI)
-    figure.subplots_adjust(left=0.09, right=0.83, bottom=0.6 / (2.9 * rows + 1.1) + 0.06,
-                           top=1 - 0.55 / (2.9 * rows + 1.1), wspace=0.3, hspace=0.6)
-    figure.suptitle(title, fontsize=TITLE_PT)
+    title = fit_title(title, HEATMAP_WIDTH_IN * 0.95, HEATMAP_TITLE_PT)
+    head_in = 0.35 + 0.3 * (title.count("\n") + 1) if title else 0.35
+    height = 2.9 * rows + 0.75 + head_in
+    figure = Figure(figsize=(HEATMAP_WIDTH_IN, height), dpi=FIG_DPI)
+    figure.subplots_adjust(left=0.09, right=0.83, bottom=0.6 / height + 0.06,
+                           top=1 - head_in / height, wspace=0.3, hspace=0.6)
+    figure.suptitle(title, fontsize=HEATMAP_TITLE_PT)
     panels = [_log_ratios(s) if len(s) else None for s in spectra]
-    lows = [np.nanmin(p) for p in panels if p is not None and np.isfinite(p).any()]
-    vmin = max(floor, min(lows)) if lows else floor
-    vmin = min(vmin, -1e-3)
+    vmin = heatmap_floor(panels, decades)
     mesh = None
     if not layers:
         note_empty(figure.add_subplot(), "nothing to draw: no layer analysed yet")
         return figure
     for i, name in enumerate(layers):
         axes = figure.add_subplot(rows, cols, i + 1)
-        axes.set_title(name, fontsize=LABEL_PT)
-        axes.tick_params(labelsize=TICK_PT)
+        axes.set_title(name, fontsize=HEATMAP_LABEL_PT)
+        axes.tick_params(labelsize=HEATMAP_TICK_PT)
         if i % cols == 0:
-            axes.set_ylabel(HEATMAP_Y, fontsize=LABEL_PT - 2)
+            axes.set_ylabel(HEATMAP_Y, fontsize=HEATMAP_LABEL_PT - 2)
         if i + cols >= len(layers):
-            axes.set_xlabel(HEATMAP_X, fontsize=LABEL_PT - 2)
+            axes.set_xlabel(HEATMAP_X, fontsize=HEATMAP_LABEL_PT - 2)
         if panels[i] is not None and np.isfinite(panels[i]).any():
             mesh = _heatmap_panel(axes, epochs[i], panels[i], vmin=vmin)
         else:
@@ -236,10 +301,17 @@ def spectrum_heatmap_grid(
             note_empty(axes, "no finite\nspectrum")
     if mesh is not None:
         cax = figure.add_axes((0.86, 0.15, 0.02, 0.7))
-        colorbar = figure.colorbar(mesh, cax=cax)
-        colorbar.set_label(HEATMAP_LABEL, fontsize=LABEL_PT - 2)
-        colorbar.ax.tick_params(labelsize=TICK_PT)
+        below = [_extend(p, vmin) for p in panels if p is not None]
+        colorbar = figure.colorbar(mesh, cax=cax, extend="min" if "min" in below else "neither")
+        colorbar.set_label(HEATMAP_LABEL, fontsize=HEATMAP_LABEL_PT - 2)
+        colorbar.ax.tick_params(labelsize=HEATMAP_TICK_PT)
     return figure
+
+
+def _extend(logs: np.ndarray, vmin: float) -> str:
+    """``"min"`` (an arrow at the colour bar's foot) when finite values lie below ``vmin``."""
+    finite = logs[np.isfinite(logs)]
+    return "min" if finite.size and float(finite.min()) < vmin else "neither"
 
 
 def _log_ratios(spectra: Sequence[np.ndarray]) -> np.ndarray:
@@ -253,9 +325,8 @@ def _log_ratios(spectra: Sequence[np.ndarray]) -> np.ndarray:
     return logs
 
 
-def _heatmap_panel(axes, epochs: Sequence[float], logs: np.ndarray, vmin=None):
-    if vmin is not None:
-        logs = np.maximum(logs, vmin)
+def _heatmap_panel(axes, epochs: Sequence[float], logs: np.ndarray, vmin: float):
+    logs = np.maximum(logs, vmin)
     x = np.asarray(epochs, dtype=np.float64)
     if x.size > 1:
         mids = (x[1:] + x[:-1]) / 2
@@ -264,8 +335,10 @@ def _heatmap_panel(axes, epochs: Sequence[float], logs: np.ndarray, vmin=None):
         x_edges = np.array([x[0] - 0.5, x[0] + 0.5])
     y_edges = np.linspace(0.0, 1.0, logs.shape[0] + 1)
     mesh = axes.pcolormesh(x_edges, y_edges, logs, cmap="viridis", shading="flat", vmin=vmin,
-                           vmax=0.0 if vmin is not None else None)
+                           vmax=0.0)
     axes.set_ylim(1.0, 0.0)
+    if np.all(x == np.round(x)):  # whole epochs: no 2.5 on the axis
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     return mesh
 
 

@@ -1,23 +1,24 @@
-"""The monitor's settings and its final summary metrics in TensorBoard's HPARAMS tab.
+"""The monitor's settings, the model's hyperparameters and the run's final metrics in
+TensorBoard's HPARAMS tab.
 
 TensorBoard's hparams plugin treats every run holding a ``_hparams_/session_start_info`` tag as
 a session, takes the hyperparameter columns and metric names from an ``_hparams_/experiment``
-tag (the first run that has one) and reads a metric's value as the last point of the scalar
-series with the metric's tag in the session's run. The records are written with
-``torch.utils.tensorboard.summary.hparams`` straight to the event file
-(:meth:`svd_callback.sinks.tensorboard.TensorBoardSink.summaries`), with the
-existing ``spectral_summary/*`` and ``alerts/total`` tags as metrics (the caller's list,
-:func:`svd_callback.monitor.scalars.hparam_tags`), so that no scalar point is
-added (``TensorBoardLogger.log_hyperparams(params, metrics)`` would write the metric values at
-step 0). The loaders keep the first metadata of a tag per run: written at ``on_fit_start``,
-before Lightning logs the model's ``save_hyperparameters()``, these records, which hold the
-model's hyperparameters too, are the ones TensorBoard shows.
+tag (of the first run that has one) and reads a metric's value as the last point of the scalar
+series with the metric's tag in the session's run. It shows the first five columns of each
+kind: hyperparameters marked ``differs`` first (then by name), metrics in the record's order.
+So the record marks the settings changed from their defaults (:func:`changed_settings`) and
+lists the metrics a reader wants first (the caller's list,
+:func:`svd_callback.monitor.scalars.hparam_metrics`: ``alerts/active``, the model's validation
+metrics, ...), each with its description. The records are written straight to the event file
+(:meth:`svd_callback.sinks.tensorboard.TensorBoardSink.summaries`), so that no scalar point is
+added; TensorBoard keeps the first record of a run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from svd_callback.config import MonitorConfig
@@ -66,9 +67,50 @@ def model_hparams(*sources: Mapping[str, Any] | None) -> dict[str, HParam]:
     return flat
 
 
-def hparams_summaries(hparams: Mapping[str, HParam], metrics: list[str]) -> list[Any]:
-    """The experiment and session-start records (``Summary`` protos) of the HPARAMS tab."""
+def constructor_defaults(*classes: type | None) -> dict[str, HParam]:
+    """The default values of the ``__init__`` parameters of ``classes`` (a LightningModule,
+    a DataModule), flattened as :func:`model_hparams` names them; parameters without a default
+    are left out."""
+    defaults: dict[str, Any] = {}
+    for cls in classes:
+        if cls is None:
+            continue
+        try:
+            parameters = inspect.signature(cls.__init__).parameters.values()
+        except (TypeError, ValueError):  # a C type or an odd callable: nothing known
+            continue
+        defaults.update({p.name: p.default for p in parameters
+                         if p.default is not inspect.Parameter.empty
+                         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)})
+    return _flatten(defaults, "")
+
+
+def changed_settings(values: Mapping[str, HParam], defaults: Mapping[str, HParam]) -> set[str]:
+    """The names of ``values`` whose value is not their default (or that have none)."""
+    return {name for name, value in values.items()
+            if name not in defaults or defaults[name] != value}
+
+
+def hparams_summaries(
+    hparams: Mapping[str, HParam],
+    metrics: Sequence[tuple[str, str]] | Iterable[str],
+    changed: Iterable[str] = (),
+) -> list[Any]:
+    """The experiment and session-start records (``Summary`` protos) of the HPARAMS tab:
+    ``hparams`` as the columns (those in ``changed`` marked ``differs``, which TensorBoard
+    shows first), ``metrics`` (tags, or (tag, description) pairs) in their order."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
     from torch.utils.tensorboard.summary import hparams as hparams_records
 
-    experiment, start, _ = hparams_records(dict(hparams), dict.fromkeys(metrics, 0.0))
+    pairs = [(m, "") if isinstance(m, str) else (str(m[0]), str(m[1])) for m in metrics]
+    experiment, start, _ = hparams_records(dict(hparams), dict.fromkeys(
+        [tag for tag, _ in pairs], 0.0))
+    value = experiment.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    changed = set(changed)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in changed
+    for info, (_, description) in zip(data.experiment.metric_infos, pairs, strict=True):
+        info.description = description
+    value.metadata.plugin_data.content = data.SerializeToString()
     return [experiment, start]

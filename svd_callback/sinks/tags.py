@@ -2,9 +2,10 @@
 
 The tag patterns are fixed (docs/conventions.md): per-layer scalars ``spectral/<metric>/<layer>``
 for the primary conv mode and ``spectral/<metric>.<mode>/<layer>`` for the others; model-level
-aggregates ``spectral_summary/<key>`` (``spectral_summary/<key>.<mode>``); singular-value histograms
-``spectra/<mode>/<layer>``; ``alerts/count`` (per analysis), ``alerts/total`` and
-``alerts/rule/<rule>`` (cumulative), the text tags ``alerts`` and ``spectral/reasons``;
+aggregates ``all_layers/<key>`` (``all_layers/<key>.<mode>``; ``spectral_summary/`` before,
+still read back by :func:`parse_tag`); singular-value histograms ``spectra/<mode>/<layer>``;
+``alerts/active`` (rules in force), ``alerts/total`` and ``alerts/rule/<rule>`` (cumulative),
+the text tags ``alerts`` and ``spectral/reasons``;
 class-level statistics ``classes/<stat>/<layer>`` and their figures
 ``class_figures/<figure>/<layer>``. Every description says which conv mode, normalisation and
 fit (or which probe and hyperedge rule) produced the number.
@@ -28,9 +29,11 @@ class Family(enum.Enum):
 
     LAYER = "spectral"
     """``spectral/<metric>[.<mode>]/<layer>``: a per-layer metric."""
-    SUMMARY = "spectral_summary"
-    """``spectral_summary/<key>[.<mode>]``: a model-level aggregate
-    (:mod:`svd_callback.aggregates`)."""
+    SUMMARY = "all_layers"
+    """``all_layers/<key>[.<mode>]``: a model-level aggregate over the layers
+    (:mod:`svd_callback.aggregates`). TensorBoard's Time Series view expands the first two tag
+    groups in sorted order; ``alerts`` < ``all_layers`` < ``classes`` < ``epoch`` puts the
+    alerts and these aggregates there, the per-layer groups collapsed."""
     ALERTS = "alerts"
     """``alerts/<name>``: alert counts and levels."""
     CLASSES = "classes"
@@ -44,7 +47,11 @@ CONVENTIONS_TAG = "spectral/conventions"
 ``/text_summary`` to the tag)."""
 EPOCH_TAG = "epoch"
 SPECTRA_PREFIX = "spectra/"
-OWN_TAG_PREFIXES: tuple[str, ...] = (*(f"{f.value}/" for f in Family), SPECTRA_PREFIX)
+LEGACY_SUMMARY = "spectral_summary"
+"""The first part of the aggregates' tags before they became ``all_layers/`` (read back by
+:func:`parse_tag`, so that ``svd-callback compare`` reads runs of either kind)."""
+OWN_TAG_PREFIXES: tuple[str, ...] = (*(f"{f.value}/" for f in Family), SPECTRA_PREFIX,
+                                     f"{LEGACY_SUMMARY}/")
 """The prefixes of every tag the callback logs (the trainer's own scalars have none of them)."""
 SUMMARY_LAYER = "<model>"
 """The ``layer`` of a model-level aggregate read back by :func:`parse_tag`."""
@@ -55,12 +62,14 @@ class Section:
     """A category of TensorBoard's custom-scalar layout.
 
     Attributes:
-        name: its title (``spectral summary``, ``alerts``, ``spectral (unfold)``, ...).
+        name: its title (``alerts``, ``all layers [unfold]``, ``alpha [unfold]``, ...).
         rank: its place among the sections (compared as a tuple).
+        closed: shown collapsed until the user opens it.
     """
 
     name: str
     rank: tuple = ()
+    closed: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,14 +79,25 @@ class Chart:
     Attributes:
         section: the category it is shown in.
         title: its title, unique within the section.
-        pattern: the regular expression of the tags it overlays.
+        pattern: the regular expression of the tags it overlays (a ``Multiline`` chart).
         rank: its place within the section (compared as a tuple).
+        margin: for a ``Margin`` chart instead, the tags of its value, lower and upper bound:
+            TensorBoard draws it unsmoothed (its smoothing setting applies to ``Multiline``
+            charts only), the band between the bounds shaded.
     """
 
     section: Section
     title: str
-    pattern: str
+    pattern: str = ""
     rank: tuple = ()
+    margin: tuple[str, str, str] | None = None
+
+    def shows(self, tag: str) -> bool:
+        """Whether the chart draws ``tag``: one of its margin tags, or a match of its
+        pattern."""
+        if self.margin is not None:
+            return tag in self.margin
+        return re.search(self.pattern, tag) is not None
 
 
 @dataclass(frozen=True)
@@ -297,21 +317,22 @@ def layer_tag(metric: str, layer: str, mode: str, primary_mode: str) -> str:
 
 
 def summary_tag(key: str, mode: str, primary_mode: str) -> str:
-    """``spectral_summary/<key>`` (primary mode) or ``spectral_summary/<key>.<mode>``."""
+    """``all_layers/<key>`` (primary mode) or ``all_layers/<key>.<mode>``."""
     return Scalar(Family.SUMMARY, key, 0.0, "", mode=mode, primary=mode == primary_mode).tag
 
 
 def parse_tag(tag: str) -> tuple[str, str, str | None] | None:
     """The inverse of :func:`layer_tag` and :func:`summary_tag`, for runs read back from their
     event files: ``spectral/alpha.operator/conv1`` -> ("conv1", "alpha", "operator");
-    ``spectral_summary/alpha_mean`` -> (:data:`SUMMARY_LAYER`, "alpha_mean", None); other tags
-    -> None. A missing ``.mode`` suffix means the run's primary mode."""
+    ``all_layers/alpha_mean`` and the older ``spectral_summary/alpha_mean`` ->
+    (:data:`SUMMARY_LAYER`, "alpha_mean", None); other tags -> None. A missing ``.mode``
+    suffix means the run's primary mode."""
     head, _, rest = tag.partition("/")
     if head == Family.LAYER.value:
         metric, _, layer = rest.partition("/")
         if not layer:
             return None
-    elif head == Family.SUMMARY.value:
+    elif head in (Family.SUMMARY.value, LEGACY_SUMMARY):
         metric, layer = rest, SUMMARY_LAYER
     else:
         return None

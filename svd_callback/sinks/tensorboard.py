@@ -20,12 +20,27 @@ import numpy as np
 from svd_callback.sinks import tags
 
 
+def histogram_buckets(values: np.ndarray, most: int = 64) -> int:
+    """Buckets for a histogram of the finite ``values`` (n of them): numpy's ``"auto"`` rule,
+    the larger count of Sturges' ``ceil(log2 n) + 1`` and Freedman-Diaconis'
+    ``ceil(range / (2 IQR n^(-1/3)))`` (Sturges alone when the IQR is 0), then at most n and
+    ``most``, at least 1. Ten singular values get 5 buckets instead of a picket fence of 64."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    n = values.size
+    if n < 2 or values.max() == values.min():
+        return 1
+    count = len(np.histogram_bin_edges(values, bins="auto")) - 1
+    return int(max(1, min(count, n, most)))
+
+
 class TensorBoardSink:
     """Thin wrapper around a ``SummaryWriter`` (e.g. ``TensorBoardLogger.experiment``).
 
     Args:
         writer: a ``torch.utils.tensorboard.SummaryWriter`` or a compatible writer.
-        histogram_buckets: number of buckets of each singular-value histogram.
+        histogram_buckets: the most buckets of a singular-value histogram (fewer for few
+            values: :func:`histogram_buckets`).
     """
 
     def __init__(self, writer: Any, histogram_buckets: int = 64) -> None:
@@ -60,18 +75,21 @@ class TensorBoardSink:
     def histogram(
         self, tag: str, values: np.ndarray, step: int, description: str | None = None
     ) -> None:
-        """Histogram of ``values`` (finite entries only) at ``step``."""
+        """Histogram of ``values`` (finite entries only) at ``step`` in
+        :func:`histogram_buckets` equal-width buckets."""
         values = np.asarray(values, dtype=np.float64).ravel()
         values = values[np.isfinite(values)]
         if values.size == 0:
             return
         if not self._native:
-            self.writer.add_histogram(tag, values, step)
+            self.writer.add_histogram(tag, values, step,
+                                      bins=histogram_buckets(values, self.histogram_buckets))
             return
         from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 
         described = self._describe(tag, {tag: description} if description else {})
-        summary = histogram_pb(tag, values, buckets=self.histogram_buckets, description=described)
+        buckets = histogram_buckets(values, self.histogram_buckets)
+        summary = histogram_pb(tag, values, buckets=buckets, description=described)
         self._add(summary, step)
 
     def text(self, tag: str, markdown: str, step: int, description: str | None = None) -> None:
@@ -93,9 +111,25 @@ class TensorBoardSink:
         image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
         self.writer.add_image(tag, image, step, dataformats="HWC")
 
-    def layout(self, layout: Mapping[str, Mapping[str, list]]) -> None:
-        """A custom-scalar layout (``SummaryWriter.add_custom_scalars`` format)."""
-        self.writer.add_custom_scalars(dict(layout))
+    def layout(self, layout: Any) -> None:
+        """A custom-scalar layout (a ``tensorboard.Layout`` proto,
+        :func:`~svd_callback.sinks.layout.custom_scalar_layout`); another writer gets it through
+        ``add_custom_scalars`` (without closed sections)."""
+        if not self._native:
+            from svd_callback.sinks.layout import layout_dict
+
+            self.writer.add_custom_scalars(layout_dict(layout))
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.plugins.custom_scalar import metadata
+
+        tensor = TensorProto(dtype="DT_STRING", string_val=[layout.SerializeToString()])
+        tensor.tensor_shape.SetInParent()
+        smd = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+            plugin_name=metadata.PLUGIN_NAME))
+        self._add(Summary(value=[Summary.Value(tag=metadata.CONFIG_SUMMARY_TAG, tensor=tensor,
+                                               metadata=smd)]), 0)
 
     def summaries(self, summaries: list[Any], step: int = 0) -> bool:
         """Write ready-made ``Summary`` protos (e.g. the HPARAMS records) at ``step``, adding

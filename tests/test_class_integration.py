@@ -476,7 +476,7 @@ def test_factorization_rank_collapse_and_the_default_set():
     assert [bool(f) for f in fired] == [False, False, False, True, False, False, False, True]
     assert engine.alerts_so_far[0].threshold == 2.5
     actions = {r.name: r.action for r in default_class_rules()}
-    assert actions == {"ClassLostSpecificNeurons": "log", "ClassFeaturesEmpty": "log",
+    assert actions == {"ClassLostSpecificNeurons": "info", "ClassFeaturesEmpty": "log",
                        "FactorizationRankCollapse": "info"}  # ClassOverlapRising: opt-in
     monitor = SpectralMonitor(class_analysis=True)
     assert set(actions) <= {r.name for r in monitor.alert_engine.rules}

@@ -232,12 +232,13 @@ class FactorizationRankCollapse(RankCollapse):
 
 def default_class_rules() -> list[Rule]:
     """The class rules of the class analysis, with their default thresholds:
-    :class:`ClassLostSpecificNeurons` and :class:`ClassFeaturesEmpty` log,
-    :class:`FactorizationRankCollapse` reports as info (the factorization fit hardly separates
-    poorly trained nets from healthy ones). :class:`ClassOverlapRising` is opt-in: it fires
-    on healthy and shuffled-label runs alike (``docs/methods.md``)."""
+    :class:`ClassFeaturesEmpty` logs; :class:`ClassLostSpecificNeurons` and
+    :class:`FactorizationRankCollapse` report as information (the first fired on a healthy
+    run, the second hardly separates poorly trained nets from healthy ones).
+    :class:`ClassOverlapRising` is opt-in: it fires on healthy and shuffled-label runs alike
+    (``docs/methods.md``)."""
     return [
-        ClassLostSpecificNeurons(),
+        ClassLostSpecificNeurons(action="info"),
         ClassFeaturesEmpty(),
         FactorizationRankCollapse(action="info"),
     ]

@@ -60,11 +60,11 @@ def default_rules(traps: bool = True) -> list[Rule]:
     blow-up, rank, collapse and loss rules log warnings; the alpha rules (:class:`AlphaBelow`,
     :class:`MeanAlphaTrend`, :class:`AlphaAbove`) and the 3x :class:`SpectralNormGrowth` report
     as information: on healthy runs nobody tuned them on they fired while adding no detection
-    the warnings did not make (``docs/methods.md``, "Verdicts from the alert zoo"). Rank collapse is watched on ``matrix_rank`` (numerical rank), not ``stable_rank``,
-    which halves in healthy training. ``SpectralNormBlowUp`` also watches the first epoch, where
-    the ordinary growth rule does not look. The alpha rules judge only
-    :data:`WEIGHT_MATRIX_MODES` and layers of at least :data:`ALPHA_MIN_EIGS` eigenvalues.
-    ``traps=False`` leaves out
+    the warnings did not make (``docs/methods.md``, "Verdicts from the alert zoo"). Rank
+    collapse is watched on ``matrix_rank`` (numerical rank), not ``stable_rank``, which halves
+    in healthy training. ``SpectralNormBlowUp`` also watches the first epoch, where the
+    ordinary growth rule does not look. The alpha rules judge only :data:`WEIGHT_MATRIX_MODES`
+    and layers of at least :data:`ALPHA_MIN_EIGS` eigenvalues. ``traps=False`` leaves out
     :class:`TrapsAppeared` (for analyses that do not compute correlation traps, where it could
     never fire).
     """

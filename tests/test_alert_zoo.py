@@ -481,7 +481,8 @@ def test_trap_rule_replayed_only_where_the_history_holds_trap_metrics():
 
 
 def test_frozen_rules_log_the_rules_as_they_did_at_the_freeze():
-    rows = [{"type": "run", "step": 0, "epoch": 0, "metric_groups": ["norms", "heavy_tail"]}]
+    rows = [{"type": "run", "step": 0, "epoch": 0, "metric_groups": ["norms", "heavy_tail"]},
+            {"type": "class", "epoch": 0, "step": 0, "layer": "a"}]
     current = {r.name: r.action for r in recorded_rules(rows)}
     frozen = {r.name: r.action for r in sc.frozen_rules(rows)}
     assert all(frozen[name] == "log" for name in sc.WARNING_AT_FREEZE)

@@ -96,8 +96,13 @@ def summary_section(mode: str, modes: Sequence[str]) -> Section:
 def layer_section(metric: str, mode: str, config: MonitorConfig) -> Section:
     """``<metric> [<mode>]``: one closed section per per-layer metric and mode (mode, then the
     metric's place in the selected groups)."""
-    modes = config.analysis.conv_mode
-    names = config.analysis.metric_names
+    analysis = config.analysis
+    return _layer_section(metric, mode, tuple(analysis.conv_mode), analysis.metric_names)
+
+
+@functools.lru_cache(maxsize=4096)  # the same sections at every analysis: one object each
+def _layer_section(metric: str, mode: str, modes: tuple[str, ...],
+                   names: tuple[str, ...]) -> Section:
     return Section(f"{metric} [{mode}]",
                    (2, modes.index(mode) if mode in modes else len(modes),
                     *_metric_rank(metric, names)), closed=True)
@@ -368,12 +373,18 @@ def layer_chart(metric: str, mode: str, config: MonitorConfig, layers: Sequence[
     the ``number``-th group of the mode's layers), in the closed section ``<metric> [<mode>]``:
     ``^spectral/<metric>[.<mode>]/(<layer>|...)$``, titled with its layers."""
     analysis = config.analysis
-    head = "^" + re.escape(f"{Family.LAYER.value}/"
-                           f"{tags.metric_name(metric, mode, analysis.primary_mode)}/")
+    return _layer_chart(metric, mode, analysis.primary_mode, tuple(layers), number,
+                        layer_section(metric, mode, config))
+
+
+@functools.lru_cache(maxsize=16384)  # the same charts at every analysis: one object each
+def _layer_chart(metric: str, mode: str, primary: str, layers: tuple[str, ...], number: int,
+                 section: Section) -> Chart:
+    head = "^" + re.escape(f"{Family.LAYER.value}/{tags.metric_name(metric, mode, primary)}/")
     names = [tags.clean_layer_name(layer) for layer in layers]
     pattern = head + "(" + "|".join(map(re.escape, names)) + ")$" if names else head + ".*"
     title = f"{metric} [{mode}]" + (f": {', '.join(layers)}" if layers else "")
-    return Chart(layer_section(metric, mode, config), title, pattern, (number,))
+    return Chart(section, title, pattern, (number,))
 
 
 def summary_chart(key: str, mode: str, config: MonitorConfig) -> Chart:

@@ -92,7 +92,8 @@ def probe(name: str, seed: int, epochs: int, root: str) -> list[Any]:
                 accuracies.append(float(trainer.callback_metrics["val_acc"]))
 
     started = time.perf_counter()
-    trainer = trainer_for(epochs, [monitor, Accuracies()], deterministic=False)
+    trainer = trainer_for(epochs, [monitor, Accuracies()], deterministic=False,
+                          default_root_dir=HERE / "runs" / f"{name}_seed{seed}")
     trainer.fit(Classifier(build(), recipe, epochs),
                 FashionMNISTDataModule(root, batch_size=128, train_size=4000, val_size=1000,
                                        seed=seed))

@@ -22,9 +22,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from experiments.alert_probe.models import ARCHITECTURES
+from experiments.alert_zoo.models import ZooModule, recipe_arguments
 from experiments.common import (
     command_line,
     machine_line,
@@ -40,42 +40,17 @@ from svd_callback.examples.data import FASHION_MNIST_ROOT
 HERE = Path(__file__).resolve().parent
 
 
-class Classifier(pl.LightningModule):
-    """Cross-entropy training of ``net`` with ``recipe`` (SGD momentum 0.9 or AdamW), cosine
-    over ``epochs``; logs epoch means of ``train_/val_`` loss and accuracy."""
+class Classifier(ZooModule):
+    """The alert zoo's training steps and optimiser (:class:`ZooModule`) around ``net``, with
+    ``recipe`` (SGD with momentum 0.9 or AdamW) on a cosine schedule over the run."""
 
-    def __init__(self, net: nn.Module, recipe: dict[str, Any], epochs: int) -> None:
+    def __init__(self, net: nn.Module, recipe: dict[str, Any]) -> None:
         super().__init__()
-        self.net, self.recipe, self.epochs = net, recipe, epochs
+        self._recipe(**recipe_arguments(**recipe, schedule="cosine"))
+        self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.net(x)
-
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True)
-        self.log(f"{stage}_acc", (logits.argmax(1) == y).float().mean(), on_step=False,
-                 on_epoch=True)
-        return loss
-
-    def training_step(self, batch, batch_idx):  # noqa: D102
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):  # noqa: D102
-        self._step(batch, "val")
-
-    def configure_optimizers(self) -> Any:  # noqa: D102
-        r = self.recipe
-        if r["optimizer"] == "sgd":
-            optimizer = torch.optim.SGD(self.parameters(), lr=r["lr"], momentum=0.9,
-                                        weight_decay=r["weight_decay"])
-        else:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=r["lr"],
-                                          weight_decay=r["weight_decay"])
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.epochs)
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 def probe(name: str, seed: int, epochs: int, root: str) -> list[Any]:
@@ -94,7 +69,7 @@ def probe(name: str, seed: int, epochs: int, root: str) -> list[Any]:
     started = time.perf_counter()
     trainer = trainer_for(epochs, [monitor, Accuracies()], deterministic=False,
                           default_root_dir=HERE / "runs" / f"{name}_seed{seed}")
-    trainer.fit(Classifier(build(), recipe, epochs),
+    trainer.fit(Classifier(build(), recipe),
                 FashionMNISTDataModule(root, batch_size=128, train_size=4000, val_size=1000,
                                        seed=seed))
     alerts = monitor.alert_engine.alerts_so_far

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +27,20 @@ def run_cli(capsys: Any, *argv: Any) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+class DigitsClassifier(pl.LightningModule):
+    """The steps of a test classifier of the digits: cross-entropy training, ``val_loss``
+    logged, Adam at lr 3e-3. Subclasses give the layers and ``forward``."""
+
+    def training_step(self, batch, batch_idx):  # noqa: D102
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):  # noqa: D102
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self):  # noqa: D102
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
 
 
 def digits_fit(

@@ -7,8 +7,8 @@ import warnings
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import DigitsClassifier
 from torch import nn
-from torch.nn import functional as F
 
 from svd_callback.analysis import analyze
 from svd_callback.callback import SpectralMonitor
@@ -70,7 +70,7 @@ def test_torchvision_vision_transformer_end_to_end():
     assert "class_token" in skipped["visiontransformer"]
 
 
-class DigitsTransformer(pl.LightningModule):
+class DigitsTransformer(DigitsClassifier):
     """A digit image read as 8 tokens of 8 pixels: one encoder layer, mean-pooled, a head."""
 
     def __init__(self) -> None:
@@ -81,15 +81,6 @@ class DigitsTransformer(pl.LightningModule):
 
     def forward(self, x):
         return self.head(self.encoder(self.embed(x.reshape(-1, 8, 8))).mean(1))
-
-    def training_step(self, batch, batch_idx):
-        return F.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=3e-3)
 
 
 def test_a_transformer_trains_with_the_monitor_and_the_class_analysis(tmp_path):

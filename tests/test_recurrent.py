@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import math
 
-import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import digits_fit, run_cli, ww_frame
+from helpers import DigitsClassifier, digits_fit, run_cli, ww_frame
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.utils import parametrizations
 
 from svd_callback.analysis import analyze
@@ -198,7 +196,7 @@ def test_weightwatcher_has_no_convention_for_recurrent_layers_and_the_linear_one
 
 
 # ---------------------------------------------------------------------------- training, CLI
-class DigitsLSTM(pl.LightningModule):
+class DigitsLSTM(DigitsClassifier):
     """An 8x8 digit read as 8 rows of 8 pixels by a bidirectional LSTM, then a linear head."""
 
     def __init__(self) -> None:
@@ -210,15 +208,6 @@ class DigitsLSTM(pl.LightningModule):
     def forward(self, x):
         out, _ = self.lstm(x.reshape(-1, 8, 8))
         return self.head(self.cell(out[:, -1]))
-
-    def training_step(self, batch, batch_idx):
-        return F.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=3e-3)
 
 
 def test_an_lstm_fit_is_bit_identical_with_and_without_the_monitor(tmp_path):

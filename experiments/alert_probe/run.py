@@ -10,6 +10,10 @@ images as validation, batch 128); writes experiments/alert_probe/RESULTS.md.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.alert_probe.run")
+
 import argparse
 import logging
 import sys

@@ -10,6 +10,10 @@ name says before any run that reports is trained.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.alert_zoo.pilot")
+
 import argparse
 import sys
 from collections.abc import Sequence

@@ -28,6 +28,10 @@ Run (one heavy job at a time on a shared machine):
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.benchmarks.bench_classes")
+
 import argparse
 import tempfile
 import time

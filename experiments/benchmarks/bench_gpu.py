@@ -16,6 +16,10 @@ it); the numbers then say nothing about the full models.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.benchmarks.bench_gpu")
+
 import argparse
 import warnings
 

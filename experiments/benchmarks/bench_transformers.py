@@ -24,6 +24,10 @@ Reported as the ratio analysis / step.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.benchmarks.bench_transformers")
+
 import argparse
 import logging
 import warnings

@@ -5,6 +5,10 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.class_structure.tables")
+
 import math
 from collections.abc import Sequence
 from pathlib import Path

@@ -10,6 +10,10 @@ writes ``derived/bn_check.csv`` and rebuilds the tables (``experiments.factoriza
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.factorization_rank.bn_check")
+
 import argparse
 import time
 from collections.abc import Sequence

@@ -11,6 +11,10 @@ trains the missing seeds (about a minute each on one thread).
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as a file: say how instead
+    raise SystemExit("run it from the repository root as a module: "
+                     "python -m experiments.rmt_validation.wide")
+
 import argparse
 import hashlib
 import json

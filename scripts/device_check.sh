@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 timeout 240 "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests
-timeout 180 "$PYTHON" experiments/benchmarks/bench_gpu.py --device cuda
+timeout 180 "$PYTHON" -m experiments.benchmarks.bench_gpu --device cuda
 timeout 60 "$PYTHON" experiments/benchmarks/bench_memory.py --device cuda

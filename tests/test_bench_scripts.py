@@ -29,7 +29,7 @@ def test_bench_memory_smoke():
 
 
 def test_bench_gpu_smoke_on_cpu():
-    out = _run("experiments/benchmarks/bench_gpu.py", "--smoke", "--device", "cpu")
+    out = _run("-m", "experiments.benchmarks.bench_gpu", "--smoke", "--device", "cpu")
     assert "svd_method auto -> gram" in out.splitlines()[0]
     rows = {line.split("(")[0].strip(): line.split() for line in out.splitlines()[2:]}
     assert set(rows) == {"resnet", "vit"}

@@ -8,7 +8,7 @@ metric groups) on the model's device, and the spectra and norms alone (``metrics
 Each time is the median of ``--repeats`` runs after one warm-up, with ``torch.cuda.synchronize``
 around each run on CUDA.
 
-    .venv/bin/python experiments/benchmarks/bench_gpu.py [--device cuda] [--batch 32]
+    .venv/bin/python -m experiments.benchmarks.bench_gpu [--device cuda] [--batch 32]
 
 ``--smoke``: a one-block-per-stage ResNet and a one-layer ViT at 32x32, batch 4 (a CPU test runs
 it); the numbers then say nothing about the full models.

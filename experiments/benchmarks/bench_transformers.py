@@ -19,7 +19,7 @@ Each time is the median of ``--repeats`` runs after one warm-up.
 Reported as the ratio analysis / step.
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 \
-        .venv/bin/python experiments/benchmarks/bench_transformers.py
+        .venv/bin/python -m experiments.benchmarks.bench_transformers
 """
 
 from __future__ import annotations
